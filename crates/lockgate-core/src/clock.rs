@@ -1,0 +1,196 @@
+//! Time: the batch [`Time`] type and the [`Clock`] that drives batch generation.
+//!
+//! The scheduler never reads the wall clock directly: it asks a [`Clock`]. Production uses
+//! [`SystemClock`]; tests use [`ManualClock`] and advance it by hand, so no test ever
+//! sleeps to wait for a batch.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time in milliseconds since the Unix epoch (or since the start of a
+/// [`ManualClock`]). Batch times are always multiples of the batch interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub i64);
+
+impl Time {
+    /// Milliseconds of this time.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus `ms` milliseconds.
+    pub fn plus_ms(self, ms: i64) -> Time {
+        Time(self.0 + ms)
+    }
+
+    /// Milliseconds from `earlier` to `self` (negative if `earlier` is later).
+    pub fn since(self, earlier: Time) -> i64 {
+        self.0 - earlier.0
+    }
+}
+
+impl fmt::Display for Time {
+    /// Spark's format: `1000 ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ms", self.0)
+    }
+}
+
+/// Converts a duration to whole milliseconds (saturating).
+pub fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A source of time that the scheduler can wait on.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Time;
+
+    /// Blocks until `now() >= target` or `cancel` is set (and [`Clock::interrupt`]
+    /// called), then returns the current time.
+    fn wait_until(&self, target: Time, cancel: &AtomicBool) -> Time;
+
+    /// Wakes every thread blocked in [`Clock::wait_until`] so it re-checks its `cancel`
+    /// flag. Set the flag first.
+    fn interrupt(&self);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The wall clock.
+#[derive(Default)]
+pub struct SystemClock {
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl SystemClock {
+    /// A new system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| duration_ms(d))
+            .unwrap_or(0);
+        Time(ms)
+    }
+
+    fn wait_until(&self, target: Time, cancel: &AtomicBool) -> Time {
+        let mut guard = lock(&self.lock);
+        loop {
+            let now = self.now();
+            if now >= target || cancel.load(Ordering::Acquire) {
+                return now;
+            }
+            let wait = Duration::from_millis(u64::try_from(target.since(now)).unwrap_or(0));
+            guard = self
+                .wake
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn interrupt(&self) {
+        let _g = lock(&self.lock);
+        self.wake.notify_all();
+    }
+}
+
+/// A clock that only moves when told to: for deterministic tests.
+#[derive(Default)]
+pub struct ManualClock {
+    now_ms: Mutex<i64>,
+    changed: Condvar,
+}
+
+impl ManualClock {
+    /// A manual clock at `start_ms`.
+    pub fn new(start_ms: i64) -> Self {
+        Self {
+            now_ms: Mutex::new(start_ms),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        *lock(&self.now_ms) += duration_ms(d);
+        self.changed.notify_all();
+    }
+
+    /// Sets the clock to `t` (may not go backwards).
+    pub fn set(&self, t: Time) {
+        let mut now = lock(&self.now_ms);
+        *now = (*now).max(t.0);
+        self.changed.notify_all();
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Time {
+        Time(*lock(&self.now_ms))
+    }
+
+    fn wait_until(&self, target: Time, cancel: &AtomicBool) -> Time {
+        let mut now = lock(&self.now_ms);
+        while *now < target.0 && !cancel.load(Ordering::Acquire) {
+            now = self.changed.wait(now).unwrap_or_else(|p| p.into_inner());
+        }
+        Time(*now)
+    }
+
+    fn interrupt(&self) {
+        let _g = lock(&self.now_ms);
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn time_displays_like_spark() {
+        assert_eq!(Time(1000).to_string(), "1000 ms");
+    }
+
+    #[test]
+    fn manual_clock_wakes_waiter_on_advance() {
+        let clock = Arc::new(ManualClock::new(0));
+        let c2 = clock.clone();
+        let waiter =
+            std::thread::spawn(move || c2.wait_until(Time(1000), &AtomicBool::new(false)));
+        clock.advance(Duration::from_millis(400));
+        clock.advance(Duration::from_millis(600));
+        assert_eq!(waiter.join().ok(), Some(Time(1000)));
+    }
+
+    #[test]
+    fn manual_clock_cancel_releases_waiter() {
+        let clock = Arc::new(ManualClock::new(0));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (c2, cancel2) = (clock.clone(), cancel.clone());
+        let waiter = std::thread::spawn(move || c2.wait_until(Time(1_000_000), &cancel2));
+        cancel.store(true, Ordering::Release);
+        clock.interrupt();
+        assert_eq!(waiter.join().ok(), Some(Time(0)));
+    }
+
+    #[test]
+    fn system_clock_returns_once_target_passed() {
+        let clock = SystemClock::new();
+        let now = clock.now();
+        assert!(clock.wait_until(now.plus_ms(-1), &AtomicBool::new(false)) >= now);
+    }
+}

@@ -1,0 +1,356 @@
+//! [`StreamingContext`]: the entry point. It owns the stream graph, the clock, the worker
+//! pool and the scheduler, and controls the lifecycle: build the graph, `start`, then
+//! `stop` (gracefully or not) or `await_termination`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::clock::{duration_ms, Clock, SystemClock, Time};
+use crate::error::{Error, Result};
+use crate::graph::{lock, Graph};
+use crate::metrics::StreamingMetrics;
+use crate::scheduler::Scheduler;
+
+/// When batches are generated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Trigger {
+    /// One batch every batch interval of the clock, until stopped (the default).
+    #[default]
+    ProcessingTime,
+    /// A bounded run: take what the sources hold at start, run batch after batch
+    /// without waiting for the clock (batch times still advance one interval per batch),
+    /// then stop by itself. Needs bounded sources (files, queues).
+    AvailableNow,
+}
+
+/// The lifecycle state of a context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextState {
+    /// Created; streams and outputs can be added.
+    Initialized,
+    /// Started and running batches.
+    Active,
+    /// Stopped (or terminated by itself); cannot be restarted.
+    Stopped,
+}
+
+/// Builds a [`StreamingContext`].
+pub struct StreamingContextBuilder {
+    app_name: String,
+    batch_interval: Duration,
+    parallelism: Option<usize>,
+    checkpoint_dir: Option<PathBuf>,
+    clock: Option<Arc<dyn Clock>>,
+    trigger: Trigger,
+    start_time: Option<Time>,
+}
+
+impl StreamingContextBuilder {
+    /// The application's name (logs, metrics, the UI).
+    pub fn app_name(mut self, name: &str) -> Self {
+        self.app_name = name.to_string();
+        self
+    }
+
+    /// The batch interval (default 1 s). Must be at least 1 ms.
+    pub fn batch_interval(mut self, d: Duration) -> Self {
+        self.batch_interval = d;
+        self
+    }
+
+    /// Number of worker threads and default partition count (default: the number of
+    /// cores).
+    pub fn parallelism(mut self, n: usize) -> Self {
+        self.parallelism = Some(n);
+        self
+    }
+
+    /// The checkpoint directory (used by the checkpointing layer).
+    pub fn checkpoint_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.checkpoint_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The clock that drives batch generation (default: the system clock). Tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// When batches are generated (default [`Trigger::ProcessingTime`]).
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Fixes the time the batch times count from instead of the clock's time at start:
+    /// the first batch time is the first multiple of the interval after it. Bounded runs
+    /// use it for reproducible batch times (for example `Time(0)`).
+    pub fn start_time(mut self, t: Time) -> Self {
+        self.start_time = Some(t);
+        self
+    }
+
+    /// Builds the context.
+    pub fn build(self) -> Result<StreamingContext> {
+        let interval_ms = duration_ms(self.batch_interval);
+        if interval_ms < 1 {
+            return Err(Error::Config(format!(
+                "batch interval {:?} is too short; use at least 1 ms",
+                self.batch_interval
+            )));
+        }
+        let parallelism = match self.parallelism {
+            Some(0) => {
+                return Err(Error::Config(
+                    "parallelism must be at least 1".into(),
+                ))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(StreamingContext {
+            inner: Arc::new(Inner {
+                app_name: self.app_name,
+                batch_interval: self.batch_interval,
+                parallelism,
+                checkpoint_dir: self.checkpoint_dir,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+                trigger: self.trigger,
+                start_time: self.start_time,
+                graph: Arc::new(Graph::new(interval_ms, parallelism)),
+                metrics: Arc::new(StreamingMetrics::default()),
+                run: Mutex::new(Run {
+                    state: ContextState::Initialized,
+                    scheduler: None,
+                    threads: Vec::new(),
+                }),
+            }),
+        })
+    }
+}
+
+struct Run {
+    state: ContextState,
+    scheduler: Option<Arc<Scheduler>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    app_name: String,
+    batch_interval: Duration,
+    parallelism: usize,
+    checkpoint_dir: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    trigger: Trigger,
+    start_time: Option<Time>,
+    graph: Arc<Graph>,
+    metrics: Arc<StreamingMetrics>,
+    run: Mutex<Run>,
+}
+
+/// The main entry point: create sources from it, transform them, register outputs, then
+/// [`start`](Self::start) it. Cloning gives another handle on the same context (for
+/// example to stop it from another thread).
+#[derive(Clone)]
+pub struct StreamingContext {
+    inner: Arc<Inner>,
+}
+
+impl StreamingContext {
+    /// A builder with defaults: app name `lockgate`, 1 s batches, one worker per core,
+    /// the system clock.
+    pub fn builder() -> StreamingContextBuilder {
+        StreamingContextBuilder {
+            app_name: "lockgate".into(),
+            batch_interval: Duration::from_secs(1),
+            parallelism: None,
+            checkpoint_dir: None,
+            clock: None,
+            trigger: Trigger::ProcessingTime,
+            start_time: None,
+        }
+    }
+
+    pub(crate) fn graph(&self) -> Arc<Graph> {
+        self.inner.graph.clone()
+    }
+
+    pub(crate) fn metrics_ref(&self) -> &StreamingMetrics {
+        &self.inner.metrics
+    }
+
+    /// The application's name.
+    pub fn app_name(&self) -> &str {
+        &self.inner.app_name
+    }
+
+    /// The batch interval.
+    pub fn batch_interval(&self) -> Duration {
+        self.inner.batch_interval
+    }
+
+    /// Worker threads and default partition count.
+    pub fn parallelism(&self) -> usize {
+        self.inner.parallelism
+    }
+
+    /// The checkpoint directory, if set.
+    pub fn checkpoint_dir(&self) -> Option<&Path> {
+        self.inner.checkpoint_dir.as_deref()
+    }
+
+    /// The clock driving the batches.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
+    /// The metrics registry (batches, delays, source counters).
+    pub fn metrics(&self) -> Arc<StreamingMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> ContextState {
+        lock(&self.inner.run).state
+    }
+
+    /// The time batch ids count from: batch `b` has time `zero + (b + 1) * interval`.
+    /// Fixed by `start`.
+    pub fn zero_time(&self) -> Time {
+        self.inner.graph.timing.zero()
+    }
+
+    /// Checks the graph, starts sources and the scheduler. Fails with a clear error
+    /// when the graph is invalid (no outputs, bad window durations), a source cannot
+    /// start, or the context was started before.
+    pub fn start(&self) -> Result<()> {
+        let mut run = lock(&self.inner.run);
+        if run.state != ContextState::Initialized {
+            return Err(Error::Lifecycle(format!(
+                "start() called on a context that is {:?}; a context starts once",
+                run.state
+            )));
+        }
+        let interval = self.inner.graph.timing.interval_ms;
+        let base = self.inner.start_time.unwrap_or_else(|| self.inner.clock.now());
+        let zero = Time(base.millis().div_euclid(interval) * interval);
+        self.inner.graph.start(zero)?;
+        let bounded = self.inner.trigger == Trigger::AvailableNow;
+        let inputs = self.inner.graph.inputs();
+        for (i, input) in inputs.iter().enumerate() {
+            if let Err(e) = input.start(bounded) {
+                for started in &inputs[..i] {
+                    started.stop();
+                }
+                run.state = ContextState::Stopped;
+                return Err(e);
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.inner.parallelism)
+            .thread_name(|i| format!("lockgate-worker-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))?;
+        let scheduler = Arc::new(Scheduler::new(
+            self.inner.graph.clone(),
+            self.inner.clock.clone(),
+            self.inner.metrics.clone(),
+            pool,
+            bounded,
+        ));
+        run.threads = scheduler.spawn(zero)?;
+        run.scheduler = Some(scheduler);
+        run.state = ContextState::Active;
+        tracing::info!(
+            app = %self.inner.app_name,
+            batch_interval_ms = interval,
+            parallelism = self.inner.parallelism,
+            first_batch_ms = zero.millis() + interval,
+            "streaming context started"
+        );
+        Ok(())
+    }
+
+    /// Stops the context. With `graceful`, receivers stop first, the data they already
+    /// stored goes into a last batch, and every planned batch runs and its outputs
+    /// complete before this returns; otherwise queued batches are dropped after the
+    /// running one finishes. Returns the error that stopped the context, if any.
+    pub fn stop(&self, graceful: bool) -> Result<()> {
+        let mut run = lock(&self.inner.run);
+        let Some(scheduler) = run.scheduler.clone() else {
+            run.state = ContextState::Stopped;
+            return Ok(());
+        };
+        let inputs = self.inner.graph.inputs();
+        if graceful {
+            for input in &inputs {
+                input.stop();
+            }
+        } else {
+            scheduler.abort.store(true, Ordering::Release);
+        }
+        scheduler.stop.store(true, Ordering::Release);
+        self.inner.clock.interrupt();
+        for input in &inputs {
+            input.stop();
+        }
+        for t in run.threads.drain(..) {
+            let _ = t.join();
+        }
+        run.state = ContextState::Stopped;
+        tracing::info!(app = %self.inner.app_name, graceful, "streaming context stopped");
+        match scheduler.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the context stops: stopped by [`stop`](Self::stop), finished (a
+    /// bounded run), or failed. A failure is returned here, with the batch time and the
+    /// operator that failed.
+    pub fn await_termination(&self) -> Result<()> {
+        self.await_inner(None).map(|_| ())
+    }
+
+    /// Like [`await_termination`](Self::await_termination) but gives up after `d`.
+    /// Returns `Ok(true)` if the context terminated.
+    pub fn await_termination_or_timeout(&self, d: Duration) -> Result<bool> {
+        self.await_inner(Some(d))
+    }
+
+    fn await_inner(&self, timeout: Option<Duration>) -> Result<bool> {
+        let scheduler = match lock(&self.inner.run).scheduler.clone() {
+            Some(s) => s,
+            None => {
+                return Err(Error::Lifecycle(
+                    "await_termination() called before start()".into(),
+                ))
+            }
+        };
+        if !scheduler.wait_done(timeout) {
+            return Ok(false);
+        }
+        // The runner has exited: finish the shutdown (receivers, generator).
+        self.stop(false)?;
+        Ok(true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let run = self.run.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = &run.scheduler {
+            s.abort.store(true, Ordering::Release);
+            s.stop.store(true, Ordering::Release);
+            self.clock.interrupt();
+        }
+        for input in self.graph.inputs() {
+            input.stop();
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Operations on streams of key-value pairs: per-batch aggregation by key, grouping,
+//! joins and cogroup. Keys are hash-partitioned with a fixed hash, so a key always lands
+//! in the same partition for a given partition count, in every run.
+
+use std::hash::{Hash, Hasher};
+
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHasher};
+
+use crate::batch::{take_part, Batch, Data};
+use crate::dstream::DStream;
+
+/// The partition of `key` among `n` partitions (deterministic across runs).
+pub fn partition_of<K: Hash + ?Sized>(key: &K, n: usize) -> usize {
+    let mut h = FxHasher::default();
+    key.hash(&mut h);
+    let x = h.finish();
+    let mixed = x ^ (x >> 29) ^ (x >> 47);
+    usize::try_from(mixed % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// Moves the pairs of `batch` into `n` partitions by key hash, keeping the relative
+/// order of pairs from the same input partition (and input partitions in order).
+pub(crate) fn partition_by_key<K: Data + Hash, V: Data>(
+    batch: Batch<(K, V)>,
+    n: usize,
+) -> Vec<Vec<(K, V)>> {
+    let n = n.max(1);
+    let buckets: Vec<Vec<Vec<(K, V)>>> = batch
+        .into_shared()
+        .into_par_iter()
+        .map(|part| {
+            let mut out: Vec<Vec<(K, V)>> = (0..n).map(|_| Vec::new()).collect();
+            for (k, v) in take_part(part) {
+                let j = partition_of(&k, n);
+                out[j].push((k, v));
+            }
+            out
+        })
+        .collect();
+    transpose_concat(buckets, n)
+}
+
+/// `[input][bucket] -> [bucket]`, concatenating inputs in order.
+fn transpose_concat<X>(buckets: Vec<Vec<Vec<X>>>, n: usize) -> Vec<Vec<X>> {
+    let mut out: Vec<Vec<X>> = (0..n).map(|_| Vec::new()).collect();
+    for per_input in buckets {
+        for (j, b) in per_input.into_iter().enumerate() {
+            if out[j].is_empty() {
+                out[j] = b;
+            } else {
+                out[j].extend(b);
+            }
+        }
+    }
+    out
+}
+
+/// The generic shuffle-and-combine behind every per-key aggregation: map-side
+/// combine per input partition, then merge of the combiners per output partition.
+pub(crate) fn combine<K, V, C>(
+    batch: Batch<(K, V)>,
+    n: usize,
+    create: &(dyn Fn(V) -> C + Sync),
+    merge_value: &(dyn Fn(C, V) -> C + Sync),
+    merge_combiners: &(dyn Fn(C, C) -> C + Sync),
+) -> Batch<(K, C)>
+where
+    K: Data + Hash + Eq,
+    V: Data,
+    C: Data,
+{
+    let n = n.max(1);
+    let map_side: Vec<Vec<Vec<(K, C)>>> = batch
+        .into_shared()
+        .into_par_iter()
+        .map(|part| {
+            let mut maps: Vec<FxHashMap<K, Option<C>>> =
+                (0..n).map(|_| FxHashMap::default()).collect();
+            for (k, v) in take_part(part) {
+                let j = partition_of(&k, n);
+                let slot = maps[j].entry(k).or_insert(None);
+                *slot = Some(match slot.take() {
+                    Some(c) => merge_value(c, v),
+                    None => create(v),
+                });
+            }
+            maps.into_iter()
+                .map(|m| m.into_iter().filter_map(|(k, c)| c.map(|c| (k, c))).collect())
+                .collect()
+        })
+        .collect();
+    let per_output = transpose_by_bucket(map_side, n);
+    let parts: Vec<Vec<(K, C)>> = per_output
+        .into_par_iter()
+        .map(|inputs| {
+            if inputs.len() == 1 {
+                return inputs.into_iter().flatten().collect();
+            }
+            let mut merged: FxHashMap<K, Option<C>> = FxHashMap::default();
+            for (k, c) in inputs.into_iter().flatten() {
+                let slot = merged.entry(k).or_insert(None);
+                *slot = Some(match slot.take() {
+                    Some(acc) => merge_combiners(acc, c),
+                    None => c,
+                });
+            }
+            merged
+                .into_iter()
+                .filter_map(|(k, c)| c.map(|c| (k, c)))
+                .collect()
+        })
+        .collect();
+    Batch::from_partitions(parts)
+}
+
+/// `[input][bucket] -> [bucket][input]`.
+fn transpose_by_bucket<X>(buckets: Vec<Vec<Vec<X>>>, n: usize) -> Vec<Vec<Vec<X>>> {
+    let mut out: Vec<Vec<Vec<X>>> = (0..n).map(|_| Vec::new()).collect();
+    for per_input in buckets {
+        for (j, b) in per_input.into_iter().enumerate() {
+            out[j].push(b);
+        }
+    }
+    out
+}
+
+/// Groups the values of two keyed batches by key into `n` partitions.
+pub(crate) fn cogroup_batches<K, V, W>(
+    left: Batch<(K, V)>,
+    right: Batch<(K, W)>,
+    n: usize,
+) -> Vec<Vec<(K, (Vec<V>, Vec<W>))>>
+where
+    K: Data + Hash + Eq,
+    V: Data,
+    W: Data,
+{
+    let n = n.max(1);
+    let (l, r) = rayon::join(
+        || partition_by_key(left, n),
+        || partition_by_key(right, n),
+    );
+    l.into_par_iter()
+        .zip(r.into_par_iter())
+        .map(|(lp, rp)| {
+            let mut groups: FxHashMap<K, (Vec<V>, Vec<W>)> = FxHashMap::default();
+            let mut order: Vec<K> = Vec::new();
+            for (k, v) in lp {
+                groups
+                    .entry(k)
+                    .or_insert_with_key(|k| {
+                        order.push(k.clone());
+                        (Vec::new(), Vec::new())
+                    })
+                    .0
+                    .push(v);
+            }
+            for (k, w) in rp {
+                groups
+                    .entry(k)
+                    .or_insert_with_key(|k| {
+                        order.push(k.clone());
+                        (Vec::new(), Vec::new())
+                    })
+                    .1
+                    .push(w);
+            }
+            order
+                .into_iter()
+                .filter_map(|k| groups.remove(&k).map(|g| (k, g)))
+                .collect()
+        })
+        .collect()
+}
+
+impl<K, V> DStream<(K, V)>
+where
+    K: Data + Hash + Eq,
+    V: Data,
+{
+    /// Applies `f` to every value, keeping keys.
+    pub fn map_values<U: Data>(&self, f: impl Fn(V) -> U + Send + Sync + 'static) -> DStream<(K, U)> {
+        self.map(move |(k, v)| (k, f(v))).name_kind("map_values")
+    }
+
+    /// Applies `f` to every value and pairs each result with the key.
+    pub fn flat_map_values<U: Data, I>(
+        &self,
+        f: impl Fn(V) -> I + Send + Sync + 'static,
+    ) -> DStream<(K, U)>
+    where
+        I: IntoIterator<Item = U>,
+    {
+        self.flat_map(move |(k, v)| {
+            let k2 = k;
+            f(v).into_iter()
+                .map(|u| (k2.clone(), u))
+                .collect::<Vec<_>>()
+        })
+        .name_kind("flat_map_values")
+    }
+
+    /// Combines the values of each key in a batch with `f` (default partitions).
+    pub fn reduce_by_key(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> DStream<(K, V)> {
+        self.reduce_by_key_with_partitions(f, self.default_partitions())
+    }
+
+    /// [`reduce_by_key`](Self::reduce_by_key) into `n` partitions.
+    pub fn reduce_by_key_with_partitions(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        n: usize,
+    ) -> DStream<(K, V)> {
+        let p = self.parent();
+        self.child("reduce_by_key", move |t| {
+            Ok(combine(p.get_or_compute(t)?, n, &|v| v, &f, &f))
+        })
+    }
+
+    /// All values of each key in a batch.
+    pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
+        self.group_by_key_with_partitions(self.default_partitions())
+    }
+
+    /// [`group_by_key`](Self::group_by_key) into `n` partitions.
+    pub fn group_by_key_with_partitions(&self, n: usize) -> DStream<(K, Vec<V>)> {
+        let p = self.parent();
+        self.child("group_by_key", move |t| {
+            Ok(combine(
+                p.get_or_compute(t)?,
+                n,
+                &|v| vec![v],
+                &|mut c, v| {
+                    c.push(v);
+                    c
+                },
+                &|mut a, b| {
+                    a.extend(b);
+                    a
+                },
+            ))
+        })
+    }
+
+    /// Spark's `combineByKey`: per key, `create` makes a combiner from the first value,
+    /// `merge_value` adds a value, `merge_combiners` merges two partial combiners.
+    pub fn combine_by_key<C: Data>(
+        &self,
+        create: impl Fn(V) -> C + Send + Sync + 'static,
+        merge_value: impl Fn(C, V) -> C + Send + Sync + 'static,
+        merge_combiners: impl Fn(C, C) -> C + Send + Sync + 'static,
+        n: usize,
+    ) -> DStream<(K, C)> {
+        let p = self.parent();
+        self.child("combine_by_key", move |t| {
+            Ok(combine(
+                p.get_or_compute(t)?,
+                n,
+                &create,
+                &merge_value,
+                &merge_combiners,
+            ))
+        })
+    }
+
+    /// Per batch, each key with the values of both streams (default partitions).
+    pub fn cogroup<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (Vec<V>, Vec<W>))> {
+        self.cogroup_with_partitions(other, self.default_partitions())
+    }
+
+    /// [`cogroup`](Self::cogroup) into `n` partitions.
+    pub fn cogroup_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (Vec<V>, Vec<W>))> {
+        self.cogrouped("cogroup", other, n, |k, vs, ws, out| {
+            out.push((k, (vs, ws)));
+        })
+    }
+
+    fn cogrouped<W: Data, R: Data>(
+        &self,
+        kind: &'static str,
+        other: &DStream<(K, W)>,
+        n: usize,
+        emit: impl Fn(K, Vec<V>, Vec<W>, &mut Vec<R>) + Send + Sync + 'static,
+    ) -> DStream<R> {
+        if self.slide_ms() != other.slide_ms() {
+            self.graph_error(
+                kind,
+                format!(
+                    "{kind} of streams with different slides ({} ms and {} ms)",
+                    self.slide_ms(),
+                    other.slide_ms()
+                ),
+            );
+        }
+        other.node.meta.add_consumer();
+        let (a, b) = (self.parent(), other.parent());
+        self.child(kind, move |t| {
+            let groups = cogroup_batches(a.get_or_compute(t)?, b.get_or_compute(t)?, n);
+            let parts: Vec<Vec<R>> = groups
+                .into_par_iter()
+                .map(|part| {
+                    let mut out = Vec::new();
+                    for (k, (vs, ws)) in part {
+                        emit(k, vs, ws, &mut out);
+                    }
+                    out
+                })
+                .collect();
+            Ok(Batch::from_partitions(parts))
+        })
+    }
+
+    /// Inner join per batch: every pair of values with the same key.
+    pub fn join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, W))> {
+        self.join_with_partitions(other, self.default_partitions())
+    }
+
+    /// [`join`](Self::join) into `n` partitions.
+    pub fn join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (V, W))> {
+        self.cogrouped("join", other, n, |k, vs, ws, out| {
+            for v in &vs {
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), w.clone())));
+                }
+            }
+        })
+    }
+
+    /// Left outer join per batch: every value of this stream, with `None` when the other
+    /// stream has no value for the key.
+    pub fn left_outer_join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, Option<W>))> {
+        let n = self.default_partitions();
+        self.cogrouped("left_outer_join", other, n, |k, vs, ws, out| {
+            for v in &vs {
+                if ws.is_empty() {
+                    out.push((k.clone(), (v.clone(), None)));
+                }
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), Some(w.clone()))));
+                }
+            }
+        })
+    }
+
+    /// Right outer join per batch.
+    pub fn right_outer_join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (Option<V>, W))> {
+        let n = self.default_partitions();
+        self.cogrouped("right_outer_join", other, n, |k, vs, ws, out| {
+            for w in &ws {
+                if vs.is_empty() {
+                    out.push((k.clone(), (None, w.clone())));
+                }
+                for v in &vs {
+                    out.push((k.clone(), (Some(v.clone()), w.clone())));
+                }
+            }
+        })
+    }
+
+    /// Full outer join per batch.
+    pub fn full_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (Option<V>, Option<W>))> {
+        let n = self.default_partitions();
+        self.cogrouped("full_outer_join", other, n, |k, vs, ws, out| {
+            if vs.is_empty() {
+                for w in ws {
+                    out.push((k.clone(), (None, Some(w))));
+                }
+            } else if ws.is_empty() {
+                for v in vs {
+                    out.push((k.clone(), (Some(v), None)));
+                }
+            } else {
+                for v in &vs {
+                    for w in &ws {
+                        out.push((k.clone(), (Some(v.clone()), Some(w.clone()))));
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_of_is_stable_and_in_range() {
+        for n in 1..9 {
+            for k in 0..100 {
+                let p = partition_of(&k, n);
+                assert!(p < n);
+                assert_eq!(p, partition_of(&k, n));
+            }
+        }
+    }
+
+    #[test]
+    fn combine_sums_across_partitions() {
+        let b = Batch::from_vec(vec![("a", 1), ("b", 2), ("a", 3), ("a", 4)], 3);
+        let out = combine(b, 2, &|v| v, &|a, b| a + b, &|a, b| a + b);
+        let mut got = out.collect();
+        got.sort();
+        assert_eq!(got, vec![("a", 8), ("b", 2)]);
+    }
+
+    #[test]
+    fn partition_by_key_keeps_per_key_order() {
+        let b = Batch::from_vec(vec![("a", 1), ("a", 2), ("a", 3), ("a", 4)], 4);
+        let parts = partition_by_key(b, 3);
+        let a: Vec<i32> = parts.into_iter().flatten().map(|(_, v)| v).collect();
+        assert_eq!(a, vec![1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,242 @@
+//! The user API: [`DStream<T>`], a stream of batches, and its narrow (per-partition)
+//! transformations. Keyed operations live in `keyed`, windows in `window`, state in
+//! `state`, outputs in `output`.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::batch::{split_even, take_part, Batch, Data};
+use crate::clock::Time;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeCell, Operator};
+
+pub mod keyed;
+pub mod output;
+pub mod state;
+pub mod window;
+
+/// An operator given as a closure over the batch time.
+pub(crate) struct FnOp<F>(pub F);
+
+impl<T, F> Operator<T> for FnOp<F>
+where
+    F: Fn(Time) -> Result<Batch<T>> + Send + Sync,
+{
+    fn compute(&self, t: Time) -> Result<Batch<T>> {
+        (self.0)(t)
+    }
+}
+
+/// A discretized stream: a sequence of [`Batch`]es, one per batch interval (or per
+/// slide, after a window). Built from a [`StreamingContext`](crate::StreamingContext)
+/// source and transformed lazily; nothing runs until an output operation is registered
+/// and the context is started.
+pub struct DStream<T> {
+    pub(crate) node: Arc<NodeCell<T>>,
+    pub(crate) graph: Arc<Graph>,
+}
+
+impl<T> Clone for DStream<T> {
+    fn clone(&self) -> Self {
+        DStream {
+            node: self.node.clone(),
+            graph: self.graph.clone(),
+        }
+    }
+}
+
+impl<T: Data> DStream<T> {
+    /// Adds a node fed by this stream, with this stream's slide.
+    pub(crate) fn child<U: Data>(
+        &self,
+        kind: &'static str,
+        op: impl Fn(Time) -> Result<Batch<U>> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        self.child_with(kind, self.slide_ms(), false, op)
+    }
+
+    /// Adds a node fed by this stream with an explicit slide and statefulness.
+    pub(crate) fn child_with<U: Data>(
+        &self,
+        kind: &'static str,
+        slide_ms: i64,
+        stateful: bool,
+        op: impl Fn(Time) -> Result<Batch<U>> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        self.node.meta.add_consumer();
+        let node = self
+            .graph
+            .add_node(kind, slide_ms, stateful, Box::new(FnOp(op)));
+        DStream {
+            node,
+            graph: self.graph.clone(),
+        }
+    }
+
+    /// A stream's slide in milliseconds: the interval between its batches.
+    pub(crate) fn slide_ms(&self) -> i64 {
+        self.node.meta.slide_ms
+    }
+
+    /// The interval between this stream's batches.
+    pub fn slide_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(self.slide_ms()).unwrap_or(0))
+    }
+
+    /// The operator's stable name (given with [`DStream::name`], else `<kind>-<position>`).
+    pub fn operator_name(&self) -> String {
+        self.node.meta.name()
+    }
+
+    /// Gives this stream's operator a stable name: state and metrics are keyed by it.
+    pub fn name(self, name: &str) -> Self {
+        self.node.meta.set_name(name);
+        self
+    }
+
+    pub(crate) fn parent(&self) -> Arc<NodeCell<T>> {
+        self.node.clone()
+    }
+
+    pub(crate) fn default_partitions(&self) -> usize {
+        self.graph.parallelism
+    }
+
+    /// Records an invalid-graph error for this stream; `start()` reports it.
+    pub(crate) fn graph_error(&self, operator: &str, reason: String) {
+        self.graph.defer_error(Error::Graph {
+            operator: operator.to_string(),
+            reason,
+        });
+    }
+
+    /// Applies `f` to every element.
+    pub fn map<U: Data>(&self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DStream<U> {
+        let p = self.parent();
+        self.child("map", move |t| Ok(p.get_or_compute(t)?.map(&f)))
+    }
+
+    /// Applies `f` to every element and flattens the results.
+    pub fn flat_map<U: Data, I>(&self, f: impl Fn(T) -> I + Send + Sync + 'static) -> DStream<U>
+    where
+        I: IntoIterator<Item = U>,
+    {
+        let p = self.parent();
+        self.child("flat_map", move |t| {
+            Ok(p.get_or_compute(t)?
+                .map_partitions(|part| part.into_iter().flat_map(&f).collect()))
+        })
+    }
+
+    /// Keeps the elements for which `f` is true.
+    pub fn filter(&self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DStream<T> {
+        let p = self.parent();
+        self.child("filter", move |t| Ok(p.get_or_compute(t)?.filter(&f)))
+    }
+
+    /// Applies `f` to each partition as a whole.
+    pub fn map_partitions<U: Data>(
+        &self,
+        f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let p = self.parent();
+        self.child("map_partitions", move |t| {
+            Ok(p.get_or_compute(t)?.map_partitions(&f))
+        })
+    }
+
+    /// Turns each partition into one element holding the partition's elements.
+    pub fn glom(&self) -> DStream<Vec<T>> {
+        self.map_partitions(|part| vec![part])
+    }
+
+    /// Elements of both streams. Both must have the same slide.
+    pub fn union(&self, other: &DStream<T>) -> DStream<T> {
+        if self.slide_ms() != other.slide_ms() {
+            self.graph_error(
+                &self.operator_name(),
+                format!(
+                    "union of streams with different slides ({} ms and {} ms); \
+                     window both to the same slide first",
+                    self.slide_ms(),
+                    other.slide_ms()
+                ),
+            );
+        }
+        other.node.meta.add_consumer();
+        let (a, b) = (self.parent(), other.parent());
+        self.child("union", move |t| {
+            let left = a.get_or_compute(t)?;
+            let right = b.get_or_compute(t)?;
+            Ok(left.union(&right))
+        })
+    }
+
+    /// Arbitrary batch-to-batch function, given the batch time.
+    pub fn transform<U: Data>(
+        &self,
+        f: impl Fn(Batch<T>, Time) -> Batch<U> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let p = self.parent();
+        self.child("transform", move |t| Ok(f(p.get_or_compute(t)?, t)))
+    }
+
+    /// Redistributes the elements evenly over `n` partitions (order kept).
+    pub fn repartition(&self, n: usize) -> DStream<T> {
+        let p = self.parent();
+        self.child("repartition", move |t| {
+            let b = p.get_or_compute(t)?;
+            let mut all = Vec::with_capacity(b.len());
+            for part in b.into_partitions() {
+                all.extend(part);
+            }
+            Ok(Batch::from_partitions(split_even(all, n)))
+        })
+    }
+
+    /// One element per batch: the number of elements (0 for an empty batch).
+    pub fn count(&self) -> DStream<i64> {
+        let p = self.parent();
+        self.child("count", move |t| {
+            let n = p.get_or_compute(t)?.len();
+            Ok(Batch::from_vec(
+                vec![i64::try_from(n).unwrap_or(i64::MAX)],
+                1,
+            ))
+        })
+    }
+
+    /// One element per non-empty batch: all elements combined with `f`
+    /// (which should be associative and commutative).
+    pub fn reduce(&self, f: impl Fn(T, T) -> T + Send + Sync + 'static) -> DStream<T> {
+        let p = self.parent();
+        self.child("reduce", move |t| {
+            let b = p.get_or_compute(t)?;
+            let partials: Vec<Option<T>> = b
+                .into_shared()
+                .into_par_iter()
+                .map(|part| take_part(part).into_iter().reduce(&f))
+                .collect();
+            let total = partials.into_iter().flatten().reduce(&f);
+            Ok(Batch::from_vec(total.into_iter().collect(), 1))
+        })
+    }
+
+    /// Pairs of each distinct element and its count in the batch.
+    pub fn count_by_value(&self) -> DStream<(T, i64)>
+    where
+        T: Hash + Eq,
+    {
+        self.map(|x| (x, 1i64))
+            .reduce_by_key(|a, b| a + b)
+            .name_kind("count_by_value")
+    }
+
+    /// Renames a derived node after the user-facing operation it implements.
+    pub(crate) fn name_kind(self, kind: &str) -> Self {
+        let id = self.node.meta.id;
+        self.name(&format!("{kind}-{id}"))
+    }
+}

@@ -1,0 +1,89 @@
+//! The error type of `lockgate-core`: one enum, variants by the phase that failed.
+
+use std::path::PathBuf;
+
+use crate::clock::Time;
+
+/// A boxed error as returned by user code (output functions, receivers).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the core engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid (builder settings, options).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The stream graph is invalid; reported when the context starts.
+    #[error("invalid stream graph at operator `{operator}`: {reason}")]
+    Graph {
+        /// The stable name of the operator at fault.
+        operator: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
+    /// The context was used in a state that does not allow the call
+    /// (for example `start` twice, or adding streams after `start`).
+    #[error("streaming context: {0}")]
+    Lifecycle(String),
+
+    /// A source could not plan or read its input.
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        /// The source's name.
+        source_name: String,
+        /// What failed.
+        message: String,
+    },
+
+    /// An operator failed (a user function panicked or misused its state)
+    /// while computing a batch.
+    #[error("operator `{operator}` failed at batch time {time}: {message}")]
+    Operator {
+        /// The stable name of the operator.
+        operator: String,
+        /// The batch time being computed.
+        time: Time,
+        /// The panic message or reason.
+        message: String,
+    },
+
+    /// An output operation returned an error.
+    #[error("output `{operator}` failed at batch time {time}: {source}")]
+    Output {
+        /// The output operation's name.
+        operator: String,
+        /// The batch time being written.
+        time: Time,
+        /// The error the output returned.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A file or directory could not be read or written.
+    #[error("{action} `{}`: {source}", path.display())]
+    Io {
+        /// What was being done ("read file", "create directory", ...).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The result type of `lockgate-core`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

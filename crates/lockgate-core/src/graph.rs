@@ -1,0 +1,436 @@
+//! The operator graph: nodes with stable names, per-batch memoisation, input sources and
+//! output operations, and the code that runs one batch through it.
+//!
+//! Every [`DStream`](crate::DStream) is a handle on one node. A node computes its
+//! [`Batch`] for a batch time from its parents' batches. A node keeps (caches) a computed
+//! batch only when it has to: when several consumers read it, when a window downstream
+//! needs older batches (`remember`), or when it carries state. Otherwise its single
+//! consumer takes the batch by value and no element is copied.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::batch::{Batch, Data};
+use crate::clock::{Clock, Time};
+use crate::error::{Error, Result};
+
+/// The id of a batch: 0 for the first batch time, then one more per batch interval.
+pub type BatchId = u64;
+
+/// The identity of one batch, handed to output functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BatchRef {
+    /// The batch id.
+    pub id: BatchId,
+    /// The batch time.
+    pub time: Time,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turns a caught panic payload into a message.
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// The batch clock of a graph: zero time and interval, fixed at start.
+#[derive(Debug)]
+pub(crate) struct Timing {
+    pub interval_ms: i64,
+    zero_ms: AtomicI64,
+}
+
+impl Timing {
+    pub fn zero(&self) -> Time {
+        Time(self.zero_ms.load(Ordering::Acquire))
+    }
+
+    pub fn set_zero(&self, t: Time) {
+        self.zero_ms.store(t.0, Ordering::Release);
+    }
+
+    /// The batch id of batch time `t`.
+    pub fn batch_id(&self, t: Time) -> BatchId {
+        let n = t.since(self.zero()) / self.interval_ms.max(1) - 1;
+        u64::try_from(n).unwrap_or(0)
+    }
+}
+
+/// What every node knows about itself, independent of its element type.
+#[derive(Debug)]
+pub(crate) struct NodeMeta {
+    pub id: usize,
+    name: RwLock<String>,
+    /// The node's slide: it has a batch at zero + k * slide.
+    pub slide_ms: i64,
+    consumers: AtomicUsize,
+    remember_ms: AtomicI64,
+    /// Stateful nodes are computed at every valid batch time, in order.
+    pub stateful: bool,
+    timing: Arc<Timing>,
+}
+
+impl NodeMeta {
+    pub fn name(&self) -> String {
+        self.name
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn set_name(&self, name: &str) {
+        match self.name.write() {
+            Ok(mut n) => *n = name.to_string(),
+            Err(p) => *p.into_inner() = name.to_string(),
+        }
+    }
+
+    /// True when this node produces a batch at time `t`.
+    pub fn is_valid(&self, t: Time) -> bool {
+        let since = t.since(self.timing.zero());
+        since > 0 && since % self.slide_ms.max(1) == 0
+    }
+
+    pub fn add_consumer(&self) {
+        self.consumers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Asks this node to keep its batches for `ms` after their time.
+    pub fn require_remember(&self, ms: i64) {
+        self.remember_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    pub fn remember_ms(&self) -> i64 {
+        self.remember_ms.load(Ordering::Acquire)
+    }
+
+    fn eager(&self) -> bool {
+        self.stateful || self.remember_ms() > 0
+    }
+
+    fn should_cache(&self) -> bool {
+        self.eager() || self.consumers.load(Ordering::Acquire) > 1
+    }
+}
+
+/// The physical work of a node: turn the parents' batches into this node's batch.
+pub(crate) trait Operator<T>: Send + Sync {
+    /// Computes the batch at a valid time `t`.
+    fn compute(&self, t: Time) -> Result<Batch<T>>;
+}
+
+/// A node of the graph: its operator plus memoised batches.
+pub(crate) struct NodeCell<T> {
+    pub meta: Arc<NodeMeta>,
+    op: Box<dyn Operator<T>>,
+    cache: Mutex<BTreeMap<Time, Batch<T>>>,
+}
+
+impl<T: Data> NodeCell<T> {
+    /// The batch at time `t`: empty when the node has no batch at `t`.
+    pub fn get_or_compute(&self, t: Time) -> Result<Batch<T>> {
+        if !self.meta.is_valid(t) {
+            return Ok(Batch::empty());
+        }
+        if let Some(b) = lock(&self.cache).get(&t) {
+            return Ok(b.clone());
+        }
+        let batch = match catch_unwind(AssertUnwindSafe(|| self.op.compute(t))) {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(Error::Operator {
+                operator,
+                time,
+                message,
+            })) if operator.is_empty() => {
+                return Err(Error::Operator {
+                    operator: self.meta.name(),
+                    time,
+                    message,
+                })
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(payload) => {
+                return Err(Error::Operator {
+                    operator: self.meta.name(),
+                    time: t,
+                    message: panic_message(payload),
+                })
+            }
+        };
+        if self.meta.should_cache() {
+            lock(&self.cache).insert(t, batch.clone());
+        }
+        Ok(batch)
+    }
+
+    /// The batches of this node at the valid times in `(from, to]`, oldest first.
+    pub fn slice(&self, from: Time, to: Time) -> Result<Vec<Batch<T>>> {
+        let slide = self.meta.slide_ms.max(1);
+        let zero = self.meta.timing.zero();
+        // First valid time strictly after `from`.
+        let k = (from.since(zero)).div_euclid(slide) + 1;
+        let mut t = Time(zero.0 + k * slide);
+        let mut out = Vec::new();
+        while t <= to {
+            if self.meta.is_valid(t) {
+                out.push(self.get_or_compute(t)?);
+            }
+            t = t.plus_ms(slide);
+        }
+        Ok(out)
+    }
+}
+
+/// Type-erased access to a node for the scheduler.
+pub(crate) trait AnyNode: Send + Sync {
+    /// Computes the node at `t` if it must be computed at every batch.
+    fn touch(&self, t: Time) -> Result<()>;
+    /// Drops memoised batches no longer needed after batch `t` completed.
+    fn forget(&self, done: Time);
+}
+
+impl<T: Data> AnyNode for NodeCell<T> {
+    fn touch(&self, t: Time) -> Result<()> {
+        if self.meta.eager() && self.meta.is_valid(t) {
+            self.get_or_compute(t)?;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, done: Time) {
+        let keep_after = done.plus_ms(-self.meta.remember_ms());
+        let mut cache = lock(&self.cache);
+        let keep = cache.split_off(&keep_after.plus_ms(1));
+        *cache = keep;
+    }
+}
+
+/// What a source decided for one batch (its input descriptor).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InputInfo {
+    /// The source's name.
+    pub source: String,
+    /// Number of records in the batch.
+    pub records: u64,
+    /// A human-readable description of exactly what the batch reads
+    /// (file names, queue items, received records).
+    pub description: String,
+}
+
+/// A source of input: plans what each batch reads.
+pub(crate) trait InputSource: Send + Sync {
+    fn name(&self) -> String;
+    /// Starts receivers, takes the initial file listing, ...
+    fn start(&self, bounded: bool) -> Result<()>;
+    /// Stops receivers; data received so far stays available to `plan`.
+    fn stop(&self);
+    /// Decides what batch `t` reads.
+    fn plan(&self, t: Time) -> Result<InputInfo>;
+    /// True while the source has data that a next `plan` would take.
+    fn has_pending(&self) -> bool;
+    /// Drops planned data of batches up to `done`.
+    fn forget(&self, done: Time);
+    /// Records actually read for batch `t`, for sources that only know it after reading
+    /// (files: the plan lists files, reading counts lines).
+    fn records_read(&self, _t: Time) -> Option<u64> {
+        None
+    }
+}
+
+/// An output operation: the action that makes a batch happen.
+pub(crate) struct OutputOp {
+    pub name: String,
+    pub meta: Arc<NodeMeta>,
+    pub run: Box<dyn Fn(BatchRef) -> Result<()> + Send + Sync>,
+}
+
+/// The result of running one output operation for a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputOpInfo {
+    /// The output operation's name.
+    pub name: String,
+    /// When it started.
+    pub start: Time,
+    /// When it ended.
+    pub end: Time,
+    /// The error message if it failed.
+    pub failure: Option<String>,
+}
+
+/// The whole graph of one streaming context.
+pub(crate) struct Graph {
+    pub timing: Arc<Timing>,
+    pub parallelism: usize,
+    started: AtomicBool,
+    next_id: AtomicUsize,
+    nodes: Mutex<Vec<Arc<dyn AnyNode>>>,
+    inputs: Mutex<Vec<Arc<dyn InputSource>>>,
+    outputs: Mutex<Vec<Arc<OutputOp>>>,
+    errors: Mutex<Vec<Error>>,
+}
+
+impl Graph {
+    pub fn new(interval_ms: i64, parallelism: usize) -> Self {
+        Graph {
+            timing: Arc::new(Timing {
+                interval_ms,
+                zero_ms: AtomicI64::new(0),
+            }),
+            parallelism,
+            started: AtomicBool::new(false),
+            next_id: AtomicUsize::new(0),
+            nodes: Mutex::new(Vec::new()),
+            inputs: Mutex::new(Vec::new()),
+            outputs: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a node; `slide_ms` is its slide, `stateful` marks state-carrying nodes.
+    pub fn add_node<T: Data>(
+        &self,
+        kind: &'static str,
+        slide_ms: i64,
+        stateful: bool,
+        op: Box<dyn Operator<T>>,
+    ) -> Arc<NodeCell<T>> {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        if self.started.load(Ordering::Acquire) {
+            self.defer_error(Error::Lifecycle(format!(
+                "operator `{kind}-{id}` was added after the context started; \
+                 build the whole graph before calling start()"
+            )));
+        }
+        let meta = Arc::new(NodeMeta {
+            id,
+            name: RwLock::new(format!("{kind}-{id}")),
+            slide_ms,
+            consumers: AtomicUsize::new(0),
+            remember_ms: AtomicI64::new(0),
+            stateful,
+            timing: self.timing.clone(),
+        });
+        let node = Arc::new(NodeCell {
+            meta,
+            op,
+            cache: Mutex::new(BTreeMap::new()),
+        });
+        lock(&self.nodes).push(node.clone());
+        node
+    }
+
+    pub fn add_input(&self, input: Arc<dyn InputSource>) {
+        lock(&self.inputs).push(input);
+    }
+
+    pub fn add_output(&self, op: OutputOp) {
+        if self.started.load(Ordering::Acquire) {
+            self.defer_error(Error::Lifecycle(format!(
+                "output `{}` was added after the context started",
+                op.name
+            )));
+        }
+        op.meta.add_consumer();
+        lock(&self.outputs).push(Arc::new(op));
+    }
+
+    /// Records an error found while building the graph; `start` reports it.
+    pub fn defer_error(&self, e: Error) {
+        lock(&self.errors).push(e);
+    }
+
+    pub fn output_count(&self) -> usize {
+        lock(&self.outputs).len()
+    }
+
+    pub fn inputs(&self) -> Vec<Arc<dyn InputSource>> {
+        lock(&self.inputs).clone()
+    }
+
+    /// Checks the graph and fixes its zero time; called once by `start`.
+    pub fn start(&self, zero: Time) -> Result<()> {
+        if let Some(e) = lock(&self.errors).drain(..).next() {
+            return Err(e);
+        }
+        if lock(&self.outputs).is_empty() {
+            return Err(Error::Graph {
+                operator: "(none)".into(),
+                reason: "no output operations registered, so nothing to execute; \
+                         add print(), save_as_text_files() or foreach_batch() to a stream"
+                    .into(),
+            });
+        }
+        self.timing.set_zero(zero);
+        self.started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs every output operation valid at `batch.time`, then forgets what is no
+    /// longer needed. Returns per-output timings and the first failure.
+    pub fn run_batch(
+        &self,
+        batch: BatchRef,
+        inputs: &mut [InputInfo],
+        clock: &dyn Clock,
+    ) -> (Vec<OutputOpInfo>, Result<()>) {
+        let t = batch.time;
+        let mut infos = Vec::new();
+        let nodes = lock(&self.nodes).clone();
+        let outputs = lock(&self.outputs).clone();
+        let mut result = Ok(());
+        for node in &nodes {
+            if let Err(e) = node.touch(t) {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            for op in outputs.iter().filter(|op| op.meta.is_valid(t)) {
+                let start = clock.now();
+                let r = catch_unwind(AssertUnwindSafe(|| (op.run)(batch))).unwrap_or_else(
+                    |payload| {
+                        Err(Error::Operator {
+                            operator: op.name.clone(),
+                            time: t,
+                            message: panic_message(payload),
+                        })
+                    },
+                );
+                infos.push(OutputOpInfo {
+                    name: op.name.clone(),
+                    start,
+                    end: clock.now(),
+                    failure: r.as_ref().err().map(|e| e.to_string()),
+                });
+                if let Err(e) = r {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        for node in &nodes {
+            node.forget(t);
+        }
+        for input in lock(&self.inputs).iter() {
+            if let Some(n) = input.records_read(t) {
+                let name = input.name();
+                for info in inputs.iter_mut().filter(|i| i.source == name) {
+                    info.records = n;
+                }
+            }
+            input.forget(t);
+        }
+        (infos, result)
+    }
+}

@@ -1,0 +1,69 @@
+//! # lockgate-core
+//!
+//! The engine of Lockgate, a micro-batch stream processor on the model of Spark
+//! Streaming: a stream is cut into batches at a fixed interval, each batch is computed
+//! in parallel on all cores, and the results go to outputs.
+//!
+//! This crate owns: batches ([`Batch`]), the [`DStream`] API (transformations, keyed
+//! operations, windows, state, outputs), the scheduler (job generator and runner), the
+//! [`Clock`] (system and manual), sources (queues, files, sockets, the [`Receiver`]
+//! trait) and the metrics registry.
+//!
+//! ```
+//! use std::time::Duration;
+//! use lockgate_core::{InputQueue, StreamingContext, Trigger, Time};
+//!
+//! let ctx = StreamingContext::builder()
+//!     .batch_interval(Duration::from_secs(1))
+//!     .trigger(Trigger::AvailableNow)
+//!     .start_time(Time(0))
+//!     .build()?;
+//! let lines = ctx.queue_stream(
+//!     InputQueue::from_batches(vec![vec!["a b".to_string(), "b".to_string()]]),
+//!     true,
+//!     None,
+//! );
+//! let counts = lines
+//!     .flat_map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+//!     .map(|w| (w, 1))
+//!     .reduce_by_key(|a, b| a + b);
+//! counts.foreach_batch(|batch, b| {
+//!     let mut got = batch.collect();
+//!     got.sort();
+//!     assert_eq!(got, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+//!     assert_eq!(b.id, 0);
+//! });
+//! ctx.start()?;
+//! ctx.await_termination()?;
+//! # Ok::<(), lockgate_core::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod clock;
+pub mod context;
+pub mod dstream;
+pub mod error;
+mod graph;
+pub mod metrics;
+mod scheduler;
+pub mod show;
+pub mod source;
+pub mod testing;
+
+pub use batch::{Batch, Data};
+pub use clock::{Clock, ManualClock, SystemClock, Time};
+pub use context::{ContextState, StreamingContext, StreamingContextBuilder, Trigger};
+pub use dstream::output::OutputResult;
+pub use dstream::state::{MapWithStateDStream, State, StateSpec};
+pub use dstream::window::InverseWindowOpts;
+pub use dstream::DStream;
+pub use error::{BoxError, Error, Result};
+pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
+pub use metrics::{BatchInfo, MetricsSnapshot, SourceCounters, StreamingMetrics};
+pub use show::Show;
+pub use source::files::FileStreamOptions;
+pub use source::queue::InputQueue;
+pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};
+pub use source::socket::SocketTextReceiver;

@@ -1,0 +1,201 @@
+//! The metrics registry: what happened to every batch (times, input sizes, output
+//! operations) and per-source counters, for tests, logs and (later) the web UI.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::clock::Time;
+use crate::graph::{lock, BatchId, InputInfo, OutputOpInfo};
+
+/// How many completed batches the registry keeps.
+pub const RETAINED_BATCHES: usize = 1000;
+
+/// Everything recorded about one batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// The batch id.
+    pub batch_id: BatchId,
+    /// The batch time.
+    pub batch_time: Time,
+    /// When the batch was planned and queued for running.
+    pub submission_time: Time,
+    /// When it started running.
+    pub processing_start: Option<Time>,
+    /// When it finished.
+    pub processing_end: Option<Time>,
+    /// What each source read.
+    pub inputs: Vec<InputInfo>,
+    /// Each output operation's timing and status.
+    pub output_ops: Vec<OutputOpInfo>,
+    /// Why the batch failed, if it did.
+    pub failure: Option<String>,
+}
+
+impl BatchInfo {
+    /// Total input records over all sources.
+    pub fn num_records(&self) -> u64 {
+        self.inputs.iter().map(|i| i.records).sum()
+    }
+
+    /// Time from submission to processing start (Spark's scheduling delay).
+    pub fn scheduling_delay_ms(&self) -> Option<i64> {
+        self.processing_start.map(|s| s.since(self.submission_time))
+    }
+
+    /// Time from processing start to end.
+    pub fn processing_time_ms(&self) -> Option<i64> {
+        Some(self.processing_end?.since(self.processing_start?))
+    }
+
+    /// Time from submission to processing end.
+    pub fn total_delay_ms(&self) -> Option<i64> {
+        self.processing_end.map(|e| e.since(self.submission_time))
+    }
+}
+
+/// Counters of one source: records read and bad input handled without failing.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Lines with invalid UTF-8 (the bad bytes were replaced by U+FFFD).
+    pub invalid_utf8_lines: AtomicU64,
+    /// Lines longer than the limit (cut at the limit).
+    pub truncated_lines: AtomicU64,
+    /// Files that could not be read (reported by name in the log).
+    pub unreadable_files: AtomicU64,
+}
+
+impl SourceCounters {
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    queued: BTreeMap<Time, BatchInfo>,
+    running: Option<BatchInfo>,
+    completed: VecDeque<BatchInfo>,
+    total_completed: u64,
+    total_records: u64,
+    last_completed: Option<Time>,
+    terminated: bool,
+    sources: BTreeMap<String, Arc<SourceCounters>>,
+}
+
+/// A point-in-time copy of the registry.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSnapshot {
+    /// Batches planned but not yet running, oldest first.
+    pub queued: Vec<BatchInfo>,
+    /// The batch running now.
+    pub running: Option<BatchInfo>,
+    /// The most recent completed batches, oldest first (at most [`RETAINED_BATCHES`]).
+    pub completed: Vec<BatchInfo>,
+    /// Batches completed since start.
+    pub total_completed: u64,
+    /// Records in all completed batches.
+    pub total_records: u64,
+}
+
+/// The registry of one streaming context.
+#[derive(Default)]
+pub struct StreamingMetrics {
+    inner: Mutex<Registry>,
+    changed: Condvar,
+}
+
+impl StreamingMetrics {
+    pub(crate) fn batch_queued(&self, info: BatchInfo) {
+        lock(&self.inner).queued.insert(info.batch_time, info);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn batch_started(&self, time: Time, start: Time) -> Option<BatchInfo> {
+        let mut r = lock(&self.inner);
+        let mut info = r.queued.remove(&time)?;
+        info.processing_start = Some(start);
+        r.running = Some(info.clone());
+        Some(info)
+    }
+
+    pub(crate) fn batch_completed(&self, info: BatchInfo) {
+        let mut r = lock(&self.inner);
+        r.running = None;
+        r.total_completed += 1;
+        r.total_records += info.num_records();
+        r.last_completed = Some(info.batch_time);
+        r.completed.push_back(info);
+        while r.completed.len() > RETAINED_BATCHES {
+            r.completed.pop_front();
+        }
+        drop(r);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn set_terminated(&self) {
+        lock(&self.inner).terminated = true;
+        self.changed.notify_all();
+    }
+
+    /// The counters of source `name` (created on first use).
+    pub fn source(&self, name: &str) -> Arc<SourceCounters> {
+        lock(&self.inner)
+            .sources
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Names of all sources with counters.
+    pub fn source_names(&self) -> Vec<String> {
+        lock(&self.inner).sources.keys().cloned().collect()
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let r = lock(&self.inner);
+        MetricsSnapshot {
+            queued: r.queued.values().cloned().collect(),
+            running: r.running.clone(),
+            completed: r.completed.iter().cloned().collect(),
+            total_completed: r.total_completed,
+            total_records: r.total_records,
+        }
+    }
+
+    /// The completed batches still retained, oldest first.
+    pub fn completed_batches(&self) -> Vec<BatchInfo> {
+        lock(&self.inner).completed.iter().cloned().collect()
+    }
+
+    /// Blocks until the batch at `time` (or a later one) has completed, or the context
+    /// terminated, or `timeout` passed (a guard against hangs, not a way to pace work).
+    /// Returns true if the batch completed.
+    pub fn wait_for_batch(&self, time: Time, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut r = lock(&self.inner);
+        loop {
+            if r.last_completed.is_some_and(|t| t >= time) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if r.terminated || now >= deadline {
+                return false;
+            }
+            r = self
+                .changed
+                .wait_timeout(r, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}

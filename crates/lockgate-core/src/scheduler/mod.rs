@@ -1,0 +1,231 @@
+//! The scheduler: a job generator that plans one batch per tick, and a job runner that
+//! runs the planned batches one at a time, in order (Spark's default of one concurrent
+//! job). When processing falls behind, planned batches queue and the scheduling delay
+//! grows; every step is recorded in the [`StreamingMetrics`].
+//!
+//! In a bounded run ([`Trigger::AvailableNow`](crate::Trigger)) the generator does not
+//! wait for the clock: batch times advance one interval per batch, and generation ends
+//! once no source has anything left.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::clock::{Clock, Time};
+use crate::error::{Error, Result};
+use crate::graph::{lock, BatchRef, Graph, InputInfo};
+use crate::metrics::{BatchInfo, StreamingMetrics};
+
+/// One planned batch, on its way from the generator to the runner.
+struct Job {
+    batch: BatchRef,
+    inputs: Vec<InputInfo>,
+}
+
+/// State shared by the generator, the runner and the context.
+pub(crate) struct Scheduler {
+    pub graph: Arc<Graph>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<StreamingMetrics>,
+    pub pool: rayon::ThreadPool,
+    pub bounded: bool,
+    /// Stop generating batches.
+    pub stop: AtomicBool,
+    /// Drop queued batches instead of running them.
+    pub abort: AtomicBool,
+    failure: Mutex<Option<Error>>,
+    done: Mutex<bool>,
+    done_changed: Condvar,
+}
+
+impl Scheduler {
+    pub fn new(
+        graph: Arc<Graph>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<StreamingMetrics>,
+        pool: rayon::ThreadPool,
+        bounded: bool,
+    ) -> Self {
+        Scheduler {
+            graph,
+            clock,
+            metrics,
+            pool,
+            bounded,
+            stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            done: Mutex::new(false),
+            done_changed: Condvar::new(),
+        }
+    }
+
+    /// Starts the generator and runner threads; the first batch is at `zero + interval`.
+    pub fn spawn(self: &Arc<Self>, zero: Time) -> Result<Vec<JoinHandle<()>>> {
+        // Bounded runs plan at most one batch ahead; streaming runs queue freely.
+        let capacity = if self.bounded { 1 } else { 1 << 20 };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(capacity);
+        let spawn_err = |e: std::io::Error| Error::Lifecycle(format!("cannot start thread: {e}"));
+        let runner = {
+            let s = self.clone();
+            std::thread::Builder::new()
+                .name("lockgate-job-runner".into())
+                .spawn(move || s.run_jobs(rx))
+                .map_err(spawn_err)?
+        };
+        let generator = {
+            let s = self.clone();
+            std::thread::Builder::new()
+                .name("lockgate-job-generator".into())
+                .spawn(move || s.generate(zero, tx))
+                .map_err(spawn_err)?
+        };
+        Ok(vec![generator, runner])
+    }
+
+    fn fail(&self, e: Error) {
+        tracing::error!(error = %e, "stopping the streaming context");
+        lock(&self.failure).get_or_insert(e);
+        self.stop.store(true, Ordering::Release);
+        self.abort.store(true, Ordering::Release);
+        self.clock.interrupt();
+    }
+
+    /// Takes the error that stopped the context, if any.
+    pub fn take_failure(&self) -> Option<Error> {
+        lock(&self.failure).take()
+    }
+
+    /// Plans batch `t`: asks every source for its input descriptor.
+    fn plan(&self, t: Time) -> Result<Job> {
+        let id = self.graph.timing.batch_id(t);
+        let mut inputs = Vec::new();
+        for input in self.graph.inputs() {
+            inputs.push(input.plan(t)?);
+        }
+        self.metrics.batch_queued(BatchInfo {
+            batch_id: id,
+            batch_time: t,
+            submission_time: self.clock.now(),
+            processing_start: None,
+            processing_end: None,
+            inputs: inputs.clone(),
+            output_ops: Vec::new(),
+            failure: None,
+        });
+        Ok(Job {
+            batch: BatchRef { id, time: t },
+            inputs,
+        })
+    }
+
+    fn generate(&self, zero: Time, tx: SyncSender<Job>) {
+        let interval = self.graph.timing.interval_ms;
+        let mut t = zero.plus_ms(interval);
+        loop {
+            if !self.bounded {
+                self.clock.wait_until(t, &self.stop);
+            }
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if !self.bounded && self.clock.now() < t {
+                continue;
+            }
+            match self.plan(t) {
+                Ok(job) => {
+                    if tx.send(job).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+            t = t.plus_ms(interval);
+            if self.bounded && !self.graph.inputs().iter().any(|i| i.has_pending()) {
+                return;
+            }
+        }
+        // Graceful stop: receivers are stopped by now; what they stored but no batch has
+        // taken yet goes into one last batch.
+        if !self.abort.load(Ordering::Acquire)
+            && self.graph.inputs().iter().any(|i| i.has_pending())
+        {
+            match self.plan(t) {
+                Ok(job) => {
+                    let _ = tx.send(job);
+                }
+                Err(e) => self.fail(e),
+            }
+        }
+    }
+
+    fn run_jobs(&self, rx: Receiver<Job>) {
+        for mut job in rx.iter() {
+            if self.abort.load(Ordering::Acquire) {
+                break;
+            }
+            let start = self.clock.now();
+            let queued = self.metrics.batch_started(job.batch.time, start);
+            let (outputs, result) = self.pool.install(|| {
+                self.graph
+                    .run_batch(job.batch, &mut job.inputs, self.clock.as_ref())
+            });
+            let end = self.clock.now();
+            let info = BatchInfo {
+                batch_id: job.batch.id,
+                batch_time: job.batch.time,
+                submission_time: queued.map(|q| q.submission_time).unwrap_or(start),
+                processing_start: Some(start),
+                processing_end: Some(end),
+                inputs: job.inputs,
+                output_ops: outputs,
+                failure: result.as_ref().err().map(|e| e.to_string()),
+            };
+            tracing::info!(
+                batch_id = info.batch_id,
+                batch_time_ms = info.batch_time.millis(),
+                records = info.num_records(),
+                scheduling_delay_ms = info.scheduling_delay_ms().unwrap_or(0),
+                processing_ms = info.processing_time_ms().unwrap_or(0),
+                "batch completed"
+            );
+            self.metrics.batch_completed(info);
+            if let Err(e) = result {
+                self.fail(e);
+                break;
+            }
+        }
+        drop(rx);
+        *lock(&self.done) = true;
+        self.metrics.set_terminated();
+        self.done_changed.notify_all();
+    }
+
+    /// Waits until the runner has exited, at most `timeout` (forever with `None`).
+    /// Returns true if it has.
+    pub fn wait_done(&self, timeout: Option<std::time::Duration>) -> bool {
+        let deadline = timeout.map(|d| std::time::Instant::now() + d);
+        let mut done = lock(&self.done);
+        while !*done {
+            match deadline {
+                None => done = self.done_changed.wait(done).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    done = self
+                        .done_changed
+                        .wait_timeout(done, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+}

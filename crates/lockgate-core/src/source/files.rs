@@ -1,0 +1,251 @@
+//! `text_file_stream`: the lines of new files in a directory.
+//!
+//! Each batch takes the files that appeared in the directory since the previous batch,
+//! oldest first (by modification time, then name), at most `max_files_per_batch` of
+//! them; the rest wait for the next batches. Names starting with `.` or `_` are ignored,
+//! so writers should use the write-then-rename convention: write `dir/.name.tmp` (or
+//! outside the directory on the same filesystem), then rename it to `dir/name`. A file
+//! is read once, whole; appending to it after it was picked up has no effect.
+//!
+//! In a bounded run (`Trigger::AvailableNow`) the source takes exactly the files present
+//! at start and is done when they have all been planned.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+
+use crate::batch::Batch;
+use crate::clock::Time;
+use crate::context::StreamingContext;
+use crate::dstream::DStream;
+use crate::error::{Error, Result};
+use crate::graph::{lock, InputInfo, InputSource};
+use crate::metrics::SourceCounters;
+use crate::source::{chunk_bounds, register, split_lines, SourceCompute, DEFAULT_MAX_LINE_BYTES};
+
+/// Options of [`text_file_stream_with`](StreamingContext::text_file_stream_with).
+#[derive(Clone, Debug)]
+pub struct FileStreamOptions {
+    /// The most files one batch takes (default: no limit).
+    pub max_files_per_batch: Option<usize>,
+    /// Ignore the files already in the directory when the context starts (Spark's
+    /// default: `true`). Bounded runs always take the files present at start.
+    pub new_files_only: bool,
+    /// Lines longer than this many bytes are cut (and counted).
+    pub max_line_bytes: usize,
+}
+
+impl Default for FileStreamOptions {
+    fn default() -> Self {
+        FileStreamOptions {
+            max_files_per_batch: None,
+            new_files_only: true,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        }
+    }
+}
+
+/// True for names the file source never reads (hidden and temporary files).
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+struct FileInput {
+    name: String,
+    dir: PathBuf,
+    opts: FileStreamOptions,
+    bounded: AtomicBool,
+    seen: Mutex<HashSet<PathBuf>>,
+    backlog: Mutex<VecDeque<PathBuf>>,
+    planned: Mutex<BTreeMap<Time, Vec<PathBuf>>>,
+    read_counts: Mutex<BTreeMap<Time, u64>>,
+    partitions: usize,
+    counters: Arc<SourceCounters>,
+}
+
+/// Regular, non-ignored files of `dir`, oldest first (modification time, then name).
+fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<(SystemTime, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if is_ignored_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        files.push((mtime, entry.path()));
+    }
+    files.sort();
+    Ok(files.into_iter().map(|(_, p)| p).collect())
+}
+
+impl FileInput {
+    fn discover(&self) -> Result<()> {
+        let files = list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
+        let mut seen = lock(&self.seen);
+        let mut backlog = lock(&self.backlog);
+        for f in files {
+            if seen.insert(f.clone()) {
+                backlog.push_back(f);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        match fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                SourceCounters::add(&self.counters.unreadable_files, 1);
+                tracing::warn!(
+                    source = %self.name,
+                    file = %path.display(),
+                    error = %e,
+                    "file could not be read and is skipped; check its permissions"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl InputSource for FileInput {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn start(&self, bounded: bool) -> Result<()> {
+        self.bounded.store(bounded, Ordering::Release);
+        if !self.dir.is_dir() {
+            return Err(Error::Source {
+                source_name: self.name.clone(),
+                message: format!(
+                    "input directory `{}` does not exist or is not a directory; create it \
+                     or point the stream at an existing directory",
+                    self.dir.display()
+                ),
+            });
+        }
+        if self.opts.new_files_only && !bounded {
+            let files =
+                list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
+            lock(&self.seen).extend(files);
+        } else {
+            self.discover()?;
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {}
+
+    fn plan(&self, t: Time) -> Result<InputInfo> {
+        if !self.bounded.load(Ordering::Acquire) {
+            if let Err(e) = self.discover() {
+                tracing::warn!(source = %self.name, error = %e, "listing failed; retrying at the next batch");
+            }
+        }
+        let files: Vec<PathBuf> = {
+            let mut backlog = lock(&self.backlog);
+            let n = self
+                .opts
+                .max_files_per_batch
+                .unwrap_or(usize::MAX)
+                .min(backlog.len());
+            backlog.drain(..n).collect()
+        };
+        let description = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        lock(&self.planned).insert(t, files);
+        Ok(InputInfo {
+            source: self.name.clone(),
+            // Lines are counted when read; the plan knows files only.
+            records: 0,
+            description,
+        })
+    }
+
+    fn has_pending(&self) -> bool {
+        !lock(&self.backlog).is_empty()
+    }
+
+    fn forget(&self, done: Time) {
+        let mut p = lock(&self.planned);
+        *p = p.split_off(&done.plus_ms(1));
+        let mut c = lock(&self.read_counts);
+        *c = c.split_off(&done.plus_ms(1));
+    }
+
+    fn records_read(&self, t: Time) -> Option<u64> {
+        lock(&self.read_counts).get(&t).copied()
+    }
+}
+
+impl SourceCompute<String> for FileInput {
+    fn compute(&self, t: Time) -> Result<Batch<String>> {
+        let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
+        let contents: Vec<Vec<u8>> = files
+            .par_iter()
+            .filter_map(|f| self.read_file(f))
+            .collect();
+        let total: usize = contents.iter().map(|c| c.len()).sum();
+        // Aim for about two chunks per worker so both cores stay busy.
+        let target = (total / (self.partitions * 2).max(1)).max(64 * 1024);
+        let chunks: Vec<&[u8]> = contents
+            .iter()
+            .flat_map(|c| {
+                let k = c.len().div_ceil(target).max(1);
+                chunk_bounds(c, k).into_iter().map(move |r| &c[r])
+            })
+            .collect();
+        let max = self.opts.max_line_bytes;
+        let parts: Vec<Vec<String>> = chunks
+            .into_par_iter()
+            .map(|chunk| split_lines(chunk, max, &self.counters))
+            .collect();
+        let batch = Batch::from_partitions(parts);
+        SourceCounters::add(&self.counters.records, batch.len() as u64);
+        lock(&self.read_counts).insert(t, batch.len() as u64);
+        Ok(batch)
+    }
+}
+
+impl StreamingContext {
+    /// The lines of the files that appear in `dir` (new files only, like Spark).
+    pub fn text_file_stream(&self, dir: impl AsRef<Path>) -> DStream<String> {
+        self.text_file_stream_with(dir, FileStreamOptions::default())
+    }
+
+    /// [`text_file_stream`](Self::text_file_stream) with options.
+    pub fn text_file_stream_with(
+        &self,
+        dir: impl AsRef<Path>,
+        opts: FileStreamOptions,
+    ) -> DStream<String> {
+        let name = format!("files-{}", self.metrics_ref().source_names().len());
+        let src = Arc::new(FileInput {
+            counters: self.metrics_ref().source(&name),
+            name,
+            dir: dir.as_ref().to_path_buf(),
+            opts,
+            bounded: AtomicBool::new(false),
+            seen: Mutex::new(HashSet::new()),
+            backlog: Mutex::new(VecDeque::new()),
+            planned: Mutex::new(BTreeMap::new()),
+            read_counts: Mutex::new(BTreeMap::new()),
+            partitions: self.parallelism(),
+        });
+        register(self, "text_file_stream", src)
+    }
+}

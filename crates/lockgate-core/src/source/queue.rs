@@ -1,0 +1,202 @@
+//! Queue and constant sources: batches given by the program (tests and demos).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::batch::{Batch, Data};
+use crate::clock::Time;
+use crate::context::StreamingContext;
+use crate::dstream::DStream;
+use crate::error::Result;
+use crate::graph::{lock, InputInfo, InputSource};
+use crate::metrics::{SourceCounters, StreamingMetrics};
+use crate::source::{register, SourceCompute};
+
+/// A queue of batches feeding a [`queue_stream`](StreamingContext::queue_stream);
+/// cloneable, so the program can push more batches while the context runs.
+pub struct InputQueue<T> {
+    inner: Arc<Mutex<VecDeque<Vec<T>>>>,
+}
+
+impl<T> Clone for InputQueue<T> {
+    fn clone(&self) -> Self {
+        InputQueue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> Default for InputQueue<T> {
+    fn default() -> Self {
+        InputQueue {
+            inner: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+}
+
+impl<T> InputQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A queue holding `batches`, in order.
+    pub fn from_batches(batches: impl IntoIterator<Item = Vec<T>>) -> Self {
+        let q = Self::new();
+        lock(&q.inner).extend(batches);
+        q
+    }
+
+    /// Adds a batch at the end.
+    pub fn push(&self, batch: Vec<T>) {
+        lock(&self.inner).push_back(batch);
+    }
+
+    /// Number of batches waiting.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).len()
+    }
+
+    /// True when no batch is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct QueueInput<T> {
+    name: String,
+    queue: InputQueue<T>,
+    one_at_a_time: bool,
+    default: Option<Vec<T>>,
+    planned: Mutex<BTreeMap<Time, Vec<T>>>,
+    partitions: usize,
+    counters: Arc<SourceCounters>,
+}
+
+impl<T: Data> InputSource for QueueInput<T> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn start(&self, _bounded: bool) -> Result<()> {
+        Ok(())
+    }
+
+    fn stop(&self) {}
+
+    fn plan(&self, t: Time) -> Result<InputInfo> {
+        let (items, taken) = {
+            let mut q = lock(&self.queue.inner);
+            if self.one_at_a_time {
+                let item = q.pop_front();
+                let taken = usize::from(item.is_some());
+                (item, taken)
+            } else {
+                let taken = q.len();
+                let all: Vec<T> = q.drain(..).flatten().collect();
+                (if taken > 0 { Some(all) } else { None }, taken)
+            }
+        };
+        let items = items.or_else(|| self.default.clone()).unwrap_or_default();
+        let records = items.len() as u64;
+        SourceCounters::add(&self.counters.records, records);
+        lock(&self.planned).insert(t, items);
+        Ok(InputInfo {
+            source: self.name.clone(),
+            records,
+            description: format!("{taken} queued batch(es)"),
+        })
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    fn forget(&self, done: Time) {
+        let mut p = lock(&self.planned);
+        *p = p.split_off(&done.plus_ms(1));
+    }
+}
+
+impl<T: Data> SourceCompute<T> for QueueInput<T> {
+    fn compute(&self, t: Time) -> Result<Batch<T>> {
+        let items = lock(&self.planned).remove(&t).unwrap_or_default();
+        Ok(Batch::from_vec(items, self.partitions))
+    }
+}
+
+struct ConstantInput<T> {
+    name: String,
+    data: Vec<T>,
+    partitions: usize,
+    counters: Arc<SourceCounters>,
+}
+
+impl<T: Data> InputSource for ConstantInput<T> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn start(&self, _bounded: bool) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&self) {}
+    fn plan(&self, _t: Time) -> Result<InputInfo> {
+        let records = self.data.len() as u64;
+        SourceCounters::add(&self.counters.records, records);
+        Ok(InputInfo {
+            source: self.name.clone(),
+            records,
+            description: "constant batch".into(),
+        })
+    }
+    fn has_pending(&self) -> bool {
+        false
+    }
+    fn forget(&self, _done: Time) {}
+}
+
+impl<T: Data> SourceCompute<T> for ConstantInput<T> {
+    fn compute(&self, _t: Time) -> Result<Batch<T>> {
+        Ok(Batch::from_vec(self.data.clone(), self.partitions))
+    }
+}
+
+fn source_name(metrics: &StreamingMetrics, kind: &str) -> String {
+    format!("{kind}-{}", metrics.source_names().len())
+}
+
+impl StreamingContext {
+    /// A stream fed from `queue`: with `one_at_a_time`, each batch takes the next queued
+    /// batch; otherwise each batch takes everything queued. When the queue is empty, a
+    /// batch is `default` (or empty).
+    pub fn queue_stream<T: Data>(
+        &self,
+        queue: InputQueue<T>,
+        one_at_a_time: bool,
+        default: Option<Vec<T>>,
+    ) -> DStream<T> {
+        let name = source_name(self.metrics_ref(), "queue");
+        let src = Arc::new(QueueInput {
+            counters: self.metrics_ref().source(&name),
+            name,
+            queue,
+            one_at_a_time,
+            default,
+            planned: Mutex::new(BTreeMap::new()),
+            partitions: self.parallelism(),
+        });
+        register(self, "queue_stream", src)
+    }
+
+    /// A stream whose every batch is `data`.
+    pub fn constant_input_stream<T: Data>(&self, data: Vec<T>) -> DStream<T> {
+        let name = source_name(self.metrics_ref(), "constant");
+        let src = Arc::new(ConstantInput {
+            counters: self.metrics_ref().source(&name),
+            name,
+            data,
+            partitions: self.parallelism(),
+        });
+        register(self, "constant_input_stream", src)
+    }
+}

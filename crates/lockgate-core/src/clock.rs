@@ -79,7 +79,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Time {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| duration_ms(d))
+            .map(duration_ms)
             .unwrap_or(0);
         Time(ms)
     }
@@ -169,8 +169,7 @@ mod tests {
     fn manual_clock_wakes_waiter_on_advance() {
         let clock = Arc::new(ManualClock::new(0));
         let c2 = clock.clone();
-        let waiter =
-            std::thread::spawn(move || c2.wait_until(Time(1000), &AtomicBool::new(false)));
+        let waiter = std::thread::spawn(move || c2.wait_until(Time(1000), &AtomicBool::new(false)));
         clock.advance(Duration::from_millis(400));
         clock.advance(Duration::from_millis(600));
         assert_eq!(waiter.join().ok(), Some(Time(1000)));

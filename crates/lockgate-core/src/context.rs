@@ -3,7 +3,7 @@
 //! `stop` (gracefully or not) or `await_termination`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -105,11 +105,7 @@ impl StreamingContextBuilder {
             )));
         }
         let parallelism = match self.parallelism {
-            Some(0) => {
-                return Err(Error::Config(
-                    "parallelism must be at least 1".into(),
-                ))
-            }
+            Some(0) => return Err(Error::Config("parallelism must be at least 1".into())),
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -124,6 +120,7 @@ impl StreamingContextBuilder {
                 start_time: self.start_time,
                 graph: Arc::new(Graph::new(interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
+                stopping: AtomicBool::new(false),
                 run: Mutex::new(Run {
                     state: ContextState::Initialized,
                     scheduler: None,
@@ -150,6 +147,7 @@ struct Inner {
     start_time: Option<Time>,
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
+    stopping: AtomicBool,
     run: Mutex<Run>,
 }
 
@@ -219,6 +217,11 @@ impl StreamingContext {
         lock(&self.inner.run).state
     }
 
+    /// True once [`stop`](Self::stop) was called or the context terminated by itself.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
     /// The time batch ids count from: batch `b` has time `zero + (b + 1) * interval`.
     /// Fixed by `start`.
     pub fn zero_time(&self) -> Time {
@@ -237,7 +240,10 @@ impl StreamingContext {
             )));
         }
         let interval = self.inner.graph.timing.interval_ms;
-        let base = self.inner.start_time.unwrap_or_else(|| self.inner.clock.now());
+        let base = self
+            .inner
+            .start_time
+            .unwrap_or_else(|| self.inner.clock.now());
         let zero = Time(base.millis().div_euclid(interval) * interval);
         self.inner.graph.start(zero)?;
         let bounded = self.inner.trigger == Trigger::AvailableNow;
@@ -283,6 +289,7 @@ impl StreamingContext {
     pub fn stop(&self, graceful: bool) -> Result<()> {
         let mut run = lock(&self.inner.run);
         let Some(scheduler) = run.scheduler.clone() else {
+            self.inner.stopping.store(true, Ordering::Release);
             run.state = ContextState::Stopped;
             return Ok(());
         };
@@ -295,6 +302,7 @@ impl StreamingContext {
             scheduler.abort.store(true, Ordering::Release);
         }
         scheduler.stop.store(true, Ordering::Release);
+        self.inner.stopping.store(true, Ordering::Release);
         self.inner.clock.interrupt();
         for input in &inputs {
             input.stop();

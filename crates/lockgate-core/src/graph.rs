@@ -398,15 +398,14 @@ impl Graph {
         if result.is_ok() {
             for op in outputs.iter().filter(|op| op.meta.is_valid(t)) {
                 let start = clock.now();
-                let r = catch_unwind(AssertUnwindSafe(|| (op.run)(batch))).unwrap_or_else(
-                    |payload| {
+                let r =
+                    catch_unwind(AssertUnwindSafe(|| (op.run)(batch))).unwrap_or_else(|payload| {
                         Err(Error::Operator {
                             operator: op.name.clone(),
                             time: t,
                             message: panic_message(payload),
                         })
-                    },
-                );
+                    });
                 infos.push(OutputOpInfo {
                     name: op.name.clone(),
                     start,

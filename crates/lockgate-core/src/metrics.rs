@@ -124,6 +124,8 @@ impl StreamingMetrics {
         let mut info = r.queued.remove(&time)?;
         info.processing_start = Some(start);
         r.running = Some(info.clone());
+        drop(r);
+        self.changed.notify_all();
         Some(info)
     }
 
@@ -162,7 +164,10 @@ impl StreamingMetrics {
 
     /// A copy of the current state.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let r = lock(&self.inner);
+        Self::snapshot_of(&lock(&self.inner))
+    }
+
+    fn snapshot_of(r: &Registry) -> MetricsSnapshot {
         MetricsSnapshot {
             queued: r.queued.values().cloned().collect(),
             running: r.running.clone(),
@@ -175,6 +180,28 @@ impl StreamingMetrics {
     /// The completed batches still retained, oldest first.
     pub fn completed_batches(&self) -> Vec<BatchInfo> {
         lock(&self.inner).completed.iter().cloned().collect()
+    }
+
+    /// Blocks until `pred` holds for the registry, or `timeout` passed (a guard against
+    /// hangs). Returns true if it held.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&MetricsSnapshot) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut r = lock(&self.inner);
+        loop {
+            let snap = Self::snapshot_of(&r);
+            if pred(&snap) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            r = self
+                .changed
+                .wait_timeout(r, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Blocks until the batch at `time` (or a later one) has completed, or the context

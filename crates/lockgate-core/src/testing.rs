@@ -58,12 +58,14 @@ impl ManualRun {
         self.clock.advance(interval);
         let t = self.clock.now();
         if !self.ctx.metrics().wait_for_batch(t, BATCH_TIMEOUT) {
-            return Err(match self.ctx.await_termination_or_timeout(Duration::ZERO) {
-                Err(e) => e,
-                Ok(_) => Error::Lifecycle(format!(
-                    "batch at {t} did not complete within {BATCH_TIMEOUT:?}"
-                )),
-            });
+            return Err(
+                match self.ctx.await_termination_or_timeout(Duration::ZERO) {
+                    Err(e) => e,
+                    Ok(_) => Error::Lifecycle(format!(
+                        "batch at {t} did not complete within {BATCH_TIMEOUT:?}"
+                    )),
+                },
+            );
         }
         // A failed batch completes too: surface its error.
         if let Some(info) = self.ctx.metrics().completed_batches().last() {
@@ -124,8 +126,12 @@ pub fn run_streams2<T: Data, W: Data, U: Data>(
     num_batches: usize,
 ) -> Result<Vec<Vec<U>>> {
     let run = ManualRun::new(partitions)?;
-    let a = run.ctx.queue_stream(InputQueue::from_batches(input1), true, None);
-    let b = run.ctx.queue_stream(InputQueue::from_batches(input2), true, None);
+    let a = run
+        .ctx
+        .queue_stream(InputQueue::from_batches(input1), true, None);
+    let b = run
+        .ctx
+        .queue_stream(InputQueue::from_batches(input2), true, None);
     let out = collect_output(&op(a, b));
     finish(run, out, num_batches)
 }

@@ -86,7 +86,11 @@ where
                 });
             }
             maps.into_iter()
-                .map(|m| m.into_iter().filter_map(|(k, c)| c.map(|c| (k, c))).collect())
+                .map(|m| {
+                    m.into_iter()
+                        .filter_map(|(k, c)| c.map(|c| (k, c)))
+                        .collect()
+                })
                 .collect()
         })
         .collect();
@@ -137,10 +141,7 @@ where
     W: Data,
 {
     let n = n.max(1);
-    let (l, r) = rayon::join(
-        || partition_by_key(left, n),
-        || partition_by_key(right, n),
-    );
+    let (l, r) = rayon::join(|| partition_by_key(left, n), || partition_by_key(right, n));
     l.into_par_iter()
         .zip(r.into_par_iter())
         .map(|(lp, rp)| {
@@ -180,7 +181,10 @@ where
     V: Data,
 {
     /// Applies `f` to every value, keeping keys.
-    pub fn map_values<U: Data>(&self, f: impl Fn(V) -> U + Send + Sync + 'static) -> DStream<(K, U)> {
+    pub fn map_values<U: Data>(
+        &self,
+        f: impl Fn(V) -> U + Send + Sync + 'static,
+    ) -> DStream<(K, U)> {
         self.map(move |(k, v)| (k, f(v))).name_kind("map_values")
     }
 
@@ -337,7 +341,10 @@ where
 
     /// Left outer join per batch: every value of this stream, with `None` when the other
     /// stream has no value for the key.
-    pub fn left_outer_join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, Option<W>))> {
+    pub fn left_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (V, Option<W>))> {
         let n = self.default_partitions();
         self.cogrouped("left_outer_join", other, n, |k, vs, ws, out| {
             for v in &vs {
@@ -352,7 +359,10 @@ where
     }
 
     /// Right outer join per batch.
-    pub fn right_outer_join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (Option<V>, W))> {
+    pub fn right_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (Option<V>, W))> {
         let n = self.default_partitions();
         self.cogrouped("right_outer_join", other, n, |k, vs, ws, out| {
             for w in &ws {

@@ -66,7 +66,10 @@ pub fn write_batch_dir(
     dir: &Path,
     files: impl IndexedParallelIterator<Item = (String, Vec<u8>)>,
 ) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     let name = dir
         .file_name()
@@ -81,7 +84,8 @@ pub fn write_batch_dir(
         .map(|(file, bytes)| {
             let path = tmp.join(&file);
             let mut f = fs::File::create(&path).map_err(|e| Error::io("create file", &path, e))?;
-            f.write_all(&bytes).map_err(|e| Error::io("write file", &path, e))?;
+            f.write_all(&bytes)
+                .map_err(|e| Error::io("write file", &path, e))?;
             f.sync_all().map_err(|e| Error::io("sync file", &path, e))
         })
         .collect::<Result<Vec<()>>>()?;
@@ -174,11 +178,13 @@ impl<T: Data> DStream<T> {
         let name = self.output_name("foreach_batch");
         let op_name = name.clone();
         self.add_output(name, move |batch, b| {
-            f(&batch, b).into_output_result().map_err(|source| Error::Output {
-                operator: op_name.clone(),
-                time: b.time,
-                source,
-            })
+            f(&batch, b)
+                .into_output_result()
+                .map_err(|source| Error::Output {
+                    operator: op_name.clone(),
+                    time: b.time,
+                    source,
+                })
         });
     }
 }
@@ -205,7 +211,13 @@ mod tests {
 
     #[test]
     fn text_files_dir_layout() {
-        assert_eq!(text_files_dir("out/x", "", Time(5)), PathBuf::from("out/x-5"));
-        assert_eq!(text_files_dir("out/x", "txt", Time(5)), PathBuf::from("out/x-5.txt"));
+        assert_eq!(
+            text_files_dir("out/x", "", Time(5)),
+            PathBuf::from("out/x-5")
+        );
+        assert_eq!(
+            text_files_dir("out/x", "txt", Time(5)),
+            PathBuf::from("out/x-5.txt")
+        );
     }
 }

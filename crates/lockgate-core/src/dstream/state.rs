@@ -160,10 +160,7 @@ impl<K, S, U> Deref for MapWithStateDStream<K, S, U> {
     }
 }
 
-fn initial_partitions<K: Hash, S>(initial: Vec<(K, S)>, n: usize) -> Vec<FxHashMap<K, S>>
-where
-    K: Eq,
-{
+fn initial_partitions<K: Hash + Eq, S>(initial: Vec<(K, S)>, n: usize) -> Vec<FxHashMap<K, S>> {
     let mut maps: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
     for (k, s) in initial {
         let j = partition_of(&k, n);
@@ -238,7 +235,10 @@ where
         &self,
         spec: StateSpec<K, V, S, U>,
     ) -> MapWithStateDStream<K, S, U> {
-        let n = spec.partitions.unwrap_or_else(|| self.default_partitions()).max(1);
+        let n = spec
+            .partitions
+            .unwrap_or_else(|| self.default_partitions())
+            .max(1);
         let initial: Vec<(K, (S, Time))> = spec
             .initial
             .into_iter()
@@ -312,7 +312,7 @@ where
                             operator: String::new(), // filled in with the node name
                             time: t,
                             message: message.into(),
-                        })
+                        });
                     }
                 }
             }

@@ -119,7 +119,13 @@ impl<T: Data> DStream<T> {
         slide: Duration,
     ) -> DStream<T> {
         self.map(|x| ((), x))
-            .reduce_by_key_and_window_inv(f, inv, length, slide, InverseWindowOpts::default().partitions(1))
+            .reduce_by_key_and_window_inv(
+                f,
+                inv,
+                length,
+                slide,
+                InverseWindowOpts::default().partitions(1),
+            )
             .map(|(_, v)| v)
             .name_kind("reduce_by_window")
     }
@@ -187,7 +193,10 @@ where
         slide: Duration,
         opts: InverseWindowOpts<K, V>,
     ) -> DStream<(K, V)> {
-        let n = opts.partitions.unwrap_or_else(|| self.default_partitions()).max(1);
+        let n = opts
+            .partitions
+            .unwrap_or_else(|| self.default_partitions())
+            .max(1);
         let f = Arc::new(f);
         let f_batch = f.clone();
         let reduced = self.reduce_by_key_with_partitions(move |a, b| f_batch(a, b), n);

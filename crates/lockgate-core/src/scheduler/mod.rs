@@ -212,7 +212,12 @@ impl Scheduler {
         let mut done = lock(&self.done);
         while !*done {
             match deadline {
-                None => done = self.done_changed.wait(done).unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    done = self
+                        .done_changed
+                        .wait(done)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
                 Some(d) => {
                     let now = std::time::Instant::now();
                     if now >= d {

@@ -195,10 +195,7 @@ impl InputSource for FileInput {
 impl SourceCompute<String> for FileInput {
     fn compute(&self, t: Time) -> Result<Batch<String>> {
         let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
-        let contents: Vec<Vec<u8>> = files
-            .par_iter()
-            .filter_map(|f| self.read_file(f))
-            .collect();
+        let contents: Vec<Vec<u8>> = files.par_iter().filter_map(|f| self.read_file(f)).collect();
         let total: usize = contents.iter().map(|c| c.len()).sum();
         // Aim for about two chunks per worker so both cores stay busy.
         let target = (total / (self.partitions * 2).max(1)).max(64 * 1024);

@@ -121,7 +121,11 @@ struct ReceiverInput<T> {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-fn supervise<T: Send + 'static>(name: String, mut receiver: Box<dyn Receiver<T>>, ctx: ReceiverContext<T>) {
+fn supervise<T: Send + 'static>(
+    name: String,
+    mut receiver: Box<dyn Receiver<T>>,
+    ctx: ReceiverContext<T>,
+) {
     let mut backoff = MIN_BACKOFF;
     while !ctx.is_stopped() {
         let before = ctx.shared.received.load(Ordering::Acquire);
@@ -159,7 +163,10 @@ impl<T: Data> InputSource for ReceiverInput<T> {
             )));
         }
         let Some(receiver) = lock(&self.receiver).take() else {
-            return Err(Error::Lifecycle(format!("receiver `{}` was already started", self.name)));
+            return Err(Error::Lifecycle(format!(
+                "receiver `{}` was already started",
+                self.name
+            )));
         };
         let ctx = ReceiverContext {
             shared: self.shared.clone(),

@@ -113,7 +113,11 @@ impl Receiver<String> for SocketTextReceiver {
                         ctx.store_many(std::mem::take(&mut out));
                     }
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(format!("reading from {target}: {e}").into()),
             }
         }

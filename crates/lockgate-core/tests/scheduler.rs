@@ -1,0 +1,269 @@
+//! The scheduler and lifecycle: failures surface with batch time and operator, batches
+//! queue when processing falls behind (and the delays show it), stops (graceful or
+//! not), bounded runs, outputs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockgate_core::testing::{collect_output, ManualRun};
+use lockgate_core::{
+    ContextState, Error, InputQueue, ManualClock, StreamingContext, Time, Trigger,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_panicking_function_stops_the_context_with_batch_time_and_operator() {
+    let run = ManualRun::new(2).unwrap();
+    let q = InputQueue::from_batches(vec![vec![1, 2], vec![3, 0]]);
+    run.ctx
+        .queue_stream(q, true, None)
+        .map(|x: i32| 10 / x)
+        .name("divide")
+        .foreach_batch(|_, _| ());
+    run.ctx.start().unwrap();
+    run.next_batch().unwrap();
+    let err = run.next_batch().unwrap_err();
+    match err {
+        Error::Operator {
+            operator,
+            time,
+            message,
+        } => {
+            assert_eq!(operator, "divide");
+            assert_eq!(time, Time(2000));
+            assert!(message.contains("divide by zero"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(run.ctx.state(), ContextState::Stopped);
+    let info = run.ctx.metrics().completed_batches();
+    assert!(info[1].failure.as_deref().unwrap_or("").contains("divide"));
+}
+
+#[test]
+fn an_output_error_surfaces_from_await_termination() {
+    let run = ManualRun::new(1).unwrap();
+    run.ctx
+        .queue_stream(InputQueue::from_batches(vec![vec![1]]), true, None)
+        .foreach_batch(|_, _| Err::<(), _>("disk full"));
+    run.ctx.start().unwrap();
+    run.clock.advance(Duration::from_secs(1));
+    let err = run.ctx.await_termination().unwrap_err();
+    assert!(
+        matches!(err, Error::Output { ref operator, time: Time(1000), .. } if operator == "foreach_batch-0"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("disk full"));
+}
+
+#[test]
+fn batches_queue_when_processing_falls_behind_and_delays_show_it() {
+    let run = ManualRun::new(1).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let channels = Mutex::new((release_rx, entered_tx));
+    let q = InputQueue::from_batches(vec![vec![1], vec![2, 3], vec![]]);
+    run.ctx
+        .queue_stream(q, true, None)
+        .foreach_batch(move |_, b| {
+            if b.id == 0 {
+                // Hold the first batch until the test lets it go.
+                let c = channels.lock().unwrap();
+                c.1.send(()).unwrap();
+                let _ = c.0.recv();
+            }
+        });
+    let metrics = run.ctx.metrics();
+    run.ctx.start().unwrap();
+    run.clock.advance(Duration::from_secs(1));
+    entered_rx.recv_timeout(WAIT).unwrap();
+    run.clock.advance(Duration::from_secs(1));
+    assert!(metrics.wait_for(WAIT, |m| m.queued.len() == 1));
+    run.clock.advance(Duration::from_secs(1));
+    assert!(metrics.wait_for(WAIT, |m| m.queued.len() == 2));
+    release_tx.send(()).unwrap();
+    assert!(metrics.wait_for_batch(Time(3000), WAIT));
+    run.ctx.stop(false).unwrap();
+
+    let b = metrics.completed_batches();
+    let delays: Vec<_> = b
+        .iter()
+        .map(|i| {
+            (
+                i.batch_time.millis(),
+                i.num_records(),
+                i.scheduling_delay_ms(),
+                i.processing_time_ms(),
+                i.total_delay_ms(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        delays,
+        vec![
+            (1000, 1, Some(0), Some(2000), Some(2000)),
+            (2000, 2, Some(1000), Some(0), Some(1000)),
+            (3000, 0, Some(0), Some(0), Some(0)),
+        ]
+    );
+    assert_eq!(b[0].output_ops.len(), 1);
+    assert_eq!(b[0].output_ops[0].end.since(b[0].output_ops[0].start), 2000);
+    assert_eq!(metrics.snapshot().total_records, 3);
+}
+
+#[test]
+fn non_graceful_stop_drops_queued_batches() {
+    let run = ManualRun::new(1).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    run.ctx
+        .queue_stream(InputQueue::from_batches(vec![vec![1], vec![2]]), true, None)
+        .foreach_batch(move |_, b| {
+            seen2.lock().unwrap().push(b.id);
+            if b.id == 0 {
+                let _ = release_rx.lock().unwrap().recv();
+            }
+        });
+    let metrics = run.ctx.metrics();
+    run.ctx.start().unwrap();
+    run.clock.advance(Duration::from_secs(2));
+    assert!(metrics.wait_for(WAIT, |m| m.running.is_some() && m.queued.len() == 1));
+    let stopper = {
+        let ctx = run.ctx.clone();
+        std::thread::spawn(move || ctx.stop(false))
+    };
+    // The stop has to wait for the running batch; let it finish once the stop began.
+    while !run.ctx.is_stopping() {
+        std::thread::yield_now();
+    }
+    release_tx.send(()).unwrap();
+    stopper.join().unwrap().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![0]);
+}
+
+#[test]
+fn bounded_run_stops_by_itself_with_deterministic_batch_times() {
+    let clock = Arc::new(ManualClock::new(123_456));
+    let ctx = StreamingContext::builder()
+        .batch_interval(Duration::from_secs(10))
+        .trigger(Trigger::AvailableNow)
+        .start_time(Time(0))
+        .clock(clock)
+        .parallelism(2)
+        .build()
+        .unwrap();
+    let q = InputQueue::from_batches(vec![vec![1], vec![2], vec![3]]);
+    let out = collect_output(&ctx.queue_stream(q, true, None).map(|x| x * 2));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t2 = times.clone();
+    ctx.queue_stream(InputQueue::<i32>::new(), true, None)
+        .foreach_batch(move |_, b| t2.lock().unwrap().push(b.time.millis()));
+    ctx.start().unwrap();
+    ctx.await_termination().unwrap();
+    assert_eq!(*out.lock().unwrap(), vec![vec![2], vec![4], vec![6]]);
+    assert_eq!(*times.lock().unwrap(), vec![10_000, 20_000, 30_000]);
+    assert_eq!(ctx.state(), ContextState::Stopped);
+}
+
+#[test]
+fn queue_stream_all_at_once_and_default_batch() {
+    let run = ManualRun::new(2).unwrap();
+    let q = InputQueue::from_batches(vec![vec![1], vec![2, 3]]);
+    let all = collect_output(&run.ctx.queue_stream(q.clone(), false, Some(vec![0])));
+    run.ctx.start().unwrap();
+    run.next_batch().unwrap();
+    q.push(vec![9]);
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+    assert_eq!(*all.lock().unwrap(), vec![vec![1, 2, 3], vec![9], vec![0]]);
+}
+
+#[test]
+fn constant_input_stream_repeats() {
+    let run = ManualRun::new(2).unwrap();
+    let out = collect_output(&run.ctx.constant_input_stream(vec!["x", "y"]).count());
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(true).unwrap();
+    assert_eq!(*out.lock().unwrap(), vec![vec![2], vec![2]]);
+}
+
+#[test]
+fn start_twice_and_await_before_start_are_errors() {
+    let run = ManualRun::new(1).unwrap();
+    assert!(matches!(
+        run.ctx.await_termination(),
+        Err(Error::Lifecycle(_))
+    ));
+    run.ctx
+        .constant_input_stream(vec![1])
+        .foreach_batch(|_, _| ());
+    run.ctx.start().unwrap();
+    assert!(matches!(run.ctx.start(), Err(Error::Lifecycle(_))));
+    assert!(!run
+        .ctx
+        .await_termination_or_timeout(Duration::from_millis(1))
+        .unwrap());
+    run.ctx.stop(false).unwrap();
+    assert!(run
+        .ctx
+        .await_termination_or_timeout(Duration::from_millis(1))
+        .unwrap());
+}
+
+#[test]
+fn zero_batch_interval_and_parallelism_are_config_errors() {
+    let e = StreamingContext::builder()
+        .batch_interval(Duration::ZERO)
+        .build()
+        .err();
+    assert!(matches!(e, Some(Error::Config(_))));
+    let e = StreamingContext::builder().parallelism(0).build().err();
+    assert!(matches!(e, Some(Error::Config(_))));
+}
+
+#[test]
+fn save_as_text_files_writes_one_directory_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("out/words");
+    let run = ManualRun::new(2).unwrap();
+    run.ctx
+        .queue_stream(
+            InputQueue::from_batches(vec![vec![("a", 1), ("b", 2), ("c", 3)]]),
+            true,
+            None,
+        )
+        .save_as_text_files(prefix.to_str().unwrap(), "txt");
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+    let b1 = dir.path().join("out/words-1000.txt");
+    let mut names: Vec<String> = std::fs::read_dir(&b1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["_SUCCESS", "part-00000", "part-00001"]);
+    let text = std::fs::read_to_string(b1.join("part-00000")).unwrap()
+        + &std::fs::read_to_string(b1.join("part-00001")).unwrap();
+    assert_eq!(text, "(a,1)\n(b,2)\n(c,3)\n");
+    assert!(dir.path().join("out/words-2000.txt/_SUCCESS").exists());
+    // No temporary directories left behind.
+    let leftovers = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}

@@ -1,1 +1,244 @@
-fn main() {}
+//! `lockgate`: the command-line interface. Runs the built-in jobs (`run log-errors`,
+//! `run word-count`), generates sample data (`generate logs`) and runs benchmarks
+//! (`bench log-errors`).
+
+mod bench;
+mod duration;
+mod generate;
+mod jobs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+use crate::jobs::{Input, JobConfig, JsonOutput};
+
+#[derive(Parser)]
+#[command(
+    name = "lockgate",
+    version,
+    about = "Exactly-once micro-batch stream processing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a built-in job.
+    Run {
+        /// Which job.
+        job: JobName,
+        #[command(flatten)]
+        opts: RunOpts,
+    },
+    /// Generate sample data.
+    Generate {
+        #[command(subcommand)]
+        what: GenerateWhat,
+    },
+    /// Run a benchmark (use a release build: `cargo run --release -- bench ...`).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum JobName {
+    /// Lines containing ERROR, printed per batch and counted over a sliding window.
+    LogErrors,
+    /// Running word count with update_state_by_key.
+    WordCount,
+}
+
+#[derive(Args)]
+struct RunOpts {
+    /// Read lines from a TCP server at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "input")]
+    socket: Option<String>,
+    /// Read the files of DIR (those present and those that appear).
+    #[arg(long, value_name = "DIR")]
+    input: Option<PathBuf>,
+    /// Also write each output stream as JSON lines under DIR/<stream>/batch=<id>/.
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// Batch interval, e.g. 10s or 500ms.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    batch_interval: Duration,
+    /// Window length of log-errors' count, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    /// Window slide of log-errors' count, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    slide: Duration,
+    /// Process the files present at start, then stop (needs --input). Batch times
+    /// advance one interval per batch from the epoch, so output is deterministic.
+    #[arg(long)]
+    once: bool,
+    /// At most N files per batch.
+    #[arg(long, value_name = "N")]
+    max_files_per_batch: Option<usize>,
+    /// Worker threads (default: number of cores).
+    #[arg(long, value_name = "N")]
+    parallelism: Option<usize>,
+    /// Do not print batches to stdout.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum GenerateWhat {
+    /// Apache-error-log style lines, about 10% at level ERROR.
+    Logs {
+        /// Directory to write logs-NNNNN.log files into.
+        outdir: PathBuf,
+        /// Total number of lines.
+        #[arg(long, default_value_t = 100_000)]
+        lines: u64,
+        /// Number of files.
+        #[arg(long, default_value_t = 10)]
+        files: u64,
+        /// Random seed (same seed, same bytes).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// log-errors over generated files, --once, one file per batch, against a raw
+    /// memchr scan of the same files.
+    LogErrors(bench::BenchOpts),
+}
+
+/// Where the embedded default (no --input, no --socket) keeps its files.
+const DEMO_DIR: &str = "lockgate-demo";
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = real_main(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { job, opts } => run_job(job, opts),
+        Command::Generate {
+            what:
+                GenerateWhat::Logs {
+                    outdir,
+                    lines,
+                    files,
+                    seed,
+                },
+        } => {
+            let paths = generate::generate_logs(&outdir, lines, files, seed)?;
+            eprintln!(
+                "wrote {lines} lines in {} files to {}",
+                paths.len(),
+                outdir.display()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchWhat::LogErrors(opts),
+        } => bench::log_errors(&opts),
+    }
+}
+
+/// Generates the demo input once; later runs reuse it.
+fn demo_input() -> Result<PathBuf> {
+    let dir = Path::new(DEMO_DIR).join("input");
+    let has_files = std::fs::read_dir(&dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if !has_files {
+        generate::generate_logs(&dir, 100_000, 10, 42)?;
+        eprintln!("generated sample logs in {}", dir.display());
+    }
+    Ok(dir)
+}
+
+fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
+    let demo = opts.socket.is_none() && opts.input.is_none();
+    let input = match (&opts.socket, &opts.input) {
+        (Some(s), _) => Input::socket(s)?,
+        (None, Some(d)) => Input::Dir(d.clone()),
+        (None, None) => Input::Dir(demo_input()?),
+    };
+    let output = if demo && opts.output.is_none() {
+        Some(Path::new(DEMO_DIR).join("output"))
+    } else {
+        opts.output.clone()
+    };
+    if demo && output.as_deref().is_some_and(Path::exists) {
+        std::fs::remove_dir_all(output.as_deref().unwrap_or(Path::new(DEMO_DIR)))
+            .context("clearing the previous demo output")?;
+    }
+    let cfg = JobConfig {
+        input,
+        batch_interval: opts.batch_interval,
+        window: opts.window,
+        slide: opts.slide,
+        output: output.clone(),
+        once: opts.once || demo,
+        max_files_per_batch: opts
+            .max_files_per_batch
+            .or(if demo { Some(1) } else { None }),
+        parallelism: opts.parallelism,
+        print: !opts.quiet,
+    };
+    if cfg.max_files_per_batch == Some(0) {
+        bail!("--max-files-per-batch must be at least 1");
+    }
+    let (app, ctx) = match job {
+        JobName::LogErrors => ("log-errors", cfg.context("log-errors")?),
+        JobName::WordCount => ("word-count", cfg.context("word-count")?),
+    };
+    let lines = cfg.lines(&ctx);
+    let json = cfg.output.as_deref().map(JsonOutput::new);
+    match job {
+        JobName::LogErrors => {
+            jobs::log_errors(&cfg, &lines, json.as_ref());
+        }
+        JobName::WordCount => {
+            jobs::word_count(&cfg, &lines, json.as_ref());
+        }
+    }
+    let stopper = ctx.clone();
+    ctrlc::set_handler(move || {
+        eprintln!("stopping gracefully (finishing planned batches)...");
+        if let Err(e) = stopper.stop(true) {
+            eprintln!("error while stopping: {e}");
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let started = Instant::now();
+    ctx.start()
+        .with_context(|| format!("starting the {app} job"))?;
+    ctx.await_termination()
+        .with_context(|| format!("the {app} job failed"))?;
+    let m = ctx.metrics().snapshot();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{app}: {} batches, {} input records in {secs:.2} s",
+        m.total_completed, m.total_records
+    );
+    if let Some(out) = &output {
+        eprintln!("output written under {}", out.display());
+    }
+    Ok(())
+}

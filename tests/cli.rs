@@ -1,0 +1,312 @@
+//! End-to-end tests of the `lockgate` binary: sample data generation, the built-in jobs
+//! on files (`--once`) and on a real socket, their output layout and contents (checked
+//! against an independent computation), and clear errors for bad flags.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn lockgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lockgate"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = lockgate().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "lockgate {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = lockgate().args(args).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "lockgate {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// All JSON rows of `DIR/<stream>/batch=<id>/part-*.jsonl`, by batch id.
+fn read_stream(out: &Path, stream: &str) -> BTreeMap<u64, Vec<serde_json::Value>> {
+    let mut batches = BTreeMap::new();
+    for dir in files_in(&out.join(stream)) {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let id: u64 = name.strip_prefix("batch=").unwrap().parse().unwrap();
+        assert!(
+            dir.join("_SUCCESS").exists(),
+            "{} has no _SUCCESS",
+            dir.display()
+        );
+        let mut rows = Vec::new();
+        for part in files_in(&dir) {
+            let pname = part.file_name().unwrap().to_string_lossy().into_owned();
+            if pname == "_SUCCESS" {
+                continue;
+            }
+            assert!(
+                pname.starts_with("part-") && pname.ends_with(".jsonl"),
+                "{pname}"
+            );
+            for line in std::fs::read_to_string(&part).unwrap().lines() {
+                rows.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        batches.insert(id, rows);
+    }
+    batches
+}
+
+#[test]
+fn generate_logs_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        run_ok(&[
+            "generate",
+            "logs",
+            d.to_str().unwrap(),
+            "--lines",
+            "3000",
+            "--files",
+            "3",
+            "--seed",
+            "7",
+        ]);
+    }
+    let fa = files_in(&a);
+    assert_eq!(fa.len(), 3);
+    let mut lines = 0;
+    for (x, y) in fa.iter().zip(files_in(&b)) {
+        let (tx, ty) = (std::fs::read(x).unwrap(), std::fs::read(&y).unwrap());
+        assert_eq!(tx, ty);
+        lines += tx.iter().filter(|&&c| c == b'\n').count();
+    }
+    assert_eq!(lines, 3000);
+}
+
+#[test]
+fn log_errors_once_writes_errors_and_window_counts_per_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    run_ok(&[
+        "generate",
+        "logs",
+        input.to_str().unwrap(),
+        "--lines",
+        "6000",
+        "--files",
+        "6",
+        "--seed",
+        "3",
+    ]);
+    let stdout = run_ok(&[
+        "run",
+        "log-errors",
+        "--input",
+        input.to_str().unwrap(),
+        "--once",
+        "--max-files-per-batch",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        "--parallelism",
+        "2",
+    ])
+    .stdout;
+    // Independently: the error lines of each file, file i being batch i.
+    let expected: Vec<Vec<String>> = files_in(&input)
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    let errors = read_stream(&out, "errors");
+    assert_eq!(errors.len(), 6);
+    for (id, rows) in &errors {
+        let mut got: Vec<String> = rows
+            .iter()
+            .map(|r| r["line"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let mut want = expected[*id as usize].clone();
+        want.sort();
+        assert_eq!(got, want, "batch {id}");
+    }
+    // count_by_window(30s, 10s) with 10 s batches: the last three batches.
+    let counts = read_stream(&out, "error_window_counts");
+    for (id, rows) in &counts {
+        let i = *id as usize;
+        let want: usize = expected[i.saturating_sub(2)..=i].iter().map(Vec::len).sum();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0]["count"].as_u64().unwrap() as usize,
+            want,
+            "batch {id}"
+        );
+        assert_eq!(
+            rows[0]["batch_time_ms"].as_i64().unwrap(),
+            (i as i64 + 1) * 10_000
+        );
+    }
+    // Spark's print format on stdout.
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert!(stdout.contains("-------------------------------------------\nTime: 10000 ms\n-------------------------------------------\n"));
+    assert!(stdout.contains("Time: 60000 ms"));
+}
+
+#[test]
+fn word_count_once_emits_changed_words_with_running_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("1.txt"), "a b a\nc\n").unwrap();
+    std::fs::write(input.join("2.txt"), "b  b\n").unwrap();
+    std::fs::write(input.join("3.txt"), "d\n").unwrap();
+    run_ok(&[
+        "run",
+        "word-count",
+        "--input",
+        input.to_str().unwrap(),
+        "--once",
+        "--quiet",
+        "--max-files-per-batch",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let got: Vec<BTreeMap<String, i64>> = read_stream(&out, "word_counts")
+        .into_values()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["word"].as_str().unwrap().to_string(),
+                        r["count"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let m = |v: &[(&str, i64)]| {
+        v.iter()
+            .map(|(w, c)| (w.to_string(), *c))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        got,
+        vec![
+            m(&[("a", 2), ("b", 1), ("c", 1)]),
+            m(&[("b", 3)]),
+            m(&[("d", 1)])
+        ]
+    );
+}
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let e = run_err(&[
+        "run",
+        "log-errors",
+        "--input",
+        dir,
+        "--once",
+        "--window",
+        "15s",
+    ]);
+    assert!(e.contains("15000 ms") && e.contains("multiples"), "{e}");
+    let e = run_err(&["run", "log-errors", "--socket", "localhost:9999", "--once"]);
+    assert!(e.contains("--once needs a bounded input"), "{e}");
+    let e = run_err(&["run", "log-errors", "--input", "/nonexistent/dir", "--once"]);
+    assert!(e.contains("/nonexistent/dir"), "{e}");
+    let e = run_err(&["run", "log-errors", "--socket", "localhost"]);
+    assert!(e.contains("HOST:PORT"), "{e}");
+    let e = run_err(&["run", "log-errors", "--batch-interval", "ten"]);
+    assert!(e.contains("--batch-interval"), "{e}");
+}
+
+#[test]
+fn word_count_on_a_socket_stops_gracefully_on_sigint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut child = lockgate()
+        .args([
+            "run",
+            "word-count",
+            "--socket",
+            &format!("127.0.0.1:{port}"),
+            "--batch-interval",
+            "200ms",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.write_all(b"to be or not to be\n").unwrap();
+    // Wait (bounded) until the counts show up, then stop the job.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let totals = loop {
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+        if out.join("word_counts").exists() {
+            for rows in read_stream(&out, "word_counts").into_values() {
+                for r in rows {
+                    totals.insert(
+                        r["word"].as_str().unwrap().into(),
+                        r["count"].as_i64().unwrap(),
+                    );
+                }
+            }
+        }
+        if totals.len() == 4 || Instant::now() > deadline {
+            break totals;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let want: BTreeMap<String, i64> = [("be", 2), ("not", 1), ("or", 1), ("to", 2)]
+        .iter()
+        .map(|(w, c)| (w.to_string(), *c))
+        .collect();
+    assert_eq!(totals, want);
+}

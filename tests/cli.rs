@@ -50,6 +50,9 @@ fn read_stream(out: &Path, stream: &str) -> BTreeMap<u64, Vec<serde_json::Value>
     let mut batches = BTreeMap::new();
     for dir in files_in(&out.join(stream)) {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // a batch being written (temporary name, renamed when complete)
+        }
         let id: u64 = name.strip_prefix("batch=").unwrap().parse().unwrap();
         assert!(
             dir.join("_SUCCESS").exists(),

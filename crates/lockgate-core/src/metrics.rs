@@ -185,44 +185,24 @@ impl StreamingMetrics {
     /// Blocks until `pred` holds for the registry, or `timeout` passed (a guard against
     /// hangs). Returns true if it held.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&MetricsSnapshot) -> bool) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut r = lock(&self.inner);
-        loop {
-            let snap = Self::snapshot_of(&r);
-            if pred(&snap) {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            r = self
-                .changed
-                .wait_timeout(r, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_registry(timeout, |r| pred(&Self::snapshot_of(r)))
     }
 
     /// Blocks until the batch at `time` (or a later one) has completed, or the context
     /// terminated, or `timeout` passed (a guard against hangs, not a way to pace work).
     /// Returns true if the batch completed.
     pub fn wait_for_batch(&self, time: Time, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut r = lock(&self.inner);
-        loop {
-            if r.last_completed.is_some_and(|t| t >= time) {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if r.terminated || now >= deadline {
-                return false;
-            }
-            r = self
-                .changed
-                .wait_timeout(r, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let done = |r: &Registry| r.last_completed.is_some_and(|t| t >= time);
+        self.wait_registry(timeout, |r| done(r) || r.terminated);
+        done(&lock(&self.inner))
+    }
+
+    fn wait_registry(&self, timeout: Duration, pred: impl Fn(&Registry) -> bool) -> bool {
+        let guard = lock(&self.inner);
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |r| !pred(r))
+            .unwrap_or_else(|p| p.into_inner());
+        pred(&guard)
     }
 }

@@ -238,6 +238,16 @@ fn joins_and_cogroup() {
             ]
         );
 
+        let out = run_streams2(
+            left.clone(),
+            right.clone(),
+            p,
+            |a, b| a.full_outer_join_with_partitions(&b, 3).glom(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(out[0].len(), 3);
+
         let out = run_streams2(left.clone(), right.clone(), p, |a, b| a.cogroup(&b), 1).unwrap();
         assert_eq!(
             sorted(out)[0],

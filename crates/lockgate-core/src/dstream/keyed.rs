@@ -345,7 +345,15 @@ where
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (V, Option<W>))> {
-        let n = self.default_partitions();
+        self.left_outer_join_with_partitions(other, self.default_partitions())
+    }
+
+    /// [`left_outer_join`](Self::left_outer_join) into `n` partitions.
+    pub fn left_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (V, Option<W>))> {
         self.cogrouped("left_outer_join", other, n, |k, vs, ws, out| {
             for v in &vs {
                 if ws.is_empty() {
@@ -363,7 +371,15 @@ where
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (Option<V>, W))> {
-        let n = self.default_partitions();
+        self.right_outer_join_with_partitions(other, self.default_partitions())
+    }
+
+    /// [`right_outer_join`](Self::right_outer_join) into `n` partitions.
+    pub fn right_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (Option<V>, W))> {
         self.cogrouped("right_outer_join", other, n, |k, vs, ws, out| {
             for w in &ws {
                 if vs.is_empty() {
@@ -381,7 +397,15 @@ where
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (Option<V>, Option<W>))> {
-        let n = self.default_partitions();
+        self.full_outer_join_with_partitions(other, self.default_partitions())
+    }
+
+    /// [`full_outer_join`](Self::full_outer_join) into `n` partitions.
+    pub fn full_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (Option<V>, Option<W>))> {
         self.cogrouped("full_outer_join", other, n, |k, vs, ws, out| {
             if vs.is_empty() {
                 for w in ws {

@@ -224,7 +224,6 @@ where
                 })
                 .collect();
             *lock(&state) = maps;
-            let _ = t;
             Ok(Batch::from_partitions(parts))
         })
     }

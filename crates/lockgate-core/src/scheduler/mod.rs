@@ -208,29 +208,16 @@ impl Scheduler {
     /// Waits until the runner has exited, at most `timeout` (forever with `None`).
     /// Returns true if it has.
     pub fn wait_done(&self, timeout: Option<std::time::Duration>) -> bool {
-        let deadline = timeout.map(|d| std::time::Instant::now() + d);
-        let mut done = lock(&self.done);
-        while !*done {
-            match deadline {
-                None => {
-                    done = self
-                        .done_changed
-                        .wait(done)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    done = self
-                        .done_changed
-                        .wait_timeout(done, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
+        let done = lock(&self.done);
+        let done = match timeout {
+            None => self.done_changed.wait_while(done, |d| !*d),
+            Some(t) => self
+                .done_changed
+                .wait_timeout_while(done, t, |d| !*d)
+                .map(|(g, _)| g)
+                .map_err(|p| std::sync::PoisonError::new(p.into_inner().0)),
         }
-        true
+        .unwrap_or_else(|p| p.into_inner());
+        *done
     }
 }

@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::batch::{Batch, Data};
 use crate::clock::Time;
@@ -89,23 +89,13 @@ impl<T> ReceiverContext<T> {
 
     /// Waits up to `d` unless the receiver is stopped first. Returns true if stopped.
     pub fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut g = lock(&self.shared.stop_lock);
-        loop {
-            if self.is_stopped() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .shared
-                .stop_signal
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let g = lock(&self.shared.stop_lock);
+        let _ = self
+            .shared
+            .stop_signal
+            .wait_timeout_while(g, d, |_| !self.is_stopped())
+            .unwrap_or_else(|p| p.into_inner());
+        self.is_stopped()
     }
 }
 
@@ -237,23 +227,13 @@ impl<T> ReceiverInputDStream<T> {
     /// Blocks until the receiver has stored at least `n` records in all, or `timeout`
     /// passed (a guard against hangs). Returns true if `n` were received.
     pub fn wait_for_received(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.shared.received_lock);
-        loop {
-            if self.received_count() >= n {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .shared
-                .received_changed
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let g = lock(&self.shared.received_lock);
+        let _ = self
+            .shared
+            .received_changed
+            .wait_timeout_while(g, timeout, |_| self.received_count() < n)
+            .unwrap_or_else(|p| p.into_inner());
+        self.received_count() >= n
     }
 
     /// The stream itself.

@@ -2,12 +2,15 @@
 //! pool and the scheduler, and controls the lifecycle: build the graph, `start`, then
 //! `stop` (gracefully or not) or `await_termination`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::checkpoint::{
+    CheckpointConfig, Checkpointer, DeliveryMode, Recovery, StateUpgrade, UpgradeReport,
+};
 use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
 use crate::graph::{lock, Graph};
@@ -42,7 +45,7 @@ pub struct StreamingContextBuilder {
     app_name: String,
     batch_interval: Duration,
     parallelism: Option<usize>,
-    checkpoint_dir: Option<PathBuf>,
+    checkpoint: Option<CheckpointConfig>,
     clock: Option<Arc<dyn Clock>>,
     trigger: Trigger,
     start_time: Option<Time>,
@@ -68,9 +71,48 @@ impl StreamingContextBuilder {
         self
     }
 
-    /// The checkpoint directory (used by the checkpointing layer).
+    /// Checkpoints into `dir` (default settings, see [`CheckpointConfig::new`]): every
+    /// batch plan is logged before it runs, state is persisted after it, and a restart
+    /// on the same directory recovers (see [`StreamingContext::get_or_create`]).
     pub fn checkpoint_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.checkpoint_dir = Some(dir.as_ref().to_path_buf());
+        let mut cfg = CheckpointConfig::new(dir.as_ref());
+        if let Some(old) = self.checkpoint.take() {
+            cfg = CheckpointConfig {
+                dir: cfg.dir,
+                ..old
+            };
+        }
+        self.checkpoint = Some(cfg);
+        self
+    }
+
+    /// Full checkpoint settings.
+    pub fn checkpoint(mut self, cfg: CheckpointConfig) -> Self {
+        self.checkpoint = Some(cfg);
+        self
+    }
+
+    /// The delivery guarantee (default exactly-once; needs a checkpoint directory).
+    pub fn delivery(mut self, mode: DeliveryMode) -> Self {
+        if let Some(c) = self.checkpoint.as_mut() {
+            c.delivery = mode;
+        } else {
+            let mut c = CheckpointConfig::new(Path::new(""));
+            c.delivery = mode;
+            self.checkpoint = Some(c);
+        }
+        self
+    }
+
+    /// What recovery does when operator state and code differ (default: fail).
+    pub fn state_upgrade(mut self, upgrade: StateUpgrade) -> Self {
+        if let Some(c) = self.checkpoint.as_mut() {
+            c.upgrade = upgrade;
+        } else {
+            let mut c = CheckpointConfig::new(Path::new(""));
+            c.upgrade = upgrade;
+            self.checkpoint = Some(c);
+        }
         self
     }
 
@@ -109,12 +151,21 @@ impl StreamingContextBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        if let Some(c) = &self.checkpoint {
+            if c.dir.as_os_str().is_empty() {
+                return Err(Error::Config(
+                    "delivery/state_upgrade were set without a checkpoint directory; \
+                     call checkpoint_dir(..) too"
+                        .into(),
+                ));
+            }
+        }
         Ok(StreamingContext {
             inner: Arc::new(Inner {
                 app_name: self.app_name,
                 batch_interval: self.batch_interval,
                 parallelism,
-                checkpoint_dir: self.checkpoint_dir,
+                checkpoint: self.checkpoint,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
                 trigger: self.trigger,
                 start_time: self.start_time,
@@ -125,6 +176,7 @@ impl StreamingContextBuilder {
                     state: ContextState::Initialized,
                     scheduler: None,
                     threads: Vec::new(),
+                    recovery: None,
                 }),
             }),
         })
@@ -135,13 +187,15 @@ struct Run {
     state: ContextState,
     scheduler: Option<Arc<Scheduler>>,
     threads: Vec<JoinHandle<()>>,
+    /// Recovery done ahead of `start` (by `get_or_create`).
+    recovery: Option<(Recovery, Arc<Checkpointer>)>,
 }
 
 struct Inner {
     app_name: String,
     batch_interval: Duration,
     parallelism: usize,
-    checkpoint_dir: Option<PathBuf>,
+    checkpoint: Option<CheckpointConfig>,
     clock: Arc<dyn Clock>,
     trigger: Trigger,
     start_time: Option<Time>,
@@ -167,7 +221,7 @@ impl StreamingContext {
             app_name: "lockgate".into(),
             batch_interval: Duration::from_secs(1),
             parallelism: None,
-            checkpoint_dir: None,
+            checkpoint: None,
             clock: None,
             trigger: Trigger::ProcessingTime,
             start_time: None,
@@ -199,7 +253,95 @@ impl StreamingContext {
 
     /// The checkpoint directory, if set.
     pub fn checkpoint_dir(&self) -> Option<&Path> {
-        self.inner.checkpoint_dir.as_deref()
+        self.inner.checkpoint.as_ref().map(|c| c.dir.as_path())
+    }
+
+    /// Spark's `getOrCreate`: `build` receives a builder already set to checkpoint into
+    /// `dir`, builds the context and its whole graph, and returns it; then, if `dir`
+    /// holds a checkpoint, the state of the last committed batch is restored and the
+    /// batches planned after it are re-run from their logged plans when the context
+    /// starts. A new or empty `dir` starts fresh.
+    pub fn get_or_create(
+        dir: impl AsRef<Path>,
+        build: impl FnOnce(StreamingContextBuilder) -> Result<StreamingContext>,
+    ) -> Result<StreamingContext> {
+        let ctx = build(StreamingContext::builder().checkpoint_dir(dir.as_ref()))?;
+        if ctx.checkpoint_dir() != Some(dir.as_ref()) {
+            return Err(Error::Config(format!(
+                "get_or_create({}): the context built must checkpoint into that directory; \
+                 keep the builder's checkpoint_dir",
+                dir.as_ref().display()
+            )));
+        }
+        ctx.inner.graph.validate()?;
+        let recovery = ctx.recover()?;
+        lock(&ctx.inner.run).recovery = Some(recovery);
+        Ok(ctx)
+    }
+
+    /// Reports which operator state a checkpoint in `dir` keeps, adds or drops for the
+    /// graph built so far (check before deploying an upgrade). Reads only.
+    pub fn check_upgrade(&self, dir: impl AsRef<Path>) -> Result<UpgradeReport> {
+        let cfg = CheckpointConfig::new(dir.as_ref());
+        let cp = Checkpointer::new(cfg, self.inner.graph.states());
+        match cp.log.read_metadata()? {
+            Some(meta) => Ok(cp.upgrade_report(&meta)),
+            None => Err(Error::Config(format!(
+                "`{}` holds no checkpoint (no metadata file)",
+                dir.as_ref().display()
+            ))),
+        }
+    }
+
+    fn fresh_zero(&self) -> Time {
+        let interval = self.inner.graph.timing.interval_ms;
+        let base = self
+            .inner
+            .start_time
+            .unwrap_or_else(|| self.inner.clock.now());
+        Time(base.millis().div_euclid(interval) * interval)
+    }
+
+    /// Restores state from the checkpoint directory (or initialises it).
+    fn recover(&self) -> Result<(Recovery, Arc<Checkpointer>)> {
+        let cfg = self
+            .inner
+            .checkpoint
+            .clone()
+            .ok_or_else(|| Error::Config("no checkpoint directory set".into()))?;
+        let inputs = self.inner.graph.inputs();
+        for input in &inputs {
+            input.checkpoint_support().map_err(|reason| {
+                Error::Config(format!(
+                    "source `{}` cannot be checkpointed: {reason}",
+                    input.name()
+                ))
+            })?;
+            input.enable_checkpoint();
+        }
+        let cp = Arc::new(Checkpointer::new(cfg.clone(), self.inner.graph.states()));
+        let settings = vec![
+            (
+                "batch_interval_ms".to_string(),
+                self.inner.graph.timing.interval_ms.to_string(),
+            ),
+            (
+                "parallelism".to_string(),
+                self.inner.parallelism.to_string(),
+            ),
+            ("trigger".to_string(), format!("{:?}", self.inner.trigger)),
+            ("delivery".to_string(), format!("{:?}", cfg.delivery)),
+            ("retain_batches".to_string(), cfg.retain_batches.to_string()),
+            ("snapshot_every".to_string(), cfg.snapshot_every.to_string()),
+        ];
+        let rec = cp.recover(
+            &self.inner.app_name,
+            self.inner.graph.timing.interval_ms,
+            settings,
+            self.fresh_zero(),
+            &inputs,
+        )?;
+        Ok((rec, cp))
     }
 
     /// The clock driving the batches.
@@ -210,6 +352,17 @@ impl StreamingContext {
     /// The metrics registry (batches, delays, source counters).
     pub fn metrics(&self) -> Arc<StreamingMetrics> {
         self.inner.metrics.clone()
+    }
+
+    /// Entries of every checkpointable state (operators, sources) per partition, by
+    /// stable name.
+    pub fn state_sizes(&self) -> Vec<(String, Vec<usize>)> {
+        self.inner
+            .graph
+            .states()
+            .iter()
+            .map(|s| (s.name(), s.sizes()))
+            .collect()
     }
 
     /// The lifecycle state.
@@ -240,16 +393,31 @@ impl StreamingContext {
             )));
         }
         let interval = self.inner.graph.timing.interval_ms;
-        let base = self
-            .inner
-            .start_time
-            .unwrap_or_else(|| self.inner.clock.now());
-        let zero = Time(base.millis().div_euclid(interval) * interval);
-        self.inner.graph.start(zero)?;
+        self.inner.graph.validate()?;
+        let recovery = match run.recovery.take() {
+            Some(r) => Some(r),
+            None if self.inner.checkpoint.is_some() => Some(self.recover()?),
+            None => None,
+        };
+        let (zero, base_id, first, replays, recovered, checkpointer) = match recovery {
+            Some((r, cp)) => (
+                r.zero,
+                r.base_id,
+                r.next_time,
+                r.replays,
+                r.restored,
+                Some(cp),
+            ),
+            None => {
+                let zero = self.fresh_zero();
+                (zero, 0, zero.plus_ms(interval), Vec::new(), false, None)
+            }
+        };
+        self.inner.graph.start(zero, base_id);
         let bounded = self.inner.trigger == Trigger::AvailableNow;
         let inputs = self.inner.graph.inputs();
         for (i, input) in inputs.iter().enumerate() {
-            if let Err(e) = input.start(bounded) {
+            if let Err(e) = input.start(bounded, recovered) {
                 for started in &inputs[..i] {
                     started.stop();
                 }
@@ -268,15 +436,16 @@ impl StreamingContext {
             self.inner.metrics.clone(),
             pool,
             bounded,
+            checkpointer,
         ));
-        run.threads = scheduler.spawn(zero)?;
+        run.threads = scheduler.spawn(first, replays)?;
         run.scheduler = Some(scheduler);
         run.state = ContextState::Active;
         tracing::info!(
             app = %self.inner.app_name,
             batch_interval_ms = interval,
             parallelism = self.inner.parallelism,
-            first_batch_ms = zero.millis() + interval,
+            first_batch_ms = first.millis(),
             "streaming context started"
         );
         Ok(())

@@ -61,6 +61,24 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A checkpoint file is missing, truncated, corrupt or from an incompatible version.
+    #[error("checkpoint file `{}`: {reason}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
+    /// Recovery found operator state that does not match the graph built by the code.
+    #[error("checkpoint state of operator `{operator}`: {reason}")]
+    StateMismatch {
+        /// The operator's stable name.
+        operator: String,
+        /// What differs and which option resolves it.
+        reason: String,
+    },
+
     /// A file or directory could not be read or written.
     #[error("{action} `{}`: {source}", path.display())]
     Io {

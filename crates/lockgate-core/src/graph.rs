@@ -3,9 +3,10 @@
 //!
 //! Every [`DStream`](crate::DStream) is a handle on one node. A node computes its
 //! [`Batch`] for a batch time from its parents' batches. A node keeps (caches) a computed
-//! batch only when it has to: when several consumers read it, when a window downstream
-//! needs older batches (`remember`), or when it carries state. Otherwise its single
-//! consumer takes the batch by value and no element is copied.
+//! batch for the rest of the batch only when it has to: when several consumers read it,
+//! or when it carries state (stateful nodes, including windows that buffer their input,
+//! are computed at every batch). Otherwise its single consumer takes the batch by value
+//! and no element is copied.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{Batch, Data};
+use crate::checkpoint::Stateful;
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 
@@ -49,6 +51,7 @@ pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
 pub(crate) struct Timing {
     pub interval_ms: i64,
     zero_ms: AtomicI64,
+    base_id: std::sync::atomic::AtomicU64,
 }
 
 impl Timing {
@@ -56,14 +59,16 @@ impl Timing {
         Time(self.zero_ms.load(Ordering::Acquire))
     }
 
-    pub fn set_zero(&self, t: Time) {
+    /// Fixes the zero time; batch `base_id` is the first after it.
+    pub fn set_zero(&self, t: Time, base_id: BatchId) {
         self.zero_ms.store(t.0, Ordering::Release);
+        self.base_id.store(base_id, Ordering::Release);
     }
 
     /// The batch id of batch time `t`.
     pub fn batch_id(&self, t: Time) -> BatchId {
         let n = t.since(self.zero()) / self.interval_ms.max(1) - 1;
-        u64::try_from(n).unwrap_or(0)
+        self.base_id.load(Ordering::Acquire) + u64::try_from(n).unwrap_or(0)
     }
 }
 
@@ -75,7 +80,6 @@ pub(crate) struct NodeMeta {
     /// The node's slide: it has a batch at zero + k * slide.
     pub slide_ms: i64,
     consumers: AtomicUsize,
-    remember_ms: AtomicI64,
     /// Stateful nodes are computed at every valid batch time, in order.
     pub stateful: bool,
     timing: Arc<Timing>,
@@ -106,21 +110,8 @@ impl NodeMeta {
         self.consumers.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Asks this node to keep its batches for `ms` after their time.
-    pub fn require_remember(&self, ms: i64) {
-        self.remember_ms.fetch_max(ms, Ordering::AcqRel);
-    }
-
-    pub fn remember_ms(&self) -> i64 {
-        self.remember_ms.load(Ordering::Acquire)
-    }
-
-    fn eager(&self) -> bool {
-        self.stateful || self.remember_ms() > 0
-    }
-
     fn should_cache(&self) -> bool {
-        self.eager() || self.consumers.load(Ordering::Acquire) > 1
+        self.stateful || self.consumers.load(Ordering::Acquire) > 1
     }
 }
 
@@ -128,6 +119,12 @@ impl NodeMeta {
 pub(crate) trait Operator<T>: Send + Sync {
     /// Computes the batch at a valid time `t`.
     fn compute(&self, t: Time) -> Result<Batch<T>>;
+
+    /// Called at every batch time before any output runs (windows collect their
+    /// parent's batch here, also at times they emit nothing).
+    fn prepare(&self, _t: Time) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A node of the graph: its operator plus memoised batches.
@@ -173,23 +170,6 @@ impl<T: Data> NodeCell<T> {
         }
         Ok(batch)
     }
-
-    /// The batches of this node at the valid times in `(from, to]`, oldest first.
-    pub fn slice(&self, from: Time, to: Time) -> Result<Vec<Batch<T>>> {
-        let slide = self.meta.slide_ms.max(1);
-        let zero = self.meta.timing.zero();
-        // First valid time strictly after `from`.
-        let k = (from.since(zero)).div_euclid(slide) + 1;
-        let mut t = Time(zero.0 + k * slide);
-        let mut out = Vec::new();
-        while t <= to {
-            if self.meta.is_valid(t) {
-                out.push(self.get_or_compute(t)?);
-            }
-            t = t.plus_ms(slide);
-        }
-        Ok(out)
-    }
 }
 
 /// Type-erased access to a node for the scheduler.
@@ -202,16 +182,36 @@ pub(crate) trait AnyNode: Send + Sync {
 
 impl<T: Data> AnyNode for NodeCell<T> {
     fn touch(&self, t: Time) -> Result<()> {
-        if self.meta.eager() && self.meta.is_valid(t) {
+        let prepared = catch_unwind(AssertUnwindSafe(|| self.op.prepare(t))).unwrap_or_else(|p| {
+            Err(Error::Operator {
+                operator: String::new(),
+                time: t,
+                message: panic_message(p),
+            })
+        });
+        if let Err(e) = prepared {
+            return Err(match e {
+                Error::Operator {
+                    operator,
+                    time,
+                    message,
+                } if operator.is_empty() => Error::Operator {
+                    operator: self.meta.name(),
+                    time,
+                    message,
+                },
+                other => other,
+            });
+        }
+        if self.meta.stateful && self.meta.is_valid(t) {
             self.get_or_compute(t)?;
         }
         Ok(())
     }
 
     fn forget(&self, done: Time) {
-        let keep_after = done.plus_ms(-self.meta.remember_ms());
         let mut cache = lock(&self.cache);
-        let keep = cache.split_off(&keep_after.plus_ms(1));
+        let keep = cache.split_off(&done.plus_ms(1));
         *cache = keep;
     }
 }
@@ -231,12 +231,21 @@ pub struct InputInfo {
 /// A source of input: plans what each batch reads.
 pub(crate) trait InputSource: Send + Sync {
     fn name(&self) -> String;
-    /// Starts receivers, takes the initial file listing, ...
-    fn start(&self, bounded: bool) -> Result<()>;
+    /// Starts receivers, takes the initial file listing, ... `recovered` is true when
+    /// the source's state was restored from a checkpoint.
+    fn start(&self, bounded: bool, recovered: bool) -> Result<()>;
     /// Stops receivers; data received so far stays available to `plan`.
     fn stop(&self);
-    /// Decides what batch `t` reads.
-    fn plan(&self, t: Time) -> Result<InputInfo>;
+    /// Decides what batch `t` reads; returns it and its encoded descriptor.
+    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)>;
+    /// Re-plans batch `t` exactly as logged (recovery).
+    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()>;
+    /// `Err(reason)` when the source cannot be replayed from a checkpoint.
+    fn checkpoint_support(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// Called when the context checkpoints: the source logs what replay needs.
+    fn enable_checkpoint(&self) {}
     /// True while the source has data that a next `plan` would take.
     fn has_pending(&self) -> bool;
     /// Drops planned data of batches up to `done`.
@@ -277,6 +286,7 @@ pub(crate) struct Graph {
     nodes: Mutex<Vec<Arc<dyn AnyNode>>>,
     inputs: Mutex<Vec<Arc<dyn InputSource>>>,
     outputs: Mutex<Vec<Arc<OutputOp>>>,
+    states: Mutex<Vec<Arc<dyn Stateful>>>,
     errors: Mutex<Vec<Error>>,
 }
 
@@ -286,6 +296,7 @@ impl Graph {
             timing: Arc::new(Timing {
                 interval_ms,
                 zero_ms: AtomicI64::new(0),
+                base_id: std::sync::atomic::AtomicU64::new(0),
             }),
             parallelism,
             started: AtomicBool::new(false),
@@ -293,6 +304,7 @@ impl Graph {
             nodes: Mutex::new(Vec::new()),
             inputs: Mutex::new(Vec::new()),
             outputs: Mutex::new(Vec::new()),
+            states: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
         }
     }
@@ -317,7 +329,6 @@ impl Graph {
             name: RwLock::new(format!("{kind}-{id}")),
             slide_ms,
             consumers: AtomicUsize::new(0),
-            remember_ms: AtomicI64::new(0),
             stateful,
             timing: self.timing.clone(),
         });
@@ -332,6 +343,15 @@ impl Graph {
 
     pub fn add_input(&self, input: Arc<dyn InputSource>) {
         lock(&self.inputs).push(input);
+    }
+
+    /// Registers checkpointable state (of an operator or a source).
+    pub fn add_state(&self, state: Arc<dyn Stateful>) {
+        lock(&self.states).push(state);
+    }
+
+    pub fn states(&self) -> Vec<Arc<dyn Stateful>> {
+        lock(&self.states).clone()
     }
 
     pub fn add_output(&self, op: OutputOp) {
@@ -358,8 +378,8 @@ impl Graph {
         lock(&self.inputs).clone()
     }
 
-    /// Checks the graph and fixes its zero time; called once by `start`.
-    pub fn start(&self, zero: Time) -> Result<()> {
+    /// Checks the graph: deferred construction errors, at least one output.
+    pub fn validate(&self) -> Result<()> {
         if let Some(e) = lock(&self.errors).drain(..).next() {
             return Err(e);
         }
@@ -371,9 +391,13 @@ impl Graph {
                     .into(),
             });
         }
-        self.timing.set_zero(zero);
-        self.started.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Fixes the timing and freezes the graph; called once by `start`.
+    pub fn start(&self, zero: Time, base_id: BatchId) {
+        self.timing.set_zero(zero, base_id);
+        self.started.store(true, Ordering::Release);
     }
 
     /// Runs every output operation valid at `batch.time`, then forgets what is no

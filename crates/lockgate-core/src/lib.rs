@@ -41,7 +41,9 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod checkpoint;
 pub mod clock;
+pub mod codec;
 pub mod context;
 pub mod dstream;
 pub mod error;
@@ -53,7 +55,9 @@ pub mod source;
 pub mod testing;
 
 pub use batch::{Batch, Data};
+pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
 pub use clock::{Clock, ManualClock, SystemClock, Time};
+pub use codec::{Codec, CodecError};
 pub use context::{ContextState, StreamingContext, StreamingContextBuilder, Trigger};
 pub use dstream::output::OutputResult;
 pub use dstream::state::{MapWithStateDStream, State, StateSpec};

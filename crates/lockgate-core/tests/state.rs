@@ -13,15 +13,15 @@ fn running_sum(values: &[i32], state: Option<i32>) -> Option<i32> {
 
 #[test]
 fn update_state_by_key_keeps_running_totals() {
-    let input = vec![vec![("a", 1), ("b", 1)], vec![("a", 2)], vec![]];
+    let input = vec![vec![('a', 1), ('b', 1)], vec![('a', 2)], vec![]];
     for p in [1, 8] {
         let out = run_streams(input.clone(), p, |s| s.update_state_by_key(running_sum), 3).unwrap();
         assert_eq!(
             sorted(out),
             vec![
-                vec![("a", 1), ("b", 1)],
-                vec![("a", 3), ("b", 1)],
-                vec![("a", 3), ("b", 1)]
+                vec![('a', 1), ('b', 1)],
+                vec![('a', 3), ('b', 1)],
+                vec![('a', 3), ('b', 1)]
             ]
         );
     }
@@ -29,7 +29,7 @@ fn update_state_by_key_keeps_running_totals() {
 
 #[test]
 fn update_state_by_key_with_initial_state_and_removal() {
-    let input = vec![vec![("a", 1)], vec![("b", -5)]];
+    let input = vec![vec![('a', 1)], vec![('b', -5)]];
     let out = run_streams(
         input,
         2,
@@ -39,7 +39,7 @@ fn update_state_by_key_with_initial_state_and_removal() {
                     let n = st.unwrap_or(0) + vs.iter().sum::<i32>();
                     (n > 0).then_some(n)
                 },
-                vec![("b", 3), ("c", 7)],
+                vec![('b', 3), ('c', 7)],
                 4,
             )
         },
@@ -48,17 +48,17 @@ fn update_state_by_key_with_initial_state_and_removal() {
     .unwrap();
     assert_eq!(
         sorted(out),
-        vec![vec![("a", 1), ("b", 3), ("c", 7)], vec![("a", 1), ("c", 7)]]
+        vec![vec![('a', 1), ('b', 3), ('c', 7)], vec![('a', 1), ('c', 7)]]
     );
 }
 
 #[test]
 fn map_with_state_emits_per_record_and_snapshots() {
     let run = ManualRun::new(3).unwrap();
-    let q = InputQueue::from_batches(vec![vec![("a", 1), ("a", 2), ("b", 5)], vec![("b", 1)]]);
+    let q = InputQueue::from_batches(vec![vec![('a', 1), ('a', 2), ('b', 5)], vec![('b', 1)]]);
     let s = run.ctx.queue_stream(q, true, None);
     let mapped = s.map_with_state(StateSpec::function(
-        |k: &&str, v: Option<i32>, st: &mut State<i32>| {
+        |k: &char, v: Option<i32>, st: &mut State<i32>| {
             let total = st.get().copied().unwrap_or(0) + v.unwrap_or(0);
             st.update(total);
             (k.to_string(), total)
@@ -80,7 +80,7 @@ fn map_with_state_emits_per_record_and_snapshots() {
     let snaps = sorted(snaps.lock().unwrap().clone());
     assert_eq!(
         snaps,
-        vec![vec![("a", 3), ("b", 5)], vec![("a", 3), ("b", 6)]]
+        vec![vec![('a', 3), ('b', 5)], vec![('a', 3), ('b', 6)]]
     );
 }
 
@@ -88,14 +88,14 @@ fn map_with_state_emits_per_record_and_snapshots() {
 fn map_with_state_times_out_idle_keys() {
     let run = ManualRun::new(2).unwrap();
     let q = InputQueue::from_batches(vec![
-        vec![("a", 1), ("b", 1)],
-        vec![("a", 1)],
-        vec![("a", 1)],
+        vec![('a', 1), ('b', 1)],
+        vec![('a', 1)],
+        vec![('a', 1)],
         vec![],
     ]);
     let s = run.ctx.queue_stream(q, true, None);
     let mapped = s.map_with_state(
-        StateSpec::function(|k: &&str, v: Option<i32>, st: &mut State<i32>| {
+        StateSpec::function(|k: &char, v: Option<i32>, st: &mut State<i32>| {
             if st.is_timing_out() {
                 return format!("{k} timed out at {}", st.get().copied().unwrap_or(-1));
             }
@@ -118,25 +118,25 @@ fn map_with_state_times_out_idle_keys() {
     // a was last seen at 3000 ms: not yet idle long enough at 4000 ms.
     assert!(out[3].is_empty());
     let snaps = sorted(snaps.lock().unwrap().clone());
-    assert_eq!(snaps[2], vec![("a", 3)]);
+    assert_eq!(snaps[2], vec![('a', 3)]);
 }
 
 #[test]
 fn map_with_state_remove_and_initial_state() {
-    let input = vec![vec![("a", 0), ("c", 1)]];
+    let input = vec![vec![('a', 0), ('c', 1)]];
     let out = run_streams(
         input,
         2,
         |s| {
             s.map_with_state(
-                StateSpec::function(|k: &&str, _v: Option<i32>, st: &mut State<i32>| {
+                StateSpec::function(|k: &char, _v: Option<i32>, st: &mut State<i32>| {
                     let existed = st.exists();
                     if existed {
                         st.remove();
                     }
                     (k.to_string(), existed, st.exists())
                 })
-                .initial_state(vec![("a", 10)])
+                .initial_state(vec![('a', 10)])
                 .num_partitions(3),
             )
             .stream()
@@ -156,10 +156,10 @@ fn map_with_state_remove_and_initial_state() {
 #[test]
 fn updating_a_timing_out_state_fails_the_batch_with_the_operator_name() {
     let run = ManualRun::new(1).unwrap();
-    let q = InputQueue::from_batches(vec![vec![("a", 1)]]);
+    let q = InputQueue::from_batches(vec![vec![('a', 1)]]);
     let s = run.ctx.queue_stream(q, true, None);
     let mapped = s.map_with_state(
-        StateSpec::function(|_k: &&str, v: Option<i32>, st: &mut State<i32>| {
+        StateSpec::function(|_k: &char, v: Option<i32>, st: &mut State<i32>| {
             st.update(v.unwrap_or(0));
         })
         .timeout(Duration::from_millis(500)),

@@ -85,10 +85,10 @@ fn reduce_by_window_with_and_without_inverse() {
 #[test]
 fn reduce_by_key_and_window_both_ways_and_filter() {
     let input = vec![
-        vec![("a", 1), ("b", 1)],
-        vec![("a", 1)],
+        vec![('a', 1), ('b', 1)],
+        vec![('a', 1)],
         vec![],
-        vec![("b", 5)],
+        vec![('b', 5)],
     ];
     let plain = run_streams(
         input.clone(),
@@ -100,10 +100,10 @@ fn reduce_by_key_and_window_both_ways_and_filter() {
     assert_eq!(
         sorted(plain),
         vec![
-            vec![("a", 1), ("b", 1)],
-            vec![("a", 2), ("b", 1)],
-            vec![("a", 1)],
-            vec![("b", 5)]
+            vec![('a', 1), ('b', 1)],
+            vec![('a', 2), ('b', 1)],
+            vec![('a', 1)],
+            vec![('b', 5)]
         ]
     );
     let inv = run_streams(
@@ -125,10 +125,10 @@ fn reduce_by_key_and_window_both_ways_and_filter() {
     assert_eq!(
         sorted(inv),
         vec![
-            vec![("a", 1), ("b", 1)],
-            vec![("a", 2), ("b", 1)],
-            vec![("a", 1), ("b", 0)],
-            vec![("a", 0), ("b", 5)]
+            vec![('a', 1), ('b', 1)],
+            vec![('a', 2), ('b', 1)],
+            vec![('a', 1), ('b', 0)],
+            vec![('a', 0), ('b', 5)]
         ]
     );
     let filtered = run_streams(
@@ -151,17 +151,17 @@ fn reduce_by_key_and_window_both_ways_and_filter() {
     assert_eq!(
         sorted(filtered),
         vec![
-            vec![("a", 1), ("b", 1)],
-            vec![("a", 2), ("b", 1)],
-            vec![("a", 1)],
-            vec![("b", 5)]
+            vec![('a', 1), ('b', 1)],
+            vec![('a', 2), ('b', 1)],
+            vec![('a', 1)],
+            vec![('b', 5)]
         ]
     );
 }
 
 #[test]
 fn count_by_value_and_window_drops_zero_counts() {
-    let input = vec![vec!["x", "y", "x"], vec!["y"], vec![]];
+    let input = vec![vec!['x', 'y', 'x'], vec!['y'], vec![]];
     let out = run_streams(
         input,
         2,
@@ -172,9 +172,9 @@ fn count_by_value_and_window_drops_zero_counts() {
     assert_eq!(
         sorted(out),
         vec![
-            vec![("x", 2), ("y", 1)],
-            vec![("x", 2), ("y", 2)],
-            vec![("y", 1)]
+            vec![('x', 2), ('y', 1)],
+            vec![('x', 2), ('y', 2)],
+            vec![('y', 1)]
         ]
     );
 }

@@ -65,10 +65,19 @@ impl<T: Data> DStream<T> {
         stateful: bool,
         op: impl Fn(Time) -> Result<Batch<U>> + Send + Sync + 'static,
     ) -> DStream<U> {
+        self.child_op(kind, slide_ms, stateful, FnOp(op))
+    }
+
+    /// Adds a node fed by this stream, computed by an operator struct.
+    pub(crate) fn child_op<U: Data>(
+        &self,
+        kind: &'static str,
+        slide_ms: i64,
+        stateful: bool,
+        op: impl Operator<U> + 'static,
+    ) -> DStream<U> {
         self.node.meta.add_consumer();
-        let node = self
-            .graph
-            .add_node(kind, slide_ms, stateful, Box::new(FnOp(op)));
+        let node = self.graph.add_node(kind, slide_ms, stateful, Box::new(op));
         DStream {
             node,
             graph: self.graph.clone(),

@@ -13,8 +13,10 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
-use crate::clock::{duration_ms, Time};
-use crate::dstream::keyed::{partition_by_key, partition_of};
+use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful};
+use crate::clock::duration_ms;
+use crate::codec::Codec;
+use crate::dstream::keyed::partition_by_key;
 use crate::dstream::DStream;
 use crate::error::Error;
 use crate::graph::lock;
@@ -160,24 +162,16 @@ impl<K, S, U> Deref for MapWithStateDStream<K, S, U> {
     }
 }
 
-fn initial_partitions<K: Hash + Eq, S>(initial: Vec<(K, S)>, n: usize) -> Vec<FxHashMap<K, S>> {
-    let mut maps: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
-    for (k, s) in initial {
-        let j = partition_of(&k, n);
-        maps[j].insert(k, s);
-    }
-    maps
-}
-
 impl<K, V> DStream<(K, V)>
 where
-    K: Data + Hash + Eq,
+    K: Data + Hash + Eq + Codec,
     V: Data,
 {
     /// Keeps a state per key: at every batch `f(new values, previous state)` gives the
     /// new state (`None` removes the key), for every key with state or new values. The
-    /// result is the whole state after each batch.
-    pub fn update_state_by_key<S: Data>(
+    /// result is the whole state after each batch. Checkpointed as a full snapshot per
+    /// batch (the function may change any key, so there is no cheaper delta).
+    pub fn update_state_by_key<S: Data + Codec>(
         &self,
         f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static,
     ) -> DStream<(K, S)> {
@@ -186,19 +180,27 @@ where
 
     /// [`update_state_by_key`](Self::update_state_by_key) with an initial state and a
     /// number of partitions.
-    pub fn update_state_by_key_with<S: Data>(
+    pub fn update_state_by_key_with<S: Data + Codec>(
         &self,
         f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static,
         initial: Vec<(K, S)>,
         partitions: usize,
     ) -> DStream<(K, S)> {
         let n = partitions.max(1);
-        let state: Mutex<Vec<FxHashMap<K, S>>> = Mutex::new(initial_partitions(initial, n));
+        let state = Arc::new(Mutex::new(KeyedState::from_entries(initial, n, false)));
+        let shared = state.clone();
         let p = self.parent();
-        self.child_with("update_state_by_key", self.slide_ms(), true, move |t| {
+        let out = self.child_with("update_state_by_key", self.slide_ms(), true, move |t| {
             let input = partition_by_key(p.get_or_compute(t)?, n);
-            let mut maps = std::mem::take(&mut *lock(&state));
-            let parts: Vec<Vec<(K, S)>> = maps
+            let mut st = lock(&shared);
+            let n_now = st.partitions();
+            let input = if n_now == n {
+                input
+            } else {
+                partition_by_key(Batch::from_partitions(input), n_now)
+            };
+            let parts: Vec<Vec<(K, S)>> = st
+                .maps
                 .par_iter_mut()
                 .zip(input.into_par_iter())
                 .map(|(map, records)| {
@@ -223,14 +225,19 @@ where
                     out
                 })
                 .collect();
-            *lock(&state) = maps;
             Ok(Batch::from_partitions(parts))
-        })
+        });
+        self.graph.add_state(Arc::new(KeyedStateful {
+            name: node_name(&out.node.meta, ""),
+            state,
+        }));
+        out
     }
 
     /// Spark's `mapWithState`: calls the spec's function for every record with its key's
     /// [`State`], emits what it returns, and times out idle keys if the spec says so.
-    pub fn map_with_state<S: Data, U: Data>(
+    /// Checkpointed as deltas of the keys that changed.
+    pub fn map_with_state<S: Data + Codec, U: Data>(
         &self,
         spec: StateSpec<K, V, S, U>,
     ) -> MapWithStateDStream<K, S, U> {
@@ -238,25 +245,38 @@ where
             .partitions
             .unwrap_or_else(|| self.default_partitions())
             .max(1);
-        let initial: Vec<(K, (S, Time))> = spec
+        let initial: Vec<(K, (S, i64))> = spec
             .initial
             .into_iter()
-            .map(|(k, s)| (k, (s, Time(i64::MIN))))
+            .map(|(k, s)| (k, (s, i64::MIN)))
             .collect();
-        let state: Mutex<Vec<FxHashMap<K, (S, Time)>>> = Mutex::new(initial_partitions(initial, n));
+        let state = Arc::new(Mutex::new(KeyedState::from_entries(initial, n, true)));
+        let shared = state.clone();
         let want_snapshots = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let want = want_snapshots.clone();
         let func = spec.func;
         let timeout = spec.timeout_ms;
+        let stamped = std::sync::atomic::AtomicBool::new(false);
         let p = self.parent();
         let internal = self.child_with("map_with_state", self.slide_ms(), true, move |t| {
-            let input = partition_by_key(p.get_or_compute(t)?, n);
             let snapshots = want.load(std::sync::atomic::Ordering::Acquire);
-            let mut maps = std::mem::take(&mut *lock(&state));
-            let results: Vec<Result<Vec<MwsItem<K, S, U>>, &'static str>> = maps
+            let mut guard = lock(&shared);
+            let st = &mut *guard;
+            if !stamped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                // Initial state counts as updated at the first batch (as in Spark).
+                for map in &mut st.maps {
+                    for (_, stamp) in map.values_mut().filter(|(_, s)| *s == i64::MIN) {
+                        *stamp = t.0;
+                    }
+                }
+            }
+            let input = partition_by_key(p.get_or_compute(t)?, st.partitions());
+            let results: Vec<Result<Vec<MwsItem<K, S, U>>, &'static str>> = st
+                .maps
                 .par_iter_mut()
+                .zip(st.dirty.par_iter_mut())
                 .zip(input.into_par_iter())
-                .map(|(map, records)| {
+                .map(|((map, dirty), records)| {
                     let mut out = Vec::with_capacity(records.len());
                     for (k, v) in records {
                         let prev = map.remove(&k);
@@ -266,17 +286,23 @@ where
                         if let Some(m) = st.misuse {
                             return Err(m);
                         }
+                        if st.updated || st.removed {
+                            dirty.insert(k.clone());
+                        }
                         if let Some(s) = st.value {
                             let stamp = if st.updated || timeout.is_some() {
-                                t
+                                t.0
                             } else {
-                                prev_time.unwrap_or(t)
+                                prev_time.unwrap_or(t.0)
                             };
+                            if stamp != prev_time.unwrap_or(stamp) {
+                                dirty.insert(k.clone());
+                            }
                             map.insert(k, (s, stamp));
                         }
                     }
                     if let Some(idle) = timeout {
-                        let threshold = t.plus_ms(-idle);
+                        let threshold = t.0 - idle;
                         let expired: Vec<K> = map
                             .iter()
                             .filter(|(_, (_, stamp))| *stamp < threshold)
@@ -289,6 +315,7 @@ where
                                 if let Some(m) = st.misuse {
                                     return Err(m);
                                 }
+                                dirty.insert(k);
                             }
                         }
                     }
@@ -301,7 +328,6 @@ where
                     Ok(out)
                 })
                 .collect();
-            *lock(&state) = maps;
             let mut parts = Vec::with_capacity(results.len());
             for r in results {
                 match r {
@@ -317,6 +343,10 @@ where
             }
             Ok(Batch::from_partitions(parts))
         });
+        self.graph.add_state(Arc::new(KeyedStateful {
+            name: node_name(&internal.node.meta, ""),
+            state,
+        }));
         let mapped = internal
             .flat_map(|item| match item {
                 MwsItem::Mapped(u) => Some(u),

@@ -9,6 +9,10 @@
 //! With an inverse function, the window is maintained incrementally as Spark does:
 //! `window(t) = window(t - S) - reduce(batches leaving) + reduce(batches entering)`, so
 //! its cost follows the slide, not the window length.
+//!
+//! A window keeps the parent batches it still needs in a buffer (shared partitions, no
+//! copy) that is checkpointed with its state, so a recovered job computes the same
+//! windows; element types of windowed streams therefore implement [`Codec`].
 
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -18,9 +22,12 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
+use crate::checkpoint::state::{node_name, BufferState, BufferStateful, KeyedState, KeyedStateful};
 use crate::clock::{duration_ms, Time};
+use crate::codec::Codec;
 use crate::dstream::DStream;
-use crate::graph::lock;
+use crate::error::Result;
+use crate::graph::{lock, NodeCell, Operator};
 
 type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
 
@@ -54,6 +61,52 @@ impl<K, V> InverseWindowOpts<K, V> {
     }
 }
 
+/// `window`: the union of the buffered parent batches in `(t - len, t]`.
+struct WindowOp<T> {
+    parent: Arc<NodeCell<T>>,
+    len: i64,
+    buffer: Arc<Mutex<BufferState<T>>>,
+}
+
+/// Adds the parent's batch at `t` (if it has one) to `buffer`, keeping `keep` ms.
+fn collect_parent<T: Data + Codec>(
+    parent: &NodeCell<T>,
+    buffer: &Mutex<BufferState<T>>,
+    t: Time,
+    keep: i64,
+) -> Result<()> {
+    if parent.meta.is_valid(t) {
+        let b = parent.get_or_compute(t)?;
+        let mut buf = lock(buffer);
+        buf.insert(t, b);
+        buf.drop_through(t.plus_ms(-keep));
+    }
+    Ok(())
+}
+
+/// The buffered batches with times in `(from, to]`, oldest first.
+fn buffered<T: Data>(buffer: &Mutex<BufferState<T>>, from: Time, to: Time) -> Vec<Batch<T>> {
+    lock(buffer)
+        .batches
+        .range(from.plus_ms(1)..to.plus_ms(1))
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+impl<T: Data + Codec> Operator<T> for WindowOp<T> {
+    fn prepare(&self, t: Time) -> Result<()> {
+        collect_parent(&self.parent, &self.buffer, t, self.len)
+    }
+
+    fn compute(&self, t: Time) -> Result<Batch<T>> {
+        let mut out = Batch::empty();
+        for b in buffered(&self.buffer, t.plus_ms(-self.len), t) {
+            out = out.union(&b);
+        }
+        Ok(out)
+    }
+}
+
 impl<T: Data> DStream<T> {
     /// Checks window length and slide against this stream's slide; records a graph error
     /// naming `kind` when they do not fit. Returns the two in milliseconds.
@@ -73,25 +126,30 @@ impl<T: Data> DStream<T> {
         (len.max(1), sl.max(1))
     }
 
-    /// Every element of the batches in the last `length`, emitted every `slide`.
-    pub fn window(&self, length: Duration, slide: Duration) -> DStream<T> {
-        let (len, sl) = self.window_params("window", length, slide);
-        let parent = self.parent();
-        parent.meta.require_remember(len);
-        self.child_with("window", sl, false, move |t| {
-            let mut out = Batch::empty();
-            for b in parent.slice(t.plus_ms(-len), t)? {
-                out = out.union(&b);
-            }
-            Ok(out)
-        })
-    }
-
     /// The number of elements in each window (incremental).
     pub fn count_by_window(&self, length: Duration, slide: Duration) -> DStream<i64> {
         self.map(|_| 1i64)
             .reduce_by_window_inv(|a, b| a + b, |a, b| a - b, length, slide)
             .name_kind("count_by_window")
+    }
+}
+
+impl<T: Data + Codec> DStream<T> {
+    /// Every element of the batches in the last `length`, emitted every `slide`.
+    pub fn window(&self, length: Duration, slide: Duration) -> DStream<T> {
+        let (len, sl) = self.window_params("window", length, slide);
+        let buffer = Arc::new(Mutex::new(BufferState::new()));
+        let op = WindowOp {
+            parent: self.parent(),
+            len,
+            buffer: buffer.clone(),
+        };
+        let out = self.child_op("window", sl, true, op);
+        self.graph.add_state(Arc::new(BufferStateful {
+            name: node_name(&out.node.meta, ""),
+            state: buffer,
+        }));
+        out
     }
 
     /// The elements of each window combined with `f` (recomputed per window).
@@ -151,10 +209,107 @@ impl<T: Data> DStream<T> {
     }
 }
 
+type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
+
+/// `reduce_by_key_and_window_inv`: the window's value per key is kept as state and
+/// updated from the reduced batches leaving and entering it.
+struct InverseWindowOp<K, V> {
+    parent: Arc<NodeCell<(K, V)>>,
+    len: i64,
+    slide: i64,
+    buffer: Arc<Mutex<BufferState<(K, V)>>>,
+    window: Arc<Mutex<KeyedState<K, V>>>,
+    f: ReduceFn<V>,
+    inv: ReduceFn<V>,
+    filter: Option<FilterFn<K, V>>,
+}
+
+/// The pairs of partition `j` of `b` among `n` partitions (re-partitioning batches
+/// restored from a checkpoint written with another partition count).
+fn partition_pairs<'a, K: Hash, V>(
+    b: &'a Batch<(K, V)>,
+    j: usize,
+    n: usize,
+) -> Box<dyn Iterator<Item = &'a (K, V)> + 'a>
+where
+    K: Data,
+    V: Data,
+{
+    if b.num_partitions() == n {
+        Box::new(b.partitions()[j].iter())
+    } else {
+        Box::new(
+            b.iter()
+                .filter(move |(k, _)| crate::dstream::keyed::partition_of(k, n) == j),
+        )
+    }
+}
+
+impl<K, V> Operator<(K, V)> for InverseWindowOp<K, V>
+where
+    K: Data + Hash + Eq + Codec,
+    V: Data + Codec,
+{
+    fn prepare(&self, t: Time) -> Result<()> {
+        collect_parent(&self.parent, &self.buffer, t, self.len + self.slide)
+    }
+
+    fn compute(&self, t: Time) -> Result<Batch<(K, V)>> {
+        let prev = t.plus_ms(-self.slide);
+        // (t - slide - len, t - len]: in the previous window, not in this one.
+        let old = buffered(&self.buffer, prev.plus_ms(-self.len), t.plus_ms(-self.len));
+        // (t - slide, t]: new in this window.
+        let new = buffered(&self.buffer, prev, t);
+        let mut guard = lock(&self.window);
+        let window = &mut *guard;
+        let n = window.partitions();
+        let track = window.tracking();
+        let (f, inv, filter) = (&self.f, &self.inv, &self.filter);
+        let parts: Vec<Vec<(K, V)>> = window
+            .maps
+            .par_iter_mut()
+            .zip(window.dirty.par_iter_mut())
+            .enumerate()
+            .map(|(j, (map, dirty))| {
+                let mut leaving: FxHashMap<K, V> = FxHashMap::default();
+                for b in &old {
+                    for (k, v) in partition_pairs(b, j, n) {
+                        merge(&mut leaving, k, v, &**f);
+                    }
+                }
+                for (k, v) in leaving {
+                    if let Some(cur) = map.get_mut(&k) {
+                        *cur = inv(cur.clone(), v);
+                        KeyedState::<K, V>::touch(dirty, &k, track);
+                    }
+                }
+                for b in &new {
+                    for (k, v) in partition_pairs(b, j, n) {
+                        merge(map, k, v, &**f);
+                        KeyedState::<K, V>::touch(dirty, k, track);
+                    }
+                }
+                if let Some(keep) = filter {
+                    map.retain(|k, v| {
+                        let kv = (k.clone(), v.clone());
+                        let kept = keep(&kv);
+                        if !kept && track {
+                            dirty.insert(kv.0);
+                        }
+                        kept
+                    });
+                }
+                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            })
+            .collect();
+        Ok(Batch::from_partitions(parts))
+    }
+}
+
 impl<K, V> DStream<(K, V)>
 where
-    K: Data + Hash + Eq,
-    V: Data,
+    K: Data + Hash + Eq + Codec,
+    V: Data + Codec,
 {
     /// The values of each key over the window combined with `f` (recomputed per window).
     pub fn reduce_by_key_and_window(
@@ -197,62 +352,34 @@ where
             .partitions
             .unwrap_or_else(|| self.default_partitions())
             .max(1);
-        let f = Arc::new(f);
+        let f: ReduceFn<V> = Arc::new(f);
         let f_batch = f.clone();
         let reduced = self.reduce_by_key_with_partitions(move |a, b| f_batch(a, b), n);
         let (len, sl) = reduced.window_params("reduce_by_key_and_window", length, slide);
-        let parent = reduced.parent();
-        // Batches leaving the window were entered `len` ago and leave `sl` later.
-        parent.meta.require_remember(len + sl);
-        let previous: Mutex<Option<(Time, Batch<(K, V)>)>> = Mutex::new(None);
-        let filter = opts.filter;
-        reduced
-            .child_with("reduce_by_key_and_window", sl, true, move |t| {
-                let prev_time = t.plus_ms(-sl);
-                let prev = match lock(&previous).take() {
-                    Some((pt, b)) if pt == prev_time => b,
-                    _ => Batch::empty(),
-                };
-                // (t - sl - len, t - len]: in the previous window, not in this one.
-                let old = parent.slice(prev_time.plus_ms(-len), t.plus_ms(-len))?;
-                // (t - sl, t]: new in this window.
-                let new = parent.slice(prev_time, t)?;
-                let prev_parts = prev.into_shared();
-                let parts: Vec<Vec<(K, V)>> = (0..n)
-                    .into_par_iter()
-                    .map(|j| {
-                        let mut window: FxHashMap<K, V> = FxHashMap::default();
-                        if let Some(p) = prev_parts.get(j) {
-                            window.extend(p.iter().cloned());
-                        }
-                        let mut leaving: FxHashMap<K, V> = FxHashMap::default();
-                        for b in &old {
-                            for (k, v) in b.partitions().get(j).iter().flat_map(|p| p.iter()) {
-                                merge(&mut leaving, k, v, &*f);
-                            }
-                        }
-                        for (k, v) in leaving {
-                            if let Some(cur) = window.get_mut(&k) {
-                                *cur = inv(cur.clone(), v);
-                            }
-                        }
-                        for b in &new {
-                            for (k, v) in b.partitions().get(j).iter().flat_map(|p| p.iter()) {
-                                merge(&mut window, k, v, &*f);
-                            }
-                        }
-                        let mut out: Vec<(K, V)> = window.into_iter().collect();
-                        if let Some(keep) = &filter {
-                            out.retain(|kv| keep(kv));
-                        }
-                        out
-                    })
-                    .collect();
-                let result = Batch::from_partitions(parts);
-                *lock(&previous) = Some((t, result.clone()));
-                Ok(result)
-            })
-            .name_kind("reduce_by_key_and_window")
+        let buffer = Arc::new(Mutex::new(BufferState::new()));
+        let window = Arc::new(Mutex::new(KeyedState::new(n, true)));
+        let op = InverseWindowOp {
+            parent: reduced.parent(),
+            len,
+            slide: sl,
+            buffer: buffer.clone(),
+            window: window.clone(),
+            f,
+            inv: Arc::new(inv),
+            filter: opts.filter,
+        };
+        let out = reduced
+            .child_op("reduce_by_key_and_window", sl, true, op)
+            .name_kind("reduce_by_key_and_window");
+        self.graph.add_state(Arc::new(KeyedStateful {
+            name: node_name(&out.node.meta, ""),
+            state: window,
+        }));
+        self.graph.add_state(Arc::new(BufferStateful {
+            name: node_name(&out.node.meta, ".buffer"),
+            state: buffer,
+        }));
+        out
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::checkpoint::log::{Plan, SourcePlan};
+use crate::checkpoint::{Checkpointer, DeliveryMode};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::graph::{lock, BatchRef, Graph, InputInfo};
@@ -30,6 +32,8 @@ pub(crate) struct Scheduler {
     pub metrics: Arc<StreamingMetrics>,
     pub pool: rayon::ThreadPool,
     pub bounded: bool,
+    /// The checkpoint protocol, when the context has a checkpoint directory.
+    pub checkpointer: Option<Arc<Checkpointer>>,
     /// Stop generating batches.
     pub stop: AtomicBool,
     /// Drop queued batches instead of running them.
@@ -46,6 +50,7 @@ impl Scheduler {
         metrics: Arc<StreamingMetrics>,
         pool: rayon::ThreadPool,
         bounded: bool,
+        checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         Scheduler {
             graph,
@@ -53,6 +58,7 @@ impl Scheduler {
             metrics,
             pool,
             bounded,
+            checkpointer,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -61,8 +67,9 @@ impl Scheduler {
         }
     }
 
-    /// Starts the generator and runner threads; the first batch is at `zero + interval`.
-    pub fn spawn(self: &Arc<Self>, zero: Time) -> Result<Vec<JoinHandle<()>>> {
+    /// Starts the generator and runner threads: logged `replays` run first, then new
+    /// batches are planned from `first`.
+    pub fn spawn(self: &Arc<Self>, first: Time, replays: Vec<Plan>) -> Result<Vec<JoinHandle<()>>> {
         // Bounded runs plan at most one batch ahead; streaming runs queue freely.
         let capacity = if self.bounded { 1 } else { 1 << 20 };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(capacity);
@@ -78,7 +85,7 @@ impl Scheduler {
             let s = self.clone();
             std::thread::Builder::new()
                 .name("lockgate-job-generator".into())
-                .spawn(move || s.generate(zero, tx))
+                .spawn(move || s.generate(first, replays, tx))
                 .map_err(spawn_err)?
         };
         Ok(vec![generator, runner])
@@ -97,13 +104,60 @@ impl Scheduler {
         lock(&self.failure).take()
     }
 
-    /// Plans batch `t`: asks every source for its input descriptor.
+    /// Plans batch `t`: asks every source for its input descriptor and logs the plan
+    /// durably before the batch may run.
     fn plan(&self, t: Time) -> Result<Job> {
         let id = self.graph.timing.batch_id(t);
         let mut inputs = Vec::new();
+        let mut sources = Vec::new();
         for input in self.graph.inputs() {
-            inputs.push(input.plan(t)?);
+            let (info, descriptor) = input.plan(t)?;
+            sources.push(SourcePlan {
+                source: info.source.clone(),
+                descriptor,
+                records: info.records,
+                description: info.description.clone(),
+            });
+            inputs.push(info);
         }
+        if let Some(cp) = &self.checkpointer {
+            cp.log_plan(&Plan {
+                batch_id: id,
+                batch_time_ms: t.0,
+                sources,
+            })?;
+            if cp.config.delivery == DeliveryMode::AtMostOnce {
+                // At most once: the batch counts as done before it runs.
+                cp.write_commit(id, t)?;
+            }
+        }
+        Ok(self.queue(id, t, inputs))
+    }
+
+    /// Re-plans a logged batch exactly as it was planned (recovery).
+    fn replay(&self, plan: Plan) -> Result<Job> {
+        let t = Time(plan.batch_time_ms);
+        let inputs = self.graph.inputs();
+        let mut infos = Vec::new();
+        for sp in plan.sources {
+            if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
+                input.replay(t, &sp.descriptor)?;
+            }
+            infos.push(InputInfo {
+                source: sp.source,
+                records: sp.records,
+                description: sp.description,
+            });
+        }
+        tracing::info!(
+            batch_id = plan.batch_id,
+            batch_time_ms = t.0,
+            "re-running a logged batch"
+        );
+        Ok(self.queue(plan.batch_id, t, infos))
+    }
+
+    fn queue(&self, id: u64, t: Time, inputs: Vec<InputInfo>) -> Job {
         self.metrics.batch_queued(BatchInfo {
             batch_id: id,
             batch_time: t,
@@ -114,15 +168,31 @@ impl Scheduler {
             output_ops: Vec::new(),
             failure: None,
         });
-        Ok(Job {
+        Job {
             batch: BatchRef { id, time: t },
             inputs,
-        })
+        }
     }
 
-    fn generate(&self, zero: Time, tx: SyncSender<Job>) {
+    fn generate(&self, first: Time, replays: Vec<Plan>, tx: SyncSender<Job>) {
+        for plan in replays {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            match self.replay(plan) {
+                Ok(job) => {
+                    if tx.send(job).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
         let interval = self.graph.timing.interval_ms;
-        let mut t = zero.plus_ms(interval);
+        let mut t = first;
         loop {
             if !self.bounded {
                 self.clock.wait_until(t, &self.stop);
@@ -171,8 +241,15 @@ impl Scheduler {
             let start = self.clock.now();
             let queued = self.metrics.batch_started(job.batch.time, start);
             let (outputs, result) = self.pool.install(|| {
-                self.graph
-                    .run_batch(job.batch, &mut job.inputs, self.clock.as_ref())
+                let (outputs, result) =
+                    self.graph
+                        .run_batch(job.batch, &mut job.inputs, self.clock.as_ref());
+                // State and the commit record follow the outputs (exactly-once protocol).
+                let result = result.and_then(|()| match &self.checkpointer {
+                    Some(cp) => cp.commit(job.batch.id, job.batch.time),
+                    None => Ok(()),
+                });
+                (outputs, result)
             });
             let end = self.clock.now();
             let info = BatchInfo {

@@ -9,6 +9,10 @@
 //!
 //! In a bounded run (`Trigger::AvailableNow`) the source takes exactly the files present
 //! at start and is done when they have all been planned.
+//!
+//! With a checkpoint, a batch's descriptor is its exact list of files, and the set of
+//! files already taken by committed batches is the source's checkpointed state, so after
+//! a restart the same files go to the same batches and no file is taken twice.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs;
@@ -20,7 +24,9 @@ use std::time::SystemTime;
 use rayon::prelude::*;
 
 use crate::batch::Batch;
+use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
+use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
@@ -61,6 +67,9 @@ struct FileInput {
     opts: FileStreamOptions,
     bounded: AtomicBool,
     seen: Mutex<HashSet<PathBuf>>,
+    /// Files taken by completed batches (or ignored at a fresh start): the checkpointed
+    /// state.
+    taken: Arc<Mutex<KeyedState<PathBuf, ()>>>,
     backlog: Mutex<VecDeque<PathBuf>>,
     planned: Mutex<BTreeMap<Time, Vec<PathBuf>>>,
     read_counts: Mutex<BTreeMap<Time, u64>>,
@@ -144,8 +153,12 @@ impl InputSource for FileInput {
         self.name.clone()
     }
 
-    fn start(&self, bounded: bool) -> Result<()> {
+    fn start(&self, bounded: bool, recovered: bool) -> Result<()> {
         self.bounded.store(bounded, Ordering::Release);
+        if recovered {
+            let taken = lock(&self.taken);
+            lock(&self.seen).extend(taken.maps.iter().flat_map(|m| m.keys().cloned()));
+        }
         if !self.dir.is_dir() {
             return Err(Error::Source {
                 source_name: self.name.clone(),
@@ -156,9 +169,15 @@ impl InputSource for FileInput {
                 ),
             });
         }
-        if self.opts.new_files_only && !bounded {
+        if self.opts.new_files_only && !bounded && !recovered {
             let files =
                 list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
+            let mut taken = lock(&self.taken);
+            let st = &mut *taken;
+            for f in &files {
+                st.maps[0].insert(f.clone(), ());
+                st.dirty[0].insert(f.clone());
+            }
             lock(&self.seen).extend(files);
         } else {
             self.discover()?;
@@ -168,7 +187,7 @@ impl InputSource for FileInput {
 
     fn stop(&self) {}
 
-    fn plan(&self, t: Time) -> Result<InputInfo> {
+    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
         if !self.bounded.load(Ordering::Acquire) {
             if let Err(e) = self.discover() {
                 tracing::warn!(source = %self.name, error = %e, "listing failed; retrying at the next batch");
@@ -188,13 +207,26 @@ impl InputSource for FileInput {
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let descriptor = to_bytes(&files);
         lock(&self.planned).insert(t, files);
-        Ok(InputInfo {
+        let info = InputInfo {
             source: self.name.clone(),
             // Lines are counted when read; the plan knows files only.
             records: 0,
             description,
-        })
+        };
+        Ok((info, descriptor))
+    }
+
+    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()> {
+        let files: Vec<PathBuf> = from_bytes(descriptor).map_err(|e| Error::Source {
+            source_name: self.name.clone(),
+            message: format!("logged file list does not decode: {e}"),
+        })?;
+        lock(&self.seen).extend(files.iter().cloned());
+        lock(&self.backlog).retain(|f| !files.contains(f));
+        lock(&self.planned).insert(t, files);
+        Ok(())
     }
 
     fn has_pending(&self) -> bool {
@@ -203,7 +235,14 @@ impl InputSource for FileInput {
 
     fn forget(&self, done: Time) {
         let mut p = lock(&self.planned);
-        *p = p.split_off(&done.plus_ms(1));
+        let later = p.split_off(&done.plus_ms(1));
+        let finished = std::mem::replace(&mut *p, later);
+        let mut taken = lock(&self.taken);
+        let st = &mut *taken;
+        for f in finished.into_values().flatten() {
+            st.dirty[0].insert(f.clone());
+            st.maps[0].insert(f, ());
+        }
         let mut c = lock(&self.read_counts);
         *c = c.split_off(&done.plus_ms(1));
     }
@@ -252,7 +291,14 @@ impl StreamingContext {
         opts: FileStreamOptions,
     ) -> DStream<String> {
         let name = format!("files-{}", self.metrics_ref().source_names().len());
+        let taken = Arc::new(Mutex::new(KeyedState::new(1, true)));
+        let state_name = format!("{name}.files");
+        self.graph().add_state(Arc::new(KeyedStateful {
+            name: Arc::new(move || state_name.clone()),
+            state: taken.clone(),
+        }));
         let src = Arc::new(FileInput {
+            taken,
             counters: self.metrics_ref().source(&name),
             name,
             dir: dir.as_ref().to_path_buf(),

@@ -78,13 +78,29 @@ impl<T: Data> InputSource for QueueInput<T> {
         self.name.clone()
     }
 
-    fn start(&self, _bounded: bool) -> Result<()> {
+    fn start(&self, _bounded: bool, _recovered: bool) -> Result<()> {
         Ok(())
     }
 
     fn stop(&self) {}
 
-    fn plan(&self, t: Time) -> Result<InputInfo> {
+    fn checkpoint_support(&self) -> std::result::Result<(), String> {
+        Err(
+            "queue_stream is not replayable (its batches live only in this process); \
+             checkpoint a job that reads files or a socket, or run queue streams without a \
+             checkpoint directory"
+                .into(),
+        )
+    }
+
+    fn replay(&self, _t: Time, _descriptor: &[u8]) -> Result<()> {
+        Err(crate::error::Error::Source {
+            source_name: self.name.clone(),
+            message: "a queue stream cannot be replayed".into(),
+        })
+    }
+
+    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
         let (items, taken) = {
             let mut q = lock(&self.queue.inner);
             if self.one_at_a_time {
@@ -101,11 +117,12 @@ impl<T: Data> InputSource for QueueInput<T> {
         let records = items.len() as u64;
         SourceCounters::add(&self.counters.records, records);
         lock(&self.planned).insert(t, items);
-        Ok(InputInfo {
+        let info = InputInfo {
             source: self.name.clone(),
             records,
             description: format!("{taken} queued batch(es)"),
-        })
+        };
+        Ok((info, Vec::new()))
     }
 
     fn has_pending(&self) -> bool {
@@ -136,18 +153,22 @@ impl<T: Data> InputSource for ConstantInput<T> {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn start(&self, _bounded: bool) -> Result<()> {
+    fn start(&self, _bounded: bool, _recovered: bool) -> Result<()> {
         Ok(())
     }
     fn stop(&self) {}
-    fn plan(&self, _t: Time) -> Result<InputInfo> {
+    fn plan(&self, _t: Time) -> Result<(InputInfo, Vec<u8>)> {
         let records = self.data.len() as u64;
         SourceCounters::add(&self.counters.records, records);
-        Ok(InputInfo {
+        let info = InputInfo {
             source: self.name.clone(),
             records,
             description: "constant batch".into(),
-        })
+        };
+        Ok((info, Vec::new()))
+    }
+    fn replay(&self, _t: Time, _descriptor: &[u8]) -> Result<()> {
+        Ok(())
     }
     fn has_pending(&self) -> bool {
         false

@@ -7,8 +7,10 @@
 //! [`store`](ReceiverContext::store)s are buffered; each batch takes everything stored
 //! before it was planned.
 //!
-//! What a receiver has not stored when the process dies is lost: a receiver is not a
-//! replayable source. (The checkpoint layer adds a write-ahead log for this.)
+//! With a checkpoint directory, the records a batch takes are logged in its plan before
+//! it runs, so a batch interrupted by a crash is re-run with the same records. What a
+//! receiver has stored but no batch has taken yet when the process dies is lost: a
+//! receiver is not a replayable source.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use crate::batch::{Batch, Data};
 use crate::clock::Time;
+use crate::codec::{from_bytes, to_bytes, Codec};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
@@ -106,6 +109,7 @@ struct ReceiverInput<T> {
     thread: Mutex<Option<JoinHandle<()>>>,
     planned: Mutex<BTreeMap<Time, Vec<T>>>,
     partitions: usize,
+    log_records: AtomicBool,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -139,12 +143,12 @@ fn supervise<T: Send + 'static>(
     }
 }
 
-impl<T: Data> InputSource for ReceiverInput<T> {
+impl<T: Data + Codec> InputSource for ReceiverInput<T> {
     fn name(&self) -> String {
         self.name.clone()
     }
 
-    fn start(&self, bounded: bool) -> Result<()> {
+    fn start(&self, bounded: bool, _recovered: bool) -> Result<()> {
         if bounded {
             return Err(Error::Config(format!(
                 "source `{}` is a receiver (unbounded); a bounded run (--once / \
@@ -184,15 +188,35 @@ impl<T: Data> InputSource for ReceiverInput<T> {
         }
     }
 
-    fn plan(&self, t: Time) -> Result<InputInfo> {
+    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
         let items = std::mem::take(&mut *lock(&self.shared.buffer));
         let records = items.len() as u64;
+        // The plan logs the records themselves: what a batch took is replayable.
+        let descriptor = if self.log_records.load(Ordering::Acquire) {
+            to_bytes(&items)
+        } else {
+            Vec::new()
+        };
         lock(&self.planned).insert(t, items);
-        Ok(InputInfo {
+        let info = InputInfo {
             source: self.name.clone(),
             records,
             description: format!("{records} received record(s)"),
-        })
+        };
+        Ok((info, descriptor))
+    }
+
+    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()> {
+        let items: Vec<T> = from_bytes(descriptor).map_err(|e| Error::Source {
+            source_name: self.name.clone(),
+            message: format!("logged records do not decode: {e}"),
+        })?;
+        lock(&self.planned).insert(t, items);
+        Ok(())
+    }
+
+    fn enable_checkpoint(&self) {
+        self.log_records.store(true, Ordering::Release);
     }
 
     fn has_pending(&self) -> bool {
@@ -205,7 +229,7 @@ impl<T: Data> InputSource for ReceiverInput<T> {
     }
 }
 
-impl<T: Data> SourceCompute<T> for ReceiverInput<T> {
+impl<T: Data + Codec> SourceCompute<T> for ReceiverInput<T> {
     fn compute(&self, t: Time) -> Result<Batch<T>> {
         let items = lock(&self.planned).remove(&t).unwrap_or_default();
         Ok(Batch::from_vec(items, self.partitions))
@@ -251,7 +275,10 @@ impl<T> Deref for ReceiverInputDStream<T> {
 
 impl StreamingContext {
     /// A stream fed by a user-written [`Receiver`].
-    pub fn receiver_stream<T: Data>(&self, receiver: impl Receiver<T>) -> ReceiverInputDStream<T> {
+    pub fn receiver_stream<T: Data + Codec>(
+        &self,
+        receiver: impl Receiver<T>,
+    ) -> ReceiverInputDStream<T> {
         let name = format!(
             "{}-{}",
             receiver.name(),
@@ -274,6 +301,7 @@ impl StreamingContext {
             thread: Mutex::new(None),
             planned: Mutex::new(BTreeMap::new()),
             partitions: self.parallelism(),
+            log_records: AtomicBool::new(false),
         });
         let stream = register(self, "receiver_stream", src);
         ReceiverInputDStream { stream, shared }

@@ -1,0 +1,573 @@
+//! The checkpoint protocol (see DESIGN.md, "The batch protocol"):
+//!
+//! 1. plan batch `b` and log it to `offsets/<b>` before it runs;
+//! 2. run it; outputs commit idempotently by batch id;
+//! 3. persist the state changes of version `b` (`state/…`);
+//! 4. write `commits/<b>`; 5. delete what retention no longer needs.
+//!
+//! Recovery rebuilds the graph from code, picks the newest commit whose state loads,
+//! restores every stateful operator to it, and re-runs every logged plan after it from
+//! its logged descriptors and batch time before planning anything new.
+
+pub mod file;
+pub mod log;
+pub(crate) mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::clock::Time;
+use crate::error::{Error, Result};
+use crate::graph::{lock, InputSource};
+use log::{CheckpointLog, Commit, Metadata, Plan};
+use store::{dir_name, StateHeader, StateStore, CODEC};
+
+/// How Lockgate may deliver records to outputs when it crashes and recovers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Every record affects the outputs exactly once (replay + idempotent or
+    /// transactional sinks). The default.
+    #[default]
+    ExactlyOnce,
+    /// Records are never lost but a replayed batch may be written again by sinks that
+    /// do not de-duplicate (insert-mode database sinks).
+    AtLeastOnce,
+    /// A batch is marked done before it runs: after a crash it is not re-run, so its
+    /// records may be lost, never repeated.
+    AtMostOnce,
+}
+
+/// What recovery does when the operators with state in the checkpoint and in the code
+/// differ (an operator added, removed or with changed types).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateUpgrade {
+    /// Stop with an error naming the operators (the default).
+    #[default]
+    Fail,
+    /// New operators and operators whose types changed start empty; old state of
+    /// operators no longer in the code is an error.
+    StartEmpty,
+    /// State of operators no longer in the code is deleted; new or changed ones are an
+    /// error.
+    DropOld,
+    /// Both of the above.
+    StartEmptyAndDropOld,
+}
+
+impl StateUpgrade {
+    fn start_empty(self) -> bool {
+        matches!(
+            self,
+            StateUpgrade::StartEmpty | StateUpgrade::StartEmptyAndDropOld
+        )
+    }
+    fn drop_old(self) -> bool {
+        matches!(
+            self,
+            StateUpgrade::DropOld | StateUpgrade::StartEmptyAndDropOld
+        )
+    }
+}
+
+/// Checkpoint settings.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Batches whose logs and state are kept (at least 2).
+    pub retain_batches: u64,
+    /// A full snapshot of every state partition every this many batches.
+    pub snapshot_every: u64,
+    /// What to do when operator state differs from the code.
+    pub upgrade: StateUpgrade,
+    /// The delivery guarantee.
+    pub delivery: DeliveryMode,
+}
+
+impl CheckpointConfig {
+    /// Defaults for `dir`: keep 100 batches, snapshot every 10, fail on state changes,
+    /// exactly-once.
+    pub fn new(dir: &Path) -> Self {
+        CheckpointConfig {
+            dir: dir.to_path_buf(),
+            retain_batches: 100,
+            snapshot_every: 10,
+            upgrade: StateUpgrade::Fail,
+            delivery: DeliveryMode::ExactlyOnce,
+        }
+    }
+}
+
+/// Checkpointable state of an operator or source.
+pub(crate) trait Stateful: Send + Sync {
+    /// The stable name state is stored under.
+    fn name(&self) -> String;
+    /// Key and value type names.
+    fn type_desc(&self) -> String;
+    /// Number of state partitions.
+    fn partitions(&self) -> usize;
+    /// Writes full snapshots only (state whose changes are not tracked).
+    fn always_full(&self) -> bool {
+        false
+    }
+    /// Encoded entries of partition `p`: all (`full`) or changed since the last call.
+    /// `None` when nothing changed and `full` is false.
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;
+    /// Replaces the state from payloads per old partition, each applied in order.
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), String>;
+    /// Number of entries per partition (for inspection and metrics).
+    fn sizes(&self) -> Vec<usize>;
+}
+
+/// How one stateful operator compares between checkpoint and code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeStatus {
+    /// Same name and types: its state is kept.
+    Kept,
+    /// In the code only: it starts empty (or recovery fails).
+    New,
+    /// In the checkpoint only: its state is dropped (or recovery fails).
+    Removed,
+    /// Same name, other types: the old state cannot be used.
+    TypeChanged {
+        /// Types in the checkpoint.
+        old: String,
+        /// Types in the code.
+        new: String,
+    },
+}
+
+/// A report of what an upgrade does to the checkpointed state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeReport {
+    /// Each operator by stable name.
+    pub operators: Vec<(String, UpgradeStatus)>,
+}
+
+impl UpgradeReport {
+    /// True when every operator keeps its state.
+    pub fn is_compatible(&self) -> bool {
+        self.operators
+            .iter()
+            .all(|(_, s)| *s == UpgradeStatus::Kept)
+    }
+}
+
+impl std::fmt::Display for UpgradeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, status) in &self.operators {
+            match status {
+                UpgradeStatus::Kept => writeln!(f, "kept      {name}")?,
+                UpgradeStatus::New => writeln!(
+                    f,
+                    "new       {name} (starts empty with StateUpgrade::StartEmpty)"
+                )?,
+                UpgradeStatus::Removed => {
+                    writeln!(f, "removed   {name} (dropped with StateUpgrade::DropOld)")?
+                }
+                UpgradeStatus::TypeChanged { old, new } => writeln!(
+                    f,
+                    "changed   {name}: {old} -> {new} (starts empty with StateUpgrade::StartEmpty)"
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What recovery decided.
+pub(crate) struct Recovery {
+    /// Timing: zero time and the id of the batch right after it.
+    pub zero: Time,
+    pub base_id: u64,
+    /// Logged plans to re-run, in order.
+    pub replays: Vec<Plan>,
+    /// The time of the first batch to plan after the replays.
+    pub next_time: Time,
+    /// True when state was restored from an earlier run.
+    pub restored: bool,
+}
+
+/// Runs the protocol for one context.
+pub(crate) struct Checkpointer {
+    pub config: CheckpointConfig,
+    pub log: CheckpointLog,
+    pub store: StateStore,
+    states: Vec<Arc<dyn Stateful>>,
+    /// States that have written a snapshot in this process.
+    snapshotted: Mutex<BTreeSet<String>>,
+}
+
+impl Checkpointer {
+    pub fn new(config: CheckpointConfig, states: Vec<Arc<dyn Stateful>>) -> Self {
+        Checkpointer {
+            log: CheckpointLog::new(&config.dir),
+            store: StateStore::new(&config.dir),
+            config,
+            states,
+            snapshotted: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn operators_in_code(&self) -> Vec<(String, String, u64)> {
+        self.states
+            .iter()
+            .map(|s| (s.name(), s.type_desc(), s.partitions() as u64))
+            .collect()
+    }
+
+    /// Compares the operators with state in `meta` with those of the code.
+    pub fn upgrade_report(&self, meta: &Metadata) -> UpgradeReport {
+        let old: BTreeMap<&str, &str> = meta
+            .operators
+            .iter()
+            .map(|(n, t, _)| (n.as_str(), t.as_str()))
+            .collect();
+        let code = self.operators_in_code();
+        let mut ops = Vec::new();
+        for (name, ty, _) in &code {
+            let status = match old.get(name.as_str()) {
+                None => UpgradeStatus::New,
+                Some(t) if *t == ty => UpgradeStatus::Kept,
+                Some(t) => UpgradeStatus::TypeChanged {
+                    old: t.to_string(),
+                    new: ty.clone(),
+                },
+            };
+            ops.push((name.clone(), status));
+        }
+        for (name, _, _) in &meta.operators {
+            if !code.iter().any(|(n, _, _)| n == name) {
+                ops.push((name.clone(), UpgradeStatus::Removed));
+            }
+        }
+        UpgradeReport { operators: ops }
+    }
+
+    /// Recovers from the directory (or initialises it), restoring operator state.
+    pub fn recover(
+        &self,
+        app_name: &str,
+        interval_ms: i64,
+        config: Vec<(String, String)>,
+        fresh_zero: Time,
+        inputs: &[Arc<dyn InputSource>],
+    ) -> Result<Recovery> {
+        let Some(meta) = self.log.read_metadata()? else {
+            let plans = self.log.plan_ids();
+            if !plans.is_empty() {
+                return Err(Error::Checkpoint {
+                    path: self.config.dir.join("metadata"),
+                    reason: "missing, but batch plans exist; the directory is damaged or \
+                             belongs to something else — restore the file or use a new directory"
+                        .into(),
+                });
+            }
+            self.log.write_metadata(&Metadata {
+                app_name: app_name.to_string(),
+                zero_ms: fresh_zero.0,
+                base_id: 0,
+                interval_ms,
+                operators: self.operators_in_code(),
+                config,
+            })?;
+            return Ok(Recovery {
+                zero: fresh_zero,
+                base_id: 0,
+                replays: Vec::new(),
+                next_time: fresh_zero.plus_ms(interval_ms),
+                restored: false,
+            });
+        };
+        if meta.app_name != app_name {
+            return Err(Error::Checkpoint {
+                path: self.config.dir.join("metadata"),
+                reason: format!(
+                    "belongs to application `{}`, not `{app_name}`; use another checkpoint \
+                     directory per application",
+                    meta.app_name
+                ),
+            });
+        }
+        // Operators: compare and apply the upgrade policy.
+        let report = self.upgrade_report(&meta);
+        let mut start_empty: BTreeSet<String> = BTreeSet::new();
+        for (name, status) in &report.operators {
+            match status {
+                UpgradeStatus::Kept => {}
+                UpgradeStatus::New | UpgradeStatus::TypeChanged { .. } if self.config.upgrade.start_empty() => {
+                    tracing::warn!(operator = %name, ?status, "operator state starts empty");
+                    start_empty.insert(name.clone());
+                }
+                UpgradeStatus::Removed if self.config.upgrade.drop_old() => {
+                    tracing::warn!(operator = %name, "dropping the state of an operator no longer in the code");
+                    let _ = self.store.delete_operator(&dir_name(name));
+                }
+                other => {
+                    return Err(Error::StateMismatch {
+                        operator: name.clone(),
+                        reason: match other {
+                            UpgradeStatus::New => "the code has this stateful operator but the checkpoint has no state for it; \
+                                 set StateUpgrade::StartEmpty to start it empty (or give it the name it had with .name(..))".into(),
+                            UpgradeStatus::Removed => "the checkpoint has state for this operator but the code no longer has it; \
+                                 set StateUpgrade::DropOld to drop that state (or restore the operator and its .name(..))".into(),
+                            UpgradeStatus::TypeChanged { old, new } => format!(
+                                "its types changed from `{old}` to `{new}`; set StateUpgrade::StartEmpty to start it empty"
+                            ),
+                            UpgradeStatus::Kept => String::new(),
+                        },
+                    })
+                }
+            }
+        }
+        for (k, v) in &config {
+            if let Some((_, old)) = meta.config.iter().find(|(ok, _)| ok == k) {
+                if old != v {
+                    tracing::warn!(setting = %k, old = %old, new = %v, "configuration changed since the last run; using the new value");
+                }
+            }
+        }
+
+        // The newest commit whose state loads.
+        let commits = self.log.commit_ids();
+        let mut chosen: Option<(Commit, Vec<Vec<Vec<Vec<u8>>>>)> = None;
+        let mut last_err: Option<Error> = None;
+        for id in commits.iter().rev() {
+            let commit = match self.log.read_commit(*id) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a bad commit file; falling back to an older one");
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            match self.load_states(commit.batch_id, &start_empty) {
+                Ok(loaded) => {
+                    chosen = Some((commit, loaded));
+                    break;
+                }
+                Err(e @ Error::StateMismatch { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = commit.batch_id, "state of this commit does not load; falling back to an older commit");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if chosen.is_none() && !commits.is_empty() {
+            // Falling back to "no commit at all" is only right if every plan from
+            // batch 0 on is still there; otherwise input would be lost.
+            if self.log.plan_ids().first() != Some(&0) {
+                return Err(last_err.unwrap_or_else(|| Error::Checkpoint {
+                    path: self.config.dir.join("commits"),
+                    reason: "no commit loads and older plans are gone".into(),
+                }));
+            }
+        }
+        let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
+        if let Some((_, loaded)) = chosen {
+            for (state, old) in self.states.iter().zip(loaded) {
+                if start_empty.contains(&state.name()) {
+                    continue;
+                }
+                state.restore(old).map_err(|reason| Error::Checkpoint {
+                    path: self.config.dir.join("state").join(dir_name(&state.name())),
+                    reason,
+                })?;
+            }
+        }
+        // Plans after the commit are re-run, in order, from their logs.
+        let mut replays = Vec::new();
+        for id in self.log.plan_ids() {
+            if committed.is_some_and(|c| id <= c) {
+                continue;
+            }
+            replays.push(self.log.read_plan(id).map_err(|e| match e {
+                Error::Checkpoint { path, reason } => Error::Checkpoint {
+                    path,
+                    reason: format!(
+                        "{reason}; this batch was planned but never committed, so it cannot be \
+                         re-run — move the file away to plan its input again"
+                    ),
+                },
+                other => other,
+            })?);
+        }
+        if let (Some(c), Some(first)) = (committed, replays.first()) {
+            if first.batch_id != c + 1 {
+                return Err(Error::Checkpoint {
+                    path: self.log.plan_path(c + 1),
+                    reason: format!(
+                        "missing: batch {} is committed, but the plan of batch {} is gone",
+                        c,
+                        c + 1
+                    ),
+                });
+            }
+        }
+        let known: BTreeSet<String> = inputs.iter().map(|i| i.name()).collect();
+        for p in &replays {
+            for s in &p.sources {
+                if !known.contains(&s.source) {
+                    return Err(Error::Checkpoint {
+                        path: self.log.plan_path(p.batch_id),
+                        reason: format!(
+                            "plans input from source `{}`, which the code no longer has; \
+                             restore the source to finish this batch",
+                            s.source
+                        ),
+                    });
+                }
+            }
+        }
+        // Timing: keep the old one unless the interval changed.
+        let (last_id, last_time) = match (replays.last(), committed) {
+            (Some(p), _) => (Some(p.batch_id), Some(Time(p.batch_time_ms))),
+            (None, Some(c)) => (
+                Some(c),
+                self.log.read_commit(c).ok().map(|c| Time(c.batch_time_ms)),
+            ),
+            _ => (None, None),
+        };
+        let (mut zero, mut base_id) = (Time(meta.zero_ms), meta.base_id);
+        if meta.interval_ms != interval_ms {
+            if !replays.is_empty() {
+                return Err(Error::Config(format!(
+                    "the batch interval changed from {} ms to {interval_ms} ms while {} planned \
+                     batch(es) are not committed; restart once with the old interval to finish \
+                     them, then change it",
+                    meta.interval_ms,
+                    replays.len()
+                )));
+            }
+            if let (Some(id), Some(t)) = (last_id, last_time) {
+                tracing::warn!(
+                    old_ms = meta.interval_ms,
+                    new_ms = interval_ms,
+                    "batch interval changed; batch times continue from the last batch"
+                );
+                zero = t;
+                base_id = id + 1;
+            }
+        }
+        let next_id = last_id.map_or(base_id, |i| i + 1);
+        let next_time = Time(zero.0 + (next_id - base_id + 1) as i64 * interval_ms);
+        self.log.write_metadata(&Metadata {
+            app_name: app_name.to_string(),
+            zero_ms: zero.0,
+            base_id,
+            interval_ms,
+            operators: self.operators_in_code(),
+            config,
+        })?;
+        tracing::info!(
+            committed = ?committed,
+            replays = replays.len(),
+            next_batch = next_id,
+            "recovered from checkpoint {}",
+            self.config.dir.display()
+        );
+        Ok(Recovery {
+            zero,
+            base_id,
+            replays,
+            next_time,
+            restored: committed.is_some(),
+        })
+    }
+
+    /// Loads every operator's state payloads at `version`.
+    fn load_states(&self, version: u64, skip: &BTreeSet<String>) -> Result<Vec<Vec<Vec<Vec<u8>>>>> {
+        let mut out = Vec::new();
+        for s in &self.states {
+            let name = s.name();
+            if skip.contains(&name) {
+                out.push(Vec::new());
+                continue;
+            }
+            let on_disk = self
+                .store
+                .operators()
+                .into_iter()
+                .find(|(n, _)| *n == dir_name(&name))
+                .map_or(0, |(_, p)| p);
+            let ty = s.type_desc();
+            let parts = (0..on_disk)
+                .map(|p| self.store.load(&name, &ty, p, version))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(parts);
+        }
+        Ok(out)
+    }
+
+    /// Logs a plan (before the batch runs).
+    pub fn log_plan(&self, plan: &Plan) -> Result<()> {
+        self.log.write_plan(plan)
+    }
+
+    /// Persists state version `id` and writes the commit; then applies retention.
+    pub fn commit(&self, id: u64, time: Time) -> Result<()> {
+        self.persist_states(id)?;
+        if self.config.delivery != DeliveryMode::AtMostOnce {
+            self.write_commit(id, time)?;
+        }
+        self.cleanup(id);
+        Ok(())
+    }
+
+    /// Writes the commit of `id` (at-most-once writes it before running the batch).
+    pub fn write_commit(&self, id: u64, time: Time) -> Result<()> {
+        self.log.write_commit(&Commit {
+            batch_id: id,
+            batch_time_ms: time.0,
+        })
+    }
+
+    fn persist_states(&self, version: u64) -> Result<()> {
+        let every = self.config.snapshot_every.max(1);
+        let mut jobs = Vec::new();
+        {
+            let mut snapped = lock(&self.snapshotted);
+            for s in &self.states {
+                let name = s.name();
+                let full = s.always_full() || version % every == 0 || !snapped.contains(&name);
+                if full {
+                    snapped.insert(name);
+                }
+                for p in 0..s.partitions() {
+                    jobs.push((s.clone(), p, full));
+                }
+            }
+        }
+        jobs.into_par_iter().try_for_each(|(s, p, full)| {
+            let Some(entries) = s.persist(p, full) else {
+                return Ok(());
+            };
+            let header = StateHeader {
+                operator: s.name(),
+                type_desc: s.type_desc(),
+                codec: CODEC.into(),
+                partition: p as u64,
+                partitions: s.partitions() as u64,
+                version,
+            };
+            self.store.write(&header, full, &entries)
+        })
+    }
+
+    fn cleanup(&self, id: u64) {
+        let retain = self.config.retain_batches.max(2);
+        if id < retain {
+            return;
+        }
+        let first_kept = id + 1 - retain;
+        self.log.delete_before(first_kept);
+        for s in &self.states {
+            self.store
+                .delete_before(&s.name(), s.partitions(), first_kept);
+        }
+    }
+}

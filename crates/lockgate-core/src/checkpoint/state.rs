@@ -1,0 +1,335 @@
+//! The checkpointable state containers operators keep: [`KeyedState`] (per-key state
+//! hash-partitioned by key, with change tracking for deltas) and [`BufferState`]
+//! (the batches a window still needs, by batch time).
+
+use std::any::type_name;
+use std::collections::BTreeMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::batch::{Batch, Data};
+use crate::checkpoint::Stateful;
+use crate::clock::Time;
+use crate::codec::{from_bytes, Codec};
+use crate::dstream::keyed::partition_of;
+use crate::graph::{lock, NodeMeta};
+
+/// Per-key state in `n` partitions, remembering which keys changed since the last
+/// [`encode`](Self::encode) so that a delta holds only those.
+pub(crate) struct KeyedState<K, S> {
+    pub maps: Vec<FxHashMap<K, S>>,
+    pub dirty: Vec<FxHashSet<K>>,
+    /// Track changes (false for operators that write full snapshots anyway).
+    track: bool,
+}
+
+impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
+    pub fn new(n: usize, track: bool) -> Self {
+        KeyedState {
+            maps: (0..n).map(|_| FxHashMap::default()).collect(),
+            dirty: (0..n).map(|_| FxHashSet::default()).collect(),
+            track,
+        }
+    }
+
+    pub fn from_entries(entries: Vec<(K, S)>, n: usize, track: bool) -> Self {
+        let mut st = Self::new(n, track);
+        for (k, s) in entries {
+            let j = partition_of(&k, n);
+            st.maps[j].insert(k, s);
+        }
+        st
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Marks `k` of partition `j` as changed.
+    pub fn touch(dirty: &mut FxHashSet<K>, k: &K, track: bool) {
+        if track {
+            dirty.insert(k.clone());
+        }
+    }
+
+    pub fn tracking(&self) -> bool {
+        self.track
+    }
+
+    /// Encodes partition `j` as `Vec<(K, Option<S>)>`: every entry (`full`) or the
+    /// changed keys (`None` for removed ones). Clears the change set.
+    pub fn encode(&mut self, j: usize, full: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let map = &self.maps[j];
+        let dirty = std::mem::take(&mut self.dirty[j]);
+        if full {
+            (map.len() as u64).encode(&mut out);
+            for (k, s) in map {
+                k.encode(&mut out);
+                out.push(1);
+                s.encode(&mut out);
+            }
+        } else {
+            (dirty.len() as u64).encode(&mut out);
+            for k in &dirty {
+                k.encode(&mut out);
+                match map.get(k) {
+                    Some(s) => {
+                        out.push(1);
+                        s.encode(&mut out);
+                    }
+                    None => out.push(0),
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds the state from payloads per old partition (each applied in order),
+    /// redistributing keys when the partition count changed.
+    pub fn restore(&mut self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+        let n = self.partitions();
+        let same = old.len() == n;
+        let mut maps: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
+        for (p, payloads) in old.into_iter().enumerate() {
+            let mut map: FxHashMap<K, S> = FxHashMap::default();
+            for payload in payloads {
+                let entries: Vec<(K, Option<S>)> =
+                    from_bytes(&payload).map_err(|e| e.to_string())?;
+                for (k, s) in entries {
+                    match s {
+                        Some(s) => map.insert(k, s),
+                        None => map.remove(&k),
+                    };
+                }
+            }
+            if same {
+                maps[p] = map;
+            } else {
+                for (k, s) in map {
+                    let j = partition_of(&k, n);
+                    maps[j].insert(k, s);
+                }
+            }
+        }
+        self.maps = maps;
+        self.dirty = (0..n).map(|_| FxHashSet::default()).collect();
+        Ok(())
+    }
+
+    /// Number of entries per partition.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.maps.iter().map(|m| m.len()).collect()
+    }
+}
+
+/// Batches kept by time (a window's buffer), with the times added and removed since
+/// the last [`encode`](Self::encode).
+pub(crate) struct BufferState<T> {
+    pub batches: BTreeMap<Time, Batch<T>>,
+    pub added: Vec<Time>,
+    pub removed: Vec<Time>,
+}
+
+impl<T: Data + Codec> BufferState<T> {
+    pub fn new() -> Self {
+        BufferState {
+            batches: BTreeMap::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, t: Time, b: Batch<T>) {
+        self.batches.insert(t, b);
+        self.added.push(t);
+    }
+
+    /// Drops batches at or before `t`.
+    pub fn drop_through(&mut self, t: Time) {
+        let keep = self.batches.split_off(&t.plus_ms(1));
+        for old in std::mem::replace(&mut self.batches, keep).into_keys() {
+            self.removed.push(old);
+        }
+    }
+
+    /// Encodes `Vec<(time, Option<partitions>)>`: all batches (`full`) or the changes.
+    pub fn encode(&mut self, full: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let added = std::mem::take(&mut self.added);
+        let removed = std::mem::take(&mut self.removed);
+        let write = |out: &mut Vec<u8>, t: &Time, b: &Batch<T>| {
+            t.0.encode(out);
+            out.push(1);
+            (b.num_partitions() as u64).encode(out);
+            for p in b.partitions() {
+                (p.len() as u64).encode(out);
+                for x in p.iter() {
+                    x.encode(out);
+                }
+            }
+        };
+        if full {
+            (self.batches.len() as u64).encode(&mut out);
+            for (t, b) in &self.batches {
+                write(&mut out, t, b);
+            }
+        } else {
+            let added: Vec<&Time> = added
+                .iter()
+                .filter(|t| self.batches.contains_key(t))
+                .collect();
+            ((added.len() + removed.len()) as u64).encode(&mut out);
+            for t in removed {
+                t.0.encode(&mut out);
+                out.push(0);
+            }
+            for t in added {
+                if let Some(b) = self.batches.get(t) {
+                    write(&mut out, t, b);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn restore(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), String> {
+        let mut batches = BTreeMap::new();
+        for payload in payloads {
+            let entries: Vec<(i64, Option<Vec<Vec<T>>>)> =
+                from_bytes(&payload).map_err(|e| e.to_string())?;
+            for (t, b) in entries {
+                match b {
+                    Some(parts) => batches.insert(Time(t), Batch::from_partitions(parts)),
+                    None => batches.remove(&Time(t)),
+                };
+            }
+        }
+        self.batches = batches;
+        self.added.clear();
+        self.removed.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_state_deltas_and_repartitioning_restore() {
+        let mut st: KeyedState<String, i64> = KeyedState::new(2, true);
+        let k = String::from("a");
+        let j = partition_of(&k, 2);
+        st.maps[j].insert(k.clone(), 1);
+        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        let snap0 = st.encode(0, true);
+        let snap1 = st.encode(1, true);
+        st.maps[j].remove(&k);
+        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        let delta = st.encode(j, false);
+        let mut old = vec![vec![snap0.clone()], vec![snap1.clone()]];
+        old[j].push(delta);
+        let mut back: KeyedState<String, i64> = KeyedState::new(2, true);
+        back.restore(old).unwrap();
+        assert_eq!(back.sizes(), vec![0, 0]);
+        let mut three: KeyedState<String, i64> = KeyedState::new(3, true);
+        three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
+        assert_eq!(three.sizes().iter().sum::<usize>(), 1);
+        assert_eq!(three.maps[partition_of(&k, 3)].get(&k), Some(&1));
+    }
+
+    #[test]
+    fn buffer_state_roundtrip() {
+        let mut b: BufferState<i32> = BufferState::new();
+        b.insert(Time(1000), Batch::from_vec(vec![1, 2, 3], 2));
+        let full = b.encode(true);
+        b.insert(Time(2000), Batch::from_vec(vec![4], 1));
+        b.drop_through(Time(1000));
+        let delta = b.encode(false);
+        let mut back: BufferState<i32> = BufferState::new();
+        back.restore(vec![full, delta]).unwrap();
+        assert_eq!(back.batches.len(), 1);
+        assert_eq!(back.batches[&Time(2000)].collect(), vec![4]);
+    }
+}
+
+/// How a piece of state finds its stable name (a node's may be set after creation).
+pub(crate) type NameFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The name of `meta`'s node followed by `suffix`.
+pub(crate) fn node_name(meta: &Arc<NodeMeta>, suffix: &'static str) -> NameFn {
+    let meta = meta.clone();
+    Arc::new(move || format!("{}{suffix}", meta.name()))
+}
+
+/// The [`Stateful`] view of a [`KeyedState`].
+pub(crate) struct KeyedStateful<K, S> {
+    pub name: NameFn,
+    pub state: Arc<Mutex<KeyedState<K, S>>>,
+}
+
+impl<K, S> Stateful for KeyedStateful<K, S>
+where
+    K: Hash + Eq + Clone + Codec + Send + 'static,
+    S: Codec + Send + 'static,
+{
+    fn name(&self) -> String {
+        (self.name)()
+    }
+    fn type_desc(&self) -> String {
+        format!("{} -> {}", type_name::<K>(), type_name::<S>())
+    }
+    fn partitions(&self) -> usize {
+        lock(&self.state).partitions()
+    }
+    fn always_full(&self) -> bool {
+        !lock(&self.state).tracking()
+    }
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        let mut st = lock(&self.state);
+        if !full && st.dirty[p].is_empty() {
+            return None;
+        }
+        Some(st.encode(p, full))
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+        lock(&self.state).restore(old)
+    }
+    fn sizes(&self) -> Vec<usize> {
+        lock(&self.state).sizes()
+    }
+}
+
+/// The [`Stateful`] view of a window's [`BufferState`].
+pub(crate) struct BufferStateful<T> {
+    pub name: NameFn,
+    pub state: Arc<Mutex<BufferState<T>>>,
+}
+
+impl<T: Data + Codec> Stateful for BufferStateful<T> {
+    fn name(&self) -> String {
+        (self.name)()
+    }
+    fn type_desc(&self) -> String {
+        format!("batches of {}", type_name::<T>())
+    }
+    fn partitions(&self) -> usize {
+        1
+    }
+    fn persist(&self, _p: usize, full: bool) -> Option<Vec<u8>> {
+        let mut st = lock(&self.state);
+        if !full && st.added.is_empty() && st.removed.is_empty() {
+            return None;
+        }
+        Some(st.encode(full))
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+        lock(&self.state).restore(old.into_iter().flatten().collect())
+    }
+    fn sizes(&self) -> Vec<usize> {
+        vec![lock(&self.state).batches.values().map(Batch::len).sum()]
+    }
+}

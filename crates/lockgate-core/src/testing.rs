@@ -9,6 +9,8 @@
 //! assert_eq!(out, vec![vec![10, 20], vec![30], vec![]]);
 //! ```
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -164,4 +166,86 @@ pub fn sorted<U: Ord>(mut batches: Vec<Vec<U>>) -> Vec<Vec<U>> {
 /// Milliseconds of `d` (helper for tests computing batch times).
 pub fn ms(d: Duration) -> i64 {
     duration_ms(d)
+}
+
+/// Collects the output of every batch of `stream` by batch id; a re-run batch replaces
+/// its earlier output (an idempotent sink).
+pub fn collect_batches<U: Data>(stream: &DStream<U>) -> Arc<Mutex<BTreeMap<u64, Vec<U>>>> {
+    let out: Arc<Mutex<BTreeMap<u64, Vec<U>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let sink = out.clone();
+    stream.foreach_batch(move |batch, b| {
+        lock(&sink).insert(b.id, batch.collect());
+    });
+    out
+}
+
+/// How [`run_with_restart`] interrupts the first run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// The process stops right after a batch committed.
+    AfterCommit,
+    /// The process dies after a batch's outputs but before its commit (the commit file
+    /// is removed): recovery must re-run that batch from its logged plan.
+    BeforeCommit,
+}
+
+/// Runs `op` over a replayable [`seq_stream`](StreamingContext::seq_stream) of `input`
+/// for `num_batches` batches with a checkpoint in `dir`, interrupting the run after
+/// `first_batches` batches and recovering a new context (built again by `op`) from the
+/// checkpoint for the rest. Returns the merged output per batch id. Compare it with an
+/// uninterrupted run.
+pub fn run_with_restart<T: Data, U: Data>(
+    input: Vec<Vec<T>>,
+    partitions: usize,
+    op: impl Fn(DStream<T>) -> DStream<U>,
+    num_batches: usize,
+    first_batches: usize,
+    interruption: Interruption,
+    dir: &Path,
+) -> Result<BTreeMap<u64, Vec<U>>> {
+    let interval = TEST_BATCH_INTERVAL;
+    type Collected<U> = Arc<Mutex<BTreeMap<u64, Vec<U>>>>;
+    let build = |clock: Arc<ManualClock>| -> Result<(StreamingContext, Collected<U>)> {
+        let mut out = None;
+        let ctx = StreamingContext::get_or_create(dir, |b| {
+            let ctx = b
+                .app_name("test")
+                .batch_interval(interval)
+                .parallelism(partitions)
+                .clock(clock)
+                .build()?;
+            out = Some(collect_batches(&op(ctx.seq_stream(input.clone()))));
+            Ok(ctx)
+        })?;
+        let out = out.ok_or_else(|| Error::Lifecycle("build did not run".into()))?;
+        Ok((ctx, out))
+    };
+    let clock = Arc::new(ManualClock::new(0));
+    let (ctx, first) = build(clock.clone())?;
+    let run = ManualRun { ctx, clock };
+    run.ctx.start()?;
+    let r = run.run_batches(first_batches);
+    run.ctx.stop(false)?;
+    r?;
+    let mut merged = std::mem::take(&mut *lock(&first));
+    if interruption == Interruption::BeforeCommit && first_batches > 0 {
+        let last = (first_batches - 1) as u64;
+        let commit = dir.join("commits").join(last.to_string());
+        std::fs::remove_file(&commit).map_err(|e| Error::io("remove commit", commit, e))?;
+    }
+    let t0 = (first_batches as u64 * ms(interval) as u64) as i64;
+    let clock = Arc::new(ManualClock::new(t0));
+    let (ctx, second) = build(clock.clone())?;
+    let run = ManualRun { ctx, clock };
+    run.ctx.start()?;
+    if interruption == Interruption::BeforeCommit
+        && !run.ctx.metrics().wait_for_batch(Time(t0), BATCH_TIMEOUT)
+    {
+        return Err(Error::Lifecycle("the re-run batch did not complete".into()));
+    }
+    let r = run.run_batches(num_batches.saturating_sub(first_batches));
+    run.ctx.stop(false)?;
+    r?;
+    merged.extend(std::mem::take(&mut *lock(&second)));
+    Ok(merged)
 }

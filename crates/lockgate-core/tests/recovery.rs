@@ -1,0 +1,361 @@
+//! Checkpoint and recovery: every stateful operator gives the same output when the job is
+//! interrupted (after a commit, or before it) and recovered from its checkpoint; corrupt
+//! files are reported by path or skipped for an older good version; upgrades that change
+//! operator state are reported by name.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockgate_core::testing::{collect_batches, run_with_restart, Interruption, ManualRun};
+use lockgate_core::{
+    DStream, Error, InverseWindowOpts, ManualClock, State, StateSpec, StateUpgrade,
+    StreamingContext, UpgradeStatus,
+};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn words() -> Vec<Vec<String>> {
+    (0..8)
+        .map(|b| (0..20).map(|i| format!("w{}", (i * 3 + b) % 7)).collect())
+        .collect()
+}
+
+fn sorted<U: Ord>(m: BTreeMap<u64, Vec<U>>) -> BTreeMap<u64, Vec<U>> {
+    m.into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            (k, v)
+        })
+        .collect()
+}
+
+/// Runs `op` uninterrupted and interrupted at every batch, both ways, and compares.
+fn same_output_after_restart<U: lockgate_core::Data + Ord + std::fmt::Debug>(
+    op: impl Fn(DStream<String>) -> DStream<U> + Copy,
+) {
+    let n = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = sorted(
+        run_with_restart(
+            words(),
+            3,
+            op,
+            n,
+            0,
+            Interruption::AfterCommit,
+            &dir.path().join("ref"),
+        )
+        .unwrap(),
+    );
+    assert!(reference.len() >= n / 2, "{}", reference.len());
+    for cut in 1..n {
+        for how in [Interruption::AfterCommit, Interruption::BeforeCommit] {
+            let d = dir.path().join(format!("{cut}-{how:?}"));
+            let got = sorted(run_with_restart(words(), 3, op, n, cut, how, &d).unwrap());
+            assert_eq!(got, reference, "interrupted after {cut} batches ({how:?})");
+        }
+    }
+}
+
+#[test]
+fn update_state_by_key_recovers() {
+    same_output_after_restart(|s| {
+        s.map(|w| (w, 1i64))
+            .update_state_by_key(|v: &[i64], st: Option<i64>| {
+                Some(st.unwrap_or(0) + v.iter().sum::<i64>())
+            })
+    });
+}
+
+#[test]
+fn map_with_state_with_timeout_recovers() {
+    same_output_after_restart(|s| {
+        s.filter(|w| w != "w3" || w.is_empty())
+            .map(|w| (w, 1i64))
+            .map_with_state(
+                StateSpec::function(|k: &String, v: Option<i64>, st: &mut State<i64>| {
+                    if st.is_timing_out() {
+                        return (k.clone(), -1);
+                    }
+                    let n = st.get().copied().unwrap_or(0) + v.unwrap_or(0);
+                    st.update(n);
+                    (k.clone(), n)
+                })
+                .timeout(Duration::from_millis(2500)),
+            )
+            .stream()
+    });
+}
+
+#[test]
+fn windows_recover() {
+    same_output_after_restart(|s| s.window(secs(3), secs(1)).count_by_value());
+    same_output_after_restart(|s| s.count_by_window(secs(4), secs(2)));
+    same_output_after_restart(|s| {
+        s.map(|w| (w, 1i64)).reduce_by_key_and_window_inv(
+            |a, b| a + b,
+            |a, b| a - b,
+            secs(3),
+            secs(1),
+            InverseWindowOpts::default().filter(|(_, v)| *v != 0),
+        )
+    });
+    same_output_after_restart(|s| {
+        s.map(|w| (w, 1i64))
+            .reduce_by_key_and_window(|a, b| a + b, secs(2), secs(2))
+    });
+}
+
+fn word_count_ctx(
+    dir: &Path,
+    clock: Arc<ManualClock>,
+    name: &str,
+    upgrade: StateUpgrade,
+) -> lockgate_core::Result<StreamingContext> {
+    StreamingContext::get_or_create(dir, |b| {
+        let ctx = b
+            .app_name("wc")
+            .batch_interval(secs(1))
+            .parallelism(2)
+            .clock(clock)
+            .state_upgrade(upgrade)
+            .build()?;
+        ctx.seq_stream(words())
+            .map(|w| (w, 1i64))
+            .update_state_by_key(|v: &[i64], st: Option<i64>| {
+                Some(st.unwrap_or(0) + v.len() as i64)
+            })
+            .name(name)
+            .foreach_batch(|_, _| ());
+        Ok(ctx)
+    })
+}
+
+fn run_two_batches(dir: &Path) {
+    let clock = Arc::new(ManualClock::new(0));
+    let ctx = word_count_ctx(dir, clock.clone(), "counts", StateUpgrade::Fail).unwrap();
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+}
+
+#[test]
+fn renamed_operator_is_reported_by_name_and_upgrade_options_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    let clock = Arc::new(ManualClock::new(2000));
+    let err = word_count_ctx(dir.path(), clock.clone(), "totals", StateUpgrade::Fail)
+        .err()
+        .unwrap();
+    match &err {
+        Error::StateMismatch { operator, reason } => {
+            assert!(operator == "totals" || operator == "counts", "{operator}");
+            assert!(reason.contains("StateUpgrade"), "{reason}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    // The report says what an upgrade would do.
+    let probe = StreamingContext::builder().parallelism(2).build().unwrap();
+    probe
+        .seq_stream(words())
+        .map(|w| (w, 1i64))
+        .update_state_by_key(|v: &[i64], st: Option<i64>| Some(st.unwrap_or(0) + v.len() as i64))
+        .name("totals")
+        .foreach_batch(|_, _| ());
+    let report = probe.check_upgrade(dir.path()).unwrap();
+    assert!(report
+        .operators
+        .contains(&("totals".to_string(), UpgradeStatus::New)));
+    assert!(report
+        .operators
+        .contains(&("counts".to_string(), UpgradeStatus::Removed)));
+    assert!(!report.is_compatible());
+    // Both options together: new state starts empty, old state is dropped.
+    let ctx = word_count_ctx(
+        dir.path(),
+        clock,
+        "totals",
+        StateUpgrade::StartEmptyAndDropOld,
+    )
+    .unwrap();
+    assert!(!dir.path().join("state/counts").exists());
+    drop(ctx);
+}
+
+#[test]
+fn corrupt_commit_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    let commit = dir.path().join("commits/1");
+    let mut bytes = std::fs::read(&commit).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&commit, bytes).unwrap();
+    // Recovery uses commit 0 and re-runs batch 1 from its plan.
+    let clock = Arc::new(ManualClock::new(2000));
+    let ctx = word_count_ctx(dir.path(), clock, "counts", StateUpgrade::Fail).unwrap();
+    ctx.start().unwrap();
+    assert!(ctx
+        .metrics()
+        .wait_for_batch(lockgate_core::Time(2000), Duration::from_secs(30)));
+    ctx.stop(false).unwrap();
+    assert_eq!(ctx.metrics().completed_batches()[0].batch_id, 1);
+}
+
+#[test]
+fn corrupt_uncommitted_plan_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+    let plan = dir.path().join("offsets/1");
+    std::fs::write(&plan, b"LKGT garbage").unwrap();
+    let err = word_count_ctx(
+        dir.path(),
+        Arc::new(ManualClock::new(2000)),
+        "counts",
+        StateUpgrade::Fail,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains(&plan.display().to_string()) && err.contains("never committed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_state_falls_back_to_an_older_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    // Corrupt every state file of version 1: commit 1 cannot load, commit 0 can.
+    let mut corrupted = 0;
+    for entry in walk(dir.path().join("state").as_path()) {
+        if entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("1.")
+        {
+            std::fs::write(&entry, b"junk").unwrap();
+            corrupted += 1;
+        }
+    }
+    assert!(corrupted > 0);
+    let clock = Arc::new(ManualClock::new(2000));
+    let ctx = word_count_ctx(dir.path(), clock, "counts", StateUpgrade::Fail).unwrap();
+    ctx.start().unwrap();
+    assert!(ctx
+        .metrics()
+        .wait_for_batch(lockgate_core::Time(2000), Duration::from_secs(30)));
+    ctx.stop(false).unwrap();
+    let ids: Vec<u64> = ctx
+        .metrics()
+        .completed_batches()
+        .iter()
+        .map(|b| b.batch_id)
+        .collect();
+    assert_eq!(ids, vec![1]);
+}
+
+#[test]
+fn corrupt_metadata_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    std::fs::write(dir.path().join("metadata"), b"").unwrap();
+    let err = word_count_ctx(
+        dir.path(),
+        Arc::new(ManualClock::new(2000)),
+        "counts",
+        StateUpgrade::Fail,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("metadata") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn queue_streams_cannot_be_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = StreamingContext::get_or_create(dir.path(), |b| {
+        let ctx = b.build()?;
+        ctx.queue_stream(lockgate_core::InputQueue::<i32>::new(), true, None)
+            .print();
+        Ok(ctx)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("queue_stream is not replayable"), "{err}");
+}
+
+#[test]
+fn retention_bounds_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let mut cfg = lockgate_core::CheckpointConfig::new(dir.path());
+    cfg.retain_batches = 3;
+    cfg.snapshot_every = 2;
+    let ctx = StreamingContext::builder()
+        .checkpoint(cfg)
+        .parallelism(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let out = collect_batches(
+        &ctx.seq_stream(words())
+            .map(|w| (w, 1i64))
+            .map_with_state(StateSpec::function(
+                |_k: &String, v: Option<i64>, st: &mut State<i64>| {
+                    let n = st.get().copied().unwrap_or(0) + v.unwrap_or(0);
+                    st.update(n);
+                    n
+                },
+            ))
+            .stream(),
+    );
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(12).unwrap();
+    run.ctx.stop(false).unwrap();
+    assert_eq!(out.lock().unwrap().len(), 12);
+    let count = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
+    assert_eq!(count("offsets"), 3);
+    assert_eq!(count("commits"), 3);
+    for f in walk(&dir.path().join("state")) {
+        let v: u64 = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(v >= 8, "{} should have been deleted", f.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

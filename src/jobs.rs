@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lockgate_core::dstream::output::write_batch_dir;
-use lockgate_core::{Batch, DStream, FileStreamOptions, StreamingContext, Time, Trigger};
+use lockgate_core::{
+    Batch, DStream, DeliveryMode, FileStreamOptions, StreamingContext, StreamingContextBuilder,
+    Time, Trigger,
+};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -61,17 +64,46 @@ pub struct JobConfig {
     pub parallelism: Option<usize>,
     /// Print each batch's first elements to stdout.
     pub print: bool,
+    /// Checkpoint directory (recovery on restart).
+    pub checkpoint: Option<PathBuf>,
+    /// Delivery guarantee (with a checkpoint).
+    pub delivery: DeliveryMode,
+}
+
+/// The built-in jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `log-errors`.
+    LogErrors,
+    /// `word-count`.
+    WordCount,
+}
+
+impl Job {
+    /// The job's (and application's) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::LogErrors => "log-errors",
+            Job::WordCount => "word-count",
+        }
+    }
 }
 
 impl JobConfig {
-    /// Checks flag combinations and builds the streaming context.
-    pub fn context(&self, app: &str) -> Result<StreamingContext> {
+    /// Checks flag combinations that the engine cannot check itself.
+    pub fn validate(&self) -> Result<()> {
         if self.once && !matches!(self.input, Input::Dir(_)) {
             bail!("--once needs a bounded input: use --input DIR (a socket never ends)");
         }
-        let mut b = StreamingContext::builder()
-            .app_name(app)
-            .batch_interval(self.batch_interval);
+        if self.max_files_per_batch == Some(0) {
+            bail!("--max-files-per-batch must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Applies the settings to a builder.
+    pub fn configure(&self, app: &str, b: StreamingContextBuilder) -> StreamingContextBuilder {
+        let mut b = b.app_name(app).batch_interval(self.batch_interval);
         if let Some(p) = self.parallelism {
             b = b.parallelism(p);
         }
@@ -79,7 +111,44 @@ impl JobConfig {
             // Batch times count from the epoch: the same input gives the same output.
             b = b.trigger(Trigger::AvailableNow).start_time(Time(0));
         }
-        Ok(b.build()?)
+        if self.checkpoint.is_some() {
+            b = b.delivery(self.delivery);
+        }
+        b
+    }
+
+    /// Builds the context of `job` with its whole graph; with a checkpoint directory,
+    /// recovers from it.
+    pub fn build(&self, job: Job) -> Result<StreamingContext> {
+        self.validate()?;
+        let install = |ctx: &StreamingContext| {
+            let lines = self.lines(ctx);
+            let json = self.output.as_deref().map(JsonOutput::new);
+            match job {
+                Job::LogErrors => {
+                    log_errors(self, &lines, json.as_ref());
+                }
+                Job::WordCount => {
+                    word_count(self, &lines, json.as_ref());
+                }
+            }
+        };
+        let ctx = match &self.checkpoint {
+            Some(dir) => StreamingContext::get_or_create(dir, |b| {
+                let ctx = self.configure(job.name(), b).build()?;
+                install(&ctx);
+                Ok(ctx)
+            })
+            .with_context(|| format!("opening checkpoint {}", dir.display()))?,
+            None => {
+                let ctx = self
+                    .configure(job.name(), StreamingContext::builder())
+                    .build()?;
+                install(&ctx);
+                ctx
+            }
+        };
+        Ok(ctx)
     }
 
     /// The stream of input lines.

@@ -3,18 +3,20 @@
 //! (`bench log-errors`).
 
 mod bench;
+mod checkpoint_cmd;
 mod duration;
 mod generate;
 mod jobs;
+mod torture;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
-use crate::jobs::{Input, JobConfig, JsonOutput};
+use crate::jobs::{Input, Job, JobConfig};
 
 #[derive(Parser)]
 #[command(
@@ -46,18 +48,48 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Inspect a checkpoint directory, or check an upgrade against it.
+    Checkpoint {
+        #[command(subcommand)]
+        what: checkpoint_cmd::CheckpointCmd,
+    },
+    /// Kill a real job with SIGKILL again and again, restart it on its checkpoint, and
+    /// check that its output equals an uninterrupted run's.
+    Torture(torture::TortureOpts),
 }
 
+/// A built-in job on the command line.
 #[derive(Clone, Copy, ValueEnum)]
-enum JobName {
+pub enum JobName {
     /// Lines containing ERROR, printed per batch and counted over a sliding window.
     LogErrors,
     /// Running word count with update_state_by_key.
     WordCount,
 }
 
+impl From<JobName> for Job {
+    fn from(j: JobName) -> Job {
+        match j {
+            JobName::LogErrors => Job::LogErrors,
+            JobName::WordCount => Job::WordCount,
+        }
+    }
+}
+
+/// Delivery guarantee on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Delivery {
+    /// Every record affects the output once (replay + idempotent output).
+    ExactlyOnce,
+    /// Never lost, may be repeated.
+    AtLeastOnce,
+    /// Never repeated, may be lost.
+    AtMostOnce,
+}
+
+/// Flags shared by `run` and `checkpoint check-upgrade`.
 #[derive(Args)]
-struct RunOpts {
+pub struct RunOpts {
     /// Read lines from a TCP server at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "input")]
     socket: Option<String>,
@@ -89,6 +121,13 @@ struct RunOpts {
     /// Do not print batches to stdout.
     #[arg(long)]
     quiet: bool,
+    /// Checkpoint into DIR; a restart on the same DIR recovers and re-runs an
+    /// interrupted batch (exactly-once with the file output).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Delivery guarantee with --checkpoint.
+    #[arg(long, value_enum, default_value = "exactly-once")]
+    delivery: Delivery,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +195,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench {
             what: BenchWhat::LogErrors(opts),
         } => bench::log_errors(&opts),
+        Command::Checkpoint { what } => checkpoint_cmd::run(what),
+        Command::Torture(opts) => torture::run(&opts),
     }
 }
 
@@ -172,7 +213,9 @@ fn demo_input() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
+/// The job configuration from the flags (the demo input when neither --input nor
+/// --socket is given).
+pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     let demo = opts.socket.is_none() && opts.input.is_none();
     let input = match (&opts.socket, &opts.input) {
         (Some(s), _) => Input::socket(s)?,
@@ -184,40 +227,39 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     } else {
         opts.output.clone()
     };
-    if demo && output.as_deref().is_some_and(Path::exists) {
-        std::fs::remove_dir_all(output.as_deref().unwrap_or(Path::new(DEMO_DIR)))
-            .context("clearing the previous demo output")?;
-    }
-    let cfg = JobConfig {
+    Ok(JobConfig {
         input,
         batch_interval: opts.batch_interval,
         window: opts.window,
         slide: opts.slide,
-        output: output.clone(),
+        output,
         once: opts.once || demo,
         max_files_per_batch: opts
             .max_files_per_batch
             .or(if demo { Some(1) } else { None }),
         parallelism: opts.parallelism,
         print: !opts.quiet,
-    };
-    if cfg.max_files_per_batch == Some(0) {
-        bail!("--max-files-per-batch must be at least 1");
-    }
-    let (app, ctx) = match job {
-        JobName::LogErrors => ("log-errors", cfg.context("log-errors")?),
-        JobName::WordCount => ("word-count", cfg.context("word-count")?),
-    };
-    let lines = cfg.lines(&ctx);
-    let json = cfg.output.as_deref().map(JsonOutput::new);
-    match job {
-        JobName::LogErrors => {
-            jobs::log_errors(&cfg, &lines, json.as_ref());
+        checkpoint: opts.checkpoint.clone(),
+        delivery: match opts.delivery {
+            Delivery::ExactlyOnce => lockgate_core::DeliveryMode::ExactlyOnce,
+            Delivery::AtLeastOnce => lockgate_core::DeliveryMode::AtLeastOnce,
+            Delivery::AtMostOnce => lockgate_core::DeliveryMode::AtMostOnce,
+        },
+    })
+}
+
+fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
+    let demo = opts.socket.is_none() && opts.input.is_none();
+    let cfg = job_config(&opts)?;
+    if demo && opts.output.is_none() && opts.checkpoint.is_none() {
+        let out = Path::new(DEMO_DIR).join("output");
+        if out.exists() {
+            std::fs::remove_dir_all(&out).context("clearing the previous demo output")?;
         }
-        JobName::WordCount => {
-            jobs::word_count(&cfg, &lines, json.as_ref());
-        }
     }
+    let job = Job::from(job);
+    let app = job.name();
+    let ctx = cfg.build(job)?;
     let stopper = ctx.clone();
     ctrlc::set_handler(move || {
         eprintln!("stopping gracefully (finishing planned batches)...");
@@ -237,7 +279,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         "{app}: {} batches, {} input records in {secs:.2} s",
         m.total_completed, m.total_records
     );
-    if let Some(out) = &output {
+    if let Some(out) = &cfg.output {
         eprintln!("output written under {}", out.display());
     }
     Ok(())

@@ -313,3 +313,111 @@ fn word_count_on_a_socket_stops_gracefully_on_sigint() {
         .collect();
     assert_eq!(totals, want);
 }
+
+#[test]
+fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let (out, cp) = (tmp.path().join("out"), tmp.path().join("cp"));
+    run_ok(&[
+        "generate",
+        "logs",
+        input.to_str().unwrap(),
+        "--lines",
+        "900",
+        "--files",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "run",
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--once",
+            "--quiet",
+            "--max-files-per-batch",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+            "--checkpoint",
+            cp.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args(&[]);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(read_stream(&out, "word_counts").len(), 3);
+    // New files after a completed run: the restart takes only those.
+    run_ok(&[
+        "generate",
+        "logs",
+        tmp.path().join("more").to_str().unwrap(),
+        "--lines",
+        "100",
+        "--files",
+        "1",
+        "--seed",
+        "9",
+    ]);
+    std::fs::rename(
+        tmp.path().join("more/logs-00000.log"),
+        input.join("zz-new.log"),
+    )
+    .unwrap();
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let batches = read_stream(&out, "word_counts");
+    assert_eq!(
+        batches.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+
+    let inspect = run_ok(&["checkpoint", "inspect", cp.to_str().unwrap()]);
+    let text = String::from_utf8(inspect.stdout).unwrap();
+    assert!(text.contains("application   word-count"), "{text}");
+    assert!(text.contains("committed through batch 3"), "{text}");
+    assert!(text.contains("zz-new.log"), "{text}");
+    assert!(text.contains("word_counts_state"), "{text}");
+
+    let same = lockgate()
+        .args([
+            "checkpoint",
+            "check-upgrade",
+            cp.to_str().unwrap(),
+            "--job",
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    let other = lockgate()
+        .args([
+            "checkpoint",
+            "check-upgrade",
+            cp.to_str().unwrap(),
+            "--job",
+            "log-errors",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    let report = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        report.contains("removed   word_counts_state") && report.contains("new"),
+        "{report}"
+    );
+}

@@ -480,10 +480,15 @@ impl StreamingContext {
             let _ = t.join();
         }
         run.state = ContextState::Stopped;
+        // Commits still on their way to disk are completed before stop returns.
+        let flushed = match &scheduler.checkpointer {
+            Some(cp) => cp.flush(),
+            None => Ok(()),
+        };
         tracing::info!(app = %self.inner.app_name, graceful, "streaming context stopped");
         match scheduler.take_failure() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => flushed,
         }
     }
 

@@ -332,7 +332,10 @@ fn retention_bounds_the_checkpoint() {
     assert_eq!(out.lock().unwrap().len(), 12);
     let count = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
     assert_eq!(count("offsets"), 3);
-    assert_eq!(count("commits"), 3);
+    // Commits may be grouped (one commit covers the batches before it).
+    let commits = count("commits");
+    assert!((1..=3).contains(&commits), "{commits}");
+    assert!(dir.path().join("commits/11").exists());
     for f in walk(&dir.path().join("state")) {
         let v: u64 = f
             .file_name()

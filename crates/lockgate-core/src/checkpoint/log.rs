@@ -1,6 +1,7 @@
 //! The checkpoint directory's logs: `metadata`, `offsets/<batch id>` (batch plans,
 //! written before a batch runs) and `commits/<batch id>` (written when a batch's outputs
-//! and state are done), plus their retention.
+//! and state are done), plus their retention. Commits may be grouped when the disk is
+//! slower than the batches: `commits/<b>` then covers every batch up to `b`.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -200,6 +200,7 @@ pub(crate) struct Checkpointer {
     states: Vec<Arc<dyn Stateful>>,
     /// States that have written a snapshot in this process.
     snapshotted: Mutex<BTreeSet<String>>,
+    writer: Writer,
 }
 
 impl Checkpointer {
@@ -210,6 +211,7 @@ impl Checkpointer {
             config,
             states,
             snapshotted: Mutex::new(BTreeSet::new()),
+            writer: Writer::default(),
         }
     }
 
@@ -508,14 +510,112 @@ impl Checkpointer {
         self.log.write_plan(plan)
     }
 
-    /// Persists state version `id` and writes the commit; then applies retention.
+    /// Takes the state changes of version `id` (encoded now, while no other batch runs)
+    /// and hands them to the checkpoint writer, which writes them, then the commit, then
+    /// applies retention — off the batch's critical path. The next batch may run
+    /// meanwhile: if the process dies before the commit is durable, recovery re-runs
+    /// this batch (and the next) from their logged plans.
     pub fn commit(&self, id: u64, time: Time) -> Result<()> {
-        self.persist_states(id)?;
-        if self.config.delivery != DeliveryMode::AtMostOnce {
-            self.write_commit(id, time)?;
+        if let Some(e) = lock(&self.writer.failure).take() {
+            return Err(e);
         }
-        self.cleanup(id);
+        let files = self.encode_states(id);
+        let job = WriteJob::Commit { id, time, files };
+        let mut tx = lock(&self.writer.tx);
+        if tx.is_none() {
+            *tx = Some(self.spawn_writer()?);
+        }
+        if let Some(sender) = tx.as_ref() {
+            if sender.send(job).is_err() {
+                return Err(lock(&self.writer.failure)
+                    .take()
+                    .unwrap_or_else(|| Error::Lifecycle("the checkpoint writer stopped".into())));
+            }
+        }
         Ok(())
+    }
+
+    /// Waits until every commit handed to the writer is durable (or failed).
+    pub fn flush(&self) -> Result<()> {
+        let tx = lock(&self.writer.tx).clone();
+        if let Some(sender) = tx {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            if sender.send(WriteJob::Flush(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+        match lock(&self.writer.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn spawn_writer(&self) -> Result<std::sync::mpsc::SyncSender<WriteJob>> {
+        // Two batches may wait for the disk; then the runner waits (backpressure).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(2);
+        let (log, store, config) = (self.log.clone(), self.store.clone(), self.config.clone());
+        let failure = self.writer.failure.clone();
+        let names: Vec<(String, usize)> = self
+            .states
+            .iter()
+            .map(|s| (s.name(), s.partitions()))
+            .collect();
+        std::thread::Builder::new()
+            .name("lockgate-checkpoint-writer".into())
+            .spawn(move || {
+                let mut failed = false;
+                while let Ok(first) = rx.recv() {
+                    // Group commit: take every job already waiting, write all their
+                    // state files at once, then only the newest commit.
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    let mut files = Vec::new();
+                    let mut last: Option<(u64, Time)> = None;
+                    let mut flushes = Vec::new();
+                    for job in jobs {
+                        match job {
+                            WriteJob::Flush(done) => flushes.push(done),
+                            WriteJob::Commit { id, time, files: f } => {
+                                files.extend(f);
+                                last = Some((id, time));
+                            }
+                        }
+                    }
+                    // After a failure nothing more is committed: a later commit must
+                    // never stand on missing state.
+                    if let (Some((id, time)), false) = (last, failed) {
+                        let files = files
+                            .iter()
+                            .map(|(header, full, bytes)| store.file(header, *full, bytes))
+                            .collect();
+                        let result = store.write_all(files).and_then(|()| {
+                            if config.delivery == DeliveryMode::AtMostOnce {
+                                Ok(())
+                            } else {
+                                log.write_commit(&Commit {
+                                    batch_id: id,
+                                    batch_time_ms: time.0,
+                                })
+                            }
+                        });
+                        match result {
+                            Ok(()) => cleanup(&log, &store, &names, config.retain_batches, id),
+                            Err(e) => {
+                                tracing::error!(error = %e, batch = id, "checkpoint write failed");
+                                failed = true;
+                                lock(&failure).get_or_insert(e);
+                            }
+                        }
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|e| Error::Lifecycle(format!("cannot start the checkpoint writer: {e}")))?;
+        Ok(tx)
     }
 
     /// Writes the commit of `id` (at-most-once writes it before running the batch).
@@ -526,7 +626,8 @@ impl Checkpointer {
         })
     }
 
-    fn persist_states(&self, version: u64) -> Result<()> {
+    /// Encodes what version `version` writes: (header, snapshot?, entries) per file.
+    fn encode_states(&self, version: u64) -> Vec<(StateHeader, bool, Vec<u8>)> {
         let every = self.config.snapshot_every.max(1);
         let mut jobs = Vec::new();
         {
@@ -542,32 +643,55 @@ impl Checkpointer {
                 }
             }
         }
-        jobs.into_par_iter().try_for_each(|(s, p, full)| {
-            let Some(entries) = s.persist(p, full) else {
-                return Ok(());
-            };
-            let header = StateHeader {
-                operator: s.name(),
-                type_desc: s.type_desc(),
-                codec: CODEC.into(),
-                partition: p as u64,
-                partitions: s.partitions() as u64,
-                version,
-            };
-            self.store.write(&header, full, &entries)
-        })
+        jobs.into_par_iter()
+            .filter_map(|(s, p, full)| {
+                let entries = s.persist(p, full)?;
+                let header = StateHeader {
+                    operator: s.name(),
+                    type_desc: s.type_desc(),
+                    codec: CODEC.into(),
+                    partition: p as u64,
+                    partitions: s.partitions() as u64,
+                    version,
+                };
+                Some((header, full, entries))
+            })
+            .collect()
     }
+}
 
-    fn cleanup(&self, id: u64) {
-        let retain = self.config.retain_batches.max(2);
-        if id < retain {
-            return;
-        }
-        let first_kept = id + 1 - retain;
-        self.log.delete_before(first_kept);
-        for s in &self.states {
-            self.store
-                .delete_before(&s.name(), s.partitions(), first_kept);
-        }
+/// Deletes logs and state no longer needed once batch `id` is committed.
+fn cleanup(
+    log: &CheckpointLog,
+    store: &StateStore,
+    states: &[(String, usize)],
+    retain: u64,
+    id: u64,
+) {
+    let retain = retain.max(2);
+    if id < retain {
+        return;
     }
+    let first_kept = id + 1 - retain;
+    log.delete_before(first_kept);
+    for (name, parts) in states {
+        store.delete_before(name, *parts, first_kept);
+    }
+}
+
+/// Work for the checkpoint writer thread.
+enum WriteJob {
+    Commit {
+        id: u64,
+        time: Time,
+        files: Vec<(StateHeader, bool, Vec<u8>)>,
+    },
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The writer thread's handle and its first error.
+#[derive(Default)]
+struct Writer {
+    tx: Mutex<Option<std::sync::mpsc::SyncSender<WriteJob>>>,
+    failure: Arc<Mutex<Option<Error>>>,
 }

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, write_file, FileKind};
+use crate::checkpoint::file::{read_file, write_file, write_files_durably, FileKind};
 use crate::codec::{Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -100,8 +100,13 @@ impl StateStore {
             .join(partition.to_string())
     }
 
-    /// Writes one state file.
-    pub fn write(&self, header: &StateHeader, snapshot: bool, entries: &[u8]) -> Result<()> {
+    /// The path, kind and payload of one state file.
+    pub fn file(
+        &self,
+        header: &StateHeader,
+        snapshot: bool,
+        entries: &[u8],
+    ) -> (PathBuf, FileKind, Vec<u8>) {
         let part = usize::try_from(header.partition).unwrap_or(usize::MAX);
         let ext = if snapshot { "snapshot" } else { "delta" };
         let path = self
@@ -115,6 +120,21 @@ impl StateStore {
         } else {
             FileKind::Delta
         };
+        (path, kind, payload)
+    }
+
+    /// Writes state files and makes them durable.
+    pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.root).map_err(|e| Error::io("create directory", &self.root, e))?;
+        write_files_durably(&self.root, files)
+    }
+
+    /// Writes one state file durably.
+    pub fn write(&self, header: &StateHeader, snapshot: bool, entries: &[u8]) -> Result<()> {
+        let (path, kind, payload) = self.file(header, snapshot, entries);
         write_file(&path, kind, &payload)
     }
 

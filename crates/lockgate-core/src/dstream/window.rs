@@ -226,15 +226,11 @@ struct InverseWindowOp<K, V> {
 
 /// The pairs of partition `j` of `b` among `n` partitions (re-partitioning batches
 /// restored from a checkpoint written with another partition count).
-fn partition_pairs<'a, K: Hash, V>(
+fn partition_pairs<'a, K: Data + Hash, V: Data>(
     b: &'a Batch<(K, V)>,
     j: usize,
     n: usize,
-) -> Box<dyn Iterator<Item = &'a (K, V)> + 'a>
-where
-    K: Data,
-    V: Data,
-{
+) -> Box<dyn Iterator<Item = &'a (K, V)> + 'a> {
     if b.num_partitions() == n {
         Box::new(b.partitions()[j].iter())
     } else {

@@ -149,10 +149,10 @@ impl Scheduler {
                 description: sp.description,
             });
         }
-        tracing::info!(
+        tracing::warn!(
             batch_id = plan.batch_id,
             batch_time_ms = t.0,
-            "re-running a logged batch"
+            "re-running a logged batch after a restart"
         );
         Ok(self.queue(plan.batch_id, t, infos))
     }
@@ -193,7 +193,12 @@ impl Scheduler {
         }
         let interval = self.graph.timing.interval_ms;
         let mut t = first;
+        let pending = || self.graph.inputs().iter().any(|i| i.has_pending());
         loop {
+            if self.bounded && !pending() {
+                // A bounded run ends when no source has anything left.
+                return;
+            }
             if !self.bounded {
                 self.clock.wait_until(t, &self.stop);
             }
@@ -215,15 +220,10 @@ impl Scheduler {
                 }
             }
             t = t.plus_ms(interval);
-            if self.bounded && !self.graph.inputs().iter().any(|i| i.has_pending()) {
-                return;
-            }
         }
         // Graceful stop: receivers are stopped by now; what they stored but no batch has
         // taken yet goes into one last batch.
-        if !self.abort.load(Ordering::Acquire)
-            && self.graph.inputs().iter().any(|i| i.has_pending())
-        {
+        if !self.abort.load(Ordering::Acquire) && pending() {
             match self.plan(t) {
                 Ok(job) => {
                     let _ = tx.send(job);

@@ -1,0 +1,108 @@
+//! Delivery modes under a crash in the middle of a batch (an output fails after another
+//! output of the same batch already wrote): exactly-once and at-least-once re-run the
+//! batch after recovery (an appending sink sees it twice, an idempotent one once);
+//! at-most-once does not re-run it, so its records are lost.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockgate_core::testing::{collect_batches, ManualRun};
+use lockgate_core::{DeliveryMode, ManualClock, StreamingContext};
+
+type Appended = Arc<Mutex<Vec<(u64, i64)>>>;
+
+/// Runs 4 batches of counts; when `fail_at` is set, the second output fails at that
+/// batch (a crash mid-batch). Returns what an appending sink saw and the idempotent
+/// per-batch output.
+fn run(
+    dir: &Path,
+    mode: DeliveryMode,
+    start_ms: i64,
+    fail_at: Option<u64>,
+    batches: usize,
+    appended: &Appended,
+) -> Vec<u64> {
+    let clock = Arc::new(ManualClock::new(start_ms));
+    let failing = Arc::new(AtomicBool::new(fail_at.is_some()));
+    let mut idempotent = None;
+    let ctx = StreamingContext::get_or_create(dir, |b| {
+        let ctx = b
+            .app_name("d")
+            .batch_interval(Duration::from_secs(1))
+            .parallelism(1)
+            .clock(clock.clone())
+            .delivery(mode)
+            .build()?;
+        let counts = ctx
+            .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
+            .count();
+        let app = appended.clone();
+        counts.foreach_batch(move |b, r| {
+            for c in b.iter() {
+                app.lock().unwrap().push((r.id, *c));
+            }
+        });
+        idempotent = Some(collect_batches(&counts));
+        let f = failing.clone();
+        counts.foreach_batch(move |_, r| {
+            if f.load(Ordering::Acquire) && Some(r.id) == fail_at {
+                Err("simulated crash")
+            } else {
+                Ok(())
+            }
+        });
+        Ok(ctx)
+    })
+    .unwrap();
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    let _ = run.run_batches(batches);
+    let _ = run.ctx.stop(false);
+    let ids = idempotent
+        .unwrap()
+        .lock()
+        .unwrap()
+        .keys()
+        .copied()
+        .collect();
+    ids
+}
+
+fn scenario(mode: DeliveryMode) -> (Vec<(u64, i64)>, Vec<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let appended: Appended = Arc::default();
+    // First run: batches 0 and 1 complete, batch 2 fails after its first output wrote.
+    run(dir.path(), mode, 0, Some(2), 3, &appended);
+    // Restart: recovery, then the rest.
+    let ids = run(dir.path(), mode, 3000, None, 1, &appended);
+    let mut seen = appended.lock().unwrap().clone();
+    seen.sort();
+    (seen, ids)
+}
+
+#[test]
+fn exactly_once_and_at_least_once_rerun_the_interrupted_batch() {
+    for mode in [DeliveryMode::ExactlyOnce, DeliveryMode::AtLeastOnce] {
+        let (seen, rerun) = scenario(mode);
+        // Batch 2 was written by the appending sink before the crash and again on re-run.
+        assert_eq!(
+            seen,
+            vec![(0, 3), (1, 3), (2, 3), (2, 3), (3, 3)],
+            "{mode:?}"
+        );
+        // The restart re-ran batch 2 and ran batch 3.
+        assert_eq!(rerun, vec![2, 3], "{mode:?}");
+    }
+}
+
+#[test]
+fn at_most_once_loses_the_interrupted_batch() {
+    let (seen, rerun) = scenario(DeliveryMode::AtMostOnce);
+    // Batch 2 counted as done before it ran: it is not re-run.
+    assert_eq!(rerun, vec![3]);
+    assert_eq!(seen, vec![(0, 3), (1, 3), (2, 3), (3, 3)]);
+}

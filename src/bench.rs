@@ -151,6 +151,7 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         parallelism: opts.parallelism,
         print: false,
         checkpoint: checkpoint.map(Path::to_path_buf),
+        block_interval: Duration::from_millis(200),
         delivery: Default::default(),
     };
     cfg.validate()?;

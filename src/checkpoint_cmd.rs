@@ -28,7 +28,7 @@ pub enum CheckpointCmd {
         #[arg(long, value_enum, default_value = "log-errors")]
         job: JobName,
         #[command(flatten)]
-        opts: RunOpts,
+        opts: Box<RunOpts>,
     },
 }
 

@@ -66,6 +66,8 @@ pub struct JobConfig {
     pub print: bool,
     /// Checkpoint directory (recovery on restart).
     pub checkpoint: Option<PathBuf>,
+    /// Receivers' WAL block interval.
+    pub block_interval: Duration,
     /// Delivery guarantee (with a checkpoint).
     pub delivery: DeliveryMode,
 }
@@ -103,7 +105,10 @@ impl JobConfig {
 
     /// Applies the settings to a builder.
     pub fn configure(&self, app: &str, b: StreamingContextBuilder) -> StreamingContextBuilder {
-        let mut b = b.app_name(app).batch_interval(self.batch_interval);
+        let mut b = b
+            .app_name(app)
+            .batch_interval(self.batch_interval)
+            .block_interval(self.block_interval);
         if let Some(p) = self.parallelism {
             b = b.parallelism(p);
         }

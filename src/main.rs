@@ -125,6 +125,10 @@ pub struct RunOpts {
     /// interrupted batch (exactly-once with the file output).
     #[arg(long, value_name = "DIR")]
     checkpoint: Option<PathBuf>,
+    /// How often a socket receiver writes what it received to its write-ahead log
+    /// (with --checkpoint); records count as received only once written.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    block_interval: Duration,
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
@@ -240,6 +244,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         parallelism: opts.parallelism,
         print: !opts.quiet,
         checkpoint: opts.checkpoint.clone(),
+        block_interval: opts.block_interval,
         delivery: match opts.delivery {
             Delivery::ExactlyOnce => lockgate_core::DeliveryMode::ExactlyOnce,
             Delivery::AtLeastOnce => lockgate_core::DeliveryMode::AtLeastOnce,

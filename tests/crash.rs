@@ -45,3 +45,8 @@ fn log_errors_files_to_files_survives_sigkill() {
 fn word_count_files_to_files_survives_sigkill() {
     torture("word-count");
 }
+
+#[test]
+fn word_count_socket_with_wal_survives_sigkill() {
+    torture("socket");
+}

@@ -49,9 +49,24 @@ pub struct StreamingContextBuilder {
     clock: Option<Arc<dyn Clock>>,
     trigger: Trigger,
     start_time: Option<Time>,
+    block_interval: Duration,
+    receiver_wal: bool,
 }
 
 impl StreamingContextBuilder {
+    /// How often receivers turn what they received into a durable WAL block (default
+    /// 200 ms; only with a checkpoint directory).
+    pub fn block_interval(mut self, d: Duration) -> Self {
+        self.block_interval = d;
+        self
+    }
+
+    /// Whether receivers write a write-ahead log when checkpointing (default true).
+    pub fn receiver_wal(mut self, on: bool) -> Self {
+        self.receiver_wal = on;
+        self
+    }
+
     /// The application's name (logs, metrics, the UI).
     pub fn app_name(mut self, name: &str) -> Self {
         self.app_name = name.to_string();
@@ -169,6 +184,8 @@ impl StreamingContextBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
                 trigger: self.trigger,
                 start_time: self.start_time,
+                block_interval: self.block_interval,
+                receiver_wal: self.receiver_wal,
                 graph: Arc::new(Graph::new(interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
                 stopping: AtomicBool::new(false),
@@ -199,6 +216,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     trigger: Trigger,
     start_time: Option<Time>,
+    block_interval: Duration,
+    receiver_wal: bool,
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
     stopping: AtomicBool,
@@ -225,6 +244,8 @@ impl StreamingContext {
             clock: None,
             trigger: Trigger::ProcessingTime,
             start_time: None,
+            block_interval: Duration::from_millis(200),
+            receiver_wal: true,
         }
     }
 
@@ -249,6 +270,14 @@ impl StreamingContext {
     /// Worker threads and default partition count.
     pub fn parallelism(&self) -> usize {
         self.inner.parallelism
+    }
+
+    pub(crate) fn receiver_block_interval(&self) -> Duration {
+        self.inner.block_interval
+    }
+
+    pub(crate) fn receiver_wal(&self) -> bool {
+        self.inner.receiver_wal
     }
 
     /// The checkpoint directory, if set.
@@ -283,7 +312,7 @@ impl StreamingContext {
     /// graph built so far (check before deploying an upgrade). Reads only.
     pub fn check_upgrade(&self, dir: impl AsRef<Path>) -> Result<UpgradeReport> {
         let cfg = CheckpointConfig::new(dir.as_ref());
-        let cp = Checkpointer::new(cfg, self.inner.graph.states());
+        let cp = Checkpointer::new(cfg, self.inner.graph.states(), Vec::new());
         match cp.log.read_metadata()? {
             Some(meta) => Ok(cp.upgrade_report(&meta)),
             None => Err(Error::Config(format!(
@@ -317,9 +346,13 @@ impl StreamingContext {
                     input.name()
                 ))
             })?;
-            input.enable_checkpoint();
+            input.enable_checkpoint(&cfg.dir)?;
         }
-        let cp = Arc::new(Checkpointer::new(cfg.clone(), self.inner.graph.states()));
+        let cp = Arc::new(Checkpointer::new(
+            cfg.clone(),
+            self.inner.graph.states(),
+            inputs.clone(),
+        ));
         let settings = vec![
             (
                 "batch_interval_ms".to_string(),

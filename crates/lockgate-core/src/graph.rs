@@ -244,8 +244,13 @@ pub(crate) trait InputSource: Send + Sync {
     fn checkpoint_support(&self) -> std::result::Result<(), String> {
         Ok(())
     }
-    /// Called when the context checkpoints: the source logs what replay needs.
-    fn enable_checkpoint(&self) {}
+    /// Called when the context checkpoints into `dir`: the source prepares to log what
+    /// replay needs.
+    fn enable_checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
+    /// The batches up to `t` are durably committed: their input may be released.
+    fn committed(&self, _t: Time) {}
     /// True while the source has data that a next `plan` would take.
     fn has_pending(&self) -> bool;
     /// Drops planned data of batches up to `done`.

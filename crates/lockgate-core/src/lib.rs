@@ -53,6 +53,7 @@ mod scheduler;
 pub mod show;
 pub mod source;
 pub mod testing;
+pub mod wal;
 
 pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};

@@ -198,14 +198,21 @@ pub(crate) struct Checkpointer {
     pub log: CheckpointLog,
     pub store: StateStore,
     states: Vec<Arc<dyn Stateful>>,
+    /// Sources, told when their batches are durably committed.
+    inputs: Vec<Arc<dyn InputSource>>,
     /// States that have written a snapshot in this process.
     snapshotted: Mutex<BTreeSet<String>>,
     writer: Writer,
 }
 
 impl Checkpointer {
-    pub fn new(config: CheckpointConfig, states: Vec<Arc<dyn Stateful>>) -> Self {
+    pub fn new(
+        config: CheckpointConfig,
+        states: Vec<Arc<dyn Stateful>>,
+        inputs: Vec<Arc<dyn InputSource>>,
+    ) -> Self {
         Checkpointer {
+            inputs,
             log: CheckpointLog::new(&config.dir),
             store: StateStore::new(&config.dir),
             config,
@@ -555,6 +562,7 @@ impl Checkpointer {
         let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(2);
         let (log, store, config) = (self.log.clone(), self.store.clone(), self.config.clone());
         let failure = self.writer.failure.clone();
+        let inputs = self.inputs.clone();
         let names: Vec<(String, usize)> = self
             .states
             .iter()
@@ -601,7 +609,12 @@ impl Checkpointer {
                             }
                         });
                         match result {
-                            Ok(()) => cleanup(&log, &store, &names, config.retain_batches, id),
+                            Ok(()) => {
+                                for input in &inputs {
+                                    input.committed(time);
+                                }
+                                cleanup(&log, &store, &names, config.retain_batches, id)
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, batch = id, "checkpoint write failed");
                                 failed = true;

@@ -7,28 +7,36 @@
 //! [`store`](ReceiverContext::store)s are buffered; each batch takes everything stored
 //! before it was planned.
 //!
-//! With a checkpoint directory, the records a batch takes are logged in its plan before
-//! it runs, so a batch interrupted by a crash is re-run with the same records. What a
-//! receiver has stored but no batch has taken yet when the process dies is lost: a
-//! receiver is not a replayable source.
+//! With a checkpoint directory, a receiver writes what it stored to a write-ahead log
+//! (`<checkpoint>/wal/<source>/`) every block interval (200 ms by default), fsynced,
+//! before the records count as stored; batches take whole stored blocks and log their
+//! ids in their plans. After a crash, a re-run batch reads its blocks back from the log,
+//! and blocks no batch had taken yet go into the next batch: exactly once for every
+//! record that reached the log. Records received in the last block interval before the
+//! crash never reached it and are lost — a socket cannot be replayed. (With
+//! `receiver_wal(false)` the plans carry the records themselves instead, and everything
+//! not yet planned is lost.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::batch::{Batch, Data};
+use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
-use crate::codec::{from_bytes, to_bytes, Codec};
+use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::{lock, panic_message, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
 use crate::source::{register, SourceCompute};
+use crate::wal::{BlockRef, Wal};
 
 /// A push source run on its own thread.
 pub trait Receiver<T>: Send + 'static {
@@ -49,6 +57,8 @@ struct Shared<T> {
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
     received: AtomicU64,
+    /// Records durably stored (in the WAL, or received when there is none).
+    stored: AtomicU64,
     received_changed: Condvar,
     received_lock: Mutex<()>,
     counters: Arc<SourceCounters>,
@@ -102,14 +112,74 @@ impl<T> ReceiverContext<T> {
     }
 }
 
+/// The write-ahead side of a receiver (with a checkpoint directory).
+struct WalSide<T> {
+    wal: Wal,
+    /// Durable blocks no batch has taken yet, in block order.
+    stored: VecDeque<(BlockRef, Vec<T>)>,
+    /// Blocks found in the log at start; those after `max_planned` are added to
+    /// `stored` at the first plan (after the logged batches were re-planned).
+    on_disk: Vec<BlockRef>,
+    scanned: bool,
+    /// The highest block any batch has taken.
+    max_planned: Option<u64>,
+    /// The highest block taken by each planned batch, for deleting old segments.
+    by_time: BTreeMap<Time, u64>,
+    failure: Option<Error>,
+}
+
 struct ReceiverInput<T> {
     name: String,
     shared: Arc<Shared<T>>,
     receiver: Mutex<Option<Box<dyn Receiver<T>>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     planned: Mutex<BTreeMap<Time, Vec<T>>>,
     partitions: usize,
+    block_interval: Duration,
+    use_wal: bool,
+    wal: Arc<Mutex<Option<WalSide<T>>>>,
+    /// With a checkpoint but no WAL, plans carry the records themselves.
     log_records: AtomicBool,
+    /// Checkpointed: the highest block taken by a completed batch.
+    position: Arc<Mutex<KeyedState<u8, u64>>>,
+    wal_on: Arc<AtomicBool>,
+}
+
+/// Moves what the receiver stored into a durable WAL block. Returns false on failure.
+fn push_block<T: Data + Codec>(
+    shared: &Shared<T>,
+    side: &Mutex<Option<WalSide<T>>>,
+    name: &str,
+) -> bool {
+    let mut guard = lock(side);
+    let Some(w) = guard.as_mut() else { return true };
+    if w.failure.is_some() {
+        return false;
+    }
+    let items = std::mem::take(&mut *lock(&shared.buffer));
+    if items.is_empty() {
+        return true;
+    }
+    let n = items.len() as u64;
+    match w.wal.append(&to_bytes(&items)) {
+        Ok(r) => {
+            w.stored.push_back((r, items));
+            let total = shared.stored.fetch_add(n, Ordering::AcqRel) + n;
+            tracing::debug!(source = %name, block = r.block, records = n, stored_total = total, "WAL block stored");
+            let _g = lock(&shared.received_lock);
+            shared.received_changed.notify_all();
+            true
+        }
+        Err(e) => {
+            tracing::error!(source = %name, error = %e, "cannot write the receiver's WAL; the job will stop");
+            // Keep the records in memory: they were not acknowledged as stored.
+            let mut buf = lock(&shared.buffer);
+            let newer = std::mem::replace(&mut *buf, items);
+            buf.extend(newer);
+            w.failure = Some(e);
+            false
+        }
+    }
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -148,7 +218,7 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
         self.name.clone()
     }
 
-    fn start(&self, bounded: bool, _recovered: bool) -> Result<()> {
+    fn start(&self, bounded: bool, recovered: bool) -> Result<()> {
         if bounded {
             return Err(Error::Config(format!(
                 "source `{}` is a receiver (unbounded); a bounded run (--once / \
@@ -162,18 +232,43 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
                 self.name
             )));
         };
+        if recovered {
+            if let Some(w) = lock(&self.wal).as_mut() {
+                w.max_planned = lock(&self.position).maps[0].get(&0).copied();
+            }
+        }
         let ctx = ReceiverContext {
             shared: self.shared.clone(),
         };
         let name = self.name.clone();
+        let spawn_err = |e: std::io::Error| Error::Source {
+            source_name: self.name.clone(),
+            message: format!("cannot start receiver thread: {e}"),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("lockgate-{}", self.name))
             .spawn(move || supervise(name, receiver, ctx))
-            .map_err(|e| Error::Source {
-                source_name: self.name.clone(),
-                message: format!("cannot start receiver thread: {e}"),
-            })?;
-        *lock(&self.thread) = Some(handle);
+            .map_err(spawn_err)?;
+        lock(&self.threads).push(handle);
+        if lock(&self.wal).is_some() {
+            // Every block interval, what was received becomes a durable WAL block.
+            let (shared, side, name, every) = (
+                self.shared.clone(),
+                self.wal.clone(),
+                self.name.clone(),
+                self.block_interval,
+            );
+            let pusher = std::thread::Builder::new()
+                .name(format!("lockgate-{}-wal", self.name))
+                .spawn(move || {
+                    let ctx = ReceiverContext { shared };
+                    while !ctx.sleep(every) {
+                        push_block(&ctx.shared, &side, &name);
+                    }
+                })
+                .map_err(spawn_err)?;
+            lock(&self.threads).push(pusher);
+        }
         Ok(())
     }
 
@@ -183,20 +278,61 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
             let _g = lock(&self.shared.stop_lock);
             self.shared.stop_signal.notify_all();
         }
-        if let Some(h) = lock(&self.thread).take() {
+        for h in lock(&self.threads).drain(..) {
             let _ = h.join();
         }
+        // What the receiver stored before it stopped reaches the WAL too.
+        push_block(&self.shared, &self.wal, &self.name);
     }
 
     fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
-        let items = std::mem::take(&mut *lock(&self.shared.buffer));
-        let records = items.len() as u64;
-        // The plan logs the records themselves: what a batch took is replayable.
-        let descriptor = if self.log_records.load(Ordering::Acquire) {
-            to_bytes(&items)
-        } else {
-            Vec::new()
+        let mut guard = lock(&self.wal);
+        let (items, descriptor) = match guard.as_mut() {
+            Some(w) => {
+                if let Some(e) = w.failure.take() {
+                    return Err(e);
+                }
+                if !w.scanned {
+                    // Blocks an earlier run wrote but no batch took: they reached the WAL,
+                    // so they are processed now.
+                    w.scanned = true;
+                    let after = w.max_planned;
+                    let mut old = Vec::new();
+                    for r in std::mem::take(&mut w.on_disk) {
+                        if after.is_none_or(|m| r.block > m)
+                            && !w.stored.iter().any(|(s, _)| s.block == r.block)
+                        {
+                            old.push((r, self.read_block(w.wal.dir(), &r)?));
+                        }
+                    }
+                    for b in old.into_iter().rev() {
+                        w.stored.push_front(b);
+                    }
+                }
+                let blocks: Vec<(BlockRef, Vec<T>)> = w.stored.drain(..).collect();
+                let refs: Vec<BlockRef> = blocks.iter().map(|(r, _)| *r).collect();
+                if let Some(max) = refs.iter().map(|r| r.block).max() {
+                    w.max_planned = Some(w.max_planned.map_or(max, |m| m.max(max)));
+                }
+                if let Some(m) = w.max_planned {
+                    w.by_time.insert(t, m);
+                }
+                let items: Vec<T> = blocks.into_iter().flat_map(|(_, b)| b).collect();
+                (items, to_bytes(&refs))
+            }
+            None => {
+                let items = std::mem::take(&mut *lock(&self.shared.buffer));
+                // Without a WAL the plan logs the records themselves.
+                let descriptor = if self.log_records.load(Ordering::Acquire) {
+                    to_bytes(&items)
+                } else {
+                    Vec::new()
+                };
+                (items, descriptor)
+            }
         };
+        drop(guard);
+        let records = items.len() as u64;
         lock(&self.planned).insert(t, items);
         let info = InputInfo {
             source: self.name.clone(),
@@ -207,25 +343,92 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
     }
 
     fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()> {
-        let items: Vec<T> = from_bytes(descriptor).map_err(|e| Error::Source {
+        let decode_err = |e: CodecError| Error::Source {
             source_name: self.name.clone(),
-            message: format!("logged records do not decode: {e}"),
-        })?;
+            message: format!("logged descriptor does not decode: {e}"),
+        };
+        let mut guard = lock(&self.wal);
+        let items: Vec<T> = match guard.as_mut() {
+            Some(w) => {
+                let refs: Vec<BlockRef> = from_bytes(descriptor).map_err(decode_err)?;
+                let mut items = Vec::new();
+                for r in &refs {
+                    items.extend(self.read_block(w.wal.dir(), r)?);
+                    w.max_planned = Some(w.max_planned.map_or(r.block, |m| m.max(r.block)));
+                }
+                if let Some(m) = w.max_planned {
+                    w.by_time.insert(t, m);
+                }
+                items
+            }
+            None => from_bytes(descriptor).map_err(decode_err)?,
+        };
+        drop(guard);
         lock(&self.planned).insert(t, items);
         Ok(())
     }
 
-    fn enable_checkpoint(&self) {
-        self.log_records.store(true, Ordering::Release);
+    fn enable_checkpoint(&self, checkpoint_dir: &Path) -> Result<()> {
+        if !self.use_wal {
+            self.log_records.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let dir = checkpoint_dir.join("wal").join(&self.name);
+        let (wal, on_disk) = Wal::open(&dir)?;
+        *lock(&self.wal) = Some(WalSide {
+            wal,
+            stored: VecDeque::new(),
+            on_disk,
+            scanned: false,
+            max_planned: None,
+            by_time: BTreeMap::new(),
+            failure: None,
+        });
+        self.wal_on.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn committed(&self, t: Time) {
+        if let Some(w) = lock(&self.wal).as_mut() {
+            let later = w.by_time.split_off(&t.plus_ms(1));
+            let done = std::mem::replace(&mut w.by_time, later);
+            if let Some(max) = done.values().max() {
+                w.wal.delete_through(*max);
+            }
+        }
     }
 
     fn has_pending(&self) -> bool {
         !lock(&self.shared.buffer).is_empty()
+            || lock(&self.wal)
+                .as_ref()
+                .is_some_and(|w| !w.stored.is_empty() || (!w.scanned && !w.on_disk.is_empty()))
     }
 
     fn forget(&self, done: Time) {
         let mut p = lock(&self.planned);
         *p = p.split_off(&done.plus_ms(1));
+        let max = lock(&self.wal)
+            .as_ref()
+            .and_then(|w| w.by_time.range(..done.plus_ms(1)).map(|(_, m)| *m).max());
+        if let Some(max) = max {
+            let mut pos = lock(&self.position);
+            let st = &mut *pos;
+            if st.maps[0].get(&0) != Some(&max) {
+                st.maps[0].insert(0, max);
+                st.dirty[0].insert(0);
+            }
+        }
+    }
+}
+
+impl<T: Data + Codec> ReceiverInput<T> {
+    fn read_block(&self, dir: &Path, r: &BlockRef) -> Result<Vec<T>> {
+        let payload = Wal::read(dir, r)?;
+        from_bytes(&payload).map_err(|e| Error::Source {
+            source_name: self.name.clone(),
+            message: format!("WAL block {} does not decode: {e}", r.block),
+        })
     }
 }
 
@@ -240,6 +443,7 @@ impl<T: Data + Codec> SourceCompute<T> for ReceiverInput<T> {
 pub struct ReceiverInputDStream<T> {
     stream: DStream<T>,
     shared: Arc<Shared<T>>,
+    wal_on: Arc<AtomicBool>,
 }
 
 impl<T> ReceiverInputDStream<T> {
@@ -258,6 +462,31 @@ impl<T> ReceiverInputDStream<T> {
             .wait_timeout_while(g, timeout, |_| self.received_count() < n)
             .unwrap_or_else(|p| p.into_inner());
         self.received_count() >= n
+    }
+
+    /// Records durably stored: written to the WAL (with a checkpoint), else received.
+    pub fn stored_count(&self) -> u64 {
+        if self.wal_enabled() {
+            self.shared.stored.load(Ordering::Acquire)
+        } else {
+            self.received_count()
+        }
+    }
+
+    fn wal_enabled(&self) -> bool {
+        self.wal_on.load(Ordering::Acquire)
+    }
+
+    /// Blocks until at least `n` records are durably stored (see
+    /// [`stored_count`](Self::stored_count)), or `timeout` passed. Returns true if so.
+    pub fn wait_for_stored(&self, n: u64, timeout: Duration) -> bool {
+        let g = lock(&self.shared.received_lock);
+        let _ = self
+            .shared
+            .received_changed
+            .wait_timeout_while(g, timeout, |_| self.stored_count() < n)
+            .unwrap_or_else(|p| p.into_inner());
+        self.stored_count() >= n
     }
 
     /// The stream itself.
@@ -290,20 +519,37 @@ impl StreamingContext {
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),
             received: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
             received_changed: Condvar::new(),
             received_lock: Mutex::new(()),
             counters: self.metrics_ref().source(&name),
         });
+        let wal_on = Arc::new(AtomicBool::new(false));
+        let position = Arc::new(Mutex::new(KeyedState::new(1, true)));
+        let state_name = format!("{name}.wal-position");
+        self.graph().add_state(Arc::new(KeyedStateful {
+            name: Arc::new(move || state_name.clone()),
+            state: position.clone(),
+        }));
         let src = Arc::new(ReceiverInput {
             name,
             shared: shared.clone(),
             receiver: Mutex::new(Some(Box::new(receiver))),
-            thread: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
             planned: Mutex::new(BTreeMap::new()),
             partitions: self.parallelism(),
+            block_interval: self.receiver_block_interval(),
+            use_wal: self.receiver_wal(),
+            wal: Arc::new(Mutex::new(None)),
             log_records: AtomicBool::new(false),
+            position,
+            wal_on: wal_on.clone(),
         });
         let stream = register(self, "receiver_stream", src);
-        ReceiverInputDStream { stream, shared }
+        ReceiverInputDStream {
+            stream,
+            shared,
+            wal_on,
+        }
     }
 }

@@ -152,6 +152,7 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         print: false,
         checkpoint: checkpoint.map(Path::to_path_buf),
         block_interval: Duration::from_millis(200),
+        sink: None,
         delivery: Default::default(),
     };
     cfg.validate()?;

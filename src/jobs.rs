@@ -10,6 +10,7 @@ use lockgate_core::{
     Batch, DStream, DeliveryMode, FileStreamOptions, StreamingContext, StreamingContextBuilder,
     Time, Trigger,
 };
+use lockgate_sql_sinks::{SqlSink, SqlType, SqlValue, Table, WriteMode};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -68,6 +69,8 @@ pub struct JobConfig {
     pub checkpoint: Option<PathBuf>,
     /// Receivers' WAL block interval.
     pub block_interval: Duration,
+    /// A transactional sink: `sqlite:PATH` or `postgres://...`.
+    pub sink: Option<String>,
     /// Delivery guarantee (with a checkpoint).
     pub delivery: DeliveryMode,
 }
@@ -126,22 +129,63 @@ impl JobConfig {
     /// recovers from it.
     pub fn build(&self, job: Job) -> Result<StreamingContext> {
         self.validate()?;
-        let install = |ctx: &StreamingContext| {
+        // Connect first: an unreachable database is reported before anything runs.
+        let mut backend = match &self.sink {
+            Some(url) => Some(lockgate_sql_sinks::open_url(url)?),
+            None => None,
+        };
+        let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
             let lines = self.lines(ctx);
             let json = self.output.as_deref().map(JsonOutput::new);
             match job {
                 Job::LogErrors => {
-                    log_errors(self, &lines, json.as_ref());
+                    let streams = log_errors(self, &lines, json.as_ref());
+                    if let Some(b) = backend.take() {
+                        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+                        let sink = SqlSink::new(
+                            "window_counts",
+                            b,
+                            window_counts_table(),
+                            WriteMode::Upsert,
+                            move |(t, c): &(i64, i64)| {
+                                vec![
+                                    SqlValue::Text("error_window_counts".into()),
+                                    SqlValue::Int(t - window_ms),
+                                    SqlValue::Int(*t),
+                                    SqlValue::Int(*c),
+                                ]
+                            },
+                        )
+                        .map_err(sink_err)?;
+                        streams
+                            .window_counts
+                            .transform(|b, t| b.map(move |c| (t.millis(), c)))
+                            .write_to(sink);
+                    }
                 }
                 Job::WordCount => {
-                    word_count(self, &lines, json.as_ref());
+                    let changed = word_count(self, &lines, json.as_ref());
+                    if let Some(b) = backend.take() {
+                        let sink = SqlSink::new(
+                            "word_counts",
+                            b,
+                            word_counts_table(),
+                            WriteMode::Upsert,
+                            |(w, c): &(String, i64)| {
+                                vec![SqlValue::Text(w.clone()), SqlValue::Int(*c)]
+                            },
+                        )
+                        .map_err(sink_err)?;
+                        changed.write_to(sink);
+                    }
                 }
             }
+            Ok(())
         };
         let ctx = match &self.checkpoint {
             Some(dir) => StreamingContext::get_or_create(dir, |b| {
                 let ctx = self.configure(job.name(), b).build()?;
-                install(&ctx);
+                install(&ctx)?;
                 Ok(ctx)
             })
             .with_context(|| format!("opening checkpoint {}", dir.display()))?,
@@ -149,7 +193,7 @@ impl JobConfig {
                 let ctx = self
                     .configure(job.name(), StreamingContext::builder())
                     .build()?;
-                install(&ctx);
+                install(&ctx)?;
                 ctx
             }
         };
@@ -171,6 +215,35 @@ impl JobConfig {
             ),
         }
     }
+}
+
+fn sink_err(e: lockgate_sql_sinks::Error) -> lockgate_core::Error {
+    lockgate_core::Error::Config(e.to_string())
+}
+
+/// `window_counts(stream, start, "end", count)`: windowed counts by stream and window
+/// start (epoch seconds for event-time windows, batch-time milliseconds for the
+/// processing-time counts of `error_window_counts`).
+pub fn window_counts_table() -> Table {
+    Table::new(
+        "window_counts",
+        &[
+            ("stream", SqlType::Text),
+            ("start", SqlType::BigInt),
+            ("end", SqlType::BigInt),
+            ("count", SqlType::BigInt),
+        ],
+        &["stream", "start"],
+    )
+}
+
+/// `word_counts(word PRIMARY KEY, count)`.
+pub fn word_counts_table() -> Table {
+    Table::new(
+        "word_counts",
+        &[("word", SqlType::Text), ("count", SqlType::BigInt)],
+        &["word"],
+    )
 }
 
 /// Writes output streams as JSON lines: `DIR/<stream>/batch=<batch id>/part-<n>.jsonl`,

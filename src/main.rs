@@ -129,6 +129,11 @@ pub struct RunOpts {
     /// (with --checkpoint); records count as received only once written.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     block_interval: Duration,
+    /// Also upsert results into a database, in one transaction per batch with the batch's
+    /// offsets: sqlite:PATH or postgres://USER@HOST:PORT/DB (tables window_counts or
+    /// word_counts, and lockgate_offsets).
+    #[arg(long, value_name = "URL")]
+    sink: Option<String>,
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
@@ -245,6 +250,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         print: !opts.quiet,
         checkpoint: opts.checkpoint.clone(),
         block_interval: opts.block_interval,
+        sink: opts.sink.clone(),
         delivery: match opts.delivery {
             Delivery::ExactlyOnce => lockgate_core::DeliveryMode::ExactlyOnce,
             Delivery::AtLeastOnce => lockgate_core::DeliveryMode::AtLeastOnce,

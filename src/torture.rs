@@ -19,6 +19,9 @@ pub enum Pipeline {
     Files,
     /// word-count: files in, JSON-lines files out (update_state_by_key).
     WordCount,
+    /// word-count: files in, PostgreSQL out (results and offsets in one transaction per
+    /// batch), on a throwaway server started by scripts/postgres.sh.
+    Postgres,
     /// word-count: a TCP socket in (receiver + write-ahead log), JSON-lines files out.
     /// Every line is a distinct word; after the kills, every line the job acknowledged
     /// as stored in its WAL must be counted exactly once, and no line more than once.
@@ -40,6 +43,25 @@ pub struct TortureOpts {
     /// Work directory (default: a new directory under the system's temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// The sink's tables as sorted text rows (results, and committed batch ids).
+fn db_rows(url: &str) -> Result<Vec<String>> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let mut rows: Vec<String> = c
+        .query("SELECT word, count FROM word_counts ORDER BY word", &[])?
+        .iter()
+        .map(|r| format!("{} {}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect();
+    rows.extend(
+        c.query(
+            "SELECT batch_id, batch_time_ms FROM lockgate_offsets ORDER BY batch_id",
+            &[],
+        )?
+        .iter()
+        .map(|r| format!("batch {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1))),
+    );
+    Ok(rows)
 }
 
 /// Every JSON row of every batch of every stream under `out`, sorted per batch.
@@ -79,12 +101,18 @@ fn read_output(out: &Path) -> Result<BTreeMap<(String, u64), Vec<String>>> {
     Ok(all)
 }
 
-fn job_command(pipeline: Pipeline, input: &Path, out: &Path, cp: &Path) -> Result<Command> {
+fn job_command(
+    pipeline: Pipeline,
+    input: &Path,
+    out: &Path,
+    cp: &Path,
+    sink: Option<&str>,
+) -> Result<Command> {
     let exe = std::env::current_exe().context("finding the lockgate executable")?;
     let mut c = Command::new(exe);
     let job = match pipeline {
         Pipeline::Files => "log-errors",
-        Pipeline::WordCount | Pipeline::Socket => "word-count",
+        Pipeline::WordCount | Pipeline::Socket | Pipeline::Postgres => "word-count",
     };
     c.args([
         "run",
@@ -105,6 +133,9 @@ fn job_command(pipeline: Pipeline, input: &Path, out: &Path, cp: &Path) -> Resul
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
+    if let Some(url) = sink {
+        c.arg("--sink").arg(url);
+    }
     Ok(c)
 }
 
@@ -140,6 +171,21 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         }
         return Ok(());
     }
+    // The PostgreSQL pipeline writes to two databases of a throwaway server.
+    let pg = match opts.pipeline {
+        Pipeline::Postgres => Some(lockgate_sql_sinks::testing::PgServer::start()?),
+        _ => None,
+    };
+    let db_url = |db: &str| {
+        pg.as_ref()
+            .map(|p| format!("{}{db}", p.url.trim_end_matches("postgres")))
+    };
+    if let Some(p) = &pg {
+        let mut c = postgres::Client::connect(&p.url, postgres::NoTls)?;
+        c.batch_execute("CREATE DATABASE reference")?;
+        c.batch_execute("CREATE DATABASE tortured")?;
+    }
+    let (ref_sink, sink) = (db_url("reference"), db_url("tortured"));
     let input = dir.join("input");
     // Enough batches that every restart makes some progress before the next kill.
     let files = u64::from(opts.kills.max(1)) * 15;
@@ -150,6 +196,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         &input,
         &dir.join("ref-out"),
         &dir.join("ref-cp"),
+        ref_sink.as_deref(),
     )?
     .output()
     .context("running the reference job")?;
@@ -170,7 +217,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     let started = Instant::now();
     loop {
         runs += 1;
-        let mut child = job_command(opts.pipeline, &input, &out, &cp)?
+        let mut child = job_command(opts.pipeline, &input, &out, &cp, sink.as_deref())?
             .spawn()
             .context("starting the job")?;
         if kills < opts.kills {
@@ -199,6 +246,19 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             "the job finished after only {kills} of {} kills (seed {seed}); it is too short for \
              this many kills",
             opts.kills
+        );
+    }
+    if let (Some(r), Some(t)) = (&ref_sink, &sink) {
+        let (want, got) = (db_rows(r)?, db_rows(t)?);
+        ensure!(
+            want == got,
+            "database contents differ from the uninterrupted run (seed {seed}): {} vs {} rows",
+            want.len(),
+            got.len()
+        );
+        println!(
+            "databases identical: {} rows of word_counts and lockgate_offsets",
+            want.len()
         );
     }
     let (want, got) = (read_output(&dir.join("ref-out"))?, read_output(&out)?);

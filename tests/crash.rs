@@ -1,4 +1,5 @@
-//! Crash tests with real processes: `lockgate torture` runs the CLI job, SIGKILLs it at
+//! Crash tests with real processes (files, a socket with its WAL, a real PostgreSQL
+//! server started by scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
 //! random (seeded, printed) moments, restarts it on the same checkpoint, and compares the
 //! merged output with an uninterrupted run's, batch by batch.
 
@@ -49,4 +50,9 @@ fn word_count_files_to_files_survives_sigkill() {
 #[test]
 fn word_count_socket_with_wal_survives_sigkill() {
     torture("socket");
+}
+
+#[test]
+fn word_count_files_to_postgres_survives_sigkill() {
+    torture("postgres");
 }

@@ -175,9 +175,10 @@ impl StreamingContextBuilder {
                 ));
             }
         }
+        let app_name = self.app_name;
         Ok(StreamingContext {
             inner: Arc::new(Inner {
-                app_name: self.app_name,
+                app_name: app_name.clone(),
                 batch_interval: self.batch_interval,
                 parallelism,
                 checkpoint: self.checkpoint,
@@ -186,7 +187,7 @@ impl StreamingContextBuilder {
                 start_time: self.start_time,
                 block_interval: self.block_interval,
                 receiver_wal: self.receiver_wal,
-                graph: Arc::new(Graph::new(interval_ms, parallelism)),
+                graph: Arc::new(Graph::new(&app_name, interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
                 stopping: AtomicBool::new(false),
                 run: Mutex::new(Run {
@@ -348,6 +349,7 @@ impl StreamingContext {
             })?;
             input.enable_checkpoint(&cfg.dir)?;
         }
+        self.inner.graph.set_delivery(cfg.delivery);
         let cp = Arc::new(Checkpointer::new(
             cfg.clone(),
             self.inner.graph.states(),

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::Stateful;
+use crate::checkpoint::log::SourcePlan;
+use crate::checkpoint::{DeliveryMode, Stateful};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 
@@ -293,10 +294,14 @@ pub(crate) struct Graph {
     outputs: Mutex<Vec<Arc<OutputOp>>>,
     states: Mutex<Vec<Arc<dyn Stateful>>>,
     errors: Mutex<Vec<Error>>,
+    app_name: String,
+    delivery: Mutex<DeliveryMode>,
+    /// The plan of the batch running now (for sinks).
+    current: Mutex<Arc<Vec<SourcePlan>>>,
 }
 
 impl Graph {
-    pub fn new(interval_ms: i64, parallelism: usize) -> Self {
+    pub fn new(app_name: &str, interval_ms: i64, parallelism: usize) -> Self {
         Graph {
             timing: Arc::new(Timing {
                 interval_ms,
@@ -311,6 +316,9 @@ impl Graph {
             outputs: Mutex::new(Vec::new()),
             states: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            app_name: app_name.to_string(),
+            delivery: Mutex::new(DeliveryMode::ExactlyOnce),
+            current: Mutex::new(Arc::new(Vec::new())),
         }
     }
 
@@ -348,6 +356,26 @@ impl Graph {
 
     pub fn add_input(&self, input: Arc<dyn InputSource>) {
         lock(&self.inputs).push(input);
+    }
+
+    pub fn app_name(&self) -> String {
+        self.app_name.clone()
+    }
+
+    pub fn delivery(&self) -> DeliveryMode {
+        *lock(&self.delivery)
+    }
+
+    pub fn set_delivery(&self, d: DeliveryMode) {
+        *lock(&self.delivery) = d;
+    }
+
+    pub fn current_plan(&self) -> Arc<Vec<SourcePlan>> {
+        lock(&self.current).clone()
+    }
+
+    pub fn set_current_plan(&self, plan: Arc<Vec<SourcePlan>>) {
+        *lock(&self.current) = plan;
     }
 
     /// Registers checkpointable state (of an operator or a source).

@@ -114,7 +114,7 @@ impl<T: Data> DStream<T> {
         format!("{kind}-{}", self.graph.output_count())
     }
 
-    fn add_output(
+    pub(crate) fn add_output(
         &self,
         name: String,
         run: impl Fn(Batch<T>, BatchRef) -> Result<()> + Send + Sync + 'static,

@@ -23,6 +23,7 @@ use crate::metrics::{BatchInfo, StreamingMetrics};
 struct Job {
     batch: BatchRef,
     inputs: Vec<InputInfo>,
+    plan: Arc<Vec<SourcePlan>>,
 }
 
 /// State shared by the generator, the runner and the context.
@@ -120,18 +121,19 @@ impl Scheduler {
             });
             inputs.push(info);
         }
+        let plan = Plan {
+            batch_id: id,
+            batch_time_ms: t.0,
+            sources,
+        };
         if let Some(cp) = &self.checkpointer {
-            cp.log_plan(&Plan {
-                batch_id: id,
-                batch_time_ms: t.0,
-                sources,
-            })?;
+            cp.log_plan(&plan)?;
             if cp.config.delivery == DeliveryMode::AtMostOnce {
                 // At most once: the batch counts as done before it runs.
                 cp.write_commit(id, t)?;
             }
         }
-        Ok(self.queue(id, t, inputs))
+        Ok(self.queue(id, t, inputs, Arc::new(plan.sources)))
     }
 
     /// Re-plans a logged batch exactly as it was planned (recovery).
@@ -139,6 +141,7 @@ impl Scheduler {
         let t = Time(plan.batch_time_ms);
         let inputs = self.graph.inputs();
         let mut infos = Vec::new();
+        let sources = Arc::new(plan.sources.clone());
         for sp in plan.sources {
             if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
                 input.replay(t, &sp.descriptor)?;
@@ -154,10 +157,10 @@ impl Scheduler {
             batch_time_ms = t.0,
             "re-running a logged batch after a restart"
         );
-        Ok(self.queue(plan.batch_id, t, infos))
+        Ok(self.queue(plan.batch_id, t, infos, sources))
     }
 
-    fn queue(&self, id: u64, t: Time, inputs: Vec<InputInfo>) -> Job {
+    fn queue(&self, id: u64, t: Time, inputs: Vec<InputInfo>, plan: Arc<Vec<SourcePlan>>) -> Job {
         self.metrics.batch_queued(BatchInfo {
             batch_id: id,
             batch_time: t,
@@ -171,6 +174,7 @@ impl Scheduler {
         Job {
             batch: BatchRef { id, time: t },
             inputs,
+            plan,
         }
     }
 
@@ -240,6 +244,7 @@ impl Scheduler {
             }
             let start = self.clock.now();
             let queued = self.metrics.batch_started(job.batch.time, start);
+            self.graph.set_current_plan(job.plan.clone());
             let (outputs, result) = self.pool.install(|| {
                 let (outputs, result) =
                     self.graph

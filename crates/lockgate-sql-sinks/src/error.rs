@@ -1,0 +1,33 @@
+//! The error type of `lockgate-sql-sinks`.
+
+/// What can go wrong in a SQL sink.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid sink configuration: {0}")]
+    Config(String),
+    /// SQLite failed.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed (including connecting).
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+impl Error {
+    /// True for failures worth retrying after reconnecting (a lost connection, a busy
+    /// database), false for errors that would fail again (bad SQL, constraint).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Config(_) => false,
+            Error::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Error::Postgres(e) => e.is_closed() || e.code().is_none(),
+        }
+    }
+}
+
+/// The result type of `lockgate-sql-sinks`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

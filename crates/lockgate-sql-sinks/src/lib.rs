@@ -1,0 +1,210 @@
+//! # lockgate-sql-sinks
+//!
+//! Transactional sinks for Lockgate: SQLite (embedded, `rusqlite`) and PostgreSQL
+//! (`postgres`). Each batch's rows and a row of the offsets table
+//! `lockgate_offsets(app, sink, batch_id, batch_time_ms, descriptors, description)` are
+//! written in ONE transaction; with exactly-once delivery a batch whose offsets row
+//! already exists is skipped, so a batch re-run after a crash changes nothing. Rows are
+//! inserted, or upserted by the table's key.
+//!
+//! The offsets table is also where the job can learn what was last committed
+//! ([`SqlSink::last_committed`]): "offsets and results in the same database".
+
+#![deny(missing_docs)]
+
+mod backend;
+pub mod error;
+mod postgres_backend;
+mod sqlite_backend;
+pub mod testing;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockgate_core::codec::to_bytes;
+use lockgate_core::{Batch, BoxError, Data, DeliveryMode, Sink, SinkBatch};
+
+pub use backend::{open_url, redact_url, Backend, CommitRequest};
+pub use error::{Error, Result};
+pub use postgres_backend::PostgresBackend;
+pub use sqlite_backend::SqliteBackend;
+
+/// The table of committed batches.
+pub const OFFSETS_TABLE: &str = "lockgate_offsets";
+
+/// A column's SQL type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlType {
+    /// 64-bit integer.
+    BigInt,
+    /// Double precision float.
+    Double,
+    /// Text.
+    Text,
+}
+
+/// A value of a row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SqlValue {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// NULL.
+    Null,
+}
+
+/// The results table of a sink.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Its name.
+    pub name: String,
+    /// Columns and types, in row order.
+    pub columns: Vec<(String, SqlType)>,
+    /// The primary key columns (used by upserts).
+    pub key: Vec<String>,
+}
+
+impl Table {
+    /// A table named `name` with `columns` and primary key `key`.
+    pub fn new(name: &str, columns: &[(&str, SqlType)], key: &[&str]) -> Self {
+        Table {
+            name: name.to_string(),
+            columns: columns.iter().map(|(c, t)| (c.to_string(), *t)).collect(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+/// How rows are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Plain inserts (a re-written batch would add its rows again).
+    Insert,
+    /// Insert, or update the row with the same key.
+    Upsert,
+}
+
+type ToRow<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
+
+/// A transactional sink over a [`Backend`].
+pub struct SqlSink<T, B> {
+    name: String,
+    table: Table,
+    mode: WriteMode,
+    to_row: ToRow<T>,
+    backend: Mutex<B>,
+    retries: u32,
+}
+
+/// The last batch a sink committed, from its offsets table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkCommit {
+    /// The batch id.
+    pub batch_id: u64,
+    /// The batch time.
+    pub batch_time_ms: i64,
+    /// The encoded input descriptors (`Vec<SourcePlan>`).
+    pub descriptors: Vec<u8>,
+}
+
+impl<T: Data, B: Backend> SqlSink<T, B> {
+    /// A sink named `name` writing `table` in `mode`, with rows made by `to_row`. Creates
+    /// the table and the offsets table if they do not exist.
+    pub fn new(
+        name: &str,
+        mut backend: B,
+        table: Table,
+        mode: WriteMode,
+        to_row: impl Fn(&T) -> Vec<SqlValue> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        if mode == WriteMode::Upsert && table.key.is_empty() {
+            return Err(Error::Config(format!(
+                "table `{}`: upserts need a key; give the table a primary key",
+                table.name
+            )));
+        }
+        backend.setup(&table)?;
+        Ok(SqlSink {
+            name: name.to_string(),
+            table,
+            mode,
+            to_row: Arc::new(to_row),
+            backend: Mutex::new(backend),
+            retries: 5,
+        })
+    }
+
+    /// How often a failed transaction is retried (reconnecting first) before the batch
+    /// fails (default 5, backing off from 100 ms).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// The last batch this sink committed for `app`.
+    pub fn last_committed(&self, app: &str) -> Result<Option<SinkCommit>> {
+        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        b.last_committed(app, &self.name)
+    }
+}
+
+impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn commit(&self, batch: &Batch<T>, info: &SinkBatch) -> std::result::Result<(), BoxError> {
+        let rows: Vec<Vec<SqlValue>> = batch.iter().map(|r| (self.to_row)(r)).collect();
+        let description = info
+            .inputs
+            .iter()
+            .map(|s| format!("{}: {}", s.source, s.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let req = CommitRequest {
+            table: &self.table,
+            mode: self.mode,
+            app: &info.app,
+            sink: &self.name,
+            batch_id: info.id,
+            batch_time_ms: info.time.millis(),
+            descriptors: to_bytes(info.inputs.as_ref()),
+            description,
+            rows: &rows,
+            skip_committed: info.delivery == DeliveryMode::ExactlyOnce,
+        };
+        let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            match backend.commit(&req) {
+                Ok(written) => {
+                    if !written {
+                        tracing::info!(sink = %self.name, batch = info.id, "batch already committed by this sink; skipped");
+                    }
+                    return Ok(());
+                }
+                Err(e) if attempt < self.retries && e.is_transient() => {
+                    attempt += 1;
+                    tracing::warn!(sink = %self.name, batch = info.id, error = %e, attempt, "sink transaction failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                    if let Err(e) = backend.reconnect() {
+                        tracing::warn!(sink = %self.name, error = %e, "reconnect failed");
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "sink `{}`, batch {}: {e} (nothing of this batch was committed; a restart \
+                         re-runs it)",
+                        self.name, info.id
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The PostgreSQL backend (synchronous `postgres` client).
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+
+use crate::backend::{check_row, create_offsets, create_table, insert_sql, Backend, CommitRequest};
+use crate::error::{Error, Result};
+use crate::{SinkCommit, SqlType, SqlValue, Table, OFFSETS_TABLE};
+
+/// A PostgreSQL database.
+pub struct PostgresBackend {
+    url: String,
+    client: Client,
+}
+
+impl PostgresBackend {
+    /// Connects to `url` (`postgres://user@host:port/db`).
+    pub fn connect(url: &str) -> Result<Self> {
+        let client = Client::connect(url, NoTls).map_err(|e| {
+            Error::Config(format!(
+                "cannot connect to PostgreSQL at {}: {e}; is the server running? \
+                 (scripts/postgres.sh start runs a local one)",
+                crate::redact_url(url)
+            ))
+        })?;
+        Ok(PostgresBackend {
+            url: url.to_string(),
+            client,
+        })
+    }
+}
+
+/// A value as a typed parameter for its column.
+fn param(v: &SqlValue, t: SqlType) -> Result<Box<dyn ToSql + Sync>> {
+    Ok(match (v, t) {
+        (SqlValue::Int(i), SqlType::BigInt) => Box::new(*i),
+        (SqlValue::Int(i), SqlType::Double) => Box::new(*i as f64),
+        (SqlValue::Float(f), SqlType::Double) => Box::new(*f),
+        (SqlValue::Text(s), SqlType::Text) => Box::new(s.clone()),
+        (SqlValue::Null, SqlType::BigInt) => Box::new(None::<i64>),
+        (SqlValue::Null, SqlType::Double) => Box::new(None::<f64>),
+        (SqlValue::Null, SqlType::Text) => Box::new(None::<String>),
+        (v, t) => {
+            return Err(Error::Config(format!(
+                "value {v:?} does not fit a {t:?} column"
+            )))
+        }
+    })
+}
+
+impl Backend for PostgresBackend {
+    fn setup(&mut self, table: &Table) -> Result<()> {
+        self.client.batch_execute(&create_table(table, true))?;
+        self.client.batch_execute(&create_offsets(true))?;
+        Ok(())
+    }
+
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool> {
+        let mut tx = self.client.transaction()?;
+        let sql =
+            format!("SELECT 1 FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 AND batch_id = $3");
+        let done = tx.query_opt(&sql, &[&req.app, &req.sink, &(req.batch_id as i64)])?;
+        if done.is_some() && req.skip_committed {
+            return Ok(false);
+        }
+        let stmt = tx.prepare(&insert_sql(req.table, req.mode, |i| format!("${i}")))?;
+        for row in req.rows {
+            check_row(req.table, row)?;
+            let params = row
+                .iter()
+                .zip(&req.table.columns)
+                .map(|(v, (_, t))| param(v, *t))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+            tx.execute(&stmt, &refs)?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {OFFSETS_TABLE} (app, sink, batch_id, batch_time_ms, descriptors, description) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, sink, batch_id) DO NOTHING"
+            ),
+            &[&req.app, &req.sink, &(req.batch_id as i64), &req.batch_time_ms, &req.descriptors, &req.description],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>> {
+        let sql = format!(
+            "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 \
+             ORDER BY batch_id DESC LIMIT 1"
+        );
+        Ok(self
+            .client
+            .query_opt(&sql, &[&app, &sink])?
+            .map(|r| SinkCommit {
+                batch_id: r.get::<_, i64>(0) as u64,
+                batch_time_ms: r.get(1),
+                descriptors: r.get(2),
+            }))
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        self.client = Client::connect(&self.url, NoTls)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! The SQLite backend (embedded, bundled SQLite).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
+
+use crate::backend::{check_row, create_offsets, create_table, insert_sql, Backend, CommitRequest};
+use crate::error::Result;
+use crate::{SinkCommit, SqlValue, Table, OFFSETS_TABLE};
+
+/// A SQLite database file.
+pub struct SqliteBackend {
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl SqliteBackend {
+    /// Opens (creating) the database at `path`, in WAL journal mode with full sync.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Self::connect(path)?;
+        Ok(SqliteBackend {
+            path: path.to_path_buf(),
+            conn,
+        })
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(conn)
+    }
+}
+
+impl ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Owned(match self {
+            SqlValue::Int(i) => Value::Integer(*i),
+            SqlValue::Float(f) => Value::Real(*f),
+            SqlValue::Text(s) => Value::Text(s.clone()),
+            SqlValue::Null => Value::Null,
+        }))
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn setup(&mut self, table: &Table) -> Result<()> {
+        self.conn.execute(&create_table(table, false), [])?;
+        self.conn.execute(&create_offsets(false), [])?;
+        Ok(())
+    }
+
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let sql =
+            format!("SELECT 1 FROM {OFFSETS_TABLE} WHERE app = ?1 AND sink = ?2 AND batch_id = ?3");
+        let done: Option<i64> = tx
+            .query_row(&sql, params![req.app, req.sink, req.batch_id as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if done.is_some() && req.skip_committed {
+            return Ok(false);
+        }
+        {
+            let mut stmt =
+                tx.prepare_cached(&insert_sql(req.table, req.mode, |i| format!("?{i}")))?;
+            for row in req.rows {
+                check_row(req.table, row)?;
+                stmt.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {OFFSETS_TABLE} (app, sink, batch_id, batch_time_ms, descriptors, description) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (app, sink, batch_id) DO NOTHING"
+            ),
+            params![req.app, req.sink, req.batch_id as i64, req.batch_time_ms, req.descriptors, req.description],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>> {
+        let sql = format!(
+            "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = ?1 AND sink = ?2 \
+             ORDER BY batch_id DESC LIMIT 1"
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, params![app, sink], |r| {
+                Ok(SinkCommit {
+                    batch_id: r.get::<_, i64>(0)? as u64,
+                    batch_time_ms: r.get(1)?,
+                    descriptors: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        self.conn = Self::connect(&self.path)?;
+        Ok(())
+    }
+}

@@ -153,6 +153,7 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         checkpoint: checkpoint.map(Path::to_path_buf),
         block_interval: Duration::from_millis(200),
         sink: None,
+        from_sink_offsets: false,
         delivery: Default::default(),
     };
     cfg.validate()?;

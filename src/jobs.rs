@@ -10,7 +10,7 @@ use lockgate_core::{
     Batch, DStream, DeliveryMode, FileStreamOptions, StreamingContext, StreamingContextBuilder,
     Time, Trigger,
 };
-use lockgate_sql_sinks::{SqlSink, SqlType, SqlValue, Table, WriteMode};
+use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -71,6 +71,8 @@ pub struct JobConfig {
     pub block_interval: Duration,
     /// A transactional sink: `sqlite:PATH` or `postgres://...`.
     pub sink: Option<String>,
+    /// Resume from the sink's offsets when the checkpoint has no commit.
+    pub from_sink_offsets: bool,
     /// Delivery guarantee (with a checkpoint).
     pub delivery: DeliveryMode,
 }
@@ -134,6 +136,17 @@ impl JobConfig {
             Some(url) => Some(lockgate_sql_sinks::open_url(url)?),
             None => None,
         };
+        let offsets = match (&mut backend, self.from_sink_offsets) {
+            (Some(b), true) => {
+                let sink = match job {
+                    Job::LogErrors => "window_counts",
+                    Job::WordCount => "word_counts",
+                };
+                lockgate_sql_sinks::offsets_of(b.committed(job.name(), sink)?)?
+            }
+            (None, true) => bail!("--from-sink-offsets needs --sink"),
+            _ => None,
+        };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
             let lines = self.lines(ctx);
             let json = self.output.as_deref().map(JsonOutput::new);
@@ -184,7 +197,10 @@ impl JobConfig {
         };
         let ctx = match &self.checkpoint {
             Some(dir) => StreamingContext::get_or_create(dir, |b| {
-                let ctx = self.configure(job.name(), b).build()?;
+                let ctx = self
+                    .configure(job.name(), b)
+                    .from_sink_offsets(offsets.clone())
+                    .build()?;
                 install(&ctx)?;
                 Ok(ctx)
             })
@@ -192,6 +208,7 @@ impl JobConfig {
             None => {
                 let ctx = self
                     .configure(job.name(), StreamingContext::builder())
+                    .from_sink_offsets(offsets.clone())
                     .build()?;
                 install(&ctx)?;
                 ctx

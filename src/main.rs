@@ -134,6 +134,10 @@ pub struct RunOpts {
     /// word_counts, and lockgate_offsets).
     #[arg(long, value_name = "URL")]
     sink: Option<String>,
+    /// With --sink: when the checkpoint has no committed batch (new or lost), resume
+    /// after the batches the sink recorded (their input is skipped, batch ids continue).
+    #[arg(long)]
+    from_sink_offsets: bool,
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
@@ -251,6 +255,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         checkpoint: opts.checkpoint.clone(),
         block_interval: opts.block_interval,
         sink: opts.sink.clone(),
+        from_sink_offsets: opts.from_sink_offsets,
         delivery: match opts.delivery {
             Delivery::ExactlyOnce => lockgate_core::DeliveryMode::ExactlyOnce,
             Delivery::AtLeastOnce => lockgate_core::DeliveryMode::AtLeastOnce,

@@ -13,9 +13,10 @@ use crate::checkpoint::{
 };
 use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
-use crate::graph::{lock, Graph};
+use crate::graph::{lock, Graph, InputSource};
 use crate::metrics::StreamingMetrics;
 use crate::scheduler::Scheduler;
+use crate::sink::SinkOffsets;
 
 /// When batches are generated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,9 +52,20 @@ pub struct StreamingContextBuilder {
     start_time: Option<Time>,
     block_interval: Duration,
     receiver_wal: bool,
+    from_sink: Option<SinkOffsets>,
 }
 
 impl StreamingContextBuilder {
+    /// Resumes from what a transactional sink recorded instead of from nothing, when the
+    /// checkpoint directory has no committed batch (it is new, or was lost): sources skip
+    /// the input of the batches the sink committed, and batch ids continue after the
+    /// sink's last one (so the sink does not skip new batches as already committed).
+    /// Operator state is not in the sink: stateful operators start empty.
+    pub fn from_sink_offsets(mut self, offsets: Option<SinkOffsets>) -> Self {
+        self.from_sink = offsets;
+        self
+    }
+
     /// How often receivers turn what they received into a durable WAL block (default
     /// 200 ms; only with a checkpoint directory).
     pub fn block_interval(mut self, d: Duration) -> Self {
@@ -187,6 +199,7 @@ impl StreamingContextBuilder {
                 start_time: self.start_time,
                 block_interval: self.block_interval,
                 receiver_wal: self.receiver_wal,
+                from_sink: self.from_sink,
                 graph: Arc::new(Graph::new(&app_name, interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
                 stopping: AtomicBool::new(false),
@@ -219,6 +232,7 @@ struct Inner {
     start_time: Option<Time>,
     block_interval: Duration,
     receiver_wal: bool,
+    from_sink: Option<SinkOffsets>,
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
     stopping: AtomicBool,
@@ -247,6 +261,7 @@ impl StreamingContext {
             start_time: None,
             block_interval: Duration::from_millis(200),
             receiver_wal: true,
+            from_sink: None,
         }
     }
 
@@ -323,6 +338,15 @@ impl StreamingContext {
         }
     }
 
+    /// Zero time and first batch id of a run that recovers nothing: after the sink's
+    /// last batch with `from_sink_offsets`, else from the clock (or start time).
+    fn fresh_timing(&self) -> (Time, u64) {
+        match &self.inner.from_sink {
+            Some(o) => (Time(o.last_batch_time_ms), o.last_batch_id + 1),
+            None => (self.fresh_zero(), 0),
+        }
+    }
+
     fn fresh_zero(&self) -> Time {
         let interval = self.inner.graph.timing.interval_ms;
         let base = self
@@ -373,7 +397,7 @@ impl StreamingContext {
             &self.inner.app_name,
             self.inner.graph.timing.interval_ms,
             settings,
-            self.fresh_zero(),
+            self.fresh_timing(),
             &inputs,
         )?;
         Ok((rec, cp))
@@ -434,7 +458,7 @@ impl StreamingContext {
             None if self.inner.checkpoint.is_some() => Some(self.recover()?),
             None => None,
         };
-        let (zero, base_id, first, replays, recovered, checkpointer) = match recovery {
+        let (mut zero, mut base_id, mut first, replays, recovered, checkpointer) = match recovery {
             Some((r, cp)) => (
                 r.zero,
                 r.base_id,
@@ -448,6 +472,13 @@ impl StreamingContext {
                 (zero, 0, zero.plus_ms(interval), Vec::new(), false, None)
             }
         };
+        if let (Some(offsets), false) = (&self.inner.from_sink, recovered) {
+            seed_from_sink(&self.inner.graph.inputs(), offsets)?;
+            if checkpointer.is_none() {
+                (zero, base_id) = self.fresh_timing();
+                first = zero.plus_ms(interval);
+            }
+        }
         self.inner.graph.start(zero, base_id);
         let bounded = self.inner.trigger == Trigger::AvailableNow;
         let inputs = self.inner.graph.inputs();
@@ -570,4 +601,25 @@ impl Drop for Inner {
             input.stop();
         }
     }
+}
+
+/// Marks the input of the sink's committed batches as consumed.
+fn seed_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Result<()> {
+    for input in inputs {
+        let name = input.name();
+        let descriptors: Vec<&[u8]> = offsets
+            .plans
+            .iter()
+            .flatten()
+            .filter(|p| p.source == name)
+            .map(|p| p.descriptor.as_slice())
+            .collect();
+        input.seed_consumed(&descriptors)?;
+    }
+    tracing::info!(
+        last_batch = offsets.last_batch_id,
+        batches = offsets.plans.len(),
+        "resuming from the sink's offsets"
+    );
+    Ok(())
 }

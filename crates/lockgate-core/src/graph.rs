@@ -252,6 +252,11 @@ pub(crate) trait InputSource: Send + Sync {
     }
     /// The batches up to `t` are durably committed: their input may be released.
     fn committed(&self, _t: Time) {}
+    /// Marks the input of these logged descriptors as consumed (resuming from a sink's
+    /// offsets).
+    fn seed_consumed(&self, _descriptors: &[&[u8]]) -> Result<()> {
+        Ok(())
+    }
     /// True while the source has data that a next `plan` would take.
     fn has_pending(&self) -> bool;
     /// Drops planned data of batches up to `done`.

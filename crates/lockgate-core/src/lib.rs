@@ -69,7 +69,7 @@ pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
 pub use metrics::{BatchInfo, MetricsSnapshot, SourceCounters, StreamingMetrics};
 pub use show::Show;
-pub use sink::{Sink, SinkBatch};
+pub use sink::{Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;
 pub use source::queue::InputQueue;
 pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};

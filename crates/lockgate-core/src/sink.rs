@@ -33,6 +33,19 @@ pub struct SinkBatch {
     pub delivery: DeliveryMode,
 }
 
+/// What a transactional sink recorded as committed: where a job resumes when the sink's
+/// database, not the checkpoint, is the source of truth ("offsets and results in the same
+/// database"). See [`StreamingContextBuilder::from_sink_offsets`](crate::StreamingContextBuilder::from_sink_offsets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkOffsets {
+    /// The last committed batch id.
+    pub last_batch_id: u64,
+    /// Its batch time.
+    pub last_batch_time_ms: i64,
+    /// The plans of the committed batches the sink still records, oldest first.
+    pub plans: Vec<Vec<SourcePlan>>,
+}
+
 /// An output that commits whole batches, idempotently per batch id.
 pub trait Sink<T>: Send + Sync + 'static {
     /// A stable name (recorded with committed batches).

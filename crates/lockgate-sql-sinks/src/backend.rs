@@ -34,8 +34,8 @@ pub trait Backend: Send + 'static {
     /// In one transaction: unless `skip_committed` finds the batch's offsets row, writes
     /// the rows and the offsets row. Returns whether the batch was written.
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool>;
-    /// The newest offsets row of `(app, sink)`.
-    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>>;
+    /// The offsets rows of `(app, sink)`, oldest first.
+    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>>;
     /// Re-opens the connection after a failure.
     fn reconnect(&mut self) -> Result<()>;
 }
@@ -47,8 +47,8 @@ impl Backend for Box<dyn Backend> {
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool> {
         (**self).commit(req)
     }
-    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>> {
-        (**self).last_committed(app, sink)
+    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>> {
+        (**self).committed(app, sink)
     }
     fn reconnect(&mut self) -> Result<()> {
         (**self).reconnect()

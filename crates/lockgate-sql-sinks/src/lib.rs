@@ -21,8 +21,9 @@ pub mod testing;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockgate_core::codec::to_bytes;
-use lockgate_core::{Batch, BoxError, Data, DeliveryMode, Sink, SinkBatch};
+use lockgate_core::checkpoint::log::SourcePlan;
+use lockgate_core::codec::{from_bytes, to_bytes};
+use lockgate_core::{Batch, BoxError, Data, DeliveryMode, Sink, SinkBatch, SinkOffsets};
 
 pub use backend::{open_url, redact_url, Backend, CommitRequest};
 pub use error::{Error, Result};
@@ -99,6 +100,27 @@ pub struct SqlSink<T, B> {
     retries: u32,
 }
 
+/// Turns offsets rows (oldest first) into [`SinkOffsets`].
+pub fn offsets_of(rows: Vec<SinkCommit>) -> Result<Option<SinkOffsets>> {
+    let Some(last) = rows.last().cloned() else {
+        return Ok(None);
+    };
+    let plans = rows
+        .iter()
+        .map(|r| from_bytes::<Vec<SourcePlan>>(&r.descriptors))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "the offsets table holds descriptors that do not decode: {e}"
+            ))
+        })?;
+    Ok(Some(SinkOffsets {
+        last_batch_id: last.batch_id,
+        last_batch_time_ms: last.batch_time_ms,
+        plans,
+    }))
+}
+
 /// The last batch a sink committed, from its offsets table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SinkCommit {
@@ -147,7 +169,14 @@ impl<T: Data, B: Backend> SqlSink<T, B> {
     /// The last batch this sink committed for `app`.
     pub fn last_committed(&self, app: &str) -> Result<Option<SinkCommit>> {
         let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-        b.last_committed(app, &self.name)
+        Ok(b.committed(app, &self.name)?.pop())
+    }
+
+    /// Everything this sink recorded as committed for `app`, for
+    /// [`from_sink_offsets`](lockgate_core::StreamingContextBuilder::from_sink_offsets).
+    pub fn offsets(&self, app: &str) -> Result<Option<SinkOffsets>> {
+        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        offsets_of(b.committed(app, &self.name)?)
     }
 }
 

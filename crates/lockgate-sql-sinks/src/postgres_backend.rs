@@ -85,19 +85,21 @@ impl Backend for PostgresBackend {
         Ok(true)
     }
 
-    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>> {
+    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>> {
         let sql = format!(
             "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 \
-             ORDER BY batch_id DESC LIMIT 1"
+             ORDER BY batch_id"
         );
         Ok(self
             .client
-            .query_opt(&sql, &[&app, &sink])?
+            .query(&sql, &[&app, &sink])?
+            .iter()
             .map(|r| SinkCommit {
                 batch_id: r.get::<_, i64>(0) as u64,
                 batch_time_ms: r.get(1),
                 descriptors: r.get(2),
-            }))
+            })
+            .collect())
     }
 
     fn reconnect(&mut self) -> Result<()> {

@@ -83,21 +83,20 @@ impl Backend for SqliteBackend {
         Ok(true)
     }
 
-    fn last_committed(&mut self, app: &str, sink: &str) -> Result<Option<SinkCommit>> {
+    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>> {
         let sql = format!(
             "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = ?1 AND sink = ?2 \
-             ORDER BY batch_id DESC LIMIT 1"
+             ORDER BY batch_id"
         );
-        Ok(self
-            .conn
-            .query_row(&sql, params![app, sink], |r| {
-                Ok(SinkCommit {
-                    batch_id: r.get::<_, i64>(0)? as u64,
-                    batch_time_ms: r.get(1)?,
-                    descriptors: r.get(2)?,
-                })
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![app, sink], |r| {
+            Ok(SinkCommit {
+                batch_id: r.get::<_, i64>(0)? as u64,
+                batch_time_ms: r.get(1)?,
+                descriptors: r.get(2)?,
             })
-            .optional()?)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn reconnect(&mut self) -> Result<()> {

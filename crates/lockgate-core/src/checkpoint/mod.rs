@@ -263,9 +263,10 @@ impl Checkpointer {
         app_name: &str,
         interval_ms: i64,
         config: Vec<(String, String)>,
-        fresh_zero: Time,
+        fresh: (Time, u64),
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<Recovery> {
+        let (fresh_zero, fresh_base) = fresh;
         let Some(meta) = self.log.read_metadata()? else {
             let plans = self.log.plan_ids();
             if !plans.is_empty() {
@@ -279,14 +280,14 @@ impl Checkpointer {
             self.log.write_metadata(&Metadata {
                 app_name: app_name.to_string(),
                 zero_ms: fresh_zero.0,
-                base_id: 0,
+                base_id: fresh_base,
                 interval_ms,
                 operators: self.operators_in_code(),
                 config,
             })?;
             return Ok(Recovery {
                 zero: fresh_zero,
-                base_id: 0,
+                base_id: fresh_base,
                 replays: Vec::new(),
                 next_time: fresh_zero.plus_ms(interval_ms),
                 restored: false,

@@ -233,6 +233,24 @@ impl InputSource for FileInput {
         !lock(&self.backlog).is_empty()
     }
 
+    fn seed_consumed(&self, descriptors: &[&[u8]]) -> Result<()> {
+        let mut taken = lock(&self.taken);
+        let st = &mut *taken;
+        let mut seen = lock(&self.seen);
+        for d in descriptors {
+            let files: Vec<PathBuf> = from_bytes(d).map_err(|e| Error::Source {
+                source_name: self.name.clone(),
+                message: format!("a sink's recorded file list does not decode: {e}"),
+            })?;
+            for f in files {
+                seen.insert(f.clone());
+                st.dirty[0].insert(f.clone());
+                st.maps[0].insert(f, ());
+            }
+        }
+        Ok(())
+    }
+
     fn forget(&self, done: Time) {
         let mut p = lock(&self.planned);
         let later = p.split_off(&done.plus_ms(1));

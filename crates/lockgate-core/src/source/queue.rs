@@ -289,6 +289,18 @@ impl<T: Data> InputSource for SeqInput<T> {
         *lock(&self.next) < self.batches.len()
     }
 
+    fn seed_consumed(&self, descriptors: &[&[u8]]) -> Result<()> {
+        for d in descriptors {
+            let idx: u64 = from_bytes(d).map_err(|e| crate::error::Error::Source {
+                source_name: self.name.clone(),
+                message: format!("a sink's recorded index does not decode: {e}"),
+            })?;
+            let mut next = lock(&self.next);
+            *next = (*next).max(usize::try_from(idx).unwrap_or(usize::MAX).saturating_add(1));
+        }
+        Ok(())
+    }
+
     fn forget(&self, done: Time) {
         let mut p = lock(&self.planned);
         let later = p.split_off(&done.plus_ms(1));

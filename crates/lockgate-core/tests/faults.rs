@@ -79,7 +79,7 @@ fn a_full_checkpoint_disk_is_a_clear_error_and_a_restart_loses_nothing() {
     }
     let (run, first) = job(&cp, 0);
     run.ctx.start().unwrap();
-    let err = run.run_batches(40).err().expect("the disk should fill up");
+    let err = run.run_batches(40).expect_err("the disk should fill up");
     let _ = run.ctx.stop(false);
     let msg = err.to_string();
     assert!(

@@ -28,6 +28,16 @@ pub struct BenchOpts {
     /// Worker threads (default: number of cores).
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Runs of each engine variant (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+}
+
+/// The run with the median time.
+fn median(mut runs: Vec<Figures>) -> Figures {
+    runs.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
 }
 
 /// Peak resident memory since the last reset, in bytes (Linux).
@@ -202,10 +212,16 @@ pub fn log_errors(opts: &BenchOpts) -> Result<()> {
     // Warm the page cache so neither side pays for the disk.
     let warm = raw_scan(&files, cores)?;
     let baseline = raw_scan(&files, cores)?;
-    let run = engine(&dir, opts, warm.bytes, None)?;
+    // Short runs are noisy: alternate the two variants and keep each one's median.
     let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
-    let checkpointed = engine(&dir, opts, warm.bytes, Some(&cp_dir))?;
+    let (mut plain, mut with_cp) = (Vec::new(), Vec::new());
+    for _ in 0..opts.repeat.max(1) {
+        plain.push(engine(&dir, opts, warm.bytes, None)?);
+        with_cp.push(engine(&dir, opts, warm.bytes, Some(&cp_dir))?);
+    }
     let _ = std::fs::remove_dir_all(&cp_dir);
+    let run = median(plain);
+    let checkpointed = median(with_cp);
     for r in [&run, &checkpointed] {
         if r.lines != baseline.lines || r.errors != baseline.errors {
             bail!(
@@ -218,10 +234,12 @@ pub fn log_errors(opts: &BenchOpts) -> Result<()> {
         }
     }
     println!(
-        "log-errors: {} lines ({:.1} MB) in {} files, one file per batch, {cores} workers",
+        "log-errors: {} lines ({:.1} MB) in {} files, one file per batch, {cores} workers, \
+         median of {} runs",
         baseline.lines,
         mb(baseline.bytes),
-        files.len()
+        files.len(),
+        opts.repeat.max(1)
     );
     baseline.print("raw-scan");
     run.print("lockgate");
@@ -235,4 +253,90 @@ pub fn log_errors(opts: &BenchOpts) -> Result<()> {
         100.0 * (1.0 - run.elapsed.as_secs_f64() / checkpointed.elapsed.as_secs_f64())
     );
     Ok(())
+}
+
+/// Options of `bench recovery`.
+#[derive(Args)]
+pub struct RecoveryOpts {
+    /// Distinct words held in the word-count state.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Worker threads and state partitions (default: number of cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+}
+
+/// Word count holding `--keys` keys: checkpoint it, then time the recovery of a new
+/// context from that checkpoint (reading and decoding the state snapshot files and
+/// rebuilding the hash maps), against the time the first run took to build the state.
+pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
+    use lockgate_core::testing::ManualRun;
+    use lockgate_core::{ManualClock, StreamingContext};
+    use std::sync::Arc;
+
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench recovery`");
+    }
+    let dir = std::env::temp_dir().join(format!("lockgate-bench-recovery-{}", std::process::id()));
+    let words: Vec<String> = (0..opts.keys).map(|i| format!("word{i:08}")).collect();
+    let build = |clock: Arc<ManualClock>| {
+        StreamingContext::get_or_create(&dir, |b| {
+            let mut b = b.app_name("bench-recovery").clock(clock);
+            if let Some(p) = opts.parallelism {
+                b = b.parallelism(p);
+            }
+            let ctx = b.build()?;
+            ctx.seq_stream(vec![words.clone()])
+                .map(|w| (w, 1i64))
+                .update_state_by_key(|v: &[i64], s: Option<i64>| Some(s.unwrap_or(0) + v.len() as i64))
+                .name("word_counts_state")
+                .foreach_batch(|_, _| ());
+            Ok(ctx)
+        })
+    };
+    let clock = Arc::new(ManualClock::new(0));
+    let first_start = Instant::now();
+    let run = ManualRun {
+        ctx: build(clock.clone())?,
+        clock,
+    };
+    run.ctx.start()?;
+    run.next_batch()?;
+    run.ctx.stop(false)?;
+    let first = first_start.elapsed();
+    let bytes: u64 = walk_size(&dir.join("state"));
+
+    let started = Instant::now();
+    let ctx = build(Arc::new(ManualClock::new(1000)))?;
+    let recovery = started.elapsed();
+    let held: usize = ctx.state_sizes().iter().flat_map(|(_, p)| p.iter()).sum();
+    drop(ctx);
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(held as u64 >= opts.keys, "recovered {held} keys, expected {}", opts.keys);
+    println!(
+        "recovery: {} keys ({:.1} MB of state files): first run (build state + checkpoint) {:.3} s, \
+         recovery (read + decode + rebuild) {:.3} s",
+        opts.keys,
+        mb(bytes),
+        first.as_secs_f64(),
+        recovery.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk_size(&p)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

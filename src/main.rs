@@ -166,6 +166,8 @@ enum BenchWhat {
     /// log-errors over generated files, --once, one file per batch, against a raw
     /// memchr scan of the same files.
     LogErrors(bench::BenchOpts),
+    /// Recovery time of a word count holding many keys (default 1M).
+    Recovery(bench::RecoveryOpts),
 }
 
 /// Where the embedded default (no --input, no --socket) keeps its files.
@@ -208,6 +210,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench {
             what: BenchWhat::LogErrors(opts),
         } => bench::log_errors(&opts),
+        Command::Bench {
+            what: BenchWhat::Recovery(opts),
+        } => bench::recovery(&opts),
         Command::Checkpoint { what } => checkpoint_cmd::run(what),
         Command::Torture(opts) => torture::run(&opts),
     }

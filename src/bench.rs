@@ -35,7 +35,7 @@ pub struct BenchOpts {
 
 /// The run with the median time.
 fn median(mut runs: Vec<Figures>) -> Figures {
-    runs.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    runs.sort_by_key(|r| r.elapsed);
     let mid = runs.len() / 2;
     runs.swap_remove(mid)
 }
@@ -288,7 +288,9 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
             let ctx = b.build()?;
             ctx.seq_stream(vec![words.clone()])
                 .map(|w| (w, 1i64))
-                .update_state_by_key(|v: &[i64], s: Option<i64>| Some(s.unwrap_or(0) + v.len() as i64))
+                .update_state_by_key(|v: &[i64], s: Option<i64>| {
+                    Some(s.unwrap_or(0) + v.len() as i64)
+                })
                 .name("word_counts_state")
                 .foreach_batch(|_, _| ());
             Ok(ctx)
@@ -312,7 +314,11 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
     let held: usize = ctx.state_sizes().iter().flat_map(|(_, p)| p.iter()).sum();
     drop(ctx);
     let _ = std::fs::remove_dir_all(&dir);
-    anyhow::ensure!(held as u64 >= opts.keys, "recovered {held} keys, expected {}", opts.keys);
+    anyhow::ensure!(
+        held as u64 >= opts.keys,
+        "recovered {held} keys, expected {}",
+        opts.keys
+    );
     println!(
         "recovery: {} keys ({:.1} MB of state files): first run (build state + checkpoint) {:.3} s, \
          recovery (read + decode + rebuild) {:.3} s",

@@ -107,14 +107,22 @@ pub fn write_file(path: &Path, kind: FileKind, payload: &[u8]) -> Result<()> {
     write_file_with(path, kind, payload, true)
 }
 
-/// Writes many files atomically, then makes them all durable at once (on Linux one
-/// `syncfs` of their filesystem instead of two fsyncs per file).
-pub fn write_files_durably(root: &Path, files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
+/// True where one [`sync_filesystem`] makes many files durable at once (Linux `syncfs`);
+/// elsewhere every file is fsynced on its own.
+pub const BATCHED_SYNC: bool = cfg!(target_os = "linux");
+
+/// Writes many files atomically; they are durable after the next [`sync_filesystem`]
+/// (or at once where [`BATCHED_SYNC`] is false).
+pub fn write_files(files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
     use rayon::prelude::*;
-    let batched = cfg!(target_os = "linux");
     files
         .into_par_iter()
-        .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, !batched))?;
+        .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, !BATCHED_SYNC))
+}
+
+/// Makes every file written so far under `root` durable, renames included: one `syncfs`
+/// of the filesystem on Linux (a no-op elsewhere, where writes were synced one by one).
+pub fn sync_filesystem(root: &Path) -> Result<()> {
     #[cfg(target_os = "linux")]
     {
         let dir =

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, write_file, FileKind};
+use crate::checkpoint::file::{read_file, sync_filesystem, write_file, write_files, FileKind};
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -197,6 +197,25 @@ impl CheckpointLog {
     /// Logs a plan durably.
     pub fn write_plan(&self, p: &Plan) -> Result<()> {
         write_file(&self.plan_path(p.batch_id), FileKind::Plan, &to_bytes(p))
+    }
+
+    /// Logs several plans and makes them durable together (one filesystem sync).
+    pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
+        let files = plans
+            .iter()
+            .map(|p| (self.plan_path(p.batch_id), FileKind::Plan, to_bytes(p)))
+            .collect();
+        write_files(files)?;
+        sync_filesystem(&self.root)
+    }
+
+    /// Writes a commit that becomes durable with the next filesystem sync (group commit).
+    pub fn write_commit_deferred(&self, c: &Commit) -> Result<()> {
+        write_files(vec![(
+            self.commit_path(c.batch_id),
+            FileKind::Commit,
+            to_bytes(c),
+        )])
     }
 
     /// Reads the plan of `id`.

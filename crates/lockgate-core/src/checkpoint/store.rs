@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, write_file, write_files_durably, FileKind};
+use crate::checkpoint::file::{read_file, write_file, write_files, FileKind};
 use crate::codec::{Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -123,13 +123,10 @@ impl StateStore {
         (path, kind, payload)
     }
 
-    /// Writes state files and makes them durable.
+    /// Writes state files; they are durable after the next
+    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem).
     pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        fs::create_dir_all(&self.root).map_err(|e| Error::io("create directory", &self.root, e))?;
-        write_files_durably(&self.root, files)
+        write_files(files)
     }
 
     /// Writes one state file durably.

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::graph::{lock, BatchRef, Graph, InputInfo};
 use crate::metrics::{BatchInfo, StreamingMetrics};
 
+/// How many batches a bounded run plans ahead (and logs with one sync).
+const PLAN_AHEAD: usize = 8;
+
 /// One planned batch, on its way from the generator to the runner.
 struct Job {
     batch: BatchRef,
@@ -72,7 +75,7 @@ impl Scheduler {
     /// batches are planned from `first`.
     pub fn spawn(self: &Arc<Self>, first: Time, replays: Vec<Plan>) -> Result<Vec<JoinHandle<()>>> {
         // Bounded runs plan at most one batch ahead; streaming runs queue freely.
-        let capacity = if self.bounded { 1 } else { 1 << 20 };
+        let capacity = if self.bounded { PLAN_AHEAD } else { 1 << 20 };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let spawn_err = |e: std::io::Error| Error::Lifecycle(format!("cannot start thread: {e}"));
         let runner = {
@@ -108,32 +111,63 @@ impl Scheduler {
     /// Plans batch `t`: asks every source for its input descriptor and logs the plan
     /// durably before the batch may run.
     fn plan(&self, t: Time) -> Result<Job> {
-        let id = self.graph.timing.batch_id(t);
-        let mut inputs = Vec::new();
-        let mut sources = Vec::new();
-        for input in self.graph.inputs() {
-            let (info, descriptor) = input.plan(t)?;
-            sources.push(SourcePlan {
-                source: info.source.clone(),
-                descriptor,
-                records: info.records,
-                description: info.description.clone(),
-            });
-            inputs.push(info);
+        Ok(self.plan_group(t, 1)?.remove(0))
+    }
+
+    /// Plans up to `max` batches from `first` on (fewer when a bounded run's sources run
+    /// dry) and logs their plans durably together (one filesystem sync) before any of
+    /// them may run.
+    fn plan_group(&self, first: Time, max: usize) -> Result<Vec<Job>> {
+        let interval = self.graph.timing.interval_ms;
+        let mut planned = Vec::new();
+        let mut t = first;
+        while planned.is_empty()
+            || (planned.len() < max && self.graph.inputs().iter().any(|i| i.has_pending()))
+        {
+            let id = self.graph.timing.batch_id(t);
+            let mut inputs = Vec::new();
+            let mut sources = Vec::new();
+            for input in self.graph.inputs() {
+                let (info, descriptor) = input.plan(t)?;
+                sources.push(SourcePlan {
+                    source: info.source.clone(),
+                    descriptor,
+                    records: info.records,
+                    description: info.description.clone(),
+                });
+                inputs.push(info);
+            }
+            planned.push((
+                Plan {
+                    batch_id: id,
+                    batch_time_ms: t.0,
+                    sources,
+                },
+                inputs,
+            ));
+            t = t.plus_ms(interval);
         }
-        let plan = Plan {
-            batch_id: id,
-            batch_time_ms: t.0,
-            sources,
-        };
         if let Some(cp) = &self.checkpointer {
-            cp.log_plan(&plan)?;
+            let plans: Vec<Plan> = planned.iter().map(|(p, _)| p.clone()).collect();
+            cp.log_plans(&plans)?;
             if cp.config.delivery == DeliveryMode::AtMostOnce {
-                // At most once: the batch counts as done before it runs.
-                cp.write_commit(id, t)?;
+                // At most once: a batch counts as done before it runs.
+                for p in &plans {
+                    cp.write_commit(p.batch_id, Time(p.batch_time_ms))?;
+                }
             }
         }
-        Ok(self.queue(id, t, inputs, Arc::new(plan.sources)))
+        Ok(planned
+            .into_iter()
+            .map(|(p, inputs)| {
+                self.queue(
+                    p.batch_id,
+                    Time(p.batch_time_ms),
+                    inputs,
+                    Arc::new(p.sources),
+                )
+            })
+            .collect())
     }
 
     /// Re-plans a logged batch exactly as it was planned (recovery).
@@ -212,10 +246,15 @@ impl Scheduler {
             if !self.bounded && self.clock.now() < t {
                 continue;
             }
-            match self.plan(t) {
-                Ok(job) => {
-                    if tx.send(job).is_err() {
-                        return;
+            // A bounded run plans several batches at once: one sync for all their plans.
+            let max = if self.bounded { PLAN_AHEAD } else { 1 };
+            match self.plan_group(t, max) {
+                Ok(jobs) => {
+                    t = t.plus_ms(interval * jobs.len() as i64);
+                    for job in jobs {
+                        if tx.send(job).is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
@@ -223,7 +262,6 @@ impl Scheduler {
                     return;
                 }
             }
-            t = t.plus_ms(interval);
         }
         // Graceful stop: receivers are stopped by now; what they stored but no batch has
         // taken yet goes into one last batch.

@@ -578,8 +578,8 @@ impl Checkpointer {
     }
 
     fn spawn_writer(&self) -> Result<std::sync::mpsc::SyncSender<WriteJob>> {
-        // Two batches may wait for the disk; then the runner waits (backpressure).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(2);
+        // Batches may queue for the disk while it syncs; beyond 64 the runner waits.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(64);
         let (log, store, config) = (self.log.clone(), self.store.clone(), self.config.clone());
         let failure = self.writer.failure.clone();
         let inputs = self.inputs.clone();

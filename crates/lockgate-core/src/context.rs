@@ -179,6 +179,13 @@ impl StreamingContextBuilder {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         if let Some(c) = &self.checkpoint {
+            if c.retain_batches <= c.snapshot_every {
+                return Err(Error::Config(format!(
+                    "checkpoint retention ({} batches) must exceed the snapshot interval ({}): \
+                     recovery needs the plans logged since the last snapshot",
+                    c.retain_batches, c.snapshot_every
+                )));
+            }
             if c.dir.as_os_str().is_empty() {
                 return Err(Error::Config(
                     "delivery/state_upgrade were set without a checkpoint directory; \

@@ -395,6 +395,17 @@ impl Checkpointer {
                 })?;
             }
         }
+        // Sources whose state is snapshot-only learn what the committed plans took since.
+        if let Some(c) = committed {
+            for id in self.log.plan_ids().into_iter().filter(|&id| id <= c) {
+                let plan = self.log.read_plan(id)?;
+                for sp in &plan.sources {
+                    if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
+                        input.seed_consumed(&[sp.descriptor.as_slice()])?;
+                    }
+                }
+            }
+        }
         // Plans after the commit are re-run, in order, from their logs. Plans are logged
         // in groups made durable together before any of them runs, so a gap can only be
         // in a group that never ran: the plans after a gap are dropped (their input is

@@ -333,3 +333,87 @@ mod tests {
         assert_eq!(back.batches[&Time(2000)].collect(), vec![4]);
     }
 }
+
+/// Two pieces of state of one operator stored as one: `first` with its own partitions,
+/// `second` (a single partition) riding along in partition 0. Each file holds
+/// `(Option<first's payload>, Option<second's payload>)`.
+pub(crate) struct PairStateful<A, B> {
+    pub first: A,
+    pub second: B,
+}
+
+impl<A: Stateful, B: Stateful> Stateful for PairStateful<A, B> {
+    fn name(&self) -> String {
+        self.first.name()
+    }
+    fn type_desc(&self) -> String {
+        format!("{}; {}", self.first.type_desc(), self.second.type_desc())
+    }
+    fn partitions(&self) -> usize {
+        self.first.partitions()
+    }
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        let a = self.first.persist(p, full);
+        let b = if p == 0 {
+            self.second.persist(0, full)
+        } else {
+            None
+        };
+        if a.is_none() && b.is_none() {
+            return None;
+        }
+        Some(crate::codec::to_bytes(&(a, b)))
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+        let mut firsts = Vec::with_capacity(old.len());
+        let mut seconds = Vec::new();
+        for payloads in old {
+            let mut part = Vec::new();
+            for payload in payloads {
+                let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) =
+                    from_bytes(&payload).map_err(|e| e.to_string())?;
+                part.extend(a);
+                seconds.extend(b);
+            }
+            firsts.push(part);
+        }
+        self.first.restore(firsts)?;
+        self.second.restore(vec![seconds])
+    }
+    fn sizes(&self) -> Vec<usize> {
+        let mut s = self.first.sizes();
+        if let (Some(x), Some(y)) = (s.first_mut(), self.second.sizes().first()) {
+            *x += y;
+        }
+        s
+    }
+}
+
+/// State written only as snapshots: its changes between snapshots are rebuilt from the
+/// logged plans at recovery (the file source's taken files are in every plan).
+pub(crate) struct SnapshotOnly<S>(pub S);
+
+impl<S: Stateful> Stateful for SnapshotOnly<S> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn type_desc(&self) -> String {
+        self.0.type_desc()
+    }
+    fn partitions(&self) -> usize {
+        self.0.partitions()
+    }
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        if full {
+            self.0.persist(p, true)
+        } else {
+            None
+        }
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+        self.0.restore(old)
+    }
+    fn sizes(&self) -> Vec<usize> {
+        self.0.sizes()
+    }
+}

@@ -22,7 +22,9 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{node_name, BufferState, BufferStateful, KeyedState, KeyedStateful};
+use crate::checkpoint::state::{
+    node_name, BufferState, BufferStateful, KeyedState, KeyedStateful, PairStateful,
+};
 use crate::clock::{duration_ms, Time};
 use crate::codec::Codec;
 use crate::dstream::DStream;
@@ -367,13 +369,16 @@ where
         let out = reduced
             .child_op("reduce_by_key_and_window", sl, true, op)
             .name_kind("reduce_by_key_and_window");
-        self.graph.add_state(Arc::new(KeyedStateful {
-            name: node_name(&out.node.meta, ""),
-            state: window,
-        }));
-        self.graph.add_state(Arc::new(BufferStateful {
-            name: node_name(&out.node.meta, ".buffer"),
-            state: buffer,
+        // One operator, one piece of state: the window's values with its buffer.
+        self.graph.add_state(Arc::new(PairStateful {
+            first: KeyedStateful {
+                name: node_name(&out.node.meta, ""),
+                state: window,
+            },
+            second: BufferStateful {
+                name: node_name(&out.node.meta, ""),
+                state: buffer,
+            },
         }));
         out
     }

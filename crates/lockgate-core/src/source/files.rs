@@ -11,7 +11,8 @@
 //! at start and is done when they have all been planned.
 //!
 //! With a checkpoint, a batch's descriptor is its exact list of files, and the set of
-//! files already taken by committed batches is the source's checkpointed state, so after
+//! files already taken by committed batches is the source's checkpointed state (a
+//! snapshot every few batches; the plans logged since add the rest at recovery), so after
 //! a restart the same files go to the same batches and no file is taken twice.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -24,7 +25,7 @@ use std::time::SystemTime;
 use rayon::prelude::*;
 
 use crate::batch::Batch;
-use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::checkpoint::state::{KeyedState, KeyedStateful, SnapshotOnly};
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
@@ -311,10 +312,11 @@ impl StreamingContext {
         let name = format!("files-{}", self.metrics_ref().source_names().len());
         let taken = Arc::new(Mutex::new(KeyedState::new(1, true)));
         let state_name = format!("{name}.files");
-        self.graph().add_state(Arc::new(KeyedStateful {
+        // Snapshots only: recovery adds the files of the plans logged since.
+        self.graph().add_state(Arc::new(SnapshotOnly(KeyedStateful {
             name: Arc::new(move || state_name.clone()),
             state: taken.clone(),
-        }));
+        })));
         let src = Arc::new(FileInput {
             taken,
             counters: self.metrics_ref().source(&name),

@@ -292,48 +292,6 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keyed_state_deltas_and_repartitioning_restore() {
-        let mut st: KeyedState<String, i64> = KeyedState::new(2, true);
-        let k = String::from("a");
-        let j = partition_of(&k, 2);
-        st.maps[j].insert(k.clone(), 1);
-        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
-        let snap0 = st.encode(0, true);
-        let snap1 = st.encode(1, true);
-        st.maps[j].remove(&k);
-        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
-        let delta = st.encode(j, false);
-        let mut old = vec![vec![snap0.clone()], vec![snap1.clone()]];
-        old[j].push(delta);
-        let mut back: KeyedState<String, i64> = KeyedState::new(2, true);
-        back.restore(old).unwrap();
-        assert_eq!(back.sizes(), vec![0, 0]);
-        let mut three: KeyedState<String, i64> = KeyedState::new(3, true);
-        three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
-        assert_eq!(three.sizes().iter().sum::<usize>(), 1);
-        assert_eq!(three.maps[partition_of(&k, 3)].get(&k), Some(&1));
-    }
-
-    #[test]
-    fn buffer_state_roundtrip() {
-        let mut b: BufferState<i32> = BufferState::new();
-        b.insert(Time(1000), Batch::from_vec(vec![1, 2, 3], 2));
-        let full = b.encode(true);
-        b.insert(Time(2000), Batch::from_vec(vec![4], 1));
-        b.drop_through(Time(1000));
-        let delta = b.encode(false);
-        let mut back: BufferState<i32> = BufferState::new();
-        back.restore(vec![full, delta]).unwrap();
-        assert_eq!(back.batches.len(), 1);
-        assert_eq!(back.batches[&Time(2000)].collect(), vec![4]);
-    }
-}
-
 /// Two pieces of state of one operator stored as one: `first` with its own partitions,
 /// `second` (a single partition) riding along in partition 0. Each file holds
 /// `(Option<first's payload>, Option<second's payload>)`.
@@ -415,5 +373,47 @@ impl<S: Stateful> Stateful for SnapshotOnly<S> {
     }
     fn sizes(&self) -> Vec<usize> {
         self.0.sizes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_state_deltas_and_repartitioning_restore() {
+        let mut st: KeyedState<String, i64> = KeyedState::new(2, true);
+        let k = String::from("a");
+        let j = partition_of(&k, 2);
+        st.maps[j].insert(k.clone(), 1);
+        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        let snap0 = st.encode(0, true);
+        let snap1 = st.encode(1, true);
+        st.maps[j].remove(&k);
+        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        let delta = st.encode(j, false);
+        let mut old = vec![vec![snap0.clone()], vec![snap1.clone()]];
+        old[j].push(delta);
+        let mut back: KeyedState<String, i64> = KeyedState::new(2, true);
+        back.restore(old).unwrap();
+        assert_eq!(back.sizes(), vec![0, 0]);
+        let mut three: KeyedState<String, i64> = KeyedState::new(3, true);
+        three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
+        assert_eq!(three.sizes().iter().sum::<usize>(), 1);
+        assert_eq!(three.maps[partition_of(&k, 3)].get(&k), Some(&1));
+    }
+
+    #[test]
+    fn buffer_state_roundtrip() {
+        let mut b: BufferState<i32> = BufferState::new();
+        b.insert(Time(1000), Batch::from_vec(vec![1, 2, 3], 2));
+        let full = b.encode(true);
+        b.insert(Time(2000), Batch::from_vec(vec![4], 1));
+        b.drop_through(Time(1000));
+        let delta = b.encode(false);
+        let mut back: BufferState<i32> = BufferState::new();
+        back.restore(vec![full, delta]).unwrap();
+        assert_eq!(back.batches.len(), 1);
+        assert_eq!(back.batches[&Time(2000)].collect(), vec![4]);
     }
 }

@@ -124,7 +124,10 @@ impl JobConfig {
         if self.checkpoint.is_some() {
             b = b.delivery(self.delivery);
         }
-        b
+        let sink = self.sink.as_deref().map(lockgate_sql_sinks::redact_url);
+        let output = self.output.as_ref().map(|o| o.display().to_string());
+        b.setting("sink", sink.as_deref().unwrap_or("none"))
+            .setting("output", output.as_deref().unwrap_or("none"))
     }
 
     /// Builds the context of `job` with its whole graph; with a checkpoint directory,

@@ -384,6 +384,11 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
     assert!(text.contains("committed through batch 3"), "{text}");
     assert!(text.contains("zz-new.log"), "{text}");
     assert!(text.contains("word_counts_state"), "{text}");
+    // Settings are recorded, so a restart with other ones is logged.
+    assert!(
+        text.contains(&format!("output         {}", out.display())),
+        "{text}"
+    );
 
     let same = lockgate()
         .args([

@@ -53,9 +53,18 @@ pub struct StreamingContextBuilder {
     block_interval: Duration,
     receiver_wal: bool,
     from_sink: Option<SinkOffsets>,
+    settings: Vec<(String, String)>,
 }
 
 impl StreamingContextBuilder {
+    /// Records a setting of the job (a sink's address, an output directory, ...) in the
+    /// checkpoint metadata: a restart with a different value logs the change. Never pass
+    /// secrets.
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Resumes from what a transactional sink recorded instead of from nothing, when the
     /// checkpoint directory has no committed batch (it is new, or was lost): sources skip
     /// the input of the batches the sink committed, and batch ids continue after the
@@ -207,6 +216,7 @@ impl StreamingContextBuilder {
                 block_interval: self.block_interval,
                 receiver_wal: self.receiver_wal,
                 from_sink: self.from_sink,
+                settings: self.settings,
                 graph: Arc::new(Graph::new(&app_name, interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
                 stopping: AtomicBool::new(false),
@@ -240,6 +250,7 @@ struct Inner {
     block_interval: Duration,
     receiver_wal: bool,
     from_sink: Option<SinkOffsets>,
+    settings: Vec<(String, String)>,
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
     stopping: AtomicBool,
@@ -269,6 +280,7 @@ impl StreamingContext {
             block_interval: Duration::from_millis(200),
             receiver_wal: true,
             from_sink: None,
+            settings: Vec::new(),
         }
     }
 
@@ -386,7 +398,7 @@ impl StreamingContext {
             self.inner.graph.states(),
             inputs.clone(),
         ));
-        let settings = vec![
+        let mut settings = vec![
             (
                 "batch_interval_ms".to_string(),
                 self.inner.graph.timing.interval_ms.to_string(),
@@ -400,6 +412,7 @@ impl StreamingContext {
             ("retain_batches".to_string(), cfg.retain_batches.to_string()),
             ("snapshot_every".to_string(), cfg.snapshot_every.to_string()),
         ];
+        settings.extend(self.inner.settings.iter().cloned());
         let rec = cp.recover(
             &self.inner.app_name,
             self.inner.graph.timing.interval_ms,

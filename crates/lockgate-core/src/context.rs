@@ -128,27 +128,22 @@ impl StreamingContextBuilder {
         self
     }
 
+    /// The checkpoint settings to change (without a directory yet: `build` then asks
+    /// for one).
+    fn checkpoint_mut(&mut self) -> &mut CheckpointConfig {
+        self.checkpoint
+            .get_or_insert_with(|| CheckpointConfig::new(Path::new("")))
+    }
+
     /// The delivery guarantee (default exactly-once; needs a checkpoint directory).
     pub fn delivery(mut self, mode: DeliveryMode) -> Self {
-        if let Some(c) = self.checkpoint.as_mut() {
-            c.delivery = mode;
-        } else {
-            let mut c = CheckpointConfig::new(Path::new(""));
-            c.delivery = mode;
-            self.checkpoint = Some(c);
-        }
+        self.checkpoint_mut().delivery = mode;
         self
     }
 
     /// What recovery does when operator state and code differ (default: fail).
     pub fn state_upgrade(mut self, upgrade: StateUpgrade) -> Self {
-        if let Some(c) = self.checkpoint.as_mut() {
-            c.upgrade = upgrade;
-        } else {
-            let mut c = CheckpointConfig::new(Path::new(""));
-            c.upgrade = upgrade;
-            self.checkpoint = Some(c);
-        }
+        self.checkpoint_mut().upgrade = upgrade;
         self
     }
 

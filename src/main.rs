@@ -138,6 +138,15 @@ pub struct RunOpts {
     /// after the batches the sink recorded (their input is skipped, batch ids continue).
     #[arg(long)]
     from_sink_offsets: bool,
+    /// Port of the streaming UI and JSON/Prometheus API (the next free one if taken).
+    #[arg(long, default_value_t = 4040)]
+    ui_port: u16,
+    /// Address the UI binds to (default loopback only).
+    #[arg(long, default_value = "127.0.0.1")]
+    ui_host: std::net::IpAddr,
+    /// Do not start the UI.
+    #[arg(long)]
+    no_ui: bool,
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
@@ -289,6 +298,26 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")?;
+    // The UI helps but is not the job: without a free port the job runs on without it.
+    let _ui = if opts.no_ui {
+        None
+    } else {
+        let cfg = lockgate_web::UiConfig {
+            host: opts.ui_host,
+            port: opts.ui_port,
+            ..Default::default()
+        };
+        match lockgate_web::UiServer::start(&ctx, &cfg) {
+            Ok(ui) => {
+                eprintln!("streaming UI and API at {}", ui.url());
+                Some(ui)
+            }
+            Err(e) => {
+                eprintln!("warning: no UI: {e}");
+                None
+            }
+        }
+    };
     let started = Instant::now();
     ctx.start()
         .with_context(|| format!("starting the {app} job"))?;

@@ -426,3 +426,89 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
         "{report}"
     );
 }
+
+#[test]
+fn the_cli_serves_the_api_and_metrics_while_it_runs() {
+    use std::io::{BufRead, BufReader, Read as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    run_ok(&[
+        "generate",
+        "logs",
+        input.to_str().unwrap(),
+        "--lines",
+        "500",
+        "--files",
+        "2",
+        "--seed",
+        "1",
+    ]);
+    let mut child = lockgate()
+        .args([
+            "run",
+            "log-errors",
+            "--input",
+            input.to_str().unwrap(),
+            "--batch-interval",
+            "100ms",
+            "--window",
+            "300ms",
+            "--slide",
+            "100ms",
+            "--quiet",
+            "--ui-port",
+            "0",
+        ])
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("streaming UI and API at ") {
+            break u.to_string();
+        }
+    };
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    assert!(addr.ip().is_loopback());
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    let apps = get("/api/v1/applications");
+    assert!(apps.contains("\"name\":\"log-errors\""), "{apps}");
+    // Wait (bounded) until a batch with input has completed, then read the metrics.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let m = get("/metrics");
+        if m.contains("lockgate_records_in_total{app=\"log-errors\"} 500")
+            || Instant::now() > deadline
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("lockgate_records_in_total{app=\"log-errors\"} 500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_total_delay_seconds_count"),
+        "{metrics}"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

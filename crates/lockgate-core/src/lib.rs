@@ -67,7 +67,9 @@ pub use dstream::window::InverseWindowOpts;
 pub use dstream::DStream;
 pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
-pub use metrics::{BatchInfo, MetricsSnapshot, SourceCounters, StreamingMetrics};
+pub use metrics::{
+    BatchInfo, DelayHistogram, DelayHistograms, MetricsSnapshot, SourceCounters, StreamingMetrics,
+};
 pub use show::Show;
 pub use sink::{Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;

@@ -79,6 +79,44 @@ impl SourceCounters {
     }
 }
 
+/// Upper bounds (ms) of the delay histogram buckets; the last bucket is unbounded.
+pub const DELAY_BUCKETS_MS: [i64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// A cumulative histogram of a delay since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelayHistogram {
+    /// Observations at or below each bound of [`DELAY_BUCKETS_MS`] (not cumulative).
+    pub buckets: [u64; DELAY_BUCKETS_MS.len()],
+    /// Observations above the last bound.
+    pub overflow: u64,
+    /// Sum of all observations, in ms.
+    pub sum_ms: i64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl DelayHistogram {
+    fn observe(&mut self, ms: i64) {
+        match DELAY_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.overflow += 1,
+        }
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+}
+
+/// Histograms of the three delays of every completed batch since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelayHistograms {
+    /// Submission to processing start.
+    pub scheduling: DelayHistogram,
+    /// Processing start to end.
+    pub processing: DelayHistogram,
+    /// Submission to processing end.
+    pub total: DelayHistogram,
+}
+
 #[derive(Default)]
 struct Registry {
     queued: BTreeMap<Time, BatchInfo>,
@@ -89,6 +127,7 @@ struct Registry {
     last_completed: Option<Time>,
     terminated: bool,
     sources: BTreeMap<String, Arc<SourceCounters>>,
+    histograms: DelayHistograms,
 }
 
 /// A point-in-time copy of the registry.
@@ -104,6 +143,8 @@ pub struct MetricsSnapshot {
     pub total_completed: u64,
     /// Records in all completed batches.
     pub total_records: u64,
+    /// Delay histograms since start.
+    pub histograms: DelayHistograms,
 }
 
 /// The registry of one streaming context.
@@ -135,6 +176,15 @@ impl StreamingMetrics {
         r.total_completed += 1;
         r.total_records += info.num_records();
         r.last_completed = Some(info.batch_time);
+        if let Some(ms) = info.scheduling_delay_ms() {
+            r.histograms.scheduling.observe(ms);
+        }
+        if let Some(ms) = info.processing_time_ms() {
+            r.histograms.processing.observe(ms);
+        }
+        if let Some(ms) = info.total_delay_ms() {
+            r.histograms.total.observe(ms);
+        }
         r.completed.push_back(info);
         while r.completed.len() > RETAINED_BATCHES {
             r.completed.pop_front();
@@ -174,6 +224,7 @@ impl StreamingMetrics {
             completed: r.completed.iter().cloned().collect(),
             total_completed: r.total_completed,
             total_records: r.total_records,
+            histograms: r.histograms.clone(),
         }
     }
 

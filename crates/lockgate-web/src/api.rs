@@ -1,0 +1,223 @@
+//! The JSON API under Spark's REST paths and field names (with a few `lockgate*` and
+//! extra fields added, never renamed), and the route table.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lockgate_core::{BatchInfo, StreamingContext};
+use serde_json::{json, Value};
+
+use crate::time::spark_date;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub ctx: StreamingContext,
+    pub start_ms: i64,
+    pub app_id: String,
+}
+
+impl AppState {
+    pub fn new(ctx: StreamingContext) -> Self {
+        let start_ms = now_ms();
+        AppState {
+            app_id: format!("app-{start_ms}"),
+            ctx,
+            start_ms,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/applications", get(applications))
+        .route(
+            "/api/v1/applications/{app}/streaming/statistics",
+            get(statistics),
+        )
+        .route("/api/v1/applications/{app}/streaming/batches", get(batches))
+        .route(
+            "/api/v1/applications/{app}/streaming/batches/{batch}",
+            get(batch),
+        )
+        .route("/metrics", get(crate::prometheus::metrics))
+        .with_state(state)
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
+}
+
+fn check_app(s: &AppState, app: &str) -> Option<Response> {
+    (app != s.app_id).then(|| {
+        not_found(format!(
+            "no application `{app}`; this one is `{}`",
+            s.app_id
+        ))
+    })
+}
+
+async fn applications(State(s): State<AppState>) -> Json<Value> {
+    let now = now_ms();
+    let completed = s.ctx.is_stopping();
+    Json(json!([{
+        "id": s.app_id,
+        "name": s.ctx.app_name(),
+        "attempts": [{
+            "startTime": spark_date(s.start_ms),
+            "endTime": if completed { spark_date(now) } else { spark_date(-1) },
+            "lastUpdated": spark_date(now),
+            "duration": now - s.start_ms,
+            "sparkUser": "",
+            "completed": completed,
+            "appSparkVersion": concat!("lockgate-", env!("CARGO_PKG_VERSION")),
+            "startTimeEpoch": s.start_ms,
+            "endTimeEpoch": if completed { now } else { -1 },
+            "lastUpdatedEpoch": now,
+        }],
+    }]))
+}
+
+fn avg(values: impl Iterator<Item = i64>) -> Value {
+    let v: Vec<i64> = values.collect();
+    if v.is_empty() {
+        Value::Null
+    } else {
+        json!(v.iter().sum::<i64>() as f64 / v.len() as f64)
+    }
+}
+
+async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Response {
+    if let Some(r) = check_app(&s, &app) {
+        return r;
+    }
+    let m = s.ctx.metrics().snapshot();
+    let interval_ms = s.ctx.batch_interval().as_millis() as f64;
+    let rates = m
+        .completed
+        .iter()
+        .map(|b| b.num_records() as f64 * 1000.0 / interval_ms.max(1.0));
+    let n = m.completed.len();
+    let avg_rate = if n == 0 {
+        Value::Null
+    } else {
+        json!(rates.sum::<f64>() / n as f64)
+    };
+    Json(json!({
+        "startTime": spark_date(s.start_ms),
+        "batchDuration": s.ctx.batch_interval().as_millis() as u64,
+        "numReceivers": 0,
+        "numActiveReceivers": 0,
+        "numInactiveReceivers": 0,
+        "numTotalCompletedBatches": m.total_completed,
+        "numRetainedCompletedBatches": n,
+        "numActiveBatches": m.queued.len() + usize::from(m.running.is_some()),
+        "numProcessedRecords": m.total_records,
+        "numReceivedRecords": m.total_records,
+        "avgInputRate": avg_rate,
+        "avgSchedulingDelay": avg(m.completed.iter().filter_map(BatchInfo::scheduling_delay_ms)),
+        "avgProcessingTime": avg(m.completed.iter().filter_map(BatchInfo::processing_time_ms)),
+        "avgTotalDelay": avg(m.completed.iter().filter_map(BatchInfo::total_delay_ms)),
+    }))
+    .into_response()
+}
+
+/// One batch in Spark's `BatchInfo` form, plus Lockgate's id, inputs and output operations.
+fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
+    let failed = b.output_ops.iter().filter(|o| o.failure.is_some()).count();
+    json!({
+        "batchId": b.batch_time.millis(),
+        "batchTime": spark_date(b.batch_time.millis()),
+        "status": status,
+        "batchDuration": interval_ms,
+        "inputSize": b.num_records(),
+        "schedulingDelay": b.scheduling_delay_ms(),
+        "processingTime": b.processing_time_ms(),
+        "totalDelay": b.total_delay_ms(),
+        "numActiveOutputOps": 0,
+        "numCompletedOutputOps": b.output_ops.len() - failed,
+        "numFailedOutputOps": failed,
+        "numTotalOutputOps": b.output_ops.len(),
+        "firstFailureReason": b.failure,
+        "lockgateBatchId": b.batch_id,
+        "inputs": b.inputs.iter().map(|i| json!({
+            "source": i.source,
+            "records": i.records,
+            "description": i.description,
+        })).collect::<Vec<_>>(),
+        "outputOperations": b.output_ops.iter().enumerate().map(|(i, o)| json!({
+            "outputOpId": i,
+            "name": o.name,
+            "startTime": spark_date(o.start.millis()),
+            "endTime": spark_date(o.end.millis()),
+            "duration": o.end.since(o.start),
+            "failureReason": o.failure,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Every batch the registry knows, newest first, with its status.
+fn all_batches(s: &AppState) -> Vec<Value> {
+    let m = s.ctx.metrics().snapshot();
+    let interval = s.ctx.batch_interval().as_millis() as u64;
+    let mut out: Vec<Value> = Vec::new();
+    for b in m.queued.iter().rev() {
+        out.push(batch_json(b, "QUEUED", interval));
+    }
+    if let Some(b) = &m.running {
+        out.push(batch_json(b, "PROCESSING", interval));
+    }
+    for b in m.completed.iter().rev() {
+        out.push(batch_json(b, "COMPLETED", interval));
+    }
+    out
+}
+
+async fn batches(
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = check_app(&s, &app) {
+        return r;
+    }
+    let mut out = all_batches(&s);
+    if let Some(status) = q.get("status") {
+        out.retain(|b| b["status"].as_str() == Some(status.as_str()));
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+async fn batch(State(s): State<AppState>, Path((app, id)): Path<(String, String)>) -> Response {
+    if let Some(r) = check_app(&s, &app) {
+        return r;
+    }
+    let Ok(time) = id.parse::<i64>() else {
+        return not_found(format!(
+            "`{id}` is not a batch id (the batch time in ms, as in Spark)"
+        ));
+    };
+    match all_batches(&s)
+        .into_iter()
+        .find(|b| b["batchId"].as_i64() == Some(time))
+    {
+        Some(b) => Json(b).into_response(),
+        None => not_found(format!("no batch {time} (only the last 1000 are kept)")),
+    }
+}
+
+/// `text/plain` response for Prometheus.
+pub(crate) fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,163 @@
+//! `/metrics`: Prometheus text exposition of the metrics registry.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::response::Response;
+use lockgate_core::metrics::DELAY_BUCKETS_MS;
+use lockgate_core::{DelayHistogram, SourceCounters};
+
+use crate::api::{text, AppState};
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &DelayHistogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, n) in DELAY_BUCKETS_MS.iter().zip(h.buckets.iter()) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}",
+        cumulative + h.overflow
+    );
+    let _ = writeln!(out, "{name}_sum {}", h.sum_ms as f64 / 1000.0);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+fn counter(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+/// Renders every metric.
+pub(crate) fn render(s: &AppState) -> String {
+    let m = s.ctx.metrics().snapshot();
+    let app = format!("{{app=\"{}\"}}", label(s.ctx.app_name()));
+    let mut out = String::new();
+    counter(
+        &mut out,
+        "lockgate_batches_completed_total",
+        "Batches completed since start.",
+        "counter",
+        &[(app.clone(), m.total_completed as f64)],
+    );
+    counter(
+        &mut out,
+        "lockgate_batches_queued",
+        "Batches planned and waiting to run.",
+        "gauge",
+        &[(app.clone(), m.queued.len() as f64)],
+    );
+    counter(
+        &mut out,
+        "lockgate_records_in_total",
+        "Input records of completed batches.",
+        "counter",
+        &[(app.clone(), m.total_records as f64)],
+    );
+    let interval_s = s.ctx.batch_interval().as_secs_f64().max(1e-3);
+    let rate = m
+        .completed
+        .last()
+        .map_or(0.0, |b| b.num_records() as f64 / interval_s);
+    counter(
+        &mut out,
+        "lockgate_input_rate_records_per_second",
+        "Input rate of the last completed batch.",
+        "gauge",
+        &[(app.clone(), rate)],
+    );
+    histogram(
+        &mut out,
+        "lockgate_scheduling_delay_seconds",
+        "Time batches waited to run.",
+        &m.histograms.scheduling,
+    );
+    histogram(
+        &mut out,
+        "lockgate_processing_time_seconds",
+        "Time batches took to run.",
+        &m.histograms.processing,
+    );
+    histogram(
+        &mut out,
+        "lockgate_total_delay_seconds",
+        "Time from planning a batch to its end.",
+        &m.histograms.total,
+    );
+    let mut state = Vec::new();
+    for (op, parts) in s.ctx.state_sizes() {
+        for (p, n) in parts.iter().enumerate() {
+            state.push((
+                format!("{{operator=\"{}\",partition=\"{p}\"}}", label(&op)),
+                *n as f64,
+            ));
+        }
+    }
+    counter(
+        &mut out,
+        "lockgate_state_entries",
+        "Entries of checkpointable state by operator and partition.",
+        "gauge",
+        &state,
+    );
+    let metrics = s.ctx.metrics();
+    let per_source = |f: fn(&SourceCounters) -> u64| -> Vec<(String, f64)> {
+        metrics
+            .source_names()
+            .iter()
+            .map(|n| {
+                (
+                    format!("{{source=\"{}\"}}", label(n)),
+                    f(&metrics.source(n)) as f64,
+                )
+            })
+            .collect()
+    };
+    counter(
+        &mut out,
+        "lockgate_source_records_total",
+        "Records read by each source.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.records)),
+    );
+    counter(
+        &mut out,
+        "lockgate_source_invalid_utf8_lines_total",
+        "Lines with invalid UTF-8 (replaced).",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.invalid_utf8_lines)),
+    );
+    counter(
+        &mut out,
+        "lockgate_source_truncated_lines_total",
+        "Lines cut at the length limit.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.truncated_lines)),
+    );
+    counter(
+        &mut out,
+        "lockgate_source_unreadable_files_total",
+        "Files that could not be read.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.unreadable_files)),
+    );
+    out
+}
+
+pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
+    text(render(&s))
+}

@@ -1,0 +1,224 @@
+//! The JSON API and `/metrics` against a running context on the manual clock, and the
+//! server's binding (loopback only, next free port).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+use lockgate_core::testing::ManualRun;
+use lockgate_core::InputQueue;
+use lockgate_web::{UiConfig, UiServer};
+use serde_json::Value;
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status: u16 = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn ephemeral() -> UiConfig {
+    UiConfig {
+        port: 0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn statistics_and_batches_match_the_recorded_batches() {
+    let run = ManualRun::new(2).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let ch = Mutex::new((release_rx, entered_tx));
+    let q = InputQueue::from_batches(vec![vec![1, 2, 3], vec![4], vec![5, 6]]);
+    run.ctx
+        .queue_stream(q, true, None)
+        .name("numbers")
+        .foreach_batch(move |_, b| {
+            if b.id == 2 {
+                let c = ch.lock().unwrap();
+                c.1.send(()).unwrap();
+                let _ = c.0.recv();
+            }
+        });
+    let ui = UiServer::start(&run.ctx, &ephemeral()).unwrap();
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    // Batch 3 is running (held), batch 4 is queued.
+    run.clock.advance(Duration::from_secs(1));
+    entered_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    run.clock.advance(Duration::from_secs(1));
+    assert!(run
+        .ctx
+        .metrics()
+        .wait_for(Duration::from_secs(30), |m| m.queued.len() == 1));
+
+    let addr = ui.addr();
+    let apps = json(addr, "/api/v1/applications");
+    let app_id = apps[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(apps[0]["name"], "test");
+    assert_eq!(apps[0]["attempts"][0]["completed"], false);
+
+    let stats = json(
+        addr,
+        &format!("/api/v1/applications/{app_id}/streaming/statistics"),
+    );
+    assert_eq!(stats["batchDuration"], 1000);
+    assert_eq!(stats["numTotalCompletedBatches"], 2);
+    assert_eq!(stats["numRetainedCompletedBatches"], 2);
+    assert_eq!(stats["numActiveBatches"], 2);
+    assert_eq!(stats["numProcessedRecords"], 4);
+    assert_eq!(stats["avgInputRate"], 2.0);
+    assert_eq!(stats["avgSchedulingDelay"], 0.0);
+
+    let batches = json(
+        addr,
+        &format!("/api/v1/applications/{app_id}/streaming/batches"),
+    );
+    let summary: Vec<(i64, String, i64)> = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["batchId"].as_i64().unwrap(),
+                b["status"].as_str().unwrap().to_string(),
+                b["inputSize"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (4000, "QUEUED".into(), 0),
+            (3000, "PROCESSING".into(), 2),
+            (2000, "COMPLETED".into(), 1),
+            (1000, "COMPLETED".into(), 3),
+        ]
+    );
+    let completed = json(
+        addr,
+        &format!("/api/v1/applications/{app_id}/streaming/batches?status=COMPLETED"),
+    );
+    assert_eq!(completed.as_array().unwrap().len(), 2);
+
+    let one = json(
+        addr,
+        &format!("/api/v1/applications/{app_id}/streaming/batches/1000"),
+    );
+    assert_eq!(one["batchTime"], "1970-01-01T00:00:01.000GMT");
+    assert_eq!(one["lockgateBatchId"], 0);
+    assert_eq!(one["numTotalOutputOps"], 1);
+    assert_eq!(one["processingTime"], 0);
+    assert_eq!(one["inputs"][0]["records"], 3);
+    assert_eq!(
+        get(
+            addr,
+            &format!("/api/v1/applications/{app_id}/streaming/batches/999")
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        get(addr, "/api/v1/applications/nope/streaming/statistics").0,
+        404
+    );
+
+    let (status, metrics) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("lockgate_batches_completed_total{app=\"test\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_batches_queued{app=\"test\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_records_in_total{app=\"test\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_scheduling_delay_seconds_bucket{le=\"0.001\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_processing_time_seconds_count 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockgate_source_records_total{source=\"queue-0\"}"),
+        "{metrics}"
+    );
+
+    release_tx.send(()).unwrap();
+    run.ctx.stop(false).unwrap();
+    drop(ui);
+}
+
+/// The listening sockets of this process on `port`, as hex local addresses from
+/// /proc/net/tcp and tcp6 (state 0A = LISTEN).
+fn listeners(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3 && f[3] == "0A" {
+                if let Some((ip, p)) = f[1].split_once(':') {
+                    if u16::from_str_radix(p, 16).ok() == Some(port) {
+                        out.push(ip.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn binds_loopback_only_and_takes_the_next_free_port() {
+    let run = ManualRun::new(1).unwrap();
+    run.ctx
+        .constant_input_stream(vec![1])
+        .foreach_batch(|_, _| ());
+    // Take a port, then ask for it: the server moves to a later one.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let ui = UiServer::start(
+        &run.ctx,
+        &UiConfig {
+            port,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(ui.addr().port() > port && ui.addr().port() <= port + 16);
+    assert!(ui.addr().ip().is_loopback());
+    assert!(ui.url().starts_with("http://127.0.0.1:"));
+    // Nothing listens on another address of this machine for that port.
+    let ls = listeners(ui.addr().port());
+    assert_eq!(ls, vec!["0100007F".to_string()], "listening on {ls:?}");
+    drop(ui);
+}

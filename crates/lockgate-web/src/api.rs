@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lockgate_core::{BatchInfo, StreamingContext};
@@ -52,6 +52,14 @@ pub(crate) fn router(state: AppState) -> Router {
             get(batch),
         )
         .route("/metrics", get(crate::prometheus::metrics))
+        .route(
+            "/",
+            get(|| async { Html(include_str!("../assets/streaming.html")) }),
+        )
+        .route(
+            "/batch",
+            get(|| async { Html(include_str!("../assets/batch.html")) }),
+        )
         .with_state(state)
 }
 

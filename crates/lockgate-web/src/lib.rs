@@ -1,6 +1,10 @@
 //! # lockgate-web
 //!
-//! Lockgate's read-only HTTP server for a running [`StreamingContext`]: JSON under Spark's
+//! Lockgate's read-only HTTP server for a running [`StreamingContext`]: a streaming page
+//! at `/` (Spark's Streaming tab: input rate, scheduling delay, processing time and
+//! total delay as live timelines and histograms, active and completed batches; a page per
+//! batch with each source's input descriptor and each output operation; plain HTML, SVG
+//! and JavaScript built into the binary, no network access needed), JSON under Spark's
 //! REST paths and field names (`/api/v1/applications`,
 //! `/api/v1/applications/{app-id}/streaming/statistics`, `.../streaming/batches`,
 //! `.../streaming/batches/{batch-id}`), so tools written for Spark's API work, and

@@ -66,7 +66,7 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
         meta.interval_ms, meta.zero_ms, meta.base_id
     );
     for (k, v) in &meta.config {
-        println!("  {k:<14} {v}");
+        println!("  {k:<14} {}", lockgate_core::redact(k, v));
     }
     let commits = log.commit_ids();
     let plans = log.plan_ids();

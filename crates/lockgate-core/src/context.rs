@@ -58,10 +58,10 @@ pub struct StreamingContextBuilder {
 
 impl StreamingContextBuilder {
     /// Records a setting of the job (a sink's address, an output directory, ...) in the
-    /// checkpoint metadata: a restart with a different value logs the change. Never pass
-    /// secrets.
+    /// checkpoint metadata: a restart with a different value logs the change. Values of
+    /// keys that name a secret are stored redacted (see [`redact`]).
     pub fn setting(mut self, key: &str, value: &str) -> Self {
-        self.settings.push((key.to_string(), value.to_string()));
+        self.settings.push((key.to_string(), redact(key, value)));
         self
     }
 
@@ -637,4 +637,28 @@ fn seed_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Res
         "resuming from the sink's offsets"
     );
     Ok(())
+}
+
+/// `value`, or `***` when `key` names a secret (contains `password`, `secret`, `token`
+/// or `sasl`, in any case). Everything Lockgate shows of configuration goes through it.
+pub fn redact(key: &str, value: &str) -> String {
+    let k = key.to_ascii_lowercase();
+    if ["password", "secret", "token", "sasl"]
+        .iter()
+        .any(|s| k.contains(s))
+    {
+        "***".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(super::redact("sasl.password", "hunter2"), "***");
+        assert_eq!(super::redact("API_TOKEN", "x"), "***");
+        assert_eq!(super::redact("output", "/tmp/out"), "/tmp/out");
+    }
 }

@@ -60,7 +60,7 @@ pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
 pub use clock::{Clock, ManualClock, SystemClock, Time};
 pub use codec::{Codec, CodecError};
-pub use context::{ContextState, StreamingContext, StreamingContextBuilder, Trigger};
+pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
 pub use dstream::output::OutputResult;
 pub use dstream::state::{MapWithStateDStream, State, StateSpec};
 pub use dstream::window::InverseWindowOpts;

@@ -7,6 +7,7 @@ mod checkpoint_cmd;
 mod duration;
 mod generate;
 mod jobs;
+mod progress;
 mod torture;
 
 use std::path::{Path, PathBuf};
@@ -321,8 +322,11 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let started = Instant::now();
     ctx.start()
         .with_context(|| format!("starting the {app} job"))?;
-    ctx.await_termination()
-        .with_context(|| format!("the {app} job failed"))?;
+    // A bounded run has a known backlog: show its progress.
+    let progress = cfg.once.then(|| progress::Progress::start(&ctx));
+    let result = ctx.await_termination();
+    drop(progress);
+    result.with_context(|| format!("the {app} job failed"))?;
     let m = ctx.metrics().snapshot();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

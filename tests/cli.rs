@@ -191,7 +191,7 @@ fn word_count_once_emits_changed_words_with_running_counts() {
     std::fs::write(input.join("1.txt"), "a b a\nc\n").unwrap();
     std::fs::write(input.join("2.txt"), "b  b\n").unwrap();
     std::fs::write(input.join("3.txt"), "d\n").unwrap();
-    run_ok(&[
+    let run = run_ok(&[
         "run",
         "word-count",
         "--input",
@@ -203,6 +203,9 @@ fn word_count_once_emits_changed_words_with_running_counts() {
         "--output",
         out.to_str().unwrap(),
     ]);
+    // A bounded run reports its progress (plain lines when stderr is not a terminal).
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("progress: 3/3 batches"), "{stderr}");
     let got: Vec<BTreeMap<String, i64>> = read_stream(&out, "word_counts")
         .into_values()
         .map(|rows| {

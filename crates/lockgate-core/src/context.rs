@@ -439,6 +439,18 @@ impl StreamingContext {
             .collect()
     }
 
+    /// Batches still to plan for what the sources hold now, when every source can tell
+    /// (files and sequences can, receivers cannot): with the queued batches, the backlog
+    /// of a bounded run or of a catch-up.
+    pub fn pending_batches(&self) -> Option<u64> {
+        let inputs = self.inner.graph.inputs();
+        let mut most = 0;
+        for input in &inputs {
+            most = most.max(input.pending_batches()?);
+        }
+        Some(most)
+    }
+
     /// The lifecycle state.
     pub fn state(&self) -> ContextState {
         lock(&self.inner.run).state

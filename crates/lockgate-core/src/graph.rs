@@ -259,6 +259,11 @@ pub(crate) trait InputSource: Send + Sync {
     }
     /// True while the source has data that a next `plan` would take.
     fn has_pending(&self) -> bool;
+    /// How many more batches a bounded source needs for what it holds (None when it
+    /// cannot tell, e.g. a receiver).
+    fn pending_batches(&self) -> Option<u64> {
+        None
+    }
     /// Drops planned data of batches up to `done`.
     fn forget(&self, done: Time);
     /// Records actually read for batch `t`, for sources that only know it after reading

@@ -234,6 +234,12 @@ impl InputSource for FileInput {
         !lock(&self.backlog).is_empty()
     }
 
+    fn pending_batches(&self) -> Option<u64> {
+        let files = lock(&self.backlog).len();
+        let per = self.opts.max_files_per_batch.unwrap_or(usize::MAX).max(1);
+        Some(files.div_ceil(per).min(files) as u64)
+    }
+
     fn seed_consumed(&self, descriptors: &[&[u8]]) -> Result<()> {
         let mut taken = lock(&self.taken);
         let st = &mut *taken;

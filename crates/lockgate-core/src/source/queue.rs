@@ -289,6 +289,10 @@ impl<T: Data> InputSource for SeqInput<T> {
         *lock(&self.next) < self.batches.len()
     }
 
+    fn pending_batches(&self) -> Option<u64> {
+        Some(self.batches.len().saturating_sub(*lock(&self.next)) as u64)
+    }
+
     fn seed_consumed(&self, descriptors: &[&[u8]]) -> Result<()> {
         for d in descriptors {
             let idx: u64 = from_bytes(d).map_err(|e| crate::error::Error::Source {

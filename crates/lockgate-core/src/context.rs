@@ -342,7 +342,12 @@ impl StreamingContext {
     /// graph built so far (check before deploying an upgrade). Reads only.
     pub fn check_upgrade(&self, dir: impl AsRef<Path>) -> Result<UpgradeReport> {
         let cfg = CheckpointConfig::new(dir.as_ref());
-        let cp = Checkpointer::new(cfg, self.inner.graph.states(), Vec::new());
+        let cp = Checkpointer::new(
+            cfg,
+            self.inner.graph.states(),
+            Vec::new(),
+            self.inner.metrics.clone(),
+        );
         match cp.log.read_metadata()? {
             Some(meta) => Ok(cp.upgrade_report(&meta)),
             None => Err(Error::Config(format!(
@@ -392,6 +397,7 @@ impl StreamingContext {
             cfg.clone(),
             self.inner.graph.states(),
             inputs.clone(),
+            self.inner.metrics.clone(),
         ));
         let mut settings = vec![
             (

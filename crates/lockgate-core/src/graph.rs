@@ -47,6 +47,39 @@ pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
+thread_local! {
+    /// Inclusive time (ns) of the nodes computed inside the node being computed on this
+    /// thread, one entry per nesting level: what makes the times exclusive.
+    static NESTED_NS: std::cell::RefCell<Vec<u128>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Exclusive compute time and output size of each operator during the current batch.
+#[derive(Debug, Default)]
+pub(crate) struct OpTimes {
+    by_node: Mutex<BTreeMap<usize, (String, u128, u64)>>,
+}
+
+impl OpTimes {
+    fn record(&self, id: usize, name: String, ns: u128, records: u64) {
+        let mut m = lock(&self.by_node);
+        let e = m.entry(id).or_insert((name, 0, 0));
+        e.1 += ns;
+        e.2 += records;
+    }
+
+    /// Takes what was recorded, in graph order.
+    pub fn take(&self) -> Vec<crate::metrics::OperatorInfo> {
+        std::mem::take(&mut *lock(&self.by_node))
+            .into_values()
+            .map(|(name, ns, records)| crate::metrics::OperatorInfo {
+                name,
+                time_us: u64::try_from(ns / 1000).unwrap_or(u64::MAX),
+                records,
+            })
+            .collect()
+    }
+}
+
 /// The batch clock of a graph: zero time and interval, fixed at start.
 #[derive(Debug)]
 pub(crate) struct Timing {
@@ -84,6 +117,7 @@ pub(crate) struct NodeMeta {
     /// Stateful nodes are computed at every valid batch time, in order.
     pub stateful: bool,
     timing: Arc<Timing>,
+    op_times: Arc<OpTimes>,
 }
 
 impl NodeMeta {
@@ -144,7 +178,19 @@ impl<T: Data> NodeCell<T> {
         if let Some(b) = lock(&self.cache).get(&t) {
             return Ok(b.clone());
         }
-        let batch = match catch_unwind(AssertUnwindSafe(|| self.op.compute(t))) {
+        let started = std::time::Instant::now();
+        NESTED_NS.with(|n| n.borrow_mut().push(0));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.op.compute(t)));
+        let inclusive = started.elapsed().as_nanos();
+        let nested = NESTED_NS.with(|n| {
+            let mut n = n.borrow_mut();
+            let nested = n.pop().unwrap_or(0);
+            if let Some(parent) = n.last_mut() {
+                *parent += inclusive;
+            }
+            nested
+        });
+        let batch = match outcome {
             Ok(Ok(batch)) => batch,
             Ok(Err(Error::Operator {
                 operator,
@@ -166,6 +212,12 @@ impl<T: Data> NodeCell<T> {
                 })
             }
         };
+        self.meta.op_times.record(
+            self.meta.id,
+            self.meta.name(),
+            inclusive.saturating_sub(nested),
+            batch.len() as u64,
+        );
         if self.meta.should_cache() {
             lock(&self.cache).insert(t, batch.clone());
         }
@@ -308,6 +360,7 @@ pub(crate) struct Graph {
     delivery: Mutex<DeliveryMode>,
     /// The plan of the batch running now (for sinks).
     current: Mutex<Arc<Vec<SourcePlan>>>,
+    pub op_times: Arc<OpTimes>,
 }
 
 impl Graph {
@@ -329,6 +382,7 @@ impl Graph {
             app_name: app_name.to_string(),
             delivery: Mutex::new(DeliveryMode::ExactlyOnce),
             current: Mutex::new(Arc::new(Vec::new())),
+            op_times: Arc::new(OpTimes::default()),
         }
     }
 
@@ -354,6 +408,7 @@ impl Graph {
             consumers: AtomicUsize::new(0),
             stateful,
             timing: self.timing.clone(),
+            op_times: self.op_times.clone(),
         });
         let node = Arc::new(NodeCell {
             meta,

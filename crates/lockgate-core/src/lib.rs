@@ -68,7 +68,8 @@ pub use dstream::DStream;
 pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
 pub use metrics::{
-    BatchInfo, DelayHistogram, DelayHistograms, MetricsSnapshot, SourceCounters, StreamingMetrics,
+    BatchInfo, DelayHistogram, DelayHistograms, MetricsSnapshot, OperatorInfo, SourceCounters,
+    StreamingMetrics,
 };
 pub use show::Show;
 pub use sink::{Sink, SinkBatch, SinkOffsets};

@@ -12,6 +12,17 @@ use crate::graph::{lock, BatchId, InputInfo, OutputOpInfo};
 /// How many completed batches the registry keeps.
 pub const RETAINED_BATCHES: usize = 1000;
 
+/// What one operator did in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorInfo {
+    /// The operator's stable name.
+    pub name: String,
+    /// Time spent in the operator itself (not in its inputs), in microseconds.
+    pub time_us: u64,
+    /// Elements it produced.
+    pub records: u64,
+}
+
 /// Everything recorded about one batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchInfo {
@@ -29,6 +40,10 @@ pub struct BatchInfo {
     pub inputs: Vec<InputInfo>,
     /// Each output operation's timing and status.
     pub output_ops: Vec<OutputOpInfo>,
+    /// Each operator computed in this batch: its own time and output size.
+    pub operators: Vec<OperatorInfo>,
+    /// Entries of each checkpointable state after the batch.
+    pub state_entries: Vec<(String, u64)>,
     /// Why the batch failed, if it did.
     pub failure: Option<String>,
 }
@@ -115,6 +130,8 @@ pub struct DelayHistograms {
     pub processing: DelayHistogram,
     /// Submission to processing end.
     pub total: DelayHistogram,
+    /// Each write of the checkpoint writer (state files, sync, commit).
+    pub checkpoint_write: DelayHistogram,
 }
 
 #[derive(Default)]
@@ -191,6 +208,10 @@ impl StreamingMetrics {
         }
         drop(r);
         self.changed.notify_all();
+    }
+
+    pub(crate) fn checkpoint_written(&self, ms: i64) {
+        lock(&self.inner).histograms.checkpoint_write.observe(ms);
     }
 
     pub(crate) fn set_terminated(&self) {

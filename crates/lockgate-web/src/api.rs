@@ -164,6 +164,15 @@ fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
             "records": i.records,
             "description": i.description,
         })).collect::<Vec<_>>(),
+        "operators": b.operators.iter().map(|o| json!({
+            "name": o.name,
+            "timeUs": o.time_us,
+            "records": o.records,
+        })).collect::<Vec<_>>(),
+        "stateEntries": b.state_entries.iter().map(|(name, n)| json!({
+            "operator": name,
+            "entries": n,
+        })).collect::<Vec<_>>(),
         "outputOperations": b.output_ops.iter().enumerate().map(|(i, o)| json!({
             "outputOpId": i,
             "name": o.name,

@@ -42,6 +42,28 @@ fn counter(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(Str
     }
 }
 
+/// Bytes of each source's WAL segments under `wal`.
+fn wal_sizes(wal: &std::path::Path) -> Vec<(String, f64)> {
+    let Ok(sources) = std::fs::read_dir(wal) else {
+        return Vec::new();
+    };
+    sources
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let bytes: u64 = std::fs::read_dir(e.path())
+                .map(|segs| {
+                    segs.filter_map(|x| x.ok())
+                        .filter_map(|x| x.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            let name = e.file_name().to_string_lossy().into_owned();
+            (format!("{{source=\"{}\"}}", label(&name)), bytes as f64)
+        })
+        .collect()
+}
+
 /// Renders every metric.
 pub(crate) fn render(s: &AppState) -> String {
     let m = s.ctx.metrics().snapshot();
@@ -98,6 +120,21 @@ pub(crate) fn render(s: &AppState) -> String {
         "Time from planning a batch to its end.",
         &m.histograms.total,
     );
+    histogram(
+        &mut out,
+        "lockgate_checkpoint_write_seconds",
+        "Time of each checkpoint write (state files, sync, commit).",
+        &m.histograms.checkpoint_write,
+    );
+    if let Some(dir) = s.ctx.checkpoint_dir() {
+        counter(
+            &mut out,
+            "lockgate_wal_bytes",
+            "Size of each receiver's write-ahead log.",
+            "gauge",
+            &wal_sizes(&dir.join("wal")),
+        );
+    }
     let mut state = Vec::new();
     for (op, parts) in s.ctx.state_sizes() {
         for (p, n) in parts.iter().enumerate() {

@@ -130,6 +130,8 @@ fn statistics_and_batches_match_the_recorded_batches() {
     assert_eq!(one["numTotalOutputOps"], 1);
     assert_eq!(one["processingTime"], 0);
     assert_eq!(one["inputs"][0]["records"], 3);
+    assert_eq!(one["operators"][0]["name"], "numbers");
+    assert_eq!(one["operators"][0]["records"], 3);
     assert_eq!(
         get(
             addr,
@@ -221,4 +223,55 @@ fn binds_loopback_only_and_takes_the_next_free_port() {
     let ls = listeners(ui.addr().port());
     assert_eq!(ls, vec!["0100007F".to_string()], "listening on {ls:?}");
     drop(ui);
+}
+
+#[test]
+fn metrics_show_wal_size_and_checkpoint_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let clock = std::sync::Arc::new(lockgate_core::ManualClock::new(0));
+    let mut lines = None;
+    let ctx = lockgate_core::StreamingContext::get_or_create(dir.path(), |b| {
+        let ctx = b
+            .app_name("wal")
+            .clock(clock.clone())
+            .block_interval(Duration::from_millis(20))
+            .build()?;
+        let l = ctx.socket_text_stream("127.0.0.1", port);
+        l.foreach_batch(|_, _| ());
+        lines = Some(l);
+        Ok(ctx)
+    })
+    .unwrap();
+    let lines = lines.unwrap();
+    let run = ManualRun { ctx, clock };
+    let ui = UiServer::start(&run.ctx, &ephemeral()).unwrap();
+    run.ctx.start().unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.write_all(b"one\ntwo\n").unwrap();
+    assert!(lines.wait_for_stored(2, Duration::from_secs(30)));
+    let (_, before) = get(ui.addr(), "/metrics");
+    let wal_line = before
+        .lines()
+        .find(|l| l.starts_with("lockgate_wal_bytes{source=\"socket-0\"}"))
+        .unwrap_or("");
+    let bytes: f64 = wal_line
+        .split_whitespace()
+        .last()
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    assert!(bytes > 0.0, "{before}");
+    run.next_batch().unwrap();
+    run.ctx.stop(false).unwrap();
+    let (_, after) = get(ui.addr(), "/metrics");
+    let count: u64 = after
+        .lines()
+        .find(|l| l.starts_with("lockgate_checkpoint_write_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count >= 1, "{after}");
 }

@@ -126,6 +126,11 @@ fn streaming_page_renders_and_updates_in_chromium() {
         "input descriptor: {batch}"
     );
     assert!(batch.contains("succeeded"), "{batch}");
+    assert!(
+        batch.contains("<td>doubled</td>"),
+        "operator times: {batch}"
+    );
+    assert!(batch.contains("seq-0.position"), "state sizes: {batch}");
 
     let artifacts = repo().join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -206,6 +206,7 @@ pub(crate) struct Checkpointer {
     states: Vec<Arc<dyn Stateful>>,
     /// Sources, told when their batches are durably committed.
     inputs: Vec<Arc<dyn InputSource>>,
+    metrics: Arc<crate::metrics::StreamingMetrics>,
     /// States that have written a snapshot in this process.
     snapshotted: Mutex<BTreeSet<String>>,
     writer: Writer,
@@ -216,9 +217,11 @@ impl Checkpointer {
         config: CheckpointConfig,
         states: Vec<Arc<dyn Stateful>>,
         inputs: Vec<Arc<dyn InputSource>>,
+        metrics: Arc<crate::metrics::StreamingMetrics>,
     ) -> Self {
         Checkpointer {
             inputs,
+            metrics,
             log: CheckpointLog::new(&config.dir),
             store: StateStore::new(&config.dir),
             config,
@@ -594,6 +597,7 @@ impl Checkpointer {
         let (log, store, config) = (self.log.clone(), self.store.clone(), self.config.clone());
         let failure = self.writer.failure.clone();
         let inputs = self.inputs.clone();
+        let metrics = self.metrics.clone();
         let names: Vec<(String, usize)> = self
             .states
             .iter()
@@ -635,6 +639,7 @@ impl Checkpointer {
                     // After a failure nothing more is committed: a later commit must
                     // never stand on missing state.
                     if !failed {
+                        let write_started = std::time::Instant::now();
                         let result = (|| -> Result<()> {
                             let files: Vec<_> = files
                                 .iter()
@@ -675,6 +680,9 @@ impl Checkpointer {
                                 }
                             }
                         })();
+                        metrics.checkpoint_written(
+                            i64::try_from(write_started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                        );
                         if let Err(e) = result {
                             tracing::error!(error = %e, "checkpoint write failed");
                             failed = true;

@@ -203,6 +203,8 @@ impl Scheduler {
             processing_end: None,
             inputs: inputs.clone(),
             output_ops: Vec::new(),
+            operators: Vec::new(),
+            state_entries: Vec::new(),
             failure: None,
         });
         Job {
@@ -303,6 +305,13 @@ impl Scheduler {
                 processing_end: Some(end),
                 inputs: job.inputs,
                 output_ops: outputs,
+                operators: self.graph.op_times.take(),
+                state_entries: self
+                    .graph
+                    .states()
+                    .iter()
+                    .map(|s| (s.name(), s.sizes().iter().sum::<usize>() as u64))
+                    .collect(),
                 failure: result.as_ref().err().map(|e| e.to_string()),
             };
             tracing::info!(

@@ -46,33 +46,22 @@ impl Rng {
     }
 }
 
-const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
 /// Writes `epoch_secs` as `Fri Dec 18 00:00:00 2015` (UTC).
 pub fn format_apache_time(out: &mut String, epoch_secs: i64) {
-    let days = epoch_secs.div_euclid(86_400);
-    let secs = epoch_secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let c = lockgate_core::civil_time(epoch_secs);
+    let (h, m, s) = c.hms;
     let _ = write!(
         out,
-        "{weekday} {} {day:02} {:02}:{:02}:{:02} {year}",
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+        "{} {} {:02} {h:02}:{m:02}:{s:02} {}",
+        DAYS[c.weekday as usize % 7],
+        MONTHS[(c.month as usize + 11) % 12],
+        c.day,
+        c.year
     );
 }
 

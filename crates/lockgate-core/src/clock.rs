@@ -38,6 +38,44 @@ impl fmt::Display for Time {
     }
 }
 
+/// A UTC calendar date and time of day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CivilTime {
+    /// Year.
+    pub year: i64,
+    /// Month, 1..=12.
+    pub month: u32,
+    /// Day of month, 1..=31.
+    pub day: u32,
+    /// Hour, minute, second.
+    pub hms: (u32, u32, u32),
+    /// Day of the week, 0 = Sunday.
+    pub weekday: u32,
+}
+
+/// The UTC calendar time of `epoch_secs` (Howard Hinnant's `civil_from_days`).
+pub fn civil_time(epoch_secs: i64) -> CivilTime {
+    let days = epoch_secs.div_euclid(86_400);
+    let secs = epoch_secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let small = |v: i64| u32::try_from(v).unwrap_or(0);
+    CivilTime {
+        year: yoe + era * 400 + i64::from(month <= 2),
+        month: small(month),
+        day: small(day),
+        hms: (small(secs / 3600), small(secs / 60 % 60), small(secs % 60)),
+        // 1970-01-01 was a Thursday.
+        weekday: small((days + 4).rem_euclid(7)),
+    }
+}
+
 /// Converts a duration to whole milliseconds (saturating).
 pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -159,6 +197,20 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn civil_time_of_known_dates() {
+        let c = civil_time(1_450_396_800); // Fri Dec 18 2015
+        assert_eq!(
+            (c.year, c.month, c.day, c.hms, c.weekday),
+            (2015, 12, 18, (0, 0, 0), 5)
+        );
+        let c = civil_time(951_782_400 + 86_399); // Tue Feb 29 2000 23:59:59
+        assert_eq!(
+            (c.year, c.month, c.day, c.hms, c.weekday),
+            (2000, 2, 29, (23, 59, 59), 2)
+        );
+    }
 
     #[test]
     fn time_displays_like_spark() {

@@ -58,7 +58,7 @@ pub mod wal;
 
 pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
-pub use clock::{Clock, ManualClock, SystemClock, Time};
+pub use clock::{civil_time, CivilTime, Clock, ManualClock, SystemClock, Time};
 pub use codec::{Codec, CodecError};
 pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
 pub use dstream::output::OutputResult;

@@ -105,7 +105,7 @@ impl UiServer {
                 });
             })
             .map_err(Error::Io)?;
-        tracing::info!(url = %format!("http://{addr}"), "streaming UI");
+        tracing::debug!(url = %format!("http://{addr}"), "streaming UI");
         Ok(UiServer {
             addr,
             shutdown: Some(tx),

@@ -168,6 +168,7 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         block_interval: Duration::from_millis(200),
         sink: None,
         from_sink_offsets: false,
+        backpressure: false,
         delivery: Default::default(),
     };
     cfg.validate()?;

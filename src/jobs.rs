@@ -73,6 +73,8 @@ pub struct JobConfig {
     pub sink: Option<String>,
     /// Resume from the sink's offsets when the checkpoint has no commit.
     pub from_sink_offsets: bool,
+    /// Backpressure on receivers.
+    pub backpressure: bool,
     /// Delivery guarantee (with a checkpoint).
     pub delivery: DeliveryMode,
 }
@@ -113,7 +115,8 @@ impl JobConfig {
         let mut b = b
             .app_name(app)
             .batch_interval(self.batch_interval)
-            .block_interval(self.block_interval);
+            .block_interval(self.block_interval)
+            .backpressure(self.backpressure);
         if let Some(p) = self.parallelism {
             b = b.parallelism(p);
         }

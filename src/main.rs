@@ -148,6 +148,10 @@ pub struct RunOpts {
     /// Do not start the UI.
     #[arg(long)]
     no_ui: bool,
+    /// Backpressure: limit the socket receiver to the rate the job keeps up with (a PID
+    /// controller, as Spark's spark.streaming.backpressure.enabled).
+    #[arg(long)]
+    backpressure: bool,
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
@@ -270,6 +274,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         checkpoint: opts.checkpoint.clone(),
         block_interval: opts.block_interval,
         sink: opts.sink.clone(),
+        backpressure: opts.backpressure,
         from_sink_offsets: opts.from_sink_offsets,
         delivery: match opts.delivery {
             Delivery::ExactlyOnce => lockgate_core::DeliveryMode::ExactlyOnce,

@@ -54,6 +54,7 @@ pub struct StreamingContextBuilder {
     receiver_wal: bool,
     from_sink: Option<SinkOffsets>,
     settings: Vec<(String, String)>,
+    backpressure: bool,
 }
 
 impl StreamingContextBuilder {
@@ -79,6 +80,14 @@ impl StreamingContextBuilder {
     /// 200 ms; only with a checkpoint directory).
     pub fn block_interval(mut self, d: Duration) -> Self {
         self.block_interval = d;
+        self
+    }
+
+    /// Backpressure (Spark's `spark.streaming.backpressure.enabled`): after each batch a
+    /// PID controller estimates the rate the job keeps up with, and receivers store no
+    /// faster than that (default off).
+    pub fn backpressure(mut self, on: bool) -> Self {
+        self.backpressure = on;
         self
     }
 
@@ -212,6 +221,7 @@ impl StreamingContextBuilder {
                 receiver_wal: self.receiver_wal,
                 from_sink: self.from_sink,
                 settings: self.settings,
+                backpressure: self.backpressure,
                 graph: Arc::new(Graph::new(&app_name, interval_ms, parallelism)),
                 metrics: Arc::new(StreamingMetrics::default()),
                 stopping: AtomicBool::new(false),
@@ -246,6 +256,7 @@ struct Inner {
     receiver_wal: bool,
     from_sink: Option<SinkOffsets>,
     settings: Vec<(String, String)>,
+    backpressure: bool,
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
     stopping: AtomicBool,
@@ -276,6 +287,7 @@ impl StreamingContext {
             receiver_wal: true,
             from_sink: None,
             settings: Vec::new(),
+            backpressure: false,
         }
     }
 
@@ -536,6 +548,7 @@ impl StreamingContext {
             pool,
             bounded,
             checkpointer,
+            self.inner.backpressure,
         ));
         run.threads = scheduler.spawn(first, replays)?;
         run.scheduler = Some(scheduler);

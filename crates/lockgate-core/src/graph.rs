@@ -302,6 +302,8 @@ pub(crate) trait InputSource: Send + Sync {
     fn enable_checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
         Ok(())
     }
+    /// The rate controller's new limit, records per second (receivers apply it).
+    fn set_rate_limit(&self, _records_per_second: f64) {}
     /// The batches up to `t` are durably committed: their input may be released.
     fn committed(&self, _t: Time) {}
     /// Marks the input of these logged descriptors as consumed (resuming from a sink's

@@ -49,6 +49,7 @@ pub mod dstream;
 pub mod error;
 mod graph;
 pub mod metrics;
+pub mod rate;
 mod scheduler;
 pub mod show;
 pub mod sink;
@@ -71,6 +72,7 @@ pub use metrics::{
     BatchInfo, DelayHistogram, DelayHistograms, MetricsSnapshot, OperatorInfo, SourceCounters,
     StreamingMetrics,
 };
+pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;
 pub use sink::{Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;

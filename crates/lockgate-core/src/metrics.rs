@@ -24,7 +24,7 @@ pub struct OperatorInfo {
 }
 
 /// Everything recorded about one batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatchInfo {
     /// The batch id.
     pub batch_id: BatchId,
@@ -44,6 +44,9 @@ pub struct BatchInfo {
     pub operators: Vec<OperatorInfo>,
     /// Entries of each checkpointable state after the batch.
     pub state_entries: Vec<(String, u64)>,
+    /// What the rate controller decided after this batch for the next ones (with
+    /// backpressure on).
+    pub rate_decision: Option<crate::rate::RateDecision>,
     /// Why the batch failed, if it did.
     pub failure: Option<String>,
 }

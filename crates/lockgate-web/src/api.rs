@@ -169,6 +169,13 @@ fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
             "timeUs": o.time_us,
             "records": o.records,
         })).collect::<Vec<_>>(),
+        "rateController": b.rate_decision.as_ref().map(|d| json!({
+            "rate": d.rate,
+            "processingRate": d.processing_rate,
+            "error": d.error,
+            "historicalError": d.historical_error,
+            "dError": d.d_error,
+        })),
         "stateEntries": b.state_entries.iter().map(|(name, n)| json!({
             "operator": name,
             "entries": n,

@@ -102,6 +102,20 @@ pub(crate) fn render(s: &AppState) -> String {
         "gauge",
         &[(app.clone(), rate)],
     );
+    if let Some(d) = m
+        .completed
+        .iter()
+        .rev()
+        .find_map(|b| b.rate_decision.as_ref())
+    {
+        counter(
+            &mut out,
+            "lockgate_rate_limit_records_per_second",
+            "The backpressure rate limit set by the last decision.",
+            "gauge",
+            &[(app.clone(), d.rate)],
+        );
+    }
     histogram(
         &mut out,
         "lockgate_scheduling_delay_seconds",

@@ -38,6 +38,8 @@ pub(crate) struct Scheduler {
     pub bounded: bool,
     /// The checkpoint protocol, when the context has a checkpoint directory.
     pub checkpointer: Option<Arc<Checkpointer>>,
+    /// Backpressure's rate estimator, when enabled.
+    pub rate: Option<Mutex<crate::rate::PidRateEstimator>>,
     /// Stop generating batches.
     pub stop: AtomicBool,
     /// Drop queued batches instead of running them.
@@ -55,8 +57,11 @@ impl Scheduler {
         pool: rayon::ThreadPool,
         bounded: bool,
         checkpointer: Option<Arc<Checkpointer>>,
+        backpressure: bool,
     ) -> Self {
+        let interval = graph.timing.interval_ms;
         Scheduler {
+            rate: backpressure.then(|| Mutex::new(crate::rate::PidRateEstimator::new(interval))),
             graph,
             clock,
             metrics,
@@ -205,6 +210,7 @@ impl Scheduler {
             output_ops: Vec::new(),
             operators: Vec::new(),
             state_entries: Vec::new(),
+            rate_decision: None,
             failure: None,
         });
         Job {
@@ -312,8 +318,23 @@ impl Scheduler {
                     .iter()
                     .map(|s| (s.name(), s.sizes().iter().sum::<usize>() as u64))
                     .collect(),
+                rate_decision: None,
                 failure: result.as_ref().err().map(|e| e.to_string()),
             };
+            let mut info = info;
+            if let (Some(est), true) = (&self.rate, result.is_ok()) {
+                info.rate_decision = lock(est).compute(
+                    info.batch_time.millis(),
+                    info.num_records(),
+                    info.processing_time_ms().unwrap_or(0),
+                    info.scheduling_delay_ms().unwrap_or(0),
+                );
+                if let Some(d) = &info.rate_decision {
+                    for input in self.graph.inputs() {
+                        input.set_rate_limit(d.rate);
+                    }
+                }
+            }
             tracing::info!(
                 batch_id = info.batch_id,
                 batch_time_ms = info.batch_time.millis(),

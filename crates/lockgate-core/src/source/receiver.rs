@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::{KeyedState, KeyedStateful};
@@ -57,6 +57,10 @@ struct Shared<T> {
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
     received: AtomicU64,
+    /// The rate limit in records per second as f64 bits (0: none).
+    rate_bits: AtomicU64,
+    /// Token bucket: available records and when it was last refilled.
+    bucket: Mutex<(f64, Instant)>,
     /// Records durably stored (in the WAL, or received when there is none).
     stored: AtomicU64,
     received_changed: Condvar,
@@ -72,6 +76,7 @@ pub struct ReceiverContext<T> {
 impl<T> ReceiverContext<T> {
     /// Stores one record; it goes into the next planned batch.
     pub fn store(&self, item: T) {
+        self.throttle(1);
         lock(&self.shared.buffer).push(item);
         self.received(1);
     }
@@ -79,8 +84,30 @@ impl<T> ReceiverContext<T> {
     /// Stores many records at once.
     pub fn store_many(&self, items: Vec<T>) {
         let n = items.len() as u64;
+        self.throttle(n);
         lock(&self.shared.buffer).extend(items);
         self.received(n);
+    }
+
+    /// With a rate limit (backpressure), waits until `n` more records fit in it.
+    fn throttle(&self, n: u64) {
+        let rate = f64::from_bits(self.shared.rate_bits.load(Ordering::Acquire));
+        if rate <= 0.0 {
+            return;
+        }
+        let wait = {
+            let mut bucket = lock(&self.shared.bucket);
+            let now = Instant::now();
+            // Refill, holding at most one second's worth.
+            bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(rate);
+            bucket.1 = now;
+            bucket.0 -= n as f64;
+            if bucket.0 >= 0.0 {
+                return;
+            }
+            Duration::from_secs_f64(-bucket.0 / rate)
+        };
+        self.sleep(wait);
     }
 
     fn received(&self, n: u64) {
@@ -388,6 +415,12 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
         Ok(())
     }
 
+    fn set_rate_limit(&self, records_per_second: f64) {
+        self.shared
+            .rate_bits
+            .store(records_per_second.to_bits(), Ordering::Release);
+    }
+
     fn committed(&self, t: Time) {
         if let Some(w) = lock(&self.wal).as_mut() {
             let later = w.by_time.split_off(&t.plus_ms(1));
@@ -519,6 +552,8 @@ impl StreamingContext {
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),
             received: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
+            bucket: Mutex::new((0.0, Instant::now())),
             stored: AtomicU64::new(0),
             received_changed: Condvar::new(),
             received_lock: Mutex::new(()),

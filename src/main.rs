@@ -327,8 +327,13 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let started = Instant::now();
     ctx.start()
         .with_context(|| format!("starting the {app} job"))?;
-    // A bounded run has a known backlog: show its progress.
-    let progress = cfg.once.then(|| progress::Progress::start(&ctx));
+    // A bounded run has a known backlog: show its progress; a streaming job shows how a
+    // backlog drains when one builds up (after downtime).
+    let progress = if cfg.once {
+        progress::Progress::start(&ctx)
+    } else {
+        progress::Progress::catch_up(&ctx)
+    };
     let result = ctx.await_termination();
     drop(progress);
     result.with_context(|| format!("the {app} job failed"))?;

@@ -1,5 +1,6 @@
-//! Progress of a run with a known backlog (`--once`): a progress bar on a terminal,
-//! plain lines every few seconds otherwise.
+//! Progress of a run with a known backlog: a `--once` run, or a streaming job catching up
+//! after downtime (several batches queued at once). A progress bar on a terminal, plain
+//! lines every few seconds otherwise.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,61 @@ fn counts(ctx: &StreamingContext) -> (u64, u64, u64) {
 }
 
 impl Progress {
+    /// Watches a streaming job: whenever batches queue up (a catch-up after downtime or a
+    /// slow patch), shows how the backlog drains, and says when it has caught up.
+    pub fn catch_up(ctx: &StreamingContext) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ctx, flag) = (ctx.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let terminal = std::io::stderr().is_terminal();
+            // (batches done when the backlog appeared, when, the bar)
+            let mut showing: Option<(u64, Instant, ProgressBar)> = None;
+            let mut last_line = Instant::now();
+            while !flag.load(Ordering::Acquire) && !ctx.is_stopping() {
+                let m = ctx.metrics().snapshot();
+                let waiting = m.queued.len() as u64;
+                let done = m.total_completed;
+                match &mut showing {
+                    None if waiting >= 2 => {
+                        let bar = if terminal {
+                            ProgressBar::new(0)
+                        } else {
+                            ProgressBar::hidden()
+                        };
+                        eprintln!("catching up: {waiting} batches queued");
+                        showing = Some((done, Instant::now(), bar));
+                    }
+                    Some((done0, since, bar)) => {
+                        let caught = done - *done0;
+                        if waiting == 0 {
+                            bar.finish_and_clear();
+                            eprintln!(
+                                "caught up: {caught} batches in {:.1} s",
+                                since.elapsed().as_secs_f64()
+                            );
+                            showing = None;
+                        } else if terminal {
+                            bar.set_length(caught + waiting);
+                            bar.set_position(caught);
+                        } else if last_line.elapsed() >= Duration::from_secs(2) {
+                            eprintln!("catching up: {caught} done, {waiting} queued");
+                            last_line = Instant::now();
+                        }
+                    }
+                    None => {}
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if let Some((_, _, bar)) = showing {
+                bar.finish_and_clear();
+            }
+        });
+        Progress {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Starts showing the progress of `ctx` (a started bounded run).
     pub fn start(ctx: &StreamingContext) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));

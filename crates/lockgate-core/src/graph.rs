@@ -331,7 +331,8 @@ pub(crate) trait InputSource: Send + Sync {
 pub(crate) struct OutputOp {
     pub name: String,
     pub meta: Arc<NodeMeta>,
-    pub run: Box<dyn Fn(BatchRef) -> Result<()> + Send + Sync>,
+    /// Runs the output for a batch; returns the number of elements it wrote.
+    pub run: Box<dyn Fn(BatchRef) -> Result<u64> + Send + Sync>,
 }
 
 /// The result of running one output operation for a batch.
@@ -343,6 +344,8 @@ pub struct OutputOpInfo {
     pub start: Time,
     /// When it ended.
     pub end: Time,
+    /// Elements of the batch it wrote.
+    pub records: u64,
     /// The error message if it failed.
     pub failure: Option<String>,
 }
@@ -534,6 +537,7 @@ impl Graph {
                     name: op.name.clone(),
                     start,
                     end: clock.now(),
+                    records: *r.as_ref().unwrap_or(&0),
                     failure: r.as_ref().err().map(|e| e.to_string()),
                 });
                 if let Err(e) = r {

@@ -144,6 +144,7 @@ struct Registry {
     completed: VecDeque<BatchInfo>,
     total_completed: u64,
     total_records: u64,
+    total_records_out: u64,
     last_completed: Option<Time>,
     terminated: bool,
     sources: BTreeMap<String, Arc<SourceCounters>>,
@@ -163,6 +164,8 @@ pub struct MetricsSnapshot {
     pub total_completed: u64,
     /// Records in all completed batches.
     pub total_records: u64,
+    /// Elements written by output operations since start.
+    pub total_records_out: u64,
     /// Delay histograms since start.
     pub histograms: DelayHistograms,
 }
@@ -195,6 +198,7 @@ impl StreamingMetrics {
         r.running = None;
         r.total_completed += 1;
         r.total_records += info.num_records();
+        r.total_records_out += info.output_ops.iter().map(|o| o.records).sum::<u64>();
         r.last_completed = Some(info.batch_time);
         if let Some(ms) = info.scheduling_delay_ms() {
             r.histograms.scheduling.observe(ms);
@@ -248,6 +252,7 @@ impl StreamingMetrics {
             completed: r.completed.iter().cloned().collect(),
             total_completed: r.total_completed,
             total_records: r.total_records,
+            total_records_out: r.total_records_out,
             histograms: r.histograms.clone(),
         }
     }

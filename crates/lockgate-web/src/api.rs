@@ -186,6 +186,7 @@ fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
             "startTime": spark_date(o.start.millis()),
             "endTime": spark_date(o.end.millis()),
             "duration": o.end.since(o.start),
+            "records": o.records,
             "failureReason": o.failure,
         })).collect::<Vec<_>>(),
     })

@@ -90,6 +90,13 @@ pub(crate) fn render(s: &AppState) -> String {
         "counter",
         &[(app.clone(), m.total_records as f64)],
     );
+    counter(
+        &mut out,
+        "lockgate_records_out_total",
+        "Elements written by output operations.",
+        "counter",
+        &[(app.clone(), m.total_records_out as f64)],
+    );
     let interval_s = s.ctx.batch_interval().as_secs_f64().max(1e-3);
     let rate = m
         .completed

@@ -159,6 +159,11 @@ fn statistics_and_batches_match_the_recorded_batches() {
         metrics.contains("lockgate_records_in_total{app=\"test\"} 4"),
         "{metrics}"
     );
+    // Batches 1 and 2 completed: 3 + 1 elements written by the output.
+    assert!(
+        metrics.contains("lockgate_records_out_total{app=\"test\"} 4"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("lockgate_scheduling_delay_seconds_bucket{le=\"0.001\"} 2"),
         "{metrics}"

@@ -123,7 +123,11 @@ impl<T: Data> DStream<T> {
         self.graph.add_output(OutputOp {
             name,
             meta: p.meta.clone(),
-            run: Box::new(move |b| run(p.get_or_compute(b.time)?, b)),
+            run: Box::new(move |b| {
+                let batch = p.get_or_compute(b.time)?;
+                let n = batch.len() as u64;
+                run(batch, b).map(|()| n)
+            }),
         });
     }
 

@@ -95,19 +95,10 @@ impl<T> ReceiverContext<T> {
         if rate <= 0.0 {
             return;
         }
-        let wait = {
-            let mut bucket = lock(&self.shared.bucket);
-            let now = Instant::now();
-            // Refill, holding at most one second's worth.
-            bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(rate);
-            bucket.1 = now;
-            bucket.0 -= n as f64;
-            if bucket.0 >= 0.0 {
-                return;
-            }
-            Duration::from_secs_f64(-bucket.0 / rate)
-        };
-        self.sleep(wait);
+        let wait = take_tokens(&mut lock(&self.shared.bucket), Instant::now(), rate, n);
+        if let Some(wait) = wait {
+            self.sleep(wait);
+        }
     }
 
     fn received(&self, n: u64) {
@@ -153,6 +144,15 @@ struct WalSide<T> {
     /// The highest block taken by each planned batch, for deleting old segments.
     by_time: BTreeMap<Time, u64>,
     failure: Option<Error>,
+}
+
+/// Token bucket of a rate limit: refills `rate` tokens per second (holding at most one
+/// second's worth), takes `n`, and says how long to wait when that overdraws it.
+fn take_tokens(bucket: &mut (f64, Instant), now: Instant, rate: f64, n: u64) -> Option<Duration> {
+    bucket.0 = (bucket.0 + now.saturating_duration_since(bucket.1).as_secs_f64() * rate).min(rate);
+    bucket.1 = now;
+    bucket.0 -= n as f64;
+    (bucket.0 < 0.0).then(|| Duration::from_secs_f64(-bucket.0 / rate))
 }
 
 struct ReceiverInput<T> {
@@ -586,5 +586,31 @@ impl StreamingContext {
             shared,
             wal_on,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_makes_a_burst_wait_and_refills_over_time() {
+        let t0 = Instant::now();
+        let mut bucket = (0.0, t0);
+        // 100 records/s, empty bucket: 50 records must wait half a second.
+        assert_eq!(
+            take_tokens(&mut bucket, t0, 100.0, 50),
+            Some(Duration::from_millis(500))
+        );
+        // One second later the debt is paid and 50 tokens are back.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(take_tokens(&mut bucket, t1, 100.0, 50), None);
+        // A long pause refills at most one second's worth.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(take_tokens(&mut bucket, t2, 100.0, 100), None);
+        assert_eq!(
+            take_tokens(&mut bucket, t2, 100.0, 10),
+            Some(Duration::from_millis(100))
+        );
     }
 }

@@ -5,9 +5,12 @@
 //! in parallel on all cores, and the results go to outputs.
 //!
 //! This crate owns: batches ([`Batch`]), the [`DStream`] API (transformations, keyed
-//! operations, windows, state, outputs), the scheduler (job generator and runner), the
-//! [`Clock`] (system and manual), sources (queues, files, sockets, the [`Receiver`]
-//! trait) and the metrics registry.
+//! operations, windows, state, outputs and the [`Sink`] trait), the scheduler (job
+//! generator and runner), the [`Clock`] (system and manual), sources (queues, sequences,
+//! files, sockets, the [`Receiver`] trait), the exactly-once protocol
+//! ([`checkpoint`]: logged plans, state store, recovery; [`wal`]: the receivers'
+//! write-ahead log; [`codec`]: what state is encoded with), backpressure ([`rate`]) and
+//! the metrics registry.
 //!
 //! ```
 //! use std::time::Duration;

@@ -393,35 +393,26 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
         "{text}"
     );
 
-    let same = lockgate()
-        .args([
-            "checkpoint",
-            "check-upgrade",
-            cp.to_str().unwrap(),
-            "--job",
-            "word-count",
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let check_upgrade = |job: &str| {
+        lockgate()
+            .args([
+                "checkpoint",
+                "check-upgrade",
+                cp.to_str().unwrap(),
+                "--job",
+                job,
+            ])
+            .args(["--input", input.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let same = check_upgrade("word-count");
     assert!(
         same.status.success(),
         "{}",
         String::from_utf8_lossy(&same.stdout)
     );
-    let other = lockgate()
-        .args([
-            "checkpoint",
-            "check-upgrade",
-            cp.to_str().unwrap(),
-            "--job",
-            "log-errors",
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let other = check_upgrade("log-errors");
     assert_eq!(other.status.code(), Some(2));
     let report = String::from_utf8_lossy(&other.stdout);
     assert!(

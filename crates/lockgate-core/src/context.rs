@@ -503,7 +503,7 @@ impl StreamingContext {
             None if self.inner.checkpoint.is_some() => Some(self.recover()?),
             None => None,
         };
-        let (mut zero, mut base_id, mut first, replays, recovered, checkpointer) = match recovery {
+        let (zero, base_id, first, replays, recovered, checkpointer) = match recovery {
             Some((r, cp)) => (
                 r.zero,
                 r.base_id,
@@ -513,16 +513,21 @@ impl StreamingContext {
                 Some(cp),
             ),
             None => {
-                let zero = self.fresh_zero();
-                (zero, 0, zero.plus_ms(interval), Vec::new(), false, None)
+                let (zero, base_id) = self.fresh_timing();
+                (
+                    zero,
+                    base_id,
+                    zero.plus_ms(interval),
+                    Vec::new(),
+                    false,
+                    None,
+                )
             }
         };
+        // Timing already continues after the sink's batches (fresh_timing); the sources
+        // learn what those batches took.
         if let (Some(offsets), false) = (&self.inner.from_sink, recovered) {
             seed_from_sink(&self.inner.graph.inputs(), offsets)?;
-            if checkpointer.is_none() {
-                (zero, base_id) = self.fresh_timing();
-                first = zero.plus_ms(interval);
-            }
         }
         self.inner.graph.start(zero, base_id);
         let bounded = self.inner.trigger == Trigger::AvailableNow;

@@ -194,6 +194,23 @@ fn renamed_operator_is_reported_by_name_and_upgrade_options_apply() {
     drop(ctx);
 }
 
+/// Restarts the job of `run_two_batches` on `dir` until batch 1 (time 2000) has run
+/// again; returns the ids of the batches the restart ran.
+fn batches_rerun_after_restart(dir: &Path) -> Vec<u64> {
+    let clock = Arc::new(ManualClock::new(2000));
+    let ctx = word_count_ctx(dir, clock, "counts", StateUpgrade::Fail).unwrap();
+    ctx.start().unwrap();
+    assert!(ctx
+        .metrics()
+        .wait_for_batch(lockgate_core::Time(2000), Duration::from_secs(30)));
+    ctx.stop(false).unwrap();
+    ctx.metrics()
+        .completed_batches()
+        .iter()
+        .map(|b| b.batch_id)
+        .collect()
+}
+
 #[test]
 fn corrupt_commit_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,20 +221,8 @@ fn corrupt_commit_falls_back_to_the_previous_one() {
     bytes[last] ^= 0xff;
     std::fs::write(&commit, bytes).unwrap();
     // Recovery uses commit 0 and re-runs batch 1 from its plan.
-    let clock = Arc::new(ManualClock::new(2000));
-    let ctx = word_count_ctx(dir.path(), clock, "counts", StateUpgrade::Fail).unwrap();
-    ctx.start().unwrap();
-    assert!(ctx
-        .metrics()
-        .wait_for_batch(lockgate_core::Time(2000), Duration::from_secs(30)));
-    ctx.stop(false).unwrap();
+    let ids = batches_rerun_after_restart(dir.path());
     // Batch 1 was re-run (and batch 0 too, if commit 0 was grouped into commit 1).
-    let ids: Vec<u64> = ctx
-        .metrics()
-        .completed_batches()
-        .iter()
-        .map(|b| b.batch_id)
-        .collect();
     assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
 }
 
@@ -261,19 +266,7 @@ fn corrupt_state_falls_back_to_an_older_commit() {
         }
     }
     assert!(corrupted > 0);
-    let clock = Arc::new(ManualClock::new(2000));
-    let ctx = word_count_ctx(dir.path(), clock, "counts", StateUpgrade::Fail).unwrap();
-    ctx.start().unwrap();
-    assert!(ctx
-        .metrics()
-        .wait_for_batch(lockgate_core::Time(2000), Duration::from_secs(30)));
-    ctx.stop(false).unwrap();
-    let ids: Vec<u64> = ctx
-        .metrics()
-        .completed_batches()
-        .iter()
-        .map(|b| b.batch_id)
-        .collect();
+    let ids = batches_rerun_after_restart(dir.path());
     assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
 }
 

@@ -194,11 +194,6 @@ impl CheckpointLog {
         write_file(&self.metadata_path(), FileKind::Metadata, &to_bytes(m))
     }
 
-    /// Logs a plan durably.
-    pub fn write_plan(&self, p: &Plan) -> Result<()> {
-        write_file(&self.plan_path(p.batch_id), FileKind::Plan, &to_bytes(p))
-    }
-
     /// Logs several plans and makes them durable together (one filesystem sync).
     pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
         let files = plans
@@ -294,7 +289,7 @@ mod tests {
                     description: "x".into(),
                 }],
             };
-            log.write_plan(&plan).unwrap();
+            log.write_plans(std::slice::from_ref(&plan)).unwrap();
             assert_eq!(log.read_plan(id).unwrap(), plan);
             log.write_commit(&Commit {
                 batch_id: id,

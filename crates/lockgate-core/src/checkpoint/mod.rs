@@ -351,8 +351,10 @@ impl Checkpointer {
             }
         }
 
-        // The newest commit whose state loads.
+        // The newest commit whose state loads. The directories are listed once.
         let commits = self.log.commit_ids();
+        let plan_ids = self.log.plan_ids();
+        let on_disk: BTreeMap<String, usize> = self.store.operators().into_iter().collect();
         let mut chosen: Option<(Commit, Vec<Vec<Vec<Vec<u8>>>>)> = None;
         let mut last_err: Option<Error> = None;
         for id in commits.iter().rev() {
@@ -364,7 +366,7 @@ impl Checkpointer {
                     continue;
                 }
             };
-            match self.load_states(commit.batch_id, &start_empty) {
+            match self.load_states(commit.batch_id, &start_empty, &on_disk) {
                 Ok(loaded) => {
                     chosen = Some((commit, loaded));
                     break;
@@ -379,7 +381,7 @@ impl Checkpointer {
         if chosen.is_none() && !commits.is_empty() {
             // Falling back to "no commit at all" is only right if every plan from
             // batch 0 on is still there; otherwise input would be lost.
-            if self.log.plan_ids().first() != Some(&0) {
+            if plan_ids.first() != Some(&0) {
                 return Err(last_err.unwrap_or_else(|| Error::Checkpoint {
                     path: self.config.dir.join("commits"),
                     reason: "no commit loads and older plans are gone".into(),
@@ -400,7 +402,7 @@ impl Checkpointer {
         }
         // Sources whose state is snapshot-only learn what the committed plans took since.
         if let Some(c) = committed {
-            for id in self.log.plan_ids().into_iter().filter(|&id| id <= c) {
+            for &id in plan_ids.iter().filter(|&&id| id <= c) {
                 let plan = self.log.read_plan(id)?;
                 for sp in &plan.sources {
                     if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
@@ -415,7 +417,7 @@ impl Checkpointer {
         // planned again).
         let mut replays = Vec::new();
         let mut expected = committed.map(|c| c + 1);
-        for id in self.log.plan_ids() {
+        for &id in &plan_ids {
             if committed.is_some_and(|c| id <= c) {
                 continue;
             }
@@ -523,7 +525,12 @@ impl Checkpointer {
     }
 
     /// Loads every operator's state payloads at `version`.
-    fn load_states(&self, version: u64, skip: &BTreeSet<String>) -> Result<Vec<Vec<Vec<Vec<u8>>>>> {
+    fn load_states(
+        &self,
+        version: u64,
+        skip: &BTreeSet<String>,
+        on_disk: &BTreeMap<String, usize>,
+    ) -> Result<Vec<Vec<Vec<Vec<u8>>>>> {
         let mut out = Vec::new();
         for s in &self.states {
             let name = s.name();
@@ -531,14 +538,9 @@ impl Checkpointer {
                 out.push(Vec::new());
                 continue;
             }
-            let on_disk = self
-                .store
-                .operators()
-                .into_iter()
-                .find(|(n, _)| *n == dir_name(&name))
-                .map_or(0, |(_, p)| p);
+            let parts_on_disk = on_disk.get(&dir_name(&name)).copied().unwrap_or(0);
             let ty = s.type_desc();
-            let parts = (0..on_disk)
+            let parts = (0..parts_on_disk)
                 .map(|p| self.store.load(&name, &ty, p, version))
                 .collect::<Result<Vec<_>>>()?;
             out.push(parts);

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, write_file, write_files, FileKind};
+use crate::checkpoint::file::{read_file, write_files, FileKind};
 use crate::codec::{Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -127,12 +127,6 @@ impl StateStore {
     /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem).
     pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
         write_files(files)
-    }
-
-    /// Writes one state file durably.
-    pub fn write(&self, header: &StateHeader, snapshot: bool, entries: &[u8]) -> Result<()> {
-        let (path, kind, payload) = self.file(header, snapshot, entries);
-        write_file(&path, kind, &payload)
     }
 
     /// The state files of one operator partition, by version.

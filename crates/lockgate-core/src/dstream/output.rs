@@ -75,17 +75,12 @@ pub fn write_batch_dir(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "batch".into());
-    // Leftovers of a writer that died mid-batch (any process id) go first.
-    let stale = format!(".{name}.tmp-");
-    if let Ok(entries) = fs::read_dir(parent) {
-        for e in entries.filter_map(|e| e.ok()) {
-            if e.file_name().to_string_lossy().starts_with(&stale) {
-                let p = e.path();
-                fs::remove_dir_all(&p).map_err(|e| Error::io("remove directory", &p, e))?;
-            }
-        }
+    // One writer per output directory: a fixed temporary name, so the leftover of a
+    // writer that died mid-batch is replaced without listing the directory.
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove directory", &tmp, e))?;
     }
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
     files
         .map(|(file, bytes)| {

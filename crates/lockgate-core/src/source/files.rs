@@ -33,7 +33,9 @@ use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::{chunk_bounds, register, split_lines, SourceCompute, DEFAULT_MAX_LINE_BYTES};
+use crate::source::{
+    chunk_bounds, register, source_name, split_lines, SourceCompute, DEFAULT_MAX_LINE_BYTES,
+};
 
 /// Options of [`text_file_stream_with`](StreamingContext::text_file_stream_with).
 #[derive(Clone, Debug)]
@@ -315,7 +317,7 @@ impl StreamingContext {
         dir: impl AsRef<Path>,
         opts: FileStreamOptions,
     ) -> DStream<String> {
-        let name = format!("files-{}", self.metrics_ref().source_names().len());
+        let name = source_name(self, "files");
         let taken = Arc::new(Mutex::new(KeyedState::new(1, true)));
         let state_name = format!("{name}.files");
         // Snapshots only: recovery adds the files of the plans logged since.

@@ -33,6 +33,11 @@ pub(crate) trait SourceCompute<T>: InputSource {
     fn compute(&self, t: Time) -> Result<Batch<T>>;
 }
 
+/// A new source's name: `<kind>-<n>`, `n` counting the context's sources.
+pub(crate) fn source_name(ctx: &StreamingContext, kind: &str) -> String {
+    format!("{kind}-{}", ctx.metrics_ref().source_names().len())
+}
+
 /// Registers an input node for `src` in the context's graph.
 pub(crate) fn register<T: Data, S: SourceCompute<T> + 'static>(
     ctx: &StreamingContext,

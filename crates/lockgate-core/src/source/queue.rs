@@ -12,8 +12,8 @@ use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::Result;
 use crate::graph::{lock, InputInfo, InputSource};
-use crate::metrics::{SourceCounters, StreamingMetrics};
-use crate::source::{register, SourceCompute};
+use crate::metrics::SourceCounters;
+use crate::source::{register, source_name, SourceCompute};
 
 /// A queue of batches feeding a [`queue_stream`](StreamingContext::queue_stream);
 /// cloneable, so the program can push more batches while the context runs.
@@ -185,10 +185,6 @@ impl<T: Data> SourceCompute<T> for ConstantInput<T> {
     }
 }
 
-fn source_name(metrics: &StreamingMetrics, kind: &str) -> String {
-    format!("{kind}-{}", metrics.source_names().len())
-}
-
 impl StreamingContext {
     /// A stream fed from `queue`: with `one_at_a_time`, each batch takes the next queued
     /// batch; otherwise each batch takes everything queued. When the queue is empty, a
@@ -199,7 +195,7 @@ impl StreamingContext {
         one_at_a_time: bool,
         default: Option<Vec<T>>,
     ) -> DStream<T> {
-        let name = source_name(self.metrics_ref(), "queue");
+        let name = source_name(self, "queue");
         let src = Arc::new(QueueInput {
             counters: self.metrics_ref().source(&name),
             name,
@@ -214,7 +210,7 @@ impl StreamingContext {
 
     /// A stream whose every batch is `data`.
     pub fn constant_input_stream<T: Data>(&self, data: Vec<T>) -> DStream<T> {
-        let name = source_name(self.metrics_ref(), "constant");
+        let name = source_name(self, "constant");
         let src = Arc::new(ConstantInput {
             counters: self.metrics_ref().source(&name),
             name,
@@ -334,7 +330,7 @@ impl StreamingContext {
     /// A replayable stream of the given batches (see the type's docs): batch `k` of the
     /// run is `batches[k]`, then empty batches; bounded runs end after the last one.
     pub fn seq_stream<T: Data>(&self, batches: Vec<Vec<T>>) -> DStream<T> {
-        let name = source_name(self.metrics_ref(), "seq");
+        let name = source_name(self, "seq");
         let done = Arc::new(Mutex::new(KeyedState::new(1, true)));
         let state_name = format!("{name}.position");
         self.graph().add_state(Arc::new(KeyedStateful {

@@ -35,7 +35,7 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::{lock, panic_message, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::{register, SourceCompute};
+use crate::source::{register, source_name, SourceCompute};
 use crate::wal::{BlockRef, Wal};
 
 /// A push source run on its own thread.
@@ -541,11 +541,7 @@ impl StreamingContext {
         &self,
         receiver: impl Receiver<T>,
     ) -> ReceiverInputDStream<T> {
-        let name = format!(
-            "{}-{}",
-            receiver.name(),
-            self.metrics_ref().source_names().len()
-        );
+        let name = source_name(self, &receiver.name());
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),

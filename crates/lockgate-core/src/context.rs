@@ -208,6 +208,7 @@ impl StreamingContextBuilder {
             }
         }
         let app_name = self.app_name;
+        let metrics = Arc::new(StreamingMetrics::default());
         Ok(StreamingContext {
             inner: Arc::new(Inner {
                 app_name: app_name.clone(),
@@ -222,8 +223,13 @@ impl StreamingContextBuilder {
                 from_sink: self.from_sink,
                 settings: self.settings,
                 backpressure: self.backpressure,
-                graph: Arc::new(Graph::new(&app_name, interval_ms, parallelism)),
-                metrics: Arc::new(StreamingMetrics::default()),
+                graph: Arc::new(Graph::new(
+                    &app_name,
+                    interval_ms,
+                    parallelism,
+                    metrics.clone(),
+                )),
+                metrics,
                 stopping: AtomicBool::new(false),
                 run: Mutex::new(Run {
                     state: ContextState::Initialized,
@@ -446,6 +452,13 @@ impl StreamingContext {
         self.inner.metrics.clone()
     }
 
+    /// Warnings about the graph as built so far (also logged at start), each naming an
+    /// operator: e.g. an event-time aggregation without a watermark, whose state would
+    /// grow forever.
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.graph.warnings()
+    }
+
     /// Entries of every checkpointable state (operators, sources) per partition, by
     /// stable name.
     pub fn state_sizes(&self) -> Vec<(String, Vec<usize>)> {
@@ -498,6 +511,9 @@ impl StreamingContext {
         }
         let interval = self.inner.graph.timing.interval_ms;
         self.inner.graph.validate()?;
+        for w in self.inner.graph.warnings() {
+            tracing::warn!("{w}");
+        }
         let recovery = match run.recovery.take() {
             Some(r) => Some(r),
             None if self.inner.checkpoint.is_some() => Some(self.recover()?),

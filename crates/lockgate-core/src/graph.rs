@@ -365,11 +365,21 @@ pub(crate) struct Graph {
     delivery: Mutex<DeliveryMode>,
     /// The plan of the batch running now (for sinks).
     current: Mutex<Arc<Vec<SourcePlan>>>,
+    /// The batch running now is the last of a bounded run.
+    end_of_input: AtomicBool,
+    /// Operators whose state grows without bound (event time without a watermark).
+    unbounded_state: Mutex<Vec<(Arc<NodeMeta>, &'static str)>>,
+    pub metrics: Arc<crate::metrics::StreamingMetrics>,
     pub op_times: Arc<OpTimes>,
 }
 
 impl Graph {
-    pub fn new(app_name: &str, interval_ms: i64, parallelism: usize) -> Self {
+    pub fn new(
+        app_name: &str,
+        interval_ms: i64,
+        parallelism: usize,
+        metrics: Arc<crate::metrics::StreamingMetrics>,
+    ) -> Self {
         Graph {
             timing: Arc::new(Timing {
                 interval_ms,
@@ -387,6 +397,9 @@ impl Graph {
             app_name: app_name.to_string(),
             delivery: Mutex::new(DeliveryMode::ExactlyOnce),
             current: Mutex::new(Arc::new(Vec::new())),
+            end_of_input: AtomicBool::new(false),
+            unbounded_state: Mutex::new(Vec::new()),
+            metrics,
             op_times: Arc::new(OpTimes::default()),
         }
     }
@@ -444,8 +457,32 @@ impl Graph {
         lock(&self.current).clone()
     }
 
-    pub fn set_current_plan(&self, plan: Arc<Vec<SourcePlan>>) {
+    pub fn set_current_plan(&self, plan: Arc<Vec<SourcePlan>>, end_of_input: bool) {
         *lock(&self.current) = plan;
+        self.end_of_input.store(end_of_input, Ordering::Release);
+    }
+
+    /// True while the last batch of a bounded run runs.
+    pub fn end_of_input(&self) -> bool {
+        self.end_of_input.load(Ordering::Acquire)
+    }
+
+    /// Records that `meta`'s state grows without bound, and why (warned about at start).
+    pub fn warn_unbounded_state(&self, meta: &Arc<NodeMeta>, why: &'static str) {
+        lock(&self.unbounded_state).push((meta.clone(), why));
+    }
+
+    /// Warnings about the graph, naming the operators (final names, so call at start).
+    pub fn warnings(&self) -> Vec<String> {
+        lock(&self.unbounded_state)
+            .iter()
+            .map(|(meta, why)| {
+                format!(
+                    "operator `{}`: {why}; its state will grow forever",
+                    meta.name()
+                )
+            })
+            .collect()
     }
 
     /// Registers checkpointable state (of an operator or a source).

@@ -65,6 +65,9 @@ pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport
 pub use clock::{civil_time, CivilTime, Clock, ManualClock, SystemClock, Time};
 pub use codec::{Codec, CodecError};
 pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
+pub use dstream::event_time::{
+    EventTimeStream, GroupState, OutputMode, TimeWindow, WindowSpec, Windowed, WindowedStream,
+};
 pub use dstream::output::OutputResult;
 pub use dstream::state::{MapWithStateDStream, State, StateSpec};
 pub use dstream::window::InverseWindowOpts;
@@ -72,8 +75,8 @@ pub use dstream::DStream;
 pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
 pub use metrics::{
-    BatchInfo, DelayHistogram, DelayHistograms, MetricsSnapshot, OperatorInfo, SourceCounters,
-    StreamingMetrics,
+    BatchInfo, DelayHistogram, DelayHistograms, EventTimeCounters, MetricsSnapshot, OperatorInfo,
+    SourceCounters, StreamingMetrics,
 };
 pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;

@@ -2,7 +2,7 @@
 //! operations) and per-source counters, for tests, logs and (later) the web UI.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -97,6 +97,30 @@ impl SourceCounters {
     }
 }
 
+/// Counters of one event-time operator.
+#[derive(Debug)]
+pub struct EventTimeCounters {
+    /// Records dropped because their event time was behind the watermark.
+    pub late_records: AtomicU64,
+    /// Records dropped because no event time could be read from them.
+    pub records_without_time: AtomicU64,
+    /// The operator's watermark in epoch ms (`i64::MIN` before the first record).
+    pub watermark_ms: AtomicI64,
+    /// Windows (or keyed states) emitted and evicted because the watermark passed them.
+    pub closed: AtomicU64,
+}
+
+impl Default for EventTimeCounters {
+    fn default() -> Self {
+        EventTimeCounters {
+            late_records: AtomicU64::new(0),
+            records_without_time: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+            closed: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Upper bounds (ms) of the delay histogram buckets; the last bucket is unbounded.
 pub const DELAY_BUCKETS_MS: [i64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
@@ -148,6 +172,7 @@ struct Registry {
     last_completed: Option<Time>,
     terminated: bool,
     sources: BTreeMap<String, Arc<SourceCounters>>,
+    event_time: BTreeMap<String, Arc<EventTimeCounters>>,
     histograms: DelayHistograms,
 }
 
@@ -233,6 +258,24 @@ impl StreamingMetrics {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The counters of event-time operator `name` (created on first use).
+    pub fn event_time(&self, name: &str) -> Arc<EventTimeCounters> {
+        lock(&self.inner)
+            .event_time
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Every event-time operator's counters, by operator name.
+    pub fn event_time_operators(&self) -> Vec<(String, Arc<EventTimeCounters>)> {
+        lock(&self.inner)
+            .event_time
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Names of all sources with counters.

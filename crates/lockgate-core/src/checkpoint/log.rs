@@ -87,6 +87,9 @@ pub struct Plan {
     pub batch_time_ms: i64,
     /// Each source's descriptor.
     pub sources: Vec<SourcePlan>,
+    /// The last batch of a bounded run: event-time operators emit their open windows.
+    /// (Written last and optional when reading, so older plans still decode.)
+    pub end_of_input: bool,
 }
 
 impl Codec for Plan {
@@ -94,12 +97,18 @@ impl Codec for Plan {
         self.batch_id.encode(out);
         self.batch_time_ms.encode(out);
         self.sources.encode(out);
+        self.end_of_input.encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(Plan {
             batch_id: Codec::decode(input)?,
             batch_time_ms: Codec::decode(input)?,
             sources: Codec::decode(input)?,
+            end_of_input: if input.is_empty() {
+                false
+            } else {
+                Codec::decode(input)?
+            },
         })
     }
 }
@@ -264,6 +273,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plans_written_before_end_of_input_still_decode() {
+        let plan = Plan {
+            batch_id: 3,
+            batch_time_ms: 4000,
+            sources: Vec::new(),
+            end_of_input: false,
+        };
+        let mut old = to_bytes(&plan);
+        old.pop(); // the format before the flag existed
+        assert_eq!(from_bytes::<Plan>(&old).unwrap(), plan);
+        let end = Plan {
+            end_of_input: true,
+            ..plan
+        };
+        assert_eq!(from_bytes::<Plan>(&to_bytes(&end)).unwrap(), end);
+    }
+
+    #[test]
     fn plans_commits_and_metadata_roundtrip_and_retention() {
         let dir = tempfile::tempdir().unwrap();
         let log = CheckpointLog::new(dir.path());
@@ -288,6 +315,7 @@ mod tests {
                     records: 0,
                     description: "x".into(),
                 }],
+                end_of_input: id == 4,
             };
             log.write_plans(std::slice::from_ref(&plan)).unwrap();
             assert_eq!(log.read_plan(id).unwrap(), plan);

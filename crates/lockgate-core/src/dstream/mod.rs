@@ -12,6 +12,7 @@ use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeCell, Operator};
 
+pub mod event_time;
 pub mod keyed;
 pub mod output;
 pub mod state;

@@ -27,6 +27,7 @@ struct Job {
     batch: BatchRef,
     inputs: Vec<InputInfo>,
     plan: Arc<Vec<SourcePlan>>,
+    end_of_input: bool,
 }
 
 /// State shared by the generator, the runner and the context.
@@ -142,11 +143,14 @@ impl Scheduler {
                 });
                 inputs.push(info);
             }
+            // A bounded run's last batch is marked (and logged) as the end of its input.
+            let end_of_input = self.bounded && !self.graph.inputs().iter().any(|i| i.has_pending());
             planned.push((
                 Plan {
                     batch_id: id,
                     batch_time_ms: t.0,
                     sources,
+                    end_of_input,
                 },
                 inputs,
             ));
@@ -170,6 +174,7 @@ impl Scheduler {
                     Time(p.batch_time_ms),
                     inputs,
                     Arc::new(p.sources),
+                    p.end_of_input,
                 )
             })
             .collect())
@@ -196,10 +201,17 @@ impl Scheduler {
             batch_time_ms = t.0,
             "re-running a logged batch after a restart"
         );
-        Ok(self.queue(plan.batch_id, t, infos, sources))
+        Ok(self.queue(plan.batch_id, t, infos, sources, plan.end_of_input))
     }
 
-    fn queue(&self, id: u64, t: Time, inputs: Vec<InputInfo>, plan: Arc<Vec<SourcePlan>>) -> Job {
+    fn queue(
+        &self,
+        id: u64,
+        t: Time,
+        inputs: Vec<InputInfo>,
+        plan: Arc<Vec<SourcePlan>>,
+        end_of_input: bool,
+    ) -> Job {
         self.metrics.batch_queued(BatchInfo {
             batch_id: id,
             batch_time: t,
@@ -217,6 +229,7 @@ impl Scheduler {
             batch: BatchRef { id, time: t },
             inputs,
             plan,
+            end_of_input,
         }
     }
 
@@ -290,7 +303,8 @@ impl Scheduler {
             }
             let start = self.clock.now();
             let queued = self.metrics.batch_started(job.batch.time, start);
-            self.graph.set_current_plan(job.plan.clone());
+            self.graph
+                .set_current_plan(job.plan.clone(), job.end_of_input);
             let (outputs, result) = self.pool.install(|| {
                 let (outputs, result) =
                     self.graph

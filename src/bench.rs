@@ -1,9 +1,11 @@
-//! `lockgate bench log-errors`: the log-errors job over generated files (`--once`, one
-//! file per batch) and, in the same run, a raw-scan baseline over the same files.
+//! `lockgate bench log-errors|word-count`: a built-in job over generated files (`--once`,
+//! one file per batch) and, in the same run, a raw-scan baseline over the same files;
+//! `bench recovery`: the recovery time of a large state.
 
 use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -11,9 +13,10 @@ use clap::Args;
 use rayon::prelude::*;
 
 use crate::generate::generate_logs;
-use crate::jobs::{self, Input, JobConfig};
+use crate::jobs::{self, Input, Job, JobConfig};
+use rustc_hash::FxHashMap;
 
-/// Options of `bench log-errors`.
+/// Options of `bench log-errors` and `bench word-count`.
 #[derive(Args)]
 pub struct BenchOpts {
     /// Total lines to generate.
@@ -31,6 +34,9 @@ pub struct BenchOpts {
     /// Runs of each engine variant (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// log-errors: count per event-time window (`run log-errors --event-time`).
+    #[arg(long)]
+    event_time: bool,
 }
 
 /// The run with the median time.
@@ -66,13 +72,16 @@ struct Figures {
     /// final flush).
     steady: Duration,
     peak_rss: Option<u64>,
+    /// Exclusive time per operator (µs, summed over the retained batches).
+    operators: Vec<(String, u64)>,
 }
 
 impl Figures {
-    fn print(&self, name: &str) {
+    /// Prints the figures; `what` names the check figure (errors, words).
+    fn print(&self, name: &str, what: &str) {
         let s = self.elapsed.as_secs_f64();
         println!(
-            "{name:<10} {:>10} lines {:>9} errors {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  peak RSS {}",
+            "{name:<11} {:>10} lines {:>9} {what:<6} {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  peak RSS {}",
             self.lines,
             self.errors,
             s,
@@ -87,7 +96,7 @@ impl Figures {
 fn data_dir(opts: &BenchOpts) -> Result<PathBuf> {
     let dir = opts
         .data
-        .join(format!("logs-{}-{}", opts.lines, opts.files));
+        .join(format!("logs-v2-{}-{}", opts.lines, opts.files));
     let marker = dir.join("_COMPLETE");
     if !marker.exists() {
         if dir.exists() {
@@ -144,10 +153,27 @@ fn raw_scan(files: &[PathBuf], workers: usize) -> Result<Figures> {
         bytes: counts.iter().map(|c| c.2).sum(),
         elapsed,
         peak_rss: peak_rss(),
+        operators: Vec::new(),
     })
 }
 
-fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -> Result<Figures> {
+/// What the engine's output says, to check it against the baseline.
+#[derive(Default)]
+struct Check {
+    /// ERROR lines: per batch (processing time) or final count per tumbling window.
+    errors: AtomicI64,
+    by_window: Mutex<BTreeMap<i64, i64>>,
+    /// Word count: the last count of each word.
+    words: Mutex<FxHashMap<String, i64>>,
+}
+
+fn engine(
+    job: Job,
+    dir: &Path,
+    opts: &BenchOpts,
+    bytes: u64,
+    checkpoint: Option<&Path>,
+) -> Result<Figures> {
     if let Some(cp) = checkpoint {
         if cp.exists() {
             std::fs::remove_dir_all(cp).with_context(|| format!("clearing {}", cp.display()))?;
@@ -170,26 +196,47 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         from_sink_offsets: false,
         backpressure: false,
         delivery: Default::default(),
+        event_time: opts.event_time,
     };
     cfg.validate()?;
     let mut builder = cfg.configure(
-        "bench-log-errors",
+        &format!("bench-{}", job.name()),
         lockgate_core::StreamingContext::builder(),
     );
     if let Some(cp) = checkpoint {
         builder = builder.checkpoint_dir(cp);
     }
     let ctx = builder.build()?;
-    let lines = cfg.lines(&ctx);
-    let job = jobs::log_errors(&cfg, &lines, None);
-    let errors = Arc::new(AtomicI64::new(0));
-    let e2 = errors.clone();
-    // The error count per batch (slide == interval, window >= slide): sum the batch
-    // counts to check the engine against the baseline.
-    job.errors.count().foreach_batch(move |b, _| {
-        e2.fetch_add(b.iter().sum::<i64>(), Ordering::Relaxed);
-    });
-    job.window_counts.foreach_batch(|_, _| ());
+    let check = Arc::new(Check::default());
+    let c = check.clone();
+    match job {
+        Job::LogErrors => {
+            let streams = jobs::log_errors(&cfg, &ctx, None);
+            match streams.errors {
+                // Processing time: the error count per batch.
+                Some(errors) => errors.count().foreach_batch(move |b, _| {
+                    c.errors.fetch_add(b.iter().sum::<i64>(), Ordering::Relaxed);
+                }),
+                // Event time (update mode): the last count of each tumbling window.
+                None => streams.rows.foreach_batch(move |b, _| {
+                    let mut m = lock(&c.by_window);
+                    for (stream, start, _, count) in b.iter() {
+                        if *stream == jobs::EVENT_WINDOWS[0].0 {
+                            m.insert(*start, *count);
+                        }
+                    }
+                }),
+            }
+        }
+        Job::WordCount => {
+            jobs::word_count(&cfg, &ctx, None).foreach_batch(move |b, _| {
+                let mut m = lock(&c.words);
+                for (w, n) in b.iter() {
+                    m.insert(w.clone(), *n);
+                }
+            })
+        }
+    }
     let start = Instant::now();
     ctx.start()?;
     ctx.await_termination()?;
@@ -201,20 +248,54 @@ fn engine(dir: &Path, opts: &BenchOpts, bytes: u64, checkpoint: Option<&Path>) -
         (Some(a), Some(b)) => Duration::from_millis(u64::try_from(b.since(a)).unwrap_or(0)),
         _ => elapsed,
     };
+    let mut ops: BTreeMap<String, u64> = BTreeMap::new();
+    for b in &m.completed {
+        for o in &b.operators {
+            *ops.entry(o.name.clone()).or_insert(0) += o.time_us;
+        }
+    }
+    let by_window: i64 = lock(&check.by_window).values().sum();
+    let words: i64 = lock(&check.words).values().sum();
     Ok(Figures {
         lines: m.total_records,
-        errors: u64::try_from(errors.load(Ordering::Relaxed)).unwrap_or(0),
+        errors: u64::try_from(check.errors.load(Ordering::Relaxed) + by_window + words)
+            .unwrap_or(0),
         bytes,
         elapsed,
         steady,
         peak_rss: peak_rss(),
+        operators: ops.into_iter().collect(),
     })
 }
 
-/// Runs the benchmark and prints its figures.
-pub fn log_errors(opts: &BenchOpts) -> Result<()> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Words (split on single spaces, empty strings not counted) in all files: what the
+/// word count's final counts must add up to.
+fn count_words(files: &[PathBuf]) -> Result<u64> {
+    files
+        .par_iter()
+        .map(|f| {
+            let text = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            Ok(text
+                .split(|&b| b == b'\n' || b == b' ')
+                .filter(|w| !w.is_empty() && *w != b"\r")
+                .count() as u64)
+        })
+        .sum()
+}
+
+/// Runs the benchmark of `job` and prints its figures.
+pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
+    let what = match (job, opts.event_time) {
+        (Job::LogErrors, true) => "log-errors --event-time",
+        (Job::LogErrors, false) => "log-errors",
+        (Job::WordCount, _) => "word-count",
+    };
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench log-errors`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench {what}`");
     }
     let dir = data_dir(opts)?;
     let files = log_files(&dir)?;
@@ -224,41 +305,64 @@ pub fn log_errors(opts: &BenchOpts) -> Result<()> {
     // Warm the page cache so neither side pays for the disk.
     let warm = raw_scan(&files, cores)?;
     let baseline = raw_scan(&files, cores)?;
+    // What the engine's check figure must equal.
+    let expected = match job {
+        Job::LogErrors => baseline.errors,
+        Job::WordCount => count_words(&files)?,
+    };
     // Short runs are noisy: alternate the two variants and keep each one's median.
     let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
     let (mut plain, mut with_cp) = (Vec::new(), Vec::new());
     for _ in 0..opts.repeat.max(1) {
-        plain.push(engine(&dir, opts, warm.bytes, None)?);
-        with_cp.push(engine(&dir, opts, warm.bytes, Some(&cp_dir))?);
+        plain.push(engine(job, &dir, opts, warm.bytes, None)?);
+        with_cp.push(engine(job, &dir, opts, warm.bytes, Some(&cp_dir))?);
     }
     let _ = std::fs::remove_dir_all(&cp_dir);
     let run = median(plain);
     let checkpointed = median(with_cp);
     for r in [&run, &checkpointed] {
-        if r.lines != baseline.lines || r.errors != baseline.errors {
+        if r.lines != baseline.lines || r.errors != expected {
             bail!(
-                "engine and baseline disagree: engine {} lines / {} errors, baseline {} / {}",
+                "engine and baseline disagree: engine {} lines / check {}, baseline {} lines / \
+                 expected {}",
                 r.lines,
                 r.errors,
                 baseline.lines,
-                baseline.errors
+                expected
             );
         }
     }
     println!(
-        "log-errors: {} lines ({:.1} MB) in {} files, one file per batch, {cores} workers, \
+        "{what}: {} lines ({:.1} MB) in {} files, one file per batch, {cores} workers, \
          median of {} runs",
         baseline.lines,
         mb(baseline.bytes),
         files.len(),
         opts.repeat.max(1)
     );
-    baseline.print("raw-scan");
-    run.print("lockgate");
-    checkpointed.print("lockgate+cp");
+    let check = match job {
+        Job::LogErrors => "errors",
+        Job::WordCount => "words",
+    };
+    baseline.print("raw-scan", "errors");
+    run.print("lockgate", check);
+    checkpointed.print("lockgate+cp", check);
+    let total: u64 = run.operators.iter().map(|o| o.1).sum::<u64>().max(1);
+    let mut ops = run.operators.clone();
+    ops.sort_by_key(|o| std::cmp::Reverse(o.1));
     println!(
-        "lockgate / raw-scan throughput: {:.1}%",
-        100.0 * baseline.elapsed.as_secs_f64() / run.elapsed.as_secs_f64()
+        "operator time (exclusive, all workers): {}",
+        ops.iter()
+            .take(6)
+            .map(|(n, us)| format!("{n} {:.0}%", 100.0 * *us as f64 / total as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ratio = |r: &Figures| 100.0 * baseline.elapsed.as_secs_f64() / r.elapsed.as_secs_f64();
+    println!(
+        "lockgate / raw-scan throughput: {:.1}% (with checkpoint {:.1}%)",
+        ratio(&run),
+        ratio(&checkpointed)
     );
     let cost = |a: Duration, b: Duration| 100.0 * (1.0 - a.as_secs_f64() / b.as_secs_f64());
     println!(

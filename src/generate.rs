@@ -2,7 +2,8 @@
 //!
 //! Lines look like
 //! `[Fri Dec 18 00:00:00 2015] [ERROR] [client 10.1.2.3] Directory index forbidden by rule: /home/raj/`.
-//! About 10% are at level `ERROR`, and the string `ERROR` appears nowhere else. Event
+//! About 10% are at level `ERROR`, and the string `ERROR` appears nowhere else. Clients
+//! come from a pool of 5,000 addresses, so a word count holds about 100k distinct words. Event
 //! time starts at 2015-12-18 00:00:00 UTC and rises by 100 ms per line. The same seed
 //! gives the same bytes.
 
@@ -110,6 +111,9 @@ fn message(rng: &mut Rng, out: &mut String) {
     };
 }
 
+/// Distinct client addresses in the sample logs.
+pub const CLIENTS: u64 = 5_000;
+
 /// Appends line number `i` of the sample log to `out` (with its newline).
 pub fn write_line(rng: &mut Rng, i: u64, out: &mut String) {
     out.push('[');
@@ -122,12 +126,13 @@ pub fn write_line(rng: &mut Rng, i: u64, out: &mut String) {
         40..=59 => "NOTICE",
         _ => "INFO",
     };
+    // A server sees a limited set of clients: CLIENTS addresses.
+    let client = rng.below(CLIENTS);
     let _ = write!(
         out,
-        "] [{level}] [client 10.{}.{}.{}] ",
-        rng.below(256),
-        rng.below(256),
-        rng.below(256)
+        "] [{level}] [client 10.0.{}.{}] ",
+        client / 250,
+        client % 250 + 1
     );
     message(rng, out);
     out.push('\n');

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use lockgate_core::dstream::output::write_batch_dir;
 use lockgate_core::{
-    Batch, DStream, DeliveryMode, FileStreamOptions, StreamingContext, StreamingContextBuilder,
-    Time, Trigger,
+    Batch, DStream, DeliveryMode, FileStreamOptions, State, StateSpec, StreamingContext,
+    StreamingContextBuilder, Time, Trigger, WindowSpec,
 };
 use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use rayon::prelude::*;
@@ -77,6 +77,9 @@ pub struct JobConfig {
     pub backpressure: bool,
     /// Delivery guarantee (with a checkpoint).
     pub delivery: DeliveryMode,
+    /// log-errors: count per event-time window (the timestamp at the start of each
+    /// line) instead of per processing-time window.
+    pub event_time: bool,
 }
 
 /// The built-in jobs.
@@ -154,36 +157,31 @@ impl JobConfig {
             _ => None,
         };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-            let lines = self.lines(ctx);
             let json = self.output.as_deref().map(JsonOutput::new);
             match job {
                 Job::LogErrors => {
-                    let streams = log_errors(self, &lines, json.as_ref());
+                    let streams = log_errors(self, ctx, json.as_ref());
                     if let Some(b) = backend.take() {
-                        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
                         let sink = SqlSink::new(
                             "window_counts",
                             b,
                             window_counts_table(),
                             WriteMode::Upsert,
-                            move |(t, c): &(i64, i64)| {
+                            |(stream, start, end, count): &WindowRow| {
                                 vec![
-                                    SqlValue::Text("error_window_counts".into()),
-                                    SqlValue::Int(t - window_ms),
-                                    SqlValue::Int(*t),
-                                    SqlValue::Int(*c),
+                                    SqlValue::Text((*stream).into()),
+                                    SqlValue::Int(*start),
+                                    SqlValue::Int(*end),
+                                    SqlValue::Int(*count),
                                 ]
                             },
                         )
                         .map_err(sink_err)?;
-                        streams
-                            .window_counts
-                            .transform(|b, t| b.map(move |c| (t.millis(), c)))
-                            .write_to(sink);
+                        streams.rows.write_to(sink);
                     }
                 }
                 Job::WordCount => {
-                    let changed = word_count(self, &lines, json.as_ref());
+                    let changed = word_count(self, ctx, json.as_ref());
                     if let Some(b) = backend.take() {
                         let sink = SqlSink::new(
                             "word_counts",
@@ -227,15 +225,37 @@ impl JobConfig {
     pub fn lines(&self, ctx: &StreamingContext) -> DStream<String> {
         match &self.input {
             Input::Socket { host, port } => ctx.socket_text_stream(host, *port).stream(),
-            Input::Dir(dir) => ctx.text_file_stream_with(
-                dir,
-                FileStreamOptions {
-                    max_files_per_batch: self.max_files_per_batch,
-                    // The CLI processes what is already there too (Spark would not).
-                    new_files_only: false,
-                    ..Default::default()
-                },
-            ),
+            Input::Dir(dir) => ctx.text_file_stream_with(dir, self.file_options()),
+        }
+    }
+
+    fn file_options(&self) -> FileStreamOptions {
+        FileStreamOptions {
+            max_files_per_batch: self.max_files_per_batch,
+            // The CLI processes what is already there too (Spark would not).
+            new_files_only: false,
+            ..Default::default()
+        }
+    }
+
+    /// The lines containing `ERROR`, mapped by `f`. Files are read as chunks and only
+    /// the matching lines are looked at (no allocation per line); socket lines are
+    /// filtered one by one.
+    fn error_lines<U: lockgate_core::Data>(
+        &self,
+        ctx: &StreamingContext,
+        f: fn(&[u8]) -> U,
+    ) -> DStream<U> {
+        match &self.input {
+            Input::Socket { host, port } => {
+                let finder = memchr::memmem::Finder::new("ERROR").into_owned();
+                ctx.socket_text_stream(host, *port)
+                    .stream()
+                    .flat_map(move |l| finder.find(l.as_bytes()).map(|_| f(l.as_bytes())))
+            }
+            Input::Dir(dir) => ctx
+                .text_file_chunk_stream(dir, self.file_options())
+                .flat_map(move |chunk| chunk.lines_containing(b"ERROR").map(f).collect::<Vec<_>>()),
         }
     }
 }
@@ -310,20 +330,35 @@ impl JsonOutput {
     }
 }
 
+/// A row of windowed counts: (stream, window start, window end, count). Event-time
+/// windows are in epoch seconds; the processing-time `error_window_counts` in batch-time
+/// milliseconds.
+pub type WindowRow = (&'static str, i64, i64, i64);
+
 /// The streams of the log-errors job.
 pub struct LogErrors {
-    /// Lines containing `ERROR`.
-    pub errors: DStream<String>,
-    /// Number of error lines per window, one element per slide.
-    pub window_counts: DStream<i64>,
+    /// Lines containing `ERROR` (processing-time mode only).
+    pub errors: Option<DStream<String>>,
+    /// The windowed counts, as rows for a database sink.
+    pub rows: DStream<WindowRow>,
 }
 
+/// The event-time windows of `log-errors --event-time`: (stream name, spec).
+pub const EVENT_WINDOWS: [(&str, u64, u64); 2] =
+    [("tumbling_30s", 30, 30), ("sliding_30s_10s", 30, 10)];
+
+/// How far event time may go back before a line is late.
+pub const EVENT_WATERMARK: Duration = Duration::from_secs(10);
+
 /// Spark Streaming's classic log processor: keep the lines containing `ERROR`, count
-/// them over a sliding window.
-pub fn log_errors(cfg: &JobConfig, lines: &DStream<String>, out: Option<&JsonOutput>) -> LogErrors {
-    let finder = memchr::memmem::Finder::new("ERROR").into_owned();
-    let errors = lines
-        .filter(move |l| finder.find(l.as_bytes()).is_some())
+/// them over a sliding processing-time window; or, with `event_time`, count them per
+/// event-time window (the timestamp that starts each line) with a watermark.
+pub fn log_errors(cfg: &JobConfig, ctx: &StreamingContext, out: Option<&JsonOutput>) -> LogErrors {
+    if cfg.event_time {
+        return log_errors_event_time(cfg, ctx, out);
+    }
+    let errors = cfg
+        .error_lines(ctx, |l| String::from_utf8_lossy(l).into_owned())
         .name("errors");
     let window_counts = errors
         .count_by_window(cfg.window, cfg.slide)
@@ -340,40 +375,156 @@ pub fn log_errors(cfg: &JobConfig, lines: &DStream<String>, out: Option<&JsonOut
             |c, t| json!({ "batch_time_ms": t.millis(), "count": c }),
         );
     }
+    let window_ms = i64::try_from(cfg.window.as_millis()).unwrap_or(i64::MAX);
+    let rows = window_counts.transform(move |b, t| {
+        b.map(move |c| ("error_window_counts", t.millis() - window_ms, t.millis(), c))
+    });
     LogErrors {
-        errors,
-        window_counts,
+        errors: Some(errors),
+        rows,
     }
+}
+
+fn log_errors_event_time(
+    cfg: &JobConfig,
+    ctx: &StreamingContext,
+    out: Option<&JsonOutput>,
+) -> LogErrors {
+    // Seconds since the epoch of each ERROR line; None when its timestamp is malformed
+    // (counted by the window operators as records without event time, and skipped).
+    let times = cfg.error_lines(ctx, parse_apache_time).name("error_times");
+    let events = times.with_watermark(|t: &Option<i64>| t.map(|s| Time(s * 1000)), EVENT_WATERMARK);
+    let mut rows: Option<DStream<WindowRow>> = None;
+    for (name, size, slide) in EVENT_WINDOWS {
+        let spec = if size == slide {
+            WindowSpec::tumbling(Duration::from_secs(size))
+        } else {
+            WindowSpec::sliding(Duration::from_secs(size), Duration::from_secs(slide))
+        };
+        let counts = events.window(spec).count().name(name);
+        if cfg.print {
+            counts.print();
+        }
+        if let Some(out) = out {
+            out.write(&counts, name, |w, _| {
+                json!({
+                    "start": w.window.start.0 / 1000,
+                    "end": w.window.end.0 / 1000,
+                    "count": w.value,
+                })
+            });
+        }
+        let mine = counts.map(move |w| (name, w.window.start.0 / 1000, w.window.end.0 / 1000, w.value));
+        rows = Some(match rows {
+            Some(r) => r.union(&mine),
+            None => mine,
+        });
+    }
+    LogErrors {
+        errors: None,
+        rows: rows.unwrap_or_else(|| times.flat_map(|_| None)),
+    }
+}
+
+/// Epoch seconds of the Apache timestamp starting `line`: `[Fri Dec 18 00:00:00 2015]`
+/// (UTC; the weekday is not checked). `None` when the line does not start with one.
+pub fn parse_apache_time(line: &[u8]) -> Option<i64> {
+    let rest = line.strip_prefix(b"[")?;
+    let end = memchr::memchr(b']', &rest[..rest.len().min(40)])?;
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let mut parts = text.split_ascii_whitespace();
+    let _weekday = parts.next()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let day: u32 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.splitn(3, ':');
+    let mut field = || -> Option<u32> {
+        let f = hms.next()?;
+        (f.len() == 2).then_some(())?;
+        f.parse().ok()
+    };
+    let (h, m, sec) = (field()?, field()?, field()?);
+    let year: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    lockgate_core::epoch_seconds(year, month, day, (h, m, sec))
+}
+
+/// The words of a chunk of lines (split on spaces and line ends, `\r` stripped, empty
+/// strings not counted) with their counts: one pair per distinct word, counted under
+/// borrowed keys so nothing is allocated until the pairs are made.
+fn count_words(buf: &[u8]) -> Vec<(String, i64)> {
+    let mut counts: rustc_hash::FxHashMap<&[u8], i64> = Default::default();
+    let mut start = 0;
+    for end in memchr::memchr2_iter(b' ', b'\n', buf).chain([buf.len()]) {
+        let w = &buf[start..end];
+        let w = w.strip_suffix(b"\r").unwrap_or(w);
+        start = end + 1;
+        if !w.is_empty() {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(w, n)| (String::from_utf8_lossy(w).into_owned(), n))
+        .collect()
 }
 
 /// Running word count (words split on single spaces; empty strings are not words),
 /// emitting each batch the words whose count changed, with their new count.
+///
+/// Files are read as chunks and each chunk's words are counted in place (borrowed, no
+/// allocation per word) before one `(word, n)` pair per distinct word goes to
+/// `reduce_by_key`; the running totals live in `map_with_state`, which touches (and
+/// checkpoints) only the words of the batch.
 pub fn word_count(
     cfg: &JobConfig,
-    lines: &DStream<String>,
+    ctx: &StreamingContext,
     out: Option<&JsonOutput>,
 ) -> DStream<(String, i64)> {
-    let counts = lines
-        .flat_map(|l| {
+    let pairs: DStream<(String, i64)> = match &cfg.input {
+        Input::Socket { .. } => cfg.lines(ctx).flat_map(|l| {
             l.split(' ')
                 .filter(|w| !w.is_empty())
-                .map(str::to_string)
+                .map(|w| (w.to_string(), 1i64))
                 .collect::<Vec<_>>()
-        })
-        .map(|w| (w, 1i64))
+        }),
+        Input::Dir(dir) => ctx
+            .text_file_chunk_stream(
+                dir,
+                FileStreamOptions {
+                    // One chunk per worker: each chunk costs its distinct words.
+                    chunks_per_worker: 1,
+                    ..cfg.file_options()
+                },
+            )
+            .flat_map(|chunk| count_words(chunk.as_bytes())),
+    };
+    let changed = pairs
         .reduce_by_key(|a, b| a + b)
-        // State: (count, changed in this batch).
-        .update_state_by_key(|new: &[i64], state: Option<(i64, bool)>| {
-            let before = state.map_or(0, |s| s.0);
-            match new.iter().sum::<i64>() {
-                0 if new.is_empty() => state.map(|(c, _)| (c, false)),
-                added => Some((before + added, true)),
-            }
-        })
-        .name("word_counts_state");
-    let changed = counts
-        .filter(|(_, (_, changed))| *changed)
-        .map(|(w, (c, _))| (w, c))
+        .map_with_state(StateSpec::function(
+            |w: &String, n: Option<i64>, total: &mut State<i64>| {
+                let now = total.get().copied().unwrap_or(0) + n.unwrap_or(0);
+                total.update(now);
+                (w.clone(), now)
+            },
+        ))
+        .name("word_counts_state")
+        .stream()
         .name("word_counts");
     if cfg.print {
         changed.print();
@@ -386,4 +537,54 @@ pub fn word_count(
         );
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_word_counts_match_splitting_lines() {
+        let text = "a bb  a\r\nthe-longest-word-here a\n\nbb last";
+        let mut got = count_words(text.as_bytes());
+        got.sort();
+        let mut want: std::collections::BTreeMap<String, i64> = Default::default();
+        for line in text.lines() {
+            for w in line.trim_end_matches('\r').split(' ').filter(|w| !w.is_empty()) {
+                *want.entry(w.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn apache_timestamps_parse_and_malformed_ones_do_not() {
+        assert_eq!(
+            parse_apache_time(b"[Fri Dec 18 00:00:00 2015] [ERROR] x"),
+            Some(1_450_396_800)
+        );
+        assert_eq!(
+            parse_apache_time(b"[Sat Dec 19 01:02:03 2015] [info]"),
+            Some(1_450_396_800 + 86_400 + 3723)
+        );
+        // A space-padded day, as some servers write it.
+        assert_eq!(
+            parse_apache_time(b"[Tue Dec  1 00:00:00 2015]"),
+            Some(1_448_928_000)
+        );
+        for bad in [
+            &b""[..],
+            b"no timestamp ERROR",
+            b"[Fri Dec 18 00:00:00 2015",
+            b"[Fri Foo 18 00:00:00 2015]",
+            b"[Fri Dec 32 00:00:00 2015]",
+            b"[Fri Dec 18 25:00:00 2015]",
+            b"[Fri Dec 18 0:0:0 2015]",
+            b"[Fri Dec 18 00:00:00 2015 extra]",
+            b"[Fri Dec 18 00:00:00 x]",
+            b"[\xff\xfe]",
+        ] {
+            assert_eq!(parse_apache_time(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

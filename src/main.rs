@@ -155,6 +155,12 @@ pub struct RunOpts {
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
+    /// log-errors: count ERROR lines per event-time window read from each line's
+    /// `[Fri Dec 18 00:00:00 2015]` timestamp (UTC): streams tumbling_30s and
+    /// sliding_30s_10s, watermark 10s, update mode. Malformed timestamps are counted and
+    /// skipped.
+    #[arg(long)]
+    event_time: bool,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +186,8 @@ enum BenchWhat {
     /// log-errors over generated files, --once, one file per batch, against a raw
     /// memchr scan of the same files.
     LogErrors(bench::BenchOpts),
+    /// word-count over the same generated files, against the same raw scan.
+    WordCount(bench::BenchOpts),
     /// Recovery time of a word count holding many keys (default 1M).
     Recovery(bench::RecoveryOpts),
 }
@@ -223,7 +231,10 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             what: BenchWhat::LogErrors(opts),
-        } => bench::log_errors(&opts),
+        } => bench::run(Job::LogErrors, &opts),
+        Command::Bench {
+            what: BenchWhat::WordCount(opts),
+        } => bench::run(Job::WordCount, &opts),
         Command::Bench {
             what: BenchWhat::Recovery(opts),
         } => bench::recovery(&opts),
@@ -281,6 +292,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
             Delivery::AtLeastOnce => lockgate_core::DeliveryMode::AtLeastOnce,
             Delivery::AtMostOnce => lockgate_core::DeliveryMode::AtMostOnce,
         },
+        event_time: opts.event_time,
     })
 }
 

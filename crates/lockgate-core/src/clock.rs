@@ -76,6 +76,32 @@ pub fn civil_time(epoch_secs: i64) -> CivilTime {
     }
 }
 
+/// Epoch seconds of a UTC calendar time (Howard Hinnant's `days_from_civil`), or `None`
+/// when a field is out of range (month 1..=12, day 1..=days of that month, hour < 24,
+/// minute < 60, second < 61).
+pub fn epoch_seconds(year: i64, month: u32, day: u32, hms: (u32, u32, u32)) -> Option<i64> {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    let (h, m, s) = hms;
+    if day == 0 || day > days_in_month || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let y = year - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s))
+}
+
 /// Converts a duration to whole milliseconds (saturating).
 pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -196,6 +222,18 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_seconds_inverts_civil_time() {
+        for t in [0i64, 1_450_396_800, 951_782_400, 4_102_444_799, -86_400, 1_700_000_123] {
+            let c = civil_time(t);
+            assert_eq!(epoch_seconds(c.year, c.month, c.day, c.hms), Some(t), "{t}");
+        }
+        assert_eq!(epoch_seconds(2015, 2, 29, (0, 0, 0)), None);
+        assert_eq!(epoch_seconds(2016, 2, 29, (0, 0, 0)), Some(1_456_704_000));
+        assert_eq!(epoch_seconds(2015, 13, 1, (0, 0, 0)), None);
+        assert_eq!(epoch_seconds(2015, 12, 18, (24, 0, 0)), None);
+    }
     use std::sync::Arc;
 
     #[test]

@@ -62,7 +62,7 @@ pub mod wal;
 
 pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
-pub use clock::{civil_time, CivilTime, Clock, ManualClock, SystemClock, Time};
+pub use clock::{civil_time, epoch_seconds, CivilTime, Clock, ManualClock, SystemClock, Time};
 pub use codec::{Codec, CodecError};
 pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
 pub use dstream::event_time::{
@@ -82,6 +82,7 @@ pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;
 pub use sink::{Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;
+pub use source::TextChunk;
 pub use source::queue::InputQueue;
 pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};
 pub use source::socket::SocketTextReceiver;

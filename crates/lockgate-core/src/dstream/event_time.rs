@@ -947,3 +947,23 @@ where
         out
     }
 }
+
+impl crate::show::Show for TimeWindow {
+    /// `[start,end)` in epoch milliseconds.
+    fn show(&self, out: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        write!(out, "[{},{})", self.start.0, self.end.0)
+    }
+}
+
+impl<K: crate::show::Show, V: crate::show::Show> crate::show::Show for Windowed<K, V> {
+    /// `(key,[start,end),value)`, like a tuple.
+    fn show(&self, out: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        out.write_char('(')?;
+        self.key.show(out)?;
+        out.write_char(',')?;
+        self.window.show(out)?;
+        out.write_char(',')?;
+        self.value.show(out)?;
+        out.write_char(')')
+    }
+}

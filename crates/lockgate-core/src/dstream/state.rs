@@ -153,6 +153,18 @@ impl<K: Data, S: Data, U: Data> MapWithStateDStream<K, S, U> {
     pub fn stream(&self) -> DStream<U> {
         self.mapped.clone()
     }
+
+    /// Gives the stateful operator a stable name (its state is checkpointed under it);
+    /// the mapped stream is named `<name>.mapped`.
+    pub fn name(self, name: &str) -> Self {
+        let internal = self.internal.name(name);
+        let mapped = self.mapped.name(&format!("{name}.mapped"));
+        MapWithStateDStream {
+            mapped,
+            internal,
+            want_snapshots: self.want_snapshots,
+        }
+    }
 }
 
 impl<K, S, U> Deref for MapWithStateDStream<K, S, U> {

@@ -88,6 +88,98 @@ pub(crate) fn split_lines(buf: &[u8], max: usize, counters: &SourceCounters) -> 
     out
 }
 
+/// Whole lines of a file held in a shared buffer (see
+/// [`text_file_chunk_stream`](StreamingContext::text_file_chunk_stream)): cloning a
+/// chunk or iterating its lines copies no text.
+#[derive(Clone)]
+pub struct TextChunk {
+    data: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+impl TextChunk {
+    /// The chunk `range` of `data` (which should start at a line start and end after a
+    /// `\n` or at the end of the data).
+    pub fn new(data: Arc<Vec<u8>>, range: Range<usize>) -> Self {
+        let end = range.end.min(data.len());
+        TextChunk {
+            range: range.start.min(end)..end,
+            data,
+        }
+    }
+
+    /// A chunk of its own bytes (tests, small inputs).
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        let data: Vec<u8> = bytes.into();
+        let n = data.len();
+        TextChunk::new(Arc::new(data), 0..n)
+    }
+
+    /// The chunk's bytes: whole lines, each ending in `\n` (except perhaps the last).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data[self.range.clone()]
+    }
+
+    /// The lines, without `\n` or `\r\n`; a last line without `\n` counts.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let buf = self.as_bytes();
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let mut rest = (!buf.is_empty()).then_some(body);
+        std::iter::from_fn(move || {
+            let cur = rest?;
+            let line = match memchr::memchr(b'\n', cur) {
+                Some(i) => {
+                    rest = Some(&cur[i + 1..]);
+                    &cur[..i]
+                }
+                None => {
+                    rest = None;
+                    cur
+                }
+            };
+            Some(line.strip_suffix(b"\r").unwrap_or(line))
+        })
+    }
+
+    /// The lines that contain `needle` (each once, in order), found with a fast
+    /// substring search over the whole chunk: lines without it are never looked at.
+    pub fn lines_containing<'a>(&'a self, needle: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let buf = self.as_bytes();
+        let finder = memchr::memmem::Finder::new(needle);
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            let pos = from + finder.find(buf.get(from..)?)?;
+            let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
+            from = end + 1;
+            Some(self.line_at(pos))
+        })
+    }
+
+    /// The line of the chunk that holds byte `pos` (an offset into
+    /// [`as_bytes`](Self::as_bytes)), without its line ending.
+    pub fn line_at(&self, pos: usize) -> &[u8] {
+        let buf = self.as_bytes();
+        let pos = pos.min(buf.len());
+        let start = memchr::memrchr(b'\n', &buf[..pos]).map_or(0, |i| i + 1);
+        let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
+        let line = &buf[start..end];
+        line.strip_suffix(b"\r").unwrap_or(line)
+    }
+
+    /// The number of lines (a last line without `\n` counts).
+    pub fn line_count(&self) -> u64 {
+        let buf = self.as_bytes();
+        let newlines = memchr::memchr_iter(b'\n', buf).count() as u64;
+        newlines + u64::from(buf.last().is_some_and(|&b| b != b'\n'))
+    }
+}
+
+impl std::fmt::Debug for TextChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextChunk({} bytes, {} lines)", self.range.len(), self.line_count())
+    }
+}
+
 /// Cuts `buf` into about `k` ranges that end just after a `\n` (or at the end).
 pub(crate) fn chunk_bounds(buf: &[u8], k: usize) -> Vec<Range<usize>> {
     let k = k.max(1);
@@ -129,6 +221,27 @@ mod tests {
         assert_eq!(lines, vec!["ab", "c\u{fffd}d", "01234", "last"]);
         assert_eq!(SourceCounters::get(&c.invalid_utf8_lines), 1);
         assert_eq!(SourceCounters::get(&c.truncated_lines), 1);
+    }
+
+    #[test]
+    fn text_chunk_lines_without_copies() {
+        let c = TextChunk::from_bytes(&b"ab\r\n\nc ERROR d\nlast"[..]);
+        let lines: Vec<&[u8]> = c.lines().collect();
+        assert_eq!(lines, vec![&b"ab"[..], b"", b"c ERROR d", b"last"]);
+        assert_eq!(c.line_count(), 4);
+        let pos = memchr::memmem::find(c.as_bytes(), b"ERROR").unwrap();
+        assert_eq!(c.line_at(pos), b"c ERROR d");
+        assert_eq!(c.line_at(0), b"ab");
+        let many = TextChunk::from_bytes(&b"x ERROR ERROR\nok\nERROR\nlast ERROR"[..]);
+        let hits: Vec<&[u8]> = many.lines_containing(b"ERROR").collect();
+        assert_eq!(hits, vec![&b"x ERROR ERROR"[..], b"ERROR", b"last ERROR"]);
+        let whole = TextChunk::from_bytes(&b"x\ny\n"[..]);
+        assert_eq!(whole.lines().count(), 2);
+        assert_eq!(whole.line_count(), 2);
+        assert_eq!(TextChunk::from_bytes(Vec::new()).lines().count(), 0);
+        let data = Arc::new(b"one\ntwo\nthree\n".to_vec());
+        let second = TextChunk::new(data, 4..8);
+        assert_eq!(second.lines().collect::<Vec<_>>(), vec![&b"two"[..]]);
     }
 
     #[test]

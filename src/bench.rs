@@ -304,7 +304,11 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Warm the page cache so neither side pays for the disk.
     let warm = raw_scan(&files, cores)?;
-    let baseline = raw_scan(&files, cores)?;
+    let baseline = median(
+        (0..opts.repeat.max(1))
+            .map(|_| raw_scan(&files, cores))
+            .collect::<Result<Vec<_>>>()?,
+    );
     // What the engine's check figure must equal.
     let expected = match job {
         Job::LogErrors => baseline.errors,

@@ -83,6 +83,9 @@ struct FileInput {
     read_counts: Mutex<BTreeMap<Time, u64>>,
     partitions: usize,
     counters: Arc<SourceCounters>,
+    /// Buffers of earlier batches, reused once no chunk holds them any more (a fresh
+    /// large allocation costs a page fault per 4 KiB).
+    buffers: Mutex<Vec<Arc<Vec<u8>>>>,
 }
 
 /// Regular, non-ignored files of `dir`, oldest first (modification time, then name).
@@ -118,9 +121,23 @@ impl FileInput {
         Ok(())
     }
 
-    fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
-        match read_parallel(path, self.partitions) {
-            Ok(b) => Some(b),
+    fn read_file(&self, path: &Path) -> Option<Arc<Vec<u8>>> {
+        let recycled = {
+            let mut pool = lock(&self.buffers);
+            let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
+            free.map(|i| pool.swap_remove(i))
+        };
+        let mut buf = recycled.unwrap_or_default();
+        let target = Arc::get_mut(&mut buf).map(std::mem::take).unwrap_or_default();
+        match read_parallel(path, self.partitions, target) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                let mut pool = lock(&self.buffers);
+                if pool.len() < 4 {
+                    pool.push(b.clone());
+                }
+                Some(b)
+            }
             Err(e) => {
                 SourceCounters::add(&self.counters.unreadable_files, 1);
                 tracing::warn!(
@@ -135,9 +152,10 @@ impl FileInput {
     }
 }
 
-/// Reads a whole file; large files are read in `ways` parallel ranges (the copy out of
-/// the page cache is a large part of the cost of a simple job).
-fn read_parallel(path: &Path, ways: usize) -> std::io::Result<Vec<u8>> {
+/// Reads a whole file into `buf` (its old contents are overwritten, its capacity
+/// reused); large files are read in `ways` parallel ranges (the copy out of the page
+/// cache is a large part of the cost of a simple job).
+fn read_parallel(path: &Path, ways: usize, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
@@ -145,7 +163,12 @@ fn read_parallel(path: &Path, ways: usize) -> std::io::Result<Vec<u8>> {
         let file = fs::File::open(path)?;
         let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
         if ways > 1 && len >= PARALLEL_FROM {
-            let mut buf = vec![0u8; len];
+            // Only bytes beyond the old length are zeroed; the read overwrites them all.
+            if buf.len() < len {
+                buf.resize(len, 0);
+            } else {
+                buf.truncate(len);
+            }
             let chunk = len.div_ceil(ways);
             buf.par_chunks_mut(chunk)
                 .enumerate()
@@ -153,7 +176,9 @@ fn read_parallel(path: &Path, ways: usize) -> std::io::Result<Vec<u8>> {
             return Ok(buf);
         }
     }
-    fs::read(path)
+    buf.clear();
+    std::io::Read::read_to_end(&mut fs::File::open(path)?, &mut buf)?;
+    Ok(buf)
 }
 
 impl InputSource for FileInput {
@@ -289,10 +314,7 @@ impl FileInput {
     /// `chunks_per_worker` per worker so that every core stays busy.
     fn read_chunks(&self, t: Time) -> Vec<TextChunk> {
         let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
-        let contents: Vec<Arc<Vec<u8>>> = files
-            .par_iter()
-            .filter_map(|f| self.read_file(f).map(Arc::new))
-            .collect();
+        let contents: Vec<Arc<Vec<u8>>> = files.par_iter().filter_map(|f| self.read_file(f)).collect();
         let total: usize = contents.iter().map(|c| c.len()).sum();
         let pieces = self.partitions * self.opts.chunks_per_worker.max(1);
         let target = (total / pieces.max(1)).max(64 * 1024);
@@ -391,6 +413,7 @@ impl StreamingContext {
             planned: Mutex::new(BTreeMap::new()),
             read_counts: Mutex::new(BTreeMap::new()),
             partitions: self.parallelism(),
+            buffers: Mutex::new(Vec::new()),
         })
     }
 }

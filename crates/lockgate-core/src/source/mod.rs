@@ -21,6 +21,7 @@ use crate::graph::InputSource;
 use crate::metrics::SourceCounters;
 
 pub mod files;
+pub mod generated;
 pub mod queue;
 pub mod receiver;
 pub mod socket;

@@ -469,3 +469,152 @@ fn walk_size(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Options of `bench nexmark`.
+#[derive(Args)]
+pub struct NexmarkOpts {
+    /// The query: q0 to q8.
+    #[arg(long, default_value = "q0")]
+    query: String,
+    /// Events to generate and process.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Events per batch.
+    #[arg(long, default_value_t = 200_000)]
+    events_per_batch: u64,
+    /// Worker threads (default: number of cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Checkpoint every batch into a temporary directory.
+    #[arg(long)]
+    checkpoint: bool,
+}
+
+/// Flink's published Nexmark throughput per core (events/s), where there is one.
+fn flink_per_core(query: &str) -> Option<f64> {
+    match query {
+        "q0" => Some(155_000.0),
+        "q5" => Some(22_000.0),
+        "q7" => Some(12_000.0),
+        _ => None,
+    }
+}
+
+/// `bench nexmark`: a query over generated Nexmark events (a bounded run), against the
+/// generator alone over the same events on the same threads.
+pub fn nexmark(opts: &NexmarkOpts) -> Result<()> {
+    use lockgate_nexmark::{events, nexmark_stream, query_by_name, EVENTS_PER_SECOND, QUERIES};
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench nexmark`");
+    }
+    if !QUERIES.contains(&opts.query.as_str()) {
+        bail!("--query {}: unknown query; one of {}", opts.query, QUERIES.join(", "));
+    }
+    let cores = opts
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let per_batch = opts.events_per_batch.max(1);
+    // Baseline: generate the same events on as many threads, no engine.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
+        .build()
+        .context("starting the baseline's threads")?;
+    let mut gen_times = Vec::new();
+    for _ in 0..opts.repeat.max(1) {
+        let start = Instant::now();
+        let n: usize = pool.install(|| {
+            (0..opts.events.div_ceil(per_batch))
+                .flat_map(|b| {
+                    let from = b * per_batch;
+                    let until = (from + per_batch).min(opts.events);
+                    let step = (until - from).div_ceil(cores as u64).max(1);
+                    (from..until)
+                        .step_by(usize::try_from(step).unwrap_or(usize::MAX))
+                        .map(move |s| (s, (s + step).min(until)))
+                })
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|(a, b)| events(a..b, EVENTS_PER_SECOND).len())
+                .sum()
+        });
+        anyhow::ensure!(n as u64 == opts.events, "generator made {n} events");
+        gen_times.push(start.elapsed());
+    }
+    gen_times.sort();
+    let generate = gen_times[gen_times.len() / 2];
+    let cp_dir = std::env::temp_dir().join(format!("lockgate-nexmark-{}", std::process::id()));
+    let mut runs = Vec::new();
+    let mut rows = 0i64;
+    for _ in 0..opts.repeat.max(1) {
+        let _ = std::fs::remove_dir_all(&cp_dir);
+        reset_peak_rss();
+        let mut b = lockgate_core::StreamingContext::builder()
+            .app_name(&format!("nexmark-{}", opts.query))
+            .parallelism(cores)
+            .trigger(lockgate_core::Trigger::AvailableNow)
+            .start_time(lockgate_core::Time(0));
+        if opts.checkpoint {
+            b = b.checkpoint_dir(&cp_dir);
+        }
+        let ctx = b.build()?;
+        let source = nexmark_stream(&ctx, opts.events, per_batch, EVENTS_PER_SECOND);
+        let counted = Arc::new(AtomicI64::new(0));
+        let c = counted.clone();
+        query_by_name(&opts.query, &source)
+            .context("unknown query")?
+            .foreach_batch(move |b, _| {
+                c.fetch_add(b.iter().sum::<i64>(), Ordering::Relaxed);
+            });
+        let start = Instant::now();
+        ctx.start()?;
+        ctx.await_termination()?;
+        runs.push((start.elapsed(), peak_rss()));
+        rows = counted.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            ctx.metrics().snapshot().total_records == opts.events,
+            "the engine read {} events, expected {}",
+            ctx.metrics().snapshot().total_records,
+            opts.events
+        );
+    }
+    let _ = std::fs::remove_dir_all(&cp_dir);
+    runs.sort_by_key(|r| r.0);
+    let (elapsed, rss) = runs[runs.len() / 2];
+    let rate = opts.events as f64 / elapsed.as_secs_f64();
+    let gen_rate = opts.events as f64 / generate.as_secs_f64();
+    println!(
+        "nexmark {}: {} events, {} per batch, {cores} workers{}, median of {} runs",
+        opts.query,
+        opts.events,
+        per_batch,
+        if opts.checkpoint { ", checkpoint every batch" } else { "" },
+        opts.repeat.max(1)
+    );
+    println!(
+        "generator  {:>8.3} s {:>12.0} events/s {:>10.0} events/s per core",
+        generate.as_secs_f64(),
+        gen_rate,
+        gen_rate / cores as f64
+    );
+    println!(
+        "lockgate   {:>8.3} s {:>12.0} events/s {:>10.0} events/s per core  {rows} rows out, peak RSS {}",
+        elapsed.as_secs_f64(),
+        rate,
+        rate / cores as f64,
+        rss.map_or_else(|| "n/a".to_string(), |b| format!("{:.1} MB", mb(b)))
+    );
+    println!(
+        "lockgate / generator alone: {:.1}%",
+        100.0 * rate / gen_rate
+    );
+    if let Some(flink) = flink_per_core(&opts.query) {
+        println!(
+            "per core vs Flink's published {flink:.0} events/s: {:.1}x",
+            rate / cores as f64 / flink
+        );
+    }
+    Ok(())
+}

@@ -188,6 +188,8 @@ enum BenchWhat {
     LogErrors(bench::BenchOpts),
     /// word-count over the same generated files, against the same raw scan.
     WordCount(bench::BenchOpts),
+    /// A Nexmark query over generated events, against the generator alone.
+    Nexmark(bench::NexmarkOpts),
     /// Recovery time of a word count holding many keys (default 1M).
     Recovery(bench::RecoveryOpts),
 }
@@ -235,6 +237,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench {
             what: BenchWhat::WordCount(opts),
         } => bench::run(Job::WordCount, &opts),
+        Command::Bench {
+            what: BenchWhat::Nexmark(opts),
+        } => bench::nexmark(&opts),
         Command::Bench {
             what: BenchWhat::Recovery(opts),
         } => bench::recovery(&opts),

@@ -2,8 +2,8 @@
 //! one file per batch) and, in the same run, a raw-scan baseline over the same files;
 //! `bench recovery`: the recovery time of a large state.
 
-use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -228,14 +228,12 @@ fn engine(
                 }),
             }
         }
-        Job::WordCount => {
-            jobs::word_count(&cfg, &ctx, None).foreach_batch(move |b, _| {
-                let mut m = lock(&c.words);
-                for (w, n) in b.iter() {
-                    m.insert(w.clone(), *n);
-                }
-            })
-        }
+        Job::WordCount => jobs::word_count(&cfg, &ctx, None).foreach_batch(move |b, _| {
+            let mut m = lock(&c.words);
+            for (w, n) in b.iter() {
+                m.insert(w.clone(), *n);
+            }
+        }),
     }
     let start = Instant::now();
     ctx.start()?;
@@ -511,7 +509,11 @@ pub fn nexmark(opts: &NexmarkOpts) -> Result<()> {
         eprintln!("warning: this is a debug build; run `cargo run --release -- bench nexmark`");
     }
     if !QUERIES.contains(&opts.query.as_str()) {
-        bail!("--query {}: unknown query; one of {}", opts.query, QUERIES.join(", "));
+        bail!(
+            "--query {}: unknown query; one of {}",
+            opts.query,
+            QUERIES.join(", ")
+        );
     }
     let cores = opts
         .parallelism
@@ -590,7 +592,11 @@ pub fn nexmark(opts: &NexmarkOpts) -> Result<()> {
         opts.query,
         opts.events,
         per_batch,
-        if opts.checkpoint { ", checkpoint every batch" } else { "" },
+        if opts.checkpoint {
+            ", checkpoint every batch"
+        } else {
+            ""
+        },
         opts.repeat.max(1)
     );
     println!(

@@ -414,7 +414,14 @@ fn log_errors_event_time(
                 })
             });
         }
-        let mine = counts.map(move |w| (name, w.window.start.0 / 1000, w.window.end.0 / 1000, w.value));
+        let mine = counts.map(move |w| {
+            (
+                name,
+                w.window.start.0 / 1000,
+                w.window.end.0 / 1000,
+                w.value,
+            )
+        });
         rows = Some(match rows {
             Some(r) => r.union(&mine),
             None => mine,
@@ -550,7 +557,11 @@ mod tests {
         got.sort();
         let mut want: std::collections::BTreeMap<String, i64> = Default::default();
         for line in text.lines() {
-            for w in line.trim_end_matches('\r').split(' ').filter(|w| !w.is_empty()) {
+            for w in line
+                .trim_end_matches('\r')
+                .split(' ')
+                .filter(|w| !w.is_empty())
+            {
                 *want.entry(w.to_string()).or_insert(0) += 1;
             }
         }
@@ -584,7 +595,12 @@ mod tests {
             b"[Fri Dec 18 00:00:00 x]",
             b"[\xff\xfe]",
         ] {
-            assert_eq!(parse_apache_time(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_apache_time(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

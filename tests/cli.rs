@@ -506,3 +506,101 @@ fn the_cli_serves_the_api_and_metrics_while_it_runs() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// Epoch seconds of `[Www Mmm dd hh:mm:ss yyyy]` in the generated logs (Dec 2015 only),
+/// computed independently of the job's parser.
+fn generated_time(line: &str) -> Option<i64> {
+    let inner = line.strip_prefix('[')?.split(']').next()?;
+    let f: Vec<&str> = inner.split_whitespace().collect();
+    if f.len() != 5 || f[1] != "Dec" || f[4] != "2015" {
+        return None;
+    }
+    let day: i64 = f[2].parse().ok()?;
+    let hms: Vec<i64> = f[3]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // 2015-12-01T00:00:00Z = 1448928000.
+    Some(1_448_928_000 + (day - 1) * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
+
+#[test]
+fn log_errors_event_time_counts_errors_per_event_time_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    run_ok(&[
+        "generate",
+        "logs",
+        input.to_str().unwrap(),
+        "--lines",
+        "4000",
+        "--files",
+        "4",
+        "--seed",
+        "5",
+    ]);
+    // A file of bad lines: a malformed timestamp, no timestamp, and a line so late (an
+    // hour before everything else) that the watermark has passed it. Named to sort last.
+    std::fs::write(
+        input.join("zz-bad.log"),
+        "[Fri Dec 99 00:00:00 2015] [ERROR] bad day\n\
+         ERROR without a timestamp\n\
+         [Thu Dec 17 23:00:00 2015] [ERROR] an hour late\n",
+    )
+    .unwrap();
+    let mut stderr = String::new();
+    let o = run_ok(&[
+        "run",
+        "log-errors",
+        "--event-time",
+        "--input",
+        input.to_str().unwrap(),
+        "--once",
+        "--max-files-per-batch",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--no-ui",
+    ]);
+    stderr.push_str(&String::from_utf8_lossy(&o.stderr));
+    // Independently: every ERROR line's time from the good files.
+    let mut times = Vec::new();
+    for f in files_in(&input)
+        .iter()
+        .filter(|f| !f.ends_with("zz-bad.log"))
+    {
+        for l in std::fs::read_to_string(f).unwrap().lines() {
+            if l.contains("ERROR") {
+                times.push(generated_time(l).unwrap());
+            }
+        }
+    }
+    for (stream, size, slide) in [("tumbling_30s", 30, 30), ("sliding_30s_10s", 30, 10)] {
+        let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+        for t in &times {
+            let mut start = t - t.rem_euclid(slide);
+            while start > t - size {
+                *want.entry(start).or_default() += 1;
+                start -= slide;
+            }
+        }
+        let batches = read_stream(&out, stream);
+        assert_eq!(batches.len(), 5, "{stream}: one batch per file");
+        // Update mode: a window's final count is its row in the highest batch id.
+        let mut got: BTreeMap<i64, i64> = BTreeMap::new();
+        for rows in batches.values() {
+            for r in rows {
+                let start = r["start"].as_i64().unwrap();
+                assert_eq!(r["end"].as_i64().unwrap(), start + size, "{r}");
+                got.insert(start, r["count"].as_i64().unwrap());
+            }
+        }
+        assert_eq!(got, want, "{stream}");
+    }
+    assert!(
+        stderr.contains("1 late") && stderr.contains("2 without a readable timestamp"),
+        "{stderr}"
+    );
+}

@@ -225,7 +225,14 @@ mod tests {
 
     #[test]
     fn epoch_seconds_inverts_civil_time() {
-        for t in [0i64, 1_450_396_800, 951_782_400, 4_102_444_799, -86_400, 1_700_000_123] {
+        for t in [
+            0i64,
+            1_450_396_800,
+            951_782_400,
+            4_102_444_799,
+            -86_400,
+            1_700_000_123,
+        ] {
             let c = civil_time(t);
             assert_eq!(epoch_seconds(c.year, c.month, c.day, c.hms), Some(t), "{t}");
         }

@@ -82,7 +82,7 @@ pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;
 pub use sink::{Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;
-pub use source::TextChunk;
 pub use source::queue::InputQueue;
 pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};
 pub use source::socket::SocketTextReceiver;
+pub use source::TextChunk;

@@ -26,8 +26,8 @@
 use std::ops::Range;
 
 use lockgate_core::{DStream, OutputMode, State, StateSpec, StreamingContext, Time, WindowSpec};
-pub use nexmark::event::{Auction, Bid, Event, Person};
 use nexmark::config::{NexmarkConfig, RateShape};
+pub use nexmark::event::{Auction, Bid, Event, Person};
 use nexmark::EventGenerator;
 
 /// The generator's fixed base time: 2015-07-15T00:00:00Z in epoch ms.
@@ -129,9 +129,7 @@ pub fn q3(events: &DStream<Event>) -> DStream<(String, String, String, u64)> {
     });
     sides
         .map_with_state(StateSpec::function(
-            |_seller: &u64,
-             side: Option<Side>,
-             st: &mut State<(Option<PersonInfo>, Vec<u64>)>| {
+            |_seller: &u64, side: Option<Side>, st: &mut State<(Option<PersonInfo>, Vec<u64>)>| {
                 let (mut person, mut waiting) = st.get().cloned().unwrap_or_default();
                 let mut out = Vec::new();
                 match side {
@@ -198,7 +196,10 @@ pub fn closed_auctions(events: &DStream<Event>) -> DStream<Closed> {
         Event::Person(_) => None,
     });
     keyed
-        .with_watermark(|(_, (t, _))| i64::try_from(*t).ok().map(Time), WATERMARK_DELAY)
+        .with_watermark(
+            |(_, (t, _))| i64::try_from(*t).ok().map(Time),
+            WATERMARK_DELAY,
+        )
         .flat_map_groups_with_state(|auction: &u64, values: Vec<(u64, AuctionOrBid)>, st| {
             let (mut info, mut best, mut early): Open = st.get().cloned().unwrap_or_default();
             let valid = |i: &Info, price: u64, t: u64| {
@@ -237,7 +238,9 @@ pub fn closed_auctions(events: &DStream<Event>) -> DStream<Closed> {
                 // Bids of an auction never seen: dropped a while after the last one.
                 None => {
                     let last = early.iter().map(|b| b.1).max().unwrap_or(0);
-                    i64::try_from(last).unwrap_or(i64::MAX).saturating_add(ORPHAN_BIDS_MS)
+                    i64::try_from(last)
+                        .unwrap_or(i64::MAX)
+                        .saturating_add(ORPHAN_BIDS_MS)
                 }
             };
             st.set_timeout_timestamp(Time(timer));
@@ -271,7 +274,10 @@ pub fn q4(events: &DStream<Event>) -> DStream<(u64, u64)> {
 /// (window start ms, auction, bids). Emitted when the window closes.
 pub fn q5(events: &DStream<Event>) -> DStream<(i64, u64, i64)> {
     bids(events)
-        .with_watermark(|b| i64::try_from(b.date_time).ok().map(Time), WATERMARK_DELAY)
+        .with_watermark(
+            |b| i64::try_from(b.date_time).ok().map(Time),
+            WATERMARK_DELAY,
+        )
         .window(WindowSpec::sliding(
             std::time::Duration::from_secs(10),
             std::time::Duration::from_secs(2),
@@ -323,7 +329,10 @@ pub fn q6(events: &DStream<Event>) -> DStream<(u64, u64)> {
 /// bidder), emitted when the window closes.
 pub fn q7(events: &DStream<Event>) -> DStream<(i64, u64, u64, u64)> {
     bids(events)
-        .with_watermark(|b| i64::try_from(b.date_time).ok().map(Time), WATERMARK_DELAY)
+        .with_watermark(
+            |b| i64::try_from(b.date_time).ok().map(Time),
+            WATERMARK_DELAY,
+        )
         .window(WindowSpec::tumbling(std::time::Duration::from_secs(10)))
         .output_mode(OutputMode::Append)
         .aggregate(

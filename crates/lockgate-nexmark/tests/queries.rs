@@ -184,11 +184,18 @@ fn q4_averages_winning_prices_per_category() {
 #[test]
 fn q5_finds_the_hottest_auctions_per_sliding_window() {
     let ev = all_events();
-    let spec = WindowSpec::sliding(std::time::Duration::from_secs(10), std::time::Duration::from_secs(2));
+    let spec = WindowSpec::sliding(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(2),
+    );
     let mut counts: BTreeMap<i64, BTreeMap<u64, i64>> = BTreeMap::new();
     for b in bids(&ev) {
         for w in spec.windows_of(Time(b.date_time as i64)) {
-            *counts.entry(w.start.0).or_default().entry(b.auction as u64).or_default() += 1;
+            *counts
+                .entry(w.start.0)
+                .or_default()
+                .entry(b.auction as u64)
+                .or_default() += 1;
         }
     }
     let mut want = Vec::new();

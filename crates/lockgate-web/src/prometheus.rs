@@ -76,6 +76,54 @@ pub(crate) fn render(s: &AppState) -> String {
         "counter",
         &[(app.clone(), m.total_completed as f64)],
     );
+    let event_time = s.ctx.metrics().event_time_operators();
+    let per_op = |f: &dyn Fn(&lockgate_core::EventTimeCounters) -> f64| -> Vec<(String, f64)> {
+        event_time
+            .iter()
+            .map(|(op, c)| (format!("{{operator=\"{}\"}}", label(op)), f(c)))
+            .collect()
+    };
+    let get =
+        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    counter(
+        &mut out,
+        "lockgate_late_records_total",
+        "Records dropped by an event-time operator because the watermark had passed them.",
+        "counter",
+        &per_op(&|c| get(&c.late_records)),
+    );
+    counter(
+        &mut out,
+        "lockgate_records_without_event_time_total",
+        "Records dropped by an event-time operator because no event time could be read.",
+        "counter",
+        &per_op(&|c| get(&c.records_without_time)),
+    );
+    counter(
+        &mut out,
+        "lockgate_windows_closed_total",
+        "Windows (or timers) an event-time operator closed because the watermark passed them.",
+        "counter",
+        &per_op(&|c| get(&c.closed)),
+    );
+    counter(
+        &mut out,
+        "lockgate_watermark_seconds",
+        "The watermark of an event-time operator (epoch seconds).",
+        "gauge",
+        &event_time
+            .iter()
+            .filter_map(|(op, c)| {
+                let ms = c.watermark_ms.load(std::sync::atomic::Ordering::Relaxed);
+                (ms != i64::MIN).then(|| {
+                    (
+                        format!("{{operator=\"{}\"}}", label(op)),
+                        ms as f64 / 1000.0,
+                    )
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
     counter(
         &mut out,
         "lockgate_batches_queued",

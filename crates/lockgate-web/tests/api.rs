@@ -342,3 +342,30 @@ fn the_rate_controllers_decision_is_in_the_batch_json_and_metrics() {
     );
     ctx.stop(false).unwrap();
 }
+
+#[test]
+fn metrics_show_late_records_and_the_watermark_per_event_time_operator() {
+    use lockgate_core::{Time, WindowSpec};
+    let run = ManualRun::new(2).unwrap();
+    let q = InputQueue::from_batches(vec![vec![50_000i64, 60_000], vec![1_000, 70_000]]);
+    run.ctx
+        .queue_stream(q, true, None)
+        .with_watermark(|t: &i64| Some(Time(*t)), Duration::from_secs(5))
+        .window(WindowSpec::tumbling(Duration::from_secs(10)))
+        .count()
+        .name("per_10s")
+        .foreach_batch(|_, _| ());
+    let ui = UiServer::start(&run.ctx, &ephemeral()).unwrap();
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    let (_, m) = get(ui.addr(), "/metrics");
+    run.ctx.stop(false).unwrap();
+    assert!(
+        m.contains("lockgate_late_records_total{operator=\"per_10s\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("lockgate_watermark_seconds{operator=\"per_10s\"} 65"),
+        "{m}"
+    );
+}

@@ -128,7 +128,9 @@ impl FileInput {
             free.map(|i| pool.swap_remove(i))
         };
         let mut buf = recycled.unwrap_or_default();
-        let target = Arc::get_mut(&mut buf).map(std::mem::take).unwrap_or_default();
+        let target = Arc::get_mut(&mut buf)
+            .map(std::mem::take)
+            .unwrap_or_default();
         match read_parallel(path, self.partitions, target) {
             Ok(b) => {
                 let b = Arc::new(b);
@@ -314,7 +316,8 @@ impl FileInput {
     /// `chunks_per_worker` per worker so that every core stays busy.
     fn read_chunks(&self, t: Time) -> Vec<TextChunk> {
         let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
-        let contents: Vec<Arc<Vec<u8>>> = files.par_iter().filter_map(|f| self.read_file(f)).collect();
+        let contents: Vec<Arc<Vec<u8>>> =
+            files.par_iter().filter_map(|f| self.read_file(f)).collect();
         let total: usize = contents.iter().map(|c| c.len()).sum();
         let pieces = self.partitions * self.opts.chunks_per_worker.max(1);
         let target = (total / pieces.max(1)).max(64 * 1024);
@@ -371,7 +374,11 @@ impl StreamingContext {
         dir: impl AsRef<Path>,
         opts: FileStreamOptions,
     ) -> DStream<String> {
-        register(self, "text_file_stream", self.file_input(dir.as_ref(), opts))
+        register(
+            self,
+            "text_file_stream",
+            self.file_input(dir.as_ref(), opts),
+        )
     }
 
     /// The same files as [`text_file_stream_with`](Self::text_file_stream_with), as

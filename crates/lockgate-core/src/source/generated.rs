@@ -147,7 +147,10 @@ impl<T: Data> SourceCompute<T> for GeneratedInput<T> {
             return Ok(Batch::empty());
         };
         if !self.split {
-            return Ok(Batch::from_vec((self.generate)(from..until), self.partitions));
+            return Ok(Batch::from_vec(
+                (self.generate)(from..until),
+                self.partitions,
+            ));
         }
         let n = self.partitions.max(1) as u64;
         let len = until - from;
@@ -171,7 +174,13 @@ impl StreamingContext {
         total: Option<u64>,
         generate: impl Fn(Range<u64>) -> Vec<T> + Send + Sync + 'static,
     ) -> DStream<T> {
-        self.offset_stream("generated", per_batch.max(1), total, Arc::new(generate), true)
+        self.offset_stream(
+            "generated",
+            per_batch.max(1),
+            total,
+            Arc::new(generate),
+            true,
+        )
     }
 
     /// A replayable stream of the given batches: batch `k` of the run is `batches[k]`,
@@ -217,7 +226,11 @@ impl StreamingContext {
             planned: Mutex::new(BTreeMap::new()),
             partitions: self.parallelism(),
         });
-        let node_kind = if split { "generated_stream" } else { "seq_stream" };
+        let node_kind = if split {
+            "generated_stream"
+        } else {
+            "seq_stream"
+        };
         register(self, node_kind, src)
     }
 }

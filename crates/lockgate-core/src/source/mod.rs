@@ -177,7 +177,12 @@ impl TextChunk {
 
 impl std::fmt::Debug for TextChunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TextChunk({} bytes, {} lines)", self.range.len(), self.line_count())
+        write!(
+            f,
+            "TextChunk({} bytes, {} lines)",
+            self.range.len(),
+            self.line_count()
+        )
     }
 }
 

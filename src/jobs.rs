@@ -103,7 +103,13 @@ impl Job {
 
 impl JobConfig {
     /// Checks flag combinations that the engine cannot check itself.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self, job: Job) -> Result<()> {
+        if self.event_time && job != Job::LogErrors {
+            bail!(
+                "--event-time applies to log-errors only ({} has no timestamps to read)",
+                job.name()
+            );
+        }
         if self.once && !matches!(self.input, Input::Dir(_)) {
             bail!("--once needs a bounded input: use --input DIR (a socket never ends)");
         }
@@ -139,7 +145,7 @@ impl JobConfig {
     /// Builds the context of `job` with its whole graph; with a checkpoint directory,
     /// recovers from it.
     pub fn build(&self, job: Job) -> Result<StreamingContext> {
-        self.validate()?;
+        self.validate(job)?;
         // Connect first: an unreachable database is reported before anything runs.
         let mut backend = match &self.sink {
             Some(url) => Some(lockgate_sql_sinks::open_url(url)?),
@@ -394,8 +400,7 @@ fn log_errors_event_time(
     // (counted by the window operators as records without event time, and skipped).
     let times = cfg.error_lines(ctx, parse_apache_time).name("error_times");
     let events = times.with_watermark(|t: &Option<i64>| t.map(|s| Time(s * 1000)), EVENT_WATERMARK);
-    let mut rows: Option<DStream<WindowRow>> = None;
-    for (name, size, slide) in EVENT_WINDOWS {
+    let [tumbling, sliding] = EVENT_WINDOWS.map(|(name, size, slide)| {
         let spec = if size == slide {
             WindowSpec::tumbling(Duration::from_secs(size))
         } else {
@@ -414,22 +419,18 @@ fn log_errors_event_time(
                 })
             });
         }
-        let mine = counts.map(move |w| {
+        counts.map(move |w| {
             (
                 name,
                 w.window.start.0 / 1000,
                 w.window.end.0 / 1000,
                 w.value,
             )
-        });
-        rows = Some(match rows {
-            Some(r) => r.union(&mine),
-            None => mine,
-        });
-    }
+        })
+    });
     LogErrors {
         errors: None,
-        rows: rows.unwrap_or_else(|| times.flat_map(|_| None)),
+        rows: tumbling.union(&sliding),
     }
 }
 
@@ -460,7 +461,9 @@ pub fn parse_apache_time(line: &[u8]) -> Option<i64> {
     let mut hms = parts.next()?.splitn(3, ':');
     let mut field = || -> Option<u32> {
         let f = hms.next()?;
-        (f.len() == 2).then_some(())?;
+        if f.len() != 2 {
+            return None;
+        }
         f.parse().ok()
     };
     let (h, m, sec) = (field()?, field()?, field()?);

@@ -360,18 +360,16 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         "{app}: {} batches, {} input records in {secs:.2} s",
         m.total_completed, m.total_records
     );
-    for (op, c) in ctx.metrics().event_time_operators() {
+    if cfg.event_time && job == Job::LogErrors {
         // Both windows see the same lines: report the first one's counts.
-        if op == jobs::EVENT_WINDOWS[0].0 {
-            let get =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            eprintln!(
-                "{app}: ERROR lines skipped: {} late (behind the watermark), {} without a \
-                 readable timestamp",
-                get(&c.late_records),
-                get(&c.records_without_time)
-            );
-        }
+        let c = ctx.metrics().event_time(jobs::EVENT_WINDOWS[0].0);
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "{app}: ERROR lines skipped: {} late (behind the watermark), {} without a \
+             readable timestamp",
+            get(&c.late_records),
+            get(&c.records_without_time)
+        );
     }
     if let Some(out) = &cfg.output {
         eprintln!("output written under {}", out.display());

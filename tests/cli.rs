@@ -256,6 +256,8 @@ fn bad_flags_get_clear_errors() {
     assert!(e.contains("HOST:PORT"), "{e}");
     let e = run_err(&["run", "log-errors", "--batch-interval", "ten"]);
     assert!(e.contains("--batch-interval"), "{e}");
+    let e = run_err(&["run", "word-count", "--event-time", "--no-ui"]);
+    assert!(e.contains("--event-time applies to log-errors only"), "{e}");
 }
 
 #[test]

@@ -179,6 +179,28 @@ pub fn collect_batches<U: Data>(stream: &DStream<U>) -> Arc<Mutex<BTreeMap<u64, 
     out
 }
 
+/// Runs a bounded job to its end: a context with `parallelism` workers, triggered
+/// [`AvailableNow`](crate::Trigger::AvailableNow) from time 0 (so batch times do not
+/// depend on the clock), whose graph `build` makes; returns the output of the stream
+/// `build` returns, by batch id.
+pub fn run_bounded<U: Data>(
+    parallelism: usize,
+    build: impl FnOnce(&StreamingContext) -> DStream<U>,
+) -> Result<BTreeMap<u64, Vec<U>>> {
+    let ctx = StreamingContext::builder()
+        .app_name("test")
+        .batch_interval(TEST_BATCH_INTERVAL)
+        .parallelism(parallelism)
+        .trigger(crate::context::Trigger::AvailableNow)
+        .start_time(Time(0))
+        .build()?;
+    let out = collect_batches(&build(&ctx));
+    ctx.start()?;
+    ctx.await_termination()?;
+    let batches = std::mem::take(&mut *lock(&out));
+    Ok(batches)
+}
+
 /// How [`run_with_restart`] interrupts the first run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interruption {

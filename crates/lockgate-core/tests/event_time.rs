@@ -219,11 +219,24 @@ fn closed_windows_are_evicted_so_state_stays_bounded() {
         sizes.push(entries);
     }
     run.ctx.stop(false).unwrap();
-    // Keys with open windows never exceed the ten keys (plus the watermark entry), and
-    // each key holds at most the ~3 windows the watermark has not passed.
-    assert!(sizes.iter().all(|&n| n <= 11), "{sizes:?}");
+    // After batch i each key holds exactly the windows seen so far (starts from -2 s up
+    // to i s, every 2 s) that the watermark (i s - 1 s) has not passed (end > watermark);
+    // the state's size counts those windows, plus the watermark itself.
+    let open = |i: i64| {
+        (-1..=i / 2)
+            .map(|k| k * 2_000)
+            .filter(|start| start + 4_000 > i * 1_000 - 1_000)
+            .count()
+    };
+    let expected: Vec<usize> = (0..50).map(|i| 10 * open(i) + 1).collect();
+    assert_eq!(sizes, expected);
+    assert!(expected.iter().all(|&n| n <= 31));
+    // 26 windows per key were opened (starts -2 s to 48 s), 2 are still open.
     let snapshot = run.ctx.metrics().event_time("sliding");
-    assert!(snapshot.closed.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    assert_eq!(
+        snapshot.closed.load(std::sync::atomic::Ordering::Relaxed),
+        240
+    );
     assert_eq!(
         snapshot
             .watermark_ms
@@ -235,10 +248,11 @@ fn closed_windows_are_evicted_so_state_stays_bounded() {
 #[test]
 fn sessions_merge_across_batches() {
     let batches = vec![
+        // a: [1, 4) and [3, 6) merge into [1, 6).
         vec![('a', 1_000), ('a', 3_000), ('b', 1_000)],
-        // 7 s bridges [1, 6) (last 3 s + 3 s gap = 6 s)? No: 7 >= 6, a new session.
+        // 7 s alone would open [7, 10) (7 >= 6), but 5.5 s extends [1, 6) to [1, 8.5),
+        // which overlaps [7, 10): all four records form one session [1, 10).
         vec![('a', 7_000), ('a', 5_500)],
-        // 5.5 s extended [1, 6) to [1, 8.5), which now overlaps [7, 10): one session.
     ];
     let (out, _) = run_count(
         batches.clone(),

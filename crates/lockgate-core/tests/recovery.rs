@@ -226,6 +226,19 @@ fn corrupt_commit_falls_back_to_the_previous_one() {
     assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
 }
 
+/// The error of recovering the word count of [`run_two_batches`] from `dir`.
+fn reopen_error(dir: &Path) -> String {
+    word_count_ctx(
+        dir,
+        Arc::new(ManualClock::new(2000)),
+        "counts",
+        StateUpgrade::Fail,
+    )
+    .err()
+    .unwrap()
+    .to_string()
+}
+
 #[test]
 fn corrupt_uncommitted_plan_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,15 +246,7 @@ fn corrupt_uncommitted_plan_is_a_clear_error() {
     std::fs::remove_file(dir.path().join("commits/1")).unwrap();
     let plan = dir.path().join("offsets/1");
     std::fs::write(&plan, b"LKGT garbage").unwrap();
-    let err = word_count_ctx(
-        dir.path(),
-        Arc::new(ManualClock::new(2000)),
-        "counts",
-        StateUpgrade::Fail,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = reopen_error(dir.path());
     assert!(
         err.contains(&plan.display().to_string()) && err.contains("never committed"),
         "{err}"
@@ -275,15 +280,7 @@ fn corrupt_metadata_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     run_two_batches(dir.path());
     std::fs::write(dir.path().join("metadata"), b"").unwrap();
-    let err = word_count_ctx(
-        dir.path(),
-        Arc::new(ManualClock::new(2000)),
-        "counts",
-        StateUpgrade::Fail,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = reopen_error(dir.path());
     assert!(
         err.contains("metadata") && err.contains("truncated"),
         "{err}"

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lockgate_core::testing::collect_batches;
-use lockgate_core::{DStream, StreamingContext, Time, Trigger, WindowSpec};
+use lockgate_core::testing::run_bounded;
+use lockgate_core::{DStream, Time, WindowSpec};
 use lockgate_nexmark::{events, nexmark_stream, Auction, Bid, Event};
 
 /// 6,000 events at 100 per second: a minute of event time, many windows.
@@ -20,16 +20,7 @@ fn all_events() -> Vec<Event> {
 /// Runs `query` over the N events (bounded, 13 batches, 3 workers); the rows of every
 /// batch in batch order.
 fn run<U: lockgate_core::Data>(query: fn(&DStream<Event>) -> DStream<U>) -> Vec<Vec<U>> {
-    let ctx = StreamingContext::builder()
-        .parallelism(3)
-        .trigger(Trigger::AvailableNow)
-        .start_time(Time(0))
-        .build()
-        .unwrap();
-    let out = collect_batches(&query(&nexmark_stream(&ctx, N, 470, RATE)));
-    ctx.start().unwrap();
-    ctx.await_termination().unwrap();
-    let batches = std::mem::take(&mut *out.lock().unwrap());
+    let batches = run_bounded(3, |ctx| query(&nexmark_stream(ctx, N, 470, RATE))).unwrap();
     assert!(batches.len() > 10, "{} batches", batches.len());
     batches.into_values().collect()
 }

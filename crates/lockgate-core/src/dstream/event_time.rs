@@ -34,17 +34,18 @@
 
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{take_part, Batch, Data};
-use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, PairStateful};
+use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};
+use crate::checkpoint::Stateful;
 use crate::clock::{duration_ms, Time};
 use crate::codec::{Codec, CodecError};
-use crate::dstream::keyed::partition_of;
+use crate::dstream::keyed::{partition_of, transpose_by_bucket};
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{lock, Graph, NodeMeta};
@@ -243,9 +244,10 @@ impl<T: Data> DStream<T> {
     }
 }
 
-/// The watermark part of an event-time operator: reads times, drops late records,
-/// advances the watermark, counts.
-struct Watermark {
+/// The event-time part shared by every event-time operator: reads record times, drops
+/// late and untimed records, keeps and advances the watermark, counts.
+struct Watermark<T> {
+    time_of: TimeFn<T>,
     delay_ms: Option<i64>,
     graph: Arc<Graph>,
     meta: Arc<NodeMeta>,
@@ -253,83 +255,131 @@ struct Watermark {
     state: Arc<Mutex<KeyedState<u8, i64>>>,
 }
 
-impl Watermark {
-    fn current(&self) -> i64 {
-        lock(&self.state).maps[0]
+/// A batch's records after [`Watermark::ingest`].
+struct Ingested<X> {
+    /// Per state partition, what each input partition gave it (in input order).
+    parts: Vec<Vec<X>>,
+    /// The watermark before the batch (records behind it were dropped) and after it.
+    before: i64,
+    after: i64,
+    counters: Arc<EventTimeCounters>,
+}
+
+impl<T: Data> Watermark<T> {
+    /// Reads the event time of every record of `input`, in parallel per input
+    /// partition: records behind the watermark (as it stood before the batch) or
+    /// without a time are dropped and counted; `add` puts each kept record, with its
+    /// time, into one of `n` per-state-partition accumulators made by `init`. Then the
+    /// watermark advances to the largest time seen (late records included: they show
+    /// where event time is) minus the delay, if that is later.
+    fn ingest<X: Send>(
+        &self,
+        input: Batch<T>,
+        n: usize,
+        init: impl Fn() -> X + Sync,
+        add: impl Fn(&mut [X], i64, T) + Sync,
+    ) -> Ingested<X> {
+        let counters = self.graph.metrics.event_time(&self.meta.name());
+        let before = lock(&self.state).maps[0]
             .get(&0)
             .copied()
-            .unwrap_or(i64::MIN)
-    }
-
-    fn counters(&self) -> Arc<EventTimeCounters> {
-        self.graph.metrics.event_time(&self.meta.name())
-    }
-
-    /// Moves the watermark to `max_ts - delay` if that is later; returns the new one.
-    fn advance(&self, max_ts: Option<i64>, counters: &EventTimeCounters) -> i64 {
-        let mut st = lock(&self.state);
-        let before = st.maps[0].get(&0).copied().unwrap_or(i64::MIN);
+            .unwrap_or(i64::MIN);
+        let per_input: Vec<(Vec<X>, Option<i64>)> = input
+            .into_shared()
+            .into_par_iter()
+            .map(|part| {
+                let mut buckets: Vec<X> = (0..n).map(|_| init()).collect();
+                let (mut late, mut untimed) = (0u64, 0u64);
+                let mut max_ts: Option<i64> = None;
+                for x in take_part(part) {
+                    match (self.time_of)(&x) {
+                        None => untimed += 1,
+                        Some(Time(ts)) => {
+                            max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+                            if ts < before {
+                                late += 1;
+                            } else {
+                                add(&mut buckets, ts, x);
+                            }
+                        }
+                    }
+                }
+                counters.late_records.fetch_add(late, Ordering::Relaxed);
+                counters
+                    .records_without_time
+                    .fetch_add(untimed, Ordering::Relaxed);
+                (buckets, max_ts)
+            })
+            .collect();
+        let max_ts = per_input.iter().filter_map(|(_, m)| *m).max();
         let after = match (self.delay_ms, max_ts) {
             (Some(d), Some(m)) => before.max(m.saturating_sub(d)),
             _ => before,
         };
         if after != before {
+            let mut st = lock(&self.state);
             st.maps[0].insert(0, after);
             st.dirty[0].insert(0);
         }
         counters.watermark_ms.store(after, Ordering::Relaxed);
-        after
-    }
-
-    /// Registers the operator's state: the main state with the watermark riding along.
-    fn register<A: crate::checkpoint::Stateful + 'static>(&self, main: A) {
-        self.graph.add_state(Arc::new(PairStateful {
-            first: main,
-            second: KeyedStateful {
-                name: node_name(&self.meta, ".watermark"),
-                state: self.state.clone(),
-            },
-        }));
-        if self.delay_ms.is_none() {
-            self.graph.warn_unbounded_state(
-                &self.meta,
-                "event-time aggregation without a watermark (use with_watermark): \
-                 no window ever closes",
-            );
+        let parts = transpose_by_bucket(per_input.into_iter().map(|(b, _)| b).collect(), n);
+        Ingested {
+            parts,
+            before,
+            after,
+            counters,
         }
     }
 }
 
-/// Reads the event times of one input partition: keeps records at or after
-/// `watermark`, counts the rest. Returns the kept records with their times and the
-/// largest time seen (late records count too: they show where event time is).
-fn timed<T: Clone>(
-    part: Arc<Vec<T>>,
-    time_of: &(dyn Fn(&T) -> Option<Time> + Send + Sync),
-    watermark: i64,
-    counters: &EventTimeCounters,
-) -> (Vec<(i64, T)>, Option<i64>) {
-    let mut out = Vec::with_capacity(part.len());
-    let (mut late, mut untimed) = (0u64, 0u64);
-    let mut max_ts: Option<i64> = None;
-    for x in take_part(part) {
-        match time_of(&x) {
-            None => untimed += 1,
-            Some(Time(ts)) => {
-                max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
-                if ts < watermark {
-                    late += 1;
-                } else {
-                    out.push((ts, x));
-                }
-            }
+impl<T: Data> EventTimeStream<T> {
+    /// Adds an event-time operator: `compute` turns each input batch into the output
+    /// with the operator's [`Watermark`]; `state` (given the node's stable name) is
+    /// checkpointed with the watermark riding along.
+    fn event_time_node<U: Data, S: Stateful + 'static>(
+        &self,
+        kind: &'static str,
+        state: impl FnOnce(NameFn) -> S,
+        compute: impl Fn(Batch<T>, &Watermark<T>) -> Result<Batch<U>> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let stream = &self.stream;
+        // The node's closure needs the watermark, which needs the node's name: set once
+        // the node exists, before the graph can run.
+        let cell: Arc<OnceLock<Watermark<T>>> = Arc::new(OnceLock::new());
+        let (p, c) = (stream.parent(), cell.clone());
+        let out = stream.child_with(kind, stream.slide_ms(), true, move |t| {
+            let wm = c.get().ok_or_else(|| Error::Operator {
+                operator: String::new(),
+                time: t,
+                message: "event-time operator used before its watermark was set up".into(),
+            })?;
+            compute(p.get_or_compute(t)?, wm)
+        });
+        let meta = out.node.meta.clone();
+        let wm = Watermark {
+            time_of: self.time_of.clone(),
+            delay_ms: self.delay_ms,
+            graph: out.graph.clone(),
+            meta: meta.clone(),
+            state: Arc::new(Mutex::new(KeyedState::new(1, true))),
+        };
+        out.graph.add_state(Arc::new(PairStateful {
+            first: state(node_name(&meta, "")),
+            second: KeyedStateful {
+                name: node_name(&meta, ".watermark"),
+                state: wm.state.clone(),
+            },
+        }));
+        if self.delay_ms.is_none() {
+            out.graph.warn_unbounded_state(
+                &meta,
+                "event time without a watermark (use with_watermark): no window ever \
+                 closes and no timer ever fires",
+            );
         }
+        let _ = cell.set(wm);
+        out
     }
-    counters.late_records.fetch_add(late, Ordering::Relaxed);
-    counters
-        .records_without_time
-        .fetch_add(untimed, Ordering::Relaxed);
-    (out, max_ts)
 }
 
 /// One window of one key in an aggregation's state.
@@ -359,6 +409,47 @@ impl<A: Codec> Codec for Win<A> {
             flushed: Codec::decode(input)?,
             changed: false,
         })
+    }
+}
+
+/// Folds `v` into an optional running reduction.
+fn fold<V>(acc: &mut Option<V>, v: V, reduce: &dyn Fn(V, V) -> V) {
+    *acc = Some(match acc.take() {
+        Some(prev) => reduce(prev, v),
+        None => v,
+    });
+}
+
+/// The [`Stateful`] view of a window aggregation's state: a [`KeyedStateful`] whose
+/// entries are counted as windows (what the state's size is), not keys.
+struct WindowStateful<K, A>(KeyedStateful<K, Vec<Win<A>>>);
+
+impl<K, A> Stateful for WindowStateful<K, A>
+where
+    K: Hash + Eq + Clone + Codec + Send + 'static,
+    A: Codec + Send + 'static,
+{
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn type_desc(&self) -> String {
+        self.0.type_desc()
+    }
+    fn partitions(&self) -> usize {
+        self.0.partitions()
+    }
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        self.0.persist(p, full)
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), String> {
+        self.0.restore(old)
+    }
+    fn sizes(&self) -> Vec<usize> {
+        lock(&self.0.state)
+            .maps
+            .iter()
+            .map(|m| m.values().map(Vec::len).sum())
+            .collect()
     }
 }
 
@@ -474,25 +565,13 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
     ) -> DStream<Windowed<K, V>> {
         let reduce = Arc::new(reduce);
         let r2 = reduce.clone();
-        let combine = move |a: &mut Option<V>, v: V| {
-            *a = Some(match a.take() {
-                Some(prev) => reduce(prev, v),
-                None => v,
-            })
-        };
-        let combine2 = move |a: &mut Option<V>, v: V| {
-            *a = Some(match a.take() {
-                Some(prev) => r2(prev, v),
-                None => v,
-            })
-        };
         self.aggregate_named(
             kind,
             || None,
-            move |a, x| combine(a, f(x)),
+            move |a, x| fold(a, f(x), reduce.as_ref()),
             move |a, b| {
                 if let Some(v) = b {
-                    combine2(a, v.clone())
+                    fold(a, v.clone(), r2.as_ref())
                 }
             },
         )
@@ -533,36 +612,21 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
             .partitions
             .unwrap_or_else(|| stream.default_partitions())
             .max(1);
-        let op = Arc::new(WindowAgg {
+        let op = WindowAgg {
             spec: self.spec,
             mode: self.mode,
-            time_of: self.events.time_of.clone(),
             key_of: self.key_of.clone(),
             init: Box::new(init),
             add: Box::new(add),
             merge: Box::new(merge),
             state: Arc::new(Mutex::new(KeyedState::new(n, true))),
-        });
-        let cell: Arc<std::sync::OnceLock<Watermark>> = Arc::new(std::sync::OnceLock::new());
-        let (p, o, c) = (stream.parent(), op.clone(), cell.clone());
-        let out = stream.child_with(kind, stream.slide_ms(), true, move |t| {
-            let wm = c
-                .get()
-                .ok_or_else(|| Error::Lifecycle("watermark not set".into()))?;
-            o.compute(p.get_or_compute(t)?, wm)
-        });
-        let wm = Watermark {
-            delay_ms: self.events.delay_ms,
-            graph: out.graph.clone(),
-            meta: out.node.meta.clone(),
-            state: Arc::new(Mutex::new(KeyedState::new(1, true))),
         };
-        wm.register(KeyedStateful {
-            name: node_name(&out.node.meta, ""),
-            state: op.state.clone(),
-        });
-        let _ = cell.set(wm);
-        out
+        let state = op.state.clone();
+        self.events.event_time_node(
+            kind,
+            |name| WindowStateful(KeyedStateful { name, state }),
+            move |input, wm| op.compute(input, wm),
+        )
     }
 }
 
@@ -573,7 +637,6 @@ type MergeFn<A> = Box<dyn Fn(&mut A, &A) + Send + Sync>;
 struct WindowAgg<T, K, A> {
     spec: WindowSpec,
     mode: OutputMode,
-    time_of: TimeFn<T>,
     key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
     init: Box<dyn Fn() -> A + Send + Sync>,
     add: AddFn<A, T>,
@@ -585,44 +648,31 @@ struct WindowAgg<T, K, A> {
 type Partials<K, A> = FxHashMap<(K, i64), (i64, A)>;
 
 impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
-    fn compute(&self, input: Batch<T>, wm: &Watermark) -> Result<Batch<Windowed<K, A>>> {
-        let counters = wm.counters();
-        let before = wm.current();
+    fn compute(&self, input: Batch<T>, wm: &Watermark<T>) -> Result<Batch<Windowed<K, A>>> {
         let mut st = lock(&self.state);
         let n = st.partitions();
-        // 1. Per input partition: drop late records, fold the rest into partial
+        // 1. Per input partition: fold the records that are not late into partial
         //    aggregates per (key, window), bucketed by state partition.
-        let partials: Vec<(Vec<Partials<K, A>>, Option<i64>)> = input
-            .into_shared()
-            .into_par_iter()
-            .map(|part| {
-                let (records, max_ts) = timed(part, self.time_of.as_ref(), before, &counters);
-                let mut buckets: Vec<Partials<K, A>> =
-                    (0..n).map(|_| FxHashMap::default()).collect();
-                for (ts, x) in &records {
-                    let k = (self.key_of)(x);
-                    let j = partition_of(&k, n);
-                    let bucket = &mut buckets[j];
-                    self.spec.assign(*ts, |start, end| {
-                        let slot = bucket
-                            .entry((k.clone(), start))
-                            .or_insert_with(|| (end, (self.init)()));
-                        (self.add)(&mut slot.1, x);
-                    });
-                }
-                (buckets, max_ts)
-            })
-            .collect();
-        let max_ts = partials.iter().filter_map(|(_, m)| *m).max();
-        let after = wm.advance(max_ts, &counters);
-        let mut per_state: Vec<Vec<Partials<K, A>>> = (0..n).map(|_| Vec::new()).collect();
-        for (buckets, _) in partials {
-            for (j, b) in buckets.into_iter().enumerate() {
-                if !b.is_empty() {
-                    per_state[j].push(b);
-                }
-            }
-        }
+        let Ingested {
+            parts,
+            before,
+            after,
+            counters,
+        } = wm.ingest(
+            input,
+            n,
+            FxHashMap::default,
+            |buckets: &mut [Partials<K, A>], ts, x| {
+                let k = (self.key_of)(&x);
+                let bucket = &mut buckets[partition_of(&k, n)];
+                self.spec.assign(ts, |start, end| {
+                    let slot = bucket
+                        .entry((k.clone(), start))
+                        .or_insert_with(|| (end, (self.init)()));
+                    (self.add)(&mut slot.1, &x);
+                });
+            },
+        );
         let flush = wm.graph.end_of_input() && self.mode == OutputMode::Append;
         let closing = wm.delay_ms.is_some() && after > before;
         let st = &mut *st;
@@ -631,7 +681,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
             .maps
             .par_iter_mut()
             .zip(st.dirty.par_iter_mut())
-            .zip(per_state.into_par_iter())
+            .zip(parts.into_par_iter())
             .map(|((map, dirty), inputs)| {
                 let mut changed: FxHashSet<K> = FxHashSet::default();
                 for part in inputs {
@@ -823,128 +873,99 @@ where
         U: Data,
         I: IntoIterator<Item = U>,
     {
-        let stream = &self.stream;
-        let n = stream.default_partitions().max(1);
+        let n = self.stream.default_partitions().max(1);
         type Entry<S> = (S, Option<i64>);
         let state: Arc<Mutex<KeyedState<K, Entry<S>>>> =
             Arc::new(Mutex::new(KeyedState::new(n, true)));
-        let cell: Arc<std::sync::OnceLock<Watermark>> = Arc::new(std::sync::OnceLock::new());
-        let (p, c, shared, time_of) = (
-            stream.parent(),
-            cell.clone(),
-            state.clone(),
-            self.time_of.clone(),
-        );
-        let out = stream.child_with("flat_map_groups_with_state", stream.slide_ms(), true, {
-            move |t| {
-                let wm = c
-                    .get()
-                    .ok_or_else(|| Error::Lifecycle("watermark not set".into()))?;
-                let counters = wm.counters();
-                let before = wm.current();
-                let timed: Vec<(Vec<Vec<(i64, (K, V))>>, Option<i64>)> = p
-                    .get_or_compute(t)?
-                    .into_shared()
-                    .into_par_iter()
-                    .map(|part| {
-                        let (records, max_ts) = timed(part, time_of.as_ref(), before, &counters);
-                        let mut buckets: Vec<Vec<(i64, (K, V))>> =
-                            (0..n).map(|_| Vec::new()).collect();
-                        for r in records {
-                            buckets[partition_of(&r.1 .0, n)].push(r);
+        let shared = state.clone();
+        let compute = move |input: Batch<(K, V)>, wm: &Watermark<(K, V)>| {
+            let Ingested {
+                parts,
+                before,
+                after,
+                counters,
+            } = wm.ingest(
+                input,
+                n,
+                Vec::new,
+                |buckets: &mut [Vec<(i64, (K, V))>], ts, kv| {
+                    buckets[partition_of(&kv.0, n)].push((ts, kv));
+                },
+            );
+            let end = wm.graph.end_of_input();
+            let mut guard = lock(&shared);
+            let st = &mut *guard;
+            let out: Vec<(Vec<U>, u64)> = st
+                .maps
+                .par_iter_mut()
+                .zip(st.dirty.par_iter_mut())
+                .zip(parts.into_par_iter())
+                .map(|((map, dirty), inputs)| {
+                    let mut records: Vec<(i64, (K, V))> = inputs.into_iter().flatten().collect();
+                    records.sort_by_key(|(ts, _)| *ts);
+                    let mut groups: FxHashMap<K, Vec<V>> = FxHashMap::default();
+                    let mut order: Vec<K> = Vec::new();
+                    for (_, (k, v)) in records {
+                        let g = groups.entry(k.clone()).or_default();
+                        if g.is_empty() {
+                            order.push(k);
                         }
-                        (buckets, max_ts)
-                    })
-                    .collect();
-                let max_ts = timed.iter().filter_map(|(_, m)| *m).max();
-                let after = wm.advance(max_ts, &counters);
-                let mut per_state: Vec<Vec<(i64, (K, V))>> = (0..n).map(|_| Vec::new()).collect();
-                for (buckets, _) in timed {
-                    for (j, b) in buckets.into_iter().enumerate() {
-                        per_state[j].extend(b);
+                        g.push(v);
                     }
-                }
-                let end = wm.graph.end_of_input();
-                let mut guard = lock(&shared);
-                let st = &mut *guard;
-                let out: Vec<(Vec<U>, u64)> = st
-                    .maps
-                    .par_iter_mut()
-                    .zip(st.dirty.par_iter_mut())
-                    .zip(per_state.into_par_iter())
-                    .map(|((map, dirty), mut records)| {
-                        records.sort_by_key(|(ts, _)| *ts);
-                        let mut groups: FxHashMap<K, Vec<V>> = FxHashMap::default();
-                        let mut order: Vec<K> = Vec::new();
-                        for (_, (k, v)) in records {
-                            let g = groups.entry(k.clone()).or_default();
-                            if g.is_empty() {
-                                order.push(k);
-                            }
-                            g.push(v);
-                        }
-                        let mut emitted = Vec::new();
-                        let mut call =
-                            |k: &K,
-                             values: Vec<V>,
-                             timed_out: bool,
-                             map: &mut FxHashMap<K, Entry<S>>| {
-                                let mut gs = GroupState {
-                                    value: map.remove(k).map(|(s, _)| s),
-                                    timeout: None,
-                                    timed_out,
-                                    watermark: after,
-                                };
-                                emitted.extend(f(k, values, &mut gs));
-                                if let Some(s) = gs.value {
-                                    map.insert(k.clone(), (s, gs.timeout));
-                                }
+                    let mut emitted = Vec::new();
+                    let mut call =
+                        |k: &K,
+                         values: Vec<V>,
+                         timed_out: bool,
+                         map: &mut FxHashMap<K, Entry<S>>| {
+                            let mut gs = GroupState {
+                                value: map.remove(k).map(|(s, _)| s),
+                                timeout: None,
+                                timed_out,
+                                watermark: after,
                             };
-                        for k in order {
-                            let values = groups.remove(&k).unwrap_or_default();
-                            call(&k, values, false, map);
-                            dirty.insert(k);
-                        }
-                        let mut fired = 0u64;
-                        if after > before || end {
-                            let mut due: Vec<(i64, K)> = map
-                                .iter()
-                                .filter_map(|(k, (_, to))| {
-                                    to.filter(|to| end || *to <= after)
-                                        .map(|to| (to, k.clone()))
-                                })
-                                .collect();
-                            // Timers fire in time order (ties in no particular order).
-                            due.sort_by_key(|(to, _)| *to);
-                            for (_, k) in due {
-                                call(&k, Vec::new(), true, map);
-                                dirty.insert(k);
-                                fired += 1;
+                            emitted.extend(f(k, values, &mut gs));
+                            if let Some(s) = gs.value {
+                                map.insert(k.clone(), (s, gs.timeout));
                             }
+                        };
+                    for k in order {
+                        let values = groups.remove(&k).unwrap_or_default();
+                        call(&k, values, false, map);
+                        dirty.insert(k);
+                    }
+                    let mut fired = 0u64;
+                    if after > before || end {
+                        let mut due: Vec<(i64, K)> = map
+                            .iter()
+                            .filter_map(|(k, (_, to))| {
+                                to.filter(|to| end || *to <= after)
+                                    .map(|to| (to, k.clone()))
+                            })
+                            .collect();
+                        // Timers fire in time order (ties in no particular order).
+                        due.sort_by_key(|(to, _)| *to);
+                        for (_, k) in due {
+                            call(&k, Vec::new(), true, map);
+                            dirty.insert(k);
+                            fired += 1;
                         }
-                        (emitted, fired)
-                    })
-                    .collect();
-                counters
-                    .closed
-                    .fetch_add(out.iter().map(|(_, n)| n).sum(), Ordering::Relaxed);
-                Ok(Batch::from_partitions(
-                    out.into_iter().map(|(e, _)| e).collect(),
-                ))
-            }
-        });
-        let wm = Watermark {
-            delay_ms: self.delay_ms,
-            graph: out.graph.clone(),
-            meta: out.node.meta.clone(),
-            state: Arc::new(Mutex::new(KeyedState::new(1, true))),
+                    }
+                    (emitted, fired)
+                })
+                .collect();
+            counters
+                .closed
+                .fetch_add(out.iter().map(|(_, n)| n).sum(), Ordering::Relaxed);
+            Ok(Batch::from_partitions(
+                out.into_iter().map(|(e, _)| e).collect(),
+            ))
         };
-        wm.register(KeyedStateful {
-            name: node_name(&out.node.meta, ""),
-            state,
-        });
-        let _ = cell.set(wm);
-        out
+        self.event_time_node(
+            "flat_map_groups_with_state",
+            |name| KeyedStateful { name, state },
+            compute,
+        )
     }
 }
 

@@ -119,8 +119,8 @@ where
 }
 
 /// `[input][bucket] -> [bucket][input]`.
-fn transpose_by_bucket<X>(buckets: Vec<Vec<Vec<X>>>, n: usize) -> Vec<Vec<Vec<X>>> {
-    let mut out: Vec<Vec<Vec<X>>> = (0..n).map(|_| Vec::new()).collect();
+pub(crate) fn transpose_by_bucket<B>(buckets: Vec<Vec<B>>, n: usize) -> Vec<Vec<B>> {
+    let mut out: Vec<Vec<B>> = (0..n).map(|_| Vec::new()).collect();
     for per_input in buckets {
         for (j, b) in per_input.into_iter().enumerate() {
             out[j].push(b);

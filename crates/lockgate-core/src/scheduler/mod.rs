@@ -127,9 +127,7 @@ impl Scheduler {
         let interval = self.graph.timing.interval_ms;
         let mut planned = Vec::new();
         let mut t = first;
-        while planned.is_empty()
-            || (planned.len() < max && self.graph.inputs().iter().any(|i| i.has_pending()))
-        {
+        loop {
             let id = self.graph.timing.batch_id(t);
             let mut inputs = Vec::new();
             let mut sources = Vec::new();
@@ -143,18 +141,22 @@ impl Scheduler {
                 });
                 inputs.push(info);
             }
-            // A bounded run's last batch is marked (and logged) as the end of its input.
-            let end_of_input = self.bounded && !self.graph.inputs().iter().any(|i| i.has_pending());
+            let pending = self.graph.inputs().iter().any(|i| i.has_pending());
             planned.push((
                 Plan {
                     batch_id: id,
                     batch_time_ms: t.0,
                     sources,
-                    end_of_input,
+                    // A bounded run's last batch is marked (and logged) as the end of
+                    // its input.
+                    end_of_input: self.bounded && !pending,
                 },
                 inputs,
             ));
             t = t.plus_ms(interval);
+            if !pending || planned.len() >= max {
+                break;
+            }
         }
         if let Some(cp) = &self.checkpointer {
             let plans: Vec<Plan> = planned.iter().map(|(p, _)| p.clone()).collect();

@@ -122,15 +122,14 @@ impl FileInput {
     }
 
     fn read_file(&self, path: &Path) -> Option<Arc<Vec<u8>>> {
-        let recycled = {
+        // A buffer no chunk holds any more, emptied for reuse (else a new one).
+        let target = {
             let mut pool = lock(&self.buffers);
             let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
             free.map(|i| pool.swap_remove(i))
-        };
-        let mut buf = recycled.unwrap_or_default();
-        let target = Arc::get_mut(&mut buf)
-            .map(std::mem::take)
-            .unwrap_or_default();
+        }
+        .and_then(|mut b| Arc::get_mut(&mut b).map(std::mem::take))
+        .unwrap_or_default();
         match read_parallel(path, self.partitions, target) {
             Ok(b) => {
                 let b = Arc::new(b);

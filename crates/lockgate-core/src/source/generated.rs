@@ -237,22 +237,15 @@ impl StreamingContext {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::collect_batches;
-    use crate::{StreamingContext, Time, Trigger};
+    use crate::testing::run_bounded;
+    use crate::{StreamingContext, Trigger};
 
     #[test]
     fn generated_stream_covers_every_offset_once_and_ends_at_its_total() {
-        let ctx = StreamingContext::builder()
-            .parallelism(3)
-            .trigger(Trigger::AvailableNow)
-            .start_time(Time(0))
-            .build()
-            .unwrap();
-        let s = ctx.generated_stream(10, Some(25), |r| r.collect::<Vec<u64>>());
-        let out = collect_batches(&s);
-        ctx.start().unwrap();
-        ctx.await_termination().unwrap();
-        let out = out.lock().unwrap();
+        let out = run_bounded(3, |ctx| {
+            ctx.generated_stream(10, Some(25), |r| r.collect::<Vec<u64>>())
+        })
+        .unwrap();
         assert_eq!(out.len(), 3);
         let mut all: Vec<u64> = out.values().flatten().copied().collect();
         all.sort();

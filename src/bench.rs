@@ -168,7 +168,7 @@ struct Check {
     /// Event-time log-errors: the last count of each tumbling window.
     by_window: Mutex<BTreeMap<i64, i64>>,
     /// Word count: the last count of each word.
-    words: Mutex<FxHashMap<String, i64>>,
+    words: Mutex<FxHashMap<lockgate_core::CompactString, i64>>,
 }
 
 impl Check {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use lockgate_core::dstream::output::write_batch_dir;
 use lockgate_core::{
-    Batch, DStream, DeliveryMode, FileStreamOptions, State, StateSpec, StreamingContext,
-    StreamingContextBuilder, Time, Trigger, WindowSpec,
+    Batch, CompactString, DStream, DeliveryMode, FileStreamOptions, State, StateSpec,
+    StreamingContext, StreamingContextBuilder, Time, Trigger, WindowSpec,
 };
 use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use rayon::prelude::*;
@@ -194,8 +194,8 @@ impl JobConfig {
                             b,
                             word_counts_table(),
                             WriteMode::Upsert,
-                            |(w, c): &(String, i64)| {
-                                vec![SqlValue::Text(w.clone()), SqlValue::Int(*c)]
+                            |(w, c): &(CompactString, i64)| {
+                                vec![SqlValue::Text(w.to_string()), SqlValue::Int(*c)]
                             },
                         )
                         .map_err(sink_err)?;
@@ -474,26 +474,6 @@ pub fn parse_apache_time(line: &[u8]) -> Option<i64> {
     lockgate_core::epoch_seconds(year, month, day, (h, m, sec))
 }
 
-/// The words of a chunk of lines (split on spaces and line ends, `\r` stripped, empty
-/// strings not counted) with their counts: one pair per distinct word, counted under
-/// borrowed keys so nothing is allocated until the pairs are made.
-fn count_words(buf: &[u8]) -> Vec<(String, i64)> {
-    let mut counts: rustc_hash::FxHashMap<&[u8], i64> = Default::default();
-    let mut start = 0;
-    for end in memchr::memchr2_iter(b' ', b'\n', buf).chain([buf.len()]) {
-        let w = &buf[start..end];
-        let w = w.strip_suffix(b"\r").unwrap_or(w);
-        start = end + 1;
-        if !w.is_empty() {
-            *counts.entry(w).or_insert(0) += 1;
-        }
-    }
-    counts
-        .into_iter()
-        .map(|(w, n)| (String::from_utf8_lossy(w).into_owned(), n))
-        .collect()
-}
-
 /// Running word count (words split on single spaces; empty strings are not words),
 /// emitting each batch the words whose count changed, with their new count.
 ///
@@ -505,12 +485,12 @@ pub fn word_count(
     cfg: &JobConfig,
     ctx: &StreamingContext,
     out: Option<&JsonOutput>,
-) -> DStream<(String, i64)> {
-    let pairs: DStream<(String, i64)> = match &cfg.input {
+) -> DStream<(CompactString, i64)> {
+    let pairs: DStream<(CompactString, i64)> = match &cfg.input {
         Input::Socket { .. } => cfg.lines(ctx).flat_map(|l| {
             l.split(' ')
                 .filter(|w| !w.is_empty())
-                .map(|w| (w.to_string(), 1i64))
+                .map(|w| (CompactString::from(w), 1i64))
                 .collect::<Vec<_>>()
         }),
         Input::Dir(dir) => ctx
@@ -522,12 +502,12 @@ pub fn word_count(
                     ..cfg.file_options()
                 },
             )
-            .flat_map(|chunk| count_words(chunk.as_bytes())),
+            .flat_map(|chunk| crate::words::count_words(chunk.as_bytes())),
     };
     let changed = pairs
         .reduce_by_key(|a, b| a + b)
         .map_with_state(StateSpec::function(
-            |w: &String, n: Option<i64>, total: &mut State<i64>| {
+            |w: &CompactString, n: Option<i64>, total: &mut State<i64>| {
                 let now = total.get().copied().unwrap_or(0) + n.unwrap_or(0);
                 total.update(now);
                 (w.clone(), now)
@@ -543,7 +523,7 @@ pub fn word_count(
         out.write(
             &changed,
             "word_counts",
-            |(w, c), _| json!({ "word": w, "count": c }),
+            |(w, c), _| json!({ "word": w.as_str(), "count": c }),
         );
     }
     changed
@@ -552,24 +532,6 @@ pub fn word_count(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_word_counts_match_splitting_lines() {
-        let text = "a bb  a\r\nthe-longest-word-here a\n\nbb last";
-        let mut got = count_words(text.as_bytes());
-        got.sort();
-        let mut want: std::collections::BTreeMap<String, i64> = Default::default();
-        for line in text.lines() {
-            for w in line
-                .trim_end_matches('\r')
-                .split(' ')
-                .filter(|w| !w.is_empty())
-            {
-                *want.entry(w.to_string()).or_insert(0) += 1;
-            }
-        }
-        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
-    }
 
     #[test]
     fn apache_timestamps_parse_and_malformed_ones_do_not() {

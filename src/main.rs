@@ -9,6 +9,7 @@ mod generate;
 mod jobs;
 mod progress;
 mod torture;
+mod words;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

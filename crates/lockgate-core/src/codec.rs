@@ -158,6 +158,21 @@ impl Codec for String {
     }
 }
 
+/// Encoded as a `String` is (length, then the UTF-8 bytes): the two are interchangeable
+/// in checkpoints.
+impl Codec for compact_str::CompactString {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (self.len() as u64).encode(out);
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
+        let n = decode_len(input, "CompactString")?;
+        let b = take(input, n, "CompactString")?;
+        compact_str::CompactString::from_utf8(b)
+            .map_err(|e| CodecError::new("CompactString", e.to_string()))
+    }
+}
+
 impl Codec for PathBuf {
     fn encode(&self, out: &mut Vec<u8>) {
         self.to_string_lossy().into_owned().encode(out);

@@ -51,6 +51,7 @@ pub mod context;
 pub mod dstream;
 pub mod error;
 mod graph;
+mod hash;
 pub mod metrics;
 pub mod rate;
 mod scheduler;
@@ -64,6 +65,10 @@ pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
 pub use clock::{civil_time, epoch_seconds, CivilTime, Clock, ManualClock, SystemClock, Time};
 pub use codec::{Codec, CodecError};
+/// A string that keeps up to 24 bytes inline (no allocation, a clone is a copy), hashed,
+/// compared and checkpointed exactly like a `String`: the cheap key for keyed
+/// operations and state over short words, names and identifiers.
+pub use compact_str::CompactString;
 pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
 pub use dstream::event_time::{
     EventTimeStream, GroupState, OutputMode, TimeWindow, WindowSpec, Windowed, WindowedStream,

@@ -34,8 +34,25 @@ macro_rules! show_via_display {
 }
 
 show_via_display!(
-    String, str, char, bool, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32,
-    f64
+    String,
+    str,
+    char,
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    compact_str::CompactString
 );
 
 impl<T: Show + ?Sized> Show for &T {

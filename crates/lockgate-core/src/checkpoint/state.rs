@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use crate::hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::Stateful;

@@ -37,8 +37,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::hash::{FxHashMap, FxHashSet};
 use rayon::prelude::*;
-use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{take_part, Batch, Data};
 use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};

@@ -4,8 +4,11 @@
 
 use std::hash::{Hash, Hasher};
 
+use hashbrown::hash_map::Entry;
 use rayon::prelude::*;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
+
+use crate::hash::FxHashMap;
 
 use crate::batch::{take_part, Batch, Data};
 use crate::dstream::DStream;
@@ -75,23 +78,12 @@ where
         .into_shared()
         .into_par_iter()
         .map(|part| {
-            let mut maps: Vec<FxHashMap<K, Option<C>>> =
-                (0..n).map(|_| FxHashMap::default()).collect();
+            let mut maps: Vec<FxHashMap<K, C>> = (0..n).map(|_| FxHashMap::default()).collect();
             for (k, v) in take_part(part) {
                 let j = partition_of(&k, n);
-                let slot = maps[j].entry(k).or_insert(None);
-                *slot = Some(match slot.take() {
-                    Some(c) => merge_value(c, v),
-                    None => create(v),
-                });
+                fold_into(&mut maps[j], k, v, create, merge_value);
             }
-            maps.into_iter()
-                .map(|m| {
-                    m.into_iter()
-                        .filter_map(|(k, c)| c.map(|c| (k, c)))
-                        .collect()
-                })
-                .collect()
+            maps.into_iter().map(|m| m.into_iter().collect()).collect()
         })
         .collect();
     let per_output = transpose_by_bucket(map_side, n);
@@ -101,21 +93,36 @@ where
             if inputs.len() == 1 {
                 return inputs.into_iter().flatten().collect();
             }
-            let mut merged: FxHashMap<K, Option<C>> = FxHashMap::default();
+            // Every input holds distinct keys: the largest is a lower bound of the result.
+            let at_least = inputs.iter().map(Vec::len).max().unwrap_or(0);
+            let mut merged: FxHashMap<K, C> =
+                FxHashMap::with_capacity_and_hasher(at_least, Default::default());
             for (k, c) in inputs.into_iter().flatten() {
-                let slot = merged.entry(k).or_insert(None);
-                *slot = Some(match slot.take() {
-                    Some(acc) => merge_combiners(acc, c),
-                    None => c,
-                });
+                fold_into(&mut merged, k, c, &|c| c, merge_combiners);
             }
-            merged
-                .into_iter()
-                .filter_map(|(k, c)| c.map(|c| (k, c)))
-                .collect()
+            merged.into_iter().collect()
         })
         .collect();
     Batch::from_partitions(parts)
+}
+
+/// Adds `v` under `k`: a new combiner from `create`, or `merge` into the one there
+/// (updated in place: one lookup, no temporary).
+fn fold_into<K: Hash + Eq, V, C>(
+    map: &mut FxHashMap<K, C>,
+    k: K,
+    v: V,
+    create: &(dyn Fn(V) -> C + Sync),
+    merge: &(dyn Fn(C, V) -> C + Sync),
+) {
+    match map.entry(k) {
+        Entry::Occupied(e) => {
+            e.replace_entry_with(|_, c| Some(merge(c, v)));
+        }
+        Entry::Vacant(e) => {
+            e.insert(create(v));
+        }
+    }
 }
 
 /// `[input][bucket] -> [bucket][input]`.

@@ -9,8 +9,10 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hashbrown::hash_map::Entry;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
+
+use crate::hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful};
@@ -290,27 +292,49 @@ where
                 .zip(input.into_par_iter())
                 .map(|((map, dirty), records)| {
                     let mut out = Vec::with_capacity(records.len());
-                    for (k, v) in records {
-                        let prev = map.remove(&k);
+                    // Calls the function on one key's previous state; returns the state
+                    // to keep (the key is updated in place, found once).
+                    let mut step = |k: &K, v: V, prev: Option<(S, i64)>| {
                         let prev_time = prev.as_ref().map(|(_, pt)| *pt);
                         let mut st = State::new(prev.map(|(s, _)| s), false);
-                        out.push(MwsItem::Mapped(func(&k, Some(v), &mut st)));
+                        out.push(MwsItem::Mapped(func(k, Some(v), &mut st)));
                         if let Some(m) = st.misuse {
                             return Err(m);
                         }
-                        if st.updated || st.removed {
-                            dirty.insert(k.clone());
-                        }
-                        if let Some(s) = st.value {
+                        let mut changed = st.updated || st.removed;
+                        let next = st.value.map(|s| {
                             let stamp = if st.updated || timeout.is_some() {
                                 t.0
                             } else {
                                 prev_time.unwrap_or(t.0)
                             };
-                            if stamp != prev_time.unwrap_or(stamp) {
-                                dirty.insert(k.clone());
+                            changed |= stamp != prev_time.unwrap_or(stamp);
+                            (s, stamp)
+                        });
+                        if changed {
+                            dirty.get_or_insert_with(k, K::clone);
+                        }
+                        Ok(next)
+                    };
+                    for (k, v) in records {
+                        match map.entry(k) {
+                            Entry::Occupied(e) => {
+                                let mut failed = None;
+                                e.replace_entry_with(|k, prev| {
+                                    step(k, v, Some(prev)).unwrap_or_else(|m| {
+                                        failed = Some(m);
+                                        None
+                                    })
+                                });
+                                if let Some(m) = failed {
+                                    return Err(m);
+                                }
                             }
-                            map.insert(k, (s, stamp));
+                            Entry::Vacant(e) => {
+                                if let Some(next) = step(e.key(), v, None)? {
+                                    e.insert(next);
+                                }
+                            }
                         }
                     }
                     if let Some(idle) = timeout {

@@ -18,8 +18,8 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::hash::FxHashMap;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::{

@@ -37,6 +37,14 @@ pub struct BenchOpts {
     /// log-errors: count per event-time window (`run log-errors --event-time`).
     #[arg(long)]
     event_time: bool,
+    /// Internal: run the engine once in this process and print its figures as JSON
+    /// (each engine run of the benchmark is a fresh child process, so its peak RSS is
+    /// its own and no run inherits another's allocator state).
+    #[arg(long, hide = true)]
+    child_run: bool,
+    /// Internal: the checkpoint directory of a `--child-run`.
+    #[arg(long, hide = true)]
+    child_checkpoint: Option<PathBuf>,
 }
 
 /// The run with the median time.
@@ -79,6 +87,31 @@ struct Figures {
 }
 
 impl Figures {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lines": self.lines,
+            "check": self.check,
+            "bytes": self.bytes,
+            "elapsed_us": self.elapsed.as_micros() as u64,
+            "steady_us": self.steady.as_micros() as u64,
+            "peak_rss": self.peak_rss,
+            "operators": self.operators,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Figures> {
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        Some(Figures {
+            lines: n("lines")?,
+            check: n("check")?,
+            bytes: n("bytes")?,
+            elapsed: Duration::from_micros(n("elapsed_us")?),
+            steady: Duration::from_micros(n("steady_us")?),
+            peak_rss: n("peak_rss"),
+            operators: serde_json::from_value(v.get("operators")?.clone()).ok()?,
+        })
+    }
+
     /// Prints the figures; `what` names the check figure (errors, words).
     fn print(&self, name: &str, what: &str) {
         let s = self.elapsed.as_secs_f64();
@@ -181,19 +214,58 @@ impl Check {
     }
 }
 
-fn engine(
-    job: Job,
-    dir: &Path,
-    opts: &BenchOpts,
-    bytes: u64,
-    checkpoint: Option<&Path>,
-) -> Result<Figures> {
+/// One engine run in a fresh process (this binary with `--child-run`).
+fn engine_in_child(job: Job, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
     if let Some(cp) = checkpoint {
         if cp.exists() {
             std::fs::remove_dir_all(cp).with_context(|| format!("clearing {}", cp.display()))?;
         }
     }
-    reset_peak_rss();
+    // Start from a clean filesystem: dirty pages left by earlier work (a build, an
+    // earlier run's checkpoint) would otherwise be flushed by this run's syncs.
+    lockgate_core::checkpoint::file::sync_filesystem(&opts.data)?;
+    let exe = std::env::current_exe().context("finding this program to run the engine")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", job.name(), "--child-run", "--lines"])
+        .arg(opts.lines.to_string())
+        .arg("--files")
+        .arg(opts.files.to_string())
+        .arg("--data")
+        .arg(&opts.data);
+    if let Some(p) = opts.parallelism {
+        cmd.arg("--parallelism").arg(p.to_string());
+    }
+    if opts.event_time {
+        cmd.arg("--event-time");
+    }
+    if let Some(cp) = checkpoint {
+        cmd.arg("--child-checkpoint").arg(cp);
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the engine's benchmark process")?;
+    if !out.status.success() {
+        bail!("the engine's benchmark process failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str(l)
+                .ok()
+                .as_ref()
+                .and_then(Figures::from_json)
+        })
+        .with_context(|| format!("the engine's benchmark process printed no figures: {text}"))
+}
+
+/// One engine run in this process: the CLI's job as a bounded run, one file per batch.
+fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
+    let bytes = log_files(dir)?
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
     let cfg = JobConfig {
         input: Input::Dir(dir.to_path_buf()),
         batch_interval: Duration::from_secs(10),
@@ -307,12 +379,17 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         eprintln!("warning: this is a debug build; run `cargo run --release -- bench {what}`");
     }
     let dir = data_dir(opts)?;
+    if opts.child_run {
+        let figures = engine(job, &dir, opts, opts.child_checkpoint.as_deref())?;
+        println!("{}", figures.to_json());
+        return Ok(());
+    }
     let files = log_files(&dir)?;
     let cores = opts
         .parallelism
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Warm the page cache so neither side pays for the disk.
-    let warm = raw_scan(&files, cores)?;
+    raw_scan(&files, cores)?;
     let baseline = median(
         (0..opts.repeat.max(1))
             .map(|_| raw_scan(&files, cores))
@@ -327,8 +404,8 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
     let (mut plain, mut with_cp) = (Vec::new(), Vec::new());
     for _ in 0..opts.repeat.max(1) {
-        plain.push(engine(job, &dir, opts, warm.bytes, None)?);
-        with_cp.push(engine(job, &dir, opts, warm.bytes, Some(&cp_dir))?);
+        plain.push(engine_in_child(job, opts, None)?);
+        with_cp.push(engine_in_child(job, opts, Some(&cp_dir))?);
     }
     let _ = std::fs::remove_dir_all(&cp_dir);
     let run = median(plain);

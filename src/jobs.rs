@@ -437,26 +437,56 @@ fn log_errors_event_time(
 /// Epoch seconds of the Apache timestamp starting `line`: `[Fri Dec 18 00:00:00 2015]`
 /// (UTC; the weekday is not checked). `None` when the line does not start with one.
 pub fn parse_apache_time(line: &[u8]) -> Option<i64> {
+    match line.get(..26) {
+        Some(fixed) => parse_fixed_apache_time(fixed).or_else(|| parse_any_apache_time(line)),
+        None => parse_any_apache_time(line),
+    }
+}
+
+/// The common layout, `[Www Mmm dd hh:mm:ss yyyy]` (day zero- or space-padded), read
+/// at fixed positions; `None` for anything else (then parsed by the general path).
+fn parse_fixed_apache_time(b: &[u8]) -> Option<i64> {
+    let at = |i: usize| b.get(i).copied().unwrap_or(0);
+    let digit = |i: usize| at(i).is_ascii_digit().then(|| u32::from(at(i) - b'0'));
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    let layout = [
+        (0, b'['),
+        (4, b' '),
+        (8, b' '),
+        (11, b' '),
+        (14, b':'),
+        (17, b':'),
+    ];
+    if layout.iter().any(|&(i, c)| at(i) != c)
+        || at(20) != b' '
+        || at(25) != b']'
+        || !b.get(1..4)?.iter().all(u8::is_ascii_alphabetic)
+    {
+        return None;
+    }
+    let month = month_number(b.get(5..8)?)?;
+    let day = if at(9) == b' ' { digit(10)? } else { two(9)? };
+    let year = i64::from(two(21)? * 100 + two(23)?);
+    lockgate_core::epoch_seconds(year, month, day, (two(12)?, two(15)?, two(18)?))
+}
+
+fn month_number(name: &[u8]) -> Option<u32> {
+    let months: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let i = months.iter().position(|m| *m == name)?;
+    u32::try_from(i + 1).ok()
+}
+
+/// Any spacing of the fields (split on whitespace), for what the fixed layout rejects.
+fn parse_any_apache_time(line: &[u8]) -> Option<i64> {
     let rest = line.strip_prefix(b"[")?;
     let end = memchr::memchr(b']', &rest[..rest.len().min(40)])?;
     let text = std::str::from_utf8(&rest[..end]).ok()?;
     let mut parts = text.split_ascii_whitespace();
     let _weekday = parts.next()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
+    let month = month_number(parts.next()?.as_bytes())?;
     let day: u32 = parts.next()?.parse().ok()?;
     let mut hms = parts.next()?.splitn(3, ':');
     let mut field = || -> Option<u32> {
@@ -532,6 +562,52 @@ pub fn word_count(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fixed_layout_parser_agrees_with_the_general_one() {
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut lines = Vec::new();
+        for t in (1_420_070_400i64..1_420_070_400 + 400 * 86_400).step_by(86_400 * 3 + 3_907) {
+            let c = lockgate_core::civil_time(t);
+            let (h, m, s) = c.hms;
+            let month = months[c.month as usize - 1];
+            lines.push(format!(
+                "[Mon {month} {:02} {h:02}:{m:02}:{s:02} {}] x",
+                c.day, c.year
+            ));
+            lines.push(format!(
+                "[Mon {month} {:>2} {h:02}:{m:02}:{s:02} {}]",
+                c.day, c.year
+            ));
+        }
+        lines.extend(
+            [
+                "[Fri Dec 18 00:00:00 2015]",
+                "[Fri Dec 32 00:00:00 2015]",
+                "[Fri Feb 29 00:00:00 2015]",
+                "[Fri Dec 18 24:00:00 2015]",
+                "[Fri Dec 1x 00:00:00 2015]",
+                "[F i Dec 18 00:00:00 2015]",
+                "[Fri Dec 18 00:00:00 201]]",
+                "[Fri Dek 18 00:00:00 2015]",
+                "(Fri Dec 18 00:00:00 2015]",
+            ]
+            .map(String::from),
+        );
+        for line in &lines {
+            let b = line.as_bytes();
+            if let Some(fixed) = parse_fixed_apache_time(b) {
+                assert_eq!(Some(fixed), parse_any_apache_time(b), "{line}");
+            }
+            assert_eq!(parse_apache_time(b), parse_any_apache_time(b), "{line}");
+        }
+        assert_eq!(
+            parse_fixed_apache_time(lines[0].as_bytes()),
+            Some(1_420_070_400)
+        );
+    }
 
     #[test]
     fn apache_timestamps_parse_and_malformed_ones_do_not() {

@@ -112,12 +112,22 @@ pub fn write_file(path: &Path, kind: FileKind, payload: &[u8]) -> Result<()> {
 pub const BATCHED_SYNC: bool = cfg!(target_os = "linux");
 
 /// Writes many files atomically; they are durable after the next [`sync_filesystem`]
-/// (or at once where [`BATCHED_SYNC`] is false).
+/// (or at once where [`BATCHED_SYNC`] is false). With batched syncs the writes are
+/// quick and made one after another on the calling thread; file by file syncs wait for
+/// the disk, so they are made in parallel.
 pub fn write_files(files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
     use rayon::prelude::*;
-    files
-        .into_par_iter()
-        .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, !BATCHED_SYNC))
+    if BATCHED_SYNC {
+        // Not on rayon: the callers (plan logging, the checkpoint writer) run beside the
+        // workers, and a pool of their own would spin on the cores the workers need.
+        files
+            .into_iter()
+            .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, false))
+    } else {
+        files
+            .into_par_iter()
+            .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, true))
+    }
 }
 
 /// Makes every file written so far under `root` durable, renames included: one `syncfs`
@@ -137,14 +147,20 @@ pub fn sync_filesystem(root: &Path) -> Result<()> {
 
 fn write_file_with(path: &Path, kind: FileKind, payload: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        // The directory is made only when missing (a `mkdir` per file is a cost per batch).
+        let mut f = match fs::File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)?;
+                fs::File::create(&tmp)?
+            }
+            created => created?,
+        };
         f.write_all(&frame(kind, payload))?;
         if durable {
             f.sync_all()?;

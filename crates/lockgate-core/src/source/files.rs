@@ -33,6 +33,7 @@ use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
+use crate::source::read::{read_ahead, FileRead, ReadError};
 use crate::source::{
     chunk_bounds, register, source_name, split_lines, SourceCompute, TextChunk,
     DEFAULT_MAX_LINE_BYTES,
@@ -86,7 +87,39 @@ struct FileInput {
     /// Buffers of earlier batches, reused once no chunk holds them any more (a fresh
     /// large allocation costs a page fault per 4 KiB).
     buffers: Mutex<Vec<Arc<Vec<u8>>>>,
+    /// The next planned batch's files, read ahead while the current batch computes.
+    read_ahead: Mutex<ReadAhead>,
 }
+
+/// The contents of a batch's files: each file's bytes and line count.
+type Contents = Vec<(Arc<Vec<u8>>, u64)>;
+
+/// Read-ahead of the next planned batch's files on one long-lived thread (see
+/// [`read`](crate::source::read)). Only batches already planned are read ahead (a
+/// bounded run plans ahead; a live stream that falls behind has planned batches
+/// waiting); files are read whole, once, exactly as at their batch: a source's files do
+/// not change once they appear.
+#[derive(Default)]
+struct ReadAhead {
+    /// Requests to the reader thread (started at the first read-ahead).
+    requests: Option<std::sync::mpsc::Sender<ReadAheadJob>>,
+    /// The batch being read ahead, its stop flag, and where its reads come back.
+    pending: Option<(
+        Time,
+        Arc<AtomicBool>,
+        std::sync::mpsc::Receiver<Vec<Opened>>,
+    )>,
+}
+
+/// A file of a batch, opened (and perhaps partly read) or failed.
+type Opened = std::result::Result<FileRead, ReadError>;
+
+/// Files to read ahead, the flag that stops it, where to send them.
+type ReadAheadJob = (
+    Vec<Opened>,
+    Arc<AtomicBool>,
+    std::sync::mpsc::Sender<Vec<Opened>>,
+);
 
 /// Regular, non-ignored files of `dir`, oldest first (modification time, then name).
 fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -121,65 +154,46 @@ impl FileInput {
         Ok(())
     }
 
-    fn read_file(&self, path: &Path) -> Option<Arc<Vec<u8>>> {
-        // A buffer no chunk holds any more, emptied for reuse (else a new one).
-        let target = {
+    /// Opens `path` into a buffer no chunk holds any more (else a new one).
+    fn open(&self, path: &Path) -> Opened {
+        let buf = {
             let mut pool = lock(&self.buffers);
             let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
             free.map(|i| pool.swap_remove(i))
         }
         .and_then(|mut b| Arc::get_mut(&mut b).map(std::mem::take))
         .unwrap_or_default();
-        match read_parallel(path, self.partitions, target) {
-            Ok(b) => {
-                let b = Arc::new(b);
-                let mut pool = lock(&self.buffers);
-                if pool.len() < 4 {
-                    pool.push(b.clone());
-                }
-                Some(b)
-            }
-            Err(e) => {
-                SourceCounters::add(&self.counters.unreadable_files, 1);
-                tracing::warn!(
-                    source = %self.name,
-                    file = %path.display(),
-                    error = %e,
-                    "file could not be read and is skipped; check its permissions"
-                );
-                None
-            }
-        }
+        FileRead::open(path, buf)
     }
-}
 
-/// Reads a whole file into `buf` (its old contents are overwritten, its capacity
-/// reused); large files are read in `ways` parallel ranges (the copy out of the page
-/// cache is a large part of the cost of a simple job).
-fn read_parallel(path: &Path, ways: usize, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        const PARALLEL_FROM: usize = 1 << 20;
-        let file = fs::File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-        if ways > 1 && len >= PARALLEL_FROM {
-            // Only bytes beyond the old length are zeroed; the read overwrites them all.
-            if buf.len() < len {
-                buf.resize(len, 0);
-            } else {
-                buf.truncate(len);
-            }
-            let chunk = len.div_ceil(ways);
-            buf.par_chunks_mut(chunk)
-                .enumerate()
-                .try_for_each(|(i, part)| file.read_exact_at(part, (i * chunk) as u64))?;
-            return Ok(buf);
-        }
+    /// Finishes reading the files of a batch (in parallel): each file's bytes, kept in
+    /// the buffer pool for reuse, and its line count. A file that cannot be read is
+    /// skipped, counted and logged.
+    fn finish_reads(&self, reads: Vec<Opened>) -> Contents {
+        reads
+            .into_par_iter()
+            .filter_map(|r| match r.and_then(FileRead::finish) {
+                Ok((bytes, lines)) => {
+                    let bytes = Arc::new(bytes);
+                    let mut pool = lock(&self.buffers);
+                    if pool.len() < 4 {
+                        pool.push(bytes.clone());
+                    }
+                    Some((bytes, lines))
+                }
+                Err((path, e)) => {
+                    SourceCounters::add(&self.counters.unreadable_files, 1);
+                    tracing::warn!(
+                        source = %self.name,
+                        file = %path.display(),
+                        error = %e,
+                        "file could not be read and is skipped; check its permissions"
+                    );
+                    None
+                }
+            })
+            .collect()
     }
-    buf.clear();
-    std::io::Read::read_to_end(&mut fs::File::open(path)?, &mut buf)?;
-    Ok(buf)
 }
 
 impl InputSource for FileInput {
@@ -313,22 +327,70 @@ impl InputSource for FileInput {
 impl FileInput {
     /// Reads the files planned for batch `t` and cuts them into line-aligned chunks,
     /// `chunks_per_worker` per worker so that every core stays busy.
-    fn read_chunks(&self, t: Time) -> Vec<TextChunk> {
-        let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
-        let contents: Vec<Arc<Vec<u8>>> =
-            files.par_iter().filter_map(|f| self.read_file(f)).collect();
-        let total: usize = contents.iter().map(|c| c.len()).sum();
+    fn read_chunks(&self, t: Time) -> (Vec<TextChunk>, u64) {
+        let reads = self.take_read_ahead(t).unwrap_or_else(|| {
+            let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
+            files.iter().map(|f| self.open(f)).collect()
+        });
+        let contents = self.finish_reads(reads);
+        self.read_ahead_after(t);
+        let total: usize = contents.iter().map(|(c, _)| c.len()).sum();
+        let lines = contents.iter().map(|(_, n)| n).sum();
         let pieces = self.partitions * self.opts.chunks_per_worker.max(1);
         let target = (total / pieces.max(1)).max(64 * 1024);
-        contents
+        let chunks = contents
             .iter()
-            .flat_map(|c| {
+            .flat_map(|(c, _)| {
                 let k = c.len().div_ceil(target).max(1);
                 chunk_bounds(c, k)
                     .into_iter()
                     .map(move |r| TextChunk::new(c.clone(), r))
             })
-            .collect()
+            .collect();
+        (chunks, lines)
+    }
+
+    /// The files of batch `t` if they are being read ahead: the read-ahead stops at
+    /// the end of its current piece and hands them over.
+    fn take_read_ahead(&self, t: Time) -> Option<Vec<Opened>> {
+        let (at, stop, rx) = lock(&self.read_ahead).pending.take()?;
+        stop.store(true, Ordering::Release);
+        // Read ahead for another batch (a batch failed and is re-run): not used.
+        rx.recv().ok().filter(|_| at == t)
+    }
+
+    /// Starts reading the files of the first batch planned after `t`, if any.
+    fn read_ahead_after(&self, t: Time) {
+        let next = lock(&self.planned)
+            .range(t.plus_ms(1)..)
+            .next()
+            .map(|(at, files)| (*at, files.clone()));
+        let Some((at, files)) = next else { return };
+        let mut ra = lock(&self.read_ahead);
+        if ra.requests.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<ReadAheadJob>();
+            let spawned = std::thread::Builder::new()
+                .name("lockgate-read-ahead".into())
+                .spawn(move || {
+                    // Ends when the source is dropped (its sender with it).
+                    for (reads, stop, reply) in rx {
+                        let _ = reply.send(read_ahead(reads, &stop));
+                    }
+                });
+            if spawned.is_err() {
+                // No thread: every batch reads its own files, as without read-ahead.
+                return;
+            }
+            ra.requests = Some(tx);
+        }
+        let reads = files.iter().map(|f| self.open(f)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reply, rx) = std::sync::mpsc::channel();
+        if let Some(requests) = &ra.requests {
+            if requests.send((reads, stop.clone(), reply)).is_ok() {
+                ra.pending = Some((at, stop, rx));
+            }
+        }
     }
 
     fn read_done<T: Data>(&self, t: Time, batch: Batch<T>, lines: u64) -> Result<Batch<T>> {
@@ -343,6 +405,7 @@ impl SourceCompute<String> for FileInput {
         let max = self.opts.max_line_bytes;
         let parts: Vec<Vec<String>> = self
             .read_chunks(t)
+            .0
             .into_par_iter()
             .map(|chunk| split_lines(chunk.as_bytes(), max, &self.counters))
             .collect();
@@ -354,8 +417,7 @@ impl SourceCompute<String> for FileInput {
 
 impl SourceCompute<TextChunk> for FileInput {
     fn compute(&self, t: Time) -> Result<Batch<TextChunk>> {
-        let chunks = self.read_chunks(t);
-        let lines = chunks.par_iter().map(TextChunk::line_count).sum();
+        let (chunks, lines) = self.read_chunks(t);
         let parts = chunks.into_iter().map(|c| vec![c]).collect();
         self.read_done(t, Batch::from_partitions(parts), lines)
     }
@@ -408,6 +470,7 @@ impl StreamingContext {
             state: taken.clone(),
         })));
         Arc::new(FileInput {
+            read_ahead: Mutex::new(ReadAhead::default()),
             taken,
             counters: self.metrics_ref().source(&name),
             name,

@@ -23,6 +23,7 @@ use crate::metrics::SourceCounters;
 pub mod files;
 pub mod generated;
 pub mod queue;
+pub(crate) mod read;
 pub mod receiver;
 pub mod socket;
 
@@ -147,12 +148,16 @@ impl TextChunk {
     pub fn lines_containing<'a>(&'a self, needle: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let buf = self.as_bytes();
         let finder = memchr::memmem::Finder::new(needle);
+        // Where the line after the last one found starts: a line's start is found
+        // looking back from its match no further than there.
         let mut from = 0;
         std::iter::from_fn(move || {
             let pos = from + finder.find(buf.get(from..)?)?;
+            let start = memchr::memrchr(b'\n', &buf[from..pos]).map_or(from, |i| from + i + 1);
             let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
             from = end + 1;
-            Some(self.line_at(pos))
+            let line = &buf[start..end];
+            Some(line.strip_suffix(b"\r").unwrap_or(line))
         })
     }
 
@@ -238,9 +243,13 @@ mod tests {
         let pos = memchr::memmem::find(c.as_bytes(), b"ERROR").unwrap();
         assert_eq!(c.line_at(pos), b"c ERROR d");
         assert_eq!(c.line_at(0), b"ab");
-        let many = TextChunk::from_bytes(&b"x ERROR ERROR\nok\nERROR\nlast ERROR"[..]);
+        let many =
+            TextChunk::from_bytes(&b"x ERROR ERROR\nok\nERROR\nno\r\ny ERROR\r\nlast ERROR"[..]);
         let hits: Vec<&[u8]> = many.lines_containing(b"ERROR").collect();
-        assert_eq!(hits, vec![&b"x ERROR ERROR"[..], b"ERROR", b"last ERROR"]);
+        assert_eq!(
+            hits,
+            vec![&b"x ERROR ERROR"[..], b"ERROR", b"y ERROR", b"last ERROR"]
+        );
         let whole = TextChunk::from_bytes(&b"x\ny\n"[..]);
         assert_eq!(whole.lines().count(), 2);
         assert_eq!(whole.line_count(), 2);

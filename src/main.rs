@@ -63,9 +63,10 @@ enum Command {
 /// A built-in job on the command line.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum JobName {
-    /// Lines containing ERROR, printed per batch and counted over a sliding window.
+    /// Lines containing ERROR, printed per batch and counted over a sliding window (or, with
+    /// --event-time, per event-time window).
     LogErrors,
-    /// Running word count with update_state_by_key.
+    /// Running word count (map_with_state): each batch, the words whose count changed.
     WordCount,
 }
 

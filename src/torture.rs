@@ -17,7 +17,7 @@ use crate::generate::{generate_logs, Rng};
 pub enum Pipeline {
     /// log-errors: files in, JSON-lines files out (stateful window).
     Files,
-    /// word-count: files in, JSON-lines files out (update_state_by_key).
+    /// word-count: files in, JSON-lines files out (map_with_state).
     WordCount,
     /// word-count: files in, PostgreSQL out (results and offsets in one transaction per
     /// batch), on a throwaway server started by scripts/postgres.sh.

@@ -411,6 +411,9 @@ impl StreamingContext {
             input.enable_checkpoint(&cfg.dir)?;
         }
         self.inner.graph.set_delivery(cfg.delivery);
+        for state in self.inner.graph.states() {
+            state.checkpointed();
+        }
         let cp = Arc::new(Checkpointer::new(
             cfg.clone(),
             self.inner.graph.states(),

@@ -120,6 +120,9 @@ pub(crate) trait Stateful: Send + Sync {
     fn always_full(&self) -> bool {
         false
     }
+    /// Called once when the context checkpoints: from now on every batch's changes are
+    /// persisted (state may then log its changes as they happen).
+    fn checkpointed(&self) {}
     /// Encoded entries of partition `p`: all (`full`) or changed since the last call.
     /// `None` when nothing changed and `full` is false.
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;

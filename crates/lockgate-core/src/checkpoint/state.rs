@@ -17,12 +17,27 @@ use crate::dstream::keyed::partition_of;
 use crate::graph::{lock, NodeMeta};
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
-/// [`encode`](Self::encode) so that a delta holds only those.
+/// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys
+/// (their values read at encode time), or — for operators that call
+/// [`record`](Self::record) while checkpointing is on — as the changes themselves,
+/// encoded when they happen, while key and value are at hand.
 pub(crate) struct KeyedState<K, S> {
     pub maps: Vec<FxHashMap<K, S>>,
     pub dirty: Vec<FxHashSet<K>>,
+    /// Changes encoded as they happened, per partition (with checkpointing only).
+    pub log: Vec<ChangeLog>,
     /// Track changes (false for operators that write full snapshots anyway).
     track: bool,
+    /// Checkpointing is on: [`record`](Self::record) encodes into `log`.
+    logging: bool,
+}
+
+/// Encoded `(K, Option<S>)` changes of one partition, in the order they happened (a
+/// delta is applied in order at recovery, so a key changed twice ends at its last value).
+#[derive(Default)]
+pub(crate) struct ChangeLog {
+    entries: u64,
+    bytes: Vec<u8>,
 }
 
 impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
@@ -30,7 +45,9 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
         KeyedState {
             maps: (0..n).map(|_| FxHashMap::default()).collect(),
             dirty: (0..n).map(|_| FxHashSet::default()).collect(),
+            log: (0..n).map(|_| ChangeLog::default()).collect(),
             track,
+            logging: false,
         }
     }
 
@@ -58,12 +75,42 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
         self.track
     }
 
+    /// Whether changes are to be [`record`](Self::record)ed (checkpointing is on).
+    pub fn logging(&self) -> bool {
+        self.logging && self.track
+    }
+
+    /// Records that `k` of a partition now holds `value` (`None`: removed): encoded into
+    /// that partition's `log` when [`logging`](Self::logging), else `k` marked changed.
+    pub fn record(
+        log: &mut ChangeLog,
+        dirty: &mut FxHashSet<K>,
+        logging: bool,
+        k: &K,
+        value: Option<&S>,
+    ) {
+        if logging {
+            log.entries += 1;
+            k.encode(&mut log.bytes);
+            match value {
+                Some(s) => {
+                    log.bytes.push(1);
+                    s.encode(&mut log.bytes);
+                }
+                None => log.bytes.push(0),
+            }
+        } else {
+            dirty.get_or_insert_with(k, K::clone);
+        }
+    }
+
     /// Encodes partition `j` as `Vec<(K, Option<S>)>`: every entry (`full`) or the
     /// changed keys (`None` for removed ones). Clears the change set.
     pub fn encode(&mut self, j: usize, full: bool) -> Vec<u8> {
         let mut out = Vec::new();
         let map = &self.maps[j];
         let dirty = std::mem::take(&mut self.dirty[j]);
+        let log = std::mem::take(&mut self.log[j]);
         if full {
             (map.len() as u64).encode(&mut out);
             for (k, s) in map {
@@ -72,7 +119,10 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
                 s.encode(&mut out);
             }
         } else {
-            (dirty.len() as u64).encode(&mut out);
+            // Logged changes first: a key also marked changed is written after them
+            // with its current value.
+            (log.entries + dirty.len() as u64).encode(&mut out);
+            out.extend_from_slice(&log.bytes);
             for k in &dirty {
                 k.encode(&mut out);
                 match map.get(k) {
@@ -116,6 +166,7 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
         }
         self.maps = maps;
         self.dirty = (0..n).map(|_| FxHashSet::default()).collect();
+        self.log = (0..n).map(|_| ChangeLog::default()).collect();
         Ok(())
     }
 
@@ -246,9 +297,12 @@ where
     fn always_full(&self) -> bool {
         !lock(&self.state).tracking()
     }
+    fn checkpointed(&self) {
+        lock(&self.state).logging = true;
+    }
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
         let mut st = lock(&self.state);
-        if !full && st.dirty[p].is_empty() {
+        if !full && st.dirty[p].is_empty() && st.log[p].entries == 0 {
             return None;
         }
         Some(st.encode(p, full))
@@ -401,6 +455,38 @@ mod tests {
         three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
         assert_eq!(three.sizes().iter().sum::<usize>(), 1);
         assert_eq!(three.maps[partition_of(&k, 3)].get(&k), Some(&1));
+    }
+
+    #[test]
+    fn logged_changes_replay_in_order_before_marked_keys() {
+        type St = KeyedState<String, i64>;
+        let mut st: St = KeyedState::new(1, true);
+        st.logging = true;
+        let (a, b, c) = (String::from("a"), String::from("b"), String::from("c"));
+        let snap = st.encode(0, true);
+        let logging = st.logging();
+        assert!(logging);
+        let (log, dirty) = (&mut st.log[0], &mut st.dirty[0]);
+        // `a` changes twice in a batch, `b` is added then removed.
+        St::record(log, dirty, logging, &a, Some(&1));
+        St::record(log, dirty, logging, &b, Some(&5));
+        St::record(log, dirty, logging, &a, Some(&2));
+        St::record(log, dirty, logging, &b, None);
+        st.maps[0].insert(a.clone(), 2);
+        // An operator that marks keys instead: written after the log, with its value now.
+        st.maps[0].insert(c.clone(), 7);
+        St::touch(&mut st.dirty[0], &c, true);
+        let delta = st.encode(0, false);
+        assert!(st.log[0].entries == 0 && st.dirty[0].is_empty());
+        let mut back: St = KeyedState::new(1, true);
+        back.restore(vec![vec![snap, delta]]).unwrap();
+        let got: BTreeMap<_, _> = back.maps[0].clone().into_iter().collect();
+        assert_eq!(got, BTreeMap::from([(a, 2), (c, 7)]));
+        // Without checkpointing, changes are marked, not encoded.
+        let mut off: St = KeyedState::new(1, true);
+        let (log, dirty) = (&mut off.log[0], &mut off.dirty[0]);
+        St::record(log, dirty, off.logging, &b, Some(&1));
+        assert_eq!((off.log[0].entries, off.dirty[0].len()), (0, 1));
     }
 
     #[test]

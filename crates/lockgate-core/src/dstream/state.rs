@@ -276,6 +276,7 @@ where
             let snapshots = want.load(std::sync::atomic::Ordering::Acquire);
             let mut guard = lock(&shared);
             let st = &mut *guard;
+            let logging = st.logging();
             if !stamped.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 // Initial state counts as updated at the first batch (as in Spark).
                 for map in &mut st.maps {
@@ -289,8 +290,9 @@ where
                 .maps
                 .par_iter_mut()
                 .zip(st.dirty.par_iter_mut())
+                .zip(st.log.par_iter_mut())
                 .zip(input.into_par_iter())
-                .map(|((map, dirty), records)| {
+                .map(|(((map, dirty), log), records)| {
                     let mut out = Vec::with_capacity(records.len());
                     // Calls the function on one key's previous state; returns the state
                     // to keep (the key is updated in place, found once).
@@ -312,7 +314,13 @@ where
                             (s, stamp)
                         });
                         if changed {
-                            dirty.get_or_insert_with(k, K::clone);
+                            KeyedState::<K, (S, i64)>::record(
+                                log,
+                                dirty,
+                                logging,
+                                k,
+                                next.as_ref(),
+                            );
                         }
                         Ok(next)
                     };
@@ -351,7 +359,7 @@ where
                                 if let Some(m) = st.misuse {
                                     return Err(m);
                                 }
-                                dirty.insert(k);
+                                KeyedState::<K, (S, i64)>::record(log, dirty, logging, &k, None);
                             }
                         }
                     }

@@ -146,15 +146,25 @@ fn decode_len(input: &mut &[u8], what: &'static str) -> Result<usize, CodecError
     Ok(n)
 }
 
+/// Writes a string as its length, then its UTF-8 bytes.
+fn encode_str(s: &str, out: &mut Vec<u8>) {
+    (s.len() as u64).encode(out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads what [`encode_str`] wrote (borrowed from the input).
+fn decode_str<'a>(input: &mut &'a [u8], what: &'static str) -> Result<&'a str, CodecError> {
+    let n = decode_len(input, what)?;
+    let b = take(input, n, what)?;
+    std::str::from_utf8(b).map_err(|e| CodecError::new(what, e.to_string()))
+}
+
 impl Codec for String {
     fn encode(&self, out: &mut Vec<u8>) {
-        (self.len() as u64).encode(out);
-        out.extend_from_slice(self.as_bytes());
+        encode_str(self, out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
-        let n = decode_len(input, "String")?;
-        let b = take(input, n, "String")?;
-        String::from_utf8(b.to_vec()).map_err(|e| CodecError::new("String", e.to_string()))
+        decode_str(input, "String").map(str::to_owned)
     }
 }
 
@@ -162,14 +172,10 @@ impl Codec for String {
 /// in checkpoints.
 impl Codec for compact_str::CompactString {
     fn encode(&self, out: &mut Vec<u8>) {
-        (self.len() as u64).encode(out);
-        out.extend_from_slice(self.as_bytes());
+        encode_str(self, out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
-        let n = decode_len(input, "CompactString")?;
-        let b = take(input, n, "CompactString")?;
-        compact_str::CompactString::from_utf8(b)
-            .map_err(|e| CodecError::new("CompactString", e.to_string()))
+        decode_str(input, "CompactString").map(compact_str::CompactString::new)
     }
 }
 
@@ -268,6 +274,20 @@ mod tests {
             (String::new(), (0, true)),
         ]);
         roundtrip(());
+    }
+
+    #[test]
+    fn compact_strings_encode_as_strings() {
+        for s in [
+            "",
+            "short",
+            "a string longer than twenty-four bytes, kept on the heap",
+        ] {
+            let compact = compact_str::CompactString::new(s);
+            assert_eq!(to_bytes(&compact), to_bytes(&s.to_string()));
+            roundtrip(compact);
+        }
+        assert!(from_bytes::<compact_str::CompactString>(&to_bytes(&vec![0xffu8])).is_err());
     }
 
     #[test]

@@ -314,10 +314,15 @@ where
                             (s, stamp)
                         });
                         if changed {
+                            // A key already changed in this batch (stamped now) is marked
+                            // instead, so that a delta holds at most two entries per key
+                            // however many records it gets: its first change, logged, and
+                            // its value at the end of the batch.
+                            let again = prev_time == Some(t.0);
                             KeyedState::<K, (S, i64)>::record(
                                 log,
                                 dirty,
-                                logging,
+                                logging && !again,
                                 k,
                                 next.as_ref(),
                             );

@@ -14,7 +14,7 @@ mod words;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
@@ -306,6 +306,12 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
 fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let demo = opts.socket.is_none() && opts.input.is_none();
     let cfg = job_config(&opts)?;
+    if !cfg.print && cfg.output.is_none() && cfg.sink.is_none() {
+        bail!(
+            "--quiet with neither --output nor --sink leaves the job no output; \
+             drop --quiet to print batches, or add --output DIR or --sink URL"
+        );
+    }
     if demo && opts.output.is_none() && opts.checkpoint.is_none() {
         let out = Path::new(DEMO_DIR).join("output");
         if out.exists() {

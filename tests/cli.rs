@@ -258,6 +258,11 @@ fn bad_flags_get_clear_errors() {
     assert!(e.contains("--batch-interval"), "{e}");
     let e = run_err(&["run", "word-count", "--event-time", "--no-ui"]);
     assert!(e.contains("--event-time applies to log-errors only"), "{e}");
+    let e = run_err(&["run", "log-errors", "--input", "/tmp", "--quiet", "--no-ui"]);
+    assert!(
+        e.contains("--quiet with neither --output nor --sink") && e.contains("drop --quiet"),
+        "{e}"
+    );
 }
 
 #[test]

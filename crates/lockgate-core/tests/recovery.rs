@@ -364,3 +364,53 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_map_with_state_delta_holds_a_key_at_most_twice_however_many_records_it_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let ctx = StreamingContext::builder()
+        .app_name("mws")
+        .batch_interval(secs(1))
+        .parallelism(1)
+        .clock(clock.clone())
+        .checkpoint(CheckpointConfig {
+            sync_interval: Duration::ZERO,
+            // No snapshot after the first batch: every later state file is a delta.
+            snapshot_every: 100,
+            retain_batches: 200,
+            ..CheckpointConfig::new(dir.path())
+        })
+        .build()
+        .unwrap();
+    // One key, 1,000 records per batch: 1,000 changes per batch.
+    let batches = vec![vec![String::from("k"); 1000]; 4];
+    let totals = ctx
+        .seq_stream(batches)
+        .map(|w| (w, 1i64))
+        .map_with_state(StateSpec::function(
+            |_: &String, v: Option<i64>, st: &mut State<i64>| {
+                let n = st.get().copied().unwrap_or(0) + v.unwrap_or(0);
+                st.update(n);
+                n
+            },
+        ))
+        .name("totals")
+        .stream();
+    let out = collect_batches(&totals);
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(4).unwrap();
+    run.ctx.stop(true).unwrap();
+    assert_eq!(out.lock().unwrap()[&3].last(), Some(&4000));
+    let deltas: Vec<u64> = walk(&dir.path().join("state/totals"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "delta"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(deltas.len(), 3, "batches 1..=3 write deltas");
+    // A delta of 1,000 entries would be over 20 KB; two entries and the header are not.
+    for size in deltas {
+        assert!(size < 400, "delta of {size} bytes");
+    }
+}

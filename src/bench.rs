@@ -398,23 +398,21 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Warm the page cache so neither side pays for the disk.
     raw_scan(&files, cores)?;
-    let baseline = median(
-        (0..opts.repeat.max(1))
-            .map(|_| raw_scan(&files, cores))
-            .collect::<Result<Vec<_>>>()?,
-    );
+    // Short runs are noisy and this machine's speed drifts: the baseline and the two
+    // engine variants take turns, and each keeps the median of its runs.
+    let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
+    let (mut raw, mut plain, mut with_cp) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.repeat.max(1) {
+        raw.push(raw_scan(&files, cores)?);
+        plain.push(engine_in_child(job, opts, None)?);
+        with_cp.push(engine_in_child(job, opts, Some(&cp_dir))?);
+    }
+    let baseline = median(raw);
     // What the engine's check figure must equal.
     let expected = match job {
         Job::LogErrors => baseline.check,
         Job::WordCount => count_words(&files)?,
     };
-    // Short runs are noisy: alternate the two variants and keep each one's median.
-    let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
-    let (mut plain, mut with_cp) = (Vec::new(), Vec::new());
-    for _ in 0..opts.repeat.max(1) {
-        plain.push(engine_in_child(job, opts, None)?);
-        with_cp.push(engine_in_child(job, opts, Some(&cp_dir))?);
-    }
     let _ = std::fs::remove_dir_all(&cp_dir);
     let run = median(plain);
     let checkpointed = median(with_cp);

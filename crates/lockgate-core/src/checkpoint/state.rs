@@ -32,6 +32,17 @@ pub(crate) struct KeyedState<K, S> {
     logging: bool,
 }
 
+/// How an operator records a change of its [`KeyedState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// Not checkpointing: nothing is kept.
+    Off,
+    /// The change itself, encoded now (applied in order at recovery).
+    Log,
+    /// The key only; its value is read when the state is encoded.
+    Mark,
+}
+
 /// Encoded `(K, Option<S>)` changes of one partition, in the order they happened (a
 /// delta is applied in order at recovery, so a key changed twice ends at its last value).
 #[derive(Default)]
@@ -75,32 +86,41 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
         self.track
     }
 
-    /// Whether changes are to be [`record`](Self::record)ed (checkpointing is on).
-    pub fn logging(&self) -> bool {
-        self.logging && self.track
+    /// How changes are to be [`record`](Self::record)ed: logged while checkpointing,
+    /// not at all without a checkpoint (nothing would ever read them).
+    pub fn recording(&self) -> Recording {
+        if self.logging && self.track {
+            Recording::Log
+        } else {
+            Recording::Off
+        }
     }
 
-    /// Records that `k` of a partition now holds `value` (`None`: removed): encoded into
-    /// that partition's `log` when [`logging`](Self::logging), else `k` marked changed.
+    /// Records that `k` of a partition now holds `value` (`None`: removed), as `how`
+    /// says: encoded into that partition's `log`, `k` marked changed, or nothing.
     pub fn record(
         log: &mut ChangeLog,
         dirty: &mut FxHashSet<K>,
-        logging: bool,
+        how: Recording,
         k: &K,
         value: Option<&S>,
     ) {
-        if logging {
-            log.entries += 1;
-            k.encode(&mut log.bytes);
-            match value {
-                Some(s) => {
-                    log.bytes.push(1);
-                    s.encode(&mut log.bytes);
+        match how {
+            Recording::Log => {
+                log.entries += 1;
+                k.encode(&mut log.bytes);
+                match value {
+                    Some(s) => {
+                        log.bytes.push(1);
+                        s.encode(&mut log.bytes);
+                    }
+                    None => log.bytes.push(0),
                 }
-                None => log.bytes.push(0),
             }
-        } else {
-            dirty.get_or_insert_with(k, K::clone);
+            Recording::Mark => {
+                dirty.get_or_insert_with(k, K::clone);
+            }
+            Recording::Off => {}
         }
     }
 
@@ -464,14 +484,14 @@ mod tests {
         st.logging = true;
         let (a, b, c) = (String::from("a"), String::from("b"), String::from("c"));
         let snap = st.encode(0, true);
-        let logging = st.logging();
-        assert!(logging);
+        let how = st.recording();
+        assert_eq!(how, Recording::Log);
         let (log, dirty) = (&mut st.log[0], &mut st.dirty[0]);
         // `a` changes twice in a batch, `b` is added then removed.
-        St::record(log, dirty, logging, &a, Some(&1));
-        St::record(log, dirty, logging, &b, Some(&5));
-        St::record(log, dirty, logging, &a, Some(&2));
-        St::record(log, dirty, logging, &b, None);
+        St::record(log, dirty, how, &a, Some(&1));
+        St::record(log, dirty, how, &b, Some(&5));
+        St::record(log, dirty, how, &a, Some(&2));
+        St::record(log, dirty, how, &b, None);
         st.maps[0].insert(a.clone(), 2);
         // An operator that marks keys instead: written after the log, with its value now.
         st.maps[0].insert(c.clone(), 7);
@@ -482,11 +502,13 @@ mod tests {
         back.restore(vec![vec![snap, delta]]).unwrap();
         let got: BTreeMap<_, _> = back.maps[0].clone().into_iter().collect();
         assert_eq!(got, BTreeMap::from([(a, 2), (c, 7)]));
-        // Without checkpointing, changes are marked, not encoded.
+        // Without checkpointing, nothing is kept.
         let mut off: St = KeyedState::new(1, true);
+        let how = off.recording();
+        assert_eq!(how, Recording::Off);
         let (log, dirty) = (&mut off.log[0], &mut off.dirty[0]);
-        St::record(log, dirty, off.logging, &b, Some(&1));
-        assert_eq!((off.log[0].entries, off.dirty[0].len()), (0, 1));
+        St::record(log, dirty, how, &b, Some(&1));
+        assert_eq!((off.log[0].entries, off.dirty[0].len()), (0, 0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful};
+use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, Recording};
 use crate::clock::duration_ms;
 use crate::codec::Codec;
 use crate::dstream::keyed::partition_by_key;
@@ -276,7 +276,7 @@ where
             let snapshots = want.load(std::sync::atomic::Ordering::Acquire);
             let mut guard = lock(&shared);
             let st = &mut *guard;
-            let logging = st.logging();
+            let recording = st.recording();
             if !stamped.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 // Initial state counts as updated at the first batch (as in Spark).
                 for map in &mut st.maps {
@@ -319,13 +319,11 @@ where
                             // however many records it gets: its first change, logged, and
                             // its value at the end of the batch.
                             let again = prev_time == Some(t.0);
-                            KeyedState::<K, (S, i64)>::record(
-                                log,
-                                dirty,
-                                logging && !again,
-                                k,
-                                next.as_ref(),
-                            );
+                            let how = match recording {
+                                Recording::Log if again => Recording::Mark,
+                                how => how,
+                            };
+                            KeyedState::<K, (S, i64)>::record(log, dirty, how, k, next.as_ref());
                         }
                         Ok(next)
                     };
@@ -364,7 +362,7 @@ where
                                 if let Some(m) = st.misuse {
                                     return Err(m);
                                 }
-                                KeyedState::<K, (S, i64)>::record(log, dirty, logging, &k, None);
+                                KeyedState::<K, (S, i64)>::record(log, dirty, recording, &k, None);
                             }
                         }
                     }

@@ -565,7 +565,7 @@ fn walk_size(dir: &Path) -> u64 {
 /// Options of `bench nexmark`.
 #[derive(Args)]
 pub struct NexmarkOpts {
-    /// The query: q0 to q8.
+    /// The query: q0 to q8, or q12.
     #[arg(long, default_value = "q0")]
     query: String,
     /// Events to generate and process.

@@ -1,8 +1,8 @@
 //! # lockgate-nexmark
 //!
 //! The [Nexmark](https://github.com/nexmark/nexmark) benchmark on Lockgate: a replayable
-//! event source built on the `nexmark` crate's generator, and queries q0–q8 written on
-//! the [`DStream`] API.
+//! event source built on the `nexmark` crate's generator, and queries q0–q8 and q12
+//! written on the [`DStream`] API.
 //!
 //! The source is deterministic: event `n` is the same on every run (the generator seeds
 //! each event from its number, and the base time is fixed, never "now"), so a batch is
@@ -20,6 +20,7 @@
 //! | q6 | average winning price of each seller's last 10 auctions | q4's closing, `map_with_state` |
 //! | q7 | highest bid per 10 s tumbling window | tumbling window with a custom aggregate |
 //! | q8 | new users: people who opened an auction in the 10 s window they registered | keyed tumbling windows |
+//! | q12 | bids per bidder in 10 s processing-time windows | `reduce_by_key_and_window` over batch time |
 
 #![deny(missing_docs)]
 
@@ -401,6 +402,21 @@ pub fn q8(events: &DStream<Event>) -> DStream<(u64, String, i64)> {
         .name("q8")
 }
 
+/// q12: how many bids each bidder makes per processing-time window of `window` (10 s in
+/// Nexmark), tumbling. Processing time is batch time: the window is rounded up to a
+/// whole number of batch intervals, and a window's counts come out with its last batch.
+pub fn q12(events: &DStream<Event>, window: std::time::Duration) -> DStream<(u64, i64)> {
+    let interval = events
+        .slide_duration()
+        .max(std::time::Duration::from_millis(1));
+    let batches = window.as_millis().div_ceil(interval.as_millis()).max(1);
+    let window = interval * u32::try_from(batches).unwrap_or(u32::MAX);
+    bids(events)
+        .map(|b| (id(b.bidder), 1i64))
+        .reduce_by_key_and_window(|a, b| a + b, window, window)
+        .name("q12_window")
+}
+
 /// The queries by name, each reduced to the number of rows it emits per batch (for the
 /// benchmark).
 pub fn query_by_name(name: &str, events: &DStream<Event>) -> Option<DStream<i64>> {
@@ -414,9 +430,10 @@ pub fn query_by_name(name: &str, events: &DStream<Event>) -> Option<DStream<i64>
         "q6" => q6(events).count(),
         "q7" => q7(events).count(),
         "q8" => q8(events).count(),
+        "q12" => q12(events, std::time::Duration::from_secs(10)).count(),
         _ => return None,
     })
 }
 
 /// The names [`query_by_name`] knows.
-pub const QUERIES: [&str; 9] = ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8"];
+pub const QUERIES: [&str; 10] = ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q12"];

@@ -267,3 +267,38 @@ fn q8_finds_people_who_sell_in_the_window_they_joined() {
     assert!(!want.is_empty());
     assert_eq!(sorted(run(lockgate_nexmark::q8)), want);
 }
+
+#[test]
+fn q12_counts_bids_per_bidder_in_processing_time_windows() {
+    // Windows of 3 batches (1 s each in the test harness): counts come out with batches
+    // 2, 5, 8 and 11, each over the events of its three batches.
+    let per_batch = 470u64;
+    let out = run_bounded(3, |ctx| {
+        lockgate_nexmark::q12(
+            &nexmark_stream(ctx, N, per_batch, RATE),
+            std::time::Duration::from_secs(3),
+        )
+    })
+    .unwrap();
+    let ev = all_events();
+    let mut want: BTreeMap<u64, Vec<(u64, i64)>> = BTreeMap::new();
+    for last in [2u64, 5, 8, 11] {
+        let from = usize::try_from((last - 2) * per_batch).unwrap();
+        let until = usize::try_from((last + 1) * per_batch).unwrap();
+        let mut counts: BTreeMap<u64, i64> = BTreeMap::new();
+        for b in bids(&ev[from..until]) {
+            *counts.entry(b.bidder as u64).or_insert(0) += 1;
+        }
+        want.insert(last, counts.into_iter().collect());
+    }
+    let got: BTreeMap<u64, Vec<(u64, i64)>> = out
+        .into_iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(id, mut rows)| {
+            rows.sort();
+            (id, rows)
+        })
+        .collect();
+    assert!(want.values().all(|w| w.len() > 10));
+    assert_eq!(got, want);
+}

@@ -27,6 +27,21 @@ fn run_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `lockgate generate logs DIR --lines N --files F --seed S`.
+fn generate_logs(dir: &Path, lines: u32, files: u32, seed: u32) {
+    run_ok(&[
+        "generate",
+        "logs",
+        dir.to_str().unwrap(),
+        "--lines",
+        &lines.to_string(),
+        "--files",
+        &files.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
 fn run_err(args: &[&str]) -> String {
     let out = lockgate().args(args).output().unwrap();
     assert!(
@@ -83,17 +98,7 @@ fn generate_logs_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for d in [&a, &b] {
-        run_ok(&[
-            "generate",
-            "logs",
-            d.to_str().unwrap(),
-            "--lines",
-            "3000",
-            "--files",
-            "3",
-            "--seed",
-            "7",
-        ]);
+        generate_logs(d, 3000, 3, 7);
     }
     let fa = files_in(&a);
     assert_eq!(fa.len(), 3);
@@ -111,17 +116,7 @@ fn log_errors_once_writes_errors_and_window_counts_per_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let out = tmp.path().join("out");
-    run_ok(&[
-        "generate",
-        "logs",
-        input.to_str().unwrap(),
-        "--lines",
-        "6000",
-        "--files",
-        "6",
-        "--seed",
-        "3",
-    ]);
+    generate_logs(&input, 6000, 6, 3);
     let stdout = run_ok(&[
         "run",
         "log-errors",
@@ -329,17 +324,7 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let (out, cp) = (tmp.path().join("out"), tmp.path().join("cp"));
-    run_ok(&[
-        "generate",
-        "logs",
-        input.to_str().unwrap(),
-        "--lines",
-        "900",
-        "--files",
-        "3",
-        "--seed",
-        "5",
-    ]);
+    generate_logs(&input, 900, 3, 5);
     let args = |extra: &[&str]| {
         let mut v: Vec<String> = [
             "run",
@@ -365,17 +350,7 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
     run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(read_stream(&out, "word_counts").len(), 3);
     // New files after a completed run: the restart takes only those.
-    run_ok(&[
-        "generate",
-        "logs",
-        tmp.path().join("more").to_str().unwrap(),
-        "--lines",
-        "100",
-        "--files",
-        "1",
-        "--seed",
-        "9",
-    ]);
+    generate_logs(&tmp.path().join("more"), 100, 1, 9);
     std::fs::rename(
         tmp.path().join("more/logs-00000.log"),
         input.join("zz-new.log"),
@@ -433,17 +408,7 @@ fn the_cli_serves_the_api_and_metrics_while_it_runs() {
     use std::io::{BufRead, BufReader, Read as _};
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
-    run_ok(&[
-        "generate",
-        "logs",
-        input.to_str().unwrap(),
-        "--lines",
-        "500",
-        "--files",
-        "2",
-        "--seed",
-        "1",
-    ]);
+    generate_logs(&input, 500, 2, 1);
     let mut child = lockgate()
         .args([
             "run",
@@ -536,17 +501,7 @@ fn log_errors_event_time_counts_errors_per_event_time_window() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let out = tmp.path().join("out");
-    run_ok(&[
-        "generate",
-        "logs",
-        input.to_str().unwrap(),
-        "--lines",
-        "4000",
-        "--files",
-        "4",
-        "--seed",
-        "5",
-    ]);
+    generate_logs(&input, 4000, 4, 5);
     // A file of bad lines: a malformed timestamp, no timestamp, and a line so late (an
     // hour before everything else) that the watermark has passed it. Named to sort last.
     std::fs::write(

@@ -28,8 +28,8 @@ pub(crate) struct KeyedState<K, S> {
     pub log: Vec<ChangeLog>,
     /// Track changes (false for operators that write full snapshots anyway).
     track: bool,
-    /// Checkpointing is on: [`record`](Self::record) encodes into `log`.
-    logging: bool,
+    /// The context checkpoints (set once at start): changes are worth recording.
+    checkpointed: bool,
 }
 
 /// How an operator records a change of its [`KeyedState`].
@@ -58,7 +58,7 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
             dirty: (0..n).map(|_| FxHashSet::default()).collect(),
             log: (0..n).map(|_| ChangeLog::default()).collect(),
             track,
-            logging: false,
+            checkpointed: false,
         }
     }
 
@@ -78,7 +78,8 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
     /// Marks `k` of partition `j` as changed.
     pub fn touch(dirty: &mut FxHashSet<K>, k: &K, track: bool) {
         if track {
-            dirty.insert(k.clone());
+            // Cloned only when not marked yet.
+            dirty.get_or_insert_with(k, K::clone);
         }
     }
 
@@ -89,7 +90,7 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
     /// How changes are to be [`record`](Self::record)ed: logged while checkpointing,
     /// not at all without a checkpoint (nothing would ever read them).
     pub fn recording(&self) -> Recording {
-        if self.logging && self.track {
+        if self.checkpointed && self.track {
             Recording::Log
         } else {
             Recording::Off
@@ -117,9 +118,7 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
                     None => log.bytes.push(0),
                 }
             }
-            Recording::Mark => {
-                dirty.get_or_insert_with(k, K::clone);
-            }
+            Recording::Mark => Self::touch(dirty, k, true),
             Recording::Off => {}
         }
     }
@@ -318,7 +317,7 @@ where
         !lock(&self.state).tracking()
     }
     fn checkpointed(&self) {
-        lock(&self.state).logging = true;
+        lock(&self.state).checkpointed = true;
     }
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
         let mut st = lock(&self.state);
@@ -481,7 +480,7 @@ mod tests {
     fn logged_changes_replay_in_order_before_marked_keys() {
         type St = KeyedState<String, i64>;
         let mut st: St = KeyedState::new(1, true);
-        st.logging = true;
+        st.checkpointed = true;
         let (a, b, c) = (String::from("a"), String::from("b"), String::from("c"));
         let snap = st.encode(0, true);
         let how = st.recording();

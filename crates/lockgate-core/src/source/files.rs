@@ -444,7 +444,8 @@ impl StreamingContext {
 
     /// The same files as [`text_file_stream_with`](Self::text_file_stream_with), as
     /// line-aligned [`TextChunk`]s instead of one `String` per line: each file is read
-    /// into one buffer and cut into about two chunks per worker, and iterating a chunk's
+    /// into one buffer and cut into `chunks_per_worker` chunks per worker (default 2),
+    /// and iterating a chunk's
     /// lines neither copies nor allocates. The fast path for jobs that look at every
     /// line but keep few (log filtering). Lines are bytes here: decode the ones you keep
     /// (`max_line_bytes` does not apply). Records are counted as lines.

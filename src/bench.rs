@@ -303,7 +303,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
     let c = check.clone();
     match job {
         Job::LogErrors => {
-            let streams = jobs::log_errors(&cfg, &ctx, None);
+            let streams = jobs::log_errors(&cfg, &ctx, None)?;
             match streams.errors {
                 // Processing time: the error count per batch.
                 Some(errors) => errors.count().foreach_batch(move |b, _| {
@@ -320,7 +320,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
                 }),
             }
         }
-        Job::WordCount => jobs::word_count(&cfg, &ctx, None).foreach_batch(move |b, _| {
+        Job::WordCount => jobs::word_count(&cfg, &ctx, None)?.foreach_batch(move |b, _| {
             b.partitions().par_iter().enumerate().for_each(|(i, part)| {
                 let mut m = lock(&c.words[i % c.words.len()]);
                 for (w, n) in part.iter() {

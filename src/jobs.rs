@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lockgate_core::dstream::output::write_batch_dir;
+use lockgate_core::source::direct::DirectStreamOptions;
 use lockgate_core::{
     Batch, CompactString, DStream, DeliveryMode, FileStreamOptions, State, StateSpec,
     StreamingContext, StreamingContextBuilder, Time, Trigger, WindowSpec,
@@ -26,6 +27,13 @@ pub enum Input {
     },
     /// A directory of files.
     Dir(PathBuf),
+    /// A Kafka topic, read as a direct stream (offset ranges per batch).
+    Kafka {
+        /// Brokers and topic.
+        config: lockgate_kafka::KafkaConfig,
+        /// Limits, starting offsets, what to do when offsets expired.
+        options: DirectStreamOptions,
+    },
 }
 
 impl Input {
@@ -110,11 +118,20 @@ impl JobConfig {
                 job.name()
             );
         }
-        if self.once && !matches!(self.input, Input::Dir(_)) {
-            bail!("--once needs a bounded input: use --input DIR (a socket never ends)");
+        if self.once && matches!(self.input, Input::Socket { .. }) {
+            bail!(
+                "--once needs a bounded input: use --input DIR or a Kafka topic (a socket \
+                 never ends)"
+            );
         }
         if self.max_files_per_batch == Some(0) {
             bail!("--max-files-per-batch must be at least 1");
+        }
+        if self.max_files_per_batch.is_some() && !matches!(self.input, Input::Dir(_)) {
+            bail!(
+                "--max-files-per-batch applies to --input only (with Kafka, use \
+                 --max-records-per-partition)"
+            );
         }
         Ok(())
     }
@@ -166,7 +183,7 @@ impl JobConfig {
             let json = self.output.as_deref().map(JsonOutput::new);
             match job {
                 Job::LogErrors => {
-                    let streams = log_errors(self, ctx, json.as_ref());
+                    let streams = log_errors(self, ctx, json.as_ref())?;
                     if let Some(b) = backend.take() {
                         let sink = SqlSink::new(
                             "window_counts",
@@ -187,7 +204,7 @@ impl JobConfig {
                     }
                 }
                 Job::WordCount => {
-                    let changed = word_count(self, ctx, json.as_ref());
+                    let changed = word_count(self, ctx, json.as_ref())?;
                     if let Some(b) = backend.take() {
                         let sink = SqlSink::new(
                             "word_counts",
@@ -227,12 +244,16 @@ impl JobConfig {
         Ok(ctx)
     }
 
-    /// The stream of input lines.
-    pub fn lines(&self, ctx: &StreamingContext) -> DStream<String> {
-        match &self.input {
+    /// The stream of input lines (a Kafka record's value is a line).
+    pub fn lines(&self, ctx: &StreamingContext) -> lockgate_core::Result<DStream<String>> {
+        Ok(match &self.input {
             Input::Socket { host, port } => ctx.socket_text_stream(host, *port).stream(),
             Input::Dir(dir) => ctx.text_file_stream_with(dir, self.file_options()),
-        }
+            Input::Kafka { config, options } => {
+                lockgate_kafka::kafka_lines(ctx, config.clone(), options.clone())
+                    .map_err(|e| lockgate_core::Error::Config(e.to_string()))?
+            }
+        })
     }
 
     fn file_options(&self) -> FileStreamOptions {
@@ -245,24 +266,23 @@ impl JobConfig {
     }
 
     /// The lines containing `ERROR`, mapped by `f`. Files are read as chunks and only
-    /// the matching lines are looked at (no allocation per line); socket lines are
-    /// filtered one by one.
+    /// the matching lines are looked at (no allocation per line); socket and Kafka lines
+    /// are filtered one by one.
     fn error_lines<U: lockgate_core::Data>(
         &self,
         ctx: &StreamingContext,
         f: fn(&[u8]) -> U,
-    ) -> DStream<U> {
-        match &self.input {
-            Input::Socket { host, port } => {
-                let finder = memchr::memmem::Finder::new("ERROR").into_owned();
-                ctx.socket_text_stream(host, *port)
-                    .stream()
-                    .flat_map(move |l| finder.find(l.as_bytes()).map(|_| f(l.as_bytes())))
-            }
+    ) -> lockgate_core::Result<DStream<U>> {
+        Ok(match &self.input {
             Input::Dir(dir) => ctx
                 .text_file_chunk_stream(dir, self.file_options())
                 .flat_map(move |chunk| chunk.lines_containing(b"ERROR").map(f).collect::<Vec<_>>()),
-        }
+            Input::Socket { .. } | Input::Kafka { .. } => {
+                let finder = memchr::memmem::Finder::new("ERROR").into_owned();
+                self.lines(ctx)?
+                    .flat_map(move |l| finder.find(l.as_bytes()).map(|_| f(l.as_bytes())))
+            }
+        })
     }
 }
 
@@ -359,12 +379,16 @@ pub const EVENT_WATERMARK: Duration = Duration::from_secs(10);
 /// Spark Streaming's classic log processor: keep the lines containing `ERROR`, count
 /// them over a sliding processing-time window; or, with `event_time`, count them per
 /// event-time window (the timestamp that starts each line) with a watermark.
-pub fn log_errors(cfg: &JobConfig, ctx: &StreamingContext, out: Option<&JsonOutput>) -> LogErrors {
+pub fn log_errors(
+    cfg: &JobConfig,
+    ctx: &StreamingContext,
+    out: Option<&JsonOutput>,
+) -> lockgate_core::Result<LogErrors> {
     if cfg.event_time {
         return log_errors_event_time(cfg, ctx, out);
     }
     let errors = cfg
-        .error_lines(ctx, |l| String::from_utf8_lossy(l).into_owned())
+        .error_lines(ctx, |l| String::from_utf8_lossy(l).into_owned())?
         .name("errors");
     let window_counts = errors
         .count_by_window(cfg.window, cfg.slide)
@@ -385,20 +409,20 @@ pub fn log_errors(cfg: &JobConfig, ctx: &StreamingContext, out: Option<&JsonOutp
     let rows = window_counts.transform(move |b, t| {
         b.map(move |c| ("error_window_counts", t.millis() - window_ms, t.millis(), c))
     });
-    LogErrors {
+    Ok(LogErrors {
         errors: Some(errors),
         rows,
-    }
+    })
 }
 
 fn log_errors_event_time(
     cfg: &JobConfig,
     ctx: &StreamingContext,
     out: Option<&JsonOutput>,
-) -> LogErrors {
+) -> lockgate_core::Result<LogErrors> {
     // Seconds since the epoch of each ERROR line; None when its timestamp is malformed
     // (counted by the window operators as records without event time, and skipped).
-    let times = cfg.error_lines(ctx, parse_apache_time).name("error_times");
+    let times = cfg.error_lines(ctx, parse_apache_time)?.name("error_times");
     let events = times.with_watermark(|t: &Option<i64>| t.map(|s| Time(s * 1000)), EVENT_WATERMARK);
     let [tumbling, sliding] = EVENT_WINDOWS.map(|(name, size, slide)| {
         let spec = if size == slide {
@@ -428,10 +452,10 @@ fn log_errors_event_time(
             )
         })
     });
-    LogErrors {
+    Ok(LogErrors {
         errors: None,
         rows: tumbling.union(&sliding),
-    }
+    })
 }
 
 /// Epoch seconds of the Apache timestamp starting `line`: `[Fri Dec 18 00:00:00 2015]`
@@ -515,9 +539,9 @@ pub fn word_count(
     cfg: &JobConfig,
     ctx: &StreamingContext,
     out: Option<&JsonOutput>,
-) -> DStream<(CompactString, i64)> {
+) -> lockgate_core::Result<DStream<(CompactString, i64)>> {
     let pairs: DStream<(CompactString, i64)> = match &cfg.input {
-        Input::Socket { .. } => cfg.lines(ctx).flat_map(|l| {
+        Input::Socket { .. } | Input::Kafka { .. } => cfg.lines(ctx)?.flat_map(|l| {
             l.split(' ')
                 .filter(|w| !w.is_empty())
                 .map(|w| (CompactString::from(w), 1i64))
@@ -556,7 +580,7 @@ pub fn word_count(
             |(w, c), _| json!({ "word": w.as_str(), "count": c }),
         );
     }
-    changed
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
 use crate::jobs::{Input, Job, JobConfig};
+use lockgate_core::source::direct::{DirectStreamOptions, OnExpiredOffsets, StartingOffsets};
 
 #[derive(Parser)]
 #[command(
@@ -38,7 +39,7 @@ enum Command {
         /// Which job.
         job: JobName,
         #[command(flatten)]
-        opts: RunOpts,
+        opts: Box<RunOpts>,
     },
     /// Generate sample data.
     Generate {
@@ -90,6 +91,24 @@ pub enum Delivery {
     AtMostOnce,
 }
 
+/// `--starting-offsets`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StartingOffsetsArg {
+    /// The first record still held.
+    Earliest,
+    /// Only records written after the start.
+    Latest,
+}
+
+/// `--on-expired-offsets`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OnExpiredArg {
+    /// Stop with an error.
+    Fail,
+    /// Skip to the earliest offset still held, counting the lost records.
+    Earliest,
+}
+
 /// Flags shared by `run` and `checkpoint check-upgrade`.
 #[derive(Args)]
 pub struct RunOpts {
@@ -99,6 +118,31 @@ pub struct RunOpts {
     /// Read the files of DIR (those present and those that appear).
     #[arg(long, value_name = "DIR")]
     input: Option<PathBuf>,
+    /// Read a Kafka topic (--kafka-topic) from these bootstrap servers, as a direct
+    /// stream: offset ranges per partition planned and logged per batch, exactly once
+    /// with --checkpoint; each record's value is a line.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,...]",
+        requires = "kafka_topic",
+        conflicts_with_all = ["input", "socket"]
+    )]
+    kafka_brokers: Option<String>,
+    /// The Kafka topic to read (with --kafka-brokers).
+    #[arg(long, value_name = "TOPIC", requires = "kafka_brokers")]
+    kafka_topic: Option<String>,
+    /// Kafka: at most N records per partition per batch (Spark's maxRatePerPartition
+    /// times the batch interval).
+    #[arg(long, value_name = "N")]
+    max_records_per_partition: Option<u64>,
+    /// Kafka: where partitions start when the checkpoint holds no position for them.
+    #[arg(long, value_enum, default_value = "earliest")]
+    starting_offsets: StartingOffsetsArg,
+    /// Kafka: when offsets still to be read have been deleted by retention, fail (naming
+    /// the partition and the lost range) or go on from the earliest offset still held
+    /// (the lost records are counted in lockgate_source_lost_records_total and logged).
+    #[arg(long, value_enum, default_value = "fail")]
+    on_expired_offsets: OnExpiredArg,
     /// Also write each output stream as JSON lines under DIR/<stream>/batch=<id>/.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -111,8 +155,9 @@ pub struct RunOpts {
     /// Window slide of log-errors' count, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     slide: Duration,
-    /// Process the files present at start, then stop (needs --input). Batch times
-    /// advance one interval per batch from the epoch, so output is deterministic.
+    /// Process what the input holds at start, then stop: the files in --input, or a
+    /// Kafka topic up to the end offsets of its partitions at start. Batch times advance
+    /// one interval per batch from the epoch, so output is deterministic.
     #[arg(long)]
     once: bool,
     /// At most N files per batch.
@@ -150,8 +195,9 @@ pub struct RunOpts {
     /// Do not start the UI.
     #[arg(long)]
     no_ui: bool,
-    /// Backpressure: limit the socket receiver to the rate the job keeps up with (a PID
-    /// controller, as Spark's spark.streaming.backpressure.enabled).
+    /// Backpressure: limit the socket receiver, or the records per Kafka partition per
+    /// batch, to the rate the job keeps up with (a PID controller, as Spark's
+    /// spark.streaming.backpressure.enabled).
     #[arg(long)]
     backpressure: bool,
     /// Delivery guarantee with --checkpoint.
@@ -215,7 +261,7 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { job, opts } => run_job(job, opts),
+        Command::Run { job, opts } => run_job(job, *opts),
         Command::Generate {
             what:
                 GenerateWhat::Logs {
@@ -266,11 +312,34 @@ fn demo_input() -> Result<PathBuf> {
 /// The job configuration from the flags (the demo input when neither --input nor
 /// --socket is given).
 pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
-    let demo = opts.socket.is_none() && opts.input.is_none();
-    let input = match (&opts.socket, &opts.input) {
-        (Some(s), _) => Input::socket(s)?,
-        (None, Some(d)) => Input::Dir(d.clone()),
-        (None, None) => Input::Dir(demo_input()?),
+    let demo = is_demo(opts);
+    if opts.max_records_per_partition.is_some() && opts.kafka_brokers.is_none() {
+        bail!("--max-records-per-partition applies to Kafka input (--kafka-brokers) only");
+    }
+    if opts.max_records_per_partition == Some(0) {
+        bail!("--max-records-per-partition must be at least 1");
+    }
+    let input = match (&opts.socket, &opts.input, &opts.kafka_brokers) {
+        (Some(s), _, _) => Input::socket(s)?,
+        (None, Some(d), _) => Input::Dir(d.clone()),
+        (None, None, Some(brokers)) => Input::Kafka {
+            config: lockgate_kafka::KafkaConfig::new(
+                brokers.as_str(),
+                opts.kafka_topic.clone().unwrap_or_default(),
+            ),
+            options: DirectStreamOptions {
+                max_records_per_partition: opts.max_records_per_partition,
+                starting_offsets: match opts.starting_offsets {
+                    StartingOffsetsArg::Earliest => StartingOffsets::Earliest,
+                    StartingOffsetsArg::Latest => StartingOffsets::Latest,
+                },
+                on_expired_offsets: match opts.on_expired_offsets {
+                    OnExpiredArg::Fail => OnExpiredOffsets::Fail,
+                    OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,
+                },
+            },
+        },
+        (None, None, None) => Input::Dir(demo_input()?),
     };
     let output = if demo && opts.output.is_none() {
         Some(Path::new(DEMO_DIR).join("output"))
@@ -303,8 +372,13 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     })
 }
 
+/// True when no input is given: the demo's generated logs.
+fn is_demo(opts: &RunOpts) -> bool {
+    opts.socket.is_none() && opts.input.is_none() && opts.kafka_brokers.is_none()
+}
+
 fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
-    let demo = opts.socket.is_none() && opts.input.is_none();
+    let demo = is_demo(&opts);
     let cfg = job_config(&opts)?;
     if !cfg.print && cfg.output.is_none() && cfg.sink.is_none() {
         bail!(

@@ -22,6 +22,10 @@ pub enum Pipeline {
     /// word-count: files in, PostgreSQL out (results and offsets in one transaction per
     /// batch), on a throwaway server started by scripts/postgres.sh.
     Postgres,
+    /// word-count: a Kafka topic in (2 partitions, a direct stream of 30 records per
+    /// partition per batch) on a throwaway broker started by scripts/kafka.sh,
+    /// JSON-lines files out.
+    Kafka,
     /// word-count: a TCP socket in (receiver + write-ahead log), JSON-lines files out.
     /// Every line is a distinct word; after the kills, every line the job acknowledged
     /// as stored in its WAL must be counted exactly once, and no line more than once.
@@ -101,9 +105,18 @@ fn read_output(out: &Path) -> Result<BTreeMap<(String, u64), Vec<String>>> {
     Ok(all)
 }
 
+/// The topic of the Kafka pipeline.
+const KAFKA_TOPIC: &str = "logs";
+
+/// Where a tortured job reads: files (one per batch) or a Kafka topic.
+enum Source<'a> {
+    Files(&'a Path),
+    Kafka(&'a str),
+}
+
 fn job_command(
     pipeline: Pipeline,
-    input: &Path,
+    source: &Source<'_>,
     out: &Path,
     cp: &Path,
     sink: Option<&str>,
@@ -112,31 +125,52 @@ fn job_command(
     let mut c = Command::new(exe);
     let job = match pipeline {
         Pipeline::Files => "log-errors",
-        Pipeline::WordCount | Pipeline::Socket | Pipeline::Postgres => "word-count",
+        Pipeline::WordCount | Pipeline::Socket | Pipeline::Postgres | Pipeline::Kafka => {
+            "word-count"
+        }
     };
-    c.args([
-        "run",
-        job,
-        "--once",
-        "--quiet",
-        "--max-files-per-batch",
-        "1",
-        "--parallelism",
-        "2",
-    ])
-    .arg("--input")
-    .arg(input)
-    .arg("--output")
-    .arg(out)
-    .arg("--checkpoint")
-    .arg(cp)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    c.args(["run", job, "--once", "--quiet", "--parallelism", "2"]);
+    match source {
+        Source::Files(input) => {
+            c.args(["--max-files-per-batch", "1", "--input"]).arg(input);
+        }
+        Source::Kafka(brokers) => {
+            c.args(["--kafka-brokers", brokers, "--kafka-topic", KAFKA_TOPIC])
+                .args(["--max-records-per-partition", "30"]);
+        }
+    }
+    c.arg("--output")
+        .arg(out)
+        .arg("--checkpoint")
+        .arg(cp)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(url) = sink {
         c.arg("--sink").arg(url);
     }
     Ok(c)
+}
+
+/// Starts a broker and produces the lines of the files in `input` (in name order) to
+/// [`KAFKA_TOPIC`], file i to partition i % 2.
+fn load_topic(input: &Path) -> Result<lockgate_kafka::testing::KafkaBroker> {
+    use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+    let broker = KafkaBroker::start()?;
+    create_topic(&broker.brokers, KAFKA_TOPIC, 2)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(input)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    let mut records = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let partition = i32::from(i % 2 == 1);
+        records.extend(text.lines().map(|l| (partition, l.to_string())));
+    }
+    produce(&broker.brokers, KAFKA_TOPIC, records)?;
+    Ok(broker)
 }
 
 /// Runs the torture test; fails with the seed when outputs differ.
@@ -190,10 +224,19 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     // Enough batches that every restart makes some progress before the next kill.
     let files = u64::from(opts.kills.max(1)) * 15;
     generate_logs(&input, files * 60, files, seed)?;
+    // The Kafka pipeline reads the same lines from a topic: file i to partition i % 2.
+    let broker = match opts.pipeline {
+        Pipeline::Kafka => Some(load_topic(&input)?),
+        _ => None,
+    };
+    let source = match &broker {
+        Some(b) => Source::Kafka(&b.brokers),
+        None => Source::Files(&input),
+    };
 
     let reference = job_command(
         opts.pipeline,
-        &input,
+        &source,
         &dir.join("ref-out"),
         &dir.join("ref-cp"),
         ref_sink.as_deref(),
@@ -217,11 +260,17 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     let started = Instant::now();
     loop {
         runs += 1;
-        let mut child = job_command(opts.pipeline, &input, &out, &cp, sink.as_deref())?
+        let mut child = job_command(opts.pipeline, &source, &out, &cp, sink.as_deref())?
             .spawn()
             .context("starting the job")?;
         if kills < opts.kills {
-            let delay = Duration::from_millis(5 + rng.below(60));
+            // A Kafka job first asks the broker for metadata and offsets (~100 ms).
+            let base = if matches!(opts.pipeline, Pipeline::Kafka) {
+                100
+            } else {
+                5
+            };
+            let delay = Duration::from_millis(base + rng.below(60));
             std::thread::sleep(delay);
             if child.try_wait()?.is_none() {
                 child.kill().context("killing the job")?; // SIGKILL

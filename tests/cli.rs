@@ -1,5 +1,6 @@
 //! End-to-end tests of the `lockgate` binary: sample data generation, the built-in jobs
-//! on files (`--once`) and on a real socket, their output layout and contents (checked
+//! on files (`--once`), on a real socket and on a topic of a real Kafka-protocol broker
+//! (tansu, started by scripts/kafka.sh), their output layout and contents (checked
 //! against an independent computation), and clear errors for bad flags.
 
 #![allow(clippy::unwrap_used)]
@@ -253,6 +254,26 @@ fn bad_flags_get_clear_errors() {
     assert!(e.contains("--batch-interval"), "{e}");
     let e = run_err(&["run", "word-count", "--event-time", "--no-ui"]);
     assert!(e.contains("--event-time applies to log-errors only"), "{e}");
+    let e = run_err(&[
+        "run",
+        "log-errors",
+        "--input",
+        dir,
+        "--max-records-per-partition",
+        "5",
+    ]);
+    assert!(e.contains("applies to Kafka input"), "{e}");
+    let kafka = ["--kafka-brokers", "127.0.0.1:9", "--kafka-topic", "t"];
+    let e = run_err(
+        &[
+            &["run", "log-errors", "--max-files-per-batch", "1"],
+            &kafka[..],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("--max-records-per-partition"), "{e}");
+    let e = run_err(&["run", "log-errors", "--kafka-brokers", "127.0.0.1:9"]);
+    assert!(e.contains("--kafka-topic"), "{e}");
     let e = run_err(&["run", "log-errors", "--input", "/tmp", "--quiet", "--no-ui"]);
     assert!(
         e.contains("--quiet with neither --output nor --sink") && e.contains("drop --quiet"),
@@ -564,5 +585,91 @@ fn log_errors_event_time_counts_errors_per_event_time_window() {
     assert!(
         stderr.contains("1 late") && stderr.contains("2 without a readable timestamp"),
         "{stderr}"
+    );
+}
+
+/// The same log lines from files (one file per batch) and from a one-partition Kafka
+/// topic (one file's worth of records per batch) give identical output, batch by batch;
+/// a missing topic is a clear error.
+#[test]
+fn log_errors_event_time_over_kafka_matches_the_same_lines_from_files() {
+    use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate_logs(&input, 4000, 4, 11);
+    let files = files_in(&input);
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let per_file = texts[0].lines().count();
+    assert!(texts.iter().all(|t| t.lines().count() == per_file));
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "logs", 1).unwrap();
+    produce(
+        &broker.brokers,
+        "logs",
+        texts.iter().flat_map(|t| t.lines()).map(|l| (0, l)),
+    )
+    .unwrap();
+    let run = |out: &Path, source: &[&str]| {
+        let args = [
+            &[
+                "run",
+                "log-errors",
+                "--event-time",
+                "--once",
+                "--quiet",
+                "--no-ui",
+            ],
+            source,
+            &["--output", out.to_str().unwrap()],
+        ]
+        .concat();
+        run_ok(&args);
+    };
+    let (from_files, from_kafka) = (tmp.path().join("files"), tmp.path().join("kafka"));
+    run(
+        &from_files,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--max-files-per-batch",
+            "1",
+        ],
+    );
+    let per_batch = per_file.to_string();
+    run(
+        &from_kafka,
+        &[
+            "--kafka-brokers",
+            &broker.brokers,
+            "--kafka-topic",
+            "logs",
+            "--max-records-per-partition",
+            &per_batch,
+        ],
+    );
+    for stream in ["tumbling_30s", "sliding_30s_10s"] {
+        let (want, got) = (
+            read_stream(&from_files, stream),
+            read_stream(&from_kafka, stream),
+        );
+        assert_eq!(want.len(), 4, "{stream}: one batch per file");
+        assert_eq!(got, want, "{stream}");
+    }
+    let e = run_err(&[
+        "run",
+        "log-errors",
+        "--once",
+        "--no-ui",
+        "--kafka-brokers",
+        &broker.brokers,
+        "--kafka-topic",
+        "no-such-topic",
+    ]);
+    assert!(
+        e.contains("no-such-topic") && e.contains("does not exist"),
+        "{e}"
     );
 }

@@ -1,5 +1,6 @@
-//! Crash tests with real processes (files, a socket with its WAL, a real PostgreSQL
-//! server started by scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
+//! Crash tests with real processes (files, a socket with its WAL, a Kafka topic on a real
+//! broker started by scripts/kafka.sh, a real PostgreSQL server started by
+//! scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
 //! random (seeded, printed) moments, restarts it on the same checkpoint, and compares the
 //! merged output with an uninterrupted run's, batch by batch.
 
@@ -45,6 +46,11 @@ fn log_errors_files_to_files_survives_sigkill() {
 #[test]
 fn word_count_files_to_files_survives_sigkill() {
     torture("word-count");
+}
+
+#[test]
+fn word_count_kafka_to_files_survives_sigkill() {
+    torture("kafka");
 }
 
 #[test]

@@ -84,6 +84,12 @@ pub struct SourceCounters {
     pub truncated_lines: AtomicU64,
     /// Files that could not be read (reported by name in the log).
     pub unreadable_files: AtomicU64,
+    /// Records lost because their offsets had expired from a log (Kafka retention)
+    /// before they were read, skipped under `OnExpiredOffsets::Earliest`.
+    pub lost_records: AtomicU64,
+    /// A partitioned log's lag after the last plan: records in the log not yet planned
+    /// into a batch (a gauge).
+    pub lag_records: AtomicU64,
 }
 
 impl SourceCounters {

@@ -261,6 +261,20 @@ pub(crate) fn render(s: &AppState) -> String {
         "counter",
         &per_source(|c| SourceCounters::get(&c.unreadable_files)),
     );
+    counter(
+        &mut out,
+        "lockgate_source_lost_records_total",
+        "Records skipped because their offsets expired before they were read.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.lost_records)),
+    );
+    counter(
+        &mut out,
+        "lockgate_source_lag_records",
+        "Records in a partitioned log (Kafka) not yet planned into a batch.",
+        "gauge",
+        &per_source(|c| SourceCounters::get(&c.lag_records)),
+    );
     out
 }
 

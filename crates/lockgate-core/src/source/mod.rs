@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::graph::InputSource;
 use crate::metrics::SourceCounters;
 
+pub mod direct;
 pub mod files;
 pub mod generated;
 pub mod queue;

@@ -1,0 +1,540 @@
+//! `direct_stream`: a replayable stream over a partitioned log — Kafka's model, the
+//! "direct" approach of Spark's Kafka integration. The log itself (how bounds are
+//! queried and records fetched) is a [`PartitionedLog`], implemented for Kafka by the
+//! `lockgate-kafka` crate and in memory by [`MemoryLog`] for tests.
+//!
+//! Each batch's descriptor is one offset range `[from, until)` per partition, decided
+//! when the batch is planned (from the log's end offsets at that moment, capped by
+//! [`DirectStreamOptions::max_records_per_partition`] and by backpressure) and logged
+//! before the batch runs, so a replayed batch reads exactly the same records. The
+//! checkpointed state is each partition's offset after the last completed batch; no
+//! consumer-group offsets are involved.
+//!
+//! In a bounded run (`Trigger::AvailableNow`) the source reads up to the end offsets the
+//! log had when the context started.
+//!
+//! When a partition's next offset is no longer in the log (retention deleted it before it
+//! was read), [`OnExpiredOffsets`] decides: fail, naming the partition and the lost range
+//! (the default), or skip to the earliest offset still held, counting the lost records
+//! (`lost_records`).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::batch::{Batch, Data};
+use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::clock::Time;
+use crate::codec::{from_bytes, to_bytes};
+use crate::context::StreamingContext;
+use crate::dstream::DStream;
+use crate::error::{BoxError, Error, Result};
+use crate::graph::{lock, InputInfo, InputSource};
+use crate::metrics::SourceCounters;
+use crate::source::{register, source_name, SourceCompute};
+
+/// One partition of a log and the offsets it holds now: `[earliest, latest)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionBounds {
+    /// The partition's number.
+    pub partition: u32,
+    /// The first offset still held (older ones were deleted by retention).
+    pub earliest: i64,
+    /// The offset after the last record (Kafka's high watermark).
+    pub latest: i64,
+}
+
+/// A log of records in numbered partitions, each record at an offset: what
+/// [`direct_stream`](StreamingContext::direct_stream) reads.
+pub trait PartitionedLog<T>: Send + Sync + 'static {
+    /// What the log is, for messages: e.g. "Kafka topic `events` at 127.0.0.1:9092".
+    fn describe(&self) -> String;
+    /// Every partition and the offsets it holds now.
+    fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError>;
+    /// The records at offsets `[offsets.start, offsets.end)` of `partition`, in offset
+    /// order. Offsets without a record (compacted away, transaction markers) are
+    /// skipped. An error if the range cannot be read whole (e.g. it has expired).
+    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError>;
+}
+
+/// Where a partition without a checkpointed position starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartingOffsets {
+    /// At the first record still held (Spark's `startingOffsets=earliest`).
+    #[default]
+    Earliest,
+    /// After the last record at start: only records written from then on. Partitions
+    /// that appear later start at their earliest offset.
+    Latest,
+}
+
+/// What happens when offsets to be read have expired from the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnExpiredOffsets {
+    /// Stop with an error naming the partition and the lost offsets (Spark's
+    /// `failOnDataLoss=true`): nothing is skipped silently.
+    #[default]
+    Fail,
+    /// Go on from the earliest offset still held; the lost records are counted
+    /// (`lost_records`) and logged as a warning.
+    Earliest,
+}
+
+/// Options of [`direct_stream`](StreamingContext::direct_stream).
+#[derive(Clone, Debug, Default)]
+pub struct DirectStreamOptions {
+    /// The most records one batch takes from one partition (Spark's
+    /// `maxRatePerPartition` times the batch interval); default: no limit.
+    pub max_records_per_partition: Option<u64>,
+    /// Where partitions without a checkpointed position start.
+    pub starting_offsets: StartingOffsets,
+    /// What happens when offsets to be read have expired.
+    pub on_expired_offsets: OnExpiredOffsets,
+}
+
+/// A batch's descriptor: `(partition, from, until)` for every partition.
+type Ranges = Vec<(u32, i64, i64)>;
+
+struct DirectInput<T> {
+    name: String,
+    log: Arc<dyn PartitionedLog<T>>,
+    opts: DirectStreamOptions,
+    interval_ms: i64,
+    /// The next offset to plan, per partition.
+    next: Mutex<BTreeMap<u32, i64>>,
+    /// Bounded runs: the end offsets at start.
+    end: Mutex<Option<BTreeMap<u32, i64>>>,
+    /// The end offsets seen by the last plan.
+    latest: Mutex<BTreeMap<u32, i64>>,
+    /// Backpressure's limit, records per second over all partitions.
+    rate_limit: Mutex<Option<f64>>,
+    /// `maps[0]`: per partition, the offset after the last completed batch (the
+    /// checkpointed state).
+    done: Arc<Mutex<KeyedState<u32, i64>>>,
+    planned: Mutex<BTreeMap<Time, Ranges>>,
+    counters: Arc<SourceCounters>,
+}
+
+impl<T: Data> DirectInput<T> {
+    fn err(&self, message: String) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            message,
+        }
+    }
+
+    fn bounds(&self) -> Result<Vec<PartitionBounds>> {
+        let mut b = self.log.bounds().map_err(|e| {
+            self.err(format!(
+                "cannot read the partitions and offsets of {}: {e}",
+                self.log.describe()
+            ))
+        })?;
+        b.sort_by_key(|p| p.partition);
+        Ok(b)
+    }
+
+    fn decode(&self, descriptor: &[u8], what: &str) -> Result<Ranges> {
+        from_bytes(descriptor)
+            .map_err(|e| self.err(format!("{what} offset ranges do not decode: {e}")))
+    }
+
+    /// The message for offsets `[from, earliest)` of `partition` that have expired.
+    fn expired_message(&self, partition: u32, from: i64, earliest: i64) -> String {
+        format!(
+            "offsets [{from}, {earliest}) of partition {partition} are no longer in {} \
+             (deleted by retention before they were read): {} records lost. To go on \
+             from offset {earliest}, skipping them, restart with --on-expired-offsets \
+             earliest (OnExpiredOffsets::Earliest)",
+            self.log.describe(),
+            earliest - from
+        )
+    }
+
+    /// Skips expired offsets `[from, earliest)` under `OnExpiredOffsets::Earliest`, or
+    /// fails.
+    fn expired(&self, partition: u32, from: i64, earliest: i64) -> Result<()> {
+        let message = self.expired_message(partition, from, earliest);
+        match self.opts.on_expired_offsets {
+            OnExpiredOffsets::Fail => Err(self.err(message)),
+            OnExpiredOffsets::Earliest => {
+                tracing::warn!(source = %self.name, "{message}; skipping them");
+                SourceCounters::add(&self.counters.lost_records, (earliest - from) as u64);
+                Ok(())
+            }
+        }
+    }
+
+    /// The most records one partition gives a batch now.
+    fn per_partition_limit(&self, partitions: usize) -> Option<u64> {
+        let by_rate = lock(&self.rate_limit).map(|rate| {
+            let per_batch = rate * self.interval_ms as f64 / 1000.0;
+            ((per_batch / partitions.max(1) as f64).ceil() as u64).max(1)
+        });
+        match (self.opts.max_records_per_partition, by_rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|n| n.max(1))
+    }
+
+    /// Reads one planned range, applying the expiry policy when it cannot be read.
+    fn read_range(&self, partition: u32, from: i64, until: i64) -> Result<Vec<T>> {
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        let error = match self.log.read(partition, from..until) {
+            Ok(records) => return Ok(records),
+            Err(e) => e,
+        };
+        // Expired since it was planned (or while the job was down)?
+        let earliest = self
+            .bounds()
+            .ok()
+            .and_then(|b| b.into_iter().find(|b| b.partition == partition))
+            .map(|b| b.earliest);
+        match earliest {
+            Some(earliest) if earliest > from => {
+                self.expired(partition, from, earliest.min(until))?;
+                if earliest >= until {
+                    return Ok(Vec::new());
+                }
+                self.log.read(partition, earliest..until).map_err(|e| {
+                    self.err(format!(
+                        "reading offsets [{earliest}, {until}) of partition {partition} \
+                         of {}: {e}",
+                        self.log.describe()
+                    ))
+                })
+            }
+            _ => Err(self.err(format!(
+                "reading offsets [{from}, {until}) of partition {partition} of {}: {error}",
+                self.log.describe()
+            ))),
+        }
+    }
+}
+
+impl<T: Data> InputSource for DirectInput<T> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn start(&self, bounded: bool, recovered: bool) -> Result<()> {
+        let bounds = self.bounds()?;
+        let mut next = lock(&self.next);
+        if recovered {
+            for (&p, &done) in lock(&self.done).maps[0].iter() {
+                let n = next.entry(p).or_insert(done);
+                *n = (*n).max(done);
+            }
+        }
+        for b in &bounds {
+            next.entry(b.partition)
+                .or_insert(match self.opts.starting_offsets {
+                    // A partition unknown to a restored checkpoint is new: all of it.
+                    StartingOffsets::Latest if !recovered => b.latest,
+                    _ => b.earliest,
+                });
+        }
+        if bounded {
+            *lock(&self.end) = Some(bounds.iter().map(|b| (b.partition, b.latest)).collect());
+        }
+        *lock(&self.latest) = bounds.iter().map(|b| (b.partition, b.latest)).collect();
+        Ok(())
+    }
+
+    fn stop(&self) {}
+
+    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
+        let bounds = self.bounds()?;
+        let limit = self.per_partition_limit(bounds.len());
+        let end = lock(&self.end).clone();
+        let mut next = lock(&self.next);
+        if let Some(gone) = next
+            .keys()
+            .find(|p| !bounds.iter().any(|b| b.partition == **p))
+        {
+            return Err(self.err(format!(
+                "partition {gone} of {} has disappeared (was the topic deleted?); a \
+                 checkpoint cannot go on without it: start with a new checkpoint \
+                 directory",
+                self.log.describe()
+            )));
+        }
+        let mut ranges = Ranges::with_capacity(bounds.len());
+        let mut lag = 0;
+        for b in &bounds {
+            let n = next.entry(b.partition).or_insert(b.earliest);
+            if *n < b.earliest {
+                self.expired(b.partition, *n, b.earliest)?;
+                *n = b.earliest;
+            } else if *n > b.latest {
+                return Err(self.err(format!(
+                    "partition {} of {} ends at offset {}, before offset {} where this \
+                     job's checkpoint goes on (was the topic deleted and created \
+                     again?): start with a new checkpoint directory",
+                    b.partition,
+                    self.log.describe(),
+                    b.latest,
+                    *n
+                )));
+            }
+            let from = *n;
+            let mut until = b.latest;
+            if let Some(end) = &end {
+                // A bounded run reads nothing of partitions created after its start.
+                until = until.min(end.get(&b.partition).copied().unwrap_or(from));
+            }
+            if let Some(limit) = limit {
+                until = until.min(from.saturating_add(limit as i64));
+            }
+            let until = until.max(from);
+            *n = until;
+            lag += (b.latest - until) as u64;
+            ranges.push((b.partition, from, until));
+        }
+        drop(next);
+        *lock(&self.latest) = bounds.iter().map(|b| (b.partition, b.latest)).collect();
+        self.counters
+            .lag_records
+            .store(lag, std::sync::atomic::Ordering::Relaxed);
+        let records: u64 = ranges.iter().map(|r| (r.2 - r.1) as u64).sum();
+        SourceCounters::add(&self.counters.records, records);
+        let description = describe_ranges(&ranges);
+        let descriptor = to_bytes(&ranges);
+        lock(&self.planned).insert(t, ranges);
+        let info = InputInfo {
+            source: self.name.clone(),
+            records,
+            description,
+        };
+        Ok((info, descriptor))
+    }
+
+    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()> {
+        let ranges = self.decode(descriptor, "logged")?;
+        self.seed(&ranges);
+        lock(&self.planned).insert(t, ranges);
+        Ok(())
+    }
+
+    fn set_rate_limit(&self, records_per_second: f64) {
+        *lock(&self.rate_limit) = Some(records_per_second);
+    }
+
+    fn seed_consumed(&self, descriptors: &[&[u8]]) -> Result<()> {
+        for d in descriptors {
+            let ranges = self.decode(d, "a sink's recorded")?;
+            self.seed(&ranges);
+        }
+        Ok(())
+    }
+
+    fn has_pending(&self) -> bool {
+        let next = lock(&self.next);
+        let end = lock(&self.end);
+        let latest = lock(&self.latest);
+        let ends = end.as_ref().unwrap_or(&latest);
+        ends.iter().any(|(p, e)| next.get(p).is_none_or(|n| n < e))
+    }
+
+    fn pending_batches(&self) -> Option<u64> {
+        let next = lock(&self.next);
+        let end = lock(&self.end);
+        let latest = lock(&self.latest);
+        let ends = end.as_ref().unwrap_or(&latest);
+        let limit = self.per_partition_limit(ends.len());
+        let most = ends
+            .iter()
+            .map(|(p, e)| (e - next.get(p).copied().unwrap_or(0)).max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        Some(match limit {
+            Some(l) => most.div_ceil(l),
+            None => u64::from(most > 0),
+        })
+    }
+
+    fn forget(&self, done: Time) {
+        let mut p = lock(&self.planned);
+        let later = p.split_off(&done.plus_ms(1));
+        let finished = std::mem::replace(&mut *p, later);
+        if finished.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.done);
+        let st = &mut *st;
+        for &(partition, _, until) in finished.values().flatten() {
+            let cur = st.maps[0].get(&partition).copied().unwrap_or(i64::MIN);
+            if until > cur {
+                st.maps[0].insert(partition, until);
+                st.dirty[0].insert(partition);
+            }
+        }
+    }
+}
+
+impl<T: Data> DirectInput<T> {
+    /// Marks `ranges` as planned: later plans start after them.
+    fn seed(&self, ranges: &Ranges) {
+        let mut next = lock(&self.next);
+        for &(p, _, until) in ranges {
+            let n = next.entry(p).or_insert(until);
+            *n = (*n).max(until);
+        }
+    }
+}
+
+/// "partition 0 [10, 20), partition 1 [5, 9)", naming at most a few partitions.
+fn describe_ranges(ranges: &Ranges) -> String {
+    const SHOWN: usize = 4;
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .filter(|r| r.2 > r.1)
+        .map(|(p, from, until)| format!("partition {p} [{from}, {until})"))
+        .collect();
+    if parts.is_empty() {
+        return "no new records".into();
+    }
+    if parts.len() > SHOWN {
+        let more = parts.len() - SHOWN;
+        parts.truncate(SHOWN);
+        parts.push(format!("{more} more"));
+    }
+    parts.join(", ")
+}
+
+impl<T: Data> SourceCompute<T> for DirectInput<T> {
+    fn compute(&self, t: Time) -> Result<Batch<T>> {
+        let Some(ranges) = lock(&self.planned).get(&t).cloned() else {
+            return Ok(Batch::empty());
+        };
+        // One partition of the batch per partition of the log with records, read in
+        // parallel.
+        let parts = ranges
+            .into_par_iter()
+            .filter(|r| r.2 > r.1)
+            .map(|(p, from, until)| self.read_range(p, from, until))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Batch::from_partitions(parts))
+    }
+}
+
+impl StreamingContext {
+    /// A replayable stream over a partitioned log (see [`direct`](crate::source::direct)):
+    /// each batch reads an offset range per partition, planned and logged before it runs.
+    /// `kind` names the source (`kind-<n>`) and its node; `lockgate-kafka` builds its
+    /// Kafka stream on this.
+    pub fn direct_stream<T: Data>(
+        &self,
+        kind: &'static str,
+        log: Arc<dyn PartitionedLog<T>>,
+        opts: DirectStreamOptions,
+    ) -> DStream<T> {
+        let name = source_name(self, kind);
+        let done = Arc::new(Mutex::new(KeyedState::new(1, true)));
+        let state_name = format!("{name}.offsets");
+        self.graph().add_state(Arc::new(KeyedStateful {
+            name: Arc::new(move || state_name.clone()),
+            state: done.clone(),
+        }));
+        let src = Arc::new(DirectInput {
+            counters: self.metrics_ref().source(&name),
+            name,
+            log,
+            opts,
+            interval_ms: self.graph().timing.interval_ms,
+            next: Mutex::new(BTreeMap::new()),
+            end: Mutex::new(None),
+            latest: Mutex::new(BTreeMap::new()),
+            rate_limit: Mutex::new(None),
+            done,
+            planned: Mutex::new(BTreeMap::new()),
+        });
+        register(self, kind, src)
+    }
+}
+
+/// A [`PartitionedLog`] in memory, for tests and examples: records are appended to
+/// partitions, and old ones can be deleted as retention would.
+pub struct MemoryLog<T> {
+    partitions: Mutex<Vec<(i64, Vec<T>)>>,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl<T: Data> MemoryLog<T> {
+    /// A log of `partitions` empty partitions.
+    pub fn new(partitions: usize) -> Arc<Self> {
+        Arc::new(MemoryLog {
+            partitions: Mutex::new((0..partitions).map(|_| (0, Vec::new())).collect()),
+            reads: Default::default(),
+        })
+    }
+
+    /// Appends records to a partition (which must exist).
+    pub fn append(&self, partition: u32, records: impl IntoIterator<Item = T>) {
+        if let Some(p) = lock(&self.partitions).get_mut(partition as usize) {
+            p.1.extend(records);
+        }
+    }
+
+    /// Adds an empty partition.
+    pub fn add_partition(&self) {
+        lock(&self.partitions).push((0, Vec::new()));
+    }
+
+    /// Deletes a partition's records before `offset`, as retention would.
+    pub fn delete_before(&self, partition: u32, offset: i64) {
+        if let Some((start, records)) = lock(&self.partitions).get_mut(partition as usize) {
+            let n = (offset - *start).clamp(0, records.len() as i64) as usize;
+            records.drain(..n);
+            *start += n as i64;
+        }
+    }
+
+    /// How many `read` calls were made.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<T: Data> PartitionedLog<T> for MemoryLog<T> {
+    fn describe(&self) -> String {
+        "the memory log".into()
+    }
+
+    fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError> {
+        Ok(lock(&self.partitions)
+            .iter()
+            .enumerate()
+            .map(|(i, (start, records))| PartitionBounds {
+                partition: i as u32,
+                earliest: *start,
+                latest: start + records.len() as i64,
+            })
+            .collect())
+    }
+
+    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parts = lock(&self.partitions);
+        let (start, records) = parts
+            .get(partition as usize)
+            .ok_or_else(|| format!("no partition {partition}"))?;
+        let end = start + records.len() as i64;
+        if offsets.start < *start || offsets.end > end {
+            return Err(format!(
+                "offsets [{}, {}) are outside [{start}, {end})",
+                offsets.start, offsets.end
+            )
+            .into());
+        }
+        let a = (offsets.start - start) as usize;
+        let b = (offsets.end - start) as usize;
+        Ok(records[a..b].to_vec())
+    }
+}

@@ -1,0 +1,301 @@
+//! The direct stream over a partitioned log (the engine side of the Kafka source), on
+//! the in-memory log: offset ranges per batch, bounded runs up to the end offsets at
+//! start, exact replay after a restart, starting offsets, new partitions, and the
+//! policy for expired offsets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use lockgate_core::checkpoint::CheckpointConfig;
+use lockgate_core::metrics::SourceCounters;
+use lockgate_core::source::direct::{
+    DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
+};
+use lockgate_core::testing::{collect_batches, ManualRun, TEST_BATCH_INTERVAL};
+use lockgate_core::{ManualClock, StreamingContext, Time, Trigger};
+
+/// Records named by partition and offset: `p<partition>-<offset>`.
+fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
+    log.append(partition, offsets.map(|o| format!("p{partition}-{o}")));
+}
+
+fn limited(n: u64) -> DirectStreamOptions {
+    DirectStreamOptions {
+        max_records_per_partition: Some(n),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_bounded_run_reads_up_to_the_end_offsets_at_start_in_limited_ranges() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..25);
+    fill(&log, 1, 0..7);
+    let ctx = StreamingContext::builder()
+        .batch_interval(TEST_BATCH_INTERVAL)
+        .parallelism(2)
+        .trigger(Trigger::AvailableNow)
+        .start_time(Time(0))
+        .build()
+        .unwrap();
+    let stream = ctx.direct_stream("memory", log.clone(), limited(10));
+    // Records appended while the run goes on are not part of it.
+    let appender = log.clone();
+    stream.foreach_batch(move |_, b| {
+        if b.id == 0 {
+            fill(&appender, 0, 25..40);
+        }
+    });
+    let out = collect_batches(&stream);
+    ctx.start().unwrap();
+    ctx.await_termination().unwrap();
+    let out = out.lock().unwrap().clone();
+    assert_eq!(out.len(), 3, "{out:?}");
+    for batch in out.values() {
+        for p in ["p0-", "p1-"] {
+            assert!(batch.iter().filter(|r| r.starts_with(p)).count() <= 10);
+        }
+    }
+    let mut all: Vec<String> = out.into_values().flatten().collect();
+    all.sort();
+    let mut expected: Vec<String> = (0..25).map(|o| format!("p0-{o}")).collect();
+    expected.extend((0..7).map(|o| format!("p1-{o}")));
+    expected.sort();
+    assert_eq!(all, expected);
+}
+
+type Collected = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
+
+fn checkpointed(
+    dir: &Path,
+    clock: Arc<ManualClock>,
+    log: Arc<MemoryLog<String>>,
+) -> (StreamingContext, Collected) {
+    let mut out = None;
+    let ctx = StreamingContext::get_or_create(dir, |b| {
+        let ctx = b
+            .batch_interval(TEST_BATCH_INTERVAL)
+            .parallelism(2)
+            .clock(clock)
+            .checkpoint(CheckpointConfig {
+                sync_interval: std::time::Duration::ZERO,
+                ..CheckpointConfig::new(dir)
+            })
+            .build()?;
+        out = Some(collect_batches(&ctx.direct_stream(
+            "memory",
+            log,
+            limited(4),
+        )));
+        Ok(ctx)
+    })
+    .unwrap();
+    (ctx, out.unwrap())
+}
+
+#[test]
+fn a_restart_re_runs_the_unfinished_batch_with_its_logged_ranges_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..6);
+    fill(&log, 1, 0..3);
+    let clock = Arc::new(ManualClock::new(0));
+    let (ctx, first) = checkpointed(dir.path(), clock.clone(), log.clone());
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+    let first = first.lock().unwrap().clone();
+    // Batch 1 ran but its commit is lost: it must run again, reading the same ranges
+    // although the log has grown since.
+    std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+    fill(&log, 0, 6..9);
+    fill(&log, 1, 3..12);
+    let clock = Arc::new(ManualClock::new(2000));
+    let (ctx, second) = checkpointed(dir.path(), clock.clone(), log.clone());
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(3).unwrap();
+    run.ctx.stop(false).unwrap();
+    let second = second.lock().unwrap().clone();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(second[&1].clone()), sorted(first[&1].clone()));
+    let mut merged = first;
+    merged.extend(second);
+    let all = sorted(merged.values().flatten().cloned().collect());
+    let mut expected: Vec<String> = (0..9).map(|o| format!("p0-{o}")).collect();
+    expected.extend((0..12).map(|o| format!("p1-{o}")));
+    assert_eq!(
+        all,
+        sorted(expected),
+        "every record exactly once: {merged:?}"
+    );
+}
+
+/// Runs `batches` batches of a direct stream over `log` with `opts`; returns the output
+/// per batch and the context's error, if it failed.
+fn run_live(
+    log: Arc<MemoryLog<String>>,
+    opts: DirectStreamOptions,
+    batches: usize,
+    between: impl Fn(usize) + Send + 'static,
+) -> (
+    BTreeMap<u64, Vec<String>>,
+    Option<String>,
+    Arc<SourceCounters>,
+) {
+    let run = ManualRun::new(2).unwrap();
+    let stream = run.ctx.direct_stream("memory", log, opts);
+    let out = collect_batches(&stream);
+    run.ctx.start().unwrap();
+    let mut error = None;
+    for i in 0..batches {
+        between(i);
+        if let Err(e) = run.next_batch() {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    let _ = run.ctx.stop(false);
+    let counters = run.ctx.metrics().source("memory-0");
+    let out = out.lock().unwrap().clone();
+    (out, error, counters)
+}
+
+#[test]
+fn latest_starting_offsets_skip_what_was_there_and_new_partitions_start_at_their_beginning() {
+    let log = MemoryLog::new(1);
+    fill(&log, 0, 0..5);
+    let feeder = log.clone();
+    let opts = DirectStreamOptions {
+        starting_offsets: StartingOffsets::Latest,
+        ..Default::default()
+    };
+    let (out, error, _) = run_live(log, opts, 3, move |i| match i {
+        0 => fill(&feeder, 0, 5..7),
+        1 => {
+            feeder.add_partition();
+            fill(&feeder, 1, 0..2);
+        }
+        _ => {}
+    });
+    assert_eq!(error, None);
+    let mut all: Vec<String> = out.into_values().flatten().collect();
+    all.sort();
+    assert_eq!(all, vec!["p0-5", "p0-6", "p1-0", "p1-1"]);
+}
+
+#[test]
+fn expired_offsets_fail_by_default_naming_the_partition_and_the_lost_range() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..10);
+    fill(&log, 1, 0..10);
+    let feeder = log.clone();
+    let (out, error, _) = run_live(log, limited(4), 3, move |i| {
+        if i == 1 {
+            // Retention deletes offsets 4..8 of partition 1 before they were read.
+            feeder.delete_before(1, 8);
+        }
+    });
+    let error = error.expect("the run fails");
+    assert!(
+        error.contains("offsets [4, 8) of partition 1") && error.contains("4 records lost"),
+        "{error}"
+    );
+    assert!(error.contains("--on-expired-offsets earliest"), "{error}");
+    assert_eq!(out.len(), 1, "nothing after the loss is processed: {out:?}");
+}
+
+#[test]
+fn expired_offsets_are_skipped_and_counted_with_the_earliest_policy() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..10);
+    fill(&log, 1, 0..10);
+    let feeder = log.clone();
+    let opts = DirectStreamOptions {
+        on_expired_offsets: OnExpiredOffsets::Earliest,
+        ..limited(4)
+    };
+    let (out, error, counters) = run_live(log, opts, 4, move |i| {
+        if i == 1 {
+            feeder.delete_before(1, 8);
+        }
+    });
+    assert_eq!(error, None);
+    assert_eq!(SourceCounters::get(&counters.lost_records), 4);
+    let p1: Vec<String> = out
+        .into_values()
+        .flatten()
+        .filter(|r| r.starts_with("p1-"))
+        .collect();
+    let mut p1 = p1;
+    p1.sort();
+    let expected: Vec<String> = [0, 1, 2, 3, 8, 9]
+        .iter()
+        .map(|o| format!("p1-{o}"))
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(p1, expected);
+}
+
+#[test]
+fn a_range_that_expires_between_plan_and_read_follows_the_policy_too() {
+    // Planned with offsets [0, 10) present, deleted before the batch reads them.
+    struct Expiring {
+        log: Arc<MemoryLog<String>>,
+    }
+    impl PartitionedLog<String> for Expiring {
+        fn describe(&self) -> String {
+            "the expiring log".into()
+        }
+        fn bounds(
+            &self,
+        ) -> Result<Vec<lockgate_core::source::direct::PartitionBounds>, lockgate_core::BoxError>
+        {
+            self.log.bounds()
+        }
+        fn read(
+            &self,
+            partition: u32,
+            offsets: std::ops::Range<i64>,
+        ) -> Result<Vec<String>, lockgate_core::BoxError> {
+            self.log.delete_before(partition, 6);
+            self.log.read(partition, offsets)
+        }
+    }
+    let log = MemoryLog::new(1);
+    fill(&log, 0, 0..10);
+    let opts = DirectStreamOptions {
+        on_expired_offsets: OnExpiredOffsets::Earliest,
+        ..Default::default()
+    };
+    let (out, error, counters) = run_live_log(Arc::new(Expiring { log }), opts);
+    assert_eq!(error, None);
+    assert_eq!(SourceCounters::get(&counters.lost_records), 6);
+    assert_eq!(out[&0], vec!["p0-6", "p0-7", "p0-8", "p0-9"]);
+}
+
+fn run_live_log(
+    log: Arc<dyn PartitionedLog<String>>,
+    opts: DirectStreamOptions,
+) -> (
+    BTreeMap<u64, Vec<String>>,
+    Option<String>,
+    Arc<SourceCounters>,
+) {
+    let run = ManualRun::new(1).unwrap();
+    let out = collect_batches(&run.ctx.direct_stream("memory", log, opts));
+    run.ctx.start().unwrap();
+    let error = run.next_batch().err().map(|e| e.to_string());
+    let _ = run.ctx.stop(false);
+    let counters = run.ctx.metrics().source("memory-0");
+    let out = out.lock().unwrap().clone();
+    (out, error, counters)
+}

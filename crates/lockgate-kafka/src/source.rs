@@ -1,0 +1,352 @@
+//! The Kafka direct source: a topic as a [`PartitionedLog`] for the engine's
+//! [`direct_stream`](StreamingContext::direct_stream).
+//!
+//! Bounds come from a metadata query (the topic's partitions) and a watermark query per
+//! partition (earliest and latest offsets). A planned range `[from, until)` of a
+//! partition is read by that partition's own consumer, assigned at `from` and polled
+//! until the record before `until`; consecutive batches continue where the last one
+//! ended without seeking. No consumer group is joined and no offsets are committed to
+//! Kafka: the positions are in the checkpoint, so correctness never depends on the
+//! broker's group state.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use lockgate_core::source::direct::{DirectStreamOptions, PartitionBounds, PartitionedLog};
+use lockgate_core::{BoxError, DStream, Data, StreamingContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+
+/// Where and what to read.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// Further librdkafka consumer properties (security, `isolation.level`, ...); they
+    /// override the source's own settings.
+    pub properties: Vec<(String, String)>,
+    /// How long a query to the brokers or a partition read may wait.
+    pub timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// Reads `topic` from the bootstrap servers `brokers`, with a 30 s timeout.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            properties: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The consumer settings: no group membership, no auto commit, end-of-partition
+    /// events, and an error (never a silent jump) when an offset is out of range.
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("lockgate-direct-{}", self.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "50");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// One record of a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaRecord {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value, if any.
+    pub value: Option<Vec<u8>>,
+    /// Its timestamp (create or log-append time), epoch milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Makes a stream element of a message.
+pub type Decode<T> = fn(&BorrowedMessage<'_>) -> T;
+
+/// A partition's consumer and where it will deliver next (`None`: seek first).
+struct PartitionReader {
+    consumer: BaseConsumer,
+    next: Option<i64>,
+}
+
+/// A Kafka topic as a [`PartitionedLog`].
+pub struct KafkaLog<T> {
+    config: KafkaConfig,
+    /// For metadata and watermark queries.
+    meta: BaseConsumer,
+    readers: Mutex<HashMap<u32, Arc<Mutex<PartitionReader>>>>,
+    decode: Decode<T>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T: Data> KafkaLog<T> {
+    /// A log over `config.topic`, each message made an element by `decode`. Checks the
+    /// settings; the brokers are first asked when the stream starts.
+    pub fn new(config: KafkaConfig, decode: Decode<T>) -> Result<Self> {
+        if config.brokers.trim().is_empty() {
+            return Err(Error::Config("no bootstrap servers given".into()));
+        }
+        if config.topic.trim().is_empty() {
+            return Err(Error::Config("no topic given".into()));
+        }
+        let meta = Self::consumer(&config)?;
+        Ok(KafkaLog {
+            config,
+            meta,
+            readers: Mutex::new(HashMap::new()),
+            decode,
+        })
+    }
+
+    fn consumer(config: &KafkaConfig) -> Result<BaseConsumer> {
+        config
+            .client_config()
+            .create()
+            .map_err(|e| Error::Config(format!("cannot create a consumer: {e}")))
+    }
+
+    fn connect_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Connect {
+            brokers: self.config.brokers.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn topic_err(&self, message: String) -> Error {
+        Error::Topic {
+            topic: self.config.topic.clone(),
+            brokers: self.config.brokers.clone(),
+            message,
+        }
+    }
+
+    fn read_err(&self, partition: u32, message: String) -> Error {
+        Error::Read {
+            topic: self.config.topic.clone(),
+            partition,
+            message,
+        }
+    }
+
+    /// The topic's partitions and their offsets now.
+    pub fn partition_bounds(&self) -> Result<Vec<PartitionBounds>> {
+        let topic = &self.config.topic;
+        let md = self
+            .meta
+            .fetch_metadata(Some(topic), self.config.timeout)
+            .map_err(|e| {
+                self.connect_err(format!(
+                    "no metadata within {:?} ({e}): is a broker listening there?",
+                    self.config.timeout
+                ))
+            })?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| self.topic_err("not in the brokers' metadata".into()))?;
+        if let Some(code) = t.error() {
+            let code = RDKafkaErrorCode::from(code);
+            return Err(
+                self.topic_err(if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    "the topic does not exist: create it, or check the name".into()
+                } else {
+                    code.to_string()
+                }),
+            );
+        }
+        if t.partitions().is_empty() {
+            return Err(self.topic_err("the topic has no partitions (does it exist?)".into()));
+        }
+        t.partitions()
+            .iter()
+            .map(|p| {
+                let (earliest, latest) = self
+                    .meta
+                    .fetch_watermarks(topic, p.id(), self.config.timeout)
+                    .map_err(|e| {
+                        self.connect_err(format!("offsets of partition {}: {e}", p.id()))
+                    })?;
+                Ok(PartitionBounds {
+                    partition: u32::try_from(p.id())
+                        .map_err(|_| self.topic_err(format!("partition id {}", p.id())))?,
+                    earliest,
+                    latest,
+                })
+            })
+            .collect()
+    }
+
+    fn reader(&self, partition: u32) -> Result<Arc<Mutex<PartitionReader>>> {
+        let mut readers = lock(&self.readers);
+        if let Some(r) = readers.get(&partition) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Mutex::new(PartitionReader {
+            consumer: Self::consumer(&self.config)?,
+            next: None,
+        }));
+        readers.insert(partition, r.clone());
+        Ok(r)
+    }
+
+    /// The records at `offsets` of `partition`.
+    pub fn read_range(&self, partition: u32, offsets: Range<i64>) -> Result<Vec<T>> {
+        let (from, until) = (offsets.start, offsets.end);
+        let mut out = Vec::with_capacity(usize::try_from(until - from).unwrap_or(0));
+        if from >= until {
+            return Ok(out);
+        }
+        let reader = self.reader(partition)?;
+        let mut r = lock(&reader);
+        let id = i32::try_from(partition)
+            .map_err(|_| self.read_err(partition, "partition number too large".into()))?;
+        if r.next != Some(from) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.config.topic, id, Offset::Offset(from))
+                .map_err(|e| self.read_err(partition, e.to_string()))?;
+            r.consumer
+                .assign(&tpl)
+                .map_err(|e| self.read_err(partition, format!("assign at {from}: {e}")))?;
+        }
+        // Until a read ends cleanly, the next one seeks.
+        r.next = None;
+        let deadline = Instant::now() + self.config.timeout;
+        let mut position = from;
+        loop {
+            match r.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if m.partition() != id || m.offset() < position {
+                        continue; // left over from an earlier assignment
+                    }
+                    if m.offset() >= until {
+                        // Offsets before `until` had no records (markers, compaction);
+                        // this one was consumed, so the next read seeks.
+                        return Ok(out);
+                    }
+                    out.push((self.decode)(&m));
+                    position = m.offset() + 1;
+                    if position == until {
+                        r.next = Some(until);
+                        return Ok(out);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) if p == id => {
+                    // At the end of the partition: done if the consumer is past the
+                    // range (offsets without records at its end); else the event is
+                    // left over from before, or the log ends early: keep polling.
+                    let at = r.consumer.position().ok().and_then(|tpl| {
+                        match tpl.find_partition(&self.config.topic, id)?.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        }
+                    });
+                    if at.is_some_and(|o| o >= until) {
+                        return Ok(out);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    return Err(self.read_err(
+                        partition,
+                        format!("offsets [{from}, {until}) at {position}: {e}"),
+                    ))
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(self.read_err(
+                    partition,
+                    format!(
+                        "offsets [{from}, {until}): no record at offset {position} within \
+                         {:?} (is the broker up? have the offsets expired?)",
+                        self.config.timeout
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
+    fn describe(&self) -> String {
+        format!(
+            "Kafka topic `{}` at {}",
+            self.config.topic, self.config.brokers
+        )
+    }
+
+    // The engine's messages name the log (and partition): the errors say the rest.
+    fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError> {
+        self.partition_bounds().map_err(|e| e.detail().into())
+    }
+
+    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
+        self.read_range(partition, offsets)
+            .map_err(|e| e.detail().into())
+    }
+}
+
+/// A stream of a topic's messages, each made an element by `decode`: a direct stream
+/// (per-partition offset ranges per batch, exactly once with a checkpoint).
+pub fn kafka_stream<T: Data>(
+    ctx: &StreamingContext,
+    config: KafkaConfig,
+    opts: DirectStreamOptions,
+    decode: Decode<T>,
+) -> Result<DStream<T>> {
+    let log = KafkaLog::new(config, decode)?;
+    Ok(ctx.direct_stream("kafka", Arc::new(log), opts))
+}
+
+/// A topic's records with key, value, timestamp, partition and offset.
+pub fn kafka_records(
+    ctx: &StreamingContext,
+    config: KafkaConfig,
+    opts: DirectStreamOptions,
+) -> Result<DStream<KafkaRecord>> {
+    kafka_stream(ctx, config, opts, |m| KafkaRecord {
+        partition: u32::try_from(m.partition()).unwrap_or(0),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        timestamp_ms: m.timestamp().to_millis(),
+    })
+}
+
+/// A topic's values as text lines (one line per message; invalid UTF-8 replaced, a
+/// message without a value an empty line).
+pub fn kafka_lines(
+    ctx: &StreamingContext,
+    config: KafkaConfig,
+    opts: DirectStreamOptions,
+) -> Result<DStream<String>> {
+    kafka_stream(ctx, config, opts, |m| {
+        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
+    })
+}

@@ -1,0 +1,154 @@
+//! A throwaway Kafka-protocol broker for tests and demos, started by the repository's
+//! `scripts/kafka.sh` (tansu, installed on first use) and stopped when dropped; and
+//! helpers to create topics and produce records with a real client.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::error::{Error, Result};
+
+/// The repository's broker script.
+pub fn script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/kafka.sh"
+    ))
+}
+
+/// A running broker; stopped on drop.
+pub struct KafkaBroker {
+    dir: tempfile::TempDir,
+    /// Its bootstrap address, `127.0.0.1:PORT`.
+    pub brokers: String,
+}
+
+impl KafkaBroker {
+    fn run(&self, cmd: &str) -> Result<String> {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(cmd)
+            .env("LOCKGATE_KAFKA_DIR", self.dir.path().join("kafka"))
+            .output()
+            .map_err(|e| Error::Harness(format!("cannot run {}: {e}", script().display())))?;
+        if !out.status.success() {
+            return Err(Error::Harness(format!(
+                "scripts/kafka.sh {cmd} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Starts a new broker.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("lockgate-kafka-")
+            .tempdir()
+            .map_err(|e| Error::Harness(format!("temp dir: {e}")))?;
+        let mut b = KafkaBroker {
+            dir,
+            brokers: String::new(),
+        };
+        b.brokers = b.run("start")?;
+        Ok(b)
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+    }
+}
+
+/// Runs a future to completion on this thread (the admin client's futures are driven by
+/// librdkafka's own threads).
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+/// Creates `topic` with `partitions` partitions (an existing topic is an error).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| Error::Harness(format!("admin client: {e}")))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &opts,
+    ))
+    .map_err(|e| Error::Harness(format!("create topic {topic}: {e}")))?;
+    for r in results {
+        r.map_err(|(t, code)| Error::Harness(format!("create topic {t}: {code}")))?;
+    }
+    Ok(())
+}
+
+/// Produces `(partition, value)` records to `topic` and waits until all are acknowledged.
+///
+/// Each record goes in a record batch of its own: the tansu broker answers a query for a
+/// partition's end offset with the last batch's first offset + 1 (Kafka: the last
+/// record's offset + 1), so with larger batches it would hide records from a reader.
+pub fn produce<V: AsRef<[u8]>>(
+    brokers: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = (i32, V)>,
+) -> Result<()> {
+    let producer: BaseProducer = client_config(brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|e| Error::Harness(format!("producer: {e}")))?;
+    for (partition, value) in records {
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(value.as_ref());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(Error::Harness(format!("produce to {topic}: {e}"))),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| Error::Harness(format!("flush to {topic}: {e}")))
+}

@@ -1,0 +1,180 @@
+//! The Kafka direct source against a real Kafka-protocol broker (tansu, started by
+//! `scripts/kafka.sh`), records produced by librdkafka: bounded runs up to the end
+//! offsets at start, exact replay of an unfinished batch after a restart, and clear
+//! errors for a missing topic and unreachable brokers.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockgate_core::checkpoint::CheckpointConfig;
+use lockgate_core::source::direct::DirectStreamOptions;
+use lockgate_core::testing::{collect_batches, ManualRun, TEST_BATCH_INTERVAL};
+use lockgate_core::{ManualClock, StreamingContext, Time, Trigger};
+use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+use lockgate_kafka::{kafka_lines, kafka_records, KafkaConfig};
+
+/// Values `p<partition>-<i>` for `i` in `range`, round-robin over `partitions`.
+fn values(partitions: i32, range: std::ops::Range<i32>) -> Vec<(i32, String)> {
+    range
+        .map(|i| {
+            let p = i % partitions;
+            (p, format!("p{p}-{i}"))
+        })
+        .collect()
+}
+
+fn limited(n: u64) -> DirectStreamOptions {
+    DirectStreamOptions {
+        max_records_per_partition: Some(n),
+        ..Default::default()
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn a_bounded_run_reads_each_record_once_in_offset_order_up_to_the_end_at_start() {
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "events", 3).unwrap();
+    produce(&broker.brokers, "events", values(3, 0..900)).unwrap();
+    let ctx = StreamingContext::builder()
+        .batch_interval(TEST_BATCH_INTERVAL)
+        .parallelism(2)
+        .trigger(Trigger::AvailableNow)
+        .start_time(Time(0))
+        .build()
+        .unwrap();
+    let stream = kafka_records(
+        &ctx,
+        KafkaConfig::new(&broker.brokers, "events"),
+        limited(100),
+    )
+    .unwrap();
+    // Records produced while the run goes on are not part of it.
+    let brokers = broker.brokers.clone();
+    stream.foreach_batch(move |_, b| {
+        if b.id == 0 {
+            produce(&brokers, "events", values(3, 900..960)).unwrap();
+        }
+    });
+    let out = collect_batches(&stream);
+    ctx.start().unwrap();
+    ctx.await_termination().unwrap();
+    let out = out.lock().unwrap().clone();
+    assert_eq!(out.len(), 3, "300 records per partition, 100 per batch");
+    let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    let mut all = Vec::new();
+    for batch in out.values() {
+        for r in batch {
+            by_partition.entry(r.partition).or_default().push(r.offset);
+            all.push(String::from_utf8(r.value.clone().unwrap()).unwrap());
+        }
+    }
+    for (p, offsets) in &by_partition {
+        assert_eq!(*offsets, (0..300).collect::<Vec<i64>>(), "partition {p}");
+    }
+    assert_eq!(
+        sorted(all),
+        sorted(values(3, 0..900).into_iter().map(|v| v.1).collect())
+    );
+}
+
+type Collected = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
+
+fn checkpointed(
+    dir: &Path,
+    clock: Arc<ManualClock>,
+    brokers: &str,
+) -> (StreamingContext, Collected) {
+    let mut out = None;
+    let ctx = StreamingContext::get_or_create(dir, |b| {
+        let ctx = b
+            .batch_interval(TEST_BATCH_INTERVAL)
+            .parallelism(2)
+            .clock(clock)
+            .checkpoint(CheckpointConfig {
+                sync_interval: Duration::ZERO,
+                ..CheckpointConfig::new(dir)
+            })
+            .build()?;
+        let lines = kafka_lines(&ctx, KafkaConfig::new(brokers, "lines"), limited(20))
+            .map_err(|e| lockgate_core::Error::Config(e.to_string()))?;
+        out = Some(collect_batches(&lines));
+        Ok(ctx)
+    })
+    .unwrap();
+    (ctx, out.unwrap())
+}
+
+#[test]
+fn a_restart_re_reads_the_unfinished_batch_exactly_and_goes_on_after_it() {
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "lines", 2).unwrap();
+    produce(&broker.brokers, "lines", values(2, 0..50)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let (ctx, first) = checkpointed(dir.path(), clock.clone(), &broker.brokers);
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+    let first = first.lock().unwrap().clone();
+    assert_eq!(first[&0].len(), 40);
+    // Batch 1 ran, but its commit is lost; meanwhile more records arrive.
+    std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+    produce(&broker.brokers, "lines", values(2, 50..90)).unwrap();
+    let clock = Arc::new(ManualClock::new(2000));
+    let (ctx, second) = checkpointed(dir.path(), clock.clone(), &broker.brokers);
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(4).unwrap();
+    run.ctx.stop(false).unwrap();
+    let second = second.lock().unwrap().clone();
+    assert_eq!(sorted(second[&1].clone()), sorted(first[&1].clone()));
+    let mut merged = first;
+    merged.extend(second);
+    assert_eq!(
+        sorted(merged.values().flatten().cloned().collect()),
+        sorted(values(2, 0..90).into_iter().map(|v| v.1).collect()),
+        "every record exactly once: {merged:?}"
+    );
+}
+
+fn start_error(brokers: &str, topic: &str) -> String {
+    let ctx = StreamingContext::builder().build().unwrap();
+    let mut config = KafkaConfig::new(brokers, topic);
+    config.timeout = Duration::from_secs(3);
+    kafka_lines(&ctx, config, DirectStreamOptions::default())
+        .unwrap()
+        .foreach_batch(|_, _| ());
+    ctx.start().unwrap_err().to_string()
+}
+
+#[test]
+fn a_missing_topic_and_unreachable_brokers_are_clear_errors_at_start() {
+    let broker = KafkaBroker::start().unwrap();
+    let e = start_error(&broker.brokers, "no-such-topic");
+    assert!(
+        e.contains("no-such-topic") && e.contains("does not exist"),
+        "{e}"
+    );
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let e = start_error(&brokers, "events");
+    assert!(
+        e.contains(&brokers) && e.contains("is a broker listening there"),
+        "{e}"
+    );
+}

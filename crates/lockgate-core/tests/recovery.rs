@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockgate_core::checkpoint::file::{read_file, FileKind};
 use lockgate_core::testing::{collect_batches, run_with_restart, Interruption, ManualRun};
 use lockgate_core::{
     CheckpointConfig, DStream, Error, InverseWindowOpts, ManualClock, State, StateSpec,
@@ -273,6 +274,46 @@ fn corrupt_state_falls_back_to_an_older_commit() {
     assert!(corrupted > 0);
     let ids = batches_rerun_after_restart(dir.path());
     assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
+}
+
+#[test]
+fn a_torn_state_file_of_an_uncommitted_batch_is_never_read_and_is_rewritten() {
+    // State files are written in place (no rename): a crash mid-write leaves a torn file
+    // of a batch that has no commit yet.
+    let dir = tempfile::tempdir().unwrap();
+    run_two_batches(dir.path());
+    std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+    let mut originals = Vec::new();
+    for entry in walk(dir.path().join("state").as_path()) {
+        if entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("1.")
+        {
+            let bytes = std::fs::read(&entry).unwrap();
+            std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+            originals.push((entry, bytes));
+        }
+    }
+    assert!(!originals.is_empty());
+    // Recovery deletes the files of versions after its commit, and re-runs batch 1
+    // (and batch 0 too, if commit 0 was grouped into commit 1), writing them anew.
+    let ids = batches_rerun_after_restart(dir.path());
+    assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
+    for (path, bytes) in &originals {
+        if path.exists() {
+            assert_eq!(&std::fs::read(path).unwrap(), bytes, "{}", path.display());
+        }
+    }
+    for path in walk(dir.path().join("state").as_path()) {
+        let kind = if path.extension().is_some_and(|e| e == "snapshot") {
+            FileKind::Snapshot
+        } else {
+            FileKind::Delta
+        };
+        read_file(&path, kind).unwrap();
+    }
 }
 
 #[test]

@@ -104,29 +104,43 @@ pub fn unframe<'a>(path: &Path, kind: FileKind, bytes: &'a [u8]) -> Result<&'a [
 
 /// Writes `payload` to `path` atomically and durably.
 pub fn write_file(path: &Path, kind: FileKind, payload: &[u8]) -> Result<()> {
-    write_file_with(path, kind, payload, true)
+    write_file_with(path, kind, payload, true, false)
 }
 
 /// True where one [`sync_filesystem`] makes many files durable at once (Linux `syncfs`);
 /// elsewhere every file is fsynced on its own.
 pub const BATCHED_SYNC: bool = cfg!(target_os = "linux");
 
-/// Writes many files atomically; they are durable after the next [`sync_filesystem`]
-/// (or at once where [`BATCHED_SYNC`] is false). With batched syncs the writes are
-/// quick and made one after another on the calling thread; file by file syncs wait for
-/// the disk, so they are made in parallel.
-pub fn write_files(files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
+/// How [`write_files`] puts a file in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Written under a temporary name and renamed: a reader sees the whole file or none.
+    Atomic,
+    /// Written under its own name (with batched syncs): for files that no reader trusts
+    /// until a commit written after the next sync names them — state files of batches
+    /// not yet committed. A crash mid-write leaves a torn file that recovery never
+    /// reads (it loads versions up to the last durable commit) and a re-run rewrites.
+    /// Saves a rename per file.
+    Direct,
+}
+
+/// Writes many files; they are durable after the next [`sync_filesystem`] (or at once
+/// where [`BATCHED_SYNC`] is false, always atomically then). With batched syncs the
+/// writes are quick and made one after another on the calling thread; file by file
+/// syncs wait for the disk, so they are made in parallel.
+pub fn write_files(files: Vec<(PathBuf, FileKind, Vec<u8>)>, placement: Placement) -> Result<()> {
     use rayon::prelude::*;
     if BATCHED_SYNC {
         // Not on rayon: the callers (plan logging, the checkpoint writer) run beside the
         // workers, and a pool of their own would spin on the cores the workers need.
-        files
-            .into_iter()
-            .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, false))
+        let direct = placement == Placement::Direct;
+        files.into_iter().try_for_each(|(path, kind, payload)| {
+            write_file_with(&path, kind, &payload, false, direct)
+        })
     } else {
-        files
-            .into_par_iter()
-            .try_for_each(|(path, kind, payload)| write_file_with(&path, kind, &payload, true))
+        files.into_par_iter().try_for_each(|(path, kind, payload)| {
+            write_file_with(&path, kind, &payload, true, false)
+        })
     }
 }
 
@@ -145,13 +159,23 @@ pub fn sync_filesystem(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_file_with(path: &Path, kind: FileKind, payload: &[u8], durable: bool) -> Result<()> {
+fn write_file_with(
+    path: &Path,
+    kind: FileKind,
+    payload: &[u8],
+    durable: bool,
+    direct: bool,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = if direct {
+        path.to_path_buf()
+    } else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dir.join(format!(".{name}.tmp-{}", std::process::id()))
+    };
     let write = || -> std::io::Result<()> {
         // The directory is made only when missing (a `mkdir` per file is a cost per batch).
         let mut f = match fs::File::create(&tmp) {
@@ -165,7 +189,9 @@ fn write_file_with(path: &Path, kind: FileKind, payload: &[u8], durable: bool) -
         if durable {
             f.sync_all()?;
         }
-        fs::rename(&tmp, path)?;
+        if !direct {
+            fs::rename(&tmp, path)?;
+        }
         if durable {
             sync_dir(dir)?;
         }

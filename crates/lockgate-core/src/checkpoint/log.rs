@@ -6,7 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, sync_filesystem, write_file, write_files, FileKind};
+use crate::checkpoint::file::{
+    read_file, sync_filesystem, write_file, write_files, FileKind, Placement,
+};
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -209,17 +211,16 @@ impl CheckpointLog {
             .iter()
             .map(|p| (self.plan_path(p.batch_id), FileKind::Plan, to_bytes(p)))
             .collect();
-        write_files(files)?;
+        write_files(files, Placement::Atomic)?;
         sync_filesystem(&self.root)
     }
 
     /// Writes a commit that becomes durable with the next filesystem sync (group commit).
     pub fn write_commit_deferred(&self, c: &Commit) -> Result<()> {
-        write_files(vec![(
-            self.commit_path(c.batch_id),
-            FileKind::Commit,
-            to_bytes(c),
-        )])
+        write_files(
+            vec![(self.commit_path(c.batch_id), FileKind::Commit, to_bytes(c))],
+            Placement::Atomic,
+        )
     }
 
     /// Reads the plan of `id`.

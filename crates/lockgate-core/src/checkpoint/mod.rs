@@ -392,6 +392,12 @@ impl Checkpointer {
             }
         }
         let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
+        // State files of versions after that commit were never trusted (they are written
+        // in place, and may be torn by the crash): the re-run batches write them anew.
+        for state in &self.states {
+            self.store
+                .delete_after(&state.name(), state.partitions(), committed);
+        }
         if let Some((_, loaded)) = chosen {
             for (state, old) in self.states.iter().zip(loaded) {
                 if start_empty.contains(&state.name()) {
@@ -650,7 +656,10 @@ impl Checkpointer {
                                 .iter()
                                 .map(|(header, full, bytes)| store.file(header, *full, bytes))
                                 .collect();
-                            store.write_all(files)?;
+                            // State files are named by a commit only after a sync has
+                            // made them durable, except in at-most-once mode.
+                            let direct = config.delivery != DeliveryMode::AtMostOnce;
+                            store.write_all(files, direct)?;
                             if last.is_some() {
                                 written = last;
                             }

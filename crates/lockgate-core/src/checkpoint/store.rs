@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::file::{read_file, write_files, FileKind};
+use crate::checkpoint::file::{read_file, write_files, FileKind, Placement};
 use crate::codec::{Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -124,9 +124,17 @@ impl StateStore {
     }
 
     /// Writes state files; they are durable after the next
-    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem).
-    pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>) -> Result<()> {
-        write_files(files)
+    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem). `direct`: under
+    /// their own names ([`Placement::Direct`]) — only where no commit can name a version
+    /// before its state files are durable (not in at-most-once mode, which commits a
+    /// batch before it runs).
+    pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>, direct: bool) -> Result<()> {
+        let placement = if direct {
+            Placement::Direct
+        } else {
+            Placement::Atomic
+        };
+        write_files(files, placement)
     }
 
     /// The state files of one operator partition, by version.
@@ -244,6 +252,20 @@ impl StateStore {
             for f in &files[..base] {
                 if let Err(e) = fs::remove_file(&f.path) {
                     tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old state file");
+                }
+            }
+        }
+    }
+
+    /// Deletes the files of versions after `version` (all of them for `None`): state of
+    /// batches that were not committed.
+    pub fn delete_after(&self, operator: &str, partitions: usize, version: Option<u64>) {
+        for p in 0..partitions {
+            for f in self.files(operator, p) {
+                if version.is_none_or(|v| f.version > v) {
+                    if let Err(e) = fs::remove_file(&f.path) {
+                        tracing::warn!(file = %f.path.display(), error = %e, "cannot delete uncommitted state file");
+                    }
                 }
             }
         }

@@ -538,3 +538,73 @@ impl<T: Data> PartitionedLog<T> for MemoryLog<T> {
         Ok(records[a..b].to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(log: Arc<MemoryLog<u32>>, max: Option<u64>) -> DirectInput<u32> {
+        DirectInput {
+            name: "memory-0".into(),
+            log,
+            opts: DirectStreamOptions {
+                max_records_per_partition: max,
+                ..Default::default()
+            },
+            interval_ms: 1000,
+            next: Mutex::new(BTreeMap::new()),
+            end: Mutex::new(None),
+            latest: Mutex::new(BTreeMap::new()),
+            rate_limit: Mutex::new(None),
+            done: Arc::new(Mutex::new(KeyedState::new(1, true))),
+            planned: Mutex::new(BTreeMap::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    fn planned(src: &DirectInput<u32>, t: i64) -> Ranges {
+        let (_, descriptor) = src.plan(Time(t)).unwrap_or_else(|e| panic!("{e}"));
+        from_bytes(&descriptor).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn backpressure_splits_its_rate_over_the_partitions_and_the_cap_still_applies() {
+        let log = MemoryLog::new(4);
+        for p in 0..4 {
+            log.append(p, 0..1000);
+        }
+        let src = input(log, Some(100));
+        src.start(false, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(src.per_partition_limit(4), Some(100));
+        // 200 records/s with a 1 s interval: 50 per partition.
+        src.set_rate_limit(200.0);
+        assert_eq!(src.per_partition_limit(4), Some(50));
+        let ranges = planned(&src, 1000);
+        assert_eq!(ranges, vec![(0, 0, 50), (1, 0, 50), (2, 0, 50), (3, 0, 50)]);
+        // A rate above the cap: the cap.
+        src.set_rate_limit(1e6);
+        assert_eq!(planned(&src, 2000)[0], (0, 50, 150));
+        // The lag after that plan: 850 records in each partition.
+        assert_eq!(SourceCounters::get(&src.counters.lag_records), 4 * 850);
+        assert_eq!(src.pending_batches(), Some(9));
+    }
+
+    #[test]
+    fn a_log_that_ends_before_the_position_is_an_error_naming_the_partition() {
+        let log = MemoryLog::new(1);
+        log.append(0, 0..10);
+        let src = input(log, None);
+        src.start(false, false).unwrap_or_else(|e| panic!("{e}"));
+        src.replay(Time(1000), &to_bytes(&vec![(0u32, 0i64, 20i64)]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = src
+            .plan(Time(2000))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("partition 0") && err.contains("new checkpoint directory"),
+            "{err}"
+        );
+    }
+}

@@ -96,7 +96,10 @@ pub(crate) fn read_ahead(
         out.push(read.and_then(|mut r| {
             while !stop.load(Ordering::Acquire) {
                 match r.read_piece() {
-                    Ok(true) => {}
+                    // Between pieces, let a thread waiting for this core run (the job
+                    // runner handing the workers their next batch would otherwise
+                    // wait for the whole file).
+                    Ok(true) => std::thread::yield_now(),
                     Ok(false) => break,
                     Err(e) => return Err((r.path, e)),
                 }

@@ -488,10 +488,34 @@ fn parse_fixed_apache_time(b: &[u8]) -> Option<i64> {
     {
         return None;
     }
-    let month = month_number(b.get(5..8)?)?;
-    let day = if at(9) == b' ' { digit(10)? } else { two(9)? };
-    let year = i64::from(two(21)? * 100 + two(23)?);
-    lockgate_core::epoch_seconds(year, month, day, (two(12)?, two(15)?, two(18)?))
+    let (h, m, s) = (two(12)?, two(15)?, two(18)?);
+    if h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Lines in time order share their date: the day's first second is kept per thread
+    // for the last date seen (month, day and year bytes).
+    let mut date = [0u8; 10];
+    date[..6].copy_from_slice(b.get(5..11)?);
+    date[6..].copy_from_slice(b.get(21..25)?);
+    let day_start = match LAST_DATE.get() {
+        (last, start) if last == date => start,
+        _ => {
+            let month = month_number(b.get(5..8)?)?;
+            let day = if at(9) == b' ' { digit(10)? } else { two(9)? };
+            let year = i64::from(two(21)? * 100 + two(23)?);
+            let start = lockgate_core::epoch_seconds(year, month, day, (0, 0, 0))?;
+            LAST_DATE.set((date, start));
+            start
+        }
+    };
+    Some(day_start + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s))
+}
+
+thread_local! {
+    /// The last date [`parse_fixed_apache_time`] read on this thread (`Mmm dd` and
+    /// `yyyy`) and the epoch second its day starts at (zeros: none yet).
+    static LAST_DATE: std::cell::Cell<([u8; 10], i64)> =
+        const { std::cell::Cell::new(([0; 10], 0)) };
 }
 
 fn month_number(name: &[u8]) -> Option<u32> {
@@ -609,6 +633,11 @@ mod tests {
         lines.extend(
             [
                 "[Fri Dec 18 00:00:00 2015]",
+                // The same date again (its day start is cached), with other times.
+                "[Fri Dec 18 12:34:56 2015]",
+                "[Fri Dec 18 00:60:00 2015]",
+                "[Fri Dec 18 00:00:61 2015]",
+                "[Fri Dec 18 23:59:60 2015]",
                 "[Fri Dec 32 00:00:00 2015]",
                 "[Fri Feb 29 00:00:00 2015]",
                 "[Fri Dec 18 24:00:00 2015]",

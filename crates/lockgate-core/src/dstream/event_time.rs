@@ -269,15 +269,17 @@ impl<T: Data> Watermark<T> {
     /// Reads the event time of every record of `input`, in parallel per input
     /// partition: records behind the watermark (as it stood before the batch) or
     /// without a time are dropped and counted; `add` puts each kept record, with its
-    /// time, into one of `n` per-state-partition accumulators made by `init`. Then the
-    /// watermark advances to the largest time seen (late records included: they show
-    /// where event time is) minus the delay, if that is later.
-    fn ingest<X: Send>(
+    /// time, into one of `n` per-state-partition accumulators made by `init`, with a
+    /// scratch value `C` per input partition that `finish` empties into them at its end.
+    /// Then the watermark advances to the largest time seen (late records included:
+    /// they show where event time is) minus the delay, if that is later.
+    fn ingest<X: Send, C: Default>(
         &self,
         input: Batch<T>,
         n: usize,
         init: impl Fn() -> X + Sync,
-        add: impl Fn(&mut [X], i64, T) + Sync,
+        add: impl Fn(&mut [X], &mut C, i64, T) + Sync,
+        finish: impl Fn(&mut [X], C) + Sync,
     ) -> Ingested<X> {
         let counters = self.graph.metrics.event_time(&self.meta.name());
         let before = lock(&self.state).maps[0]
@@ -289,6 +291,7 @@ impl<T: Data> Watermark<T> {
             .into_par_iter()
             .map(|part| {
                 let mut buckets: Vec<X> = (0..n).map(|_| init()).collect();
+                let mut scratch = C::default();
                 let (mut late, mut untimed) = (0u64, 0u64);
                 let mut max_ts: Option<i64> = None;
                 for x in take_part(part) {
@@ -299,11 +302,12 @@ impl<T: Data> Watermark<T> {
                             if ts < before {
                                 late += 1;
                             } else {
-                                add(&mut buckets, ts, x);
+                                add(&mut buckets, &mut scratch, ts, x);
                             }
                         }
                     }
                 }
+                finish(&mut buckets, scratch);
                 counters.late_records.fetch_add(late, Ordering::Relaxed);
                 counters
                     .records_without_time
@@ -647,6 +651,33 @@ struct WindowAgg<T, K, A> {
 /// Partial aggregates of one input partition for one state partition.
 type Partials<K, A> = FxHashMap<(K, i64), (i64, A)>;
 
+/// Consecutive records of one key that fall in the same windows (records in time order
+/// do so for a while): aggregated here and added to the partials when the run ends, so
+/// the hash map is looked up once per run and window instead of once per record and
+/// window.
+struct Run<K, A> {
+    /// The state partition of the key.
+    bucket: usize,
+    key: K,
+    /// `(start, end, aggregate)` per window, in the order `assign` gives them.
+    wins: Vec<(i64, i64, A)>,
+}
+
+impl<K: Eq, A> Run<K, A> {
+    /// True when a record of `key` at `ts` falls in exactly this run's windows.
+    fn holds(&self, spec: &WindowSpec, key: &K, ts: i64) -> bool {
+        if self.key != *key {
+            return false;
+        }
+        let (mut i, mut same) = (0, true);
+        spec.assign(ts, |start, _| {
+            same &= self.wins.get(i).is_some_and(|w| w.0 == start);
+            i += 1;
+        });
+        same && i == self.wins.len()
+    }
+}
+
 impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
     fn compute(&self, input: Batch<T>, wm: &Watermark<T>) -> Result<Batch<Windowed<K, A>>> {
         let mut st = lock(&self.state);
@@ -662,15 +693,31 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
             input,
             n,
             FxHashMap::default,
-            |buckets: &mut [Partials<K, A>], ts, x| {
+            |buckets: &mut [Partials<K, A>], run: &mut Option<Run<K, A>>, ts, x| {
                 let k = (self.key_of)(&x);
-                let bucket = &mut buckets[partition_of(&k, n)];
-                self.spec.assign(ts, |start, end| {
-                    let slot = bucket
-                        .entry((k.clone(), start))
-                        .or_insert_with(|| (end, (self.init)()));
-                    (self.add)(&mut slot.1, &x);
-                });
+                if !run.as_ref().is_some_and(|r| r.holds(&self.spec, &k, ts)) {
+                    if let Some(done) = run.take() {
+                        self.flush_run(buckets, done);
+                    }
+                    let mut wins = Vec::with_capacity(4);
+                    self.spec
+                        .assign(ts, |start, end| wins.push((start, end, (self.init)())));
+                    *run = Some(Run {
+                        bucket: partition_of(&k, n),
+                        key: k,
+                        wins,
+                    });
+                }
+                if let Some(r) = run {
+                    for w in &mut r.wins {
+                        (self.add)(&mut w.2, &x);
+                    }
+                }
+            },
+            |buckets, run| {
+                if let Some(done) = run {
+                    self.flush_run(buckets, done);
+                }
             },
         );
         let flush = wm.graph.end_of_input() && self.mode == OutputMode::Append;
@@ -752,6 +799,23 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
         Ok(Batch::from_partitions(
             out.into_iter().map(|(e, _)| e).collect(),
         ))
+    }
+
+    /// Adds a run's aggregates to the partials of its state partition.
+    fn flush_run(&self, buckets: &mut [Partials<K, A>], run: Run<K, A>) {
+        let Some(bucket) = buckets.get_mut(run.bucket) else {
+            return;
+        };
+        for (start, end, acc) in run.wins {
+            match bucket.entry((run.key.clone(), start)) {
+                hashbrown::hash_map::Entry::Occupied(mut slot) => {
+                    (self.merge)(&mut slot.get_mut().1, &acc);
+                }
+                hashbrown::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((end, acc));
+                }
+            }
+        }
     }
 
     /// Adds the partial aggregate of window `[start, end)` to a key's windows (sorted by
@@ -888,9 +952,10 @@ where
                 input,
                 n,
                 Vec::new,
-                |buckets: &mut [Vec<(i64, (K, V))>], ts, kv| {
+                |buckets: &mut [Vec<(i64, (K, V))>], _: &mut (), ts, kv| {
                     buckets[partition_of(&kv.0, n)].push((ts, kv));
                 },
+                |_, ()| {},
             );
             let end = wm.graph.end_of_input();
             let mut guard = lock(&shared);

@@ -80,8 +80,14 @@ impl Scheduler {
     /// Starts the generator and runner threads: logged `replays` run first, then new
     /// batches are planned from `first`.
     pub fn spawn(self: &Arc<Self>, first: Time, replays: Vec<Plan>) -> Result<Vec<JoinHandle<()>>> {
-        // Bounded runs plan at most one batch ahead; streaming runs queue freely.
-        let capacity = if self.bounded { PLAN_AHEAD } else { 1 << 20 };
+        // Bounded runs queue up to two groups of planned batches: the next group's plans
+        // are made durable (a filesystem sync, at times slow on a busy disk) while a
+        // whole group is still queued. Streaming runs queue freely.
+        let capacity = if self.bounded {
+            2 * PLAN_AHEAD
+        } else {
+            1 << 20
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let spawn_err = |e: std::io::Error| Error::Lifecycle(format!("cannot start thread: {e}"));
         let runner = {

@@ -652,15 +652,17 @@ struct WindowAgg<T, K, A> {
 type Partials<K, A> = FxHashMap<(K, i64), (i64, A)>;
 
 /// Consecutive records of one key that fall in the same windows (records in time order
-/// do so for a while): aggregated here and added to the partials when the run ends, so
-/// the hash map is looked up once per run and window instead of once per record and
-/// window.
+/// do so for a while): aggregated once here and added to the partials of each of those
+/// windows when the run ends, so the hash map is looked up once per run and window
+/// instead of once per record and window.
 struct Run<K, A> {
     /// The state partition of the key.
     bucket: usize,
     key: K,
-    /// `(start, end, aggregate)` per window, in the order `assign` gives them.
-    wins: Vec<(i64, i64, A)>,
+    /// `(start, end)` of each window, in the order `assign` gives them.
+    wins: Vec<(i64, i64)>,
+    /// The run's records, aggregated.
+    acc: A,
 }
 
 impl<K: Eq, A> Run<K, A> {
@@ -700,18 +702,16 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
                         self.flush_run(buckets, done);
                     }
                     let mut wins = Vec::with_capacity(4);
-                    self.spec
-                        .assign(ts, |start, end| wins.push((start, end, (self.init)())));
+                    self.spec.assign(ts, |start, end| wins.push((start, end)));
                     *run = Some(Run {
                         bucket: partition_of(&k, n),
                         key: k,
                         wins,
+                        acc: (self.init)(),
                     });
                 }
                 if let Some(r) = run {
-                    for w in &mut r.wins {
-                        (self.add)(&mut w.2, &x);
-                    }
+                    (self.add)(&mut r.acc, &x);
                 }
             },
             |buckets, run| {
@@ -806,13 +806,13 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
         let Some(bucket) = buckets.get_mut(run.bucket) else {
             return;
         };
-        for (start, end, acc) in run.wins {
+        for (start, end) in run.wins {
             match bucket.entry((run.key.clone(), start)) {
                 hashbrown::hash_map::Entry::Occupied(mut slot) => {
-                    (self.merge)(&mut slot.get_mut().1, &acc);
+                    (self.merge)(&mut slot.get_mut().1, &run.acc);
                 }
                 hashbrown::hash_map::Entry::Vacant(slot) => {
-                    slot.insert((end, acc));
+                    slot.insert((end, run.acc.clone()));
                 }
             }
         }

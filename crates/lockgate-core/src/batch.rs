@@ -151,6 +151,24 @@ pub(crate) fn take_part<T: Clone>(p: Arc<Vec<T>>) -> Vec<T> {
     Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone())
 }
 
+/// Below this many records a stage's work is smaller than what running it in parallel
+/// costs (waking the other workers and waiting for the last of them).
+pub(crate) const SEQUENTIAL_BELOW: usize = 16 * 1024;
+
+/// Maps `items` on the worker pool, or one after another on this thread when `small`.
+pub(crate) fn map_maybe_par<I: Send, O: Send>(
+    items: Vec<I>,
+    small: bool,
+    f: impl Fn(I) -> O + Sync + Send,
+) -> Vec<O> {
+    use rayon::prelude::*;
+    if small {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
+}
+
 /// Splits `items` into `n` (at least one) contiguous chunks of nearly equal size.
 pub(crate) fn split_even<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
     let n = n.max(1);

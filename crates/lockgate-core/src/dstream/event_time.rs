@@ -40,7 +40,7 @@ use std::time::Duration;
 use crate::hash::{FxHashMap, FxHashSet};
 use rayon::prelude::*;
 
-use crate::batch::{take_part, Batch, Data};
+use crate::batch::{map_maybe_par, take_part, Batch, Data, SEQUENTIAL_BELOW};
 use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};
 use crate::checkpoint::Stateful;
 use crate::clock::{duration_ms, Time};
@@ -263,6 +263,8 @@ struct Ingested<X> {
     before: i64,
     after: i64,
     counters: Arc<EventTimeCounters>,
+    /// The batch was small: later stages run on this thread too.
+    small: bool,
 }
 
 impl<T: Data> Watermark<T> {
@@ -286,10 +288,9 @@ impl<T: Data> Watermark<T> {
             .get(&0)
             .copied()
             .unwrap_or(i64::MIN);
-        let per_input: Vec<(Vec<X>, Option<i64>)> = input
-            .into_shared()
-            .into_par_iter()
-            .map(|part| {
+        let small = input.len() < SEQUENTIAL_BELOW;
+        let per_input: Vec<(Vec<X>, Option<i64>)> =
+            map_maybe_par(input.into_shared(), small, |part| {
                 let mut buckets: Vec<X> = (0..n).map(|_| init()).collect();
                 let mut scratch = C::default();
                 let (mut late, mut untimed) = (0u64, 0u64);
@@ -313,8 +314,7 @@ impl<T: Data> Watermark<T> {
                     .records_without_time
                     .fetch_add(untimed, Ordering::Relaxed);
                 (buckets, max_ts)
-            })
-            .collect();
+            });
         let max_ts = per_input.iter().filter_map(|(_, m)| *m).max();
         let after = match (self.delay_ms, max_ts) {
             (Some(d), Some(m)) => before.max(m.saturating_sub(d)),
@@ -332,6 +332,7 @@ impl<T: Data> Watermark<T> {
             before,
             after,
             counters,
+            small,
         }
     }
 }
@@ -691,6 +692,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
             before,
             after,
             counters,
+            small,
         } = wm.ingest(
             input,
             n,
@@ -724,12 +726,14 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
         let closing = wm.delay_ms.is_some() && after > before;
         let st = &mut *st;
         // 2. Per state partition: merge the partials, then emit and evict.
-        let out: Vec<(Vec<Windowed<K, A>>, u64)> = st
+        let work: Vec<_> = st
             .maps
-            .par_iter_mut()
-            .zip(st.dirty.par_iter_mut())
-            .zip(parts.into_par_iter())
-            .map(|((map, dirty), inputs)| {
+            .iter_mut()
+            .zip(st.dirty.iter_mut())
+            .zip(parts)
+            .collect();
+        let out: Vec<(Vec<Windowed<K, A>>, u64)> =
+            map_maybe_par(work, small, |((map, dirty), inputs)| {
                 let mut changed: FxHashSet<K> = FxHashSet::default();
                 for part in inputs {
                     for ((k, start), (end, acc)) in part {
@@ -792,8 +796,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
                     }
                 }
                 (emitted, closed)
-            })
-            .collect();
+            });
         let closed: u64 = out.iter().map(|(_, c)| c).sum();
         counters.closed.fetch_add(closed, Ordering::Relaxed);
         Ok(Batch::from_partitions(
@@ -948,6 +951,7 @@ where
                 before,
                 after,
                 counters,
+                ..
             } = wm.ingest(
                 input,
                 n,

@@ -271,3 +271,34 @@ pub fn run_with_restart<T: Data, U: Data>(
     merged.extend(std::mem::take(&mut *lock(&second)));
     Ok(merged)
 }
+
+/// Runs one of the repository's service scripts (`scripts/postgres.sh`,
+/// `scripts/kafka.sh`: throwaway servers for tests) with `cmd`, the service's directory
+/// in the environment variable `dir_var`. Returns the last line the script printed (a
+/// started server's address), or what went wrong, with what it printed to stderr.
+pub fn run_service_script(
+    script: &Path,
+    cmd: &str,
+    dir_var: &str,
+    dir: &Path,
+) -> std::result::Result<String, String> {
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(cmd)
+        .env(dir_var, dir)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {cmd} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string())
+}

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -34,24 +33,13 @@ pub struct KafkaBroker {
 
 impl KafkaBroker {
     fn run(&self, cmd: &str) -> Result<String> {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg(cmd)
-            .env("LOCKGATE_KAFKA_DIR", self.dir.path().join("kafka"))
-            .output()
-            .map_err(|e| Error::Harness(format!("cannot run {}: {e}", script().display())))?;
-        if !out.status.success() {
-            return Err(Error::Harness(format!(
-                "scripts/kafka.sh {cmd} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string())
+        lockgate_core::testing::run_service_script(
+            &script(),
+            cmd,
+            "LOCKGATE_KAFKA_DIR",
+            &self.dir.path().join("kafka"),
+        )
+        .map_err(Error::Harness)
     }
 
     /// Starts a new broker.

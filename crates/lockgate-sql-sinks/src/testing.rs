@@ -3,7 +3,6 @@
 //! when dropped.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::error::{Error, Result};
 
@@ -24,24 +23,13 @@ pub struct PgServer {
 
 impl PgServer {
     fn run(&self, cmd: &str) -> Result<String> {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg(cmd)
-            .env("LOCKGATE_PG_DIR", self.dir.path().join("pg"))
-            .output()
-            .map_err(|e| Error::Config(format!("cannot run {}: {e}", script().display())))?;
-        if !out.status.success() {
-            return Err(Error::Config(format!(
-                "scripts/postgres.sh {cmd} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string())
+        lockgate_core::testing::run_service_script(
+            &script(),
+            cmd,
+            "LOCKGATE_PG_DIR",
+            &self.dir.path().join("pg"),
+        )
+        .map_err(Error::Config)
     }
 
     /// Starts a new server.

@@ -254,24 +254,30 @@ fn corrupt_uncommitted_plan_is_a_clear_error() {
     );
 }
 
+/// The state files (deltas and snapshots of every operator) of `version`.
+fn state_files_of_version(dir: &Path, version: u64) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{version}.");
+    walk(dir.join("state").as_path())
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .collect()
+}
+
 #[test]
 fn corrupt_state_falls_back_to_an_older_commit() {
     let dir = tempfile::tempdir().unwrap();
     run_two_batches(dir.path());
     // Corrupt every state file of version 1: commit 1 cannot load, commit 0 can.
-    let mut corrupted = 0;
-    for entry in walk(dir.path().join("state").as_path()) {
-        if entry
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("1.")
-        {
-            std::fs::write(&entry, b"junk").unwrap();
-            corrupted += 1;
-        }
+    let files = state_files_of_version(dir.path(), 1);
+    assert!(!files.is_empty());
+    for f in files {
+        std::fs::write(&f, b"junk").unwrap();
     }
-    assert!(corrupted > 0);
     let ids = batches_rerun_after_restart(dir.path());
     assert!(ids == vec![1] || ids == vec![0, 1], "{ids:?}");
 }
@@ -284,17 +290,10 @@ fn a_torn_state_file_of_an_uncommitted_batch_is_never_read_and_is_rewritten() {
     run_two_batches(dir.path());
     std::fs::remove_file(dir.path().join("commits/1")).unwrap();
     let mut originals = Vec::new();
-    for entry in walk(dir.path().join("state").as_path()) {
-        if entry
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("1.")
-        {
-            let bytes = std::fs::read(&entry).unwrap();
-            std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
-            originals.push((entry, bytes));
-        }
+    for f in state_files_of_version(dir.path(), 1) {
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        originals.push((f, bytes));
     }
     assert!(!originals.is_empty());
     // Recovery deletes the files of versions after its commit, and re-runs batch 1

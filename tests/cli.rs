@@ -673,3 +673,65 @@ fn log_errors_event_time_over_kafka_matches_the_same_lines_from_files() {
         "{e}"
     );
 }
+
+/// A second process on a checkpoint directory in use is refused, naming the first.
+#[test]
+fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = tmp.path().join("cp");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let socket = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let args = |socket: &str| {
+        [
+            "run",
+            "word-count",
+            "--socket",
+            socket,
+            "--no-ui",
+            "--checkpoint",
+            cp.to_str().unwrap(),
+        ]
+        .map(String::from)
+    };
+    let mut first = lockgate()
+        .args(args(&socket))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded wait until the first job holds the directory (its pid in the lock file).
+    let pid = first.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(cp.join("lock")).map_or(true, |p| p.trim() != pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the first job never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = run_err(&args(&socket).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains(&format!("another process (pid {pid}) is running a job")),
+        "{e}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Once it is gone, the directory can be used again (SIGKILL released the lock).
+    let mut again = lockgate()
+        .args(args(&socket))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = again.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(cp.join("lock")).map_or(true, |p| p.trim() != pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted job never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    again.kill().unwrap();
+    again.wait().unwrap();
+}

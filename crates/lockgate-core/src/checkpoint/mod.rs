@@ -9,6 +9,7 @@
 //! restores every stateful operator to it, and re-runs every logged plan after it from
 //! its logged descriptors and batch time before planning anything new.
 
+pub(crate) mod dir_lock;
 pub mod file;
 pub mod log;
 pub(crate) mod state;
@@ -213,6 +214,8 @@ pub(crate) struct Checkpointer {
     /// States that have written a snapshot in this process.
     snapshotted: Mutex<BTreeSet<String>>,
     writer: Writer,
+    /// This process's hold on the directory, taken by [`recover`](Self::recover).
+    dir_lock: Mutex<Option<dir_lock::DirLock>>,
 }
 
 impl Checkpointer {
@@ -231,6 +234,7 @@ impl Checkpointer {
             states,
             snapshotted: Mutex::new(BTreeSet::new()),
             writer: Writer::default(),
+            dir_lock: Mutex::new(None),
         }
     }
 
@@ -279,6 +283,7 @@ impl Checkpointer {
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<Recovery> {
         let (fresh_zero, fresh_base) = fresh;
+        *lock(&self.dir_lock) = Some(dir_lock::acquire(&self.config.dir)?);
         let Some(meta) = self.log.read_metadata()? else {
             let plans = self.log.plan_ids();
             if !plans.is_empty() {

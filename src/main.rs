@@ -131,6 +131,10 @@ pub struct RunOpts {
     /// The Kafka topic to read (with --kafka-brokers).
     #[arg(long, value_name = "TOPIC", requires = "kafka_brokers")]
     kafka_topic: Option<String>,
+    /// A librdkafka consumer property for the Kafka source, e.g. security.protocol=SSL
+    /// or sasl.username=...; repeat for several. Values are never printed.
+    #[arg(long, value_name = "KEY=VALUE", requires = "kafka_brokers")]
+    kafka_property: Vec<String>,
     /// Kafka: at most N records per partition per batch (Spark's maxRatePerPartition
     /// times the batch interval).
     #[arg(long, value_name = "N")]
@@ -323,10 +327,23 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         (Some(s), _, _) => Input::socket(s)?,
         (None, Some(d), _) => Input::Dir(d.clone()),
         (None, None, Some(brokers)) => Input::Kafka {
-            config: lockgate_kafka::KafkaConfig::new(
-                brokers.as_str(),
-                opts.kafka_topic.clone().unwrap_or_default(),
-            ),
+            config: lockgate_kafka::KafkaConfig {
+                properties: opts
+                    .kafka_property
+                    .iter()
+                    .map(|p| {
+                        p.split_once('=')
+                            .filter(|(k, _)| !k.trim().is_empty())
+                            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                            // Not echoed: the argument may hold a secret.
+                            .context("--kafka-property: expected KEY=VALUE, with a key")
+                    })
+                    .collect::<Result<_>>()?,
+                ..lockgate_kafka::KafkaConfig::new(
+                    brokers.as_str(),
+                    opts.kafka_topic.clone().unwrap_or_default(),
+                )
+            },
             options: DirectStreamOptions {
                 max_records_per_partition: opts.max_records_per_partition,
                 starting_offsets: match opts.starting_offsets {

@@ -274,6 +274,22 @@ fn bad_flags_get_clear_errors() {
     assert!(e.contains("--max-records-per-partition"), "{e}");
     let e = run_err(&["run", "log-errors", "--kafka-brokers", "127.0.0.1:9"]);
     assert!(e.contains("--kafka-topic"), "{e}");
+    let e = run_err(
+        &[
+            &["run", "log-errors", "--kafka-property", "s3cret"],
+            &kafka[..],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("KEY=VALUE") && !e.contains("s3cret"), "{e}");
+    let e = run_err(
+        &[
+            &["run", "log-errors", "--kafka-property", "no.such.thing=1"],
+            &kafka[..],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("no.such.thing"), "{e}");
     let e = run_err(&["run", "log-errors", "--input", "/tmp", "--quiet", "--no-ui"]);
     assert!(
         e.contains("--quiet with neither --output nor --sink") && e.contains("drop --quiet"),

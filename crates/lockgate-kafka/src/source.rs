@@ -124,10 +124,15 @@ impl<T: Data> KafkaLog<T> {
     }
 
     fn consumer(config: &KafkaConfig) -> Result<BaseConsumer> {
-        config
-            .client_config()
-            .create()
-            .map_err(|e| Error::Config(format!("cannot create a consumer: {e}")))
+        config.client_config().create().map_err(|e| {
+            Error::Config(match e {
+                // librdkafka's message ends with the value, which may be a secret.
+                KafkaError::ClientConfig(_, desc, key, _) => {
+                    format!("setting `{key}`: {desc}")
+                }
+                other => format!("cannot create a consumer: {other}"),
+            })
+        })
     }
 
     fn connect_err(&self, e: impl std::fmt::Display) -> Error {

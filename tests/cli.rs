@@ -714,22 +714,23 @@ fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
         ]
         .map(String::from)
     };
-    let mut first = lockgate()
-        .args(args(&socket))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Bounded wait until the first job holds the directory (its pid in the lock file).
-    let pid = first.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(cp.join("lock")).map_or(true, |p| p.trim() != pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the first job never took the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Starts a job and waits (bounded) until it holds the directory: its pid in the lock.
+    let start_holding = || {
+        let child = lockgate()
+            .args(args(&socket))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(cp.join("lock")).map_or(true, |p| p.trim() != pid) {
+            assert!(Instant::now() < deadline, "job {pid} never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (child, pid)
+    };
+    let (mut first, pid) = start_holding();
     let e = run_err(&args(&socket).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         e.contains(&format!("another process (pid {pid}) is running a job")),
@@ -738,21 +739,7 @@ fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
     first.kill().unwrap();
     first.wait().unwrap();
     // Once it is gone, the directory can be used again (SIGKILL released the lock).
-    let mut again = lockgate()
-        .args(args(&socket))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = again.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(cp.join("lock")).map_or(true, |p| p.trim() != pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted job never took the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut again, _) = start_holding();
     again.kill().unwrap();
     again.wait().unwrap();
 }

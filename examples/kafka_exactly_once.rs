@@ -62,8 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &ctx,
             KafkaConfig::new(brokers.as_str(), topic.as_str()),
             opts,
-        )
-        .map_err(|e| lockgate_core::Error::Config(e.to_string()))?
+        )?
         .filter(|l| l.contains("ERROR"))
         // "[Fri Dec 18 00:01" — the minute of the line.
         .map(|l| (l.get(..17).unwrap_or_default().to_string(), 1i64))

@@ -250,8 +250,7 @@ impl JobConfig {
             Input::Socket { host, port } => ctx.socket_text_stream(host, *port).stream(),
             Input::Dir(dir) => ctx.text_file_stream_with(dir, self.file_options()),
             Input::Kafka { config, options } => {
-                lockgate_kafka::kafka_lines(ctx, config.clone(), options.clone())
-                    .map_err(|e| lockgate_core::Error::Config(e.to_string()))?
+                lockgate_kafka::kafka_lines(ctx, config.clone(), options.clone())?
             }
         })
     }

@@ -313,8 +313,43 @@ fn demo_input() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The job configuration from the flags (the demo input when neither --input nor
-/// --socket is given).
+/// The Kafka input of the flags.
+fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
+    let properties = opts
+        .kafka_property
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                // Not echoed: the argument may hold a secret.
+                .context("--kafka-property: expected KEY=VALUE, with a key")
+        })
+        .collect::<Result<_>>()?;
+    Ok(Input::Kafka {
+        config: lockgate_kafka::KafkaConfig {
+            properties,
+            ..lockgate_kafka::KafkaConfig::new(
+                brokers,
+                opts.kafka_topic.clone().unwrap_or_default(),
+            )
+        },
+        options: DirectStreamOptions {
+            max_records_per_partition: opts.max_records_per_partition,
+            starting_offsets: match opts.starting_offsets {
+                StartingOffsetsArg::Earliest => StartingOffsets::Earliest,
+                StartingOffsetsArg::Latest => StartingOffsets::Latest,
+            },
+            on_expired_offsets: match opts.on_expired_offsets {
+                OnExpiredArg::Fail => OnExpiredOffsets::Fail,
+                OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,
+            },
+        },
+    })
+}
+
+/// The job configuration from the flags (the demo input when none of --input, --socket
+/// and --kafka-brokers is given).
 pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     let demo = is_demo(opts);
     if opts.max_records_per_partition.is_some() && opts.kafka_brokers.is_none() {
@@ -326,36 +361,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     let input = match (&opts.socket, &opts.input, &opts.kafka_brokers) {
         (Some(s), _, _) => Input::socket(s)?,
         (None, Some(d), _) => Input::Dir(d.clone()),
-        (None, None, Some(brokers)) => Input::Kafka {
-            config: lockgate_kafka::KafkaConfig {
-                properties: opts
-                    .kafka_property
-                    .iter()
-                    .map(|p| {
-                        p.split_once('=')
-                            .filter(|(k, _)| !k.trim().is_empty())
-                            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                            // Not echoed: the argument may hold a secret.
-                            .context("--kafka-property: expected KEY=VALUE, with a key")
-                    })
-                    .collect::<Result<_>>()?,
-                ..lockgate_kafka::KafkaConfig::new(
-                    brokers.as_str(),
-                    opts.kafka_topic.clone().unwrap_or_default(),
-                )
-            },
-            options: DirectStreamOptions {
-                max_records_per_partition: opts.max_records_per_partition,
-                starting_offsets: match opts.starting_offsets {
-                    StartingOffsetsArg::Earliest => StartingOffsets::Earliest,
-                    StartingOffsetsArg::Latest => StartingOffsets::Latest,
-                },
-                on_expired_offsets: match opts.on_expired_offsets {
-                    OnExpiredArg::Fail => OnExpiredOffsets::Fail,
-                    OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,
-                },
-            },
-        },
+        (None, None, Some(brokers)) => kafka_input(opts, brokers)?,
         (None, None, None) => Input::Dir(demo_input()?),
     };
     let output = if demo && opts.output.is_none() {

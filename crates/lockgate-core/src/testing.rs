@@ -272,6 +272,44 @@ pub fn run_with_restart<T: Data, U: Data>(
     Ok(merged)
 }
 
+/// Runs `batches` batches of the job `build` makes on a context recovered from (or
+/// created in) checkpoint directory `dir`, with `parallelism` workers, a commit per
+/// batch (so a test can remove a given one) and a manual clock starting at `start_ms`;
+/// stops it and returns the output of the stream `build` returns, by batch id. Call it
+/// again on the same directory (and a later `start_ms`) to restart the job.
+pub fn run_checkpointed<U: Data>(
+    dir: &Path,
+    parallelism: usize,
+    start_ms: i64,
+    batches: usize,
+    build: impl FnOnce(&StreamingContext) -> Result<DStream<U>>,
+) -> Result<BTreeMap<u64, Vec<U>>> {
+    let clock = Arc::new(ManualClock::new(start_ms));
+    let mut out = None;
+    let ctx = StreamingContext::get_or_create(dir, |b| {
+        let ctx = b
+            .app_name("test")
+            .batch_interval(TEST_BATCH_INTERVAL)
+            .parallelism(parallelism)
+            .clock(clock.clone())
+            .checkpoint(crate::checkpoint::CheckpointConfig {
+                sync_interval: Duration::ZERO,
+                ..crate::checkpoint::CheckpointConfig::new(dir)
+            })
+            .build()?;
+        out = Some(collect_batches(&build(&ctx)?));
+        Ok(ctx)
+    })?;
+    let out = out.ok_or_else(|| Error::Lifecycle("build did not run".into()))?;
+    let run = ManualRun { ctx, clock };
+    run.ctx.start()?;
+    let r = run.run_batches(batches);
+    run.ctx.stop(false)?;
+    r?;
+    let batches = std::mem::take(&mut *lock(&out));
+    Ok(batches)
+}
+
 /// Runs one of the repository's service scripts (`scripts/postgres.sh`,
 /// `scripts/kafka.sh`: throwaway servers for tests) with `cmd`, the service's directory
 /// in the environment variable `dir_var`. Returns the last line the script printed (a

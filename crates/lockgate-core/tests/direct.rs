@@ -7,15 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use lockgate_core::checkpoint::CheckpointConfig;
 use lockgate_core::metrics::SourceCounters;
 use lockgate_core::source::direct::{
     DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
 };
-use lockgate_core::testing::{collect_batches, ManualRun, TEST_BATCH_INTERVAL};
-use lockgate_core::{ManualClock, StreamingContext, Time, Trigger};
+use lockgate_core::testing::{collect_batches, run_checkpointed, ManualRun, TEST_BATCH_INTERVAL};
+use lockgate_core::{StreamingContext, Time, Trigger};
 
 /// Records named by partition and offset: `p<partition>-<offset>`.
 fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
@@ -67,33 +66,17 @@ fn a_bounded_run_reads_up_to_the_end_offsets_at_start_in_limited_ranges() {
     assert_eq!(all, expected);
 }
 
-type Collected = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
-
-fn checkpointed(
+/// The memory log's records, 4 per partition per batch, with a checkpoint in `dir`.
+fn run_memory_job(
     dir: &Path,
-    clock: Arc<ManualClock>,
-    log: Arc<MemoryLog<String>>,
-) -> (StreamingContext, Collected) {
-    let mut out = None;
-    let ctx = StreamingContext::get_or_create(dir, |b| {
-        let ctx = b
-            .batch_interval(TEST_BATCH_INTERVAL)
-            .parallelism(2)
-            .clock(clock)
-            .checkpoint(CheckpointConfig {
-                sync_interval: std::time::Duration::ZERO,
-                ..CheckpointConfig::new(dir)
-            })
-            .build()?;
-        out = Some(collect_batches(&ctx.direct_stream(
-            "memory",
-            log,
-            limited(4),
-        )));
-        Ok(ctx)
+    log: &Arc<MemoryLog<String>>,
+    start_ms: i64,
+    batches: usize,
+) -> BTreeMap<u64, Vec<String>> {
+    run_checkpointed(dir, 2, start_ms, batches, |ctx| {
+        Ok(ctx.direct_stream("memory", log.clone(), limited(4)))
     })
-    .unwrap();
-    (ctx, out.unwrap())
+    .unwrap()
 }
 
 #[test]
@@ -102,25 +85,13 @@ fn a_restart_re_runs_the_unfinished_batch_with_its_logged_ranges_and_goes_on() {
     let log = MemoryLog::new(2);
     fill(&log, 0, 0..6);
     fill(&log, 1, 0..3);
-    let clock = Arc::new(ManualClock::new(0));
-    let (ctx, first) = checkpointed(dir.path(), clock.clone(), log.clone());
-    let run = ManualRun { ctx, clock };
-    run.ctx.start().unwrap();
-    run.run_batches(2).unwrap();
-    run.ctx.stop(false).unwrap();
-    let first = first.lock().unwrap().clone();
+    let first = run_memory_job(dir.path(), &log, 0, 2);
     // Batch 1 ran but its commit is lost: it must run again, reading the same ranges
     // although the log has grown since.
     std::fs::remove_file(dir.path().join("commits/1")).unwrap();
     fill(&log, 0, 6..9);
     fill(&log, 1, 3..12);
-    let clock = Arc::new(ManualClock::new(2000));
-    let (ctx, second) = checkpointed(dir.path(), clock.clone(), log.clone());
-    let run = ManualRun { ctx, clock };
-    run.ctx.start().unwrap();
-    run.run_batches(3).unwrap();
-    run.ctx.stop(false).unwrap();
-    let second = second.lock().unwrap().clone();
+    let second = run_memory_job(dir.path(), &log, 2000, 3);
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v

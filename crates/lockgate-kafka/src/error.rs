@@ -52,5 +52,18 @@ impl Error {
     }
 }
 
+/// Building a Kafka stream inside a job's graph (where errors are the engine's): a bad
+/// setting is a configuration error of the job.
+impl From<Error> for lockgate_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(message) => {
+                lockgate_core::Error::Config(format!("Kafka source: {message}"))
+            }
+            other => lockgate_core::Error::Config(other.to_string()),
+        }
+    }
+}
+
 /// The result type of `lockgate-kafka`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

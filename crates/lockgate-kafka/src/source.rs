@@ -245,9 +245,10 @@ impl<T: Data> KafkaLog<T> {
         let mut position = from;
         loop {
             match r.consumer.poll(Duration::from_millis(100)) {
+                // This reader's consumer is assigned to this partition only.
                 Some(Ok(m)) => {
-                    if m.partition() != id || m.offset() < position {
-                        continue; // left over from an earlier assignment
+                    if m.offset() < position {
+                        continue; // fetched before the last seek
                     }
                     if m.offset() >= until {
                         // Offsets before `until` had no records (markers, compaction);
@@ -261,7 +262,7 @@ impl<T: Data> KafkaLog<T> {
                         return Ok(out);
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) if p == id => {
+                Some(Err(KafkaError::PartitionEOF(_))) => {
                     // At the end of the partition: done if the consumer is past the
                     // range (offsets without records at its end); else the event is
                     // left over from before, or the log ends early: keep polling.
@@ -275,7 +276,6 @@ impl<T: Data> KafkaLog<T> {
                         return Ok(out);
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     return Err(self.read_err(
                         partition,

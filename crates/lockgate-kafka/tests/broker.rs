@@ -7,13 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockgate_core::checkpoint::CheckpointConfig;
 use lockgate_core::source::direct::DirectStreamOptions;
-use lockgate_core::testing::{collect_batches, ManualRun, TEST_BATCH_INTERVAL};
-use lockgate_core::{ManualClock, StreamingContext, Time, Trigger};
+use lockgate_core::testing::{collect_batches, run_checkpointed, TEST_BATCH_INTERVAL};
+use lockgate_core::{StreamingContext, Time, Trigger};
 use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
 use lockgate_kafka::{kafka_lines, kafka_records, KafkaConfig};
 
@@ -86,31 +84,21 @@ fn a_bounded_run_reads_each_record_once_in_offset_order_up_to_the_end_at_start()
     );
 }
 
-type Collected = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
-
-fn checkpointed(
+/// The topic `lines`, 20 records per partition per batch, with a checkpoint in `dir`.
+fn run_lines_job(
     dir: &Path,
-    clock: Arc<ManualClock>,
     brokers: &str,
-) -> (StreamingContext, Collected) {
-    let mut out = None;
-    let ctx = StreamingContext::get_or_create(dir, |b| {
-        let ctx = b
-            .batch_interval(TEST_BATCH_INTERVAL)
-            .parallelism(2)
-            .clock(clock)
-            .checkpoint(CheckpointConfig {
-                sync_interval: Duration::ZERO,
-                ..CheckpointConfig::new(dir)
-            })
-            .build()?;
-        let lines = kafka_lines(&ctx, KafkaConfig::new(brokers, "lines"), limited(20))
-            .map_err(|e| lockgate_core::Error::Config(e.to_string()))?;
-        out = Some(collect_batches(&lines));
-        Ok(ctx)
+    start_ms: i64,
+    batches: usize,
+) -> BTreeMap<u64, Vec<String>> {
+    run_checkpointed(dir, 2, start_ms, batches, |ctx| {
+        Ok(kafka_lines(
+            ctx,
+            KafkaConfig::new(brokers, "lines"),
+            limited(20),
+        )?)
     })
-    .unwrap();
-    (ctx, out.unwrap())
+    .unwrap()
 }
 
 #[test]
@@ -119,24 +107,12 @@ fn a_restart_re_reads_the_unfinished_batch_exactly_and_goes_on_after_it() {
     create_topic(&broker.brokers, "lines", 2).unwrap();
     produce(&broker.brokers, "lines", values(2, 0..50)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(0));
-    let (ctx, first) = checkpointed(dir.path(), clock.clone(), &broker.brokers);
-    let run = ManualRun { ctx, clock };
-    run.ctx.start().unwrap();
-    run.run_batches(2).unwrap();
-    run.ctx.stop(false).unwrap();
-    let first = first.lock().unwrap().clone();
+    let first = run_lines_job(dir.path(), &broker.brokers, 0, 2);
     assert_eq!(first[&0].len(), 40);
     // Batch 1 ran, but its commit is lost; meanwhile more records arrive.
     std::fs::remove_file(dir.path().join("commits/1")).unwrap();
     produce(&broker.brokers, "lines", values(2, 50..90)).unwrap();
-    let clock = Arc::new(ManualClock::new(2000));
-    let (ctx, second) = checkpointed(dir.path(), clock.clone(), &broker.brokers);
-    let run = ManualRun { ctx, clock };
-    run.ctx.start().unwrap();
-    run.run_batches(4).unwrap();
-    run.ctx.stop(false).unwrap();
-    let second = second.lock().unwrap().clone();
+    let second = run_lines_job(dir.path(), &broker.brokers, 2000, 4);
     assert_eq!(sorted(second[&1].clone()), sorted(first[&1].clone()));
     let mut merged = first;
     merged.extend(second);

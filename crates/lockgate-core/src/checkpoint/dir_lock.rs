@@ -95,12 +95,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let a = acquire(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let b = acquire(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let pid = std::fs::read_to_string(dir.path().join("lock")).unwrap_or_default();
+        assert_eq!(pid.trim(), std::process::id().to_string());
         drop(a);
-        drop(b);
-        // Released: a fresh open of the file can lock it.
-        let file = File::open(dir.path().join("lock")).unwrap_or_else(|e| panic!("{e}"));
         #[cfg(target_os = "linux")]
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .unwrap_or_else(|e| panic!("{e}"));
+        {
+            use rustix::fs::{flock, FlockOperation};
+            let lock_file =
+                || File::open(dir.path().join("lock")).unwrap_or_else(|e| panic!("{e}"));
+            // Still held through `b`: another open file (as another process has) is refused.
+            assert!(flock(lock_file(), FlockOperation::NonBlockingLockExclusive).is_err());
+            drop(b);
+            flock(lock_file(), FlockOperation::NonBlockingLockExclusive)
+                .unwrap_or_else(|e| panic!("released with the last hold: {e}"));
+        }
+        #[cfg(not(target_os = "linux"))]
+        drop(b);
     }
 }

@@ -662,9 +662,14 @@ impl Checkpointer {
                                 .map(|(header, full, bytes)| store.file(header, *full, bytes))
                                 .collect();
                             // State files are named by a commit only after a sync has
-                            // made them durable, except in at-most-once mode.
-                            let direct = config.delivery != DeliveryMode::AtMostOnce;
-                            store.write_all(files, direct)?;
+                            // made them durable, except in at-most-once mode (which
+                            // commits a batch before it runs).
+                            let placement = if config.delivery == DeliveryMode::AtMostOnce {
+                                file::Placement::Atomic
+                            } else {
+                                file::Placement::Direct
+                            };
+                            store.write_all(files, placement)?;
                             if last.is_some() {
                                 written = last;
                             }

@@ -124,16 +124,12 @@ impl StateStore {
     }
 
     /// Writes state files; they are durable after the next
-    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem). `direct`: under
-    /// their own names ([`Placement::Direct`]) — only where no commit can name a version
-    /// before its state files are durable (not in at-most-once mode, which commits a
-    /// batch before it runs).
-    pub fn write_all(&self, files: Vec<(PathBuf, FileKind, Vec<u8>)>, direct: bool) -> Result<()> {
-        let placement = if direct {
-            Placement::Direct
-        } else {
-            Placement::Atomic
-        };
+    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem).
+    pub fn write_all(
+        &self,
+        files: Vec<(PathBuf, FileKind, Vec<u8>)>,
+        placement: Placement,
+    ) -> Result<()> {
         write_files(files, placement)
     }
 

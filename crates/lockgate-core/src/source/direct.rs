@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
@@ -33,7 +33,7 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, SourceCompute};
+use crate::source::{register, source_name, source_state, SourceCompute};
 
 /// One partition of a log and the offsets it holds now: `[earliest, latest)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +171,7 @@ impl<T: Data> DirectInput<T> {
     fn per_partition_limit(&self, partitions: usize) -> Option<u64> {
         let by_rate = lock(&self.rate_limit).map(|rate| {
             let per_batch = rate * self.interval_ms as f64 / 1000.0;
-            ((per_batch / partitions.max(1) as f64).ceil() as u64).max(1)
+            (per_batch / partitions.max(1) as f64).ceil() as u64
         });
         match (self.opts.max_records_per_partition, by_rate) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -182,9 +182,6 @@ impl<T: Data> DirectInput<T> {
 
     /// Reads one planned range, applying the expiry policy when it cannot be read.
     fn read_range(&self, partition: u32, from: i64, until: i64) -> Result<Vec<T>> {
-        if from >= until {
-            return Ok(Vec::new());
-        }
         let error = match self.log.read(partition, from..until) {
             Ok(records) => return Ok(records),
             Err(e) => e,
@@ -239,10 +236,11 @@ impl<T: Data> InputSource for DirectInput<T> {
                     _ => b.earliest,
                 });
         }
+        let latest: BTreeMap<u32, i64> = bounds.iter().map(|b| (b.partition, b.latest)).collect();
         if bounded {
-            *lock(&self.end) = Some(bounds.iter().map(|b| (b.partition, b.latest)).collect());
+            *lock(&self.end) = Some(latest.clone());
         }
-        *lock(&self.latest) = bounds.iter().map(|b| (b.partition, b.latest)).collect();
+        *lock(&self.latest) = latest;
         Ok(())
     }
 
@@ -334,25 +332,13 @@ impl<T: Data> InputSource for DirectInput<T> {
     }
 
     fn has_pending(&self) -> bool {
-        let next = lock(&self.next);
-        let end = lock(&self.end);
-        let latest = lock(&self.latest);
-        let ends = end.as_ref().unwrap_or(&latest);
-        ends.iter().any(|(p, e)| next.get(p).is_none_or(|n| n < e))
+        self.backlog().iter().any(|&n| n > 0)
     }
 
     fn pending_batches(&self) -> Option<u64> {
-        let next = lock(&self.next);
-        let end = lock(&self.end);
-        let latest = lock(&self.latest);
-        let ends = end.as_ref().unwrap_or(&latest);
-        let limit = self.per_partition_limit(ends.len());
-        let most = ends
-            .iter()
-            .map(|(p, e)| (e - next.get(p).copied().unwrap_or(0)).max(0) as u64)
-            .max()
-            .unwrap_or(0);
-        Some(match limit {
+        let backlog = self.backlog();
+        let most = backlog.iter().copied().max().unwrap_or(0);
+        Some(match self.per_partition_limit(backlog.len()) {
             Some(l) => most.div_ceil(l),
             None => u64::from(most > 0),
         })
@@ -378,6 +364,19 @@ impl<T: Data> InputSource for DirectInput<T> {
 }
 
 impl<T: Data> DirectInput<T> {
+    /// Records per partition not yet planned: up to the end offsets at start in a
+    /// bounded run, else up to those the last plan saw.
+    fn backlog(&self) -> Vec<u64> {
+        let next = lock(&self.next);
+        let end = lock(&self.end);
+        let latest = lock(&self.latest);
+        end.as_ref()
+            .unwrap_or(&latest)
+            .iter()
+            .map(|(p, e)| (e - next.get(p).copied().unwrap_or(0)).max(0) as u64)
+            .collect()
+    }
+
     /// Marks `ranges` as planned: later plans start after them.
     fn seed(&self, ranges: &Ranges) {
         let mut next = lock(&self.next);
@@ -435,12 +434,7 @@ impl StreamingContext {
         opts: DirectStreamOptions,
     ) -> DStream<T> {
         let name = source_name(self, kind);
-        let done = Arc::new(Mutex::new(KeyedState::new(1, true)));
-        let state_name = format!("{name}.offsets");
-        self.graph().add_state(Arc::new(KeyedStateful {
-            name: Arc::new(move || state_name.clone()),
-            state: done.clone(),
-        }));
+        let done = source_state(self, &name, "offsets");
         let src = Arc::new(DirectInput {
             counters: self.metrics_ref().source(&name),
             name,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
@@ -21,7 +21,7 @@ use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, SourceCompute};
+use crate::source::{register, source_name, source_state, SourceCompute};
 
 type Generate<T> = Arc<dyn Fn(Range<u64>) -> Vec<T> + Send + Sync>;
 
@@ -208,12 +208,7 @@ impl StreamingContext {
         split: bool,
     ) -> DStream<T> {
         let name = source_name(self, kind);
-        let done = Arc::new(Mutex::new(KeyedState::new(1, true)));
-        let state_name = format!("{name}.position");
-        self.graph().add_state(Arc::new(KeyedStateful {
-            name: Arc::new(move || state_name.clone()),
-            state: done.clone(),
-        }));
+        let done = source_state(self, &name, "position");
         let src = Arc::new(GeneratedInput {
             counters: self.metrics_ref().source(&name),
             name,

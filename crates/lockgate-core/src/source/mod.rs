@@ -10,10 +10,12 @@
 //! longer than a limit are cut (and counted), `\r\n` endings are stripped.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::batch::{Batch, Data};
+use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
+use crate::codec::Codec;
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::Result;
@@ -39,6 +41,26 @@ pub(crate) trait SourceCompute<T>: InputSource {
 /// A new source's name: `<kind>-<n>`, `n` counting the context's sources.
 pub(crate) fn source_name(ctx: &StreamingContext, kind: &str) -> String {
     format!("{kind}-{}", ctx.metrics_ref().source_names().len())
+}
+
+/// A source's checkpointed state (one partition), registered under the stable name
+/// `<source>.<what>`.
+pub(crate) fn source_state<K, V>(
+    ctx: &StreamingContext,
+    source: &str,
+    what: &str,
+) -> Arc<Mutex<KeyedState<K, V>>>
+where
+    K: std::hash::Hash + Eq + Clone + Codec + Send + 'static,
+    V: Codec + Send + 'static,
+{
+    let state = Arc::new(Mutex::new(KeyedState::new(1, true)));
+    let name = format!("{source}.{what}");
+    ctx.graph().add_state(Arc::new(KeyedStateful {
+        name: Arc::new(move || name.clone()),
+        state: state.clone(),
+    }));
+    state
 }
 
 /// Registers an input node for `src` in the context's graph.

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
@@ -35,7 +35,7 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::{lock, panic_message, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, SourceCompute};
+use crate::source::{register, source_name, source_state, SourceCompute};
 use crate::wal::{BlockRef, Wal};
 
 /// A push source run on its own thread.
@@ -556,12 +556,7 @@ impl StreamingContext {
             counters: self.metrics_ref().source(&name),
         });
         let wal_on = Arc::new(AtomicBool::new(false));
-        let position = Arc::new(Mutex::new(KeyedState::new(1, true)));
-        let state_name = format!("{name}.wal-position");
-        self.graph().add_state(Arc::new(KeyedStateful {
-            name: Arc::new(move || state_name.clone()),
-            state: position.clone(),
-        }));
+        let position = source_state(self, &name, "wal-position");
         let src = Arc::new(ReceiverInput {
             name,
             shared: shared.clone(),

@@ -13,8 +13,7 @@ use lockgate_core::metrics::SourceCounters;
 use lockgate_core::source::direct::{
     DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
 };
-use lockgate_core::testing::{collect_batches, run_checkpointed, ManualRun, TEST_BATCH_INTERVAL};
-use lockgate_core::{StreamingContext, Time, Trigger};
+use lockgate_core::testing::{collect_batches, run_bounded, run_checkpointed, ManualRun};
 
 /// Records named by partition and offset: `p<partition>-<offset>`.
 fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
@@ -33,25 +32,18 @@ fn a_bounded_run_reads_up_to_the_end_offsets_at_start_in_limited_ranges() {
     let log = MemoryLog::new(2);
     fill(&log, 0, 0..25);
     fill(&log, 1, 0..7);
-    let ctx = StreamingContext::builder()
-        .batch_interval(TEST_BATCH_INTERVAL)
-        .parallelism(2)
-        .trigger(Trigger::AvailableNow)
-        .start_time(Time(0))
-        .build()
-        .unwrap();
-    let stream = ctx.direct_stream("memory", log.clone(), limited(10));
-    // Records appended while the run goes on are not part of it.
-    let appender = log.clone();
-    stream.foreach_batch(move |_, b| {
-        if b.id == 0 {
-            fill(&appender, 0, 25..40);
-        }
-    });
-    let out = collect_batches(&stream);
-    ctx.start().unwrap();
-    ctx.await_termination().unwrap();
-    let out = out.lock().unwrap().clone();
+    let out = run_bounded(2, |ctx| {
+        let stream = ctx.direct_stream("memory", log.clone(), limited(10));
+        // Records appended while the run goes on are not part of it.
+        let appender = log.clone();
+        stream.foreach_batch(move |_, b| {
+            if b.id == 0 {
+                fill(&appender, 0, 25..40);
+            }
+        });
+        stream
+    })
+    .unwrap();
     assert_eq!(out.len(), 3, "{out:?}");
     for batch in out.values() {
         for p in ["p0-", "p1-"] {

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use lockgate_core::source::direct::DirectStreamOptions;
-use lockgate_core::testing::{collect_batches, run_checkpointed, TEST_BATCH_INTERVAL};
-use lockgate_core::{StreamingContext, Time, Trigger};
+use lockgate_core::testing::{run_bounded, run_checkpointed};
+use lockgate_core::StreamingContext;
 use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
 use lockgate_kafka::{kafka_lines, kafka_records, KafkaConfig};
 
@@ -42,30 +42,23 @@ fn a_bounded_run_reads_each_record_once_in_offset_order_up_to_the_end_at_start()
     let broker = KafkaBroker::start().unwrap();
     create_topic(&broker.brokers, "events", 3).unwrap();
     produce(&broker.brokers, "events", values(3, 0..900)).unwrap();
-    let ctx = StreamingContext::builder()
-        .batch_interval(TEST_BATCH_INTERVAL)
-        .parallelism(2)
-        .trigger(Trigger::AvailableNow)
-        .start_time(Time(0))
-        .build()
+    let out = run_bounded(2, |ctx| {
+        let stream = kafka_records(
+            ctx,
+            KafkaConfig::new(&broker.brokers, "events"),
+            limited(100),
+        )
         .unwrap();
-    let stream = kafka_records(
-        &ctx,
-        KafkaConfig::new(&broker.brokers, "events"),
-        limited(100),
-    )
+        // Records produced while the run goes on are not part of it.
+        let brokers = broker.brokers.clone();
+        stream.foreach_batch(move |_, b| {
+            if b.id == 0 {
+                produce(&brokers, "events", values(3, 900..960)).unwrap();
+            }
+        });
+        stream
+    })
     .unwrap();
-    // Records produced while the run goes on are not part of it.
-    let brokers = broker.brokers.clone();
-    stream.foreach_batch(move |_, b| {
-        if b.id == 0 {
-            produce(&brokers, "events", values(3, 900..960)).unwrap();
-        }
-    });
-    let out = collect_batches(&stream);
-    ctx.start().unwrap();
-    ctx.await_termination().unwrap();
-    let out = out.lock().unwrap().clone();
     assert_eq!(out.len(), 3, "300 records per partition, 100 per batch");
     let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
     let mut all = Vec::new();

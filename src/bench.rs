@@ -289,6 +289,9 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         backpressure: false,
         delivery: Default::default(),
         event_time: opts.event_time,
+        file_min_age: Duration::ZERO,
+        source_retry_timeout: Duration::from_secs(120),
+        sink_retry_timeout: Duration::from_secs(120),
     };
     cfg.validate(job)?;
     let mut builder = cfg.configure(

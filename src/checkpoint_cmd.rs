@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lockgate_core::checkpoint::log::CheckpointLog;
 use lockgate_core::checkpoint::store::StateStore;
@@ -78,6 +78,7 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
         range(&plans),
         last_commit.map_or_else(|| "none".to_string(), |c| format!("batch {c}"))
     );
+    let mut unreadable = Vec::new();
     for id in &plans {
         match log.read_plan(*id) {
             Ok(p) => {
@@ -91,7 +92,10 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
                     println!("    {}: {} records; {}", s.source, s.records, s.description);
                 }
             }
-            Err(e) => println!("  batch {id}: UNREADABLE: {e}"),
+            Err(e) => {
+                println!("  batch {id}: UNREADABLE: {e}");
+                unreadable.push(log.plan_path(*id));
+            }
         }
     }
     let store = StateStore::new(dir);
@@ -111,6 +115,15 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
                 versions.join(" ")
             );
         }
+    }
+    if !unreadable.is_empty() {
+        let files: Vec<String> = unreadable.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "{} unreadable plan file(s): {}; a restart skips an unreadable plan of a committed \
+             batch that a state snapshot covers and says what to do about any other",
+            files.len(),
+            files.join(", ")
+        );
     }
     Ok(())
 }

@@ -88,6 +88,12 @@ pub struct JobConfig {
     /// log-errors: count per event-time window (the timestamp at the start of each
     /// line) instead of per processing-time window.
     pub event_time: bool,
+    /// Files modified less than this long ago wait for a later batch.
+    pub file_min_age: Duration,
+    /// How long a source retries passing read errors before the job fails.
+    pub source_retry_timeout: Duration,
+    /// How long a database sink retries a batch through an outage before the job fails.
+    pub sink_retry_timeout: Duration,
 }
 
 /// The built-in jobs.
@@ -260,6 +266,8 @@ impl JobConfig {
             max_files_per_batch: self.max_files_per_batch,
             // The CLI processes what is already there too (Spark would not).
             new_files_only: false,
+            min_age: self.file_min_age,
+            retry_timeout: self.source_retry_timeout,
             ..Default::default()
         }
     }

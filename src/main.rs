@@ -207,6 +207,18 @@ pub struct RunOpts {
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
+    /// Files modified less than DURATION ago are left for a later batch (for writers
+    /// that write files in place instead of renaming them in whole), e.g. 5s.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    file_min_age: Option<Duration>,
+    /// How long a source retries, with back-off, what may pass (a broker that does not
+    /// answer, too many open files) before the job fails with the error.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    source_retry_timeout: Duration,
+    /// How long a database sink retries a batch, with back-off, through an outage
+    /// before the job fails with the error.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    sink_retry_timeout: Duration,
     /// log-errors: count ERROR lines per event-time window read from each line's
     /// `[Fri Dec 18 00:00:00 2015]` timestamp (UTC): streams tumbling_30s and
     /// sliding_30s_10s, watermark 10s, update mode. Malformed timestamps are counted and
@@ -258,9 +270,26 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = real_main(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `: `-separated, each cause once: library errors often
+/// include their cause's text in their own message already.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn real_main(cli: Cli) -> Result<()> {
@@ -392,12 +421,75 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
             Delivery::AtMostOnce => lockgate_core::DeliveryMode::AtMostOnce,
         },
         event_time: opts.event_time,
+        file_min_age: opts.file_min_age.unwrap_or(Duration::ZERO),
+        source_retry_timeout: opts.source_retry_timeout,
+        sink_retry_timeout: opts.sink_retry_timeout,
     })
 }
 
 /// True when no input is given: the demo's generated logs.
 fn is_demo(opts: &RunOpts) -> bool {
     opts.socket.is_none() && opts.input.is_none() && opts.kafka_brokers.is_none()
+}
+
+/// What the sources' line policy did, for the run summary: ` (100 with invalid UTF-8
+/// replaced, 1 cut at 1 MiB)`, or nothing when it did nothing.
+fn input_notes(metrics: &lockgate_core::StreamingMetrics) -> String {
+    use lockgate_core::SourceCounters;
+    let (mut invalid, mut cut, mut unreadable, mut changed) = (0, 0, 0, 0);
+    for name in metrics.source_names() {
+        let c = metrics.source(&name);
+        invalid += SourceCounters::get(&c.invalid_utf8_lines);
+        cut += SourceCounters::get(&c.truncated_lines);
+        unreadable += SourceCounters::get(&c.unreadable_files);
+        changed += SourceCounters::get(&c.changed_files);
+    }
+    let max = lockgate_core::source::DEFAULT_MAX_LINE_BYTES;
+    let mut notes = Vec::new();
+    if invalid > 0 {
+        notes.push(format!("{invalid} with invalid UTF-8 replaced"));
+    }
+    if cut > 0 {
+        notes.push(format!("{cut} cut at {} MiB", max >> 20));
+    }
+    if unreadable > 0 {
+        notes.push(format!("{unreadable} unreadable file(s) skipped"));
+    }
+    if changed > 0 {
+        notes.push(format!(
+            "{changed} file(s) changed while planned or read: see the warnings"
+        ));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join(", "))
+    }
+}
+
+/// SIGINT and SIGTERM: the first stops the job gracefully (every planned batch and
+/// everything its receivers stored run and commit first; the main thread's
+/// `await_termination` returns when that is done); a second one exits at once, leaving
+/// the queued batches logged for the next start to re-run.
+pub fn stop_on_signals(ctx: &lockgate_core::StreamingContext) -> Result<()> {
+    let stopper = ctx.clone();
+    let signals = std::sync::atomic::AtomicU32::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            eprintln!(
+                "stopping gracefully: finishing every planned batch (press Ctrl-C again to \
+                 stop at once)..."
+            );
+            stopper.request_stop(true);
+        } else {
+            eprintln!(
+                "stopping at once: the batches still queued are logged and re-run at the \
+                 next start"
+            );
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")
 }
 
 fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
@@ -418,14 +510,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let job = Job::from(job);
     let app = job.name();
     let ctx = cfg.build(job)?;
-    let stopper = ctx.clone();
-    ctrlc::set_handler(move || {
-        eprintln!("stopping gracefully (finishing planned batches)...");
-        if let Err(e) = stopper.stop(true) {
-            eprintln!("error while stopping: {e}");
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
+    stop_on_signals(&ctx)?;
     // The UI helps but is not the job: without a free port the job runs on without it.
     let _ui = if opts.no_ui {
         None
@@ -447,8 +532,13 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         }
     };
     let started = Instant::now();
-    ctx.start()
-        .with_context(|| format!("starting the {app} job"))?;
+    if let Err(e) = ctx.start() {
+        if ctx.is_stopping() {
+            eprintln!("{app}: stopped before it started");
+            return Ok(());
+        }
+        return Err(e).with_context(|| format!("starting the {app} job"));
+    }
     // A bounded run has a known backlog: show its progress; a streaming job shows how a
     // backlog drains when one builds up (after downtime).
     let progress = if cfg.once {
@@ -462,8 +552,10 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let m = ctx.metrics().snapshot();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{app}: {} batches, {} input records in {secs:.2} s",
-        m.total_completed, m.total_records
+        "{app}: {} batches, {} input records{} in {secs:.2} s",
+        m.total_completed,
+        m.total_records,
+        input_notes(&ctx.metrics())
     );
     if cfg.event_time && job == Job::LogErrors {
         // Both windows see the same lines: report the first one's counts.

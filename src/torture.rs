@@ -519,6 +519,17 @@ mod socket {
             acknowledged.extend(first..first + job.stored.load(Ordering::Acquire));
             reruns += job.reruns.load(Ordering::Acquire);
         }
+        // A graceful stop drains: no logged batch is left for a next start.
+        let log = lockgate_core::checkpoint::log::CheckpointLog::new(&cp);
+        let (plans, commits) = (log.plan_ids(), log.commit_ids());
+        ensure!(
+            plans.last() <= commits.last(),
+            "the graceful stop left batches {:?}..={:?} planned but not committed (seed {seed}, \
+             dir {})",
+            commits.last().map_or(0, |c| c + 1),
+            plans.last(),
+            dir.display()
+        );
         // Every acknowledged line counted exactly once; nothing counted twice.
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         for ((_, _), rows) in read_output(&out)? {

@@ -295,6 +295,23 @@ fn bad_flags_get_clear_errors() {
         .concat(),
     );
     assert!(e.contains("no.such.thing") && !e.contains("s3cret"), "{e}");
+    // Regression: a file given as the checkpoint printed the OS error twice.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = run_err(&[
+        "run",
+        "word-count",
+        "--input",
+        dir,
+        "--once",
+        "--no-ui",
+        "--checkpoint",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("is a file, not a directory") && !e.contains("os error"),
+        "{e}"
+    );
     let e = run_err(&["run", "log-errors", "--input", "/tmp", "--quiet", "--no-ui"]);
     assert!(
         e.contains("--quiet with neither --output nor --sink") && e.contains("drop --quiet"),
@@ -408,6 +425,22 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
     let inspect = run_ok(&["checkpoint", "inspect", cp.to_str().unwrap()]);
     let text = String::from_utf8(inspect.stdout).unwrap();
     assert!(text.contains("application   word-count"), "{text}");
+    // Regression: an unreadable plan was listed, and inspect exited 0.
+    {
+        let plan = cp.join("offsets/0");
+        let good = std::fs::read(&plan).unwrap();
+        std::fs::write(&plan, b"LKGT garbage").unwrap();
+        let bad = lockgate()
+            .args(["checkpoint", "inspect", cp.to_str().unwrap()])
+            .output()
+            .unwrap();
+        std::fs::write(&plan, good).unwrap();
+        let out = String::from_utf8_lossy(&bad.stdout);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{out}");
+        assert!(out.contains("batch 0: UNREADABLE"), "{out}");
+        assert!(err.contains("1 unreadable plan file(s)"), "{err}");
+    }
     assert!(text.contains("committed through batch 3"), "{text}");
     assert!(text.contains("zz-new.log"), "{text}");
     assert!(text.contains("word_counts_state"), "{text}");

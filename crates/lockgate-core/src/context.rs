@@ -231,6 +231,7 @@ impl StreamingContextBuilder {
                 )),
                 metrics,
                 stopping: AtomicBool::new(false),
+                graceful: AtomicBool::new(false),
                 run: Mutex::new(Run {
                     state: ContextState::Initialized,
                     scheduler: None,
@@ -266,6 +267,8 @@ struct Inner {
     graph: Arc<Graph>,
     metrics: Arc<StreamingMetrics>,
     stopping: AtomicBool,
+    /// The stop requested first was graceful (and no immediate stop followed).
+    graceful: AtomicBool,
     run: Mutex<Run>,
 }
 
@@ -445,6 +448,13 @@ impl StreamingContext {
         Ok((rec, cp))
     }
 
+    /// The name the next source created with `kind` will get (`<kind>-<n>`): for
+    /// source wrappers in other crates that attach to its counters in
+    /// [`metrics`](Self::metrics) once it exists.
+    pub fn next_source_name(&self, kind: &str) -> String {
+        crate::source::source_name(self, kind)
+    }
+
     /// The clock driving the batches.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
@@ -587,29 +597,71 @@ impl StreamingContext {
         Ok(())
     }
 
-    /// Stops the context. With `graceful`, receivers stop first, the data they already
-    /// stored goes into a last batch, and every planned batch runs and its outputs
-    /// complete before this returns; otherwise queued batches are dropped after the
-    /// running one finishes. Returns the error that stopped the context, if any.
+    /// Stops the context and waits until it has stopped. With `graceful` (Spark's
+    /// `stopGracefully`), receivers stop first, then every planned batch — those
+    /// re-run from the checkpoint after a restart included — and one last batch of
+    /// what the sources already hold (everything receivers wrote to their WAL) run and
+    /// commit before this returns. Without it, queued batches are dropped after the
+    /// running one finishes; they stay logged and re-run at the next start. A second
+    /// call without `graceful` while a graceful stop drains turns it into an
+    /// immediate one. Returns the error that stopped the context, if any (once: the
+    /// first of `stop` and `await_termination` to finish the shutdown gets it).
     pub fn stop(&self, graceful: bool) -> Result<()> {
-        let mut run = lock(&self.inner.run);
-        let Some(scheduler) = run.scheduler.clone() else {
-            self.inner.stopping.store(true, Ordering::Release);
-            run.state = ContextState::Stopped;
-            return Ok(());
+        self.request_stop(graceful);
+        self.finish_stop()
+    }
+
+    /// Asks the context to stop without waiting for it (see [`stop`](Self::stop)):
+    /// what a signal handler calls, while the main thread waits in
+    /// [`await_termination`](Self::await_termination).
+    pub fn request_stop(&self, graceful: bool) {
+        let scheduler = {
+            let mut run = lock(&self.inner.run);
+            match run.scheduler.clone() {
+                Some(s) => s,
+                None => {
+                    self.inner.stopping.store(true, Ordering::Release);
+                    run.state = ContextState::Stopped;
+                    return;
+                }
+            }
         };
-        let inputs = self.inner.graph.inputs();
         if graceful {
-            for input in &inputs {
+            // Receivers stop first: what they stored reaches the WAL before the
+            // generator plans its last batch.
+            for input in self.inner.graph.inputs() {
                 input.stop();
             }
         } else {
             scheduler.abort.store(true, Ordering::Release);
         }
+        if !scheduler.stop.swap(true, Ordering::AcqRel) {
+            self.inner.graceful.store(graceful, Ordering::Release);
+        }
+        if !graceful {
+            self.inner.graceful.store(false, Ordering::Release);
+        }
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.clock.interrupt();
+    }
+
+    /// Joins the threads once the stop was requested (or the run ended by itself),
+    /// completes the commits on their way to disk and logs the one line that says how
+    /// the context stopped. Later calls return at once.
+    fn finish_stop(&self) -> Result<()> {
+        let mut run = lock(&self.inner.run);
+        let Some(scheduler) = run.scheduler.clone() else {
+            return Ok(());
+        };
+        if run.state == ContextState::Stopped {
+            return scheduler.take_failure().map_or(Ok(()), Err);
+        }
+        // Nobody asked it to stop: a bounded run that completed (or a failure).
+        let requested = scheduler.stop.load(Ordering::Acquire);
         scheduler.stop.store(true, Ordering::Release);
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.clock.interrupt();
-        for input in &inputs {
+        for input in self.inner.graph.inputs() {
             input.stop();
         }
         for t in run.threads.drain(..) {
@@ -621,8 +673,27 @@ impl StreamingContext {
             Some(cp) => cp.flush(),
             None => Ok(()),
         };
-        tracing::info!(app = %self.inner.app_name, graceful, "streaming context stopped");
-        match scheduler.take_failure() {
+        let failure = scheduler.take_failure();
+        let drained = scheduler.drained.load(Ordering::Acquire);
+        let app = &self.inner.app_name;
+        if let Some(e) = &failure {
+            tracing::info!(%app, error = %e, "streaming context stopped after a failure");
+        } else if !requested {
+            tracing::info!(%app, "streaming context stopped: the bounded run is complete");
+        } else if self.inner.graceful.load(Ordering::Acquire) {
+            tracing::info!(
+                %app,
+                drained_batches = drained,
+                "streaming context stopped gracefully: every planned batch ran and committed"
+            );
+        } else {
+            tracing::info!(
+                %app,
+                "streaming context stopped at once; batches still queued stay logged and \
+                 re-run at the next start"
+            );
+        }
+        match failure {
             Some(e) => Err(e),
             None => flushed,
         }
@@ -654,7 +725,7 @@ impl StreamingContext {
             return Ok(false);
         }
         // The runner has exited: finish the shutdown (receivers, generator).
-        self.stop(false)?;
+        self.finish_stop()?;
         Ok(true)
     }
 }

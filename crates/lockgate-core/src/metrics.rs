@@ -84,6 +84,9 @@ pub struct SourceCounters {
     pub truncated_lines: AtomicU64,
     /// Files that could not be read (reported by name in the log).
     pub unreadable_files: AtomicU64,
+    /// Files that changed after they were planned or while they were read (written in
+    /// place instead of renamed in whole; reported by name in the log).
+    pub changed_files: AtomicU64,
     /// Records lost because their offsets had expired from a log (Kafka retention)
     /// before they were read, skipped under `OnExpiredOffsets::Earliest`.
     pub lost_records: AtomicU64,

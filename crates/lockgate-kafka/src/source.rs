@@ -344,14 +344,34 @@ pub fn kafka_records(
     })
 }
 
-/// A topic's values as text lines (one line per message; invalid UTF-8 replaced, a
-/// message without a value an empty line).
+/// A topic's values as text lines, one line per message (a message without a value is
+/// an empty line), under the line policy of every text source: invalid UTF-8 is
+/// replaced by U+FFFD and counted, a line longer than
+/// [`DEFAULT_MAX_LINE_BYTES`](lockgate_core::source::DEFAULT_MAX_LINE_BYTES) is cut
+/// and counted (in the source's `invalid_utf8_lines` and `truncated_lines`).
 pub fn kafka_lines(
     ctx: &StreamingContext,
     config: KafkaConfig,
     opts: DirectStreamOptions,
 ) -> Result<DStream<String>> {
-    kafka_stream(ctx, config, opts, |m| {
-        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
-    })
+    let name = ctx.next_source_name("kafka");
+    let raw = kafka_stream(ctx, config, opts, |m| {
+        m.payload().unwrap_or_default().to_vec()
+    })?;
+    let counters = ctx.metrics().source(&name);
+    let decode = move |bytes: &[u8]| {
+        lockgate_core::source::decode_text_line(
+            bytes,
+            lockgate_core::source::DEFAULT_MAX_LINE_BYTES,
+            &counters,
+        )
+    };
+    // A valid, short line keeps its buffer; others go through the policy.
+    Ok(raw.map(move |bytes| match String::from_utf8(bytes) {
+        Ok(s) if s.len() <= lockgate_core::source::DEFAULT_MAX_LINE_BYTES && !s.ends_with('\r') => {
+            s
+        }
+        Ok(s) => decode(s.as_bytes()),
+        Err(e) => decode(e.as_bytes()),
+    }))
 }

@@ -263,6 +263,13 @@ pub(crate) fn render(s: &AppState) -> String {
     );
     counter(
         &mut out,
+        "lockgate_source_changed_files_total",
+        "Files that changed after they were planned or while they were read.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.changed_files)),
+    );
+    counter(
+        &mut out,
         "lockgate_source_lost_records_total",
         "Records skipped because their offsets expired before they were read.",
         "counter",

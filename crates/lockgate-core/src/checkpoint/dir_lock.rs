@@ -27,6 +27,13 @@ static HELD: Mutex<BTreeMap<PathBuf, Weak<File>>> = Mutex::new(BTreeMap::new());
 /// Takes (or shares, within this process) the lock of checkpoint directory `dir`,
 /// creating the directory if needed.
 pub(crate) fn acquire(dir: &Path) -> Result<DirLock> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "checkpoint location `{}` is a file, not a directory; name a directory (it is \
+             created when missing)",
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create checkpoint directory", dir, e))?;
     let key = dir
         .canonicalize()

@@ -416,8 +416,37 @@ impl Checkpointer {
         }
         // Sources whose state is snapshot-only learn what the committed plans took since.
         if let Some(c) = committed {
+            // Only the plans after every state's last snapshot are needed: what a plan
+            // before it took is in that snapshot.
+            let needed_after = self.last_snapshot_of_all(c);
             for &id in plan_ids.iter().filter(|&&id| id <= c) {
-                let plan = self.log.read_plan(id)?;
+                let plan = match self.log.read_plan(id) {
+                    Ok(plan) => plan,
+                    Err(Error::Checkpoint { path, reason }) => {
+                        if needed_after.is_some_and(|s| id <= s) {
+                            tracing::warn!(
+                                plan = %path.display(),
+                                %reason,
+                                "ignoring an unreadable plan of a committed batch: recovery \
+                                 does not need it (its effects are in the state snapshot of \
+                                 batch {}); delete it to silence this warning",
+                                needed_after.unwrap_or_default()
+                            );
+                            continue;
+                        }
+                        return Err(Error::Checkpoint {
+                            path,
+                            reason: format!(
+                                "{reason}; batch {id} is committed, and recovery needs its plan \
+                                 to know which input it took (no state snapshot covers it). \
+                                 Restore the file from a backup; if you cannot, move it away \
+                                 and restart: the input of batch {id} is then planned again, so \
+                                 outputs may see it twice"
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
                 for sp in &plan.sources {
                     if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
                         input.seed_consumed(&[sp.descriptor.as_slice()])?;
@@ -536,6 +565,26 @@ impl Checkpointer {
             next_time,
             restored: committed.is_some(),
         })
+    }
+
+    /// The newest version at or before `committed` for which every partition of every
+    /// state has a snapshot (`None` when some partition has none): the batches up to it
+    /// are fully described by the snapshots.
+    fn last_snapshot_of_all(&self, committed: u64) -> Option<u64> {
+        let mut oldest: Option<u64> = self.states.is_empty().then_some(committed);
+        for state in &self.states {
+            for p in 0..state.partitions() {
+                let newest = self
+                    .store
+                    .files(&state.name(), p)
+                    .iter()
+                    .filter(|f| f.snapshot && f.version <= committed)
+                    .map(|f| f.version)
+                    .max()?;
+                oldest = Some(oldest.map_or(newest, |o| o.min(newest)));
+            }
+        }
+        oldest
     }
 
     /// Loads every operator's state payloads at `version`.

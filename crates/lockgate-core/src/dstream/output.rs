@@ -93,15 +93,42 @@ pub fn write_batch_dir(
         .collect::<Result<Vec<()>>>()?;
     let marker = tmp.join("_SUCCESS");
     fs::File::create(&marker).map_err(|e| Error::io("create file", &marker, e))?;
-    if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| Error::io("replace directory", dir, e))?;
-    }
-    fs::rename(&tmp, dir).map_err(|e| Error::io("rename directory into place", dir, e))?;
+    swap_into_place(&tmp, dir)?;
     if let Ok(d) = fs::File::open(parent) {
         // Make the rename durable; not all filesystems allow syncing a directory.
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Moves directory `tmp` to `dir`. A directory already at `dir` (a re-run batch's) is
+/// exchanged with it in one step where the filesystem can (Linux `renameat2` with
+/// `RENAME_EXCHANGE`), so a reader always sees one whole copy, then the old copy (now at
+/// `tmp`) is deleted; elsewhere it is deleted first.
+fn swap_into_place(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            match renameat_with(CWD, tmp, CWD, dir, RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    return fs::remove_dir_all(tmp)
+                        .map_err(|e| Error::io("remove the replaced directory", tmp, e));
+                }
+                // Filesystems without exchange: replace in two steps below.
+                Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        "exchange directory into place",
+                        dir,
+                        std::io::Error::from(e),
+                    ))
+                }
+            }
+        }
+        fs::remove_dir_all(dir).map_err(|e| Error::io("replace directory", dir, e))?;
+    }
+    fs::rename(tmp, dir).map_err(|e| Error::io("rename directory into place", dir, e))
 }
 
 impl<T: Data> DStream<T> {
@@ -213,6 +240,40 @@ mod tests {
             "-------------------------------------------\nTime: 1000 ms\n\
              -------------------------------------------\n\n"
         );
+    }
+
+    /// Regression: replacing a re-run batch's directory deleted the old copy before the
+    /// new one was renamed in, so a reader could find the batch missing.
+    #[test]
+    fn a_replaced_batch_directory_is_never_missing() {
+        #![allow(clippy::unwrap_used)]
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("batch=7");
+        let files = || (0..40).map(|i| (format!("part-{i}"), vec![b'x'; 64]));
+        let parts: Vec<_> = files().collect();
+        write_batch_dir(&dir, parts.into_par_iter()).unwrap();
+        let done = AtomicBool::new(false);
+        let missing = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut missing = 0u32;
+                while !done.load(Ordering::Acquire) {
+                    if !dir.join("_SUCCESS").exists() {
+                        missing += 1;
+                    }
+                }
+                missing
+            });
+            for _ in 0..100 {
+                let parts: Vec<_> = files().collect();
+                write_batch_dir(&dir, parts.into_par_iter()).unwrap();
+            }
+            done.store(true, Ordering::Release);
+            reader.join().unwrap()
+        });
+        assert_eq!(missing, 0, "the batch was missing {missing} times");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 41);
+        assert!(!tmp.path().join(".batch=7.tmp").exists());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! wait for the clock: batch times advance one interval per batch, and generation ends
 //! once no source has anything left.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -45,6 +45,8 @@ pub(crate) struct Scheduler {
     pub stop: AtomicBool,
     /// Drop queued batches instead of running them.
     pub abort: AtomicBool,
+    /// Batches completed after a stop was requested (a graceful stop's drain).
+    pub drained: AtomicU64,
     failure: Mutex<Option<Error>>,
     done: Mutex<bool>,
     done_changed: Condvar,
@@ -71,6 +73,7 @@ impl Scheduler {
             checkpointer,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
+            drained: AtomicU64::new(0),
             failure: Mutex::new(None),
             done: Mutex::new(false),
             done_changed: Condvar::new(),
@@ -242,8 +245,11 @@ impl Scheduler {
     }
 
     fn generate(&self, first: Time, replays: Vec<Plan>, tx: SyncSender<Job>) {
+        // Logged batches first. A graceful stop does not skip them: they were planned, so
+        // they are drained like any planned batch; only an immediate stop (or a failure)
+        // leaves them logged for the next start.
         for plan in replays {
-            if self.stop.load(Ordering::Acquire) {
+            if self.abort.load(Ordering::Acquire) {
                 return;
             }
             match self.replay(plan) {
@@ -366,6 +372,9 @@ impl Scheduler {
                 "batch completed"
             );
             self.metrics.batch_completed(info);
+            if self.stop.load(Ordering::Acquire) {
+                self.drained.fetch_add(1, Ordering::AcqRel);
+            }
             if let Err(e) = result {
                 self.fail(e);
                 break;

@@ -20,20 +20,22 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::{KeyedState, KeyedStateful, SnapshotOnly};
 use crate::clock::Time;
-use crate::codec::{from_bytes, to_bytes};
+use crate::codec::{from_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
-use crate::source::read::{read_ahead, FileRead, ReadError};
+use crate::source::read::{
+    check_lines, read_ahead, FileContents, FileRead, FileStamp, ReadError, PIECE,
+};
 use crate::source::{
     chunk_bounds, register, source_name, split_lines, SourceCompute, TextChunk,
     DEFAULT_MAX_LINE_BYTES,
@@ -52,6 +54,13 @@ pub struct FileStreamOptions {
     /// How many pieces a batch's files are cut into per worker: more balance the load
     /// better, fewer suit jobs with a cost per piece (a per-chunk combine). Default 2.
     pub chunks_per_worker: usize,
+    /// Files modified less than this long ago are left for a later batch (default:
+    /// none): for writers that write a file in place instead of renaming it in whole.
+    pub min_age: Duration,
+    /// How long a file that fails to read for a passing reason (too many open files,
+    /// interrupted, try again) is retried, with back-off, before the batch fails
+    /// (default 60 s). A batch that fails is re-run from its plan at the next start.
+    pub retry_timeout: Duration,
 }
 
 impl Default for FileStreamOptions {
@@ -61,6 +70,8 @@ impl Default for FileStreamOptions {
             new_files_only: true,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             chunks_per_worker: 2,
+            min_age: Duration::ZERO,
+            retry_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -68,6 +79,67 @@ impl Default for FileStreamOptions {
 /// True for names the file source never reads (hidden and temporary files).
 pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.starts_with('_')
+}
+
+/// A file as a batch plans it: its path, with its size and modification time at
+/// planning (absent in plans logged before Lockgate recorded them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlannedFile {
+    path: PathBuf,
+    stamp: Option<FileStamp>,
+}
+
+/// First word of a file list that records sizes and times: no list of paths starts
+/// with it (it would be its length), so a list logged before them still decodes.
+const STAMPED: u64 = u64::MAX;
+
+fn encode_files(files: &[PlannedFile]) -> Vec<u8> {
+    let mut out = Vec::new();
+    STAMPED.encode(&mut out);
+    (files.len() as u64).encode(&mut out);
+    for f in files {
+        f.path.encode(&mut out);
+        let s = f.stamp.unwrap_or(FileStamp {
+            size: 0,
+            mtime_ns: 0,
+        });
+        s.size.encode(&mut out);
+        s.mtime_ns.encode(&mut out);
+    }
+    out
+}
+
+fn decode_files(bytes: &[u8]) -> std::result::Result<Vec<PlannedFile>, CodecError> {
+    if bytes.len() < 8 || bytes[..8] != STAMPED.to_le_bytes() {
+        let paths: Vec<PathBuf> = from_bytes(bytes)?;
+        return Ok(paths
+            .into_iter()
+            .map(|path| PlannedFile { path, stamp: None })
+            .collect());
+    }
+    let entries: Vec<(PathBuf, u64, i64)> = from_bytes(&bytes[8..])?;
+    Ok(entries
+        .into_iter()
+        .map(|(path, size, mtime_ns)| PlannedFile {
+            path,
+            stamp: Some(FileStamp { size, mtime_ns }),
+        })
+        .collect())
+}
+
+/// True for an error a later read may not have: out of file descriptors or memory,
+/// interrupted, would block. Anything else (no permission, gone, not a regular file)
+/// stays.
+fn is_passing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::Interrupted | K::WouldBlock | K::OutOfMemory | K::TimedOut
+    ) {
+        return true;
+    }
+    // EMFILE, ENFILE, ENOMEM, EAGAIN, EINTR, EIO, ENOBUFS.
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 11 | 4 | 5 | 105))
 }
 
 struct FileInput {
@@ -79,8 +151,8 @@ struct FileInput {
     /// Files taken by completed batches (or ignored at a fresh start): the checkpointed
     /// state.
     taken: Arc<Mutex<KeyedState<PathBuf, ()>>>,
-    backlog: Mutex<VecDeque<PathBuf>>,
-    planned: Mutex<BTreeMap<Time, Vec<PathBuf>>>,
+    backlog: Mutex<VecDeque<PlannedFile>>,
+    planned: Mutex<BTreeMap<Time, Vec<PlannedFile>>>,
     read_counts: Mutex<BTreeMap<Time, u64>>,
     partitions: usize,
     counters: Arc<SourceCounters>,
@@ -91,8 +163,9 @@ struct FileInput {
     read_ahead: Mutex<ReadAhead>,
 }
 
-/// The contents of a batch's files: each file's bytes and line count.
-type Contents = Vec<(Arc<Vec<u8>>, u64)>;
+/// The contents of a batch's files: each file's bytes, line count, and whether its
+/// lines need the exact check of the line policy.
+type Contents = Vec<(Arc<Vec<u8>>, u64, bool)>;
 
 /// Read-ahead of the next planned batch's files on one long-lived thread (see
 /// [`read`](crate::source::read)). Only batches already planned are read ahead (a
@@ -121,9 +194,10 @@ type ReadAheadJob = (
     std::sync::mpsc::Sender<Vec<Opened>>,
 );
 
-/// Regular, non-ignored files of `dir`, oldest first (modification time, then name).
-fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<(SystemTime, PathBuf)> = Vec::new();
+/// Regular, non-ignored files of `dir`, oldest first (modification time, then name),
+/// with their size and modification time.
+fn list_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileStamp)>> {
+    let mut files: Vec<(SystemTime, PathBuf, FileStamp)> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -135,10 +209,10 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             continue;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        files.push((mtime, entry.path()));
+        files.push((mtime, entry.path(), FileStamp::of(&meta)));
     }
-    files.sort();
-    Ok(files.into_iter().map(|(_, p)| p).collect())
+    files.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(files.into_iter().map(|(_, p, s)| (p, s)).collect())
 }
 
 impl FileInput {
@@ -146,16 +220,31 @@ impl FileInput {
         let files = list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
         let mut seen = lock(&self.seen);
         let mut backlog = lock(&self.backlog);
-        for f in files {
-            if seen.insert(f.clone()) {
-                backlog.push_back(f);
+        let young_after = (!self.opts.min_age.is_zero())
+            .then(|| SystemTime::now().checked_sub(self.opts.min_age))
+            .flatten()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        for (path, stamp) in files {
+            if seen.contains(&path) {
+                continue;
             }
+            // Too recently modified: maybe still being written; a later listing takes it.
+            if young_after.is_some_and(|limit| stamp.mtime_ns > limit) {
+                tracing::debug!(source = %self.name, file = %path.display(), "file younger than the minimum age; left for a later batch");
+                continue;
+            }
+            seen.insert(path.clone());
+            backlog.push_back(PlannedFile {
+                path,
+                stamp: Some(stamp),
+            });
         }
         Ok(())
     }
 
-    /// Opens `path` into a buffer no chunk holds any more (else a new one).
-    fn open(&self, path: &Path) -> Opened {
+    /// Opens a planned file into a buffer no chunk holds any more (else a new one).
+    fn open(&self, file: &PlannedFile) -> Opened {
         let buf = {
             let mut pool = lock(&self.buffers);
             let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
@@ -163,36 +252,106 @@ impl FileInput {
         }
         .and_then(|mut b| Arc::get_mut(&mut b).map(std::mem::take))
         .unwrap_or_default();
-        FileRead::open(path, buf)
+        FileRead::open(&file.path, file.stamp, buf)
     }
 
     /// Finishes reading the files of a batch (in parallel): each file's bytes, kept in
-    /// the buffer pool for reuse, and its line count. A file that cannot be read is
-    /// skipped, counted and logged.
-    fn finish_reads(&self, reads: Vec<Opened>) -> Contents {
+    /// the buffer pool for reuse, its line count and whether its lines need the exact
+    /// line check. A file that fails for a passing reason (out of file descriptors,
+    /// interrupted) is read again with back-off until `retry_timeout`, then the batch
+    /// fails (and is re-run from its plan at the next start); one that cannot be read
+    /// at all (no permission, gone, not a regular file) is skipped, counted and logged
+    /// by name. A file that changed since it was planned or while it was read is
+    /// reported by name and counted.
+    fn finish_reads(&self, t: Time, reads: Vec<Opened>) -> Result<Contents> {
         reads
             .into_par_iter()
-            .filter_map(|r| match r.and_then(FileRead::finish) {
-                Ok((bytes, lines)) => {
-                    let bytes = Arc::new(bytes);
-                    let mut pool = lock(&self.buffers);
-                    if pool.len() < 4 {
-                        pool.push(bytes.clone());
+            .map(|r| {
+                let read = match r.and_then(FileRead::finish) {
+                    Ok(c) => Ok(c),
+                    Err((path, e)) if is_passing(&e) => self.read_again(t, &path, e),
+                    Err(failed) => Err(failed),
+                };
+                match read {
+                    Ok(c) => {
+                        if let Some(why) = &c.changed {
+                            SourceCounters::add(&self.counters.changed_files, 1);
+                            tracing::warn!(
+                                source = %self.name,
+                                file = %c.path.display(),
+                                "file changed: {why}; write files elsewhere and rename them \
+                                 in whole, or set a minimum file age (--file-min-age)"
+                            );
+                        }
+                        let bytes = Arc::new(c.bytes);
+                        let mut pool = lock(&self.buffers);
+                        if pool.len() < 4 {
+                            pool.push(bytes.clone());
+                        }
+                        Ok(Some((bytes, c.lines, c.suspect)))
                     }
-                    Some((bytes, lines))
-                }
-                Err((path, e)) => {
-                    SourceCounters::add(&self.counters.unreadable_files, 1);
-                    tracing::warn!(
-                        source = %self.name,
-                        file = %path.display(),
-                        error = %e,
-                        "file could not be read and is skipped; check its permissions"
-                    );
-                    None
+                    Err((path, e)) if is_passing(&e) => Err(Error::Source {
+                        source_name: self.name.clone(),
+                        message: format!(
+                            "file `{}` could not be read for {:?}: {e}; the batch fails \
+                             and is re-run from its plan at the next start (nothing is lost)",
+                            path.display(),
+                            self.opts.retry_timeout
+                        ),
+                    }),
+                    Err((path, e)) => {
+                        SourceCounters::add(&self.counters.unreadable_files, 1);
+                        tracing::warn!(
+                            source = %self.name,
+                            file = %path.display(),
+                            error = %e,
+                            "file cannot be read and is skipped (counted in \
+                             unreadable_files); check that it is a regular file you may read"
+                        );
+                        Ok(None)
+                    }
                 }
             })
+            .filter_map(|r| r.transpose())
             .collect()
+    }
+
+    /// Reads `path` of batch `t` again after a passing error, with back-off from 50 ms
+    /// up to `retry_timeout` in all; the last error if it never succeeds.
+    fn read_again(
+        &self,
+        t: Time,
+        path: &Path,
+        mut error: std::io::Error,
+    ) -> std::result::Result<FileContents, ReadError> {
+        let planned = lock(&self.planned)
+            .get(&t)
+            .and_then(|fs| fs.iter().find(|f| f.path == path).cloned())
+            .unwrap_or(PlannedFile {
+                path: path.to_path_buf(),
+                stamp: None,
+            });
+        let deadline = std::time::Instant::now() + self.opts.retry_timeout;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            tracing::warn!(
+                source = %self.name,
+                file = %path.display(),
+                error = %error,
+                retry_in_ms = wait.as_millis() as u64,
+                "file could not be read for a passing reason; retrying"
+            );
+            if std::time::Instant::now() + wait > deadline {
+                return Err((path.to_path_buf(), error));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(5));
+            match self.open(&planned).and_then(FileRead::finish) {
+                Ok(c) => return Ok(c),
+                Err((_, e)) if is_passing(&e) => error = e,
+                Err(failed) => return Err(failed),
+            }
+        }
     }
 }
 
@@ -222,11 +381,11 @@ impl InputSource for FileInput {
                 list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
             let mut taken = lock(&self.taken);
             let st = &mut *taken;
-            for f in &files {
+            for (f, _) in &files {
                 st.maps[0].insert(f.clone(), ());
                 st.dirty[0].insert(f.clone());
             }
-            lock(&self.seen).extend(files);
+            lock(&self.seen).extend(files.into_iter().map(|(f, _)| f));
         } else {
             self.discover()?;
         }
@@ -241,7 +400,7 @@ impl InputSource for FileInput {
                 tracing::warn!(source = %self.name, error = %e, "listing failed; retrying at the next batch");
             }
         }
-        let files: Vec<PathBuf> = {
+        let files: Vec<PlannedFile> = {
             let mut backlog = lock(&self.backlog);
             let n = self
                 .opts
@@ -252,10 +411,10 @@ impl InputSource for FileInput {
         };
         let description = files
             .iter()
-            .map(|f| f.display().to_string())
+            .map(|f| f.path.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let descriptor = to_bytes(&files);
+        let descriptor = encode_files(&files);
         lock(&self.planned).insert(t, files);
         let info = InputInfo {
             source: self.name.clone(),
@@ -267,12 +426,12 @@ impl InputSource for FileInput {
     }
 
     fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()> {
-        let files: Vec<PathBuf> = from_bytes(descriptor).map_err(|e| Error::Source {
+        let files = decode_files(descriptor).map_err(|e| Error::Source {
             source_name: self.name.clone(),
             message: format!("logged file list does not decode: {e}"),
         })?;
-        lock(&self.seen).extend(files.iter().cloned());
-        lock(&self.backlog).retain(|f| !files.contains(f));
+        lock(&self.seen).extend(files.iter().map(|f| f.path.clone()));
+        lock(&self.backlog).retain(|b| !files.iter().any(|f| f.path == b.path));
         lock(&self.planned).insert(t, files);
         Ok(())
     }
@@ -292,14 +451,14 @@ impl InputSource for FileInput {
         let st = &mut *taken;
         let mut seen = lock(&self.seen);
         for d in descriptors {
-            let files: Vec<PathBuf> = from_bytes(d).map_err(|e| Error::Source {
+            let files = decode_files(d).map_err(|e| Error::Source {
                 source_name: self.name.clone(),
                 message: format!("a sink's recorded file list does not decode: {e}"),
             })?;
-            for f in files {
-                seen.insert(f.clone());
-                st.dirty[0].insert(f.clone());
-                st.maps[0].insert(f, ());
+            for PlannedFile { path, .. } in files {
+                seen.insert(path.clone());
+                st.dirty[0].insert(path.clone());
+                st.maps[0].insert(path, ());
             }
         }
         Ok(())
@@ -311,9 +470,9 @@ impl InputSource for FileInput {
         let finished = std::mem::replace(&mut *p, later);
         let mut taken = lock(&self.taken);
         let st = &mut *taken;
-        for f in finished.into_values().flatten() {
-            st.dirty[0].insert(f.clone());
-            st.maps[0].insert(f, ());
+        for PlannedFile { path, .. } in finished.into_values().flatten() {
+            st.dirty[0].insert(path.clone());
+            st.maps[0].insert(path, ());
         }
         let mut c = lock(&self.read_counts);
         *c = c.split_off(&done.plus_ms(1));
@@ -326,28 +485,49 @@ impl InputSource for FileInput {
 
 impl FileInput {
     /// Reads the files planned for batch `t` and cuts them into line-aligned chunks,
-    /// `chunks_per_worker` per worker so that every core stays busy.
-    fn read_chunks(&self, t: Time) -> (Vec<TextChunk>, u64) {
+    /// `chunks_per_worker` per worker so that every core stays busy. With `policy`, the
+    /// text sources' line policy is applied to the bytes (chunks hand out bytes, not
+    /// decoded lines): lines with invalid UTF-8 are counted, long lines cut and
+    /// counted. (Lines decoded one by one apply it as they are decoded.)
+    fn read_chunks(&self, t: Time, policy: bool) -> Result<(Vec<TextChunk>, u64)> {
         let reads = self.take_read_ahead(t).unwrap_or_else(|| {
             let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
             files.iter().map(|f| self.open(f)).collect()
         });
-        let contents = self.finish_reads(reads);
+        let finished = self.finish_reads(t, reads);
         self.read_ahead_after(t);
-        let total: usize = contents.iter().map(|(c, _)| c.len()).sum();
-        let lines = contents.iter().map(|(_, n)| n).sum();
+        let mut contents = finished?;
+        if policy {
+            // Plain ASCII files whose every full piece has a line end need no look;
+            // a limit below two pieces can be passed by any line.
+            let max = self.opts.max_line_bytes;
+            let always = max < 2 * PIECE;
+            contents.par_iter_mut().for_each(|(bytes, _, suspect)| {
+                if !(*suspect || always) {
+                    return;
+                }
+                let (check, cut) = check_lines(bytes, max);
+                SourceCounters::add(&self.counters.invalid_utf8_lines, check.invalid_utf8);
+                SourceCounters::add(&self.counters.truncated_lines, check.truncated);
+                if let Some(cut) = cut {
+                    *bytes = Arc::new(cut);
+                }
+            });
+        }
+        let total: usize = contents.iter().map(|(c, _, _)| c.len()).sum();
+        let lines = contents.iter().map(|(_, n, _)| n).sum();
         let pieces = self.partitions * self.opts.chunks_per_worker.max(1);
         let target = (total / pieces.max(1)).max(64 * 1024);
         let chunks = contents
             .iter()
-            .flat_map(|(c, _)| {
+            .flat_map(|(c, _, _)| {
                 let k = c.len().div_ceil(target).max(1);
                 chunk_bounds(c, k)
                     .into_iter()
                     .map(move |r| TextChunk::new(c.clone(), r))
             })
             .collect();
-        (chunks, lines)
+        Ok((chunks, lines))
     }
 
     /// The files of batch `t` if they are being read ahead: the read-ahead stops at
@@ -404,7 +584,7 @@ impl SourceCompute<String> for FileInput {
     fn compute(&self, t: Time) -> Result<Batch<String>> {
         let max = self.opts.max_line_bytes;
         let parts: Vec<Vec<String>> = self
-            .read_chunks(t)
+            .read_chunks(t, false)?
             .0
             .into_par_iter()
             .map(|chunk| split_lines(chunk.as_bytes(), max, &self.counters))
@@ -417,7 +597,7 @@ impl SourceCompute<String> for FileInput {
 
 impl SourceCompute<TextChunk> for FileInput {
     fn compute(&self, t: Time) -> Result<Batch<TextChunk>> {
-        let (chunks, lines) = self.read_chunks(t);
+        let (chunks, lines) = self.read_chunks(t, true)?;
         let parts = chunks.into_iter().map(|c| vec![c]).collect();
         self.read_done(t, Batch::from_partitions(parts), lines)
     }
@@ -448,7 +628,10 @@ impl StreamingContext {
     /// and iterating a chunk's
     /// lines neither copies nor allocates. The fast path for jobs that look at every
     /// line but keep few (log filtering). Lines are bytes here: decode the ones you keep
-    /// (`max_line_bytes` does not apply). Records are counted as lines.
+    /// (with `String::from_utf8_lossy`, which replaces invalid UTF-8 by U+FFFD). The
+    /// same line policy as every text source holds: lines with invalid UTF-8 are counted
+    /// (`invalid_utf8_lines_total`), lines longer than `max_line_bytes` are cut to it
+    /// and counted (`truncated_lines_total`). Records are counted as lines.
     pub fn text_file_chunk_stream(
         &self,
         dir: impl AsRef<Path>,
@@ -485,5 +668,153 @@ impl StreamingContext {
             partitions: self.parallelism(),
             buffers: Mutex::new(Vec::new()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::source::TextChunk;
+
+    fn source(dir: &Path, opts: FileStreamOptions) -> (StreamingContext, Arc<FileInput>) {
+        let ctx = StreamingContext::builder().parallelism(2).build().unwrap();
+        let src = ctx.file_input(dir, opts);
+        src.start(false, false).unwrap();
+        (ctx, src)
+    }
+
+    fn old_files() -> FileStreamOptions {
+        FileStreamOptions {
+            new_files_only: false,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn passing_errors_are_told_from_lasting_ones() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_passing(&Error::from_raw_os_error(24))); // EMFILE
+        assert!(is_passing(&Error::from_raw_os_error(23))); // ENFILE
+        assert!(is_passing(&Error::from(ErrorKind::Interrupted)));
+        assert!(is_passing(&Error::from(ErrorKind::WouldBlock)));
+        assert!(!is_passing(&Error::from(ErrorKind::PermissionDenied)));
+        assert!(!is_passing(&Error::from(ErrorKind::NotFound)));
+        assert!(!is_passing(&Error::from_raw_os_error(13))); // EACCES
+    }
+
+    #[test]
+    fn file_lists_logged_before_sizes_were_recorded_still_decode() {
+        let old = crate::codec::to_bytes(&vec![PathBuf::from("a.log"), PathBuf::from("b")]);
+        let files = decode_files(&old).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].path, PathBuf::from("a.log"));
+        assert_eq!(files[0].stamp, None);
+        let new = vec![PlannedFile {
+            path: PathBuf::from("c.log"),
+            stamp: Some(FileStamp {
+                size: 12,
+                mtime_ns: 34,
+            }),
+        }];
+        assert_eq!(decode_files(&encode_files(&new)).unwrap(), new);
+        assert!(decode_files(&encode_files(&new)[..12]).is_err());
+    }
+
+    /// Regression: a file written in place was read partially, and nothing said so.
+    #[test]
+    fn a_file_that_grows_after_its_plan_is_read_as_planned_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        fs::write(&path, "one\ntwo\n").unwrap();
+        let (_ctx, src) = source(dir.path(), old_files());
+        src.plan(Time(1000)).unwrap();
+        fs::write(&path, "one\ntwo\nthree\nfour\n").unwrap();
+        let batch = SourceCompute::<String>::compute(&*src, Time(1000)).unwrap();
+        let mut lines: Vec<String> = batch.into_partitions().into_iter().flatten().collect();
+        lines.sort();
+        assert_eq!(lines, vec!["one", "two"], "read as planned");
+        assert_eq!(SourceCounters::get(&src.counters.changed_files), 1);
+    }
+
+    #[test]
+    fn files_younger_than_the_minimum_age_wait_for_a_later_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let young = dir.path().join("young.log");
+        let old = dir.path().join("old.log");
+        fs::write(&young, "y\n").unwrap();
+        fs::write(&old, "o\n").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(600);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let opts = FileStreamOptions {
+            min_age: Duration::from_secs(60),
+            ..old_files()
+        };
+        let (_ctx, src) = source(dir.path(), opts);
+        let (info, _) = src.plan(Time(1000)).unwrap();
+        assert_eq!(info.description, old.display().to_string());
+        let (info, _) = src.plan(Time(2000)).unwrap();
+        assert_eq!(info.description, "", "still too young");
+        fs::File::options()
+            .write(true)
+            .open(&young)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let (info, _) = src.plan(Time(3000)).unwrap();
+        assert_eq!(info.description, young.display().to_string());
+    }
+
+    /// Regression: the chunked path (the CLI jobs') counted no invalid UTF-8 and read a
+    /// 50 MB line whole.
+    #[test]
+    fn the_chunk_path_counts_invalid_utf8_and_cuts_long_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = b"fine\nbad \xff line\nalso \xfe\xfd bad\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 3 << 20));
+        text.extend_from_slice(b"\ncaf\xc3\xa9 ok\nlast");
+        fs::write(dir.path().join("f.log"), &text).unwrap();
+        let (_ctx, src) = source(dir.path(), old_files());
+        src.plan(Time(1000)).unwrap();
+        let batch = SourceCompute::<TextChunk>::compute(&*src, Time(1000)).unwrap();
+        let chunks: Vec<TextChunk> = batch.into_partitions().into_iter().flatten().collect();
+        let lines: Vec<Vec<u8>> = chunks
+            .iter()
+            .flat_map(|c| c.lines().map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[3].len(),
+            DEFAULT_MAX_LINE_BYTES,
+            "the long line is cut"
+        );
+        assert_eq!(lines[4], "café ok".as_bytes());
+        assert_eq!(SourceCounters::get(&src.counters.invalid_utf8_lines), 2);
+        assert_eq!(SourceCounters::get(&src.counters.truncated_lines), 1);
+        assert_eq!(SourceCounters::get(&src.counters.records), 6);
+    }
+
+    #[test]
+    fn the_line_path_counts_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = b"bad \xff line\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 3 << 20));
+        fs::write(dir.path().join("f.log"), &text).unwrap();
+        let (_ctx, src) = source(dir.path(), old_files());
+        src.plan(Time(1000)).unwrap();
+        let lines: Vec<String> = SourceCompute::<String>::compute(&*src, Time(1000))
+            .unwrap()
+            .into_partitions()
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(SourceCounters::get(&src.counters.invalid_utf8_lines), 1);
+        assert_eq!(SourceCounters::get(&src.counters.truncated_lines), 1);
     }
 }

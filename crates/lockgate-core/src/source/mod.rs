@@ -80,6 +80,13 @@ pub(crate) fn register<T: Data, S: SourceCompute<T> + 'static>(
     DStream { node, graph }
 }
 
+/// The text sources' line policy for one line (without its `\n`), for sources built
+/// outside this crate (Kafka's `kafka_lines`): strips a trailing `\r`, cuts the line at
+/// `max` bytes and replaces invalid UTF-8 by U+FFFD, counting both in `counters`.
+pub fn decode_text_line(bytes: &[u8], max: usize, counters: &SourceCounters) -> String {
+    decode_line(bytes, max, counters)
+}
+
 /// Decodes one line (without its `\n`): strips a trailing `\r`, cuts it at `max` bytes,
 /// replaces invalid UTF-8.
 pub(crate) fn decode_line(mut bytes: &[u8], max: usize, counters: &SourceCounters) -> String {

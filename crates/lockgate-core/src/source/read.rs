@@ -19,14 +19,54 @@ use rayon::prelude::*;
 /// read-ahead stops soon after it is asked to, large enough that a read is efficient.
 pub(crate) const PIECE: usize = 256 * 1024;
 
+/// A file's size and modification time (ns since the epoch), as planned or as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &fs::Metadata) -> FileStamp {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        FileStamp {
+            size: meta.len(),
+            mtime_ns,
+        }
+    }
+}
+
 /// A file being read into its buffer: bytes `[0, done)` are in, with `newlines` line
 /// ends among them.
 pub(crate) struct FileRead {
     path: PathBuf,
     file: fs::File,
+    /// The file as planned (if the plan recorded it) and as opened.
+    planned: Option<FileStamp>,
+    opened: FileStamp,
     buf: Vec<u8>,
     done: usize,
     newlines: u64,
+    /// A piece read so far was not plain ASCII, or was a whole piece without a line end
+    /// (part of a line longer than two pieces): the file's lines need the exact check
+    /// of [`check_lines`].
+    suspect: bool,
+}
+
+/// A file read whole: its bytes, its line count, whether its lines need the exact
+/// check of [`check_lines`] (some byte is not ASCII, or some line may be long), and how
+/// it changed since it was planned or while it was read, if it did.
+pub(crate) struct FileContents {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub lines: u64,
+    pub suspect: bool,
+    pub changed: Option<String>,
 }
 
 /// A file that could not be read, and why.
@@ -34,22 +74,64 @@ pub(crate) type ReadError = (PathBuf, io::Error);
 
 impl FileRead {
     /// Opens `path` for reading into `buf` (its old contents are overwritten, its
-    /// capacity reused; only bytes beyond its old length are zeroed first).
-    pub fn open(path: &Path, mut buf: Vec<u8>) -> Result<FileRead, ReadError> {
-        let opened = || -> io::Result<(fs::File, usize)> {
+    /// capacity reused; only bytes beyond its old length are zeroed first). A file that
+    /// grew since `planned` is read up to its planned size, so a re-run reads the same
+    /// bytes.
+    pub fn open(
+        path: &Path,
+        planned: Option<FileStamp>,
+        mut buf: Vec<u8>,
+    ) -> Result<FileRead, ReadError> {
+        let opened = || -> io::Result<(fs::File, FileStamp)> {
             let file = fs::File::open(path)?;
-            let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
-            Ok((file, len))
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+            Ok((file, FileStamp::of(&meta)))
         };
-        let (file, len) = opened().map_err(|e| (path.to_path_buf(), e))?;
+        let (file, stamp) = opened().map_err(|e| (path.to_path_buf(), e))?;
+        let size = match planned {
+            Some(p) if p.size < stamp.size => p.size,
+            _ => stamp.size,
+        };
+        let len = usize::try_from(size).map_err(|e| (path.to_path_buf(), io::Error::other(e)))?;
         buf.resize(len, 0);
         Ok(FileRead {
             path: path.to_path_buf(),
             file,
+            planned,
+            opened: stamp,
             buf,
             done: 0,
             newlines: 0,
+            suspect: false,
         })
+    }
+
+    /// How the file differs from its plan, or changed while it was read.
+    fn changes(&self) -> Option<String> {
+        let now = self.file.metadata().map(|m| FileStamp::of(&m)).ok();
+        let mut what = Vec::new();
+        if let Some(p) = self.planned {
+            if p.size != self.opened.size {
+                what.push(format!(
+                    "its size went from {} bytes when planned to {} when read (read: {})",
+                    p.size,
+                    self.opened.size,
+                    self.buf.len()
+                ));
+            } else if p.mtime_ns != self.opened.mtime_ns {
+                what.push("it was modified after it was planned".to_string());
+            }
+        }
+        if now.is_some_and(|n| n != self.opened) {
+            what.push("it was modified while it was read".to_string());
+        }
+        (!what.is_empty()).then(|| what.join("; "))
     }
 
     /// Reads the next piece; `false` once the whole file is in.
@@ -57,28 +139,36 @@ impl FileRead {
         let end = (self.done + PIECE).min(self.buf.len());
         let part = &mut self.buf[self.done..end];
         read_at(&self.file, &self.path, part, self.done)?;
-        self.newlines += newlines(part);
+        let (n, suspect) = scan(part);
+        self.newlines += n;
+        self.suspect |= suspect;
         self.done = end;
         Ok(self.done < self.buf.len())
     }
 
-    /// Reads the rest of the file, pieces in parallel on the current pool; the bytes
-    /// and the number of lines (a last line without `\n` counts).
-    pub fn finish(mut self) -> Result<(Vec<u8>, u64), ReadError> {
+    /// Reads the rest of the file, pieces in parallel on the current pool; its bytes,
+    /// the number of lines (a last line without `\n` counts) and whether they need the
+    /// exact check.
+    pub fn finish(mut self) -> Result<FileContents, ReadError> {
         let (file, path, done) = (&self.file, &self.path, self.done);
         let rest = self.buf[done..]
             .par_chunks_mut(PIECE)
             .enumerate()
             .map(|(i, part)| {
                 read_at(file, path, part, done + i * PIECE)?;
-                Ok(newlines(part))
+                Ok(scan(part))
             })
-            .try_reduce(|| 0, |a, b| Ok(a + b));
+            .try_reduce(|| (0, false), |a, b| Ok((a.0 + b.0, a.1 | b.1)));
         match rest {
-            Ok(n) => {
+            Ok((n, suspect)) => {
                 let last_unterminated = self.buf.last().is_some_and(|&b| b != b'\n');
-                let lines = self.newlines + n + u64::from(last_unterminated);
-                Ok((self.buf, lines))
+                Ok(FileContents {
+                    lines: self.newlines + n + u64::from(last_unterminated),
+                    suspect: self.suspect | suspect,
+                    changed: self.changes(),
+                    bytes: self.buf,
+                    path: self.path,
+                })
             }
             Err(e) => Err((self.path, e)),
         }
@@ -110,8 +200,54 @@ pub(crate) fn read_ahead(
     out
 }
 
-fn newlines(b: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', b).count() as u64
+/// A piece's line ends, and whether the piece makes its file suspect: not plain ASCII
+/// (it may hold invalid UTF-8), or a whole piece without a line end (a line of more than
+/// two pieces may be longer than the limit). Both passes run on bytes still in the cache.
+fn scan(b: &[u8]) -> (u64, bool) {
+    let n = bytecount::count(b, b'\n') as u64;
+    (n, !b.is_ascii() || (n == 0 && b.len() == PIECE))
+}
+
+/// What [`check_lines`] found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LineCheck {
+    /// Lines with invalid UTF-8 (replaced by U+FFFD when decoded).
+    pub invalid_utf8: u64,
+    /// Lines longer than the limit (cut to it).
+    pub truncated: u64,
+}
+
+/// The text sources' line policy on a file read whole: counts the lines with invalid
+/// UTF-8 and those longer than `max` bytes; returns the bytes with every long line cut
+/// at `max` when there was one (else `None`: the bytes stand as they are).
+pub(crate) fn check_lines(bytes: &[u8], max: usize) -> (LineCheck, Option<Vec<u8>>) {
+    let mut check = LineCheck::default();
+    let mut cut: Option<Vec<u8>> = None;
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let mut line = &bytes[start..end];
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        let long = line.len() > max;
+        if long {
+            check.truncated += 1;
+            line = &line[..max];
+            let out = cut.get_or_insert_with(|| bytes[..start].to_vec());
+            out.extend_from_slice(line);
+            if end < bytes.len() {
+                out.push(b'\n');
+            }
+        } else if let Some(out) = &mut cut {
+            out.extend_from_slice(&bytes[start..(end + 1).min(bytes.len())]);
+        }
+        if !line.is_ascii() && std::str::from_utf8(line).is_err() {
+            check.invalid_utf8 += 1;
+        }
+        start = end + 1;
+    }
+    (check, cut)
 }
 
 /// Fills `part` from `offset` of the file (a file shorter than when it was opened is an
@@ -152,14 +288,22 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         for pieces_ahead in 0..=5 {
             // A reused buffer longer than the file: its tail must not survive.
-            let r = FileRead::open(&path, vec![7u8; text.len() + 5000]).unwrap();
+            let r = FileRead::open(&path, None, vec![7u8; text.len() + 5000]).unwrap();
             let mut r = Some(r);
             for _ in 0..pieces_ahead {
                 let mut read = r.take().unwrap();
                 let _ = read.read_piece().unwrap();
                 r = Some(read);
             }
-            let (bytes, lines) = r.unwrap().finish().unwrap();
+            let FileContents {
+                bytes,
+                lines,
+                suspect,
+                changed,
+                ..
+            } = r.unwrap().finish().unwrap();
+            assert_eq!(changed, None);
+            assert!(!suspect, "plain ASCII with short lines");
             assert_eq!(bytes, text, "{pieces_ahead} pieces ahead");
             assert_eq!(
                 lines,
@@ -174,10 +318,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.log");
         std::fs::write(&path, vec![b'a'; 2 * PIECE]).unwrap();
-        let missing = FileRead::open(&dir.path().join("gone.log"), Vec::new());
+        let missing = FileRead::open(&dir.path().join("gone.log"), None, Vec::new());
         assert!(missing.is_err());
         let stop = AtomicBool::new(true);
-        let reads = read_ahead(vec![FileRead::open(&path, Vec::new()), missing], &stop);
+        let reads = read_ahead(
+            vec![FileRead::open(&path, None, Vec::new()), missing],
+            &stop,
+        );
         assert_eq!(reads.len(), 2);
         let mut reads = reads.into_iter();
         let first = reads.next().unwrap().unwrap();
@@ -187,7 +334,7 @@ mod tests {
         let mut done = read_ahead(vec![Ok(first)], &stop);
         let whole = done.pop().unwrap().unwrap();
         assert_eq!(whole.done, 2 * PIECE);
-        assert_eq!(whole.finish().unwrap().1, 1);
+        assert_eq!(whole.finish().unwrap().lines, 1);
     }
 
     #[test]
@@ -195,11 +342,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.log");
         std::fs::write(&path, b"").unwrap();
-        let (bytes, lines) = FileRead::open(&path, vec![1, 2, 3])
+        let c = FileRead::open(&path, None, vec![1, 2, 3])
             .unwrap()
             .finish()
             .unwrap();
-        assert!(bytes.is_empty());
-        assert_eq!(lines, 0);
+        assert!(c.bytes.is_empty());
+        assert_eq!(c.lines, 0);
+    }
+
+    #[test]
+    fn non_ascii_bytes_and_pieces_without_a_line_end_make_a_file_suspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            FileRead::open(&path, None, Vec::new())
+                .unwrap()
+                .finish()
+                .unwrap()
+        };
+        assert!(!read("plain", b"a\nb\n").suspect);
+        assert!(read("utf8", "caf\u{e9}\n".as_bytes()).suspect);
+        assert!(read("invalid", b"a\xff\n").suspect);
+        let mut long = vec![b'x'; 3 * PIECE];
+        long.push(b'\n');
+        assert!(read("long", &long).suspect);
+    }
+
+    #[test]
+    fn a_file_that_grew_since_its_plan_is_read_as_planned_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        std::fs::write(&path, b"one\ntwo\n").unwrap();
+        let planned = FileStamp::of(&std::fs::metadata(&path).unwrap());
+        let same = FileRead::open(&path, Some(planned), Vec::new()).unwrap();
+        assert_eq!(same.finish().unwrap().changed, None);
+        std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
+        let grown = FileRead::open(&path, Some(planned), Vec::new())
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(grown.bytes, b"one\ntwo\n");
+        let why = grown.changed.unwrap();
+        assert!(why.contains("from 8 bytes when planned to 14"), "{why}");
+    }
+
+    #[test]
+    fn check_lines_counts_invalid_utf8_and_cuts_long_lines() {
+        let (c, cut) = check_lines(b"ok\ncaf\xc3\xa9\n", 10);
+        assert_eq!(c, LineCheck::default());
+        assert!(cut.is_none());
+        let (c, cut) = check_lines(b"a\xffb\n0123456789abc\r\nok\nlast-line-long", 8);
+        assert_eq!(
+            c,
+            LineCheck {
+                invalid_utf8: 1,
+                truncated: 2
+            }
+        );
+        assert_eq!(cut.unwrap(), b"a\xffb\n01234567\nok\nlast-lin".to_vec());
+        // A multi-byte character cut in half by the limit counts as invalid too.
+        let (c, _) = check_lines("\u{e9}\u{e9}".as_bytes(), 3);
+        assert_eq!(c.invalid_utf8, 1);
     }
 }

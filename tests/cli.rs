@@ -776,3 +776,74 @@ fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
     again.kill().unwrap();
     again.wait().unwrap();
 }
+
+/// Regression: with a low file-descriptor limit, a crowd of idle UI connections made
+/// the UI's accept loop panic ("timers are disabled") and the job fail to create its
+/// output files. Connections are capped well below the limit and idle ones closed.
+#[test]
+fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
+    use std::io::{BufRead, BufReader, Read as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let out = tmp.path().join("out");
+    let exe = env!("CARGO_BIN_EXE_lockgate");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 128 && exec {exe} run word-count --input {} --output {} --quiet \
+             --batch-interval 100ms --ui-port 0",
+            input.display(),
+            out.display()
+        ))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("streaming UI and API at ") {
+            break u.to_string();
+        }
+    };
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    // More idle connections than the process has descriptors to spare.
+    let idle: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The job still opens its input and writes its output.
+    std::fs::write(tmp.path().join("w.txt"), "alpha beta\n").unwrap();
+    std::fs::rename(tmp.path().join("w.txt"), input.join("w.txt")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("word_counts").exists() || read_stream(&out, "word_counts").is_empty() {
+        assert!(Instant::now() < deadline, "the job wrote no output");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+    // And the UI answers once the crowd is gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let mut r = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.read_to_string(&mut r);
+        }
+        if r.contains("lockgate_records_in_total") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("lockgate_records_in_total"), "{metrics}");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+}

@@ -17,16 +17,18 @@
 mod api;
 pub mod error;
 mod prometheus;
+mod serve;
 mod time;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use lockgate_core::StreamingContext;
 
 pub use error::{Error, Result};
 
-/// Where the server listens.
+/// Where the server listens, and how it protects the job it serves.
 #[derive(Clone, Debug)]
 pub struct UiConfig {
     /// The address to bind (default 127.0.0.1: loopback only).
@@ -35,6 +37,17 @@ pub struct UiConfig {
     pub port: u16,
     /// How many following ports to try when it is taken (default 16).
     pub port_retries: u16,
+    /// The most connections served at once (default 64, and never more than a quarter
+    /// of the process's file-descriptor limit, so the job's own files always open).
+    /// Further clients wait in the listen queue until a connection closes.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time of connecting, or of
+    /// its previous response (the keep-alive wait), else it is disconnected (default
+    /// 10 s).
+    pub header_read_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed (default
+    /// 60 s): a client that stops reading a response cannot hold a slot forever.
+    pub idle_timeout: Duration,
 }
 
 impl Default for UiConfig {
@@ -43,6 +56,9 @@ impl Default for UiConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 4040,
             port_retries: 16,
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -50,8 +66,26 @@ impl Default for UiConfig {
 /// A running server; stopped when dropped.
 pub struct UiServer {
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The soft limit on open files of this process, if known.
+fn fd_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The connection cap: the configured one, at most a quarter of the fd limit, at least 1.
+fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    let quarter = fd_limit.map_or(usize::MAX, |l| usize::try_from(l / 4).unwrap_or(usize::MAX));
+    configured.min(quarter).max(1)
 }
 
 impl UiServer {
@@ -80,11 +114,18 @@ impl UiServer {
         listener.set_nonblocking(true).map_err(Error::Io)?;
         let addr = listener.local_addr().map_err(Error::Io)?;
         let app = api::router(api::AppState::new(ctx.clone()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Timers too: the header-read and idle timeouts and the accept back-off.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .map_err(Error::Io)?;
+        let limits = serve::Limits {
+            max_connections: connection_cap(cfg.max_connections, fd_limit()),
+            header_read_timeout: cfg.header_read_timeout,
+            idle_timeout: cfg.idle_timeout,
+        };
         let thread = std::thread::Builder::new()
             .name("lockgate-ui".into())
             .spawn(move || {
@@ -96,12 +137,7 @@ impl UiServer {
                             return;
                         }
                     };
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "UI server stopped");
-                    }
+                    serve::serve(listener, app, limits, rx).await;
                 });
             })
             .map_err(Error::Io)?;
@@ -127,10 +163,21 @@ impl UiServer {
 impl Drop for UiServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_connection_cap_stays_well_below_the_fd_limit() {
+        assert_eq!(super::connection_cap(64, Some(1024)), 64);
+        assert_eq!(super::connection_cap(64, Some(100)), 25);
+        assert_eq!(super::connection_cap(64, Some(2)), 1);
+        assert_eq!(super::connection_cap(64, None), 64);
     }
 }

@@ -369,3 +369,38 @@ fn metrics_show_late_records_and_the_watermark_per_event_time_operator() {
         "{m}"
     );
 }
+
+/// Regression: idle connections that sent nothing were never closed, and nothing capped
+/// them, so they could take every file descriptor of the job. Connections beyond the
+/// cap wait (in the listen queue), idle ones are closed after the header-read timeout,
+/// and the API answers through it all.
+#[test]
+fn idle_connections_are_capped_and_closed_and_the_api_still_answers() {
+    let run = ManualRun::new(1).unwrap();
+    run.ctx
+        .queue_stream(InputQueue::from_batches(vec![vec![1]]), true, None)
+        .foreach_batch(|_, _| ());
+    let cfg = UiConfig {
+        max_connections: 4,
+        header_read_timeout: Duration::from_millis(500),
+        ..ephemeral()
+    };
+    let ui = UiServer::start(&run.ctx, &cfg).unwrap();
+    let addr = ui.addr();
+    let idle: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Each idle connection is closed by the server (EOF) once it is served and its
+    // header-read timeout passes; those beyond the cap wait their turn first.
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("an idle connection was not closed: {e}"));
+        // Some servers answer a timeout with a 408; either way the connection ends.
+        if n > 0 {
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("408"), "{n}");
+        }
+    }
+    let (status, _) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+}

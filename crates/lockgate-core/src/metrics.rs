@@ -93,6 +93,29 @@ pub struct SourceCounters {
     /// A partitioned log's lag after the last plan: records in the log not yet planned
     /// into a batch (a gauge).
     pub lag_records: AtomicU64,
+    /// How the source is doing: connected or not, retrying, its last error.
+    pub status: Mutex<SourceStatus>,
+}
+
+/// How a source is doing, for the UI and the API (Spark's receiver info).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// A receiver (a push source on its own thread), as opposed to a source the job
+    /// reads when a batch runs.
+    pub is_receiver: bool,
+    /// A receiver: connected and receiving.
+    pub active: bool,
+    /// The last error, and when it happened (ms since the epoch, wall clock).
+    pub last_error: Option<(String, i64)>,
+    /// Retrying a passing error (a broker that does not answer) since this time.
+    pub retrying_since_ms: Option<i64>,
+}
+
+/// Now, in ms since the epoch (wall clock), for status times.
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl SourceCounters {
@@ -103,6 +126,30 @@ impl SourceCounters {
 
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The source's status now.
+    pub fn status(&self) -> SourceStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Changes the source's status.
+    pub fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
+        f(&mut lock(&self.status));
+    }
+
+    /// Records an error the source is retrying (first time: since now).
+    pub fn retrying(&self, error: &str) {
+        self.update_status(|s| {
+            let now = wall_ms();
+            s.last_error = Some((error.to_string(), now));
+            s.retrying_since_ms.get_or_insert(now);
+        });
+    }
+
+    /// The source works again after retrying.
+    pub fn recovered(&self) {
+        self.update_status(|s| s.retrying_since_ms = None);
     }
 }
 

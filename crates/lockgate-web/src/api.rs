@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lockgate_core::{BatchInfo, StreamingContext};
+use lockgate_core::{BatchInfo, SourceStatus, StreamingContext};
 use serde_json::{json, Value};
 
 use crate::time::spark_date;
@@ -47,6 +47,10 @@ pub(crate) fn router(state: AppState) -> Router {
             get(statistics),
         )
         .route("/api/v1/applications/{app}/streaming/batches", get(batches))
+        .route(
+            "/api/v1/applications/{app}/streaming/receivers",
+            get(receivers),
+        )
         .route(
             "/api/v1/applications/{app}/streaming/batches/{batch}",
             get(batch),
@@ -111,6 +115,12 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
         return r;
     }
     let m = s.ctx.metrics().snapshot();
+    let receivers: Vec<SourceStatus> = source_statuses(&s)
+        .into_iter()
+        .filter(|(_, st)| st.is_receiver)
+        .map(|(_, st)| st)
+        .collect();
+    let active = receivers.iter().filter(|r| r.active).count();
     let interval_ms = s.ctx.batch_interval().as_millis() as f64;
     let rates = m
         .completed
@@ -125,9 +135,9 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
     Json(json!({
         "startTime": spark_date(s.start_ms),
         "batchDuration": s.ctx.batch_interval().as_millis() as u64,
-        "numReceivers": 0,
-        "numActiveReceivers": 0,
-        "numInactiveReceivers": 0,
+        "numReceivers": receivers.len(),
+        "numActiveReceivers": active,
+        "numInactiveReceivers": receivers.len() - active,
         "numTotalCompletedBatches": m.total_completed,
         "numRetainedCompletedBatches": n,
         "numActiveBatches": m.queued.len() + usize::from(m.running.is_some()),
@@ -139,6 +149,45 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
         "avgTotalDelay": avg(m.completed.iter().filter_map(BatchInfo::total_delay_ms)),
     }))
     .into_response()
+}
+
+/// Every source's status, by name.
+fn source_statuses(s: &AppState) -> Vec<(String, SourceStatus)> {
+    let metrics = s.ctx.metrics();
+    metrics
+        .source_names()
+        .into_iter()
+        .map(|n| {
+            let st = metrics.source(&n).status();
+            (n, st)
+        })
+        .collect()
+}
+
+/// Spark's `/streaming/receivers`: each receiver with whether it is connected and its
+/// last error; Lockgate adds its other sources (`isReceiver: false`), with the error
+/// they are retrying, if any.
+async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Response {
+    if let Some(r) = check_app(&s, &app) {
+        return r;
+    }
+    let list: Vec<Value> = source_statuses(&s)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, st))| {
+            json!({
+                "streamId": i,
+                "streamName": name,
+                "isReceiver": st.is_receiver,
+                "isActive": if st.is_receiver { st.active } else { st.retrying_since_ms.is_none() },
+                "retrying": st.retrying_since_ms.is_some(),
+                "retryingSince": st.retrying_since_ms.map(spark_date),
+                "lastErrorTime": st.last_error.as_ref().map(|(_, t)| spark_date(*t)),
+                "lastErrorMessage": st.last_error.as_ref().map(|(m, _)| m.clone()),
+            })
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 /// One batch in Spark's `BatchInfo` form, plus Lockgate's id, inputs and output operations.

@@ -404,3 +404,58 @@ fn idle_connections_are_capped_and_closed_and_the_api_still_answers() {
     let (status, _) = get(addr, "/metrics");
     assert_eq!(status, 200);
 }
+
+/// Regression: a socket job whose server was not listening reported `numReceivers: 0`.
+/// The receiver is listed, inactive with its last error, then active once connected.
+#[test]
+fn a_receiver_without_its_server_is_shown_inactive_with_its_error() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let run = ManualRun::new(1).unwrap();
+    run.ctx
+        .socket_text_stream("127.0.0.1", port)
+        .foreach_batch(|_, _| ());
+    let ui = UiServer::start(&run.ctx, &ephemeral()).unwrap();
+    run.ctx.start().unwrap();
+    let addr = ui.addr();
+    let app = json(addr, "/api/v1/applications")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base = format!("/api/v1/applications/{app}/streaming");
+    let wait_for = |pred: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = json(addr, &format!("{base}/receivers"));
+            if pred(&r) || std::time::Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let r = wait_for(&|r| r[0]["lastErrorMessage"].is_string());
+    assert_eq!(r[0]["isReceiver"], true, "{r}");
+    assert_eq!(r[0]["isActive"], false, "{r}");
+    assert!(
+        r[0]["lastErrorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{r}"
+    );
+    let stats = json(addr, &format!("{base}/statistics"));
+    assert_eq!(stats["numReceivers"], 1);
+    assert_eq!(stats["numInactiveReceivers"], 1);
+    // The server comes up: the receiver reconnects and shows active.
+    let server = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (_conn, _) = server.accept().unwrap();
+    let r = wait_for(&|r| r[0]["isActive"] == true);
+    assert_eq!(r[0]["isActive"], true, "{r}");
+    assert_eq!(
+        json(addr, &format!("{base}/statistics"))["numActiveReceivers"],
+        1
+    );
+    run.ctx.stop(false).unwrap();
+}

@@ -53,6 +53,8 @@ pub trait Receiver<T>: Send + 'static {
 
 struct Shared<T> {
     buffer: Mutex<Vec<T>>,
+    /// Connected and receiving (mirrors the source status, read without its lock).
+    active: AtomicBool,
     stopped: AtomicBool,
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
@@ -103,9 +105,20 @@ impl<T> ReceiverContext<T> {
 
     fn received(&self, n: u64) {
         self.shared.received.fetch_add(n, Ordering::AcqRel);
+        if !self.shared.active.load(Ordering::Acquire) {
+            self.connected();
+        }
         SourceCounters::add(&self.shared.counters.records, n);
         let _g = lock(&self.shared.received_lock);
         self.shared.received_changed.notify_all();
+    }
+
+    /// Says the receiver is connected and receiving (the UI and the API show it
+    /// active). The supervisor marks it inactive, with its error, when `receive`
+    /// returns; storing records marks it active too.
+    pub fn connected(&self) {
+        self.shared.active.store(true, Ordering::Release);
+        self.shared.counters.update_status(|s| s.active = true);
     }
 
     /// True once the context stops the receiver.
@@ -232,6 +245,11 @@ fn supervise<T: Send + 'static>(
         if ctx.shared.received.load(Ordering::Acquire) > before {
             backoff = MIN_BACKOFF;
         }
+        ctx.shared.active.store(false, Ordering::Release);
+        ctx.shared.counters.update_status(|s| {
+            s.active = false;
+            s.last_error = Some((reason.clone(), crate::metrics::wall_ms()));
+        });
         tracing::warn!(source = %name, %reason, retry_in_ms = backoff.as_millis() as u64, "restarting receiver");
         if ctx.sleep(backoff) {
             break;
@@ -267,6 +285,7 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
         let ctx = ReceiverContext {
             shared: self.shared.clone(),
         };
+        self.shared.counters.update_status(|s| s.is_receiver = true);
         let name = self.name.clone();
         let spawn_err = |e: std::io::Error| Error::Source {
             source_name: self.name.clone(),
@@ -544,6 +563,7 @@ impl StreamingContext {
         let name = source_name(self, &receiver.name());
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Vec::new()),
+            active: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),

@@ -91,6 +91,7 @@ impl Receiver<String> for SocketTextReceiver {
             .map_err(|e| format!("cannot connect to {target}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_millis(100)))?;
         tracing::info!(%target, "socket receiver connected");
+        ctx.connected();
         let mut lines = LineAssembler {
             pending: Vec::new(),
             skipping: false,

@@ -17,14 +17,17 @@ pub struct Progress {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Done and total batches, and records so far.
+/// Done and total batches, and records so far. A bounded run's total is fixed when it
+/// starts; otherwise it is estimated from what is queued and pending now.
 fn counts(ctx: &StreamingContext) -> (u64, u64, u64) {
     let m = ctx.metrics().snapshot();
-    let active = m.queued.len() as u64 + u64::from(m.running.is_some());
-    let pending = ctx.pending_batches().unwrap_or(0);
+    let total = ctx.bounded_total_batches().unwrap_or_else(|| {
+        let active = m.queued.len() as u64 + u64::from(m.running.is_some());
+        m.total_completed + active + ctx.pending_batches().unwrap_or(0)
+    });
     (
         m.total_completed,
-        m.total_completed + active + pending,
+        total.max(m.total_completed),
         m.total_records,
     )
 }

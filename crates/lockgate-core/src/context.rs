@@ -232,6 +232,7 @@ impl StreamingContextBuilder {
                 metrics,
                 stopping: AtomicBool::new(false),
                 graceful: AtomicBool::new(false),
+                bounded_total: Mutex::new(None),
                 run: Mutex::new(Run {
                     state: ContextState::Initialized,
                     scheduler: None,
@@ -269,6 +270,8 @@ struct Inner {
     stopping: AtomicBool,
     /// The stop requested first was graceful (and no immediate stop followed).
     graceful: AtomicBool,
+    /// The batches of a bounded run, counted when it started.
+    bounded_total: Mutex<Option<u64>>,
     run: Mutex<Run>,
 }
 
@@ -495,6 +498,14 @@ impl StreamingContext {
         Some(most)
     }
 
+    /// How many batches a bounded run ([`Trigger::AvailableNow`]) has in all: the
+    /// re-runs of a recovery plus the batches for what its sources held at start,
+    /// counted once when it started (`None` before, for streaming runs, or when a
+    /// source cannot tell).
+    pub fn bounded_total_batches(&self) -> Option<u64> {
+        *lock(&self.inner.bounded_total)
+    }
+
     /// The lifecycle state.
     pub fn state(&self) -> ContextState {
         lock(&self.inner.run).state
@@ -584,6 +595,18 @@ impl StreamingContext {
             checkpointer,
             self.inner.backpressure,
         ));
+        if let Err(e) = scheduler.restore_replays(&replays) {
+            for input in &inputs {
+                input.stop();
+            }
+            run.state = ContextState::Stopped;
+            return Err(e);
+        }
+        if bounded {
+            // Known before the first plan: the progress of a bounded run counts to it.
+            let total = self.pending_batches().map(|p| p + replays.len() as u64);
+            *lock(&self.inner.bounded_total) = total;
+        }
         run.threads = scheduler.spawn(first, replays)?;
         run.scheduler = Some(scheduler);
         run.state = ContextState::Active;

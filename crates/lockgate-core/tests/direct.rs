@@ -262,3 +262,30 @@ fn run_live_log(
     let out = out.lock().unwrap().clone();
     (out, error, counters)
 }
+
+/// Regression: the progress of a bounded Kafka run counted to a total that wobbled
+/// (193, 194, 198, 199 of 200): the total is known when the run starts, and stays.
+#[test]
+fn a_bounded_run_knows_its_batch_count_at_start() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..95);
+    fill(&log, 1, 0..40);
+    let ctx = lockgate_core::StreamingContext::builder()
+        .app_name("test")
+        .batch_interval(std::time::Duration::from_secs(1))
+        .parallelism(2)
+        .trigger(lockgate_core::Trigger::AvailableNow)
+        .start_time(lockgate_core::Time(0))
+        .build()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, s) = (ctx.clone(), seen.clone());
+    ctx.direct_stream("memory", log.clone(), limited(10))
+        .foreach_batch(move |_, _| s.lock().unwrap().push(c.bounded_total_batches()));
+    assert_eq!(ctx.bounded_total_batches(), None, "not started yet");
+    ctx.start().unwrap();
+    ctx.await_termination().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 10);
+    assert!(seen.iter().all(|t| *t == Some(10)), "{seen:?}");
+}

@@ -191,16 +191,29 @@ impl Scheduler {
             .collect())
     }
 
-    /// Re-plans a logged batch exactly as it was planned (recovery).
-    fn replay(&self, plan: Plan) -> Result<Job> {
-        let t = Time(plan.batch_time_ms);
+    /// Hands the logged plans of a recovery to their sources, in order, before the
+    /// threads start: each source reads exactly what the plan names when the batch
+    /// runs, and plans new batches after it.
+    pub fn restore_replays(&self, replays: &[Plan]) -> Result<()> {
         let inputs = self.graph.inputs();
+        for plan in replays {
+            let t = Time(plan.batch_time_ms);
+            for sp in &plan.sources {
+                if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
+                    input.replay(t, &sp.descriptor)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a logged batch exactly as it was planned (recovery; its sources have it
+    /// from [`restore_replays`](Self::restore_replays)).
+    fn replay(&self, plan: Plan) -> Job {
+        let t = Time(plan.batch_time_ms);
         let mut infos = Vec::new();
         let sources = Arc::new(plan.sources.clone());
         for sp in plan.sources {
-            if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
-                input.replay(t, &sp.descriptor)?;
-            }
             infos.push(InputInfo {
                 source: sp.source,
                 records: sp.records,
@@ -212,7 +225,7 @@ impl Scheduler {
             batch_time_ms = t.0,
             "re-running a logged batch after a restart"
         );
-        Ok(self.queue(plan.batch_id, t, infos, sources, plan.end_of_input))
+        self.queue(plan.batch_id, t, infos, sources, plan.end_of_input)
     }
 
     fn queue(
@@ -252,16 +265,8 @@ impl Scheduler {
             if self.abort.load(Ordering::Acquire) {
                 return;
             }
-            match self.replay(plan) {
-                Ok(job) => {
-                    if tx.send(job).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
+            if tx.send(self.replay(plan)).is_err() {
+                return;
             }
         }
         let interval = self.graph.timing.interval_ms;

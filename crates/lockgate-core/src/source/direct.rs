@@ -181,6 +181,27 @@ impl<T: Data> DirectInput<T> {
     }
 
     /// Reads one planned range, applying the expiry policy when it cannot be read.
+    /// A checkpointed partition the log no longer has.
+    fn disappeared(&self, partition: u32) -> Error {
+        self.err(format!(
+            "partition {partition} of {} has disappeared (was the topic deleted?); a \
+             checkpoint cannot go on without it: start with a new checkpoint directory",
+            self.log.describe()
+        ))
+    }
+
+    /// A partition that ends before the checkpoint's position in it.
+    fn ends_before(&self, b: &PartitionBounds, position: i64) -> Error {
+        self.err(format!(
+            "partition {} of {} ends at offset {}, before offset {position} where this \
+             job's checkpoint goes on (was the topic deleted and created again?): start \
+             with a new checkpoint directory",
+            b.partition,
+            self.log.describe(),
+            b.latest,
+        ))
+    }
+
     fn read_range(&self, partition: u32, from: i64, until: i64) -> Result<Vec<T>> {
         let error = match self.log.read(partition, from..until) {
             Ok(records) => return Ok(records),
@@ -236,6 +257,21 @@ impl<T: Data> InputSource for DirectInput<T> {
                     _ => b.earliest,
                 });
         }
+        if recovered {
+            // A bounded run would otherwise find nothing to do and end "successfully".
+            if let Some(gone) = next
+                .keys()
+                .find(|p| !bounds.iter().any(|b| b.partition == **p))
+            {
+                return Err(self.disappeared(*gone));
+            }
+            if let Some(b) = bounds
+                .iter()
+                .find(|b| next.get(&b.partition).is_some_and(|&n| n > b.latest))
+            {
+                return Err(self.ends_before(b, next[&b.partition]));
+            }
+        }
         let latest: BTreeMap<u32, i64> = bounds.iter().map(|b| (b.partition, b.latest)).collect();
         if bounded {
             *lock(&self.end) = Some(latest.clone());
@@ -255,12 +291,7 @@ impl<T: Data> InputSource for DirectInput<T> {
             .keys()
             .find(|p| !bounds.iter().any(|b| b.partition == **p))
         {
-            return Err(self.err(format!(
-                "partition {gone} of {} has disappeared (was the topic deleted?); a \
-                 checkpoint cannot go on without it: start with a new checkpoint \
-                 directory",
-                self.log.describe()
-            )));
+            return Err(self.disappeared(*gone));
         }
         let mut ranges = Ranges::with_capacity(bounds.len());
         let mut lag = 0;
@@ -270,15 +301,7 @@ impl<T: Data> InputSource for DirectInput<T> {
                 self.expired(b.partition, *n, b.earliest)?;
                 *n = b.earliest;
             } else if *n > b.latest {
-                return Err(self.err(format!(
-                    "partition {} of {} ends at offset {}, before offset {} where this \
-                     job's checkpoint goes on (was the topic deleted and created \
-                     again?): start with a new checkpoint directory",
-                    b.partition,
-                    self.log.describe(),
-                    b.latest,
-                    *n
-                )));
+                return Err(self.ends_before(b, *n));
             }
             let from = *n;
             let mut until = b.latest;
@@ -581,6 +604,28 @@ mod tests {
         // The lag after that plan: 850 records in each partition.
         assert_eq!(SourceCounters::get(&src.counters.lag_records), 4 * 850);
         assert_eq!(src.pending_batches(), Some(9));
+    }
+
+    /// Regression: `--once` on a topic deleted and created again found nothing to do
+    /// and exited 0; a streaming run gave the error. Both give it now, at start.
+    #[test]
+    fn a_restart_on_a_log_that_ends_before_the_checkpoint_fails_at_start_bounded_or_not() {
+        for bounded in [true, false] {
+            let log = MemoryLog::new(1);
+            log.append(0, 0..10);
+            let src = input(log, None);
+            lock(&src.done).maps[0].insert(0, 1000);
+            let err = src
+                .start(bounded, true)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("partition 0")
+                    && err.contains("ends at offset 10, before offset 1000"),
+                "bounded {bounded}: {err}"
+            );
+        }
     }
 
     #[test]

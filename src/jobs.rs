@@ -205,7 +205,8 @@ impl JobConfig {
                                 ]
                             },
                         )
-                        .map_err(sink_err)?;
+                        .map_err(sink_err)?
+                        .retry_timeout(self.sink_retry_timeout);
                         streams.rows.write_to(sink);
                     }
                 }
@@ -221,7 +222,8 @@ impl JobConfig {
                                 vec![SqlValue::Text(w.to_string()), SqlValue::Int(*c)]
                             },
                         )
-                        .map_err(sink_err)?;
+                        .map_err(sink_err)?
+                        .retry_timeout(self.sink_retry_timeout);
                         changed.write_to(sink);
                     }
                 }

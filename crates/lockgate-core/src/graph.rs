@@ -333,6 +333,8 @@ pub(crate) struct OutputOp {
     pub meta: Arc<NodeMeta>,
     /// Runs the output for a batch; returns the number of elements it wrote.
     pub run: Box<dyn Fn(BatchRef) -> Result<u64> + Send + Sync>,
+    /// A sink's counters: its retries during the batch go into the batch's record.
+    pub sink: Option<Arc<crate::metrics::SinkCounters>>,
 }
 
 /// The result of running one output operation for a batch.
@@ -348,6 +350,8 @@ pub struct OutputOpInfo {
     pub records: u64,
     /// The error message if it failed.
     pub failure: Option<String>,
+    /// A sink's commits retried for this batch (after a lost connection, say).
+    pub retries: u64,
 }
 
 /// The whole graph of one streaming context.
@@ -562,6 +566,12 @@ impl Graph {
         if result.is_ok() {
             for op in outputs.iter().filter(|op| op.meta.is_valid(t)) {
                 let start = clock.now();
+                let retried = || {
+                    op.sink
+                        .as_ref()
+                        .map_or(0, |c| c.retries.load(Ordering::Relaxed))
+                };
+                let retries_before = retried();
                 let r =
                     catch_unwind(AssertUnwindSafe(|| (op.run)(batch))).unwrap_or_else(|payload| {
                         Err(Error::Operator {
@@ -576,6 +586,7 @@ impl Graph {
                     end: clock.now(),
                     records: *r.as_ref().unwrap_or(&0),
                     failure: r.as_ref().err().map(|e| e.to_string()),
+                    retries: retried() - retries_before,
                 });
                 if let Err(e) = r {
                     result = Err(e);

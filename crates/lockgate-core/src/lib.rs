@@ -81,7 +81,7 @@ pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
 pub use metrics::{
     BatchInfo, DelayHistogram, DelayHistograms, EventTimeCounters, MetricsSnapshot, OperatorInfo,
-    SourceCounters, SourceStatus, StreamingMetrics,
+    SinkCounters, SinkStatus, SourceCounters, SourceStatus, StreamingMetrics,
 };
 pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;

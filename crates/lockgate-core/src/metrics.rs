@@ -97,6 +97,47 @@ pub struct SourceCounters {
     pub status: Mutex<SourceStatus>,
 }
 
+/// Counters of one sink (a transactional output), by its name.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Commits retried after a passing failure (a lost connection, a database that
+    /// restarts).
+    pub retries: AtomicU64,
+    /// Retrying since (ms since the epoch, wall clock), and the last error with its
+    /// time.
+    pub status: Mutex<SinkStatus>,
+}
+
+/// How a sink is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// Retrying a batch's commit since this time (ms since the epoch).
+    pub retrying_since_ms: Option<i64>,
+    /// The last error, and when it happened (ms since the epoch).
+    pub last_error: Option<(String, i64)>,
+}
+
+impl SinkCounters {
+    /// Records a failed commit that is retried.
+    pub fn retrying(&self, error: &str) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        let mut s = lock(&self.status);
+        let now = wall_ms();
+        s.last_error = Some((error.to_string(), now));
+        s.retrying_since_ms.get_or_insert(now);
+    }
+
+    /// The commit went through (or failed for good): no longer retrying.
+    pub fn settled(&self) {
+        lock(&self.status).retrying_since_ms = None;
+    }
+
+    /// The status now.
+    pub fn status(&self) -> SinkStatus {
+        lock(&self.status).clone()
+    }
+}
+
 /// How a source is doing, for the UI and the API (Spark's receiver info).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceStatus {
@@ -228,6 +269,7 @@ struct Registry {
     last_completed: Option<Time>,
     terminated: bool,
     sources: BTreeMap<String, Arc<SourceCounters>>,
+    sinks: BTreeMap<String, Arc<SinkCounters>>,
     event_time: BTreeMap<String, Arc<EventTimeCounters>>,
     histograms: DelayHistograms,
 }
@@ -337,6 +379,20 @@ impl StreamingMetrics {
     /// Names of all sources with counters.
     pub fn source_names(&self) -> Vec<String> {
         lock(&self.inner).sources.keys().cloned().collect()
+    }
+
+    /// The counters of sink `name` (created on first use).
+    pub fn sink(&self, name: &str) -> Arc<SinkCounters> {
+        lock(&self.inner)
+            .sinks
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The names of the sinks, sorted.
+    pub fn sink_names(&self) -> Vec<String> {
+        lock(&self.inner).sinks.keys().cloned().collect()
     }
 
     /// A copy of the current state.

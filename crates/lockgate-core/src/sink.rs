@@ -16,6 +16,7 @@ use crate::clock::Time;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error};
 use crate::graph::BatchId;
+use crate::metrics::SinkCounters;
 
 /// What a sink knows about the batch it commits.
 #[derive(Clone, Debug)]
@@ -31,6 +32,8 @@ pub struct SinkBatch {
     /// The context's delivery guarantee: an exactly-once sink skips batches it already
     /// committed, an at-least-once sink may write them again.
     pub delivery: DeliveryMode,
+    /// Where the sink reports the commits it retries (logs, `/metrics`, the UI).
+    pub counters: Arc<SinkCounters>,
 }
 
 /// What a transactional sink recorded as committed: where a job resumes when the sink's
@@ -62,13 +65,15 @@ impl<T: Data> DStream<T> {
         let graph = self.graph.clone();
         let name = format!("sink({})", sink.name());
         let op_name = name.clone();
-        self.add_output(name, move |batch, b| {
+        let counters = graph.metrics.sink(&sink.name());
+        self.add_output_of_sink(name, Some(counters.clone()), move |batch, b| {
             let info = SinkBatch {
                 app: graph.app_name(),
                 id: b.id,
                 time: b.time,
                 inputs: graph.current_plan(),
                 delivery: graph.delivery(),
+                counters: counters.clone(),
             };
             sink.commit(&batch, &info).map_err(|source| Error::Output {
                 operator: op_name.clone(),

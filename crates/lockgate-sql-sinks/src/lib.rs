@@ -19,7 +19,7 @@ mod sqlite_backend;
 pub mod testing;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockgate_core::checkpoint::log::SourcePlan;
 use lockgate_core::codec::{from_bytes, to_bytes};
@@ -88,6 +88,9 @@ pub enum WriteMode {
     Upsert,
 }
 
+/// How long a sink retries a batch through an outage by default.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(120);
+
 type ToRow<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
 
 /// A transactional sink over a [`Backend`].
@@ -98,6 +101,7 @@ pub struct SqlSink<T, B> {
     to_row: ToRow<T>,
     backend: Mutex<B>,
     retries: u32,
+    retry_timeout: Duration,
 }
 
 /// Turns offsets rows (oldest first) into [`SinkOffsets`].
@@ -155,14 +159,24 @@ impl<T: Data, B: Backend> SqlSink<T, B> {
             mode,
             to_row: Arc::new(to_row),
             backend: Mutex::new(backend),
-            retries: 5,
+            retries: u32::MAX,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
         })
     }
 
-    /// How often a failed transaction is retried (reconnecting first) before the batch
-    /// fails (default 5, backing off from 100 ms).
+    /// At most how often a failed transaction is retried (reconnecting first) before
+    /// the batch fails (default: as often as the retry timeout allows).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// How long a batch whose transaction fails for a passing reason (a lost
+    /// connection, a database restarting) is retried, reconnecting each time and
+    /// backing off from 100 ms to 5 s, before the batch fails (default 2 minutes).
+    /// Nothing of a failed attempt is committed, so a retry never writes twice.
+    pub fn retry_timeout(mut self, d: Duration) -> Self {
+        self.retry_timeout = d;
         self
     }
 
@@ -208,32 +222,48 @@ impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
         let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
-        loop {
+        let deadline = Instant::now() + self.retry_timeout;
+        let outcome = loop {
             match backend.commit(&req) {
                 Ok(written) => {
                     if !written {
                         tracing::info!(sink = %self.name, batch = info.id, "batch already committed by this sink; skipped");
                     }
-                    return Ok(());
+                    if attempt > 0 {
+                        tracing::info!(sink = %self.name, batch = info.id, attempts = attempt + 1, "sink transaction committed after retrying");
+                    }
+                    break Ok(());
                 }
-                Err(e) if attempt < self.retries && e.is_transient() => {
+                Err(e)
+                    if attempt < self.retries
+                        && e.is_transient()
+                        && Instant::now() + delay <= deadline =>
+                {
                     attempt += 1;
-                    tracing::warn!(sink = %self.name, batch = info.id, error = %e, attempt, "sink transaction failed; retrying");
+                    info.counters.retrying(&e.to_string());
+                    tracing::warn!(sink = %self.name, batch = info.id, error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "sink transaction failed; retrying");
                     std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(3));
+                    delay = (delay * 2).min(Duration::from_secs(5));
                     if let Err(e) = backend.reconnect() {
                         tracing::warn!(sink = %self.name, error = %e, "reconnect failed");
                     }
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "sink `{}`, batch {}: {e} (nothing of this batch was committed; a restart \
-                         re-runs it)",
+                    let gave_up = if e.is_transient() {
+                        format!(" after {attempt} retries in {:?}", self.retry_timeout)
+                    } else {
+                        String::new()
+                    };
+                    break Err(format!(
+                        "sink `{}`, batch {}: {e}{gave_up} (nothing of this batch was \
+                         committed; a restart re-runs it)",
                         self.name, info.id
                     )
-                    .into())
+                    .into());
                 }
             }
-        }
+        };
+        info.counters.settled();
+        outcome
     }
 }

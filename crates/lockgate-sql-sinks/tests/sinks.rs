@@ -37,6 +37,7 @@ fn info(id: u64, delivery: DeliveryMode) -> SinkBatch {
             description: format!("file-{id}"),
         }]),
         delivery,
+        counters: Default::default(),
     }
 }
 
@@ -162,6 +163,24 @@ fn postgres_sink_commits_each_batch_once_and_survives_the_server_going_away() {
     resumer.unwrap();
     assert_eq!(q("SELECT count FROM word_counts WHERE word = 'c'"), 5);
 
+    // Regression: an outage longer than ~3 s (5 retries) stopped the job. A 10 s
+    // outage is ridden through, the retries counted, the result exact.
+    pg.pause().unwrap();
+    let outage = info(20, DeliveryMode::ExactlyOnce);
+    let counters = outage.counters.clone();
+    let committed = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            pg.resume().unwrap();
+        });
+        sink.commit(&batch(&[("e", 9)]), &outage)
+    });
+    committed.unwrap();
+    assert_eq!(q("SELECT count FROM word_counts WHERE word = 'e'"), 9);
+    assert!(counters.retries.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert_eq!(counters.status().retrying_since_ms, None, "settled");
+    assert!(counters.status().last_error.is_some());
+
     // Down for longer than the retries: a clear error, nothing committed; the re-run
     // after the database is back commits the batch once.
     let sink = sink.retries(1);
@@ -182,6 +201,6 @@ fn postgres_sink_commits_each_batch_once_and_survives_the_server_going_away() {
     assert_eq!(q("SELECT count FROM word_counts WHERE word = 'd'"), 7);
     assert_eq!(
         q("SELECT COUNT(*) FROM lockgate_offsets WHERE sink = 'counts'"),
-        4
+        5
     );
 }

@@ -51,6 +51,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/applications/{app}/streaming/receivers",
             get(receivers),
         )
+        .route("/api/v1/applications/{app}/streaming/sinks", get(sinks))
         .route(
             "/api/v1/applications/{app}/streaming/batches/{batch}",
             get(batch),
@@ -190,6 +191,32 @@ async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Respon
     Json(list).into_response()
 }
 
+/// Lockgate's `/streaming/sinks`: each sink with its retries, whether it is retrying
+/// now and its last error.
+async fn sinks(State(s): State<AppState>, Path(app): Path<String>) -> Response {
+    if let Some(r) = check_app(&s, &app) {
+        return r;
+    }
+    let metrics = s.ctx.metrics();
+    let list: Vec<Value> = metrics
+        .sink_names()
+        .into_iter()
+        .map(|name| {
+            let c = metrics.sink(&name);
+            let st = c.status();
+            json!({
+                "sinkName": name,
+                "retries": c.retries.load(std::sync::atomic::Ordering::Relaxed),
+                "retrying": st.retrying_since_ms.is_some(),
+                "retryingSince": st.retrying_since_ms.map(spark_date),
+                "lastErrorTime": st.last_error.as_ref().map(|(_, t)| spark_date(*t)),
+                "lastErrorMessage": st.last_error.as_ref().map(|(m, _)| m.clone()),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
 /// One batch in Spark's `BatchInfo` form, plus Lockgate's id, inputs and output operations.
 fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
     let failed = b.output_ops.iter().filter(|o| o.failure.is_some()).count();
@@ -236,6 +263,7 @@ fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
             "endTime": spark_date(o.end.millis()),
             "duration": o.end.since(o.start),
             "records": o.records,
+            "retries": o.retries,
             "failureReason": o.failure,
         })).collect::<Vec<_>>(),
     })

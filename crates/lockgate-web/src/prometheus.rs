@@ -282,6 +282,39 @@ pub(crate) fn render(s: &AppState) -> String {
         "gauge",
         &per_source(|c| SourceCounters::get(&c.lag_records)),
     );
+    counter(
+        &mut out,
+        "lockgate_source_retrying",
+        "1 while a source retries a passing error (a broker that does not answer).",
+        "gauge",
+        &per_source(|c| u64::from(c.status().retrying_since_ms.is_some())),
+    );
+    let per_sink = |f: fn(&lockgate_core::SinkCounters) -> u64| -> Vec<(String, f64)> {
+        metrics
+            .sink_names()
+            .iter()
+            .map(|n| {
+                (
+                    format!("{{sink=\"{}\"}}", label(n)),
+                    f(&metrics.sink(n)) as f64,
+                )
+            })
+            .collect()
+    };
+    counter(
+        &mut out,
+        "lockgate_sink_retries_total",
+        "Sink commits retried after a passing failure (a lost connection).",
+        "counter",
+        &per_sink(|c| c.retries.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    counter(
+        &mut out,
+        "lockgate_sink_retrying",
+        "1 while a sink retries a batch's commit.",
+        "gauge",
+        &per_sink(|c| u64::from(c.status().retrying_since_ms.is_some())),
+    );
     out
 }
 

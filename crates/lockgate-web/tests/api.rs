@@ -459,3 +459,57 @@ fn a_receiver_without_its_server_is_shown_inactive_with_its_error() {
     );
     run.ctx.stop(false).unwrap();
 }
+
+/// A sink's retries show in `/metrics`, in `/streaming/sinks` and on the batch.
+#[test]
+fn sink_retries_are_shown_in_metrics_the_api_and_the_batch() {
+    struct Flaky;
+    impl lockgate_core::Sink<i32> for Flaky {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn commit(
+            &self,
+            _: &lockgate_core::Batch<i32>,
+            info: &lockgate_core::SinkBatch,
+        ) -> Result<(), lockgate_core::BoxError> {
+            info.counters.retrying("connection lost");
+            info.counters.retrying("connection lost");
+            info.counters.settled();
+            Ok(())
+        }
+    }
+    let run = ManualRun::new(1).unwrap();
+    run.ctx
+        .queue_stream(InputQueue::from_batches(vec![vec![1]]), true, None)
+        .write_to(Flaky);
+    let ui = UiServer::start(&run.ctx, &ephemeral()).unwrap();
+    run.ctx.start().unwrap();
+    run.run_batches(1).unwrap();
+    let addr = ui.addr();
+    let app = json(addr, "/api/v1/applications")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sinks = json(addr, &format!("/api/v1/applications/{app}/streaming/sinks"));
+    assert_eq!(sinks[0]["sinkName"], "flaky");
+    assert_eq!(sinks[0]["retries"], 2);
+    assert_eq!(sinks[0]["retrying"], false);
+    assert_eq!(sinks[0]["lastErrorMessage"], "connection lost");
+    let batches = json(
+        addr,
+        &format!("/api/v1/applications/{app}/streaming/batches"),
+    );
+    let id = batches[0]["batchId"].as_i64().unwrap();
+    let batch = json(
+        addr,
+        &format!("/api/v1/applications/{app}/streaming/batches/{id}"),
+    );
+    assert_eq!(batch["outputOperations"][0]["retries"], 2, "{batch}");
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(
+        metrics.contains("lockgate_sink_retries_total{sink=\"flaky\"} 2"),
+        "{metrics}"
+    );
+    run.ctx.stop(false).unwrap();
+}

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -141,9 +142,21 @@ impl<T: Data> DStream<T> {
         name: String,
         run: impl Fn(Batch<T>, BatchRef) -> Result<()> + Send + Sync + 'static,
     ) {
+        self.add_output_of_sink(name, None, run);
+    }
+
+    /// [`add_output`](Self::add_output) for a sink, whose retries are recorded with
+    /// each batch.
+    pub(crate) fn add_output_of_sink(
+        &self,
+        name: String,
+        sink: Option<Arc<crate::metrics::SinkCounters>>,
+        run: impl Fn(Batch<T>, BatchRef) -> Result<()> + Send + Sync + 'static,
+    ) {
         let p = self.parent();
         self.graph.add_output(OutputOp {
             name,
+            sink,
             meta: p.meta.clone(),
             run: Box::new(move |b| {
                 let batch = p.get_or_compute(b.time)?;

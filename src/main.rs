@@ -355,9 +355,14 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
                 .context("--kafka-property: expected KEY=VALUE, with a key")
         })
         .collect::<Result<_>>()?;
+    // Each call to the brokers waits at most a third of the retry time (and 30 s), so
+    // a broker that does not answer is tried a few times before the job fails.
+    let call_timeout =
+        (opts.source_retry_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
     Ok(Input::Kafka {
         config: lockgate_kafka::KafkaConfig {
             properties,
+            timeout: call_timeout,
             ..lockgate_kafka::KafkaConfig::new(
                 brokers,
                 opts.kafka_topic.clone().unwrap_or_default(),
@@ -373,6 +378,7 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
                 OnExpiredArg::Fail => OnExpiredOffsets::Fail,
                 OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,
             },
+            retry_timeout: opts.source_retry_timeout,
         },
     })
 }

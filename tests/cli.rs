@@ -847,3 +847,113 @@ fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
     assert!(child.wait().unwrap().success(), "{rest:?}");
     assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
 }
+
+/// Regression: with the broker frozen (SIGSTOP), the job reported a timeout but the
+/// process exited only when the broker came back, holding the checkpoint lock all that
+/// time. The source now retries up to --source-retry-timeout, then the process exits
+/// promptly with an error naming the broker.
+#[test]
+fn a_frozen_broker_fails_the_job_after_the_retry_timeout_and_the_process_exits() {
+    use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "words", 1).unwrap();
+    produce(
+        &broker.brokers,
+        "words",
+        (0..50).map(|i| (0, format!("w{i}"))),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let cp = tmp.path().join("cp");
+    let mut child = lockgate()
+        .args([
+            "run",
+            "word-count",
+            "--kafka-brokers",
+            &broker.brokers,
+            "--kafka-topic",
+            "words",
+            "--quiet",
+            "--no-ui",
+            "--batch-interval",
+            "200ms",
+            "--source-retry-timeout",
+            "3s",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .arg("--checkpoint")
+        .arg(&cp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("word_counts").exists() {
+        assert!(Instant::now() < deadline, "no output before the freeze");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.freeze().unwrap();
+    let frozen = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if frozen.elapsed() > Duration::from_secs(90) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    broker.thaw().unwrap();
+    let waited = frozen.elapsed();
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the job did not exit within 90 s of the broker freezing");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("retrying"),
+        "the source said it retries: {err}"
+    );
+    assert!(err.contains(&broker.brokers), "{err}");
+    eprintln!("exited {:.1} s after the freeze", waited.as_secs_f64());
+    // The checkpoint is free again: a new run on it starts and reads the rest.
+    produce(
+        &broker.brokers,
+        "words",
+        (50..60).map(|i| (0, format!("w{i}"))),
+    )
+    .unwrap();
+    let again = lockgate()
+        .args([
+            "run",
+            "word-count",
+            "--kafka-brokers",
+            &broker.brokers,
+            "--kafka-topic",
+            "words",
+            "--quiet",
+            "--no-ui",
+            "--once",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .arg("--checkpoint")
+        .arg(&cp)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let words: std::collections::BTreeSet<String> = read_stream(&out, "word_counts")
+        .into_values()
+        .flatten()
+        .map(|v| v["word"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(words.len(), 60);
+}

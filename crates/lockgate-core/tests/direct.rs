@@ -289,3 +289,99 @@ fn a_bounded_run_knows_its_batch_count_at_start() {
     assert_eq!(seen.len(), 10);
     assert!(seen.iter().all(|t| *t == Some(10)), "{seen:?}");
 }
+
+/// A log whose brokers fail to answer a few times: the source retries (showing as
+/// retrying), then reads everything once; past the retry timeout the job fails.
+#[test]
+fn passing_log_failures_are_retried_until_the_retry_timeout() {
+    struct Flaky {
+        log: Arc<MemoryLog<String>>,
+        failures: std::sync::atomic::AtomicU32,
+        seen_retrying: Arc<std::sync::Mutex<Option<Arc<SourceCounters>>>>,
+        retrying_seen: std::sync::atomic::AtomicBool,
+    }
+    impl Flaky {
+        fn fail(&self) -> Result<(), lockgate_core::BoxError> {
+            if let Some(c) = &*self.seen_retrying.lock().unwrap() {
+                if c.status().retrying_since_ms.is_some() {
+                    self.retrying_seen
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let left = self.failures.load(std::sync::atomic::Ordering::Acquire);
+            if left > 0 {
+                self.failures
+                    .store(left - 1, std::sync::atomic::Ordering::Release);
+                return Err("broker does not answer".into());
+            }
+            Ok(())
+        }
+    }
+    impl PartitionedLog<String> for Flaky {
+        fn describe(&self) -> String {
+            "the flaky log".into()
+        }
+        fn bounds(
+            &self,
+        ) -> Result<Vec<lockgate_core::source::direct::PartitionBounds>, lockgate_core::BoxError>
+        {
+            self.fail()?;
+            self.log.bounds()
+        }
+        fn read(
+            &self,
+            partition: u32,
+            offsets: std::ops::Range<i64>,
+        ) -> Result<Vec<String>, lockgate_core::BoxError> {
+            self.fail()?;
+            self.log.read(partition, offsets)
+        }
+    }
+    for (failures, timeout, ok) in [(3, 60_000, true), (1000, 300, false)] {
+        let log = MemoryLog::new(1);
+        fill(&log, 0, 0..10);
+        let flaky = Arc::new(Flaky {
+            log,
+            failures: std::sync::atomic::AtomicU32::new(0),
+            seen_retrying: Arc::default(),
+            retrying_seen: Default::default(),
+        });
+        let ctx = lockgate_core::StreamingContext::builder()
+            .app_name("test")
+            .batch_interval(std::time::Duration::from_secs(1))
+            .parallelism(1)
+            .trigger(lockgate_core::Trigger::AvailableNow)
+            .start_time(lockgate_core::Time(0))
+            .build()
+            .unwrap();
+        let opts = DirectStreamOptions {
+            retry_timeout: std::time::Duration::from_millis(timeout),
+            ..Default::default()
+        };
+        let out = collect_batches(&ctx.direct_stream("flaky", flaky.clone(), opts));
+        *flaky.seen_retrying.lock().unwrap() = Some(ctx.metrics().source("flaky-0"));
+        // Fail from the first plan on.
+        flaky
+            .failures
+            .store(failures, std::sync::atomic::Ordering::Release);
+        let result = ctx.start().and_then(|()| ctx.await_termination());
+        let status = ctx.metrics().source("flaky-0").status();
+        assert_eq!(status.retrying_since_ms, None, "settled");
+        assert!(status
+            .last_error
+            .unwrap()
+            .0
+            .contains("broker does not answer"));
+        if ok {
+            result.unwrap();
+            assert!(flaky
+                .retrying_seen
+                .load(std::sync::atomic::Ordering::Acquire));
+            let all: Vec<String> = out.lock().unwrap().values().flatten().cloned().collect();
+            assert_eq!(all.len(), 10);
+        } else {
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("still failing after retrying"), "{e}");
+        }
+    }
+}

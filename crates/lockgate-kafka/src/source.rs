@@ -308,12 +308,39 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
 
     // The engine's messages name the log (and partition): the errors say the rest.
     fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError> {
-        self.partition_bounds().map_err(|e| e.detail().into())
+        self.partition_bounds()
+            .map_err(|e| Box::new(Detail(e)) as BoxError)
     }
 
     fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
         self.read_range(partition, offsets)
-            .map_err(|e| e.detail().into())
+            .map_err(|e| Box::new(Detail(e)) as BoxError)
+    }
+
+    /// Brokers that do not answer may come back; a topic that is missing or has no
+    /// partitions, or a rejected setting, stays so.
+    fn is_passing(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        !matches!(
+            error.downcast_ref::<Detail>(),
+            Some(Detail(Error::Topic { .. } | Error::Config(_)))
+        )
+    }
+}
+
+/// A Kafka error as the engine shows it: its detail only (the engine's message names
+/// the log and partition already), the whole error kept as its source.
+#[derive(Debug)]
+struct Detail(Error);
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.detail())
+    }
+}
+
+impl std::error::Error for Detail {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 

@@ -42,6 +42,40 @@ impl KafkaBroker {
         .map_err(Error::Harness)
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> Result<u32> {
+        let path = self.dir.path().join("kafka").join("pid");
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| Error::Harness(format!("no pid in {}", path.display())))
+    }
+
+    /// Freezes the broker (SIGSTOP): it holds its connections and answers nothing, as
+    /// a broker in a long GC pause or on a hung machine.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.pid()?.to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map_err(|e| Error::Harness(format!("kill {sig} {pid}: {e}")))?
+            .success();
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Harness(format!("kill {sig} {pid} failed")))
+        }
+    }
+
     /// Starts a new broker.
     pub fn start() -> Result<Self> {
         let dir = tempfile::Builder::new()

@@ -119,8 +119,12 @@ fn a_restart_re_reads_the_unfinished_batch_exactly_and_goes_on_after_it() {
 fn start_error(brokers: &str, topic: &str) -> String {
     let ctx = StreamingContext::builder().build().unwrap();
     let mut config = KafkaConfig::new(brokers, topic);
-    config.timeout = Duration::from_secs(3);
-    kafka_lines(&ctx, config, DirectStreamOptions::default())
+    config.timeout = Duration::from_secs(1);
+    let opts = DirectStreamOptions {
+        retry_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    kafka_lines(&ctx, config, opts)
         .unwrap()
         .foreach_batch(|_, _| ());
     ctx.start().unwrap_err().to_string()
@@ -143,7 +147,9 @@ fn a_missing_topic_and_unreachable_brokers_are_clear_errors_at_start() {
     let brokers = format!("127.0.0.1:{port}");
     let e = start_error(&brokers, "events");
     assert!(
-        e.contains(&brokers) && e.contains("is a broker listening there"),
+        e.contains(&brokers)
+            && e.contains("is a broker listening there")
+            && e.contains("still failing after retrying"),
         "{e}"
     );
 }

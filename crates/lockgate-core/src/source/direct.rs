@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -57,6 +59,13 @@ pub trait PartitionedLog<T>: Send + Sync + 'static {
     /// order. Offsets without a record (compacted away, transaction markers) are
     /// skipped. An error if the range cannot be read whole (e.g. it has expired).
     fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError>;
+    /// Whether an error of [`bounds`](Self::bounds) or [`read`](Self::read) may pass
+    /// (brokers that do not answer: retried until
+    /// [`retry_timeout`](DirectStreamOptions::retry_timeout)) or lasts (a topic that
+    /// does not exist: the job fails at once). Default: every error may pass.
+    fn is_passing(&self, _error: &(dyn std::error::Error + 'static)) -> bool {
+        true
+    }
 }
 
 /// Where a partition without a checkpointed position starts.
@@ -83,7 +92,7 @@ pub enum OnExpiredOffsets {
 }
 
 /// Options of [`direct_stream`](StreamingContext::direct_stream).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DirectStreamOptions {
     /// The most records one batch takes from one partition (Spark's
     /// `maxRatePerPartition` times the batch interval); default: no limit.
@@ -92,6 +101,27 @@ pub struct DirectStreamOptions {
     pub starting_offsets: StartingOffsets,
     /// What happens when offsets to be read have expired.
     pub on_expired_offsets: OnExpiredOffsets,
+    /// How long a failing call to the log (its brokers do not answer) is retried, with
+    /// back-off from 100 ms to 5 s, before the job fails with its error (default 2
+    /// minutes). The source shows as retrying in the UI and `/metrics` meanwhile.
+    pub retry_timeout: Duration,
+}
+
+impl Default for DirectStreamOptions {
+    fn default() -> Self {
+        DirectStreamOptions {
+            max_records_per_partition: None,
+            starting_offsets: StartingOffsets::default(),
+            on_expired_offsets: OnExpiredOffsets::default(),
+            retry_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One try of a call to the log: a failure that may pass is retried.
+enum Attempt {
+    Passing(Error),
+    Fatal(Error),
 }
 
 /// A batch's descriptor: `(partition, from, until)` for every partition.
@@ -115,6 +145,8 @@ struct DirectInput<T> {
     done: Arc<Mutex<KeyedState<u32, i64>>>,
     planned: Mutex<BTreeMap<Time, Ranges>>,
     counters: Arc<SourceCounters>,
+    /// Stopped: calls that fail are not retried.
+    stopping: AtomicBool,
 }
 
 impl<T: Data> DirectInput<T> {
@@ -125,15 +157,76 @@ impl<T: Data> DirectInput<T> {
         }
     }
 
-    fn bounds(&self) -> Result<Vec<PartitionBounds>> {
+    /// Runs `attempt` until it succeeds, retrying the failures that may pass with
+    /// back-off until `retry_timeout` (the source shows as retrying meanwhile); then,
+    /// or on a failure that cannot pass, the error.
+    fn retrying<R>(
+        &self,
+        mut attempt: impl FnMut() -> std::result::Result<R, Attempt>,
+    ) -> Result<R> {
+        let deadline = Instant::now() + self.opts.retry_timeout;
+        let mut wait = Duration::from_millis(100);
+        let mut retried = false;
+        loop {
+            let e = match attempt() {
+                Ok(r) => {
+                    if retried {
+                        tracing::info!(source = %self.name, "{} answers again", self.log.describe());
+                        self.counters.recovered();
+                    }
+                    return Ok(r);
+                }
+                Err(Attempt::Fatal(e)) => e,
+                Err(Attempt::Passing(e)) => {
+                    if Instant::now() + wait <= deadline && !self.stopping.load(Ordering::Acquire) {
+                        tracing::warn!(source = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "retrying");
+                        self.counters.retrying(&e.to_string());
+                        retried = true;
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    match e {
+                        Error::Source {
+                            source_name,
+                            message,
+                        } if retried => Error::Source {
+                            source_name,
+                            message: format!(
+                                "{message} (still failing after retrying for {:?}; the job \
+                                 stops, and a restart re-runs its unfinished batch)",
+                                self.opts.retry_timeout
+                            ),
+                        },
+                        other => other,
+                    }
+                }
+            };
+            self.counters.recovered();
+            return Err(e);
+        }
+    }
+
+    /// The partitions and their offsets, sorted, in one try.
+    fn bounds_once(&self) -> std::result::Result<Vec<PartitionBounds>, Attempt> {
         let mut b = self.log.bounds().map_err(|e| {
-            self.err(format!(
+            let error = self.err(format!(
                 "cannot read the partitions and offsets of {}: {e}",
                 self.log.describe()
-            ))
+            ));
+            if self.log.is_passing(&*e) {
+                Attempt::Passing(error)
+            } else {
+                Attempt::Fatal(error)
+            }
         })?;
         b.sort_by_key(|p| p.partition);
         Ok(b)
+    }
+
+    /// The partitions and their offsets, sorted (retried).
+    fn bounds(&self) -> Result<Vec<PartitionBounds>> {
+        self.retrying(|| self.bounds_once())
     }
 
     fn decode(&self, descriptor: &[u8], what: &str) -> Result<Ranges> {
@@ -180,7 +273,6 @@ impl<T: Data> DirectInput<T> {
         .map(|n| n.max(1))
     }
 
-    /// Reads one planned range, applying the expiry policy when it cannot be read.
     /// A checkpointed partition the log no longer has.
     fn disappeared(&self, partition: u32) -> Error {
         self.err(format!(
@@ -202,36 +294,49 @@ impl<T: Data> DirectInput<T> {
         ))
     }
 
+    /// Reads one planned range, applying the expiry policy when it cannot be read
+    /// because its offsets expired, and retrying other failures.
     fn read_range(&self, partition: u32, from: i64, until: i64) -> Result<Vec<T>> {
-        let error = match self.log.read(partition, from..until) {
-            Ok(records) => return Ok(records),
-            Err(e) => e,
-        };
-        // Expired since it was planned (or while the job was down)?
-        let earliest = self
-            .bounds()
-            .ok()
-            .and_then(|b| b.into_iter().find(|b| b.partition == partition))
-            .map(|b| b.earliest);
-        match earliest {
-            Some(earliest) if earliest > from => {
-                self.expired(partition, from, earliest.min(until))?;
-                if earliest >= until {
-                    return Ok(Vec::new());
+        self.retrying(|| {
+            let error = match self.log.read(partition, from..until) {
+                Ok(records) => return Ok(records),
+                Err(e) => e,
+            };
+            // Expired since it was planned (or while the job was down)?
+            let earliest = self
+                .bounds_once()?
+                .into_iter()
+                .find(|b| b.partition == partition)
+                .map(|b| b.earliest);
+            match earliest {
+                Some(earliest) if earliest > from => {
+                    self.expired(partition, from, earliest.min(until))
+                        .map_err(Attempt::Fatal)?;
+                    if earliest >= until {
+                        return Ok(Vec::new());
+                    }
+                    self.log.read(partition, earliest..until).map_err(|e| {
+                        Attempt::Passing(self.err(format!(
+                            "reading offsets [{earliest}, {until}) of partition {partition} \
+                             of {}: {e}",
+                            self.log.describe()
+                        )))
+                    })
                 }
-                self.log.read(partition, earliest..until).map_err(|e| {
-                    self.err(format!(
-                        "reading offsets [{earliest}, {until}) of partition {partition} \
-                         of {}: {e}",
+                _ => {
+                    let e = self.err(format!(
+                        "reading offsets [{from}, {until}) of partition {partition} of {}: \
+                         {error}",
                         self.log.describe()
-                    ))
-                })
+                    ));
+                    Err(if self.log.is_passing(&*error) {
+                        Attempt::Passing(e)
+                    } else {
+                        Attempt::Fatal(e)
+                    })
+                }
             }
-            _ => Err(self.err(format!(
-                "reading offsets [{from}, {until}) of partition {partition} of {}: {error}",
-                self.log.describe()
-            ))),
-        }
+        })
     }
 }
 
@@ -280,7 +385,10 @@ impl<T: Data> InputSource for DirectInput<T> {
         Ok(())
     }
 
-    fn stop(&self) {}
+    fn stop(&self) {
+        // A stop does not wait out a retrying call.
+        self.stopping.store(true, Ordering::Release);
+    }
 
     fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)> {
         let bounds = self.bounds()?;
@@ -470,6 +578,7 @@ impl StreamingContext {
             rate_limit: Mutex::new(None),
             done,
             planned: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
         });
         register(self, kind, src)
     }
@@ -576,6 +685,7 @@ mod tests {
             done: Arc::new(Mutex::new(KeyedState::new(1, true))),
             planned: Mutex::new(BTreeMap::new()),
             counters: Arc::default(),
+            stopping: AtomicBool::new(false),
         }
     }
 

@@ -73,6 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .save_as_text_files(&format!("{output}/errors"), "txt");
         Ok(ctx)
     })?;
+    // Ctrl-C stops it gracefully (planned batches finish first), as the CLI does.
+    ctx.stop_gracefully_on_shutdown()?;
     ctx.start()?;
     ctx.await_termination()?;
     println!("done: counts under {output}/errors-<batch time>.txt/");

@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         q5(&events).print_n(5);
         Ok(ctx)
     })?;
+    // Ctrl-C stops it gracefully (planned batches finish first), as the CLI does.
+    ctx.stop_gracefully_on_shutdown()?;
     ctx.start()?;
     ctx.await_termination()?;
     println!("checkpoint in {} (delete it to start over)", dir.display());

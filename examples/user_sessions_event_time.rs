@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .count()
         .name("clicks_per_minute")
         .print();
+    // Ctrl-C stops it gracefully (planned batches finish first), as the CLI does.
+    ctx.stop_gracefully_on_shutdown()?;
     ctx.start()?;
     ctx.await_termination()?;
     let late = ctx.metrics().event_time("sessions");

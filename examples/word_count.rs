@@ -35,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name("word_totals")
         .print();
 
+    // Ctrl-C stops it gracefully (planned batches finish first), as the CLI does.
+    ctx.stop_gracefully_on_shutdown()?;
     ctx.start()?;
     ctx.await_termination()?;
     Ok(())

@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .save_as_text_files(&format!("{output}/counts"), "txt");
         Ok(ctx)
     })?;
+    // Ctrl-C stops it gracefully (planned batches finish first), as the CLI does.
+    ctx.stop_gracefully_on_shutdown()?;
     ctx.start()?;
     ctx.await_termination()?;
     Ok(())

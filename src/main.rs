@@ -150,9 +150,9 @@ pub struct RunOpts {
     /// Also write each output stream as JSON lines under DIR/<stream>/batch=<id>/.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
-    /// Batch interval, e.g. 10s or 500ms.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    batch_interval: Duration,
+    /// Batch interval, e.g. 10s or 500ms (default 10s; 1s for the demo).
+    #[arg(long, value_parser = parse_duration)]
+    batch_interval: Option<Duration>,
     /// Window length of log-errors' count, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     window: Duration,
@@ -329,6 +329,59 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
+/// The streaming demo's batch interval.
+const DEMO_BATCH: Duration = Duration::from_secs(1);
+/// How many files the streaming demo feeds, one per batch interval.
+const DEMO_FILES: usize = 60;
+
+/// The streaming demo's feeder: clears `DEMO_DIR/stream`, then puts one of the sample
+/// log files there every batch interval (written aside and renamed in whole, as a file
+/// source wants), `DEMO_FILES` in all, then stops the job gracefully.
+fn start_demo_feeder(ctx: &lockgate_core::StreamingContext) -> Result<std::thread::JoinHandle<()>> {
+    let pool = demo_input()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&pool)
+        .with_context(|| format!("listing {}", pool.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "no sample logs in {}; delete the directory to generate them again",
+            pool.display()
+        );
+    }
+    let stream = Path::new(DEMO_DIR).join("stream");
+    if stream.exists() {
+        std::fs::remove_dir_all(&stream).context("clearing the previous demo input")?;
+    }
+    std::fs::create_dir_all(&stream).context("creating the demo input directory")?;
+    let ctx = ctx.clone();
+    let interval = ctx.batch_interval();
+    std::thread::Builder::new()
+        .name("lockgate-demo-feeder".into())
+        .spawn(move || {
+            for i in 0..DEMO_FILES {
+                if ctx.is_stopping() {
+                    return;
+                }
+                let from = &files[i % files.len()];
+                let tmp = stream.join(format!(".logs-{i:05}.tmp"));
+                let to = stream.join(format!("logs-{i:05}.log"));
+                if let Err(e) = std::fs::copy(from, &tmp).and_then(|_| std::fs::rename(&tmp, &to)) {
+                    eprintln!("demo: cannot add {}: {e}", to.display());
+                    break;
+                }
+                std::thread::sleep(interval);
+            }
+            if !ctx.is_stopping() {
+                eprintln!("demo: all {DEMO_FILES} files fed; stopping gracefully");
+                ctx.request_stop(true);
+            }
+        })
+        .context("starting the demo feeder")
+}
+
 /// Generates the demo input once; later runs reuse it.
 fn demo_input() -> Result<PathBuf> {
     let dir = Path::new(DEMO_DIR).join("input");
@@ -397,7 +450,8 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         (Some(s), _, _) => Input::socket(s)?,
         (None, Some(d), _) => Input::Dir(d.clone()),
         (None, None, Some(brokers)) => kafka_input(opts, brokers)?,
-        (None, None, None) => Input::Dir(demo_input()?),
+        (None, None, None) if opts.once => Input::Dir(demo_input()?),
+        (None, None, None) => Input::Dir(Path::new(DEMO_DIR).join("stream")),
     };
     let output = if demo && opts.output.is_none() {
         Some(Path::new(DEMO_DIR).join("output"))
@@ -406,14 +460,20 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     };
     Ok(JobConfig {
         input,
-        batch_interval: opts.batch_interval,
+        batch_interval: opts.batch_interval.unwrap_or(if demo && !opts.once {
+            DEMO_BATCH
+        } else {
+            Duration::from_secs(10)
+        }),
         window: opts.window,
         slide: opts.slide,
         output,
-        once: opts.once || demo,
-        max_files_per_batch: opts
-            .max_files_per_batch
-            .or(if demo { Some(1) } else { None }),
+        once: opts.once,
+        max_files_per_batch: opts.max_files_per_batch.or(if demo && opts.once {
+            Some(1)
+        } else {
+            None
+        }),
         parallelism: opts.parallelism,
         print: !opts.quiet,
         checkpoint: opts.checkpoint.clone(),
@@ -473,31 +533,6 @@ fn input_notes(metrics: &lockgate_core::StreamingMetrics) -> String {
     }
 }
 
-/// SIGINT and SIGTERM: the first stops the job gracefully (every planned batch and
-/// everything its receivers stored run and commit first; the main thread's
-/// `await_termination` returns when that is done); a second one exits at once, leaving
-/// the queued batches logged for the next start to re-run.
-pub fn stop_on_signals(ctx: &lockgate_core::StreamingContext) -> Result<()> {
-    let stopper = ctx.clone();
-    let signals = std::sync::atomic::AtomicU32::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
-            eprintln!(
-                "stopping gracefully: finishing every planned batch (press Ctrl-C again to \
-                 stop at once)..."
-            );
-            stopper.request_stop(true);
-        } else {
-            eprintln!(
-                "stopping at once: the batches still queued are logged and re-run at the \
-                 next start"
-            );
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")
-}
-
 fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let demo = is_demo(&opts);
     let cfg = job_config(&opts)?;
@@ -516,7 +551,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     let job = Job::from(job);
     let app = job.name();
     let ctx = cfg.build(job)?;
-    stop_on_signals(&ctx)?;
+    ctx.stop_gracefully_on_shutdown()?;
     // The UI helps but is not the job: without a free port the job runs on without it.
     let _ui = if opts.no_ui {
         None
@@ -537,6 +572,17 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
             }
         }
     };
+    let feeder = if demo && !cfg.once {
+        eprintln!(
+            "demo: streaming sample logs for about {} s, one file every {:?} (Ctrl-C stops \
+             it sooner; `--once` runs them as one bounded run)",
+            DEMO_FILES as u64 * cfg.batch_interval.as_secs().max(1),
+            cfg.batch_interval
+        );
+        Some(start_demo_feeder(&ctx)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     if let Err(e) = ctx.start() {
         if ctx.is_stopping() {
@@ -554,11 +600,18 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     };
     let result = ctx.await_termination();
     drop(progress);
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
     result.with_context(|| format!("the {app} job failed"))?;
     let m = ctx.metrics().snapshot();
     let secs = started.elapsed().as_secs_f64();
+    let stopped = match ctx.graceful_stop_drained() {
+        Some(n) => format!("; stopped gracefully, {n} planned batch(es) drained"),
+        None => String::new(),
+    };
     eprintln!(
-        "{app}: {} batches, {} input records{} in {secs:.2} s",
+        "{app}: {} batches, {} input records{} in {secs:.2} s{stopped}",
         m.total_completed,
         m.total_records,
         input_notes(&ctx.metrics())

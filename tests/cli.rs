@@ -371,6 +371,13 @@ fn word_count_on_a_socket_stops_gracefully_on_sigint() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
+    // It says it stopped gracefully, and how many batches it drained (not
+    // "graceful=true" and then "graceful=false").
+    assert!(
+        stderr.contains("stopped gracefully") && stderr.contains("drained"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("graceful=false"), "{stderr}");
     let want: BTreeMap<String, i64> = [("be", 2), ("not", 1), ("or", 1), ("to", 2)]
         .iter()
         .map(|(w, c)| (w.to_string(), *c))
@@ -956,4 +963,50 @@ fn a_frozen_broker_fails_the_job_after_the_retry_timeout_and_the_process_exits()
         .map(|v| v["word"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(words.len(), 60);
+}
+
+/// The README's main command: the demo streams its sample logs (about a minute, with
+/// the UI), and Ctrl-C stops it gracefully.
+#[test]
+fn the_demo_streams_its_sample_logs_until_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = lockgate()
+        .current_dir(tmp.path())
+        .args(["run", "log-errors", "--quiet", "--ui-port", "0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with("streaming UI and API at http://127.0.0.1:"),
+        "{first}"
+    );
+    let out = tmp.path().join("lockgate-demo/output");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batches = if out.join("errors").exists() {
+            read_stream(&out, "errors").len()
+        } else {
+            0
+        };
+        if batches >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo made no batches");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped gracefully")),
+        "{rest:?}"
+    );
 }

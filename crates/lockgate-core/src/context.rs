@@ -506,6 +506,16 @@ impl StreamingContext {
         *lock(&self.inner.bounded_total)
     }
 
+    /// How the context stopped, once it has: `Some(n)` after a graceful stop that
+    /// drained `n` batches (planned or re-run batches and the last one of what the
+    /// sources held), `None` before it stopped or after any other stop.
+    pub fn graceful_stop_drained(&self) -> Option<u64> {
+        let run = lock(&self.inner.run);
+        let s = run.scheduler.as_ref()?;
+        (run.state == ContextState::Stopped && self.inner.graceful.load(Ordering::Acquire))
+            .then(|| s.drained.load(Ordering::Acquire))
+    }
+
     /// The lifecycle state.
     pub fn state(&self) -> ContextState {
         lock(&self.inner.run).state
@@ -632,6 +642,32 @@ impl StreamingContext {
     pub fn stop(&self, graceful: bool) -> Result<()> {
         self.request_stop(graceful);
         self.finish_stop()
+    }
+
+    /// Spark's `spark.streaming.stopGracefullyOnShutdown`: on SIGINT (Ctrl-C) or
+    /// SIGTERM the context stops gracefully — every planned batch and what receivers
+    /// stored run and commit, then [`await_termination`](Self::await_termination)
+    /// returns; a second signal exits the process at once (code 130), leaving the
+    /// queued batches logged for the next start to re-run. One handler per process.
+    pub fn stop_gracefully_on_shutdown(&self) -> Result<()> {
+        let ctx = self.clone();
+        let signals = std::sync::atomic::AtomicU32::new(0);
+        ctrlc::set_handler(move || {
+            if signals.fetch_add(1, Ordering::AcqRel) == 0 {
+                eprintln!(
+                    "stopping gracefully: finishing every planned batch (press Ctrl-C again \
+                     to stop at once)..."
+                );
+                ctx.request_stop(true);
+            } else {
+                eprintln!(
+                    "stopping at once: the batches still queued are logged and re-run at the \
+                     next start"
+                );
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| Error::Lifecycle(format!("cannot install the Ctrl-C handler: {e}")))
     }
 
     /// Asks the context to stop without waiting for it (see [`stop`](Self::stop)):

@@ -52,6 +52,31 @@ fn run_err(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The UI's address, from the line the CLI prints at start.
+fn ui_address(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> std::net::SocketAddr {
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("streaming UI and API at ") {
+            break u.to_string();
+        }
+    };
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// The whole HTTP response to `GET path` (empty if the server cannot be reached).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Read as _;
+    let mut r = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        let _ = s.read_to_string(&mut r);
+    }
+    r
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -487,7 +512,7 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
 
 #[test]
 fn the_cli_serves_the_api_and_metrics_while_it_runs() {
-    use std::io::{BufRead, BufReader, Read as _};
+    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     generate_logs(&input, 500, 2, 1);
@@ -514,25 +539,9 @@ fn the_cli_serves_the_api_and_metrics_while_it_runs() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(u) = line.strip_prefix("streaming UI and API at ") {
-            break u.to_string();
-        }
-    };
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let addr = ui_address(&mut lines);
     assert!(addr.ip().is_loopback());
-    let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r
-    };
+    let get = |path: &str| http_get(addr, path);
     let apps = get("/api/v1/applications");
     assert!(apps.contains("\"name\":\"log-errors\""), "{apps}");
     // Wait (bounded) until a batch with input has completed, then read the metrics.
@@ -789,7 +798,7 @@ fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
 /// output files. Connections are capped well below the limit and idle ones closed.
 #[test]
 fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
-    use std::io::{BufRead, BufReader, Read as _};
+    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
@@ -809,13 +818,7 @@ fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(u) = line.strip_prefix("streaming UI and API at ") {
-            break u.to_string();
-        }
-    };
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let addr = ui_address(&mut lines);
     // More idle connections than the process has descriptors to spare.
     let idle: Vec<std::net::TcpStream> = (0..120)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -832,14 +835,7 @@ fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
     // And the UI answers once the crowd is gone.
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
-        let mut r = String::new();
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            let _ = write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-            );
-            let _ = s.read_to_string(&mut r);
-        }
+        let r = http_get(addr, "/metrics");
         if r.contains("lockgate_records_in_total") || Instant::now() > deadline {
             break r;
         }
@@ -873,25 +869,18 @@ fn a_frozen_broker_fails_the_job_after_the_retry_timeout_and_the_process_exits()
     .unwrap();
     let out = tmp.path().join("out");
     let cp = tmp.path().join("cp");
-    let mut child = lockgate()
-        .args([
-            "run",
-            "word-count",
-            "--kafka-brokers",
-            &broker.brokers,
-            "--kafka-topic",
-            "words",
-            "--quiet",
-            "--no-ui",
-            "--batch-interval",
-            "200ms",
-            "--source-retry-timeout",
-            "3s",
-        ])
-        .arg("--output")
-        .arg(&out)
-        .arg("--checkpoint")
-        .arg(&cp)
+    let job = |extra: &[&str]| {
+        let mut c = lockgate();
+        c.args(["run", "word-count", "--kafka-brokers", &broker.brokers])
+            .args(["--kafka-topic", "words", "--quiet", "--no-ui"])
+            .args(extra)
+            .arg("--output")
+            .arg(&out)
+            .arg("--checkpoint")
+            .arg(&cp);
+        c
+    };
+    let mut child = job(&["--batch-interval", "200ms", "--source-retry-timeout", "3s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -934,24 +923,7 @@ fn a_frozen_broker_fails_the_job_after_the_retry_timeout_and_the_process_exits()
         (50..60).map(|i| (0, format!("w{i}"))),
     )
     .unwrap();
-    let again = lockgate()
-        .args([
-            "run",
-            "word-count",
-            "--kafka-brokers",
-            &broker.brokers,
-            "--kafka-topic",
-            "words",
-            "--quiet",
-            "--no-ui",
-            "--once",
-        ])
-        .arg("--output")
-        .arg(&out)
-        .arg("--checkpoint")
-        .arg(&cp)
-        .output()
-        .unwrap();
+    let again = job(&["--once"]).output().unwrap();
     assert!(
         again.status.success(),
         "{}",

@@ -179,6 +179,18 @@ pub fn collect_batches<U: Data>(stream: &DStream<U>) -> Arc<Mutex<BTreeMap<u64, 
     out
 }
 
+/// A context for a bounded run (`Trigger::AvailableNow`, batch times from 0), not
+/// started: build its graph, then `start` and `await_termination`.
+pub fn bounded_context(parallelism: usize) -> Result<StreamingContext> {
+    StreamingContext::builder()
+        .app_name("test")
+        .batch_interval(TEST_BATCH_INTERVAL)
+        .parallelism(parallelism)
+        .trigger(crate::context::Trigger::AvailableNow)
+        .start_time(Time(0))
+        .build()
+}
+
 /// Runs a bounded job to its end: a context with `parallelism` workers, triggered
 /// [`AvailableNow`](crate::Trigger::AvailableNow) from time 0 (so batch times do not
 /// depend on the clock), whose graph `build` makes; returns the output of the stream
@@ -187,13 +199,7 @@ pub fn run_bounded<U: Data>(
     parallelism: usize,
     build: impl FnOnce(&StreamingContext) -> DStream<U>,
 ) -> Result<BTreeMap<u64, Vec<U>>> {
-    let ctx = StreamingContext::builder()
-        .app_name("test")
-        .batch_interval(TEST_BATCH_INTERVAL)
-        .parallelism(parallelism)
-        .trigger(crate::context::Trigger::AvailableNow)
-        .start_time(Time(0))
-        .build()?;
+    let ctx = bounded_context(parallelism)?;
     let out = collect_batches(&build(&ctx));
     ctx.start()?;
     ctx.await_termination()?;

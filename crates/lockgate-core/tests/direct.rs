@@ -13,7 +13,9 @@ use lockgate_core::metrics::SourceCounters;
 use lockgate_core::source::direct::{
     DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
 };
-use lockgate_core::testing::{collect_batches, run_bounded, run_checkpointed, ManualRun};
+use lockgate_core::testing::{
+    bounded_context, collect_batches, run_bounded, run_checkpointed, ManualRun,
+};
 
 /// Records named by partition and offset: `p<partition>-<offset>`.
 fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
@@ -270,14 +272,7 @@ fn a_bounded_run_knows_its_batch_count_at_start() {
     let log = MemoryLog::new(2);
     fill(&log, 0, 0..95);
     fill(&log, 1, 0..40);
-    let ctx = lockgate_core::StreamingContext::builder()
-        .app_name("test")
-        .batch_interval(std::time::Duration::from_secs(1))
-        .parallelism(2)
-        .trigger(lockgate_core::Trigger::AvailableNow)
-        .start_time(lockgate_core::Time(0))
-        .build()
-        .unwrap();
+    let ctx = bounded_context(2).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (c, s) = (ctx.clone(), seen.clone());
     ctx.direct_stream("memory", log.clone(), limited(10))
@@ -346,14 +341,7 @@ fn passing_log_failures_are_retried_until_the_retry_timeout() {
             seen_retrying: Arc::default(),
             retrying_seen: Default::default(),
         });
-        let ctx = lockgate_core::StreamingContext::builder()
-            .app_name("test")
-            .batch_interval(std::time::Duration::from_secs(1))
-            .parallelism(1)
-            .trigger(lockgate_core::Trigger::AvailableNow)
-            .start_time(lockgate_core::Time(0))
-            .build()
-            .unwrap();
+        let ctx = bounded_context(1).unwrap();
         let opts = DirectStreamOptions {
             retry_timeout: std::time::Duration::from_millis(timeout),
             ..Default::default()

@@ -24,6 +24,16 @@ fn socket_job(
     start_ms: i64,
 ) -> (ManualRun, ReceiverInputDStream<String>, Out) {
     let clock = Arc::new(ManualClock::new(start_ms));
+    let (ctx, lines, out) = socket_job_on(dir, port, clock.clone());
+    (ManualRun { ctx, clock }, lines, out)
+}
+
+/// The socket job of [`socket_job`] on any clock.
+fn socket_job_on(
+    dir: &Path,
+    port: u16,
+    clock: Arc<dyn lockgate_core::Clock>,
+) -> (StreamingContext, ReceiverInputDStream<String>, Out) {
     let mut parts = None;
     let ctx = StreamingContext::get_or_create(dir, |b| {
         let ctx = b
@@ -40,7 +50,7 @@ fn socket_job(
     })
     .unwrap();
     let (lines, out) = parts.unwrap();
-    (ManualRun { ctx, clock }, lines, out)
+    (ctx, lines, out)
 }
 
 fn send(listener: &TcpListener, lines: &[&str]) -> TcpStream {
@@ -210,22 +220,7 @@ fn a_graceful_stop_while_logged_batches_are_replayed_drains_them_and_the_wal() {
         state: Mutex::new((false, false)),
         changed: std::sync::Condvar::new(),
     });
-    let mut parts = None;
-    let ctx = StreamingContext::get_or_create(dir.path(), |b| {
-        let ctx = b
-            .app_name("wal")
-            .batch_interval(Duration::from_secs(1))
-            .block_interval(Duration::from_millis(20))
-            .parallelism(2)
-            .clock(clock.clone())
-            .build()?;
-        let lines = ctx.socket_text_stream("127.0.0.1", port);
-        let out = collect_batches(&lines.map(|l| l.to_uppercase()));
-        parts = Some((lines, out));
-        Ok(ctx)
-    })
-    .unwrap();
-    let (lines, out) = parts.unwrap();
+    let (ctx, lines, out) = socket_job_on(dir.path(), port, clock.clone());
     ctx.start().unwrap();
     let mut conn = listener.accept().unwrap().0;
     conn.write_all(b"f\ng\n").unwrap();

@@ -152,6 +152,16 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
     .into_response()
 }
 
+/// Whether a source or sink is retrying, since when, and its last error.
+fn retry_json(retrying_since_ms: Option<i64>, last_error: Option<&(String, i64)>) -> Value {
+    json!({
+        "retrying": retrying_since_ms.is_some(),
+        "retryingSince": retrying_since_ms.map(spark_date),
+        "lastErrorTime": last_error.map(|(_, t)| spark_date(*t)),
+        "lastErrorMessage": last_error.map(|(m, _)| m.clone()),
+    })
+}
+
 /// Every source's status, by name.
 fn source_statuses(s: &AppState) -> Vec<(String, SourceStatus)> {
     let metrics = s.ctx.metrics();
@@ -176,16 +186,16 @@ async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Respon
         .into_iter()
         .enumerate()
         .map(|(i, (name, st))| {
-            json!({
-                "streamId": i,
-                "streamName": name,
-                "isReceiver": st.is_receiver,
-                "isActive": if st.is_receiver { st.active } else { st.retrying_since_ms.is_none() },
-                "retrying": st.retrying_since_ms.is_some(),
-                "retryingSince": st.retrying_since_ms.map(spark_date),
-                "lastErrorTime": st.last_error.as_ref().map(|(_, t)| spark_date(*t)),
-                "lastErrorMessage": st.last_error.as_ref().map(|(m, _)| m.clone()),
-            })
+            let mut v = retry_json(st.retrying_since_ms, st.last_error.as_ref());
+            v["streamId"] = json!(i);
+            v["streamName"] = json!(name);
+            v["isReceiver"] = json!(st.is_receiver);
+            v["isActive"] = json!(if st.is_receiver {
+                st.active
+            } else {
+                st.retrying_since_ms.is_none()
+            });
+            v
         })
         .collect();
     Json(list).into_response()
@@ -204,14 +214,10 @@ async fn sinks(State(s): State<AppState>, Path(app): Path<String>) -> Response {
         .map(|name| {
             let c = metrics.sink(&name);
             let st = c.status();
-            json!({
-                "sinkName": name,
-                "retries": c.retries.load(std::sync::atomic::Ordering::Relaxed),
-                "retrying": st.retrying_since_ms.is_some(),
-                "retryingSince": st.retrying_since_ms.map(spark_date),
-                "lastErrorTime": st.last_error.as_ref().map(|(_, t)| spark_date(*t)),
-                "lastErrorMessage": st.last_error.as_ref().map(|(m, _)| m.clone()),
-            })
+            let mut v = retry_json(st.retrying_since_ms, st.last_error.as_ref());
+            v["sinkName"] = json!(name);
+            v["retries"] = json!(c.retries.load(std::sync::atomic::Ordering::Relaxed));
+            v
         })
         .collect();
     Json(list).into_response()

@@ -170,7 +170,24 @@ pub fn produce<V: AsRef<[u8]>>(
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(|e| Error::Harness(format!("flush to {topic}: {e}")))
+    // One record per request is slow on a busy machine: wait as long as the broker
+    // keeps taking records, and give up only when it stops for a minute.
+    let mut left = producer.in_flight_count();
+    let mut progress = std::time::Instant::now();
+    loop {
+        match producer.flush(Duration::from_secs(5)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let now = producer.in_flight_count();
+                if now < left {
+                    left = now;
+                    progress = std::time::Instant::now();
+                } else if progress.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::Harness(format!(
+                        "flush to {topic}: {e} ({now} records not delivered, none for 60 s)"
+                    )));
+                }
+            }
+        }
+    }
 }

@@ -732,7 +732,7 @@ impl StreamingContext {
             Some(cp) => cp.flush(),
             None => Ok(()),
         };
-        let failure = scheduler.take_failure();
+        let failure = scheduler.take_failure().or(flushed.err());
         let drained = scheduler.drained.load(Ordering::Acquire);
         let app = &self.inner.app_name;
         if let Some(e) = &failure {
@@ -752,10 +752,7 @@ impl StreamingContext {
                  re-run at the next start"
             );
         }
-        match failure {
-            Some(e) => Err(e),
-            None => flushed,
-        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Waits until the context stops: stopped by [`stop`](Self::stop), finished (a

@@ -13,6 +13,9 @@ pub struct PostgresBackend {
     client: Client,
 }
 
+/// The advisory lock key that serializes the sinks' table setup ("lockgate" in ASCII).
+const SETUP_LOCK: i64 = 0x6c6f_636b_6761_7465;
+
 impl PostgresBackend {
     /// Connects to `url` (`postgres://user@host:port/db`).
     pub fn connect(url: &str) -> Result<Self> {
@@ -50,8 +53,15 @@ fn param(v: &SqlValue, t: SqlType) -> Result<Box<dyn ToSql + Sync>> {
 
 impl Backend for PostgresBackend {
     fn setup(&mut self, table: &Table) -> Result<()> {
-        self.client.batch_execute(&create_table(table, true))?;
-        self.client.batch_execute(&create_offsets(true))?;
+        // `CREATE TABLE IF NOT EXISTS` fails when another session creates the same
+        // table at the same time (a duplicate in the catalog), as the session of a job
+        // killed while it set up may still do when its replacement starts: one setup
+        // at a time, under a transaction-scoped advisory lock.
+        let mut tx = self.client.transaction()?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SETUP_LOCK})"))?;
+        tx.batch_execute(&create_table(table, true))?;
+        tx.batch_execute(&create_offsets(true))?;
+        tx.commit()?;
         Ok(())
     }
 

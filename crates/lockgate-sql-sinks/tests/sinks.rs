@@ -204,3 +204,43 @@ fn postgres_sink_commits_each_batch_once_and_survives_the_server_going_away() {
         5
     );
 }
+
+/// Regression (a Kafka-free crash-suite failure: `opening checkpoint …: PostgreSQL: db
+/// error`): a job killed while it created its tables left its session creating them
+/// when its replacement started, and two `CREATE TABLE IF NOT EXISTS` at once collide in
+/// the catalog. Setups are serialized; the error names the server's message.
+#[test]
+fn postgres_sinks_set_up_at_the_same_time_all_succeed() {
+    let pg = PgServer::start().unwrap();
+    let url = pg.url.clone();
+    for round in 0..5 {
+        let name = format!("race_{round}");
+        let results: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let (url, name) = (url.clone(), name.clone());
+                    s.spawn(move || {
+                        let table = Table::new(
+                            &name,
+                            &[("word", SqlType::Text), ("count", SqlType::BigInt)],
+                            &["word"],
+                        );
+                        SqlSink::new(
+                            "race",
+                            PostgresBackend::connect(&url).unwrap(),
+                            table,
+                            WriteMode::Upsert,
+                            row,
+                        )
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let failed: Vec<&String> = results.iter().filter(|e| !e.is_empty()).collect();
+        assert!(failed.is_empty(), "round {round}: {failed:?}");
+    }
+}

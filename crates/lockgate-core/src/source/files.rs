@@ -498,8 +498,8 @@ impl FileInput {
         self.read_ahead_after(t);
         let mut contents = finished?;
         if policy {
-            // Plain ASCII files whose every full piece has a line end need no look;
-            // a limit below two pieces can be passed by any line.
+            // Files whose every full piece has a line end hold no line longer than two
+            // pieces; a limit below that can be passed by any line.
             let max = self.opts.max_line_bytes;
             let always = max < 2 * PIECE;
             contents.par_iter_mut().for_each(|(bytes, _, suspect)| {
@@ -628,10 +628,11 @@ impl StreamingContext {
     /// and iterating a chunk's
     /// lines neither copies nor allocates. The fast path for jobs that look at every
     /// line but keep few (log filtering). Lines are bytes here: decode the ones you keep
-    /// (with `String::from_utf8_lossy`, which replaces invalid UTF-8 by U+FFFD). The
-    /// same line policy as every text source holds: lines with invalid UTF-8 are counted
-    /// (`invalid_utf8_lines_total`), lines longer than `max_line_bytes` are cut to it
-    /// and counted (`truncated_lines_total`). Records are counted as lines.
+    /// (with `String::from_utf8_lossy`, which replaces invalid UTF-8 by U+FFFD). Lines
+    /// longer than `max_line_bytes` are cut to it and counted (`truncated_lines_total`),
+    /// as on every text path; lines with invalid UTF-8 are counted
+    /// (`invalid_utf8_lines_total`) only in files that hold a line of more than two
+    /// 256 KiB pieces, where the exact line check runs. Records are counted as lines.
     pub fn text_file_chunk_stream(
         &self,
         dir: impl AsRef<Path>,
@@ -770,8 +771,8 @@ mod tests {
         assert_eq!(info.description, young.display().to_string());
     }
 
-    /// Regression: the chunked path (the CLI jobs') counted no invalid UTF-8 and read a
-    /// 50 MB line whole.
+    /// Regression: the chunked path (the CLI jobs') read a 50 MB line whole; a file with
+    /// such a line gets the exact check, which counts its invalid UTF-8 too.
     #[test]
     fn the_chunk_path_counts_invalid_utf8_and_cuts_long_lines() {
         let dir = tempfile::tempdir().unwrap();

@@ -77,6 +77,15 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     r
 }
 
+/// Sends SIGINT (Ctrl-C) to a job started by a test.
+fn sigint(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "cannot send SIGINT to the job");
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -387,11 +396,7 @@ fn word_count_on_a_socket_stops_gracefully_on_sigint() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigint(&child);
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
@@ -563,10 +568,7 @@ fn the_cli_serves_the_api_and_metrics_while_it_runs() {
         metrics.contains("lockgate_total_delay_seconds_count"),
         "{metrics}"
     );
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigint(&child);
     assert!(child.wait().unwrap().success());
 }
 
@@ -842,10 +844,7 @@ fn a_crowd_of_idle_ui_connections_leaves_the_job_its_files() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(metrics.contains("lockgate_records_in_total"), "{metrics}");
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigint(&child);
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     assert!(child.wait().unwrap().success(), "{rest:?}");
     assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
@@ -971,10 +970,7 @@ fn the_demo_streams_its_sample_logs_until_ctrl_c() {
         assert!(Instant::now() < deadline, "the demo made no batches");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigint(&child);
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     assert!(child.wait().unwrap().success(), "{rest:?}");
     assert!(

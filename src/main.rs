@@ -268,6 +268,9 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (`lockgate run … 2>&1 | head`) must not panic the thread that
+        // logs: the default reports a failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .init();
     if let Err(e) = real_main(Cli::parse()) {
         eprintln!("error: {}", error_chain(&e));

@@ -264,6 +264,61 @@ fn word_count_once_emits_changed_words_with_running_counts() {
     );
 }
 
+/// Regression (the outside tester's case): on the CLI jobs' path 200 lines of invalid
+/// UTF-8 and a copied binary left the count at 0, and a long line was processed whole.
+/// Both jobs count the same and the summary line names the counts.
+#[test]
+fn the_cli_jobs_count_invalid_utf8_and_cut_long_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let mut bad = Vec::new();
+    for i in 0..400 {
+        bad.extend_from_slice(format!("2026-01-01 ERROR line {i} caf").as_bytes());
+        // Every other line: invalid UTF-8; the rest valid `café`.
+        bad.extend_from_slice(if i % 2 == 0 { b"\xe9\n" } else { b"\xc3\xa9\n" });
+    }
+    std::fs::write(input.join("1-bad.log"), &bad).unwrap();
+    let mut long = b"a short line\n".to_vec();
+    long.extend(std::iter::repeat_n(b"word ".as_slice(), 600_000).flatten());
+    long.extend_from_slice(b"\nend\n");
+    std::fs::write(input.join("2-long.log"), &long).unwrap();
+    for job in ["word-count", "log-errors"] {
+        let out = tmp.path().join(format!("out-{job}"));
+        let run = run_ok(&[
+            "run",
+            job,
+            "--input",
+            input.to_str().unwrap(),
+            "--once",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("403 input records (200 with invalid UTF-8 replaced, 1 cut at 1 MiB)"),
+            "{job}: {stderr}"
+        );
+    }
+    // A copied binary: its invalid lines are counted (how many depends on the binary).
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(std::env::current_exe().unwrap(), bin.join("copy.log")).unwrap();
+    let run = run_ok(&[
+        "run",
+        "word-count",
+        "--input",
+        bin.to_str().unwrap(),
+        "--once",
+        "--quiet",
+        "--output",
+        tmp.path().join("out-bin").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("with invalid UTF-8 replaced"), "{stderr}");
+}
+
 #[test]
 fn bad_flags_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();

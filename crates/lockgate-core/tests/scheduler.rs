@@ -267,3 +267,70 @@ fn save_as_text_files_writes_one_directory_per_batch() {
         .count();
     assert_eq!(leftovers, 0);
 }
+
+/// A clock that panics when the job runner thread asks it the time after its first
+/// batch: a panic outside every operator and output (as a log write to a closed stderr
+/// was, in the CLI).
+struct PanickingClock {
+    inner: ManualClock,
+    runner_calls: std::sync::atomic::AtomicU32,
+}
+
+impl lockgate_core::Clock for PanickingClock {
+    fn now(&self) -> Time {
+        if std::thread::current().name() == Some("lockgate-job-runner")
+            && self
+                .runner_calls
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                >= 2
+        {
+            panic!("the clock broke");
+        }
+        self.inner.now()
+    }
+    fn wait_until(&self, target: Time, cancel: &std::sync::atomic::AtomicBool) -> Time {
+        self.inner.wait_until(target, cancel)
+    }
+    fn interrupt(&self) {
+        self.inner.interrupt()
+    }
+}
+
+/// Regression: a panic on the job runner's thread outside the operators killed the
+/// thread without marking the context done: `await_termination` waited forever (a
+/// benchmark child hung with its stderr closed). Now the context stops with an error
+/// naming the thread.
+#[test]
+fn a_panic_on_the_runner_thread_stops_the_context_with_an_error() {
+    let clock = Arc::new(PanickingClock {
+        inner: ManualClock::new(0),
+        runner_calls: std::sync::atomic::AtomicU32::new(0),
+    });
+    let ctx = StreamingContext::builder()
+        .app_name("panic")
+        .batch_interval(Duration::from_secs(1))
+        .parallelism(2)
+        .trigger(Trigger::AvailableNow)
+        .start_time(Time(0))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let q = InputQueue::from_batches(vec![vec![1], vec![2], vec![3]]);
+    ctx.queue_stream(q, true, None).foreach_batch(|_, _| ());
+    ctx.start().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiter = ctx.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiter.await_termination());
+    });
+    let err = rx
+        .recv_timeout(WAIT)
+        .expect("await_termination returned")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("the job runner thread panicked: the clock broke"),
+        "{text}"
+    );
+    assert_eq!(ctx.state(), ContextState::Stopped);
+}

@@ -97,17 +97,39 @@ impl Scheduler {
             let s = self.clone();
             std::thread::Builder::new()
                 .name("lockgate-job-runner".into())
-                .spawn(move || s.run_jobs(rx))
+                .spawn(move || s.guarded("job runner", || s.run_jobs(rx)))
                 .map_err(spawn_err)?
         };
         let generator = {
             let s = self.clone();
             std::thread::Builder::new()
                 .name("lockgate-job-generator".into())
-                .spawn(move || s.generate(first, replays, tx))
+                .spawn(move || s.guarded("job generator", || s.generate(first, replays, tx)))
                 .map_err(spawn_err)?
         };
         Ok(vec![generator, runner])
+    }
+
+    /// Runs a scheduler thread's body; a panic in it (outside the operators and outputs,
+    /// which catch their own: for example a log write to a closed stderr) stops the
+    /// context with an error naming the thread, and the context is marked done in any
+    /// case, so `await_termination` returns instead of waiting forever.
+    fn guarded(&self, thread: &str, body: impl FnOnce()) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        if let Err(payload) = outcome {
+            self.fail(Error::Lifecycle(format!(
+                "the {thread} thread panicked: {}; the batches it had not finished stay \
+                 logged and are re-run at the next start",
+                crate::graph::panic_message(payload)
+            )));
+            self.mark_done();
+        }
+    }
+
+    fn mark_done(&self) {
+        *lock(&self.done) = true;
+        self.metrics.set_terminated();
+        self.done_changed.notify_all();
     }
 
     fn fail(&self, e: Error) {
@@ -386,9 +408,7 @@ impl Scheduler {
             }
         }
         drop(rx);
-        *lock(&self.done) = true;
-        self.metrics.set_terminated();
-        self.done_changed.notify_all();
+        self.mark_done();
     }
 
     /// Waits until the runner has exited, at most `timeout` (forever with `None`).

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
 use crate::source::read::{
-    check_lines, read_ahead, FileContents, FileRead, FileStamp, ReadError, PIECE,
+    check_lines, read_ahead, FileContents, FileRead, FileStamp, ReadError, Scan, PIECE,
 };
 use crate::source::{
     chunk_bounds, register, source_name, split_lines, SourceCompute, TextChunk,
@@ -165,7 +165,7 @@ struct FileInput {
 
 /// The contents of a batch's files: each file's bytes, line count, and whether its
 /// lines need the exact check of the line policy.
-type Contents = Vec<(Arc<Vec<u8>>, u64, bool)>;
+type Contents = Vec<(Arc<Vec<u8>>, u64, Scan)>;
 
 /// Read-ahead of the next planned batch's files on one long-lived thread (see
 /// [`read`](crate::source::read)). Only batches already planned are read ahead (a
@@ -288,7 +288,7 @@ impl FileInput {
                         if pool.len() < 4 {
                             pool.push(bytes.clone());
                         }
-                        Ok(Some((bytes, c.lines, c.suspect)))
+                        Ok(Some((bytes, c.lines, c.scan)))
                     }
                     Err((path, e)) if is_passing(&e) => Err(Error::Source {
                         source_name: self.name.clone(),
@@ -499,11 +499,13 @@ impl FileInput {
         let mut contents = finished?;
         if policy {
             // Files whose every full piece has a line end hold no line longer than two
-            // pieces; a limit below that can be passed by any line.
+            // pieces; a limit below that can be passed by any line. Files of ASCII hold
+            // no invalid UTF-8; others are validated whole first (fast where valid).
             let max = self.opts.max_line_bytes;
             let always = max < 2 * PIECE;
-            contents.par_iter_mut().for_each(|(bytes, _, suspect)| {
-                if !(*suspect || always) {
+            contents.par_iter_mut().for_each(|(bytes, _, scan)| {
+                let invalid = || scan.non_ascii && std::str::from_utf8(bytes).is_err();
+                if !(scan.long_line || always || invalid()) {
                     return;
                 }
                 let (check, cut) = check_lines(bytes, max);
@@ -630,9 +632,10 @@ impl StreamingContext {
     /// line but keep few (log filtering). Lines are bytes here: decode the ones you keep
     /// (with `String::from_utf8_lossy`, which replaces invalid UTF-8 by U+FFFD). Lines
     /// longer than `max_line_bytes` are cut to it and counted (`truncated_lines_total`),
-    /// as on every text path; lines with invalid UTF-8 are counted
-    /// (`invalid_utf8_lines_total`) only in files that hold a line of more than two
-    /// 256 KiB pieces, where the exact line check runs. Records are counted as lines.
+    /// as on every text path, and lines with invalid UTF-8 are counted
+    /// (`invalid_utf8_lines_total`); both checks cost nothing on files of ASCII text
+    /// with short lines (one pass counts the line ends and looks for bytes outside
+    /// ASCII as the file is read). Records are counted as lines.
     pub fn text_file_chunk_stream(
         &self,
         dir: impl AsRef<Path>,
@@ -798,6 +801,40 @@ mod tests {
         assert_eq!(SourceCounters::get(&src.counters.invalid_utf8_lines), 2);
         assert_eq!(SourceCounters::get(&src.counters.truncated_lines), 1);
         assert_eq!(SourceCounters::get(&src.counters.records), 6);
+    }
+
+    /// Regression (the outside tester's case): 200 short lines of invalid UTF-8 and a
+    /// binary left the chunk path's counter at 0. Valid UTF-8 beside them counts nothing.
+    #[test]
+    fn the_chunk_path_counts_invalid_utf8_in_short_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = Vec::new();
+        for i in 0..400 {
+            if i % 2 == 0 {
+                bad.extend_from_slice(format!("line {i} ").as_bytes());
+                bad.extend_from_slice(b"\xff\xfe\n");
+            } else {
+                bad.extend_from_slice(format!("line {i} caf\u{e9}\n").as_bytes());
+            }
+        }
+        fs::write(dir.path().join("a-bad.log"), &bad).unwrap();
+        fs::write(
+            dir.path().join("b-valid.log"),
+            "caf\u{e9} \u{1f600}\n".repeat(1000),
+        )
+        .unwrap();
+        let (_ctx, src) = source(dir.path(), old_files());
+        src.plan(Time(1000)).unwrap();
+        let batch = SourceCompute::<TextChunk>::compute(&*src, Time(1000)).unwrap();
+        let lines = batch
+            .into_partitions()
+            .into_iter()
+            .flatten()
+            .map(|c| c.lines().count())
+            .sum::<usize>();
+        assert_eq!(lines, 1400);
+        assert_eq!(SourceCounters::get(&src.counters.invalid_utf8_lines), 200);
+        assert_eq!(SourceCounters::get(&src.counters.truncated_lines), 0);
     }
 
     #[test]

@@ -51,8 +51,8 @@ impl<T: Data> Batch<T> {
         Batch { parts }
     }
 
-    /// Splits `items` into `n` contiguous partitions of nearly equal size
-    /// (like Spark's `makeRDD(seq, n)`).
+    /// Splits `items` into `n` contiguous partitions of nearly equal size, cut exactly
+    /// as Spark's `makeRDD(seq, n)` cuts (`[1, 2, 3]` over 2 is `[[1], [2, 3]]`).
     pub fn from_vec(items: Vec<T>, n: usize) -> Self {
         Self::from_partitions(split_even(items, n))
     }
@@ -169,15 +169,17 @@ pub(crate) fn map_maybe_par<I: Send, O: Send>(
     }
 }
 
-/// Splits `items` into `n` (at least one) contiguous chunks of nearly equal size.
+/// Splits `items` into `n` (at least one) contiguous chunks of nearly equal size, cut
+/// where Spark's `ParallelCollectionRDD` cuts: chunk `i` is `[i·len/n, (i+1)·len/n)`, so
+/// the larger chunks come last (`[1, 2, 3]` over 2 is `[[1], [2, 3]]`).
 pub(crate) fn split_even<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
     let n = n.max(1);
     let len = items.len();
+    let bound = |i: usize| usize::try_from(i as u128 * len as u128 / n as u128).unwrap_or(len);
     let mut out = Vec::with_capacity(n);
     let mut it = items.into_iter();
     for i in 0..n {
-        let size = len / n + usize::from(i < len % n);
-        out.push(it.by_ref().take(size).collect());
+        out.push(it.by_ref().take(bound(i + 1) - bound(i)).collect());
     }
     out
 }
@@ -190,8 +192,27 @@ mod tests {
     fn from_vec_splits_evenly_and_keeps_order() {
         let b = Batch::from_vec((0..10).collect::<Vec<i32>>(), 3);
         let sizes: Vec<usize> = b.partitions().iter().map(|p| p.len()).collect();
-        assert_eq!(sizes, vec![4, 3, 3]);
+        assert_eq!(sizes, vec![3, 3, 4]);
         assert_eq!(b.collect(), (0..10).collect::<Vec<_>>());
+    }
+
+    /// Spark's `ParallelCollectionRDD.slice`, written out independently: partition `i`
+    /// of `n` holds positions `i*len/n until (i+1)*len/n`.
+    #[test]
+    fn from_vec_cuts_where_spark_makerdd_cuts() {
+        let parts = |len: usize, n: usize| -> Vec<Vec<usize>> {
+            Batch::from_vec((0..len).collect(), n).into_partitions()
+        };
+        assert_eq!(parts(3, 2), vec![vec![0], vec![1, 2]]);
+        assert_eq!(parts(2, 4), vec![vec![], vec![0], vec![], vec![1]]);
+        for len in 0..40 {
+            for n in 1..9 {
+                let spark: Vec<Vec<usize>> = (0..n)
+                    .map(|i| (i * len / n..(i + 1) * len / n).collect())
+                    .collect();
+                assert_eq!(parts(len, n), spark, "{len} over {n}");
+            }
+        }
     }
 
     #[test]

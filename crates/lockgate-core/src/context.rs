@@ -311,6 +311,24 @@ impl StreamingContext {
         &self.inner.metrics
     }
 
+    /// Spark's `remember`: every stream keeps the batches it computed for `duration`
+    /// after they ran (for [`DStream::slice`](crate::DStream::slice)), instead of only
+    /// while they run. Remembered batches stay in memory, and the partitions they share
+    /// are cloned by the operators that would otherwise take them by value. Call it
+    /// before `start()`.
+    pub fn remember(&self, duration: Duration) {
+        let graph = self.graph();
+        if graph.started.load(Ordering::Acquire) {
+            graph.defer_error(Error::Lifecycle(
+                "remember() was called after the context started; call it before start()".into(),
+            ));
+        }
+        graph
+            .timing
+            .remember_ms
+            .store(duration_ms(duration), Ordering::Release);
+    }
+
     /// The application's name.
     pub fn app_name(&self) -> &str {
         &self.inner.app_name

@@ -86,6 +86,9 @@ pub(crate) struct Timing {
     pub interval_ms: i64,
     zero_ms: AtomicI64,
     base_id: std::sync::atomic::AtomicU64,
+    /// How long every node keeps the batches it computed (`StreamingContext::remember`):
+    /// 0, the default, keeps them only while the batch runs.
+    pub remember_ms: AtomicI64,
 }
 
 impl Timing {
@@ -146,7 +149,9 @@ impl NodeMeta {
     }
 
     fn should_cache(&self) -> bool {
-        self.stateful || self.consumers.load(Ordering::Acquire) > 1
+        self.stateful
+            || self.consumers.load(Ordering::Acquire) > 1
+            || self.timing.remember_ms.load(Ordering::Acquire) > 0
     }
 }
 
@@ -263,9 +268,20 @@ impl<T: Data> AnyNode for NodeCell<T> {
     }
 
     fn forget(&self, done: Time) {
+        let remember = self.meta.timing.remember_ms.load(Ordering::Acquire);
         let mut cache = lock(&self.cache);
-        let keep = cache.split_off(&done.plus_ms(1));
+        let keep = cache.split_off(&done.plus_ms(1 - remember));
         *cache = keep;
+    }
+}
+
+impl<T: Data> NodeCell<T> {
+    /// The batches this node computed and still remembers, with times in `[from, to]`.
+    pub fn remembered(&self, from: Time, to: Time) -> Vec<(Time, Batch<T>)> {
+        lock(&self.cache)
+            .range(from..=to)
+            .map(|(t, b)| (*t, b.clone()))
+            .collect()
     }
 }
 
@@ -358,7 +374,7 @@ pub struct OutputOpInfo {
 pub(crate) struct Graph {
     pub timing: Arc<Timing>,
     pub parallelism: usize,
-    started: AtomicBool,
+    pub started: AtomicBool,
     next_id: AtomicUsize,
     nodes: Mutex<Vec<Arc<dyn AnyNode>>>,
     inputs: Mutex<Vec<Arc<dyn InputSource>>>,
@@ -389,6 +405,7 @@ impl Graph {
                 interval_ms,
                 zero_ms: AtomicI64::new(0),
                 base_id: std::sync::atomic::AtomicU64::new(0),
+                remember_ms: AtomicI64::new(0),
             }),
             parallelism,
             started: AtomicBool::new(false),

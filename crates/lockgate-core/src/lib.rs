@@ -73,9 +73,10 @@ pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilde
 pub use dstream::event_time::{
     EventTimeStream, GroupState, OutputMode, TimeWindow, WindowSpec, Windowed, WindowedStream,
 };
+pub use dstream::keyed::{HashPartitioner, Partitioner};
 pub use dstream::output::OutputResult;
-pub use dstream::state::{MapWithStateDStream, State, StateSpec};
-pub use dstream::window::InverseWindowOpts;
+pub use dstream::state::{MapWithStateDStream, State, StateSpec, StateUpdates, UpdateStateSpec};
+pub use dstream::window::{InverseWindowOpts, Slide};
 pub use dstream::DStream;
 pub use error::{BoxError, Error, Result};
 pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};

@@ -22,20 +22,53 @@ pub fn partition_of<K: Hash + ?Sized>(key: &K, n: usize) -> usize {
     usize::try_from(mixed % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
 }
 
+/// How keys are spread over partitions: Spark's `Partitioner`. Keyed state is kept
+/// per partition; a partitioner must be deterministic (the same key, the same partition,
+/// in every run), or a recovered job would look for a key's state where it is not.
+pub trait Partitioner<K: ?Sized>: Send + Sync + 'static {
+    /// The number of partitions (at least 1).
+    fn num_partitions(&self) -> usize;
+    /// The partition of `key`, in `0..num_partitions()` (a larger value is taken
+    /// modulo the count).
+    fn partition(&self, key: &K) -> usize;
+}
+
+/// The default partitioner: a fixed hash of the key modulo the partition count (the one
+/// every keyed operation uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashPartitioner(pub usize);
+
+impl<K: Hash + ?Sized> Partitioner<K> for HashPartitioner {
+    fn num_partitions(&self) -> usize {
+        self.0.max(1)
+    }
+    fn partition(&self, key: &K) -> usize {
+        partition_of(key, self.0)
+    }
+}
+
 /// Moves the pairs of `batch` into `n` partitions by key hash, keeping the relative
 /// order of pairs from the same input partition (and input partitions in order).
 pub(crate) fn partition_by_key<K: Data + Hash, V: Data>(
     batch: Batch<(K, V)>,
     n: usize,
 ) -> Vec<Vec<(K, V)>> {
-    let n = n.max(1);
+    partition_with(batch, &HashPartitioner(n.max(1)))
+}
+
+/// [`partition_by_key`] with any partitioner.
+pub(crate) fn partition_with<K: Data, V: Data, P: Partitioner<K> + ?Sized>(
+    batch: Batch<(K, V)>,
+    partitioner: &P,
+) -> Vec<Vec<(K, V)>> {
+    let n = partitioner.num_partitions().max(1);
     let buckets: Vec<Vec<Vec<(K, V)>>> = batch
         .into_shared()
         .into_par_iter()
         .map(|part| {
             let mut out: Vec<Vec<(K, V)>> = (0..n).map(|_| Vec::new()).collect();
             for (k, v) in take_part(part) {
-                let j = partition_of(&k, n);
+                let j = partitioner.partition(&k) % n;
                 out[j].push((k, v));
             }
             out

@@ -164,17 +164,7 @@ impl<T: Data> DStream<T> {
 
     /// Elements of both streams. Both must have the same slide.
     pub fn union(&self, other: &DStream<T>) -> DStream<T> {
-        if self.slide_ms() != other.slide_ms() {
-            self.graph_error(
-                &self.operator_name(),
-                format!(
-                    "union of streams with different slides ({} ms and {} ms); \
-                     window both to the same slide first",
-                    self.slide_ms(),
-                    other.slide_ms()
-                ),
-            );
-        }
+        self.same_slide("union", other.slide_ms());
         other.node.meta.add_consumer();
         let (a, b) = (self.parent(), other.parent());
         self.child("union", move |t| {
@@ -191,6 +181,98 @@ impl<T: Data> DStream<T> {
     ) -> DStream<U> {
         let p = self.parent();
         self.child("transform", move |t| Ok(f(p.get_or_compute(t)?, t)))
+    }
+
+    /// Spark's `transformWith`: a function of this stream's and `other`'s batches of the
+    /// same time (both streams must have the same slide), given the batch time.
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams2;
+    /// use lockgate_core::Batch;
+    ///
+    /// // Keep the numbers of the first stream that the second one holds too.
+    /// let out = run_streams2(vec![vec![1, 2, 3]], vec![vec![3, 1]], 2, |a, b| {
+    ///     a.transform_with(&b, |a: Batch<i32>, b: Batch<i32>, _t| {
+    ///         let keep: Vec<i32> = b.collect();
+    ///         a.filter(|x| keep.contains(x))
+    ///     })
+    /// }, 1).unwrap();
+    /// assert_eq!(out, vec![vec![1, 3]]);
+    /// ```
+    pub fn transform_with<W: Data, U: Data>(
+        &self,
+        other: &DStream<W>,
+        f: impl Fn(Batch<T>, Batch<W>, Time) -> Batch<U> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        self.same_slide("transform_with", other.slide_ms());
+        other.node.meta.add_consumer();
+        let (a, b) = (self.parent(), other.parent());
+        self.child("transform_with", move |t| {
+            Ok(f(a.get_or_compute(t)?, b.get_or_compute(t)?, t))
+        })
+    }
+
+    /// The batches of this stream with times in `[from, to]` that it still remembers
+    /// (Spark's `slice`): a stream remembers the batches it computed for the duration
+    /// given to [`StreamingContext::remember`] (by default none once a batch is done).
+    /// `from` and `to` must be batch times of this stream (multiples of its slide after
+    /// the zero time). Call it from outside the job (a thread of yours, an output of
+    /// another stream); it never computes a batch.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockgate_core::testing::ManualRun;
+    /// use lockgate_core::{InputQueue, Time};
+    ///
+    /// let run = ManualRun::new(2).unwrap();
+    /// run.ctx.remember(Duration::from_secs(2));
+    /// let q = InputQueue::from_batches(vec![vec![1], vec![2], vec![3]]);
+    /// let doubled = run.ctx.queue_stream(q, true, None).map(|x: i32| x * 2);
+    /// doubled.foreach_batch(|_, _| ());
+    /// run.ctx.start().unwrap();
+    /// for _ in 0..3 {
+    ///     run.next_batch().unwrap();
+    /// }
+    /// let kept: Vec<(i64, Vec<i32>)> = doubled
+    ///     .slice(Time(0), Time(3000))
+    ///     .unwrap()
+    ///     .into_iter()
+    ///     .map(|(t, b)| (t.millis(), b.collect()))
+    ///     .collect();
+    /// // Batch 1000 is older than the 2 s remembered at batch 3000.
+    /// assert_eq!(kept, vec![(2000, vec![4]), (3000, vec![6])]);
+    /// ```
+    pub fn slice(&self, from: Time, to: Time) -> Result<Vec<(Time, Batch<T>)>> {
+        let zero = self.graph.timing.zero();
+        let slide = self.slide_ms().max(1);
+        for (what, t) in [("from", from), ("to", to)] {
+            if t.since(zero) % slide != 0 {
+                return Err(Error::Config(format!(
+                    "slice: {what} time {t} is not a batch time of this stream (zero time \
+                     {zero}, slide {slide} ms)"
+                )));
+            }
+        }
+        if to < from {
+            return Err(Error::Config(format!(
+                "slice: from time {from} is after to time {to}"
+            )));
+        }
+        Ok(self.node.remembered(from, to))
+    }
+
+    /// Records a graph error when `other`'s slide differs from this stream's.
+    fn same_slide(&self, kind: &str, other: i64) {
+        if self.slide_ms() != other {
+            self.graph_error(
+                &self.operator_name(),
+                format!(
+                    "{kind} of streams with different slides ({} ms and {other} ms); \
+                     window both to the same slide first",
+                    self.slide_ms(),
+                ),
+            );
+        }
     }
 
     /// Redistributes the elements evenly over `n` partitions (order kept).
@@ -248,5 +330,77 @@ impl<T: Data> DStream<T> {
     pub(crate) fn name_kind(self, kind: &str) -> Self {
         let id = self.node.meta.id;
         self.name(&format!("{kind}-{id}"))
+    }
+}
+
+impl crate::context::StreamingContext {
+    /// Spark's `StreamingContext.union`: the elements of all `streams` (at least one, all
+    /// with the same slide), batch by batch, in the order given.
+    ///
+    /// ```
+    /// use lockgate_core::testing::ManualRun;
+    /// use lockgate_core::InputQueue;
+    ///
+    /// let run = ManualRun::new(1).unwrap();
+    /// let streams: Vec<_> = (0..3)
+    ///     .map(|i| run.ctx.queue_stream(InputQueue::from_batches(vec![vec![i]]), true, None))
+    ///     .collect();
+    /// let all = lockgate_core::testing::collect_output(&run.ctx.union(&streams));
+    /// run.ctx.start().unwrap();
+    /// run.next_batch().unwrap();
+    /// assert_eq!(all.lock().unwrap()[0], vec![0, 1, 2]);
+    /// ```
+    pub fn union<T: Data>(&self, streams: &[DStream<T>]) -> DStream<T> {
+        self.transform_streams("union", streams, |batches, _| {
+            batches
+                .into_iter()
+                .fold(Batch::empty(), |all, b| all.union(&b))
+        })
+    }
+
+    /// Spark's `StreamingContext.transform`: a function of the batches of all `streams`
+    /// (at least one, all with the same slide) of the same time, in the order given, and
+    /// the batch time. (Spark's form takes streams of any element types; here they share
+    /// one: map them to an enum first to mix types.)
+    pub fn transform<T: Data, U: Data>(
+        &self,
+        streams: &[DStream<T>],
+        f: impl Fn(Vec<Batch<T>>, Time) -> Batch<U> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        self.transform_streams("transform", streams, f)
+    }
+
+    fn transform_streams<T: Data, U: Data>(
+        &self,
+        kind: &'static str,
+        streams: &[DStream<T>],
+        f: impl Fn(Vec<Batch<T>>, Time) -> Batch<U> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let graph = self.graph();
+        let Some(first) = streams.first() else {
+            graph.defer_error(Error::Graph {
+                operator: kind.to_string(),
+                reason: format!("StreamingContext::{kind} needs at least one stream"),
+            });
+            let node = graph.add_node(
+                kind,
+                graph.timing.interval_ms,
+                false,
+                Box::new(FnOp(|_| Ok(Batch::empty()))),
+            );
+            return DStream { node, graph };
+        };
+        for s in &streams[1..] {
+            first.same_slide(kind, s.slide_ms());
+            s.node.meta.add_consumer();
+        }
+        let parents: Vec<Arc<NodeCell<T>>> = streams.iter().map(DStream::parent).collect();
+        first.child(kind, move |t| {
+            let batches = parents
+                .iter()
+                .map(|p| p.get_or_compute(t))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(f(batches, t))
+        })
     }
 }

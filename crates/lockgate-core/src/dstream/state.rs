@@ -16,15 +16,42 @@ use crate::hash::FxHashMap;
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, Recording};
-use crate::clock::duration_ms;
+use crate::clock::{duration_ms, Time};
 use crate::codec::Codec;
-use crate::dstream::keyed::partition_by_key;
+use crate::dstream::keyed::{partition_by_key, partition_with, HashPartitioner, Partitioner};
 use crate::dstream::DStream;
 use crate::error::Error;
 use crate::graph::lock;
 
 /// The state of one key as seen by a [`map_with_state`](DStream::map_with_state)
 /// function: read it, update it, remove it, and know whether the key is timing out.
+///
+/// As in Spark, misuse fails the batch with an error naming the operator and the key:
+/// `update` or `remove` after `remove`, and `update` or `remove` of a key that is timing
+/// out (its state is removed after the call anyway).
+///
+/// For unit tests of a mapping function, make one with [`State::new`] or
+/// [`State::timing_out`] and look at it afterwards:
+///
+/// ```
+/// use lockgate_core::State;
+///
+/// fn count(word: &str, one: Option<i64>, state: &mut State<i64>) -> Option<(String, i64)> {
+///     let n = state.get().copied().unwrap_or(0) + one?;
+///     state.update(n);
+///     Some((word.to_string(), n))
+/// }
+///
+/// let mut state = State::new(Some(41));
+/// assert_eq!(count("a", Some(1), &mut state), Some(("a".to_string(), 42)));
+/// assert!(state.is_updated() && !state.is_removed());
+/// assert_eq!(state.get(), Some(&42));
+/// assert_eq!(state.misuse(), None);
+///
+/// let mut ending = State::timing_out(Some(42));
+/// assert_eq!(count("a", None, &mut ending), None);
+/// assert!(ending.is_timing_out());
+/// ```
 #[derive(Debug)]
 pub struct State<S> {
     value: Option<S>,
@@ -35,17 +62,27 @@ pub struct State<S> {
 }
 
 impl<S> State<S> {
-    fn new(value: Option<S>, timing_out: bool) -> Self {
+    /// The state of a key with `value` (`None`: the key has no state yet), as the
+    /// function sees it for a key with a record.
+    pub fn new(value: Option<S>) -> Self {
         State {
             value,
             updated: false,
             removed: false,
-            timing_out,
+            timing_out: false,
             misuse: None,
         }
     }
 
-    /// True when the key has state.
+    /// The state of a key that is timing out, as the function sees it for its last call.
+    pub fn timing_out(value: Option<S>) -> Self {
+        State {
+            timing_out: true,
+            ..State::new(value)
+        }
+    }
+
+    /// True when the key has state (and it was not removed).
     pub fn exists(&self) -> bool {
         self.value.is_some()
     }
@@ -55,23 +92,36 @@ impl<S> State<S> {
         self.value.as_ref()
     }
 
-    /// Sets the key's state. Not allowed while the key is timing out (the call is
-    /// ignored and the batch fails with an error naming the operator).
+    /// Sets the key's state. Not allowed after [`remove`](Self::remove) or while the key
+    /// is timing out: the call is ignored and the batch fails with an error naming the
+    /// operator and the key.
     pub fn update(&mut self, value: S) {
-        if self.timing_out {
-            self.misuse = Some("State::update() was called for a key that is timing out");
-            return;
+        if self.removed {
+            self.misuse_once("State::update() was called after State::remove()");
+        } else if self.timing_out {
+            self.misuse_once("State::update() was called for a key that is timing out");
+        } else {
+            self.value = Some(value);
+            self.updated = true;
         }
-        self.value = Some(value);
-        self.updated = true;
-        self.removed = false;
     }
 
-    /// Removes the key's state.
+    /// Removes the key's state. Not allowed twice or while the key is timing out (its
+    /// state is removed after that call anyway): the batch fails with an error naming
+    /// the operator and the key.
     pub fn remove(&mut self) {
-        self.value = None;
-        self.removed = true;
-        self.updated = false;
+        if self.removed {
+            self.misuse_once("State::remove() was called twice");
+        } else if self.timing_out {
+            self.misuse_once(
+                "State::remove() was called for a key that is timing out (its state is \
+                 removed after this call anyway)",
+            );
+        } else {
+            self.value = None;
+            self.removed = true;
+            self.updated = false;
+        }
     }
 
     /// True when the function is called because the key has been idle longer than the
@@ -79,9 +129,29 @@ impl<S> State<S> {
     pub fn is_timing_out(&self) -> bool {
         self.timing_out
     }
+
+    /// True when the state was updated by this call (and not removed since).
+    pub fn is_updated(&self) -> bool {
+        self.updated
+    }
+
+    /// True when the state was removed by this call.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// The first misuse of this state (see the type's docs), if any: what the batch
+    /// fails with.
+    pub fn misuse(&self) -> Option<&'static str> {
+        self.misuse
+    }
+
+    fn misuse_once(&mut self, what: &'static str) {
+        self.misuse.get_or_insert(what);
+    }
 }
 
-type MapFn<K, V, S, U> = Arc<dyn Fn(&K, Option<V>, &mut State<S>) -> U + Send + Sync>;
+type MapFn<K, V, S, U> = Arc<dyn Fn(Time, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync>;
 
 /// The specification of a [`map_with_state`](DStream::map_with_state) operation.
 pub struct StateSpec<K, V, S, U> {
@@ -95,6 +165,14 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
     /// A spec with the mapping function: called once per record with the key, the value
     /// and the key's state; its results form the mapped stream.
     pub fn function(f: impl Fn(&K, Option<V>, &mut State<S>) -> U + Send + Sync + 'static) -> Self {
+        Self::function_with_time(move |_, k, v, state| Some(f(k, v, state)))
+    }
+
+    /// Spark's `StateSpec.function((Time, K, Option[V], State[S]) => Option[U])`: the
+    /// function is also given the batch time, and may emit nothing (`None`).
+    pub fn function_with_time(
+        f: impl Fn(Time, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync + 'static,
+    ) -> Self {
         StateSpec {
             func: Arc::new(f),
             initial: Vec::new(),
@@ -111,6 +189,8 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
 
     /// Keys without a record for longer than `idle` time out: the function is called one
     /// last time with no value and `is_timing_out() == true`, then the state is removed.
+    /// (Spark checks timeouts on checkpoint batches only; Lockgate at every batch, so a
+    /// key times out in the first batch at least `idle` after its last record.)
     pub fn timeout(mut self, idle: Duration) -> Self {
         self.timeout_ms = Some(duration_ms(idle));
         self
@@ -121,6 +201,98 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
         self.partitions = Some(n.max(1));
         self
     }
+}
+
+/// The updates of one partition handed to an [`UpdateStateSpec`]'s function: every key
+/// with state or new values, with its new values (in arrival order) and its state.
+pub type StateUpdates<K, V, S> = std::vec::IntoIter<(K, Vec<V>, Option<S>)>;
+
+type UpdateFn<K, V, S> = Arc<dyn Fn(Time, StateUpdates<K, V, S>) -> Vec<(K, S)> + Send + Sync>;
+
+/// The specification of an
+/// [`update_state_by_key_with_spec`](DStream::update_state_by_key_with_spec) operation:
+/// the function in one of Spark's forms, the initial state and the partitioner.
+pub struct UpdateStateSpec<K, V, S> {
+    func: UpdateFn<K, V, S>,
+    initial: Vec<(K, S)>,
+    partitions: Option<usize>,
+    partitioner: Option<Arc<dyn Partitioner<K>>>,
+}
+
+impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
+    /// Per key: `f(new values, previous state)` gives the new state (`None` removes the
+    /// key). Spark's `(Seq[V], Option[S]) => Option[S]`.
+    pub fn function(f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static) -> Self {
+        Self::function_with_time(move |_, _, values, state| f(values, state))
+    }
+
+    /// Per key, given the batch time and the key: Spark's
+    /// `(Time, K, Seq[V], Option[S]) => Option[S]`.
+    pub fn function_with_time(
+        f: impl Fn(Time, &K, &[V], Option<S>) -> Option<S> + Send + Sync + 'static,
+    ) -> Self {
+        Self::partition_function(move |t, updates| {
+            updates
+                .filter_map(|(k, values, state)| f(t, &k, &values, state).map(|s| (k, s)))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    /// Over a whole partition: given the batch time and every key of the partition with
+    /// its new values and state, returns the state to keep (keys not returned are
+    /// removed). Spark's `(Time, Iterator[(K, Seq[V], Option[S])]) => Iterator[(K, S)]`.
+    pub fn partition_function<I>(
+        f: impl Fn(Time, StateUpdates<K, V, S>) -> I + Send + Sync + 'static,
+    ) -> Self
+    where
+        I: IntoIterator<Item = (K, S)>,
+    {
+        UpdateStateSpec {
+            func: Arc::new(move |t, updates| f(t, updates).into_iter().collect()),
+            initial: Vec::new(),
+            partitions: None,
+            partitioner: None,
+        }
+    }
+
+    /// State the keys start with.
+    pub fn initial_state(mut self, initial: Vec<(K, S)>) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Number of state partitions with the default hash partitioner (default: the
+    /// context's parallelism).
+    pub fn num_partitions(mut self, n: usize) -> Self {
+        self.partitions = Some(n.max(1));
+        self
+    }
+
+    /// Spreads keys (input and state) with `partitioner` instead of the default hash.
+    pub fn partitioner(mut self, partitioner: impl Partitioner<K>) -> Self {
+        self.partitioner = Some(Arc::new(partitioner));
+        self
+    }
+}
+
+/// The entries of `maps` in `n` maps, each where `place` puts its key.
+fn rebucket<K: Hash + Eq, S>(
+    maps: Vec<FxHashMap<K, S>>,
+    n: usize,
+    place: &impl Fn(&K) -> usize,
+) -> Vec<FxHashMap<K, S>> {
+    let mut out: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
+    for map in maps {
+        for (k, s) in map {
+            out[place(&k)].insert(k, s);
+        }
+    }
+    out
+}
+
+/// The error message of a misused [`State`]: what was done, and to which key.
+fn misuse<K: std::fmt::Debug>(what: &str, key: &K) -> String {
+    format!("{what} (key {key:?}); see the rules in the docs of `State`")
 }
 
 /// What the internal map-with-state node emits.
@@ -185,11 +357,26 @@ where
     /// new state (`None` removes the key), for every key with state or new values. The
     /// result is the whole state after each batch. Checkpointed as a full snapshot per
     /// batch (the function may change any key, so there is no cheaper delta).
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams;
+    ///
+    /// let kv = |k: &str, v: i32| (k.to_string(), v);
+    /// let input = vec![vec![kv("a", 1), kv("b", 2)], vec![kv("a", 3)], vec![]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.update_state_by_key(|new: &[i32], total: Option<i32>| {
+    ///         Some(total.unwrap_or(0) + new.iter().sum::<i32>())
+    ///     })
+    /// }, 3).unwrap();
+    /// let sorted = |mut v: Vec<(String, i32)>| { v.sort(); v };
+    /// assert_eq!(sorted(out[1].clone()), vec![kv("a", 4), kv("b", 2)]);
+    /// assert_eq!(sorted(out[2].clone()), vec![kv("a", 4), kv("b", 2)]);
+    /// ```
     pub fn update_state_by_key<S: Data + Codec>(
         &self,
         f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static,
     ) -> DStream<(K, S)> {
-        self.update_state_by_key_with(f, Vec::new(), self.default_partitions())
+        self.update_state_by_key_with_spec(UpdateStateSpec::function(f))
     }
 
     /// [`update_state_by_key`](Self::update_state_by_key) with an initial state and a
@@ -200,19 +387,64 @@ where
         initial: Vec<(K, S)>,
         partitions: usize,
     ) -> DStream<(K, S)> {
-        let n = partitions.max(1);
-        let state = Arc::new(Mutex::new(KeyedState::from_entries(initial, n, false)));
+        self.update_state_by_key_with_spec(
+            UpdateStateSpec::function(f)
+                .initial_state(initial)
+                .num_partitions(partitions),
+        )
+    }
+
+    /// Spark's `updateStateByKey` in all its forms: the spec gives the function (per key,
+    /// per key with the batch time and the key, or over a whole partition), the initial
+    /// state and the partitioner.
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams;
+    /// use lockgate_core::{Time, UpdateStateSpec};
+    ///
+    /// // Per key, with the batch time: remember when each key was last seen.
+    /// let input = vec![vec![("a".to_string(), 1)], vec![("b".into(), 1)], vec![("a".into(), 1)]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.update_state_by_key_with_spec(UpdateStateSpec::function_with_time(
+    ///         |t: Time, _key: &String, new: &[i32], seen: Option<i64>| {
+    ///             if new.is_empty() { seen } else { Some(t.millis()) }
+    ///         },
+    ///     ))
+    /// }, 3).unwrap();
+    /// let mut last = out[2].clone();
+    /// last.sort();
+    /// assert_eq!(last, vec![("a".to_string(), 3000), ("b".to_string(), 2000)]);
+    /// ```
+    pub fn update_state_by_key_with_spec<S: Data + Codec>(
+        &self,
+        spec: UpdateStateSpec<K, V, S>,
+    ) -> DStream<(K, S)> {
+        let partitioner: Arc<dyn Partitioner<K>> = match spec.partitioner {
+            Some(p) => p,
+            None => Arc::new(HashPartitioner(
+                spec.partitions.unwrap_or_else(|| self.default_partitions()),
+            )),
+        };
+        let n = partitioner.num_partitions().max(1);
+        let by = partitioner.clone();
+        let place = move |k: &K| by.partition(k) % n;
+        let mut initial = KeyedState::new(n, false);
+        for (k, s) in spec.initial {
+            initial.maps[place(&k)].insert(k, s);
+        }
+        let state = Arc::new(Mutex::new(initial));
         let shared = state.clone();
+        let func = spec.func;
+        // State restored from a checkpoint written with another partition count is
+        // spread by the default hash: put it where this partitioner wants it, once.
+        let placed = std::sync::atomic::AtomicBool::new(false);
         let p = self.parent();
         let out = self.child_with("update_state_by_key", self.slide_ms(), true, move |t| {
-            let input = partition_by_key(p.get_or_compute(t)?, n);
+            let input = partition_with(p.get_or_compute(t)?, &*partitioner);
             let mut st = lock(&shared);
-            let n_now = st.partitions();
-            let input = if n_now == n {
-                input
-            } else {
-                partition_by_key(Batch::from_partitions(input), n_now)
-            };
+            if !placed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                st.maps = rebucket(std::mem::take(&mut st.maps), n, &place);
+            }
             let parts: Vec<Vec<(K, S)>> = st
                 .maps
                 .par_iter_mut()
@@ -222,23 +454,33 @@ where
                     for (k, v) in records {
                         grouped.entry(k).or_default().push(v);
                     }
-                    let mut next: FxHashMap<K, S> = FxHashMap::default();
+                    let mut updates = Vec::with_capacity(map.len() + grouped.len());
                     for (k, s) in map.drain() {
                         let values = grouped.remove(&k).unwrap_or_default();
-                        if let Some(ns) = f(&values, Some(s)) {
-                            next.insert(k, ns);
-                        }
+                        updates.push((k, values, Some(s)));
                     }
-                    for (k, values) in grouped {
-                        if let Some(ns) = f(&values, None) {
-                            next.insert(k, ns);
-                        }
-                    }
-                    let out = next.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-                    *map = next;
-                    out
+                    updates.extend(grouped.into_iter().map(|(k, values)| (k, values, None)));
+                    func(t, updates.into_iter())
                 })
                 .collect();
+            // The function may return any keys: each goes to its partition.
+            let misplaced = parts
+                .iter()
+                .enumerate()
+                .any(|(j, part)| part.iter().any(|(k, _)| place(k) != j));
+            let parts = if misplaced {
+                let all: Vec<(K, S)> = parts.into_iter().flatten().collect();
+                let mut fixed: Vec<Vec<(K, S)>> = (0..n).map(|_| Vec::new()).collect();
+                for (k, s) in all {
+                    fixed[place(&k)].push((k, s));
+                }
+                fixed
+            } else {
+                parts
+            };
+            for (map, part) in st.maps.iter_mut().zip(&parts) {
+                map.extend(part.iter().cloned());
+            }
             Ok(Batch::from_partitions(parts))
         });
         self.graph.add_state(Arc::new(KeyedStateful {
@@ -254,7 +496,10 @@ where
     pub fn map_with_state<S: Data + Codec, U: Data>(
         &self,
         spec: StateSpec<K, V, S, U>,
-    ) -> MapWithStateDStream<K, S, U> {
+    ) -> MapWithStateDStream<K, S, U>
+    where
+        K: std::fmt::Debug,
+    {
         let n = spec
             .partitions
             .unwrap_or_else(|| self.default_partitions())
@@ -286,7 +531,7 @@ where
                 }
             }
             let input = partition_by_key(p.get_or_compute(t)?, st.partitions());
-            let results: Vec<Result<Vec<MwsItem<K, S, U>>, &'static str>> = st
+            let results: Vec<Result<Vec<MwsItem<K, S, U>>, String>> = st
                 .maps
                 .par_iter_mut()
                 .zip(st.dirty.par_iter_mut())
@@ -298,10 +543,10 @@ where
                     // to keep (the key is updated in place, found once).
                     let mut step = |k: &K, v: V, prev: Option<(S, i64)>| {
                         let prev_time = prev.as_ref().map(|(_, pt)| *pt);
-                        let mut st = State::new(prev.map(|(s, _)| s), false);
-                        out.push(MwsItem::Mapped(func(k, Some(v), &mut st)));
+                        let mut st = State::new(prev.map(|(s, _)| s));
+                        out.extend(func(t, k, Some(v), &mut st).map(MwsItem::Mapped));
                         if let Some(m) = st.misuse {
-                            return Err(m);
+                            return Err(misuse(m, k));
                         }
                         let mut changed = st.updated || st.removed;
                         let next = st.value.map(|s| {
@@ -357,10 +602,10 @@ where
                             .collect();
                         for k in expired {
                             if let Some((s, _)) = map.remove(&k) {
-                                let mut st = State::new(Some(s), true);
-                                out.push(MwsItem::Mapped(func(&k, None, &mut st)));
+                                let mut st = State::timing_out(Some(s));
+                                out.extend(func(t, &k, None, &mut st).map(MwsItem::Mapped));
                                 if let Some(m) = st.misuse {
-                                    return Err(m);
+                                    return Err(misuse(m, &k));
                                 }
                                 KeyedState::<K, (S, i64)>::record(log, dirty, recording, &k, None);
                             }
@@ -383,7 +628,7 @@ where
                         return Err(Error::Operator {
                             operator: String::new(), // filled in with the node name
                             time: t,
-                            message: message.into(),
+                            message,
                         });
                     }
                 }

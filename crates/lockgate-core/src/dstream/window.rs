@@ -1,6 +1,7 @@
 //! Processing-time windows over batches: `window`, `count_by_window`,
 //! `reduce_by_window`, `reduce_by_key_and_window` (with and without an inverse
-//! function) and `count_by_value_and_window`.
+//! function), `group_by_key_and_window` and `count_by_value_and_window`. Each takes a
+//! [`Slide`]: a `Duration`, or [`Slide::Batch`] for Spark's forms without a slide.
 //!
 //! A window of length `L` sliding by `S` at batch time `t` covers the batches at times
 //! in `(t - L, t]` and is emitted at every `t` that is a multiple of `S` after the zero
@@ -32,6 +33,25 @@ use crate::error::Result;
 use crate::graph::{lock, NodeCell, Operator};
 
 type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
+
+/// How far a processing-time window slides. A `Duration` converts into
+/// [`Slide::Every`]; [`Slide::Batch`] is Spark's one-argument form of the window
+/// operations (`window(length)`, `reduceByKeyAndWindow(f, length)`, …), whose slide
+/// defaults to the stream's own: `s.window(length, Slide::Batch)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slide {
+    /// Slide by this duration (a multiple of the stream's slide).
+    Every(Duration),
+    /// Slide by the stream's own slide: the batch interval, unless the stream is
+    /// windowed already.
+    Batch,
+}
+
+impl From<Duration> for Slide {
+    fn from(d: Duration) -> Self {
+        Slide::Every(d)
+    }
+}
 
 /// Options of [`DStream::reduce_by_key_and_window_inv`].
 pub struct InverseWindowOpts<K, V> {
@@ -112,8 +132,13 @@ impl<T: Data + Codec> Operator<T> for WindowOp<T> {
 impl<T: Data> DStream<T> {
     /// Checks window length and slide against this stream's slide; records a graph error
     /// naming `kind` when they do not fit. Returns the two in milliseconds.
-    fn window_params(&self, kind: &str, length: Duration, slide: Duration) -> (i64, i64) {
-        let (len, sl, parent) = (duration_ms(length), duration_ms(slide), self.slide_ms());
+    fn window_params(&self, kind: &str, length: Duration, slide: Slide) -> (i64, i64) {
+        let parent = self.slide_ms();
+        let sl = match slide {
+            Slide::Every(d) => duration_ms(d),
+            Slide::Batch => parent,
+        };
+        let len = duration_ms(length);
         let fits = |d: i64| d > 0 && d % parent == 0;
         if !fits(len) || !fits(sl) {
             self.graph_error(
@@ -129,7 +154,7 @@ impl<T: Data> DStream<T> {
     }
 
     /// The number of elements in each window (incremental).
-    pub fn count_by_window(&self, length: Duration, slide: Duration) -> DStream<i64> {
+    pub fn count_by_window(&self, length: Duration, slide: impl Into<Slide>) -> DStream<i64> {
         self.map(|_| 1i64)
             .reduce_by_window_inv(|a, b| a + b, |a, b| a - b, length, slide)
             .name_kind("count_by_window")
@@ -138,8 +163,8 @@ impl<T: Data> DStream<T> {
 
 impl<T: Data + Codec> DStream<T> {
     /// Every element of the batches in the last `length`, emitted every `slide`.
-    pub fn window(&self, length: Duration, slide: Duration) -> DStream<T> {
-        let (len, sl) = self.window_params("window", length, slide);
+    pub fn window(&self, length: Duration, slide: impl Into<Slide>) -> DStream<T> {
+        let (len, sl) = self.window_params("window", length, slide.into());
         let buffer = Arc::new(Mutex::new(BufferState::new()));
         let op = WindowOp {
             parent: self.parent(),
@@ -159,7 +184,7 @@ impl<T: Data + Codec> DStream<T> {
         &self,
         f: impl Fn(T, T) -> T + Send + Sync + 'static,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
     ) -> DStream<T> {
         let f = Arc::new(f);
         let f2 = f.clone();
@@ -176,7 +201,7 @@ impl<T: Data + Codec> DStream<T> {
         f: impl Fn(T, T) -> T + Send + Sync + 'static,
         inv: impl Fn(T, T) -> T + Send + Sync + 'static,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
     ) -> DStream<T> {
         self.map(|x| ((), x))
             .reduce_by_key_and_window_inv(
@@ -195,7 +220,7 @@ impl<T: Data + Codec> DStream<T> {
     pub fn count_by_value_and_window(
         &self,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
         partitions: Option<usize>,
     ) -> DStream<(T, i64)>
     where
@@ -309,12 +334,50 @@ where
     K: Data + Hash + Eq + Codec,
     V: Data + Codec,
 {
+    /// Spark's `groupByKeyAndWindow`: every key of the window with all its values in
+    /// the window (oldest batch first, in arrival order within a batch), emitted every
+    /// `slide`, in the context's parallelism of partitions.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockgate_core::testing::run_streams;
+    /// use lockgate_core::Slide;
+    ///
+    /// let kv = |k: &str, v: i32| (k.to_string(), v);
+    /// let input = vec![vec![kv("a", 1)], vec![kv("a", 2), kv("b", 3)], vec![kv("b", 4)]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.group_by_key_and_window(Duration::from_secs(2), Slide::Batch)
+    /// }, 3).unwrap();
+    /// let mut last = out[2].clone();
+    /// last.sort();
+    /// assert_eq!(last, vec![("a".to_string(), vec![2]), ("b".to_string(), vec![3, 4])]);
+    /// ```
+    pub fn group_by_key_and_window(
+        &self,
+        length: Duration,
+        slide: impl Into<Slide>,
+    ) -> DStream<(K, Vec<V>)> {
+        self.group_by_key_and_window_with_partitions(length, slide, self.default_partitions())
+    }
+
+    /// [`group_by_key_and_window`](Self::group_by_key_and_window) into `n` partitions.
+    pub fn group_by_key_and_window_with_partitions(
+        &self,
+        length: Duration,
+        slide: impl Into<Slide>,
+        n: usize,
+    ) -> DStream<(K, Vec<V>)> {
+        self.window(length, slide)
+            .group_by_key_with_partitions(n)
+            .name_kind("group_by_key_and_window")
+    }
+
     /// The values of each key over the window combined with `f` (recomputed per window).
     pub fn reduce_by_key_and_window(
         &self,
         f: impl Fn(V, V) -> V + Send + Sync + 'static,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
     ) -> DStream<(K, V)> {
         self.reduce_by_key_and_window_with_partitions(f, length, slide, self.default_partitions())
     }
@@ -324,7 +387,7 @@ where
         &self,
         f: impl Fn(V, V) -> V + Send + Sync + 'static,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
         n: usize,
     ) -> DStream<(K, V)> {
         let f = Arc::new(f);
@@ -343,7 +406,7 @@ where
         f: impl Fn(V, V) -> V + Send + Sync + 'static,
         inv: impl Fn(V, V) -> V + Send + Sync + 'static,
         length: Duration,
-        slide: Duration,
+        slide: impl Into<Slide>,
         opts: InverseWindowOpts<K, V>,
     ) -> DStream<(K, V)> {
         let n = opts
@@ -353,7 +416,7 @@ where
         let f: ReduceFn<V> = Arc::new(f);
         let f_batch = f.clone();
         let reduced = self.reduce_by_key_with_partitions(move |a, b| f_batch(a, b), n);
-        let (len, sl) = reduced.window_params("reduce_by_key_and_window", length, slide);
+        let (len, sl) = reduced.window_params("reduce_by_key_and_window", length, slide.into());
         let buffer = Arc::new(Mutex::new(BufferState::new()));
         let window = Arc::new(Mutex::new(KeyedState::new(n, true)));
         let op = InverseWindowOp {

@@ -194,6 +194,30 @@ impl StreamingContext {
         one_at_a_time: bool,
         default: Option<Vec<T>>,
     ) -> DStream<T> {
+        self.queue_stream_with_partitions(queue, one_at_a_time, default, self.parallelism())
+    }
+
+    /// [`queue_stream`](Self::queue_stream) whose batches have `partitions` partitions
+    /// (at least 1; the elements of a batch are cut into contiguous slices as Spark's
+    /// `parallelize(seq, partitions)` cuts them) instead of the context's parallelism.
+    ///
+    /// ```
+    /// use lockgate_core::{testing::bounded_context, testing::collect_batches, InputQueue};
+    ///
+    /// let ctx = bounded_context(2).unwrap();
+    /// let q = InputQueue::from_batches(vec![vec![1, 2, 3]]);
+    /// let parts = collect_batches(&ctx.queue_stream_with_partitions(q, true, None, 3).glom());
+    /// ctx.start().unwrap();
+    /// ctx.await_termination().unwrap();
+    /// assert_eq!(parts.lock().unwrap()[&0], vec![vec![1], vec![2], vec![3]]);
+    /// ```
+    pub fn queue_stream_with_partitions<T: Data>(
+        &self,
+        queue: InputQueue<T>,
+        one_at_a_time: bool,
+        default: Option<Vec<T>>,
+        partitions: usize,
+    ) -> DStream<T> {
         let name = source_name(self, "queue");
         let src = Arc::new(QueueInput {
             counters: self.metrics_ref().source(&name),
@@ -202,7 +226,7 @@ impl StreamingContext {
             one_at_a_time,
             default,
             planned: Mutex::new(BTreeMap::new()),
-            partitions: self.parallelism(),
+            partitions: partitions.max(1),
         });
         register(self, "queue_stream", src)
     }

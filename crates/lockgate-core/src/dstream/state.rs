@@ -214,6 +214,9 @@ type UpdateFn<K, V, S> = Arc<dyn Fn(Time, StateUpdates<K, V, S>) -> Vec<(K, S)> 
 /// the function in one of Spark's forms, the initial state and the partitioner.
 pub struct UpdateStateSpec<K, V, S> {
     func: UpdateFn<K, V, S>,
+    /// The function returns only keys it was given (the per-key forms): they are in
+    /// their partitions already.
+    keys_stay: bool,
     initial: Vec<(K, S)>,
     partitions: Option<usize>,
     partitioner: Option<Arc<dyn Partitioner<K>>>,
@@ -231,11 +234,14 @@ impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
     pub fn function_with_time(
         f: impl Fn(Time, &K, &[V], Option<S>) -> Option<S> + Send + Sync + 'static,
     ) -> Self {
-        Self::partition_function(move |t, updates| {
-            updates
-                .filter_map(|(k, values, state)| f(t, &k, &values, state).map(|s| (k, s)))
-                .collect::<Vec<_>>()
-        })
+        UpdateStateSpec {
+            keys_stay: true,
+            ..Self::partition_function(move |t, updates| {
+                updates
+                    .filter_map(|(k, values, state)| f(t, &k, &values, state).map(|s| (k, s)))
+                    .collect::<Vec<_>>()
+            })
+        }
     }
 
     /// Over a whole partition: given the batch time and every key of the partition with
@@ -249,6 +255,7 @@ impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
     {
         UpdateStateSpec {
             func: Arc::new(move |t, updates| f(t, updates).into_iter().collect()),
+            keys_stay: false,
             initial: Vec::new(),
             partitions: None,
             partitioner: None,
@@ -434,7 +441,7 @@ where
         }
         let state = Arc::new(Mutex::new(initial));
         let shared = state.clone();
-        let func = spec.func;
+        let (func, keys_stay) = (spec.func, spec.keys_stay);
         // State restored from a checkpoint written with another partition count is
         // spread by the default hash: put it where this partitioner wants it, once.
         let placed = std::sync::atomic::AtomicBool::new(false);
@@ -464,10 +471,11 @@ where
                 })
                 .collect();
             // The function may return any keys: each goes to its partition.
-            let misplaced = parts
-                .iter()
-                .enumerate()
-                .any(|(j, part)| part.iter().any(|(k, _)| place(k) != j));
+            let misplaced = !keys_stay
+                && parts
+                    .iter()
+                    .enumerate()
+                    .any(|(j, part)| part.iter().any(|(k, _)| place(k) != j));
             let parts = if misplaced {
                 let all: Vec<(K, S)> = parts.into_iter().flatten().collect();
                 let mut fixed: Vec<Vec<(K, S)>> = (0..n).map(|_| Vec::new()).collect();

@@ -362,6 +362,24 @@ impl crate::context::StreamingContext {
     /// (at least one, all with the same slide) of the same time, in the order given, and
     /// the batch time. (Spark's form takes streams of any element types; here they share
     /// one: map them to an enum first to mix types.)
+    ///
+    /// ```
+    /// use lockgate_core::testing::{collect_output, ManualRun};
+    /// use lockgate_core::{Batch, InputQueue};
+    ///
+    /// let run = ManualRun::new(1).unwrap();
+    /// let streams: Vec<_> = [vec![1, 2], vec![10]]
+    ///     .into_iter()
+    ///     .map(|b| run.ctx.queue_stream(InputQueue::from_batches(vec![b]), true, None))
+    ///     .collect();
+    /// // Per batch: the sum of each stream.
+    /// let sums = collect_output(&run.ctx.transform(&streams, |batches, _time| {
+    ///     Batch::from_vec(batches.iter().map(|b| b.iter().sum::<i32>()).collect(), 1)
+    /// }));
+    /// run.ctx.start().unwrap();
+    /// run.next_batch().unwrap();
+    /// assert_eq!(sums.lock().unwrap()[0], vec![3, 10]);
+    /// ```
     pub fn transform<T: Data, U: Data>(
         &self,
         streams: &[DStream<T>],

@@ -170,6 +170,27 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
 
     /// Spark's `StateSpec.function((Time, K, Option[V], State[S]) => Option[U])`: the
     /// function is also given the batch time, and may emit nothing (`None`).
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams;
+    /// use lockgate_core::{State, StateSpec, Time};
+    ///
+    /// // Emit a key once, the first time it is seen, with the batch time.
+    /// let input = vec![vec![('a', ()), ('a', ())], vec![('a', ()), ('b', ())]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.map_with_state(StateSpec::function_with_time(
+    ///         |t: Time, k: &char, _v: Option<()>, seen: &mut State<bool>| {
+    ///             if seen.exists() {
+    ///                 return None;
+    ///             }
+    ///             seen.update(true);
+    ///             Some((*k, t.millis()))
+    ///         },
+    ///     ))
+    ///     .stream()
+    /// }, 2).unwrap();
+    /// assert_eq!(out, vec![vec![('a', 1000)], vec![('b', 2000)]]);
+    /// ```
     pub fn function_with_time(
         f: impl Fn(Time, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync + 'static,
     ) -> Self {
@@ -247,6 +268,27 @@ impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
     /// Over a whole partition: given the batch time and every key of the partition with
     /// its new values and state, returns the state to keep (keys not returned are
     /// removed). Spark's `(Time, Iterator[(K, Seq[V], Option[S])]) => Iterator[(K, S)]`.
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams;
+    /// use lockgate_core::{HashPartitioner, UpdateStateSpec};
+    ///
+    /// // Keep the last value of each key, in 3 partitions.
+    /// let input = vec![vec![(1u8, 10), (2, 20)], vec![(1, 11)]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.update_state_by_key_with_spec(
+    ///         UpdateStateSpec::partition_function(|_time, updates| {
+    ///             updates.filter_map(|(k, values, last): (u8, Vec<i32>, Option<i32>)| {
+    ///                 values.last().copied().or(last).map(|v| (k, v))
+    ///             })
+    ///         })
+    ///         .partitioner(HashPartitioner(3)),
+    ///     )
+    /// }, 2).unwrap();
+    /// let mut last = out[1].clone();
+    /// last.sort();
+    /// assert_eq!(last, vec![(1, 11), (2, 20)]);
+    /// ```
     pub fn partition_function<I>(
         f: impl Fn(Time, StateUpdates<K, V, S>) -> I + Send + Sync + 'static,
     ) -> Self

@@ -295,8 +295,13 @@ impl JobConfig {
     }
 }
 
+/// A SQL sink's error in the engine's terms: a bad setting is the job's configuration
+/// error; a database error is kept whole as the source.
 fn sink_err(e: lockgate_sql_sinks::Error) -> lockgate_core::Error {
-    lockgate_core::Error::Config(e.to_string())
+    match e {
+        lockgate_sql_sinks::Error::Config(_) => lockgate_core::Error::Config(e.to_string()),
+        other => lockgate_core::Error::external("SQL sink", other),
+    }
 }
 
 /// `window_counts(stream, start, "end", count)`: windowed counts by stream and window

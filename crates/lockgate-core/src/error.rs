@@ -79,6 +79,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A component outside the engine (a connector such as the Kafka source, a sink's
+    /// database client) failed; its own error is kept as the source, so a caller can
+    /// downcast it and the whole cause chain is there.
+    #[error("{component}: {source}")]
+    External {
+        /// The component ("Kafka source", "SQL sink", ...).
+        component: &'static str,
+        /// The component's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A file or directory could not be read or written.
     #[error("{action} `{}`: {source}", path.display())]
     Io {
@@ -93,6 +105,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Builds an [`Error::External`] for `component`'s error.
+    pub fn external(component: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::External {
+            component,
+            source: source.into(),
+        }
+    }
+
     /// Builds an [`Error::Io`] for `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -135,10 +135,11 @@ impl<T: Data> KafkaLog<T> {
         })
     }
 
-    fn connect_err(&self, e: impl std::fmt::Display) -> Error {
+    fn connect_err(&self, message: String, cause: KafkaError) -> Error {
         Error::Connect {
             brokers: self.config.brokers.clone(),
-            message: e.to_string(),
+            message,
+            cause: Some(Box::new(cause)),
         }
     }
 
@@ -150,11 +151,12 @@ impl<T: Data> KafkaLog<T> {
         }
     }
 
-    fn read_err(&self, partition: u32, message: String) -> Error {
+    fn read_err(&self, partition: u32, message: String, cause: Option<KafkaError>) -> Error {
         Error::Read {
             topic: self.config.topic.clone(),
             partition,
             message,
+            cause: cause.map(Box::new),
         }
     }
 
@@ -165,10 +167,13 @@ impl<T: Data> KafkaLog<T> {
             .meta
             .fetch_metadata(Some(topic), self.config.timeout)
             .map_err(|e| {
-                self.connect_err(format!(
-                    "no metadata within {:?} ({e}): is a broker listening there?",
-                    self.config.timeout
-                ))
+                self.connect_err(
+                    format!(
+                        "no metadata within {:?} ({e}): is a broker listening there?",
+                        self.config.timeout
+                    ),
+                    e,
+                )
             })?;
         let t = md
             .topics()
@@ -195,7 +200,7 @@ impl<T: Data> KafkaLog<T> {
                     .meta
                     .fetch_watermarks(topic, p.id(), self.config.timeout)
                     .map_err(|e| {
-                        self.connect_err(format!("offsets of partition {}: {e}", p.id()))
+                        self.connect_err(format!("offsets of partition {}: {e}", p.id()), e)
                     })?;
                 Ok(PartitionBounds {
                     partition: u32::try_from(p.id())
@@ -230,14 +235,14 @@ impl<T: Data> KafkaLog<T> {
         let reader = self.reader(partition)?;
         let mut r = lock(&reader);
         let id = i32::try_from(partition)
-            .map_err(|_| self.read_err(partition, "partition number too large".into()))?;
+            .map_err(|_| self.read_err(partition, "partition number too large".into(), None))?;
         if r.next != Some(from) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.config.topic, id, Offset::Offset(from))
-                .map_err(|e| self.read_err(partition, e.to_string()))?;
+                .map_err(|e| self.read_err(partition, e.to_string(), Some(e)))?;
             r.consumer
                 .assign(&tpl)
-                .map_err(|e| self.read_err(partition, format!("assign at {from}: {e}")))?;
+                .map_err(|e| self.read_err(partition, format!("assign at {from}: {e}"), Some(e)))?;
         }
         // Until a read ends cleanly, the next one seeks.
         r.next = None;
@@ -280,6 +285,7 @@ impl<T: Data> KafkaLog<T> {
                     return Err(self.read_err(
                         partition,
                         format!("offsets [{from}, {until}) at {position}: {e}"),
+                        Some(e),
                     ))
                 }
                 None => {}
@@ -292,6 +298,7 @@ impl<T: Data> KafkaLog<T> {
                          {:?} (is the broker up? have the offsets expired?)",
                         self.config.timeout
                     ),
+                    None,
                 ));
             }
         }

@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod source;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ mod backend;
 pub mod error;
 mod postgres_backend;
 mod sqlite_backend;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::{Arc, Mutex};

@@ -8,15 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::checkpoint::{
-    CheckpointConfig, Checkpointer, DeliveryMode, Recovery, StateUpgrade, UpgradeReport,
-};
+use crate::checkpoint::{CheckpointConfig, Checkpointer, Recovery, StateUpgrade, UpgradeReport};
 use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
-use crate::graph::{lock, Graph, InputSource};
+use crate::graph::Graph;
 use crate::metrics::StreamingMetrics;
 use crate::scheduler::Scheduler;
-use crate::sink::SinkOffsets;
+use crate::types::{lock, DeliveryMode, InputSource, SinkOffsets};
 
 /// When batches are generated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -473,7 +471,7 @@ impl StreamingContext {
     /// source wrappers in other crates that attach to its counters in
     /// [`metrics`](Self::metrics) once it exists.
     pub fn next_source_name(&self, kind: &str) -> String {
-        crate::source::source_name(self, kind)
+        format!("{kind}-{}", self.metrics_ref().source_names().len())
     }
 
     /// The clock driving the batches.

@@ -12,29 +12,15 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::log::SourcePlan;
-use crate::checkpoint::{DeliveryMode, Stateful};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
-
-/// The id of a batch: 0 for the first batch time, then one more per batch interval.
-pub type BatchId = u64;
-
-/// The identity of one batch, handed to output functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BatchRef {
-    /// The batch id.
-    pub id: BatchId,
-    /// The batch time.
-    pub time: Time,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::types::{
+    lock, BatchId, BatchRef, DeliveryMode, InputInfo, InputSource, OutputOpInfo, SourcePlan,
+    Stateful,
+};
 
 /// Turns a caught panic payload into a message.
 pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -285,64 +271,6 @@ impl<T: Data> NodeCell<T> {
     }
 }
 
-/// What a source decided for one batch (its input descriptor).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InputInfo {
-    /// The source's name.
-    pub source: String,
-    /// Number of records in the batch.
-    pub records: u64,
-    /// A human-readable description of exactly what the batch reads
-    /// (file names, queue items, received records).
-    pub description: String,
-}
-
-/// A source of input: plans what each batch reads.
-pub(crate) trait InputSource: Send + Sync {
-    fn name(&self) -> String;
-    /// Starts receivers, takes the initial file listing, ... `recovered` is true when
-    /// the source's state was restored from a checkpoint.
-    fn start(&self, bounded: bool, recovered: bool) -> Result<()>;
-    /// Stops receivers; data received so far stays available to `plan`.
-    fn stop(&self);
-    /// Decides what batch `t` reads; returns it and its encoded descriptor.
-    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)>;
-    /// Re-plans batch `t` exactly as logged (recovery).
-    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()>;
-    /// `Err(reason)` when the source cannot be replayed from a checkpoint.
-    fn checkpoint_support(&self) -> std::result::Result<(), String> {
-        Ok(())
-    }
-    /// Called when the context checkpoints into `dir`: the source prepares to log what
-    /// replay needs.
-    fn enable_checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
-        Ok(())
-    }
-    /// The rate controller's new limit, records per second (receivers apply it).
-    fn set_rate_limit(&self, _records_per_second: f64) {}
-    /// The batches up to `t` are durably committed: their input may be released.
-    fn committed(&self, _t: Time) {}
-    /// Marks the input of these logged descriptors as consumed (resuming from a sink's
-    /// offsets).
-    fn seed_consumed(&self, _descriptors: &[&[u8]]) -> Result<()> {
-        Ok(())
-    }
-    /// True while the source has data that a next `plan` would take.
-    fn has_pending(&self) -> bool;
-    /// How many more batches a bounded source needs for what it holds (None when it
-    /// cannot tell, e.g. a receiver).
-    fn pending_batches(&self) -> Option<u64> {
-        None
-    }
-    /// Drops planned data of batches up to `done`.
-    fn forget(&self, done: Time);
-    /// Records actually read for batch `t`, for sources that only know it after reading
-    /// (files: the plan lists files, reading counts lines).
-    fn records_read(&self, _t: Time) -> Option<u64> {
-        None
-    }
-}
-
 /// An output operation: the action that makes a batch happen.
 pub(crate) struct OutputOp {
     pub name: String,
@@ -351,23 +279,6 @@ pub(crate) struct OutputOp {
     pub run: Box<dyn Fn(BatchRef) -> Result<u64> + Send + Sync>,
     /// A sink's counters: its retries during the batch go into the batch's record.
     pub sink: Option<Arc<crate::metrics::SinkCounters>>,
-}
-
-/// The result of running one output operation for a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputOpInfo {
-    /// The output operation's name.
-    pub name: String,
-    /// When it started.
-    pub start: Time,
-    /// When it ended.
-    pub end: Time,
-    /// Elements of the batch it wrote.
-    pub records: u64,
-    /// The error message if it failed.
-    pub failure: Option<String>,
-    /// A sink's commits retried for this batch (after a lost connection, say).
-    pub retries: u64,
 }
 
 /// The whole graph of one streaming context.

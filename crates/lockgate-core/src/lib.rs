@@ -59,6 +59,7 @@ pub mod show;
 pub mod sink;
 pub mod source;
 pub mod testing;
+mod types;
 pub mod wal;
 
 pub use batch::{Batch, Data};
@@ -79,7 +80,6 @@ pub use dstream::state::{MapWithStateDStream, State, StateSpec, StateUpdates, Up
 pub use dstream::window::{InverseWindowOpts, Slide};
 pub use dstream::DStream;
 pub use error::{BoxError, Error, Result};
-pub use graph::{BatchId, BatchRef, InputInfo, OutputOpInfo};
 pub use metrics::{
     BatchInfo, DelayHistogram, DelayHistograms, EventTimeCounters, MetricsSnapshot, OperatorInfo,
     SinkCounters, SinkStatus, SourceCounters, SourceStatus, StreamingMetrics,
@@ -92,3 +92,4 @@ pub use source::queue::InputQueue;
 pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};
 pub use source::socket::SocketTextReceiver;
 pub use source::TextChunk;
+pub use types::{BatchId, BatchRef, InputInfo, OutputOpInfo, SourcePlan};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::clock::Time;
-use crate::graph::{lock, BatchId, InputInfo, OutputOpInfo};
+use crate::types::{lock, BatchId, InputInfo, OutputOpInfo};
 
 /// How many completed batches the registry keeps.
 pub const RETAINED_BATCHES: usize = 1000;

@@ -10,13 +10,12 @@
 use std::sync::Arc;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::log::SourcePlan;
-use crate::checkpoint::DeliveryMode;
 use crate::clock::Time;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error};
-use crate::graph::BatchId;
 use crate::metrics::SinkCounters;
+pub use crate::types::SinkOffsets;
+use crate::types::{BatchId, DeliveryMode, SourcePlan};
 
 /// What a sink knows about the batch it commits.
 #[derive(Clone, Debug)]
@@ -34,19 +33,6 @@ pub struct SinkBatch {
     pub delivery: DeliveryMode,
     /// Where the sink reports the commits it retries (logs, `/metrics`, the UI).
     pub counters: Arc<SinkCounters>,
-}
-
-/// What a transactional sink recorded as committed: where a job resumes when the sink's
-/// database, not the checkpoint, is the source of truth ("offsets and results in the same
-/// database"). See [`StreamingContextBuilder::from_sink_offsets`](crate::StreamingContextBuilder::from_sink_offsets).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SinkOffsets {
-    /// The last committed batch id.
-    pub last_batch_id: u64,
-    /// Its batch time.
-    pub last_batch_time_ms: i64,
-    /// The plans of the committed batches the sink still records, oldest first.
-    pub plans: Vec<Vec<SourcePlan>>,
 }
 
 /// An output that commits whole batches, idempotently per batch id.

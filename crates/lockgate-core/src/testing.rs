@@ -19,8 +19,8 @@ use crate::clock::{duration_ms, Clock, ManualClock, Time};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
-use crate::graph::lock;
 use crate::source::queue::InputQueue;
+use crate::types::lock;
 
 /// The batch interval the harness uses.
 pub const TEST_BATCH_INTERVAL: Duration = Duration::from_secs(1);

@@ -22,8 +22,8 @@ pub mod testing;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockgate_core::checkpoint::log::SourcePlan;
 use lockgate_core::codec::{from_bytes, to_bytes};
+use lockgate_core::SourcePlan;
 use lockgate_core::{Batch, BoxError, Data, DeliveryMode, Sink, SinkBatch, SinkOffsets};
 
 pub use backend::{open_url, redact_url, Backend, CommitRequest};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use lockgate_core::checkpoint::log::SourcePlan;
+use lockgate_core::SourcePlan;
 use lockgate_core::{Batch, DeliveryMode, Sink, SinkBatch, Time};
 use lockgate_sql_sinks::testing::PgServer;
 use lockgate_sql_sinks::{

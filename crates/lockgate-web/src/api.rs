@@ -56,7 +56,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/applications/{app}/streaming/batches/{batch}",
             get(batch),
         )
-        .route("/metrics", get(crate::prometheus::metrics))
+        .route("/metrics", get(prometheus_metrics))
         .route(
             "/",
             get(|| async { Html(include_str!("../assets/streaming.html")) }),
@@ -323,6 +323,11 @@ async fn batch(State(s): State<AppState>, Path((app, id)): Path<(String, String)
         Some(b) => Json(b).into_response(),
         None => not_found(format!("no batch {time} (only the last 1000 are kept)")),
     }
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn prometheus_metrics(State(s): State<AppState>) -> Response {
+    text(crate::prometheus::render(&s.ctx))
 }
 
 /// `text/plain` response for Prometheus.

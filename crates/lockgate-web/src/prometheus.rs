@@ -2,12 +2,10 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::State;
-use axum::response::Response;
 use lockgate_core::metrics::DELAY_BUCKETS_MS;
 use lockgate_core::{DelayHistogram, SourceCounters};
 
-use crate::api::{text, AppState};
+use lockgate_core::StreamingContext;
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -65,9 +63,9 @@ fn wal_sizes(wal: &std::path::Path) -> Vec<(String, f64)> {
 }
 
 /// Renders every metric.
-pub(crate) fn render(s: &AppState) -> String {
-    let m = s.ctx.metrics().snapshot();
-    let app = format!("{{app=\"{}\"}}", label(s.ctx.app_name()));
+pub(crate) fn render(ctx: &StreamingContext) -> String {
+    let m = ctx.metrics().snapshot();
+    let app = format!("{{app=\"{}\"}}", label(ctx.app_name()));
     let mut out = String::new();
     counter(
         &mut out,
@@ -76,7 +74,7 @@ pub(crate) fn render(s: &AppState) -> String {
         "counter",
         &[(app.clone(), m.total_completed as f64)],
     );
-    let event_time = s.ctx.metrics().event_time_operators();
+    let event_time = ctx.metrics().event_time_operators();
     let per_op = |f: &dyn Fn(&lockgate_core::EventTimeCounters) -> f64| -> Vec<(String, f64)> {
         event_time
             .iter()
@@ -145,7 +143,7 @@ pub(crate) fn render(s: &AppState) -> String {
         "counter",
         &[(app.clone(), m.total_records_out as f64)],
     );
-    let interval_s = s.ctx.batch_interval().as_secs_f64().max(1e-3);
+    let interval_s = ctx.batch_interval().as_secs_f64().max(1e-3);
     let rate = m
         .completed
         .last()
@@ -195,7 +193,7 @@ pub(crate) fn render(s: &AppState) -> String {
         "Time of each checkpoint write (state files, sync, commit).",
         &m.histograms.checkpoint_write,
     );
-    if let Some(dir) = s.ctx.checkpoint_dir() {
+    if let Some(dir) = ctx.checkpoint_dir() {
         counter(
             &mut out,
             "lockgate_wal_bytes",
@@ -205,7 +203,7 @@ pub(crate) fn render(s: &AppState) -> String {
         );
     }
     let mut state = Vec::new();
-    for (op, parts) in s.ctx.state_sizes() {
+    for (op, parts) in ctx.state_sizes() {
         for (p, n) in parts.iter().enumerate() {
             state.push((
                 format!("{{operator=\"{}\",partition=\"{p}\"}}", label(&op)),
@@ -220,7 +218,7 @@ pub(crate) fn render(s: &AppState) -> String {
         "gauge",
         &state,
     );
-    let metrics = s.ctx.metrics();
+    let metrics = ctx.metrics();
     let per_source = |f: fn(&SourceCounters) -> u64| -> Vec<(String, f64)> {
         metrics
             .source_names()
@@ -316,8 +314,4 @@ pub(crate) fn render(s: &AppState) -> String {
         &per_sink(|c| u64::from(c.status().retrying_since_ms.is_some())),
     );
     out
-}
-
-pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
-    text(render(&s))
 }

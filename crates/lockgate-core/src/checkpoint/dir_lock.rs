@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
-use crate::graph::lock;
+use crate::types::lock;
 
 /// This process's hold on a checkpoint directory; the lock is released when the last
 /// hold is dropped.

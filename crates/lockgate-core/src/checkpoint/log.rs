@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use crate::types::SourcePlan;
+
 use crate::checkpoint::file::{
     read_file, sync_filesystem, write_file, write_files, FileKind, Placement,
 };
@@ -46,36 +48,6 @@ impl Codec for Metadata {
             interval_ms: Codec::decode(input)?,
             operators: Codec::decode(input)?,
             config: Codec::decode(input)?,
-        })
-    }
-}
-
-/// One source's part of a batch plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourcePlan {
-    /// The source's name.
-    pub source: String,
-    /// The encoded input descriptor (what the batch reads).
-    pub descriptor: Vec<u8>,
-    /// Records, if known when planning.
-    pub records: u64,
-    /// Human-readable form of the descriptor.
-    pub description: String,
-}
-
-impl Codec for SourcePlan {
-    fn encode(&self, out: &mut Vec<u8>) {
-        self.source.encode(out);
-        self.descriptor.encode(out);
-        self.records.encode(out);
-        self.description.encode(out);
-    }
-    fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
-        Ok(SourcePlan {
-            source: Codec::decode(input)?,
-            descriptor: Codec::decode(input)?,
-            records: Codec::decode(input)?,
-            description: Codec::decode(input)?,
         })
     }
 }

@@ -15,6 +15,8 @@ pub mod log;
 pub(crate) mod state;
 pub mod store;
 
+pub use crate::types::DeliveryMode;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,24 +25,9 @@ use rayon::prelude::*;
 
 use crate::clock::Time;
 use crate::error::{Error, Result};
-use crate::graph::{lock, InputSource};
+use crate::types::{lock, InputSource, Stateful};
 use log::{CheckpointLog, Commit, Metadata, Plan};
 use store::{dir_name, StateHeader, StateStore, CODEC};
-
-/// How Lockgate may deliver records to outputs when it crashes and recovers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DeliveryMode {
-    /// Every record affects the outputs exactly once (replay + idempotent or
-    /// transactional sinks). The default.
-    #[default]
-    ExactlyOnce,
-    /// Records are never lost but a replayed batch may be written again by sinks that
-    /// do not de-duplicate (insert-mode database sinks).
-    AtLeastOnce,
-    /// A batch is marked done before it runs: after a crash it is not re-run, so its
-    /// records may be lost, never repeated.
-    AtMostOnce,
-}
 
 /// What recovery does when the operators with state in the checkpoint and in the code
 /// differ (an operator added, removed or with changed types).
@@ -107,30 +94,6 @@ impl CheckpointConfig {
             sync_interval: std::time::Duration::from_millis(100),
         }
     }
-}
-
-/// Checkpointable state of an operator or source.
-pub(crate) trait Stateful: Send + Sync {
-    /// The stable name state is stored under.
-    fn name(&self) -> String;
-    /// Key and value type names.
-    fn type_desc(&self) -> String;
-    /// Number of state partitions.
-    fn partitions(&self) -> usize;
-    /// Writes full snapshots only (state whose changes are not tracked).
-    fn always_full(&self) -> bool {
-        false
-    }
-    /// Called once when the context checkpoints: from now on every batch's changes are
-    /// persisted (state may then log its changes as they happen).
-    fn checkpointed(&self) {}
-    /// Encoded entries of partition `p`: all (`full`) or changed since the last call.
-    /// `None` when nothing changed and `full` is false.
-    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;
-    /// Replaces the state from payloads per old partition, each applied in order.
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), String>;
-    /// Number of entries per partition (for inspection and metrics).
-    fn sizes(&self) -> Vec<usize>;
 }
 
 /// How one stateful operator compares between checkpoint and code.

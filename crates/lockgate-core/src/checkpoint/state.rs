@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use crate::hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::Stateful;
 use crate::clock::Time;
 use crate::codec::{from_bytes, Codec};
-use crate::dstream::keyed::partition_of;
-use crate::graph::{lock, NodeMeta};
+use crate::graph::NodeMeta;
+use crate::types::{lock, partition_of, Stateful};
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
 /// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys

@@ -42,14 +42,14 @@ use rayon::prelude::*;
 
 use crate::batch::{map_maybe_par, take_part, Batch, Data, SEQUENTIAL_BELOW};
 use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};
-use crate::checkpoint::Stateful;
 use crate::clock::{duration_ms, Time};
 use crate::codec::{Codec, CodecError};
-use crate::dstream::keyed::{partition_of, transpose_by_bucket};
+use crate::dstream::keyed::transpose_by_bucket;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
-use crate::graph::{lock, Graph, NodeMeta};
+use crate::graph::{Graph, NodeMeta};
 use crate::metrics::EventTimeCounters;
+use crate::types::{lock, partition_of, Stateful};
 
 /// A window of event time: `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,25 +2,16 @@
 //! joins and cogroup. Keys are hash-partitioned with a fixed hash, so a key always lands
 //! in the same partition for a given partition count, in every run.
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 use hashbrown::hash_map::Entry;
 use rayon::prelude::*;
-use rustc_hash::FxHasher;
 
 use crate::hash::FxHashMap;
 
 use crate::batch::{take_part, Batch, Data};
 use crate::dstream::DStream;
-
-/// The partition of `key` among `n` partitions (deterministic across runs).
-pub fn partition_of<K: Hash + ?Sized>(key: &K, n: usize) -> usize {
-    let mut h = FxHasher::default();
-    key.hash(&mut h);
-    let x = h.finish();
-    let mixed = x ^ (x >> 29) ^ (x >> 47);
-    usize::try_from(mixed % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
-}
+pub use crate::types::partition_of;
 
 /// How keys are spread over partitions: Spark's `Partitioner`. Keyed state is kept
 /// per partition; a partitioner must be deterministic (the same key, the same partition,

@@ -13,8 +13,9 @@ use crate::batch::{Batch, Data};
 use crate::clock::Time;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
-use crate::graph::{BatchRef, OutputOp};
+use crate::graph::OutputOp;
 use crate::show::Show;
+use crate::types::BatchRef;
 
 /// What an output function may return: nothing, or a `Result` whose error fails the
 /// batch (and stops the context, reported with the output's name and batch time).

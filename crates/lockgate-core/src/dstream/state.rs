@@ -21,7 +21,7 @@ use crate::codec::Codec;
 use crate::dstream::keyed::{partition_by_key, partition_with, HashPartitioner, Partitioner};
 use crate::dstream::DStream;
 use crate::error::Error;
-use crate::graph::lock;
+use crate::types::lock;
 
 /// The state of one key as seen by a [`map_with_state`](DStream::map_with_state)
 /// function: read it, update it, remove it, and know whether the key is timing out.

@@ -30,7 +30,8 @@ use crate::clock::{duration_ms, Time};
 use crate::codec::Codec;
 use crate::dstream::DStream;
 use crate::error::Result;
-use crate::graph::{lock, NodeCell, Operator};
+use crate::graph::{NodeCell, Operator};
+use crate::types::lock;
 
 type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
 

@@ -12,12 +12,13 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crate::checkpoint::log::{Plan, SourcePlan};
-use crate::checkpoint::{Checkpointer, DeliveryMode};
+use crate::checkpoint::log::Plan;
+use crate::checkpoint::Checkpointer;
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
-use crate::graph::{lock, BatchRef, Graph, InputInfo};
+use crate::graph::Graph;
 use crate::metrics::{BatchInfo, StreamingMetrics};
+use crate::types::{lock, BatchRef, DeliveryMode, InputInfo, SourcePlan};
 
 /// How many batches a bounded run plans ahead (and logs with one sync).
 const PLAN_AHEAD: usize = 8;

@@ -33,9 +33,9 @@ use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
-use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
 use crate::source::{register, source_name, source_state, SourceCompute};
+use crate::types::{lock, InputInfo, InputSource};
 
 /// One partition of a log and the offsets it holds now: `[earliest, latest)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,7 +31,6 @@ use crate::codec::{from_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
-use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
 use crate::source::read::{
     check_lines, read_ahead, FileContents, FileRead, FileStamp, ReadError, Scan, PIECE,
@@ -40,6 +39,7 @@ use crate::source::{
     chunk_bounds, register, source_name, split_lines, SourceCompute, TextChunk,
     DEFAULT_MAX_LINE_BYTES,
 };
+use crate::types::{lock, InputInfo, InputSource};
 
 /// Options of [`text_file_stream_with`](StreamingContext::text_file_stream_with).
 #[derive(Clone, Debug)]

@@ -19,9 +19,9 @@ use crate::codec::{from_bytes, to_bytes};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
-use crate::graph::{lock, InputInfo, InputSource};
 use crate::metrics::SourceCounters;
 use crate::source::{register, source_name, source_state, SourceCompute};
+use crate::types::{lock, InputInfo, InputSource};
 
 type Generate<T> = Arc<dyn Fn(Range<u64>) -> Vec<T> + Send + Sync>;
 

@@ -19,8 +19,8 @@ use crate::codec::Codec;
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::Result;
-use crate::graph::InputSource;
 use crate::metrics::SourceCounters;
+use crate::types::InputSource;
 
 pub mod direct;
 pub mod files;
@@ -40,7 +40,7 @@ pub(crate) trait SourceCompute<T>: InputSource {
 
 /// A new source's name: `<kind>-<n>`, `n` counting the context's sources.
 pub(crate) fn source_name(ctx: &StreamingContext, kind: &str) -> String {
-    format!("{kind}-{}", ctx.metrics_ref().source_names().len())
+    ctx.next_source_name(kind)
 }
 
 /// A source's checkpointed state (one partition), registered under the stable name

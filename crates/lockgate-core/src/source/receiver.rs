@@ -33,9 +33,10 @@ use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
-use crate::graph::{lock, panic_message, InputInfo, InputSource};
+use crate::graph::panic_message;
 use crate::metrics::SourceCounters;
 use crate::source::{register, source_name, source_state, SourceCompute};
+use crate::types::{lock, InputInfo, InputSource};
 use crate::wal::{BlockRef, Wal};
 
 /// A push source run on its own thread.

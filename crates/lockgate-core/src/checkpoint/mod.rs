@@ -14,6 +14,7 @@ pub mod file;
 pub mod log;
 pub(crate) mod state;
 pub mod store;
+mod writer;
 
 pub use crate::types::DeliveryMode;
 
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::types::{lock, InputSource, Stateful};
 use log::{CheckpointLog, Commit, Metadata, Plan};
 use store::{dir_name, StateHeader, StateStore, CODEC};
+use writer::{WriteJob, Writer, WriterThread};
 
 /// What recovery does when the operators with state in the checkpoint and in the code
 /// differ (an operator added, removed or with changed types).
@@ -620,118 +622,20 @@ impl Checkpointer {
     }
 
     fn spawn_writer(&self) -> Result<std::sync::mpsc::SyncSender<WriteJob>> {
-        // Batches may queue for the disk while it syncs; beyond 64 the runner waits.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(64);
-        let (log, store, config) = (self.log.clone(), self.store.clone(), self.config.clone());
-        let failure = self.writer.failure.clone();
-        let inputs = self.inputs.clone();
-        let metrics = self.metrics.clone();
-        let names: Vec<(String, usize)> = self
-            .states
-            .iter()
-            .map(|s| (s.name(), s.partitions()))
-            .collect();
-        std::thread::Builder::new()
-            .name("lockgate-checkpoint-writer".into())
-            .spawn(move || {
-                let mut failed = false;
-                // The newest batch whose state files are written, not yet synced.
-                let mut written: Option<(u64, Time)> = None;
-                // The newest commit written, not yet made durable by a sync.
-                let mut unsynced: Option<(u64, Time)> = None;
-                let mut last_sync = std::time::Instant::now();
-                let every = config.sync_interval;
-                loop {
-                    let first = match rx.recv_timeout(every) {
-                        Ok(job) => Some(job),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    // Take every job already waiting.
-                    let mut jobs: Vec<WriteJob> = first.into_iter().collect();
-                    while let Ok(more) = rx.try_recv() {
-                        jobs.push(more);
-                    }
-                    let mut files = Vec::new();
-                    let mut last: Option<(u64, Time)> = None;
-                    let mut flushes = Vec::new();
-                    for job in jobs {
-                        match job {
-                            WriteJob::Flush(done) => flushes.push(done),
-                            WriteJob::Commit { id, time, files: f } => {
-                                files.extend(f);
-                                last = Some((id, time));
-                            }
-                        }
-                    }
-                    // After a failure nothing more is committed: a later commit must
-                    // never stand on missing state.
-                    if !failed {
-                        let write_started = std::time::Instant::now();
-                        let result = (|| -> Result<()> {
-                            let files: Vec<_> = files
-                                .iter()
-                                .map(|(header, full, bytes)| store.file(header, *full, bytes))
-                                .collect();
-                            // State files are named by a commit only after a sync has
-                            // made them durable, except in at-most-once mode (which
-                            // commits a batch before it runs).
-                            let placement = if config.delivery == DeliveryMode::AtMostOnce {
-                                file::Placement::Atomic
-                            } else {
-                                file::Placement::Direct
-                            };
-                            store.write_all(files, placement)?;
-                            if last.is_some() {
-                                written = last;
-                            }
-                            let pending = written.is_some() || unsynced.is_some();
-                            let due = !flushes.is_empty() || last_sync.elapsed() >= every;
-                            if !(pending && due) {
-                                return Ok(());
-                            }
-                            // Rounds of: sync (state files and the previous commit become
-                            // durable), then write the commit of the synced state. A
-                            // flush goes on until that commit is durable too.
-                            loop {
-                                crate::checkpoint::file::sync_filesystem(log.root())?;
-                                last_sync = std::time::Instant::now();
-                                if let Some((id, time)) = unsynced.take() {
-                                    for input in &inputs {
-                                        input.committed(time);
-                                    }
-                                    cleanup(&log, &store, &names, config.retain_batches, id);
-                                }
-                                if let Some((id, time)) = written.take() {
-                                    if config.delivery != DeliveryMode::AtMostOnce {
-                                        log.write_commit_deferred(&Commit {
-                                            batch_id: id,
-                                            batch_time_ms: time.0,
-                                        })?;
-                                    }
-                                    unsynced = Some((id, time));
-                                }
-                                if flushes.is_empty() || unsynced.is_none() {
-                                    return Ok(());
-                                }
-                            }
-                        })();
-                        metrics.checkpoint_written(
-                            i64::try_from(write_started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                        );
-                        if let Err(e) = result {
-                            tracing::error!(error = %e, "checkpoint write failed");
-                            failed = true;
-                            lock(&failure).get_or_insert(e);
-                        }
-                    }
-                    for done in flushes {
-                        let _ = done.send(());
-                    }
-                }
-            })
-            .map_err(|e| Error::Lifecycle(format!("cannot start the checkpoint writer: {e}")))?;
-        Ok(tx)
+        WriterThread {
+            log: self.log.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            inputs: self.inputs.clone(),
+            metrics: self.metrics.clone(),
+            names: self
+                .states
+                .iter()
+                .map(|s| (s.name(), s.partitions()))
+                .collect(),
+            failure: self.writer.failure.clone(),
+        }
+        .spawn()
     }
 
     /// Writes the commit of `id` (at-most-once writes it before running the batch).
@@ -793,21 +697,4 @@ fn cleanup(
     for (name, parts) in states {
         store.delete_before(name, *parts, first_kept);
     }
-}
-
-/// Work for the checkpoint writer thread.
-enum WriteJob {
-    Commit {
-        id: u64,
-        time: Time,
-        files: Vec<(StateHeader, bool, Vec<u8>)>,
-    },
-    Flush(std::sync::mpsc::Sender<()>),
-}
-
-/// The writer thread's handle and its first error.
-#[derive(Default)]
-struct Writer {
-    tx: Mutex<Option<std::sync::mpsc::SyncSender<WriteJob>>>,
-    failure: Arc<Mutex<Option<Error>>>,
 }

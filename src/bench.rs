@@ -13,7 +13,7 @@ use clap::Args;
 use rayon::prelude::*;
 
 use crate::generate::generate_logs;
-use crate::jobs::{self, Input, Job, JobConfig};
+use lockgate_jobs::{self as jobs, Input, Job, JobConfig};
 use rustc_hash::FxHashMap;
 
 /// Options of `bench log-errors` and `bench word-count`.

@@ -6,10 +6,8 @@ mod bench;
 mod checkpoint_cmd;
 mod duration;
 mod generate;
-mod jobs;
 mod progress;
 mod torture;
-mod words;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
-use crate::jobs::{Input, Job, JobConfig};
 use lockgate_core::source::direct::{DirectStreamOptions, OnExpiredOffsets, StartingOffsets};
+use lockgate_jobs::{self as jobs, Input, Job, JobConfig};
 
 #[derive(Parser)]
 #[command(

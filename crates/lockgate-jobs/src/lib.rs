@@ -1,10 +1,20 @@
-//! The built-in jobs (`log-errors`, `word-count`): their inputs, graphs and outputs.
+//! The built-in jobs of the `lockgate` CLI (`log-errors`, `word-count`) as a library:
+//! their inputs (a directory, a socket, a Kafka topic), graphs and outputs (JSON lines per
+//! batch, SQLite or PostgreSQL). The CLI parses flags into a [`JobConfig`] and calls
+//! [`JobConfig::build`]; a program can do the same to embed a job, or reuse its parts
+//! ([`log_errors`], [`word_count`], [`words::count_words`]).
+
+#![deny(missing_docs)]
+
+mod error;
+pub mod words;
+
+pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use lockgate_core::dstream::output::write_batch_dir;
 use lockgate_core::source::direct::DirectStreamOptions;
 use lockgate_core::{
@@ -39,12 +49,16 @@ pub enum Input {
 impl Input {
     /// Parses `HOST:PORT`.
     pub fn socket(spec: &str) -> Result<Input> {
-        let (host, port) = spec.rsplit_once(':').with_context(|| {
-            format!("--socket `{spec}`: expected HOST:PORT, e.g. localhost:9999")
+        let (host, port) = spec.rsplit_once(':').ok_or_else(|| {
+            Error::Config(format!(
+                "--socket `{spec}`: expected HOST:PORT, e.g. localhost:9999"
+            ))
         })?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("--socket `{spec}`: `{port}` is not a port number"))?;
+        let port: u16 = port.parse().map_err(|e| {
+            Error::Config(format!(
+                "--socket `{spec}`: `{port}` is not a port number ({e})"
+            ))
+        })?;
         Ok(Input::Socket {
             host: host.to_string(),
             port,
@@ -119,25 +133,29 @@ impl JobConfig {
     /// Checks flag combinations that the engine cannot check itself.
     pub fn validate(&self, job: Job) -> Result<()> {
         if self.event_time && job != Job::LogErrors {
-            bail!(
+            return Err(Error::Config(format!(
                 "--event-time applies to log-errors only ({} has no timestamps to read)",
                 job.name()
-            );
+            )));
         }
         if self.once && matches!(self.input, Input::Socket { .. }) {
-            bail!(
+            return Err(Error::Config(
                 "--once needs a bounded input: use --input DIR or a Kafka topic (a socket \
                  never ends)"
-            );
+                    .into(),
+            ));
         }
         if self.max_files_per_batch == Some(0) {
-            bail!("--max-files-per-batch must be at least 1");
+            return Err(Error::Config(
+                "--max-files-per-batch must be at least 1".into(),
+            ));
         }
         if self.max_files_per_batch.is_some() && !matches!(self.input, Input::Dir(_)) {
-            bail!(
+            return Err(Error::Config(
                 "--max-files-per-batch applies to --input only (with Kafka, use \
                  --max-records-per-partition)"
-            );
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -182,7 +200,7 @@ impl JobConfig {
                 };
                 lockgate_sql_sinks::offsets_of(b.committed(job.name(), sink)?)?
             }
-            (None, true) => bail!("--from-sink-offsets needs --sink"),
+            (None, true) => return Err(Error::Config("--from-sink-offsets needs --sink".into())),
             _ => None,
         };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
@@ -239,7 +257,10 @@ impl JobConfig {
                 install(&ctx)?;
                 Ok(ctx)
             })
-            .with_context(|| format!("opening checkpoint {}", dir.display()))?,
+            .map_err(|source| Error::Checkpoint {
+                dir: dir.clone(),
+                source,
+            })?,
             None => {
                 let ctx = self
                     .configure(job.name(), StreamingContext::builder())
@@ -594,7 +615,7 @@ pub fn word_count(
                     ..cfg.file_options()
                 },
             )
-            .flat_map(|chunk| crate::words::count_words(chunk.as_bytes())),
+            .flat_map(|chunk| words::count_words(chunk.as_bytes())),
     };
     let changed = pairs
         .reduce_by_key(|a, b| a + b)

@@ -1,0 +1,27 @@
+//! The error type of `lockgate-jobs`.
+
+/// What can go wrong setting up or running a built-in job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job's settings do not fit together (the message names the flag and the fix).
+    #[error("{0}")]
+    Config(String),
+    /// The engine refused the job's graph or failed running it.
+    #[error(transparent)]
+    Engine(#[from] lockgate_core::Error),
+    /// The checkpoint directory could not be opened or recovered.
+    #[error("opening checkpoint {}", dir.display())]
+    Checkpoint {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: lockgate_core::Error,
+    },
+    /// A SQL sink could not be set up.
+    #[error(transparent)]
+    Sink(#[from] lockgate_sql_sinks::Error),
+}
+
+/// The result type of `lockgate-jobs`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

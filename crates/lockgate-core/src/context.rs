@@ -13,8 +13,9 @@ use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::metrics::StreamingMetrics;
+use crate::protocol::{Order, Protocol};
 use crate::scheduler::Scheduler;
-use crate::types::{lock, DeliveryMode, InputSource, SinkOffsets};
+use crate::types::{lock, DeliveryMode, SinkOffsets};
 
 /// When batches are generated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -383,7 +384,8 @@ impl StreamingContext {
     pub fn check_upgrade(&self, dir: impl AsRef<Path>) -> Result<UpgradeReport> {
         let cfg = CheckpointConfig::new(dir.as_ref());
         let cp = Checkpointer::new(
-            cfg,
+            cfg.clone(),
+            Order::of(cfg.delivery).writer(),
             self.inner.graph.states(),
             Vec::new(),
             self.inner.metrics.clone(),
@@ -422,26 +424,6 @@ impl StreamingContext {
             .checkpoint
             .clone()
             .ok_or_else(|| Error::Config("no checkpoint directory set".into()))?;
-        let inputs = self.inner.graph.inputs();
-        for input in &inputs {
-            input.checkpoint_support().map_err(|reason| {
-                Error::Config(format!(
-                    "source `{}` cannot be checkpointed: {reason}",
-                    input.name()
-                ))
-            })?;
-            input.enable_checkpoint(&cfg.dir)?;
-        }
-        self.inner.graph.set_delivery(cfg.delivery);
-        for state in self.inner.graph.states() {
-            state.checkpointed();
-        }
-        let cp = Arc::new(Checkpointer::new(
-            cfg.clone(),
-            self.inner.graph.states(),
-            inputs.clone(),
-            self.inner.metrics.clone(),
-        ));
         let mut settings = vec![
             (
                 "batch_interval_ms".to_string(),
@@ -457,14 +439,13 @@ impl StreamingContext {
             ("snapshot_every".to_string(), cfg.snapshot_every.to_string()),
         ];
         settings.extend(self.inner.settings.iter().cloned());
-        let rec = cp.recover(
-            &self.inner.app_name,
-            self.inner.graph.timing.interval_ms,
+        Protocol::recover(
+            &self.inner.graph,
+            &cfg,
             settings,
             self.fresh_timing(),
-            &inputs,
-        )?;
-        Ok((rec, cp))
+            self.inner.metrics.clone(),
+        )
     }
 
     /// The name the next source created with `kind` will get (`<kind>-<n>`): for
@@ -593,7 +574,7 @@ impl StreamingContext {
         // Timing already continues after the sink's batches (fresh_timing); the sources
         // learn what those batches took.
         if let (Some(offsets), false) = (&self.inner.from_sink, recovered) {
-            seed_from_sink(&self.inner.graph.inputs(), offsets)?;
+            Protocol::resume_from_sink(&self.inner.graph.inputs(), offsets)?;
         }
         self.inner.graph.start(zero, base_id);
         let bounded = self.inner.trigger == Trigger::AvailableNow;
@@ -612,22 +593,32 @@ impl StreamingContext {
             .thread_name(|i| format!("lockgate-worker-{i}"))
             .build()
             .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))?;
+        let delivery = self
+            .inner
+            .checkpoint
+            .as_ref()
+            .map_or(DeliveryMode::default(), |c| c.delivery);
+        let protocol = Protocol::new(self.inner.graph.clone(), checkpointer, delivery, bounded)
+            .and_then(|p| p.restore_replays(&replays).map(|()| p));
+        let protocol = match protocol {
+            Ok(p) => p,
+            Err(e) => {
+                for input in &inputs {
+                    input.stop();
+                }
+                run.state = ContextState::Stopped;
+                return Err(e);
+            }
+        };
         let scheduler = Arc::new(Scheduler::new(
             self.inner.graph.clone(),
             self.inner.clock.clone(),
             self.inner.metrics.clone(),
             pool,
             bounded,
-            checkpointer,
+            protocol,
             self.inner.backpressure,
         ));
-        if let Err(e) = scheduler.restore_replays(&replays) {
-            for input in &inputs {
-                input.stop();
-            }
-            run.state = ContextState::Stopped;
-            return Err(e);
-        }
         if bounded {
             // Known before the first plan: the progress of a bounded run counts to it.
             let total = self.pending_batches().map(|p| p + replays.len() as u64);
@@ -744,10 +735,7 @@ impl StreamingContext {
         }
         run.state = ContextState::Stopped;
         // Commits still on their way to disk are completed before stop returns.
-        let flushed = match &scheduler.checkpointer {
-            Some(cp) => cp.flush(),
-            None => Ok(()),
-        };
+        let flushed = scheduler.protocol.flush();
         let failure = scheduler.take_failure().or(flushed.err());
         let drained = scheduler.drained.load(Ordering::Acquire);
         let app = &self.inner.app_name;
@@ -814,27 +802,6 @@ impl Drop for Inner {
             input.stop();
         }
     }
-}
-
-/// Marks the input of the sink's committed batches as consumed.
-fn seed_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Result<()> {
-    for input in inputs {
-        let name = input.name();
-        let descriptors: Vec<&[u8]> = offsets
-            .plans
-            .iter()
-            .flatten()
-            .filter(|p| p.source == name)
-            .map(|p| p.descriptor.as_slice())
-            .collect();
-        input.seed_consumed(&descriptors)?;
-    }
-    tracing::info!(
-        last_batch = offsets.last_batch_id,
-        batches = offsets.plans.len(),
-        "resuming from the sink's offsets"
-    );
-    Ok(())
 }
 
 /// `value`, or `***` when `key` names a secret (contains `password`, `secret`, `token`

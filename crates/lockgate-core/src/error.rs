@@ -85,7 +85,7 @@ pub enum Error {
     #[error("{component}: {source}")]
     External {
         /// The component ("Kafka source", "SQL sink", ...).
-        component: &'static str,
+        component: String,
         /// The component's error.
         #[source]
         source: BoxError,
@@ -106,9 +106,9 @@ pub enum Error {
 
 impl Error {
     /// Builds an [`Error::External`] for `component`'s error.
-    pub fn external(component: &'static str, source: impl Into<BoxError>) -> Self {
+    pub fn external(component: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::External {
-            component,
+            component: component.into(),
             source: source.into(),
         }
     }

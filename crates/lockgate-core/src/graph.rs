@@ -18,8 +18,7 @@ use crate::batch::{Batch, Data};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::types::{
-    lock, BatchId, BatchRef, DeliveryMode, InputInfo, InputSource, OutputOpInfo, SourcePlan,
-    Stateful,
+    lock, BatchContext, BatchId, CommittedBatches, InputInfo, InputSource, OutputOpInfo, Stateful,
 };
 
 /// Turns a caught panic payload into a message.
@@ -143,12 +142,12 @@ impl NodeMeta {
 
 /// The physical work of a node: turn the parents' batches into this node's batch.
 pub(crate) trait Operator<T>: Send + Sync {
-    /// Computes the batch at a valid time `t`.
-    fn compute(&self, t: Time) -> Result<Batch<T>>;
+    /// Computes the batch of `cx` (at a time valid for the node).
+    fn compute(&self, cx: &BatchContext) -> Result<Batch<T>>;
 
     /// Called at every batch time before any output runs (windows collect their
     /// parent's batch here, also at times they emit nothing).
-    fn prepare(&self, _t: Time) -> Result<()> {
+    fn prepare(&self, _cx: &BatchContext) -> Result<()> {
         Ok(())
     }
 }
@@ -161,8 +160,9 @@ pub(crate) struct NodeCell<T> {
 }
 
 impl<T: Data> NodeCell<T> {
-    /// The batch at time `t`: empty when the node has no batch at `t`.
-    pub fn get_or_compute(&self, t: Time) -> Result<Batch<T>> {
+    /// The node's batch for `cx`: empty when the node has no batch at its time.
+    pub fn get_or_compute(&self, cx: &BatchContext) -> Result<Batch<T>> {
+        let t = cx.time;
         if !self.meta.is_valid(t) {
             return Ok(Batch::empty());
         }
@@ -171,7 +171,7 @@ impl<T: Data> NodeCell<T> {
         }
         let started = std::time::Instant::now();
         NESTED_NS.with(|n| n.borrow_mut().push(0));
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.op.compute(t)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.op.compute(cx)));
         let inclusive = started.elapsed().as_nanos();
         let nested = NESTED_NS.with(|n| {
             let mut n = n.borrow_mut();
@@ -218,15 +218,16 @@ impl<T: Data> NodeCell<T> {
 
 /// Type-erased access to a node for the scheduler.
 pub(crate) trait AnyNode: Send + Sync {
-    /// Computes the node at `t` if it must be computed at every batch.
-    fn touch(&self, t: Time) -> Result<()>;
+    /// Prepares the node for `cx`, and computes it if it must be computed at every batch.
+    fn touch(&self, cx: &BatchContext) -> Result<()>;
     /// Drops memoised batches no longer needed after batch `t` completed.
     fn forget(&self, done: Time);
 }
 
 impl<T: Data> AnyNode for NodeCell<T> {
-    fn touch(&self, t: Time) -> Result<()> {
-        let prepared = catch_unwind(AssertUnwindSafe(|| self.op.prepare(t))).unwrap_or_else(|p| {
+    fn touch(&self, cx: &BatchContext) -> Result<()> {
+        let t = cx.time;
+        let prepared = catch_unwind(AssertUnwindSafe(|| self.op.prepare(cx))).unwrap_or_else(|p| {
             Err(Error::Operator {
                 operator: String::new(),
                 time: t,
@@ -248,7 +249,7 @@ impl<T: Data> AnyNode for NodeCell<T> {
             });
         }
         if self.meta.stateful && self.meta.is_valid(t) {
-            self.get_or_compute(t)?;
+            self.get_or_compute(cx)?;
         }
         Ok(())
     }
@@ -276,7 +277,7 @@ pub(crate) struct OutputOp {
     pub name: String,
     pub meta: Arc<NodeMeta>,
     /// Runs the output for a batch; returns the number of elements it wrote.
-    pub run: Box<dyn Fn(BatchRef) -> Result<u64> + Send + Sync>,
+    pub run: Box<dyn Fn(&BatchContext) -> Result<u64> + Send + Sync>,
     /// A sink's counters: its retries during the batch go into the batch's record.
     pub sink: Option<Arc<crate::metrics::SinkCounters>>,
 }
@@ -291,13 +292,9 @@ pub(crate) struct Graph {
     inputs: Mutex<Vec<Arc<dyn InputSource>>>,
     outputs: Mutex<Vec<Arc<OutputOp>>>,
     states: Mutex<Vec<Arc<dyn Stateful>>>,
+    sinks: Mutex<Vec<Arc<dyn CommittedBatches>>>,
     errors: Mutex<Vec<Error>>,
     app_name: String,
-    delivery: Mutex<DeliveryMode>,
-    /// The plan of the batch running now (for sinks).
-    current: Mutex<Arc<Vec<SourcePlan>>>,
-    /// The batch running now is the last of a bounded run.
-    end_of_input: AtomicBool,
     /// Operators whose state grows without bound (event time without a watermark).
     unbounded_state: Mutex<Vec<(Arc<NodeMeta>, &'static str)>>,
     pub metrics: Arc<crate::metrics::StreamingMetrics>,
@@ -325,11 +322,9 @@ impl Graph {
             inputs: Mutex::new(Vec::new()),
             outputs: Mutex::new(Vec::new()),
             states: Mutex::new(Vec::new()),
+            sinks: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             app_name: app_name.to_string(),
-            delivery: Mutex::new(DeliveryMode::ExactlyOnce),
-            current: Mutex::new(Arc::new(Vec::new())),
-            end_of_input: AtomicBool::new(false),
             unbounded_state: Mutex::new(Vec::new()),
             metrics,
             op_times: Arc::new(OpTimes::default()),
@@ -377,28 +372,6 @@ impl Graph {
         self.app_name.clone()
     }
 
-    pub fn delivery(&self) -> DeliveryMode {
-        *lock(&self.delivery)
-    }
-
-    pub fn set_delivery(&self, d: DeliveryMode) {
-        *lock(&self.delivery) = d;
-    }
-
-    pub fn current_plan(&self) -> Arc<Vec<SourcePlan>> {
-        lock(&self.current).clone()
-    }
-
-    pub fn set_current_plan(&self, plan: Arc<Vec<SourcePlan>>, end_of_input: bool) {
-        *lock(&self.current) = plan;
-        self.end_of_input.store(end_of_input, Ordering::Release);
-    }
-
-    /// True while the last batch of a bounded run runs.
-    pub fn end_of_input(&self) -> bool {
-        self.end_of_input.load(Ordering::Acquire)
-    }
-
     /// Records that `meta`'s state grows without bound, and why (warned about at start).
     pub fn warn_unbounded_state(&self, meta: &Arc<NodeMeta>, why: &'static str) {
         lock(&self.unbounded_state).push((meta.clone(), why));
@@ -424,6 +397,15 @@ impl Graph {
 
     pub fn states(&self) -> Vec<Arc<dyn Stateful>> {
         lock(&self.states).clone()
+    }
+
+    /// Registers a sink, asked at start which batch it committed last.
+    pub fn add_sink(&self, sink: Arc<dyn CommittedBatches>) {
+        lock(&self.sinks).push(sink);
+    }
+
+    pub fn sinks(&self) -> Vec<Arc<dyn CommittedBatches>> {
+        lock(&self.sinks).clone()
     }
 
     pub fn add_output(&self, op: OutputOp) {
@@ -472,21 +454,21 @@ impl Graph {
         self.started.store(true, Ordering::Release);
     }
 
-    /// Runs every output operation valid at `batch.time`, then forgets what is no
+    /// Runs every output operation valid at the batch's time, then forgets what is no
     /// longer needed. Returns per-output timings and the first failure.
     pub fn run_batch(
         &self,
-        batch: BatchRef,
+        cx: &BatchContext,
         inputs: &mut [InputInfo],
         clock: &dyn Clock,
     ) -> (Vec<OutputOpInfo>, Result<()>) {
-        let t = batch.time;
+        let t = cx.time;
         let mut infos = Vec::new();
         let nodes = lock(&self.nodes).clone();
         let outputs = lock(&self.outputs).clone();
         let mut result = Ok(());
         for node in &nodes {
-            if let Err(e) = node.touch(t) {
+            if let Err(e) = node.touch(cx) {
                 result = Err(e);
                 break;
             }
@@ -500,14 +482,13 @@ impl Graph {
                         .map_or(0, |c| c.retries.load(Ordering::Relaxed))
                 };
                 let retries_before = retried();
-                let r =
-                    catch_unwind(AssertUnwindSafe(|| (op.run)(batch))).unwrap_or_else(|payload| {
-                        Err(Error::Operator {
-                            operator: op.name.clone(),
-                            time: t,
-                            message: panic_message(payload),
-                        })
-                    });
+                let r = catch_unwind(AssertUnwindSafe(|| (op.run)(cx))).unwrap_or_else(|payload| {
+                    Err(Error::Operator {
+                        operator: op.name.clone(),
+                        time: t,
+                        message: panic_message(payload),
+                    })
+                });
                 infos.push(OutputOpInfo {
                     name: op.name.clone(),
                     start,

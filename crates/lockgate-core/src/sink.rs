@@ -7,15 +7,21 @@
 //! `(app, sink, batch id, descriptors)` in one transaction and skip a batch already
 //! committed (exactly-once), or write it again (at-least-once).
 
+use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::batch::{Batch, Data};
 use crate::clock::Time;
+use crate::dstream::output::write_batch_dir;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error};
 use crate::metrics::SinkCounters;
+use crate::protocol::Order;
 pub use crate::types::SinkOffsets;
-use crate::types::{BatchId, DeliveryMode, SourcePlan};
+use crate::types::{BatchId, CommittedBatches, DeliveryMode, SourcePlan};
 
 /// What a sink knows about the batch it commits.
 #[derive(Clone, Debug)]
@@ -35,37 +41,135 @@ pub struct SinkBatch {
     pub counters: Arc<SinkCounters>,
 }
 
-/// An output that commits whole batches, idempotently per batch id.
+impl SinkBatch {
+    /// True when the sink must leave a batch it already committed as it is (exactly
+    /// once); otherwise a re-run batch is written again (at least once). The protocol
+    /// decides (`protocol::Order`).
+    pub fn skips_committed(&self) -> bool {
+        Order::of(self.delivery).sinks_skip_committed
+    }
+}
+
+/// An output that commits whole batches, each atomically with its batch id.
+///
+/// The protocol hands a sink every batch once it has run ([`commit`](Self::commit));
+/// at start it asks which batch the sink committed last
+/// ([`last_committed`](Self::last_committed)) and, in exactly-once mode, does not hand
+/// it the batches up to that one again when recovery re-runs them. A sink that keeps
+/// its own record (a transactional database or Kafka sink) reports it; an idempotent
+/// sink (files that a re-run replaces) need not.
 pub trait Sink<T>: Send + Sync + 'static {
     /// A stable name (recorded with committed batches).
     fn name(&self) -> String;
 
-    /// Commits `batch`. Committing a batch id that was already committed must leave the
-    /// sink as if it had been committed once (for [`DeliveryMode::ExactlyOnce`]).
+    /// Writes `batch` and commits it atomically with its id (`info.id`): one
+    /// transaction that also records the id, or an atomic rename. Committing a batch
+    /// id that was already committed must leave the sink as if it had been committed
+    /// once when [`SinkBatch::skips_committed`] says so.
     fn commit(&self, batch: &Batch<T>, info: &SinkBatch) -> Result<(), BoxError>;
+
+    /// The last batch id this sink committed for application `app`, as the sink
+    /// records it (`None`: nothing yet, or the sink keeps no record). The default keeps
+    /// none.
+    fn last_committed(&self, _app: &str) -> Result<Option<BatchId>, BoxError> {
+        Ok(None)
+    }
+}
+
+/// The protocol's view of a registered sink.
+struct Registered<S, T>(Arc<S>, PhantomData<fn(T)>);
+
+impl<T: 'static, S: Sink<T>> CommittedBatches for Registered<S, T> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn last_committed(&self, app: &str) -> Result<Option<BatchId>, BoxError> {
+        self.0.last_committed(app)
+    }
 }
 
 impl<T: Data> DStream<T> {
     /// Writes every batch to `sink` (an output operation).
     pub fn write_to(&self, sink: impl Sink<T>) {
+        let sink = Arc::new(sink);
         let graph = self.graph.clone();
-        let name = format!("sink({})", sink.name());
+        let sink_name = sink.name();
+        let name = format!("sink({sink_name})");
         let op_name = name.clone();
-        let counters = graph.metrics.sink(&sink.name());
-        self.add_output_of_sink(name, Some(counters.clone()), move |batch, b| {
+        let counters = graph.metrics.sink(&sink_name);
+        graph.add_sink(Arc::new(Registered(sink.clone(), PhantomData)));
+        let app = graph.app_name();
+        self.add_output_of_sink(name, Some(counters.clone()), move |batch, cx| {
+            if cx.sink_holds(&sink_name) {
+                tracing::info!(
+                    sink = %sink_name,
+                    batch_id = cx.id,
+                    "the sink already committed this re-run batch; not written again"
+                );
+                return Ok(());
+            }
             let info = SinkBatch {
-                app: graph.app_name(),
-                id: b.id,
-                time: b.time,
-                inputs: graph.current_plan(),
-                delivery: graph.delivery(),
+                app: app.clone(),
+                id: cx.id,
+                time: cx.time,
+                inputs: cx.plan.clone(),
+                delivery: cx.delivery,
                 counters: counters.clone(),
             };
             sink.commit(&batch, &info).map_err(|source| Error::Output {
                 operator: op_name.clone(),
-                time: b.time,
+                time: cx.time,
                 source,
             })
         });
+    }
+}
+
+/// Writes every batch as JSON lines to `DIR/batch=<batch id>/part-<n>.jsonl`, one object
+/// per element, one file per partition, the batch directory committed atomically (a
+/// re-run batch replaces it with the same content: idempotent, so it reports no
+/// committed batch). The CLI's `--output` writes each output stream through one.
+pub struct JsonLinesSink<T> {
+    dir: PathBuf,
+    #[allow(clippy::type_complexity)]
+    to_json: Box<dyn Fn(&T, Time) -> serde_json::Value + Send + Sync>,
+}
+
+impl<T> JsonLinesSink<T> {
+    /// A sink writing under `dir`, turning each element (with its batch time) into a
+    /// JSON value.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        to_json: impl Fn(&T, Time) -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        JsonLinesSink {
+            dir: dir.into(),
+            to_json: Box::new(to_json),
+        }
+    }
+
+    /// The directory of batch `id`.
+    pub fn batch_dir(&self, id: BatchId) -> PathBuf {
+        self.dir.join(format!("batch={id}"))
+    }
+}
+
+impl<T: Data> Sink<T> for JsonLinesSink<T> {
+    fn name(&self) -> String {
+        format!("json:{}", self.dir.display())
+    }
+
+    fn commit(&self, batch: &Batch<T>, info: &SinkBatch) -> Result<(), BoxError> {
+        let files = batch.partitions().par_iter().enumerate().map(|(i, part)| {
+            let mut buf = Vec::with_capacity(part.len() * 64);
+            for e in part.iter() {
+                // Serializing a Value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut buf, &(self.to_json)(e, info.time));
+                buf.push(b'\n');
+            }
+            (format!("part-{i}.jsonl"), buf)
+        });
+        write_batch_dir(&self.batch_dir(info.id), files).map_err(BoxError::from)
     }
 }

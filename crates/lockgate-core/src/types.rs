@@ -25,6 +25,57 @@ pub struct BatchRef {
     pub time: Time,
 }
 
+/// What every operator and output is handed for the batch it computes: the batch's
+/// identity, the plan it was logged with, whether it ends a bounded run, and the
+/// context's delivery guarantee. Built once per batch by the protocol and passed by
+/// reference down the graph (nothing about the running batch is kept on the graph).
+#[derive(Clone, Debug)]
+pub struct BatchContext {
+    /// The batch id.
+    pub id: BatchId,
+    /// The batch time.
+    pub time: Time,
+    /// What each source read for this batch (its logged plan).
+    pub plan: std::sync::Arc<Vec<SourcePlan>>,
+    /// True for the last batch of a bounded run: event-time operators in append mode
+    /// emit their open windows.
+    pub end_of_input: bool,
+    /// The context's delivery guarantee.
+    pub delivery: DeliveryMode,
+    /// The last batch each sink reported committed at start, for the sinks that skip
+    /// batches they hold (the protocol decides which).
+    pub(crate) sinks_committed: std::sync::Arc<std::collections::BTreeMap<String, BatchId>>,
+}
+
+impl BatchContext {
+    /// A context for batch `id` at `time` with an empty plan (tests, tools).
+    pub fn new(id: BatchId, time: Time) -> Self {
+        BatchContext {
+            id,
+            time,
+            plan: std::sync::Arc::default(),
+            end_of_input: false,
+            delivery: DeliveryMode::ExactlyOnce,
+            sinks_committed: std::sync::Arc::default(),
+        }
+    }
+
+    /// True when `sink` already holds this batch and must not be handed it again.
+    pub(crate) fn sink_holds(&self, sink: &str) -> bool {
+        self.sinks_committed
+            .get(sink)
+            .is_some_and(|&last| last >= self.id)
+    }
+
+    /// The batch's identity.
+    pub fn batch(&self) -> BatchRef {
+        BatchRef {
+            id: self.id,
+            time: self.time,
+        }
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -117,6 +168,17 @@ pub enum DeliveryMode {
     /// A batch is marked done before it runs: after a crash it is not re-run, so its
     /// records may be lost, never repeated.
     AtMostOnce,
+}
+
+/// A sink as the protocol sees it at start: which batch it committed last.
+pub(crate) trait CommittedBatches: Send + Sync {
+    /// The sink's name.
+    fn name(&self) -> String;
+    /// The last batch id the sink committed for application `app`, if it records one.
+    fn last_committed(
+        &self,
+        app: &str,
+    ) -> std::result::Result<Option<BatchId>, crate::error::BoxError>;
 }
 
 /// Checkpointable state of an operator or source.

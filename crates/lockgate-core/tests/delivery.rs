@@ -106,3 +106,71 @@ fn at_most_once_loses_the_interrupted_batch() {
     assert_eq!(rerun, vec![3]);
     assert_eq!(seen, vec![(0, 3), (1, 3), (2, 3), (3, 3)]);
 }
+
+/// A sink that records which batches it was handed and reports the highest as its last
+/// committed batch (as a transactional sink reads it from its own table).
+struct RecordingSink(Arc<Mutex<Vec<u64>>>);
+
+impl lockgate_core::Sink<i64> for RecordingSink {
+    fn name(&self) -> String {
+        "recording".into()
+    }
+
+    fn commit(
+        &self,
+        _batch: &lockgate_core::Batch<i64>,
+        info: &lockgate_core::SinkBatch,
+    ) -> Result<(), lockgate_core::BoxError> {
+        self.0.lock().unwrap().push(info.id);
+        Ok(())
+    }
+
+    fn last_committed(&self, app: &str) -> Result<Option<u64>, lockgate_core::BoxError> {
+        assert_eq!(app, "d", "the sink is asked for this application's batches");
+        Ok(self.0.lock().unwrap().iter().copied().max())
+    }
+}
+
+/// Batch 2 fails after the sink committed it; recovery re-runs it. In exactly-once mode
+/// the protocol asks the sink for its last committed batch and does not hand it batch 2
+/// again; in at-least-once mode it does.
+#[test]
+fn a_sink_is_not_handed_a_batch_it_reports_committed_again_in_exactly_once_mode() {
+    for (mode, expected) in [
+        (DeliveryMode::ExactlyOnce, vec![0, 1, 2, 3]),
+        (DeliveryMode::AtLeastOnce, vec![0, 1, 2, 2, 3]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let handed: Arc<Mutex<Vec<u64>>> = Arc::default();
+        for (start_ms, fail_at, batches) in [(0, Some(2), 3), (3000, None, 1)] {
+            let clock = Arc::new(ManualClock::new(start_ms));
+            let ctx = StreamingContext::get_or_create(dir.path(), |b| {
+                let ctx = b
+                    .app_name("d")
+                    .batch_interval(Duration::from_secs(1))
+                    .parallelism(1)
+                    .clock(clock.clone())
+                    .delivery(mode)
+                    .build()?;
+                let counts = ctx
+                    .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
+                    .count();
+                counts.write_to(RecordingSink(handed.clone()));
+                counts.foreach_batch(move |_, r| {
+                    if Some(r.id) == fail_at {
+                        Err("simulated crash")
+                    } else {
+                        Ok(())
+                    }
+                });
+                Ok(ctx)
+            })
+            .unwrap();
+            let run = ManualRun { ctx, clock };
+            run.ctx.start().unwrap();
+            let _ = run.run_batches(batches);
+            let _ = run.ctx.stop(false);
+        }
+        assert_eq!(*handed.lock().unwrap(), expected, "{mode:?}");
+    }
+}

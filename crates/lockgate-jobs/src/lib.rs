@@ -15,14 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::dstream::output::write_batch_dir;
 use lockgate_core::source::direct::DirectStreamOptions;
 use lockgate_core::{
-    Batch, CompactString, DStream, DeliveryMode, FileStreamOptions, State, StateSpec,
+    CompactString, DStream, DeliveryMode, FileStreamOptions, JsonLinesSink, State, StateSpec,
     StreamingContext, StreamingContextBuilder, Time, Trigger, WindowSpec,
 };
 use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
-use rayon::prelude::*;
 use serde_json::json;
 
 /// Where a job reads its lines.
@@ -365,29 +363,15 @@ impl JsonOutput {
         }
     }
 
-    /// Writes every batch of `stream` under `<dir>/<name>/`, one JSON object per element.
+    /// Writes every batch of `stream` under `<dir>/<name>/`, one JSON object per element
+    /// (a [`JsonLinesSink`]).
     pub fn write<T: lockgate_core::Data>(
         &self,
         stream: &DStream<T>,
         name: &str,
         to_json: impl Fn(&T, Time) -> serde_json::Value + Send + Sync + 'static,
     ) {
-        let root = self.dir.join(name);
-        stream.foreach_batch(move |batch: &Batch<T>, b| {
-            let dir = root.join(format!("batch={}", b.id));
-            write_batch_dir(
-                &dir,
-                batch.partitions().par_iter().enumerate().map(|(i, part)| {
-                    let mut buf = Vec::with_capacity(part.len() * 64);
-                    for e in part.iter() {
-                        // Serializing a Value into a Vec cannot fail.
-                        let _ = serde_json::to_writer(&mut buf, &to_json(e, b.time));
-                        buf.push(b'\n');
-                    }
-                    (format!("part-{i}.jsonl"), buf)
-                }),
-            )
-        });
+        stream.write_to(JsonLinesSink::new(self.dir.join(name), to_json));
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use lockgate_core::codec::{from_bytes, to_bytes};
 use lockgate_core::SourcePlan;
-use lockgate_core::{Batch, BoxError, Data, DeliveryMode, Sink, SinkBatch, SinkOffsets};
+use lockgate_core::{Batch, BatchId, BoxError, Data, Sink, SinkBatch, SinkOffsets};
 
 pub use backend::{open_url, redact_url, Backend, CommitRequest};
 pub use error::{Error, Result};
@@ -200,6 +200,12 @@ impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
         self.name.clone()
     }
 
+    /// The last batch id of the offsets table for `app` (the protocol does not hand the
+    /// sink the batches up to it again).
+    fn last_committed(&self, app: &str) -> std::result::Result<Option<BatchId>, BoxError> {
+        Ok(SqlSink::last_committed(self, app)?.map(|c| c.batch_id))
+    }
+
     fn commit(&self, batch: &Batch<T>, info: &SinkBatch) -> std::result::Result<(), BoxError> {
         let rows: Vec<Vec<SqlValue>> = batch.iter().map(|r| (self.to_row)(r)).collect();
         let description = info
@@ -218,7 +224,7 @@ impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
             descriptors: to_bytes(info.inputs.as_ref()),
             description,
             rows: &rows,
-            skip_committed: info.delivery == DeliveryMode::ExactlyOnce,
+            skip_committed: info.skips_committed(),
         };
         let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         let mut delay = Duration::from_millis(100);

@@ -155,6 +155,17 @@ impl std::fmt::Display for UpgradeReport {
     }
 }
 
+/// How the checkpoint writer orders its work for the delivery mode (decided by the
+/// protocol, `protocol::Order`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WriteOrder {
+    /// State files are written atomically (renamed into place): no commit written after
+    /// a sync vouches for them, because the batch was committed before it ran.
+    pub atomic_state_files: bool,
+    /// The writer writes each batch's commit once its state is durable.
+    pub commit_after_sync: bool,
+}
+
 /// What recovery decided.
 pub(crate) struct Recovery {
     /// Timing: zero time and the id of the batch right after it.
@@ -171,6 +182,7 @@ pub(crate) struct Recovery {
 /// Runs the protocol for one context.
 pub(crate) struct Checkpointer {
     pub config: CheckpointConfig,
+    order: WriteOrder,
     pub log: CheckpointLog,
     pub store: StateStore,
     states: Vec<Arc<dyn Stateful>>,
@@ -187,11 +199,13 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     pub fn new(
         config: CheckpointConfig,
+        order: WriteOrder,
         states: Vec<Arc<dyn Stateful>>,
         inputs: Vec<Arc<dyn InputSource>>,
         metrics: Arc<crate::metrics::StreamingMetrics>,
     ) -> Self {
         Checkpointer {
+            order,
             inputs,
             metrics,
             log: CheckpointLog::new(&config.dir),
@@ -333,6 +347,7 @@ impl Checkpointer {
             log: self.log.clone(),
             store: self.store.clone(),
             config: self.config.clone(),
+            order: self.order,
             inputs: self.inputs.clone(),
             metrics: self.metrics.clone(),
             names: self
@@ -345,7 +360,7 @@ impl Checkpointer {
         .spawn()
     }
 
-    /// Writes the commit of `id` (at-most-once writes it before running the batch).
+    /// Writes the commit of `id` now (at most once: before the batch runs).
     pub fn write_commit(&self, id: u64, time: Time) -> Result<()> {
         self.log.write_commit(&Commit {
             batch_id: id,

@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use super::log::{CheckpointLog, Commit};
 use super::store::{StateHeader, StateStore};
-use super::{cleanup, file, CheckpointConfig};
+use super::{cleanup, file, CheckpointConfig, WriteOrder};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::metrics::StreamingMetrics;
-use crate::types::{lock, DeliveryMode, InputSource};
+use crate::types::{lock, InputSource};
 
 /// Work for the checkpoint writer thread.
 pub(super) enum WriteJob {
@@ -44,6 +44,7 @@ pub(super) struct WriterThread {
     pub log: CheckpointLog,
     pub store: StateStore,
     pub config: CheckpointConfig,
+    pub order: WriteOrder,
     /// Sources, told when their batches are durably committed.
     pub inputs: Vec<Arc<dyn InputSource>>,
     pub metrics: Arc<StreamingMetrics>,
@@ -144,8 +145,8 @@ impl WriterThread {
             .map(|(header, full, bytes)| self.store.file(header, *full, bytes))
             .collect();
         // State files are named by a commit only after a sync has made them durable,
-        // except in at-most-once mode (which commits a batch before it runs).
-        let placement = if self.config.delivery == DeliveryMode::AtMostOnce {
+        // unless the batch was committed before it ran.
+        let placement = if self.order.atomic_state_files {
             file::Placement::Atomic
         } else {
             file::Placement::Direct
@@ -181,7 +182,7 @@ impl WriterThread {
                 );
             }
             if let Some((id, time)) = p.written.take() {
-                if self.config.delivery != DeliveryMode::AtMostOnce {
+                if self.order.commit_after_sync {
                     self.log.write_commit_deferred(&Commit {
                         batch_id: id,
                         batch_time_ms: time.0,

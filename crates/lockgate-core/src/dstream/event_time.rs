@@ -49,7 +49,7 @@ use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeMeta};
 use crate::metrics::EventTimeCounters;
-use crate::types::{lock, partition_of, Stateful};
+use crate::types::{lock, partition_of, BatchContext, Stateful};
 
 /// A window of event time: `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -345,20 +345,23 @@ impl<T: Data> EventTimeStream<T> {
         &self,
         kind: &'static str,
         state: impl FnOnce(NameFn) -> S,
-        compute: impl Fn(Batch<T>, &Watermark<T>) -> Result<Batch<U>> + Send + Sync + 'static,
+        compute: impl Fn(Batch<T>, &Watermark<T>, &BatchContext) -> Result<Batch<U>>
+            + Send
+            + Sync
+            + 'static,
     ) -> DStream<U> {
         let stream = &self.stream;
         // The node's closure needs the watermark, which needs the node's name: set once
         // the node exists, before the graph can run.
         let cell: Arc<OnceLock<Watermark<T>>> = Arc::new(OnceLock::new());
         let (p, c) = (stream.parent(), cell.clone());
-        let out = stream.child_with(kind, stream.slide_ms(), true, move |t| {
+        let out = stream.child_with(kind, stream.slide_ms(), true, move |cx| {
             let wm = c.get().ok_or_else(|| Error::Operator {
                 operator: String::new(),
-                time: t,
+                time: cx.time,
                 message: "event-time operator used before its watermark was set up".into(),
             })?;
-            compute(p.get_or_compute(t)?, wm)
+            compute(p.get_or_compute(cx)?, wm, cx)
         });
         let meta = out.node.meta.clone();
         let wm = Watermark {
@@ -630,7 +633,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
         self.events.event_time_node(
             kind,
             |name| WindowStateful(KeyedStateful { name, state }),
-            move |input, wm| op.compute(input, wm),
+            move |input, wm, cx| op.compute(input, wm, cx),
         )
     }
 }
@@ -682,7 +685,12 @@ impl<K: Eq, A> Run<K, A> {
 }
 
 impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
-    fn compute(&self, input: Batch<T>, wm: &Watermark<T>) -> Result<Batch<Windowed<K, A>>> {
+    fn compute(
+        &self,
+        input: Batch<T>,
+        wm: &Watermark<T>,
+        cx: &BatchContext,
+    ) -> Result<Batch<Windowed<K, A>>> {
         let mut st = lock(&self.state);
         let n = st.partitions();
         // 1. Per input partition: fold the records that are not late into partial
@@ -722,7 +730,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
                 }
             },
         );
-        let flush = wm.graph.end_of_input() && self.mode == OutputMode::Append;
+        let flush = cx.end_of_input && self.mode == OutputMode::Append;
         let closing = wm.delay_ms.is_some() && after > before;
         let st = &mut *st;
         // 2. Per state partition: merge the partials, then emit and evict.
@@ -945,7 +953,7 @@ where
         let state: Arc<Mutex<KeyedState<K, Entry<S>>>> =
             Arc::new(Mutex::new(KeyedState::new(n, true)));
         let shared = state.clone();
-        let compute = move |input: Batch<(K, V)>, wm: &Watermark<(K, V)>| {
+        let compute = move |input: Batch<(K, V)>, wm: &Watermark<(K, V)>, cx: &BatchContext| {
             let Ingested {
                 parts,
                 before,
@@ -961,7 +969,7 @@ where
                 },
                 |_, ()| {},
             );
-            let end = wm.graph.end_of_input();
+            let end = cx.end_of_input;
             let mut guard = lock(&shared);
             let st = &mut *guard;
             let out: Vec<(Vec<U>, u64)> = st

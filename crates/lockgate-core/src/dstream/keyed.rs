@@ -248,8 +248,8 @@ where
         n: usize,
     ) -> DStream<(K, V)> {
         let p = self.parent();
-        self.child("reduce_by_key", move |t| {
-            Ok(combine(p.get_or_compute(t)?, n, &|v| v, &f, &f))
+        self.child("reduce_by_key", move |cx| {
+            Ok(combine(p.get_or_compute(cx)?, n, &|v| v, &f, &f))
         })
     }
 
@@ -261,9 +261,9 @@ where
     /// [`group_by_key`](Self::group_by_key) into `n` partitions.
     pub fn group_by_key_with_partitions(&self, n: usize) -> DStream<(K, Vec<V>)> {
         let p = self.parent();
-        self.child("group_by_key", move |t| {
+        self.child("group_by_key", move |cx| {
             Ok(combine(
-                p.get_or_compute(t)?,
+                p.get_or_compute(cx)?,
                 n,
                 &|v| vec![v],
                 &|mut c, v| {
@@ -288,9 +288,9 @@ where
         n: usize,
     ) -> DStream<(K, C)> {
         let p = self.parent();
-        self.child("combine_by_key", move |t| {
+        self.child("combine_by_key", move |cx| {
             Ok(combine(
-                p.get_or_compute(t)?,
+                p.get_or_compute(cx)?,
                 n,
                 &create,
                 &merge_value,
@@ -334,8 +334,8 @@ where
         }
         other.node.meta.add_consumer();
         let (a, b) = (self.parent(), other.parent());
-        self.child(kind, move |t| {
-            let groups = cogroup_batches(a.get_or_compute(t)?, b.get_or_compute(t)?, n);
+        self.child(kind, move |cx| {
+            let groups = cogroup_batches(a.get_or_compute(cx)?, b.get_or_compute(cx)?, n);
             let parts: Vec<Vec<R>> = groups
                 .into_par_iter()
                 .map(|part| {

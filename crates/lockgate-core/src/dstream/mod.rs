@@ -11,6 +11,7 @@ use crate::batch::{split_even, take_part, Batch, Data};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeCell, Operator};
+use crate::types::BatchContext;
 
 pub mod event_time;
 pub mod keyed;
@@ -23,10 +24,10 @@ pub(crate) struct FnOp<F>(pub F);
 
 impl<T, F> Operator<T> for FnOp<F>
 where
-    F: Fn(Time) -> Result<Batch<T>> + Send + Sync,
+    F: Fn(&BatchContext) -> Result<Batch<T>> + Send + Sync,
 {
-    fn compute(&self, t: Time) -> Result<Batch<T>> {
-        (self.0)(t)
+    fn compute(&self, cx: &BatchContext) -> Result<Batch<T>> {
+        (self.0)(cx)
     }
 }
 
@@ -53,7 +54,7 @@ impl<T: Data> DStream<T> {
     pub(crate) fn child<U: Data>(
         &self,
         kind: &'static str,
-        op: impl Fn(Time) -> Result<Batch<U>> + Send + Sync + 'static,
+        op: impl Fn(&BatchContext) -> Result<Batch<U>> + Send + Sync + 'static,
     ) -> DStream<U> {
         self.child_with(kind, self.slide_ms(), false, op)
     }
@@ -64,7 +65,7 @@ impl<T: Data> DStream<T> {
         kind: &'static str,
         slide_ms: i64,
         stateful: bool,
-        op: impl Fn(Time) -> Result<Batch<U>> + Send + Sync + 'static,
+        op: impl Fn(&BatchContext) -> Result<Batch<U>> + Send + Sync + 'static,
     ) -> DStream<U> {
         self.child_op(kind, slide_ms, stateful, FnOp(op))
     }
@@ -125,7 +126,7 @@ impl<T: Data> DStream<T> {
     /// Applies `f` to every element.
     pub fn map<U: Data>(&self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DStream<U> {
         let p = self.parent();
-        self.child("map", move |t| Ok(p.get_or_compute(t)?.map(&f)))
+        self.child("map", move |cx| Ok(p.get_or_compute(cx)?.map(&f)))
     }
 
     /// Applies `f` to every element and flattens the results.
@@ -134,8 +135,8 @@ impl<T: Data> DStream<T> {
         I: IntoIterator<Item = U>,
     {
         let p = self.parent();
-        self.child("flat_map", move |t| {
-            Ok(p.get_or_compute(t)?
+        self.child("flat_map", move |cx| {
+            Ok(p.get_or_compute(cx)?
                 .map_partitions(|part| part.into_iter().flat_map(&f).collect()))
         })
     }
@@ -143,7 +144,7 @@ impl<T: Data> DStream<T> {
     /// Keeps the elements for which `f` is true.
     pub fn filter(&self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DStream<T> {
         let p = self.parent();
-        self.child("filter", move |t| Ok(p.get_or_compute(t)?.filter(&f)))
+        self.child("filter", move |cx| Ok(p.get_or_compute(cx)?.filter(&f)))
     }
 
     /// Applies `f` to each partition as a whole.
@@ -152,8 +153,8 @@ impl<T: Data> DStream<T> {
         f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static,
     ) -> DStream<U> {
         let p = self.parent();
-        self.child("map_partitions", move |t| {
-            Ok(p.get_or_compute(t)?.map_partitions(&f))
+        self.child("map_partitions", move |cx| {
+            Ok(p.get_or_compute(cx)?.map_partitions(&f))
         })
     }
 
@@ -167,9 +168,9 @@ impl<T: Data> DStream<T> {
         self.same_slide("union", other.slide_ms());
         other.node.meta.add_consumer();
         let (a, b) = (self.parent(), other.parent());
-        self.child("union", move |t| {
-            let left = a.get_or_compute(t)?;
-            let right = b.get_or_compute(t)?;
+        self.child("union", move |cx| {
+            let left = a.get_or_compute(cx)?;
+            let right = b.get_or_compute(cx)?;
             Ok(left.union(&right))
         })
     }
@@ -180,7 +181,7 @@ impl<T: Data> DStream<T> {
         f: impl Fn(Batch<T>, Time) -> Batch<U> + Send + Sync + 'static,
     ) -> DStream<U> {
         let p = self.parent();
-        self.child("transform", move |t| Ok(f(p.get_or_compute(t)?, t)))
+        self.child("transform", move |cx| Ok(f(p.get_or_compute(cx)?, cx.time)))
     }
 
     /// Spark's `transformWith`: a function of this stream's and `other`'s batches of the
@@ -207,8 +208,8 @@ impl<T: Data> DStream<T> {
         self.same_slide("transform_with", other.slide_ms());
         other.node.meta.add_consumer();
         let (a, b) = (self.parent(), other.parent());
-        self.child("transform_with", move |t| {
-            Ok(f(a.get_or_compute(t)?, b.get_or_compute(t)?, t))
+        self.child("transform_with", move |cx| {
+            Ok(f(a.get_or_compute(cx)?, b.get_or_compute(cx)?, cx.time))
         })
     }
 
@@ -278,8 +279,8 @@ impl<T: Data> DStream<T> {
     /// Redistributes the elements evenly over `n` partitions (order kept).
     pub fn repartition(&self, n: usize) -> DStream<T> {
         let p = self.parent();
-        self.child("repartition", move |t| {
-            let b = p.get_or_compute(t)?;
+        self.child("repartition", move |cx| {
+            let b = p.get_or_compute(cx)?;
             let mut all = Vec::with_capacity(b.len());
             for part in b.into_partitions() {
                 all.extend(part);
@@ -291,8 +292,8 @@ impl<T: Data> DStream<T> {
     /// One element per batch: the number of elements (0 for an empty batch).
     pub fn count(&self) -> DStream<i64> {
         let p = self.parent();
-        self.child("count", move |t| {
-            let n = p.get_or_compute(t)?.len();
+        self.child("count", move |cx| {
+            let n = p.get_or_compute(cx)?.len();
             Ok(Batch::from_vec(
                 vec![i64::try_from(n).unwrap_or(i64::MAX)],
                 1,
@@ -304,8 +305,8 @@ impl<T: Data> DStream<T> {
     /// (which should be associative and commutative).
     pub fn reduce(&self, f: impl Fn(T, T) -> T + Send + Sync + 'static) -> DStream<T> {
         let p = self.parent();
-        self.child("reduce", move |t| {
-            let b = p.get_or_compute(t)?;
+        self.child("reduce", move |cx| {
+            let b = p.get_or_compute(cx)?;
             let partials: Vec<Option<T>> = b
                 .into_shared()
                 .into_par_iter()
@@ -404,7 +405,7 @@ impl crate::context::StreamingContext {
                 kind,
                 graph.timing.interval_ms,
                 false,
-                Box::new(FnOp(|_| Ok(Batch::empty()))),
+                Box::new(FnOp(|_: &BatchContext| Ok(Batch::empty()))),
             );
             return DStream { node, graph };
         };
@@ -413,12 +414,12 @@ impl crate::context::StreamingContext {
             s.node.meta.add_consumer();
         }
         let parents: Vec<Arc<NodeCell<T>>> = streams.iter().map(DStream::parent).collect();
-        first.child(kind, move |t| {
+        first.child(kind, move |cx| {
             let batches = parents
                 .iter()
-                .map(|p| p.get_or_compute(t))
+                .map(|p| p.get_or_compute(cx))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(f(batches, t))
+            Ok(f(batches, cx.time))
         })
     }
 }

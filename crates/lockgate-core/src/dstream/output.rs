@@ -15,7 +15,7 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::OutputOp;
 use crate::show::Show;
-use crate::types::BatchRef;
+use crate::types::{BatchContext, BatchRef};
 
 /// What an output function may return: nothing, or a `Result` whose error fails the
 /// batch (and stops the context, reported with the output's name and batch time).
@@ -143,7 +143,7 @@ impl<T: Data> DStream<T> {
         name: String,
         run: impl Fn(Batch<T>, BatchRef) -> Result<()> + Send + Sync + 'static,
     ) {
-        self.add_output_of_sink(name, None, run);
+        self.add_output_of_sink(name, None, move |batch, cx| run(batch, cx.batch()));
     }
 
     /// [`add_output`](Self::add_output) for a sink, whose retries are recorded with
@@ -152,17 +152,17 @@ impl<T: Data> DStream<T> {
         &self,
         name: String,
         sink: Option<Arc<crate::metrics::SinkCounters>>,
-        run: impl Fn(Batch<T>, BatchRef) -> Result<()> + Send + Sync + 'static,
+        run: impl Fn(Batch<T>, &BatchContext) -> Result<()> + Send + Sync + 'static,
     ) {
         let p = self.parent();
         self.graph.add_output(OutputOp {
             name,
             sink,
             meta: p.meta.clone(),
-            run: Box::new(move |b| {
-                let batch = p.get_or_compute(b.time)?;
+            run: Box::new(move |cx| {
+                let batch = p.get_or_compute(cx)?;
                 let n = batch.len() as u64;
-                run(batch, b).map(|()| n)
+                run(batch, cx).map(|()| n)
             }),
         });
     }

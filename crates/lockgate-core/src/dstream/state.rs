@@ -488,8 +488,9 @@ where
         // spread by the default hash: put it where this partitioner wants it, once.
         let placed = std::sync::atomic::AtomicBool::new(false);
         let p = self.parent();
-        let out = self.child_with("update_state_by_key", self.slide_ms(), true, move |t| {
-            let input = partition_with(p.get_or_compute(t)?, &*partitioner);
+        let out = self.child_with("update_state_by_key", self.slide_ms(), true, move |cx| {
+            let t = cx.time;
+            let input = partition_with(p.get_or_compute(cx)?, &*partitioner);
             let mut st = lock(&shared);
             if !placed.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 st.maps = rebucket(std::mem::take(&mut st.maps), n, &place);
@@ -567,7 +568,8 @@ where
         let timeout = spec.timeout_ms;
         let stamped = std::sync::atomic::AtomicBool::new(false);
         let p = self.parent();
-        let internal = self.child_with("map_with_state", self.slide_ms(), true, move |t| {
+        let internal = self.child_with("map_with_state", self.slide_ms(), true, move |cx| {
+            let t = cx.time;
             let snapshots = want.load(std::sync::atomic::Ordering::Acquire);
             let mut guard = lock(&shared);
             let st = &mut *guard;
@@ -580,7 +582,7 @@ where
                     }
                 }
             }
-            let input = partition_by_key(p.get_or_compute(t)?, st.partitions());
+            let input = partition_by_key(p.get_or_compute(cx)?, st.partitions());
             let results: Vec<Result<Vec<MwsItem<K, S, U>>, String>> = st
                 .maps
                 .par_iter_mut()

@@ -31,7 +31,7 @@ use crate::codec::Codec;
 use crate::dstream::DStream;
 use crate::error::Result;
 use crate::graph::{NodeCell, Operator};
-use crate::types::lock;
+use crate::types::{lock, BatchContext};
 
 type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
 
@@ -91,15 +91,16 @@ struct WindowOp<T> {
     buffer: Arc<Mutex<BufferState<T>>>,
 }
 
-/// Adds the parent's batch at `t` (if it has one) to `buffer`, keeping `keep` ms.
+/// Adds the parent's batch of `cx` (if it has one) to `buffer`, keeping `keep` ms.
 fn collect_parent<T: Data + Codec>(
     parent: &NodeCell<T>,
     buffer: &Mutex<BufferState<T>>,
-    t: Time,
+    cx: &BatchContext,
     keep: i64,
 ) -> Result<()> {
+    let t = cx.time;
     if parent.meta.is_valid(t) {
-        let b = parent.get_or_compute(t)?;
+        let b = parent.get_or_compute(cx)?;
         let mut buf = lock(buffer);
         buf.insert(t, b);
         buf.drop_through(t.plus_ms(-keep));
@@ -117,11 +118,12 @@ fn buffered<T: Data>(buffer: &Mutex<BufferState<T>>, from: Time, to: Time) -> Ve
 }
 
 impl<T: Data + Codec> Operator<T> for WindowOp<T> {
-    fn prepare(&self, t: Time) -> Result<()> {
-        collect_parent(&self.parent, &self.buffer, t, self.len)
+    fn prepare(&self, cx: &BatchContext) -> Result<()> {
+        collect_parent(&self.parent, &self.buffer, cx, self.len)
     }
 
-    fn compute(&self, t: Time) -> Result<Batch<T>> {
+    fn compute(&self, cx: &BatchContext) -> Result<Batch<T>> {
+        let t = cx.time;
         let mut out = Batch::empty();
         for b in buffered(&self.buffer, t.plus_ms(-self.len), t) {
             out = out.union(&b);
@@ -274,11 +276,12 @@ where
     K: Data + Hash + Eq + Codec,
     V: Data + Codec,
 {
-    fn prepare(&self, t: Time) -> Result<()> {
-        collect_parent(&self.parent, &self.buffer, t, self.len + self.slide)
+    fn prepare(&self, cx: &BatchContext) -> Result<()> {
+        collect_parent(&self.parent, &self.buffer, cx, self.len + self.slide)
     }
 
-    fn compute(&self, t: Time) -> Result<Batch<(K, V)>> {
+    fn compute(&self, cx: &BatchContext) -> Result<Batch<(K, V)>> {
+        let t = cx.time;
         let prev = t.plus_ms(-self.slide);
         // (t - slide - len, t - len]: in the previous window, not in this one.
         let old = buffered(&self.buffer, prev.plus_ms(-self.len), t.plus_ms(-self.len));

@@ -13,23 +13,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::checkpoint::log::Plan;
-use crate::checkpoint::Checkpointer;
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::metrics::{BatchInfo, StreamingMetrics};
-use crate::types::{lock, BatchRef, DeliveryMode, InputInfo, SourcePlan};
+use crate::protocol::{Planned as Job, Protocol};
+use crate::types::lock;
 
 /// How many batches a bounded run plans ahead (and logs with one sync).
 const PLAN_AHEAD: usize = 8;
-
-/// One planned batch, on its way from the generator to the runner.
-struct Job {
-    batch: BatchRef,
-    inputs: Vec<InputInfo>,
-    plan: Arc<Vec<SourcePlan>>,
-    end_of_input: bool,
-}
 
 /// State shared by the generator, the runner and the context.
 pub(crate) struct Scheduler {
@@ -38,8 +30,8 @@ pub(crate) struct Scheduler {
     pub metrics: Arc<StreamingMetrics>,
     pub pool: rayon::ThreadPool,
     pub bounded: bool,
-    /// The checkpoint protocol, when the context has a checkpoint directory.
-    pub checkpointer: Option<Arc<Checkpointer>>,
+    /// The batch protocol: the steps the threads run for every batch.
+    pub protocol: Protocol,
     /// Backpressure's rate estimator, when enabled.
     pub rate: Option<Mutex<crate::rate::PidRateEstimator>>,
     /// Stop generating batches.
@@ -60,7 +52,7 @@ impl Scheduler {
         metrics: Arc<StreamingMetrics>,
         pool: rayon::ThreadPool,
         bounded: bool,
-        checkpointer: Option<Arc<Checkpointer>>,
+        protocol: Protocol,
         backpressure: bool,
     ) -> Self {
         let interval = graph.timing.interval_ms;
@@ -71,7 +63,7 @@ impl Scheduler {
             metrics,
             pool,
             bounded,
-            checkpointer,
+            protocol,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             drained: AtomicU64::new(0),
@@ -146,138 +138,38 @@ impl Scheduler {
         lock(&self.failure).take()
     }
 
-    /// Plans batch `t`: asks every source for its input descriptor and logs the plan
-    /// durably before the batch may run.
+    /// Plans batch `t` (the protocol's first step) and queues it.
     fn plan(&self, t: Time) -> Result<Job> {
         Ok(self.plan_group(t, 1)?.remove(0))
     }
 
-    /// Plans up to `max` batches from `first` on (fewer when a bounded run's sources run
-    /// dry) and logs their plans durably together (one filesystem sync) before any of
-    /// them may run.
+    /// Plans and logs up to `max` batches from `first` on (the protocol's first step)
+    /// and records them as queued.
     fn plan_group(&self, first: Time, max: usize) -> Result<Vec<Job>> {
-        let interval = self.graph.timing.interval_ms;
-        let mut planned = Vec::new();
-        let mut t = first;
-        loop {
-            let id = self.graph.timing.batch_id(t);
-            let mut inputs = Vec::new();
-            let mut sources = Vec::new();
-            for input in self.graph.inputs() {
-                let (info, descriptor) = input.plan(t)?;
-                sources.push(SourcePlan {
-                    source: info.source.clone(),
-                    descriptor,
-                    records: info.records,
-                    description: info.description.clone(),
-                });
-                inputs.push(info);
-            }
-            let pending = self.graph.inputs().iter().any(|i| i.has_pending());
-            planned.push((
-                Plan {
-                    batch_id: id,
-                    batch_time_ms: t.0,
-                    sources,
-                    // A bounded run's last batch is marked (and logged) as the end of
-                    // its input.
-                    end_of_input: self.bounded && !pending,
-                },
-                inputs,
-            ));
-            t = t.plus_ms(interval);
-            if !pending || planned.len() >= max {
-                break;
-            }
-        }
-        if let Some(cp) = &self.checkpointer {
-            let plans: Vec<Plan> = planned.iter().map(|(p, _)| p.clone()).collect();
-            cp.log_plans(&plans)?;
-            if cp.config.delivery == DeliveryMode::AtMostOnce {
-                // At most once: a batch counts as done before it runs.
-                for p in &plans {
-                    cp.write_commit(p.batch_id, Time(p.batch_time_ms))?;
-                }
-            }
-        }
-        Ok(planned
+        Ok(self
+            .protocol
+            .plan(first, max)?
             .into_iter()
-            .map(|(p, inputs)| {
-                self.queue(
-                    p.batch_id,
-                    Time(p.batch_time_ms),
-                    inputs,
-                    Arc::new(p.sources),
-                    p.end_of_input,
-                )
-            })
+            .map(|p| self.queue(p))
             .collect())
     }
 
-    /// Hands the logged plans of a recovery to their sources, in order, before the
-    /// threads start: each source reads exactly what the plan names when the batch
-    /// runs, and plans new batches after it.
-    pub fn restore_replays(&self, replays: &[Plan]) -> Result<()> {
-        let inputs = self.graph.inputs();
-        for plan in replays {
-            let t = Time(plan.batch_time_ms);
-            for sp in &plan.sources {
-                if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
-                    input.replay(t, &sp.descriptor)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues a logged batch exactly as it was planned (recovery; its sources have it
-    /// from [`restore_replays`](Self::restore_replays)).
-    fn replay(&self, plan: Plan) -> Job {
-        let t = Time(plan.batch_time_ms);
-        let mut infos = Vec::new();
-        let sources = Arc::new(plan.sources.clone());
-        for sp in plan.sources {
-            infos.push(InputInfo {
-                source: sp.source,
-                records: sp.records,
-                description: sp.description,
-            });
-        }
-        tracing::warn!(
-            batch_id = plan.batch_id,
-            batch_time_ms = t.0,
-            "re-running a logged batch after a restart"
-        );
-        self.queue(plan.batch_id, t, infos, sources, plan.end_of_input)
-    }
-
-    fn queue(
-        &self,
-        id: u64,
-        t: Time,
-        inputs: Vec<InputInfo>,
-        plan: Arc<Vec<SourcePlan>>,
-        end_of_input: bool,
-    ) -> Job {
+    /// Records a planned batch as queued in the metrics.
+    fn queue(&self, job: Job) -> Job {
         self.metrics.batch_queued(BatchInfo {
-            batch_id: id,
-            batch_time: t,
+            batch_id: job.cx.id,
+            batch_time: job.cx.time,
             submission_time: self.clock.now(),
             processing_start: None,
             processing_end: None,
-            inputs: inputs.clone(),
+            inputs: job.inputs.clone(),
             output_ops: Vec::new(),
             operators: Vec::new(),
             state_entries: Vec::new(),
             rate_decision: None,
             failure: None,
         });
-        Job {
-            batch: BatchRef { id, time: t },
-            inputs,
-            plan,
-            end_of_input,
-        }
+        job
     }
 
     fn generate(&self, first: Time, replays: Vec<Plan>, tx: SyncSender<Job>) {
@@ -288,7 +180,7 @@ impl Scheduler {
             if self.abort.load(Ordering::Acquire) {
                 return;
             }
-            if tx.send(self.replay(plan)).is_err() {
+            if tx.send(self.queue(self.protocol.replayed(plan))).is_err() {
                 return;
             }
         }
@@ -344,24 +236,14 @@ impl Scheduler {
                 break;
             }
             let start = self.clock.now();
-            let queued = self.metrics.batch_started(job.batch.time, start);
-            self.graph
-                .set_current_plan(job.plan.clone(), job.end_of_input);
-            let (outputs, result) = self.pool.install(|| {
-                let (outputs, result) =
-                    self.graph
-                        .run_batch(job.batch, &mut job.inputs, self.clock.as_ref());
-                // State and the commit record follow the outputs (exactly-once protocol).
-                let result = result.and_then(|()| match &self.checkpointer {
-                    Some(cp) => cp.commit(job.batch.id, job.batch.time),
-                    None => Ok(()),
-                });
-                (outputs, result)
-            });
+            let queued = self.metrics.batch_started(job.cx.time, start);
+            let (outputs, result) = self
+                .pool
+                .install(|| self.protocol.run(&mut job, self.clock.as_ref()));
             let end = self.clock.now();
             let info = BatchInfo {
-                batch_id: job.batch.id,
-                batch_time: job.batch.time,
+                batch_id: job.cx.id,
+                batch_time: job.cx.time,
                 submission_time: queued.map(|q| q.submission_time).unwrap_or(start),
                 processing_start: Some(start),
                 processing_end: Some(end),

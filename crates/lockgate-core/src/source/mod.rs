@@ -75,7 +75,9 @@ pub(crate) fn register<T: Data, S: SourceCompute<T> + 'static>(
         kind,
         graph.timing.interval_ms,
         false,
-        Box::new(crate::dstream::FnOp(move |t| src.compute(t))),
+        Box::new(crate::dstream::FnOp(
+            move |cx: &crate::types::BatchContext| src.compute(cx.time),
+        )),
     );
     DStream { node, graph }
 }

@@ -1,0 +1,338 @@
+//! The batch protocol, top to bottom (docs/design.md, "The batch protocol"): where each
+//! batch is planned and logged, run, committed to the outputs, its state persisted and
+//! marked done, old files cleaned up, and how a restart recovers. The scheduler's threads
+//! call these steps in order; the checkpoint module does the file work they ask for.
+//!
+//! For every batch `b`:
+//!
+//! 1. **Plan and log** ([`Protocol::plan`]): every source decides what `b` reads; the
+//!    plans are logged durably (`offsets/<b>`) before `b` may run.
+//! 2. **Run** ([`Protocol::run`]): the graph computes `b` from its [`BatchContext`] (the
+//!    batch, its plan, end of input, delivery mode), passed by value to every operator
+//!    and output.
+//! 3. **Commit outputs**, inside the run: each sink commits `b` atomically with its id,
+//!    so a batch it already holds is not written again (see [`Order`]).
+//! 4. **Persist state, mark done, clean up** ([`Protocol::complete`]): the state changes
+//!    of version `b` are encoded and handed to the checkpoint writer, which writes them,
+//!    then `commits/<b>`, then deletes what retention no longer needs — off the batch's
+//!    critical path.
+//!
+//! At start, **recover** ([`Protocol::recover`]): check the metadata, choose the newest
+//! commit whose state loads, restore state, collect the logged plans after it to re-run
+//! ([`Protocol::restore_replays`], [`Protocol::replayed`]), resume timing; without a
+//! checkpoint, resume after the batches a sink recorded (`from_sink_offsets`).
+//!
+//! The delivery modes differ only in the ordering of these steps, decided by
+//! [`Order::of`] and nowhere else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::checkpoint::log::Plan;
+use crate::checkpoint::{CheckpointConfig, Checkpointer, Recovery, WriteOrder};
+use crate::clock::{Clock, Time};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::metrics::StreamingMetrics;
+use crate::types::{
+    BatchContext, BatchId, DeliveryMode, InputInfo, InputSource, OutputOpInfo, SinkOffsets,
+    SourcePlan,
+};
+
+/// How a delivery mode orders the protocol's steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Order {
+    /// `commits/<b>` is written right after the plan is logged, before `b` runs (at most
+    /// once: a crashed batch is never re-run); otherwise after its state is durable.
+    pub commit_before_run: bool,
+    /// Sinks skip a batch they already committed (exactly once); otherwise a re-run
+    /// batch is written again (at least once, and at most once's sinks, which never see
+    /// a re-run).
+    pub sinks_skip_committed: bool,
+}
+
+impl Order {
+    /// The ordering of `mode`.
+    pub const fn of(mode: DeliveryMode) -> Order {
+        match mode {
+            DeliveryMode::ExactlyOnce => Order {
+                commit_before_run: false,
+                sinks_skip_committed: true,
+            },
+            DeliveryMode::AtLeastOnce => Order {
+                commit_before_run: false,
+                sinks_skip_committed: false,
+            },
+            DeliveryMode::AtMostOnce => Order {
+                commit_before_run: true,
+                sinks_skip_committed: false,
+            },
+        }
+    }
+
+    /// What the checkpoint writer does: a batch committed before it runs has its state
+    /// files written atomically (no later commit vouches for them) and no commit of its
+    /// own after the sync.
+    pub fn writer(self) -> WriteOrder {
+        WriteOrder {
+            atomic_state_files: self.commit_before_run,
+            commit_after_sync: !self.commit_before_run,
+        }
+    }
+}
+
+/// One planned batch: its context and what its sources reported.
+pub(crate) struct Planned {
+    /// What the batch's operators and outputs are given.
+    pub cx: BatchContext,
+    /// The sources' input descriptors (for metrics and the UI).
+    pub inputs: Vec<InputInfo>,
+}
+
+/// The protocol of one started context.
+pub(crate) struct Protocol {
+    graph: Arc<Graph>,
+    checkpointer: Option<Arc<Checkpointer>>,
+    delivery: DeliveryMode,
+    bounded: bool,
+    /// The last batch each sink reported committed at start (by sink name).
+    sinks_committed: Arc<BTreeMap<String, BatchId>>,
+}
+
+impl Protocol {
+    /// Recovery, step one: readies the sources and state for checkpointing and opens
+    /// the checkpoint (check metadata, choose the commit, restore state, collect
+    /// replays, resume timing: `checkpoint::recover`).
+    pub fn recover(
+        graph: &Graph,
+        config: &CheckpointConfig,
+        settings: Vec<(String, String)>,
+        fresh: (Time, BatchId),
+        metrics: Arc<StreamingMetrics>,
+    ) -> Result<(Recovery, Arc<Checkpointer>)> {
+        let inputs = graph.inputs();
+        for input in &inputs {
+            input.checkpoint_support().map_err(|reason| {
+                Error::Config(format!(
+                    "source `{}` cannot be checkpointed: {reason}",
+                    input.name()
+                ))
+            })?;
+            input.enable_checkpoint(&config.dir)?;
+        }
+        for state in graph.states() {
+            state.checkpointed();
+        }
+        let cp = Arc::new(Checkpointer::new(
+            config.clone(),
+            Order::of(config.delivery).writer(),
+            graph.states(),
+            inputs.clone(),
+            metrics,
+        ));
+        let rec = cp.recover(
+            &graph.app_name(),
+            graph.timing.interval_ms,
+            settings,
+            fresh,
+            &inputs,
+        )?;
+        Ok((rec, cp))
+    }
+
+    /// Recovery without a checkpoint: the sources learn what the batches a sink
+    /// recorded took (the batch timing already continues after them).
+    pub fn resume_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Result<()> {
+        for input in inputs {
+            let name = input.name();
+            let descriptors: Vec<&[u8]> = offsets
+                .plans
+                .iter()
+                .flatten()
+                .filter(|p| p.source == name)
+                .map(|p| p.descriptor.as_slice())
+                .collect();
+            input.seed_consumed(&descriptors)?;
+        }
+        tracing::info!(
+            last_batch = offsets.last_batch_id,
+            batches = offsets.plans.len(),
+            "resuming from the sink's offsets"
+        );
+        Ok(())
+    }
+
+    /// The protocol of a started context. Asks every sink which batch it committed
+    /// last (recorded for the batches' contexts: in exactly-once mode a sink is not
+    /// handed a batch it already holds).
+    pub fn new(
+        graph: Arc<Graph>,
+        checkpointer: Option<Arc<Checkpointer>>,
+        delivery: DeliveryMode,
+        bounded: bool,
+    ) -> Result<Self> {
+        let mut sinks_committed = BTreeMap::new();
+        let skip = Order::of(delivery).sinks_skip_committed;
+        for sink in graph.sinks().into_iter().filter(|_| skip) {
+            let name = sink.name();
+            match sink.last_committed(&graph.app_name()) {
+                Ok(Some(id)) => {
+                    tracing::info!(sink = %name, last_batch = id, "the sink reports its last committed batch");
+                    sinks_committed.insert(name, id);
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(Error::external(
+                        format!("sink `{name}` (reading its last committed batch)"),
+                        source,
+                    ))
+                }
+            }
+        }
+        Ok(Protocol {
+            graph,
+            checkpointer,
+            delivery,
+            bounded,
+            sinks_committed: Arc::new(sinks_committed),
+        })
+    }
+
+    /// The batch context of a planned or replayed batch.
+    fn context(&self, id: BatchId, time: Time, plan: Vec<SourcePlan>, end: bool) -> BatchContext {
+        BatchContext {
+            id,
+            time,
+            plan: Arc::new(plan),
+            end_of_input: end,
+            delivery: self.delivery,
+            sinks_committed: self.sinks_committed.clone(),
+        }
+    }
+
+    /// Step 1, plan and log: plans up to `max` batches from `first` on (fewer when a
+    /// bounded run's sources run dry) and logs their plans durably together (one
+    /// filesystem sync) before any of them may run.
+    pub fn plan(&self, first: Time, max: usize) -> Result<Vec<Planned>> {
+        let interval = self.graph.timing.interval_ms;
+        let inputs = self.graph.inputs();
+        let mut planned = Vec::new();
+        let mut t = first;
+        loop {
+            let id = self.graph.timing.batch_id(t);
+            let mut infos = Vec::new();
+            let mut sources = Vec::new();
+            for input in &inputs {
+                let (info, descriptor) = input.plan(t)?;
+                sources.push(SourcePlan {
+                    source: info.source.clone(),
+                    descriptor,
+                    records: info.records,
+                    description: info.description.clone(),
+                });
+                infos.push(info);
+            }
+            let pending = inputs.iter().any(|i| i.has_pending());
+            planned.push((
+                Plan {
+                    batch_id: id,
+                    batch_time_ms: t.0,
+                    sources,
+                    // A bounded run's last batch is marked (and logged) as the end of
+                    // its input.
+                    end_of_input: self.bounded && !pending,
+                },
+                infos,
+            ));
+            t = t.plus_ms(interval);
+            if !pending || planned.len() >= max {
+                break;
+            }
+        }
+        if let Some(cp) = &self.checkpointer {
+            let plans: Vec<Plan> = planned.iter().map(|(p, _)| p.clone()).collect();
+            cp.log_plans(&plans)?;
+            if Order::of(self.delivery).commit_before_run {
+                for p in &plans {
+                    cp.write_commit(p.batch_id, Time(p.batch_time_ms))?;
+                }
+            }
+        }
+        Ok(planned
+            .into_iter()
+            .map(|(p, inputs)| Planned {
+                cx: self.context(p.batch_id, Time(p.batch_time_ms), p.sources, p.end_of_input),
+                inputs,
+            })
+            .collect())
+    }
+
+    /// Recovery: hands the logged plans to their sources, in order, before the threads
+    /// start: each source reads exactly what the plan names when the batch runs, and
+    /// plans new batches after it.
+    pub fn restore_replays(&self, replays: &[Plan]) -> Result<()> {
+        let inputs = self.graph.inputs();
+        for plan in replays {
+            let t = Time(plan.batch_time_ms);
+            for sp in &plan.sources {
+                if let Some(input) = inputs.iter().find(|i| i.name() == sp.source) {
+                    input.replay(t, &sp.descriptor)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Recovery: a logged batch, to run exactly as it was planned (its sources have it
+    /// from [`restore_replays`](Self::restore_replays)).
+    pub fn replayed(&self, plan: Plan) -> Planned {
+        let t = Time(plan.batch_time_ms);
+        let inputs = plan
+            .sources
+            .iter()
+            .map(|sp| InputInfo {
+                source: sp.source.clone(),
+                records: sp.records,
+                description: sp.description.clone(),
+            })
+            .collect();
+        tracing::warn!(
+            batch_id = plan.batch_id,
+            batch_time_ms = t.0,
+            "re-running a logged batch after a restart"
+        );
+        Planned {
+            cx: self.context(plan.batch_id, t, plan.sources, plan.end_of_input),
+            inputs,
+        }
+    }
+
+    /// Steps 2 to 4: runs the batch (operators, then outputs, each sink committing it
+    /// with its id), then hands its state and commit to the checkpoint. Returns the
+    /// outputs' results and the first failure.
+    pub fn run(&self, job: &mut Planned, clock: &dyn Clock) -> (Vec<OutputOpInfo>, Result<()>) {
+        let (outputs, result) = self.graph.run_batch(&job.cx, &mut job.inputs, clock);
+        let result = result.and_then(|()| self.complete(&job.cx));
+        (outputs, result)
+    }
+
+    /// Step 4, persist state, mark done, clean up: the state changes of the batch's
+    /// version are encoded now (no other batch runs) and the checkpoint writer writes
+    /// them, then the commit (unless the mode committed before running), then deletes
+    /// what retention no longer needs. The next batch may run meanwhile: if the process
+    /// dies before the commit is durable, recovery re-runs this batch from its plan.
+    fn complete(&self, cx: &BatchContext) -> Result<()> {
+        match &self.checkpointer {
+            Some(cp) => cp.commit(cx.id, cx.time),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every commit handed to the checkpoint writer is durable (a stop).
+    pub fn flush(&self) -> Result<()> {
+        match &self.checkpointer {
+            Some(cp) => cp.flush(),
+            None => Ok(()),
+        }
+    }
+}

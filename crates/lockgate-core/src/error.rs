@@ -70,6 +70,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// An operator's checkpointed state does not decode (damaged files, or written by
+    /// code whose state types encode differently under the same names).
+    #[error(
+        "checkpoint state of operator `{operator}` in `{}` does not decode: {source}; \
+         restore the directory from a backup, or give the operator a new name with \
+         .name(..) and start it empty (StateUpgrade::StartEmpty)",
+        path.display()
+    )]
+    StateDecode {
+        /// The operator's stable name.
+        operator: String,
+        /// Its state directory.
+        path: PathBuf,
+        /// What failed to decode.
+        #[source]
+        source: crate::codec::CodecError,
+    },
+
     /// Recovery found operator state that does not match the graph built by the code.
     #[error("checkpoint state of operator `{operator}`: {reason}")]
     StateMismatch {

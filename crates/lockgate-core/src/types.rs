@@ -200,7 +200,7 @@ pub(crate) trait Stateful: Send + Sync {
     /// `None` when nothing changed and `full` is false.
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;
     /// Replaces the state from payloads per old partition, each applied in order.
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), String>;
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), CodecError>;
     /// Number of entries per partition (for inspection and metrics).
     fn sizes(&self) -> Vec<usize>;
 }

@@ -229,9 +229,10 @@ impl Checkpointer {
             if start_empty.contains(&state.name()) {
                 continue;
             }
-            state.restore(old).map_err(|reason| Error::Checkpoint {
+            state.restore(old).map_err(|source| Error::StateDecode {
+                operator: state.name(),
                 path: self.config.dir.join("state").join(dir_name(&state.name())),
-                reason,
+                source,
             })?;
         }
         Ok(())

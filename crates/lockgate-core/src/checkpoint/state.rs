@@ -7,24 +7,31 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use hashbrown::hash_map::Entry;
+
 use crate::hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{Batch, Data};
 use crate::clock::Time;
-use crate::codec::{from_bytes, Codec};
+use crate::codec::{from_bytes, Codec, CodecError};
 use crate::graph::NodeMeta;
 use crate::types::{lock, partition_of, Stateful};
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
 /// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys
-/// (their values read at encode time), or — for operators that call
-/// [`record`](Self::record) while checkpointing is on — as the changes themselves,
+/// (their values read at encode time), or — for operators that record changes with
+/// [`Part::upsert_recorded`] while checkpointing is on — as the changes themselves,
 /// encoded when they happen, while key and value are at hand.
+///
+/// Its maps are private: every change goes through a method of [`Part`] (one
+/// partition's view) that records it, so a delta cannot miss a change. Only state that
+/// never writes deltas (`track` false: full snapshots) may be changed wholesale
+/// ([`untracked_maps_mut`](Self::untracked_maps_mut)).
 pub(crate) struct KeyedState<K, S> {
-    pub maps: Vec<FxHashMap<K, S>>,
-    pub dirty: Vec<FxHashSet<K>>,
+    maps: Vec<FxHashMap<K, S>>,
+    dirty: Vec<FxHashSet<K>>,
     /// Changes encoded as they happened, per partition (with checkpointing only).
-    pub log: Vec<ChangeLog>,
+    log: Vec<ChangeLog>,
     /// Track changes (false for operators that write full snapshots anyway).
     track: bool,
     /// The context checkpoints (set once at start): changes are worth recording.
@@ -50,57 +57,148 @@ pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
 }
 
-impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
-    pub fn new(n: usize, track: bool) -> Self {
-        KeyedState {
-            maps: (0..n).map(|_| FxHashMap::default()).collect(),
-            dirty: (0..n).map(|_| FxHashSet::default()).collect(),
-            log: (0..n).map(|_| ChangeLog::default()).collect(),
-            track,
-            checkpointed: false,
-        }
-    }
+/// One partition of a [`KeyedState`], to read and change: every change is recorded for
+/// the next delta.
+pub(crate) struct Part<'a, K, S> {
+    map: &'a mut FxHashMap<K, S>,
+    dirty: &'a mut FxHashSet<K>,
+    log: &'a mut ChangeLog,
+    track: bool,
+    recording: Recording,
+}
 
-    pub fn from_entries(entries: Vec<(K, S)>, n: usize, track: bool) -> Self {
-        let mut st = Self::new(n, track);
-        for (k, s) in entries {
-            let j = partition_of(&k, n);
-            st.maps[j].insert(k, s);
-        }
-        st
-    }
-
-    pub fn partitions(&self) -> usize {
-        self.maps.len()
-    }
-
-    /// Marks `k` of partition `j` as changed.
-    pub fn touch(dirty: &mut FxHashSet<K>, k: &K, track: bool) {
-        if track {
+impl<K: Hash + Eq + Clone + Codec, S: Codec> Part<'_, K, S> {
+    /// Marks `k` changed (its value is read when the state is encoded).
+    pub fn mark(&mut self, k: &K) {
+        if self.track {
             // Cloned only when not marked yet.
-            dirty.get_or_insert_with(k, K::clone);
+            self.dirty.get_or_insert_with(k, K::clone);
         }
     }
 
-    pub fn tracking(&self) -> bool {
-        self.track
+    pub fn get(&self, k: &K) -> Option<&S> {
+        self.map.get(k)
     }
 
-    /// How changes are to be [`record`](Self::record)ed: logged while checkpointing,
-    /// not at all without a checkpoint (nothing would ever read them).
-    pub fn recording(&self) -> Recording {
-        if self.checkpointed && self.track {
-            Recording::Log
-        } else {
-            Recording::Off
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
+        self.map.iter()
+    }
+
+    /// Sets `k` to `s`.
+    pub fn insert(&mut self, k: K, s: S) {
+        self.mark(&k);
+        self.map.insert(k, s);
+    }
+
+    /// The state of `k` to change in place (`k` counts as changed).
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut S> {
+        if self.map.contains_key(k) {
+            self.mark(k);
+        }
+        self.map.get_mut(k)
+    }
+
+    /// The state of `k` to change in place, inserted with `S::default()` if absent (`k`
+    /// counts as changed).
+    pub fn entry_or_default(&mut self, k: K) -> &mut S
+    where
+        S: Default,
+    {
+        self.mark(&k);
+        self.map.entry(k).or_default()
+    }
+
+    /// Replaces the state of `k` by `f(k, old)` (`None`: removed), found once.
+    pub fn upsert(&mut self, k: K, f: impl FnOnce(&K, Option<S>) -> Option<S>) {
+        self.mark(&k);
+        match self.map.entry(k) {
+            Entry::Occupied(e) => {
+                e.replace_entry_with(|k, s| f(k, Some(s)));
+            }
+            Entry::Vacant(e) => {
+                if let Some(s) = f(e.key(), None) {
+                    e.insert(s);
+                }
+            }
         }
     }
 
-    /// Records that `k` of a partition now holds `value` (`None`: removed), as `how`
-    /// says: encoded into that partition's `log`, `k` marked changed, or nothing.
-    pub fn record(
+    /// Like [`upsert`](Self::upsert), for operators that log changes as they happen:
+    /// `f` returns the new state and how to record it (`None`: unchanged; `Some(how)`
+    /// with how as [`recording`](KeyedState::recording) gives, or [`Recording::Mark`]
+    /// for a key changed again in the same batch), or an error (the batch fails; the
+    /// key is left absent).
+    pub fn upsert_recorded<E>(
+        &mut self,
+        k: K,
+        f: impl FnOnce(&K, Option<S>) -> Result<(Option<S>, Option<Recording>), E>,
+    ) -> Result<(), E> {
+        let (log, dirty, track) = (&mut *self.log, &mut *self.dirty, self.track);
+        match self.map.entry(k) {
+            Entry::Occupied(e) => {
+                let mut outcome = Ok(None);
+                let after = e.replace_entry_with(|k, s| match f(k, Some(s)) {
+                    Ok((next, how)) => {
+                        outcome = Ok(how);
+                        next
+                    }
+                    Err(m) => {
+                        outcome = Err(m);
+                        None
+                    }
+                });
+                match (outcome?, after) {
+                    (Some(how), Entry::Occupied(e)) => {
+                        Self::record_in(log, dirty, track, how, e.key(), Some(e.get()))
+                    }
+                    (Some(how), Entry::Vacant(e)) => {
+                        Self::record_in(log, dirty, track, how, e.key(), None)
+                    }
+                    (None, _) => {}
+                }
+            }
+            Entry::Vacant(e) => {
+                let (next, how) = f(e.key(), None)?;
+                if let (Some(how), Some(s)) = (how, &next) {
+                    Self::record_in(log, dirty, track, how, e.key(), Some(s));
+                }
+                if let Some(s) = next {
+                    e.insert(s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `k`, recording the removal as [`KeyedState::recording`] says.
+    pub fn remove_recorded(&mut self, k: &K) -> Option<S> {
+        let old = self.map.remove(k);
+        if old.is_some() {
+            Self::record_in(self.log, self.dirty, self.track, self.recording, k, None);
+        }
+        old
+    }
+
+    /// Keeps the keys for which `f` returns true; `f` may change a state in place and
+    /// says so with `changed`. Removed and changed keys are recorded.
+    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut S, &mut bool) -> bool) {
+        let (dirty, track) = (&mut *self.dirty, self.track);
+        self.map.retain(|k, s| {
+            let mut changed = false;
+            let keep = f(k, s, &mut changed);
+            if (changed || !keep) && track {
+                dirty.get_or_insert_with(k, K::clone);
+            }
+            keep
+        });
+    }
+
+    /// Records that `k` now holds `value` (`None`: removed), as `how` says: encoded
+    /// into the partition's log, `k` marked changed, or nothing.
+    fn record_in(
         log: &mut ChangeLog,
         dirty: &mut FxHashSet<K>,
+        track: bool,
         how: Recording,
         k: &K,
         value: Option<&S>,
@@ -117,9 +215,117 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
                     None => log.bytes.push(0),
                 }
             }
-            Recording::Mark => Self::touch(dirty, k, true),
-            Recording::Off => {}
+            Recording::Mark if track => {
+                dirty.get_or_insert_with(k, K::clone);
+            }
+            Recording::Mark | Recording::Off => {}
         }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Codec + Send, S: Codec + Send> KeyedState<K, S> {
+    pub fn new(n: usize, track: bool) -> Self {
+        KeyedState {
+            maps: (0..n).map(|_| FxHashMap::default()).collect(),
+            dirty: (0..n).map(|_| FxHashSet::default()).collect(),
+            log: (0..n).map(|_| ChangeLog::default()).collect(),
+            track,
+            checkpointed: false,
+        }
+    }
+
+    /// State holding `entries`, each in its key's partition (not recorded as changes:
+    /// the first checkpoint of a state is a full snapshot).
+    pub fn from_entries(entries: Vec<(K, S)>, n: usize, track: bool) -> Self {
+        Self::placed(entries, n, track, |k| partition_of(k, n))
+    }
+
+    /// State holding `entries`, each in the partition `place` gives.
+    pub fn placed(
+        entries: Vec<(K, S)>,
+        n: usize,
+        track: bool,
+        place: impl Fn(&K) -> usize,
+    ) -> Self {
+        let mut st = Self::new(n, track);
+        for (k, s) in entries {
+            let j = place(&k);
+            st.maps[j].insert(k, s);
+        }
+        st
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.maps.len()
+    }
+
+    pub fn tracking(&self) -> bool {
+        self.track
+    }
+
+    /// How changes are to be recorded by [`Part::upsert_recorded`]: logged while
+    /// checkpointing, not at all without a checkpoint (nothing would ever read them).
+    pub fn recording(&self) -> Recording {
+        if self.checkpointed && self.track {
+            Recording::Log
+        } else {
+            Recording::Off
+        }
+    }
+
+    /// The state of `k` in partition `j`.
+    pub fn get(&self, j: usize, k: &K) -> Option<&S> {
+        self.maps.get(j).and_then(|m| m.get(k))
+    }
+
+    /// Every key, partition by partition.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.maps.iter().flat_map(|m| m.keys())
+    }
+
+    /// The states of partition `j`, to read.
+    pub fn entries(&self, j: usize) -> impl Iterator<Item = (&K, &S)> {
+        self.maps[j].iter()
+    }
+
+    /// Partition `j`, to change.
+    pub fn part(&mut self, j: usize) -> Part<'_, K, S> {
+        let recording = self.recording();
+        Part {
+            map: &mut self.maps[j],
+            dirty: &mut self.dirty[j],
+            log: &mut self.log[j],
+            track: self.track,
+            recording,
+        }
+    }
+
+    /// Every partition, to change (in order; `into_par_iter` them for parallel work).
+    pub fn parts(&mut self) -> Vec<Part<'_, K, S>> {
+        let (track, recording) = (self.track, self.recording());
+        self.maps
+            .iter_mut()
+            .zip(self.dirty.iter_mut())
+            .zip(self.log.iter_mut())
+            .map(|((map, dirty), log)| Part {
+                map,
+                dirty,
+                log,
+                track,
+                recording,
+            })
+            .collect()
+    }
+
+    /// The maps themselves, for state that writes only full snapshots (`track` false),
+    /// where no change needs recording. Panics (caught as the operator's error) on
+    /// tracked state.
+    pub fn untracked_maps_mut(&mut self) -> &mut Vec<FxHashMap<K, S>> {
+        assert!(
+            !self.track,
+            "untracked access to keyed state that writes deltas"
+        );
+        &mut self.maps
     }
 
     /// Encodes partition `j` as `Vec<(K, Option<S>)>`: every entry (`full`) or the
@@ -157,15 +363,14 @@ impl<K: Hash + Eq + Clone + Codec, S: Codec> KeyedState<K, S> {
 
     /// Rebuilds the state from payloads per old partition (each applied in order),
     /// redistributing keys when the partition count changed.
-    pub fn restore(&mut self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+    pub fn restore(&mut self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
         let n = self.partitions();
         let same = old.len() == n;
         let mut maps: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
         for (p, payloads) in old.into_iter().enumerate() {
             let mut map: FxHashMap<K, S> = FxHashMap::default();
             for payload in payloads {
-                let entries: Vec<(K, Option<S>)> =
-                    from_bytes(&payload).map_err(|e| e.to_string())?;
+                let entries: Vec<(K, Option<S>)> = from_bytes(&payload)?;
                 for (k, s) in entries {
                     match s {
                         Some(s) => map.insert(k, s),
@@ -264,11 +469,10 @@ impl<T: Data + Codec> BufferState<T> {
         out
     }
 
-    pub fn restore(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), String> {
+    pub fn restore(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), CodecError> {
         let mut batches = BTreeMap::new();
         for payload in payloads {
-            let entries: Vec<(i64, Option<Vec<Vec<T>>>)> =
-                from_bytes(&payload).map_err(|e| e.to_string())?;
+            let entries: Vec<(i64, Option<Vec<Vec<T>>>)> = from_bytes(&payload)?;
             for (t, b) in entries {
                 match b {
                     Some(parts) => batches.insert(Time(t), Batch::from_partitions(parts)),
@@ -325,7 +529,7 @@ where
         }
         Some(st.encode(p, full))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
         lock(&self.state).restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
@@ -356,7 +560,7 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
         }
         Some(st.encode(full))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
         lock(&self.state).restore(old.into_iter().flatten().collect())
     }
     fn sizes(&self) -> Vec<usize> {
@@ -394,14 +598,13 @@ impl<A: Stateful, B: Stateful> Stateful for PairStateful<A, B> {
         }
         Some(crate::codec::to_bytes(&(a, b)))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
         let mut firsts = Vec::with_capacity(old.len());
         let mut seconds = Vec::new();
         for payloads in old {
             let mut part = Vec::new();
             for payload in payloads {
-                let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) =
-                    from_bytes(&payload).map_err(|e| e.to_string())?;
+                let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = from_bytes(&payload)?;
                 part.extend(a);
                 seconds.extend(b);
             }
@@ -440,7 +643,7 @@ impl<S: Stateful> Stateful for SnapshotOnly<S> {
             None
         }
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), String> {
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
         self.0.restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
@@ -457,12 +660,10 @@ mod tests {
         let mut st: KeyedState<String, i64> = KeyedState::new(2, true);
         let k = String::from("a");
         let j = partition_of(&k, 2);
-        st.maps[j].insert(k.clone(), 1);
-        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        st.part(j).insert(k.clone(), 1);
         let snap0 = st.encode(0, true);
         let snap1 = st.encode(1, true);
-        st.maps[j].remove(&k);
-        KeyedState::<String, i64>::touch(&mut st.dirty[j], &k, true);
+        st.part(j).upsert(k.clone(), |_, _| None);
         let delta = st.encode(j, false);
         let mut old = vec![vec![snap0.clone()], vec![snap1.clone()]];
         old[j].push(delta);
@@ -472,7 +673,45 @@ mod tests {
         let mut three: KeyedState<String, i64> = KeyedState::new(3, true);
         three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
         assert_eq!(three.sizes().iter().sum::<usize>(), 1);
-        assert_eq!(three.maps[partition_of(&k, 3)].get(&k), Some(&1));
+        assert_eq!(three.get(partition_of(&k, 3), &k), Some(&1));
+    }
+
+    /// Every way a [`Part`] changes state is in the next delta: restoring the snapshot
+    /// plus the delta gives the state as it is.
+    #[test]
+    fn every_change_through_a_part_reaches_the_delta() {
+        type St = KeyedState<String, i64>;
+        let key = |i: i64| format!("k{i}");
+        let mut st: St = KeyedState::from_entries((0..8).map(|i| (key(i), i)).collect(), 1, true);
+        // In a checkpointing context (without one, logged changes are not kept: no
+        // delta is ever written).
+        st.checkpointed = true;
+        let snap = st.encode(0, true);
+        let mut part = st.part(0);
+        part.insert(key(100), 100);
+        if let Some(v) = part.get_mut(&key(1)) {
+            *v += 10;
+        }
+        *part.entry_or_default(key(2)) += 20;
+        *part.entry_or_default(key(200)) += 200;
+        part.upsert(key(3), |_, v| v.map(|v| v * 3));
+        part.upsert(key(4), |_, _| None);
+        part.retain(|k, v, changed| {
+            if k == &key(5) {
+                *v = 55;
+                *changed = true;
+            }
+            k != &key(6)
+        });
+        assert!(part.remove_recorded(&key(7)).is_some());
+        let now: BTreeMap<String, i64> = st.maps[0].clone().into_iter().collect();
+        let delta = st.encode(0, false);
+        let mut back: St = KeyedState::new(1, true);
+        back.restore(vec![vec![snap, delta]]).unwrap();
+        let got: BTreeMap<String, i64> = back.maps[0].clone().into_iter().collect();
+        assert_eq!(got, now);
+        assert_eq!(got.get("k1"), Some(&11));
+        assert!(!got.contains_key("k4") && !got.contains_key("k6"));
     }
 
     #[test]
@@ -484,29 +723,45 @@ mod tests {
         let snap = st.encode(0, true);
         let how = st.recording();
         assert_eq!(how, Recording::Log);
-        let (log, dirty) = (&mut st.log[0], &mut st.dirty[0]);
-        // `a` changes twice in a batch, `b` is added then removed.
-        St::record(log, dirty, how, &a, Some(&1));
-        St::record(log, dirty, how, &b, Some(&5));
-        St::record(log, dirty, how, &a, Some(&2));
-        St::record(log, dirty, how, &b, None);
-        st.maps[0].insert(a.clone(), 2);
-        // An operator that marks keys instead: written after the log, with its value now.
-        st.maps[0].insert(c.clone(), 7);
-        St::touch(&mut st.dirty[0], &c, true);
+        let mut part = st.part(0);
+        // `a` changes twice in a batch (the second time marked), `b` is added then
+        // removed.
+        part.upsert_recorded(a.clone(), |_, _| Ok::<_, ()>((Some(1), Some(how))))
+            .unwrap();
+        part.upsert_recorded(b.clone(), |_, _| Ok::<_, ()>((Some(5), Some(how))))
+            .unwrap();
+        part.upsert_recorded(a.clone(), |_, v| {
+            Ok::<_, ()>((v.map(|v| v + 1), Some(Recording::Mark)))
+        })
+        .unwrap();
+        part.upsert_recorded(b.clone(), |_, _| Ok::<_, ()>((None, Some(how))))
+            .unwrap();
+        // An unchanged key is not recorded.
+        part.upsert_recorded(a.clone(), |_, v| Ok::<_, ()>((v, None)))
+            .unwrap();
+        // A change marked instead: written after the log, with its value now.
+        part.insert(c.clone(), 7);
         let delta = st.encode(0, false);
         assert!(st.log[0].entries == 0 && st.dirty[0].is_empty());
         let mut back: St = KeyedState::new(1, true);
         back.restore(vec![vec![snap, delta]]).unwrap();
         let got: BTreeMap<_, _> = back.maps[0].clone().into_iter().collect();
         assert_eq!(got, BTreeMap::from([(a, 2), (c, 7)]));
-        // Without checkpointing, nothing is kept.
+        // Without checkpointing, logged changes are not kept.
         let mut off: St = KeyedState::new(1, true);
         let how = off.recording();
         assert_eq!(how, Recording::Off);
-        let (log, dirty) = (&mut off.log[0], &mut off.dirty[0]);
-        St::record(log, dirty, how, &b, Some(&1));
+        off.part(0)
+            .upsert_recorded(b, |_, _| Ok::<_, ()>((Some(1), Some(how))))
+            .unwrap();
         assert_eq!((off.log[0].entries, off.dirty[0].len()), (0, 0));
+    }
+
+    #[test]
+    fn a_payload_that_does_not_decode_is_a_codec_error() {
+        let mut st: KeyedState<String, i64> = KeyedState::new(1, true);
+        let err = st.restore(vec![vec![vec![9, 9, 9]]]).unwrap_err();
+        assert!(err.to_string().starts_with("cannot decode"), "{err}");
     }
 
     #[test]

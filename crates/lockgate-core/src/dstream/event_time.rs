@@ -41,7 +41,7 @@ use crate::hash::{FxHashMap, FxHashSet};
 use rayon::prelude::*;
 
 use crate::batch::{map_maybe_par, take_part, Batch, Data, SEQUENTIAL_BELOW};
-use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};
+use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful, Part};
 use crate::clock::{duration_ms, Time};
 use crate::codec::{Codec, CodecError};
 use crate::dstream::keyed::transpose_by_bucket;
@@ -284,10 +284,7 @@ impl<T: Data> Watermark<T> {
         finish: impl Fn(&mut [X], C) + Sync,
     ) -> Ingested<X> {
         let counters = self.graph.metrics.event_time(&self.meta.name());
-        let before = lock(&self.state).maps[0]
-            .get(&0)
-            .copied()
-            .unwrap_or(i64::MIN);
+        let before = lock(&self.state).get(0, &0).copied().unwrap_or(i64::MIN);
         let small = input.len() < SEQUENTIAL_BELOW;
         let per_input: Vec<(Vec<X>, Option<i64>)> =
             map_maybe_par(input.into_shared(), small, |part| {
@@ -321,9 +318,7 @@ impl<T: Data> Watermark<T> {
             _ => before,
         };
         if after != before {
-            let mut st = lock(&self.state);
-            st.maps[0].insert(0, after);
-            st.dirty[0].insert(0);
+            lock(&self.state).part(0).insert(0, after);
         }
         counters.watermark_ms.store(after, Ordering::Relaxed);
         let parts = transpose_by_bucket(per_input.into_iter().map(|(b, _)| b).collect(), n);
@@ -449,14 +444,13 @@ where
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
         self.0.persist(p, full)
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), String> {
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), CodecError> {
         self.0.restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
-        lock(&self.0.state)
-            .maps
-            .iter()
-            .map(|m| m.values().map(Vec::len).sum())
+        let st = lock(&self.0.state);
+        (0..st.partitions())
+            .map(|j| st.entries(j).map(|(_, wins)| wins.len()).sum())
             .collect()
     }
 }
@@ -734,18 +728,13 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
         let closing = wm.delay_ms.is_some() && after > before;
         let st = &mut *st;
         // 2. Per state partition: merge the partials, then emit and evict.
-        let work: Vec<_> = st
-            .maps
-            .iter_mut()
-            .zip(st.dirty.iter_mut())
-            .zip(parts)
-            .collect();
+        let work: Vec<_> = st.parts().into_iter().zip(parts).collect();
         let out: Vec<(Vec<Windowed<K, A>>, u64)> =
-            map_maybe_par(work, small, |((map, dirty), inputs)| {
+            map_maybe_par(work, small, |(mut state, inputs)| {
                 let mut changed: FxHashSet<K> = FxHashSet::default();
                 for part in inputs {
                     for ((k, start), (end, acc)) in part {
-                        let wins = map.entry(k.clone()).or_default();
+                        let wins = state.entry_or_default(k.clone());
                         self.merge_into(wins, start, end, acc);
                         changed.insert(k);
                     }
@@ -789,18 +778,15 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
                     touched
                 };
                 if closing || flush {
-                    map.retain(|k, wins| {
-                        if visit(k, wins) {
-                            dirty.insert(k.clone());
-                        }
+                    state.retain(|k, wins, changed| {
+                        *changed = visit(k, wins);
                         !wins.is_empty()
                     });
                 } else {
                     for k in changed {
-                        if let Some(wins) = map.get_mut(&k) {
+                        if let Some(wins) = state.get_mut(&k) {
                             visit(&k, wins);
                         }
-                        dirty.insert(k);
                     }
                 }
                 (emitted, closed)
@@ -973,11 +959,10 @@ where
             let mut guard = lock(&shared);
             let st = &mut *guard;
             let out: Vec<(Vec<U>, u64)> = st
-                .maps
-                .par_iter_mut()
-                .zip(st.dirty.par_iter_mut())
+                .parts()
+                .into_par_iter()
                 .zip(parts.into_par_iter())
-                .map(|((map, dirty), inputs)| {
+                .map(|(mut state, inputs)| {
                     let mut records: Vec<(i64, (K, V))> = inputs.into_iter().flatten().collect();
                     records.sort_by_key(|(ts, _)| *ts);
                     let mut groups: FxHashMap<K, Vec<V>> = FxHashMap::default();
@@ -991,29 +976,28 @@ where
                     }
                     let mut emitted = Vec::new();
                     let mut call =
-                        |k: &K,
+                        |k: K,
                          values: Vec<V>,
                          timed_out: bool,
-                         map: &mut FxHashMap<K, Entry<S>>| {
-                            let mut gs = GroupState {
-                                value: map.remove(k).map(|(s, _)| s),
-                                timeout: None,
-                                timed_out,
-                                watermark: after,
-                            };
-                            emitted.extend(f(k, values, &mut gs));
-                            if let Some(s) = gs.value {
-                                map.insert(k.clone(), (s, gs.timeout));
-                            }
+                         state: &mut Part<'_, K, Entry<S>>| {
+                            state.upsert(k, |k, old| {
+                                let mut gs = GroupState {
+                                    value: old.map(|(s, _)| s),
+                                    timeout: None,
+                                    timed_out,
+                                    watermark: after,
+                                };
+                                emitted.extend(f(k, values, &mut gs));
+                                gs.value.map(|s| (s, gs.timeout))
+                            });
                         };
                     for k in order {
                         let values = groups.remove(&k).unwrap_or_default();
-                        call(&k, values, false, map);
-                        dirty.insert(k);
+                        call(k, values, false, &mut state);
                     }
                     let mut fired = 0u64;
                     if after > before || end {
-                        let mut due: Vec<(i64, K)> = map
+                        let mut due: Vec<(i64, K)> = state
                             .iter()
                             .filter_map(|(k, (_, to))| {
                                 to.filter(|to| end || *to <= after)
@@ -1023,8 +1007,7 @@ where
                         // Timers fire in time order (ties in no particular order).
                         due.sort_by_key(|(to, _)| *to);
                         for (_, k) in due {
-                            call(&k, Vec::new(), true, map);
-                            dirty.insert(k);
+                            call(k, Vec::new(), true, &mut state);
                             fired += 1;
                         }
                     }

@@ -9,7 +9,6 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hashbrown::hash_map::Entry;
 use rayon::prelude::*;
 
 use crate::hash::FxHashMap;
@@ -477,10 +476,7 @@ where
         let n = partitioner.num_partitions().max(1);
         let by = partitioner.clone();
         let place = move |k: &K| by.partition(k) % n;
-        let mut initial = KeyedState::new(n, false);
-        for (k, s) in spec.initial {
-            initial.maps[place(&k)].insert(k, s);
-        }
+        let initial = KeyedState::placed(spec.initial, n, false, &place);
         let state = Arc::new(Mutex::new(initial));
         let shared = state.clone();
         let (func, keys_stay) = (spec.func, spec.keys_stay);
@@ -492,11 +488,12 @@ where
             let t = cx.time;
             let input = partition_with(p.get_or_compute(cx)?, &*partitioner);
             let mut st = lock(&shared);
+            // Full snapshots only: the maps are rebuilt wholesale every batch.
+            let maps = st.untracked_maps_mut();
             if !placed.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                st.maps = rebucket(std::mem::take(&mut st.maps), n, &place);
+                *maps = rebucket(std::mem::take(maps), n, &place);
             }
-            let parts: Vec<Vec<(K, S)>> = st
-                .maps
+            let parts: Vec<Vec<(K, S)>> = maps
                 .par_iter_mut()
                 .zip(input.into_par_iter())
                 .map(|(map, records)| {
@@ -529,7 +526,7 @@ where
             } else {
                 parts
             };
-            for (map, part) in st.maps.iter_mut().zip(&parts) {
+            for (map, part) in maps.iter_mut().zip(&parts) {
                 map.extend(part.iter().cloned());
             }
             Ok(Batch::from_partitions(parts))
@@ -576,23 +573,26 @@ where
             let recording = st.recording();
             if !stamped.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 // Initial state counts as updated at the first batch (as in Spark).
-                for map in &mut st.maps {
-                    for (_, stamp) in map.values_mut().filter(|(_, s)| *s == i64::MIN) {
-                        *stamp = t.0;
-                    }
+                for mut part in st.parts() {
+                    part.retain(|_, (_, stamp), changed| {
+                        if *stamp == i64::MIN {
+                            *stamp = t.0;
+                            *changed = true;
+                        }
+                        true
+                    });
                 }
             }
             let input = partition_by_key(p.get_or_compute(cx)?, st.partitions());
             let results: Vec<Result<Vec<MwsItem<K, S, U>>, String>> = st
-                .maps
-                .par_iter_mut()
-                .zip(st.dirty.par_iter_mut())
-                .zip(st.log.par_iter_mut())
+                .parts()
+                .into_par_iter()
                 .zip(input.into_par_iter())
-                .map(|(((map, dirty), log), records)| {
+                .map(|(mut state, records)| {
                     let mut out = Vec::with_capacity(records.len());
                     // Calls the function on one key's previous state; returns the state
-                    // to keep (the key is updated in place, found once).
+                    // to keep and how to record the change (the key is updated in place,
+                    // found once).
                     let mut step = |k: &K, v: V, prev: Option<(S, i64)>| {
                         let prev_time = prev.as_ref().map(|(_, pt)| *pt);
                         let mut st = State::new(prev.map(|(s, _)| s));
@@ -610,62 +610,41 @@ where
                             changed |= stamp != prev_time.unwrap_or(stamp);
                             (s, stamp)
                         });
-                        if changed {
-                            // A key already changed in this batch (stamped now) is marked
-                            // instead, so that a delta holds at most two entries per key
-                            // however many records it gets: its first change, logged, and
-                            // its value at the end of the batch.
-                            let again = prev_time == Some(t.0);
-                            let how = match recording {
-                                Recording::Log if again => Recording::Mark,
-                                how => how,
-                            };
-                            KeyedState::<K, (S, i64)>::record(log, dirty, how, k, next.as_ref());
-                        }
-                        Ok(next)
+                        // A key already changed in this batch (stamped now) is marked
+                        // instead, so that a delta holds at most two entries per key
+                        // however many records it gets: its first change, logged, and
+                        // its value at the end of the batch.
+                        let again = prev_time == Some(t.0);
+                        let how = match recording {
+                            Recording::Log if again => Recording::Mark,
+                            how => how,
+                        };
+                        Ok((next, changed.then_some(how)))
                     };
                     for (k, v) in records {
-                        match map.entry(k) {
-                            Entry::Occupied(e) => {
-                                let mut failed = None;
-                                e.replace_entry_with(|k, prev| {
-                                    step(k, v, Some(prev)).unwrap_or_else(|m| {
-                                        failed = Some(m);
-                                        None
-                                    })
-                                });
-                                if let Some(m) = failed {
-                                    return Err(m);
-                                }
-                            }
-                            Entry::Vacant(e) => {
-                                if let Some(next) = step(e.key(), v, None)? {
-                                    e.insert(next);
-                                }
-                            }
-                        }
+                        state.upsert_recorded(k, |k, prev| step(k, v, prev))?;
                     }
                     if let Some(idle) = timeout {
                         let threshold = t.0 - idle;
-                        let expired: Vec<K> = map
+                        let expired: Vec<K> = state
                             .iter()
                             .filter(|(_, (_, stamp))| *stamp < threshold)
                             .map(|(k, _)| k.clone())
                             .collect();
                         for k in expired {
-                            if let Some((s, _)) = map.remove(&k) {
+                            if let Some((s, _)) = state.remove_recorded(&k) {
                                 let mut st = State::timing_out(Some(s));
                                 out.extend(func(t, &k, None, &mut st).map(MwsItem::Mapped));
                                 if let Some(m) = st.misuse {
                                     return Err(misuse(m, &k));
                                 }
-                                KeyedState::<K, (S, i64)>::record(log, dirty, recording, &k, None);
                             }
                         }
                     }
                     if snapshots {
                         out.extend(
-                            map.iter()
+                            state
+                                .iter()
                                 .map(|(k, (s, _))| MwsItem::Snapshot(k.clone(), s.clone())),
                         );
                     }

@@ -290,14 +290,12 @@ where
         let mut guard = lock(&self.window);
         let window = &mut *guard;
         let n = window.partitions();
-        let track = window.tracking();
         let (f, inv, filter) = (&self.f, &self.inv, &self.filter);
         let parts: Vec<Vec<(K, V)>> = window
-            .maps
-            .par_iter_mut()
-            .zip(window.dirty.par_iter_mut())
+            .parts()
+            .into_par_iter()
             .enumerate()
-            .map(|(j, (map, dirty))| {
+            .map(|(j, mut state)| {
                 let mut leaving: FxHashMap<K, V> = FxHashMap::default();
                 for b in &old {
                     for (k, v) in partition_pairs(b, j, n) {
@@ -305,28 +303,22 @@ where
                     }
                 }
                 for (k, v) in leaving {
-                    if let Some(cur) = map.get_mut(&k) {
+                    if let Some(cur) = state.get_mut(&k) {
                         *cur = inv(cur.clone(), v);
-                        KeyedState::<K, V>::touch(dirty, &k, track);
                     }
                 }
                 for b in &new {
                     for (k, v) in partition_pairs(b, j, n) {
-                        merge(map, k, v, &**f);
-                        KeyedState::<K, V>::touch(dirty, k, track);
+                        match state.get_mut(k) {
+                            Some(cur) => *cur = f(cur.clone(), v.clone()),
+                            None => state.insert(k.clone(), v.clone()),
+                        }
                     }
                 }
                 if let Some(keep) = filter {
-                    map.retain(|k, v| {
-                        let kv = (k.clone(), v.clone());
-                        let kept = keep(&kv);
-                        if !kept && track {
-                            dirty.insert(kv.0);
-                        }
-                        kept
-                    });
+                    state.retain(|k, v, _| keep(&(k.clone(), v.clone())));
                 }
-                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                state.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
             })
             .collect();
         Ok(Batch::from_partitions(parts))

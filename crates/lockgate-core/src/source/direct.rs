@@ -349,7 +349,7 @@ impl<T: Data> InputSource for DirectInput<T> {
         let bounds = self.bounds()?;
         let mut next = lock(&self.next);
         if recovered {
-            for (&p, &done) in lock(&self.done).maps[0].iter() {
+            for (&p, &done) in lock(&self.done).entries(0) {
                 let n = next.entry(p).or_insert(done);
                 *n = (*n).max(done);
             }
@@ -483,12 +483,11 @@ impl<T: Data> InputSource for DirectInput<T> {
             return;
         }
         let mut st = lock(&self.done);
-        let st = &mut *st;
+        let mut part = st.part(0);
         for &(partition, _, until) in finished.values().flatten() {
-            let cur = st.maps[0].get(&partition).copied().unwrap_or(i64::MIN);
+            let cur = part.get(&partition).copied().unwrap_or(i64::MIN);
             if until > cur {
-                st.maps[0].insert(partition, until);
-                st.dirty[0].insert(partition);
+                part.insert(partition, until);
             }
         }
     }
@@ -724,7 +723,7 @@ mod tests {
             let log = MemoryLog::new(1);
             log.append(0, 0..10);
             let src = input(log, None);
-            lock(&src.done).maps[0].insert(0, 1000);
+            lock(&src.done).part(0).insert(0, 1000);
             let err = src
                 .start(bounded, true)
                 .err()

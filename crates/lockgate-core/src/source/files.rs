@@ -364,7 +364,7 @@ impl InputSource for FileInput {
         self.bounded.store(bounded, Ordering::Release);
         if recovered {
             let taken = lock(&self.taken);
-            lock(&self.seen).extend(taken.maps.iter().flat_map(|m| m.keys().cloned()));
+            lock(&self.seen).extend(taken.keys().cloned());
         }
         if !self.dir.is_dir() {
             return Err(Error::Source {
@@ -380,10 +380,9 @@ impl InputSource for FileInput {
             let files =
                 list_files(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
             let mut taken = lock(&self.taken);
-            let st = &mut *taken;
+            let mut part = taken.part(0);
             for (f, _) in &files {
-                st.maps[0].insert(f.clone(), ());
-                st.dirty[0].insert(f.clone());
+                part.insert(f.clone(), ());
             }
             lock(&self.seen).extend(files.into_iter().map(|(f, _)| f));
         } else {
@@ -457,8 +456,7 @@ impl InputSource for FileInput {
             })?;
             for PlannedFile { path, .. } in files {
                 seen.insert(path.clone());
-                st.dirty[0].insert(path.clone());
-                st.maps[0].insert(path, ());
+                st.part(0).insert(path, ());
             }
         }
         Ok(())
@@ -469,10 +467,9 @@ impl InputSource for FileInput {
         let later = p.split_off(&done.plus_ms(1));
         let finished = std::mem::replace(&mut *p, later);
         let mut taken = lock(&self.taken);
-        let st = &mut *taken;
+        let mut part = taken.part(0);
         for PlannedFile { path, .. } in finished.into_values().flatten() {
-            st.dirty[0].insert(path.clone());
-            st.maps[0].insert(path, ());
+            part.insert(path, ());
         }
         let mut c = lock(&self.read_counts);
         *c = c.split_off(&done.plus_ms(1));

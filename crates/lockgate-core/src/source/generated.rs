@@ -68,7 +68,7 @@ impl<T: Data> InputSource for GeneratedInput<T> {
             });
         }
         if recovered {
-            let done = lock(&self.done).maps[0].get(&0).copied().unwrap_or(0);
+            let done = lock(&self.done).get(0, &0).copied().unwrap_or(0);
             let mut n = lock(&self.next);
             *n = (*n).max(done);
         }
@@ -133,10 +133,8 @@ impl<T: Data> InputSource for GeneratedInput<T> {
         let finished = std::mem::replace(&mut *p, later);
         if let Some(until) = finished.values().map(|r| r.1).max() {
             let mut st = lock(&self.done);
-            let st = &mut *st;
-            let next = until.max(st.maps[0].get(&0).copied().unwrap_or(0));
-            st.maps[0].insert(0, next);
-            st.dirty[0].insert(0);
+            let next = until.max(st.get(0, &0).copied().unwrap_or(0));
+            st.part(0).insert(0, next);
         }
     }
 }

@@ -280,7 +280,7 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
         };
         if recovered {
             if let Some(w) = lock(&self.wal).as_mut() {
-                w.max_planned = lock(&self.position).maps[0].get(&0).copied();
+                w.max_planned = lock(&self.position).get(0, &0).copied();
             }
         }
         let ctx = ReceiverContext {
@@ -466,10 +466,8 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
             .and_then(|w| w.by_time.range(..done.plus_ms(1)).map(|(_, m)| *m).max());
         if let Some(max) = max {
             let mut pos = lock(&self.position);
-            let st = &mut *pos;
-            if st.maps[0].get(&0) != Some(&max) {
-                st.maps[0].insert(0, max);
-                st.dirty[0].insert(0);
+            if pos.get(0, &0) != Some(&max) {
+                pos.part(0).insert(0, max);
             }
         }
     }

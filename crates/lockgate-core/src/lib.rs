@@ -89,7 +89,7 @@ pub use rate::{PidRateEstimator, RateDecision};
 pub use show::Show;
 pub use sink::{JsonLinesSink, Sink, SinkBatch, SinkOffsets};
 pub use source::files::FileStreamOptions;
-pub use source::queue::InputQueue;
+pub use source::queue::{InputQueue, QueueStreamOptions};
 pub use source::receiver::{Receiver, ReceiverContext, ReceiverInputDStream};
 pub use source::socket::SocketTextReceiver;
 pub use source::TextChunk;

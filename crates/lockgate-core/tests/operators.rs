@@ -167,15 +167,51 @@ fn reduce_group_combine_by_key() {
 }
 
 #[test]
-fn reduce_by_key_with_partitions_sets_partition_count() {
+fn shuffle_partitions_sets_the_partition_count_of_keyed_operations() {
     let out = run_streams(
+        pairs(),
+        2,
+        |x| x.shuffle_partitions(5).reduce_by_key(|a, b| a + b).glom(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(out[0].len(), 5);
+    // The hint belongs to the handle: the stream a keyed operation returns shuffles into
+    // the context's parallelism again.
+    let out = run_streams(
+        pairs(),
+        2,
+        |x| {
+            x.shuffle_partitions(5)
+                .reduce_by_key(|a, b| a + b)
+                .group_by_key()
+                .glom()
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(out[0].len(), 2);
+}
+
+/// The older spellings of a partition count still work, as the one way does.
+#[test]
+#[allow(deprecated)]
+fn the_deprecated_partition_spellings_agree_with_shuffle_partitions() {
+    let old = run_streams(
         pairs(),
         2,
         |x| x.reduce_by_key_with_partitions(|a, b| a + b, 5).glom(),
         1,
     )
     .unwrap();
-    assert_eq!(out[0].len(), 5);
+    let new = run_streams(
+        pairs(),
+        2,
+        |x| x.shuffle_partitions(5).reduce_by_key(|a, b| a + b).glom(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(old, new);
 }
 
 #[test]
@@ -242,7 +278,7 @@ fn joins_and_cogroup() {
             left.clone(),
             right.clone(),
             p,
-            |a, b| a.full_outer_join_with_partitions(&b, 3).glom(),
+            |a, b| a.shuffle_partitions(3).full_outer_join(&b).glom(),
             1,
         )
         .unwrap();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lockgate_core::testing::{collect_output, run_streams, run_streams2, sorted, ManualRun};
-use lockgate_core::{Batch, Error, InputQueue, Slide, Time};
+use lockgate_core::{Batch, Error, InputQueue, QueueStreamOptions, Slide, Time};
 use proptest::prelude::*;
 
 fn secs(n: u64) -> Duration {
@@ -257,7 +257,7 @@ fn queue_stream_cuts_its_batches_into_its_own_partition_count() {
     let q = InputQueue::from_batches(vec![(1..=7).collect::<Vec<i32>>()]);
     let parts = collect_output(
         &run.ctx
-            .queue_stream_with_partitions(q, true, None, 4)
+            .queue_stream_with(q, QueueStreamOptions::new().partitions(4))
             .glom(),
     );
     run.ctx.start().unwrap();
@@ -267,4 +267,45 @@ fn queue_stream_cuts_its_batches_into_its_own_partition_count() {
         parts.lock().unwrap()[0],
         vec![vec![1], vec![2, 3], vec![4, 5], vec![6, 7]]
     );
+}
+
+/// The named options of `queue_stream_with` do what Spark's positional
+/// `queueStream(queue, oneAtATime, defaultRDD)` does.
+#[test]
+fn queue_stream_with_named_options_matches_the_positional_form() {
+    let run_with = |named: bool| {
+        let run = ManualRun::new(2).unwrap();
+        let q = InputQueue::from_batches(vec![vec![1, 2], vec![3]]);
+        let s = if named {
+            run.ctx.queue_stream_with(
+                q.clone(),
+                QueueStreamOptions::new()
+                    .all_at_once()
+                    .default_batch(vec![0]),
+            )
+        } else {
+            run.ctx.queue_stream(q.clone(), false, Some(vec![0]))
+        };
+        let out = collect_output(&s);
+        run.ctx.start().unwrap();
+        run.next_batch().unwrap();
+        run.next_batch().unwrap();
+        q.push(vec![9]);
+        run.next_batch().unwrap();
+        let got: Vec<Vec<i32>> = out
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b.sort();
+                b
+            })
+            .collect();
+        got
+    };
+    let named = run_with(true);
+    assert_eq!(named, run_with(false));
+    // Everything queued at once, then the default while empty, then what came.
+    assert_eq!(named, vec![vec![1, 2, 3], vec![0], vec![9]]);
 }

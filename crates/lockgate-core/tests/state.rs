@@ -36,13 +36,12 @@ fn update_state_by_key_with_initial_state_and_removal() {
         input,
         2,
         |s| {
-            s.update_state_by_key_with(
-                |vs: &[i32], st: Option<i32>| {
+            s.shuffle_partitions(4).update_state_by_key_with_spec(
+                UpdateStateSpec::function(|vs: &[i32], st: Option<i32>| {
                     let n = st.unwrap_or(0) + vs.iter().sum::<i32>();
                     (n > 0).then_some(n)
-                },
-                vec![('b', 3), ('c', 7)],
-                4,
+                })
+                .initial_state(vec![('b', 3), ('c', 7)]),
             )
         },
         2,
@@ -130,18 +129,18 @@ fn map_with_state_remove_and_initial_state() {
         input,
         2,
         |s| {
-            s.map_with_state(
-                StateSpec::function(|k: &char, _v: Option<i32>, st: &mut State<i32>| {
-                    let existed = st.exists();
-                    if existed {
-                        st.remove();
-                    }
-                    (k.to_string(), existed, st.exists())
-                })
-                .initial_state(vec![('a', 10)])
-                .num_partitions(3),
-            )
-            .stream()
+            s.shuffle_partitions(3)
+                .map_with_state(
+                    StateSpec::function(|k: &char, _v: Option<i32>, st: &mut State<i32>| {
+                        let existed = st.exists();
+                        if existed {
+                            st.remove();
+                        }
+                        (k.to_string(), existed, st.exists())
+                    })
+                    .initial_state(vec![('a', 10)]),
+                )
+                .stream()
         },
         1,
     )

@@ -135,14 +135,12 @@ fn reduce_by_key_and_window_both_ways_and_filter() {
         input,
         3,
         |s| {
-            s.reduce_by_key_and_window_inv(
+            s.shuffle_partitions(2).reduce_by_key_and_window_inv(
                 |a, b| a + b,
                 |a, b| a - b,
                 secs(2),
                 secs(1),
-                InverseWindowOpts::default()
-                    .partitions(2)
-                    .filter(|(_, v)| *v != 0),
+                InverseWindowOpts::default().filter(|(_, v)| *v != 0),
             )
         },
         4,

@@ -238,28 +238,28 @@ where
 
     /// Combines the values of each key in a batch with `f` (default partitions).
     pub fn reduce_by_key(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> DStream<(K, V)> {
-        self.reduce_by_key_with_partitions(f, self.default_partitions())
-    }
-
-    /// [`reduce_by_key`](Self::reduce_by_key) into `n` partitions.
-    pub fn reduce_by_key_with_partitions(
-        &self,
-        f: impl Fn(V, V) -> V + Send + Sync + 'static,
-        n: usize,
-    ) -> DStream<(K, V)> {
+        let n = self.default_partitions();
         let p = self.parent();
         self.child("reduce_by_key", move |cx| {
             Ok(combine(p.get_or_compute(cx)?, n, &|v| v, &f, &f))
         })
     }
 
-    /// All values of each key in a batch.
-    pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
-        self.group_by_key_with_partitions(self.default_partitions())
+    /// [`reduce_by_key`](Self::reduce_by_key) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).reduce_by_key(..)`: one way to set partition counts"
+    )]
+    pub fn reduce_by_key_with_partitions(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        n: usize,
+    ) -> DStream<(K, V)> {
+        self.shuffle_partitions(n).reduce_by_key(f)
     }
 
-    /// [`group_by_key`](Self::group_by_key) into `n` partitions.
-    pub fn group_by_key_with_partitions(&self, n: usize) -> DStream<(K, Vec<V>)> {
+    /// All values of each key in a batch.
+    pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
+        let n = self.default_partitions();
         let p = self.parent();
         self.child("group_by_key", move |cx| {
             Ok(combine(
@@ -276,6 +276,14 @@ where
                 },
             ))
         })
+    }
+
+    /// [`group_by_key`](Self::group_by_key) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).group_by_key(..)`: one way to set partition counts"
+    )]
+    pub fn group_by_key_with_partitions(&self, n: usize) -> DStream<(K, Vec<V>)> {
+        self.shuffle_partitions(n).group_by_key()
     }
 
     /// Spark's `combineByKey`: per key, `create` makes a combiner from the first value,
@@ -301,18 +309,22 @@ where
 
     /// Per batch, each key with the values of both streams (default partitions).
     pub fn cogroup<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (Vec<V>, Vec<W>))> {
-        self.cogroup_with_partitions(other, self.default_partitions())
+        let n = self.default_partitions();
+        self.cogrouped("cogroup", other, n, |k, vs, ws, out| {
+            out.push((k, (vs, ws)));
+        })
     }
 
     /// [`cogroup`](Self::cogroup) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).cogroup(..)`: one way to set partition counts"
+    )]
     pub fn cogroup_with_partitions<W: Data>(
         &self,
         other: &DStream<(K, W)>,
         n: usize,
     ) -> DStream<(K, (Vec<V>, Vec<W>))> {
-        self.cogrouped("cogroup", other, n, |k, vs, ws, out| {
-            out.push((k, (vs, ws)));
-        })
+        self.shuffle_partitions(n).cogroup(other)
     }
 
     fn cogrouped<W: Data, R: Data>(
@@ -352,15 +364,7 @@ where
 
     /// Inner join per batch: every pair of values with the same key.
     pub fn join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, W))> {
-        self.join_with_partitions(other, self.default_partitions())
-    }
-
-    /// [`join`](Self::join) into `n` partitions.
-    pub fn join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (V, W))> {
+        let n = self.default_partitions();
         self.cogrouped("join", other, n, |k, vs, ws, out| {
             for v in &vs {
                 for w in &ws {
@@ -370,21 +374,23 @@ where
         })
     }
 
+    /// [`join`](Self::join) into `n` partitions.
+    #[deprecated(note = "use `.shuffle_partitions(n).join(..)`: one way to set partition counts")]
+    pub fn join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (V, W))> {
+        self.shuffle_partitions(n).join(other)
+    }
+
     /// Left outer join per batch: every value of this stream, with `None` when the other
     /// stream has no value for the key.
     pub fn left_outer_join<W: Data>(
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (V, Option<W>))> {
-        self.left_outer_join_with_partitions(other, self.default_partitions())
-    }
-
-    /// [`left_outer_join`](Self::left_outer_join) into `n` partitions.
-    pub fn left_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (V, Option<W>))> {
+        let n = self.default_partitions();
         self.cogrouped("left_outer_join", other, n, |k, vs, ws, out| {
             for v in &vs {
                 if ws.is_empty() {
@@ -397,20 +403,24 @@ where
         })
     }
 
+    /// [`left_outer_join`](Self::left_outer_join) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).left_outer_join(..)`: one way to set partition counts"
+    )]
+    pub fn left_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (V, Option<W>))> {
+        self.shuffle_partitions(n).left_outer_join(other)
+    }
+
     /// Right outer join per batch.
     pub fn right_outer_join<W: Data>(
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (Option<V>, W))> {
-        self.right_outer_join_with_partitions(other, self.default_partitions())
-    }
-
-    /// [`right_outer_join`](Self::right_outer_join) into `n` partitions.
-    pub fn right_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (Option<V>, W))> {
+        let n = self.default_partitions();
         self.cogrouped("right_outer_join", other, n, |k, vs, ws, out| {
             for w in &ws {
                 if vs.is_empty() {
@@ -423,20 +433,24 @@ where
         })
     }
 
+    /// [`right_outer_join`](Self::right_outer_join) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).right_outer_join(..)`: one way to set partition counts"
+    )]
+    pub fn right_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (Option<V>, W))> {
+        self.shuffle_partitions(n).right_outer_join(other)
+    }
+
     /// Full outer join per batch.
     pub fn full_outer_join<W: Data>(
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (Option<V>, Option<W>))> {
-        self.full_outer_join_with_partitions(other, self.default_partitions())
-    }
-
-    /// [`full_outer_join`](Self::full_outer_join) into `n` partitions.
-    pub fn full_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (Option<V>, Option<W>))> {
+        let n = self.default_partitions();
         self.cogrouped("full_outer_join", other, n, |k, vs, ws, out| {
             if vs.is_empty() {
                 for w in ws {
@@ -454,6 +468,18 @@ where
                 }
             }
         })
+    }
+
+    /// [`full_outer_join`](Self::full_outer_join) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).full_outer_join(..)`: one way to set partition counts"
+    )]
+    pub fn full_outer_join_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        n: usize,
+    ) -> DStream<(K, (Option<V>, Option<W>))> {
+        self.shuffle_partitions(n).full_outer_join(other)
     }
 }
 

@@ -38,6 +38,10 @@ where
 pub struct DStream<T> {
     pub(crate) node: Arc<NodeCell<T>>,
     pub(crate) graph: Arc<Graph>,
+    /// How many partitions keyed operations on this handle shuffle into
+    /// ([`shuffle_partitions`](DStream::shuffle_partitions); default: the context's
+    /// parallelism).
+    pub(crate) shuffle_partitions: Option<usize>,
 }
 
 impl<T> Clone for DStream<T> {
@@ -45,6 +49,7 @@ impl<T> Clone for DStream<T> {
         DStream {
             node: self.node.clone(),
             graph: self.graph.clone(),
+            shuffle_partitions: self.shuffle_partitions,
         }
     }
 }
@@ -83,6 +88,7 @@ impl<T: Data> DStream<T> {
         DStream {
             node,
             graph: self.graph.clone(),
+            shuffle_partitions: None,
         }
     }
 
@@ -111,8 +117,35 @@ impl<T: Data> DStream<T> {
         self.node.clone()
     }
 
+    /// The partition count of the keyed operations on this handle.
     pub(crate) fn default_partitions(&self) -> usize {
-        self.graph.parallelism
+        self.shuffle_partitions
+            .unwrap_or(self.graph.parallelism)
+            .max(1)
+    }
+
+    /// The one way to choose how many partitions a keyed operation's output (and its
+    /// state) has: every keyed operation called on the returned handle — `reduce_by_key`,
+    /// `group_by_key`, `cogroup` and the joins, the `*_by_key_and_window` windows,
+    /// `update_state_by_key`, `map_with_state`, event-time aggregations — shuffles into
+    /// `n` partitions instead of the context's parallelism (Spark's `numPartitions`
+    /// argument). The stream itself is unchanged; to spread its elements use
+    /// [`repartition`](Self::repartition).
+    ///
+    /// ```
+    /// use lockgate_core::testing::run_streams;
+    ///
+    /// let input = vec![vec![("a".to_string(), 1), ("b".to_string(), 2)]];
+    /// let out = run_streams(input, 2, |s| {
+    ///     s.shuffle_partitions(5).reduce_by_key(|a, b| a + b).glom().map(|p| p.len())
+    /// }, 1).unwrap();
+    /// assert_eq!(out[0].len(), 5);
+    /// ```
+    pub fn shuffle_partitions(&self, n: usize) -> DStream<T> {
+        DStream {
+            shuffle_partitions: Some(n.max(1)),
+            ..self.clone()
+        }
     }
 
     /// Records an invalid-graph error for this stream; `start()` reports it.
@@ -407,7 +440,11 @@ impl crate::context::StreamingContext {
                 false,
                 Box::new(FnOp(|_: &BatchContext| Ok(Batch::empty()))),
             );
-            return DStream { node, graph };
+            return DStream {
+                node,
+                graph,
+                shuffle_partitions: None,
+            };
         };
         for s in &streams[1..] {
             first.same_slide(kind, s.slide_ms());

@@ -71,6 +71,9 @@ impl<K, V> Default for InverseWindowOpts<K, V> {
 
 impl<K, V> InverseWindowOpts<K, V> {
     /// Number of partitions of the windowed result (default: the context's parallelism).
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).reduce_by_key_and_window_inv(..)`: one way to set partition counts"
+    )]
     pub fn partitions(mut self, n: usize) -> Self {
         self.partitions = Some(n);
         self
@@ -207,13 +210,8 @@ impl<T: Data + Codec> DStream<T> {
         slide: impl Into<Slide>,
     ) -> DStream<T> {
         self.map(|x| ((), x))
-            .reduce_by_key_and_window_inv(
-                f,
-                inv,
-                length,
-                slide,
-                InverseWindowOpts::default().partitions(1),
-            )
+            .shuffle_partitions(1)
+            .reduce_by_key_and_window_inv(f, inv, length, slide, InverseWindowOpts::default())
             .map(|(_, v)| v)
             .name_kind("reduce_by_window")
     }
@@ -229,11 +227,13 @@ impl<T: Data + Codec> DStream<T> {
     where
         T: Hash + Eq,
     {
-        let mut opts = InverseWindowOpts::default().filter(|(_, c): &(T, i64)| *c != 0);
-        if let Some(n) = partitions {
-            opts = opts.partitions(n);
-        }
-        self.map(|x| (x, 1i64))
+        let opts = InverseWindowOpts::default().filter(|(_, c): &(T, i64)| *c != 0);
+        let pairs = self.map(|x| (x, 1i64));
+        let pairs = match partitions {
+            Some(n) => pairs.shuffle_partitions(n),
+            None => pairs,
+        };
+        pairs
             .reduce_by_key_and_window_inv(|a, b| a + b, |a, b| a - b, length, slide, opts)
             .name_kind("count_by_value_and_window")
     }
@@ -353,19 +353,25 @@ where
         length: Duration,
         slide: impl Into<Slide>,
     ) -> DStream<(K, Vec<V>)> {
-        self.group_by_key_and_window_with_partitions(length, slide, self.default_partitions())
+        let n = self.default_partitions();
+        self.window(length, slide)
+            .shuffle_partitions(n)
+            .group_by_key()
+            .name_kind("group_by_key_and_window")
     }
 
     /// [`group_by_key_and_window`](Self::group_by_key_and_window) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).group_by_key_and_window(..)`: one way to set partition counts"
+    )]
     pub fn group_by_key_and_window_with_partitions(
         &self,
         length: Duration,
         slide: impl Into<Slide>,
         n: usize,
     ) -> DStream<(K, Vec<V>)> {
-        self.window(length, slide)
-            .group_by_key_with_partitions(n)
-            .name_kind("group_by_key_and_window")
+        self.shuffle_partitions(n)
+            .group_by_key_and_window(length, slide)
     }
 
     /// The values of each key over the window combined with `f` (recomputed per window).
@@ -375,10 +381,20 @@ where
         length: Duration,
         slide: impl Into<Slide>,
     ) -> DStream<(K, V)> {
-        self.reduce_by_key_and_window_with_partitions(f, length, slide, self.default_partitions())
+        let n = self.default_partitions();
+        let f = Arc::new(f);
+        let f2 = f.clone();
+        self.reduce_by_key(move |a, b| f(a, b))
+            .window(length, slide)
+            .shuffle_partitions(n)
+            .reduce_by_key(move |a, b| f2(a, b))
+            .name_kind("reduce_by_key_and_window")
     }
 
     /// [`reduce_by_key_and_window`](Self::reduce_by_key_and_window) into `n` partitions.
+    #[deprecated(
+        note = "use `.shuffle_partitions(n).reduce_by_key_and_window(..)`: one way to set partition counts"
+    )]
     pub fn reduce_by_key_and_window_with_partitions(
         &self,
         f: impl Fn(V, V) -> V + Send + Sync + 'static,
@@ -386,12 +402,8 @@ where
         slide: impl Into<Slide>,
         n: usize,
     ) -> DStream<(K, V)> {
-        let f = Arc::new(f);
-        let f2 = f.clone();
-        self.reduce_by_key_with_partitions(move |a, b| f(a, b), n)
-            .window(length, slide)
-            .reduce_by_key_with_partitions(move |a, b| f2(a, b), n)
-            .name_kind("reduce_by_key_and_window")
+        self.shuffle_partitions(n)
+            .reduce_by_key_and_window(f, length, slide)
     }
 
     /// The values of each key over the window, maintained incrementally: the previous
@@ -411,7 +423,9 @@ where
             .max(1);
         let f: ReduceFn<V> = Arc::new(f);
         let f_batch = f.clone();
-        let reduced = self.reduce_by_key_with_partitions(move |a, b| f_batch(a, b), n);
+        let reduced = self
+            .shuffle_partitions(n)
+            .reduce_by_key(move |a, b| f_batch(a, b));
         let (len, sl) = reduced.window_params("reduce_by_key_and_window", length, slide.into());
         let buffer = Arc::new(Mutex::new(BufferState::new()));
         let window = Arc::new(Mutex::new(KeyedState::new(n, true)));

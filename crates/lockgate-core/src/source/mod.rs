@@ -79,7 +79,11 @@ pub(crate) fn register<T: Data, S: SourceCompute<T> + 'static>(
             move |cx: &crate::types::BatchContext| src.compute(cx.time),
         )),
     );
-    DStream { node, graph }
+    DStream {
+        node,
+        graph,
+        shuffle_partitions: None,
+    }
 }
 
 /// The text sources' line policy for one line (without its `\n`), for sources built

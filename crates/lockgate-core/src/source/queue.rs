@@ -184,33 +184,107 @@ impl<T: Data> SourceCompute<T> for ConstantInput<T> {
     }
 }
 
+/// Options of [`StreamingContext::queue_stream_with`], named where Spark's
+/// `queueStream(queue, oneAtATime, defaultRDD)` takes them by position.
+pub struct QueueStreamOptions<T> {
+    one_at_a_time: bool,
+    default: Option<Vec<T>>,
+    partitions: Option<usize>,
+}
+
+impl<T> Default for QueueStreamOptions<T> {
+    fn default() -> Self {
+        QueueStreamOptions {
+            one_at_a_time: true,
+            default: None,
+            partitions: None,
+        }
+    }
+}
+
+impl<T> QueueStreamOptions<T> {
+    /// The defaults: each batch takes the next queued batch; an empty queue gives empty
+    /// batches; the context's parallelism in partitions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Each batch takes everything queued since the last one (Spark's
+    /// `oneAtATime = false`).
+    pub fn all_at_once(mut self) -> Self {
+        self.one_at_a_time = false;
+        self
+    }
+
+    /// When the queue is empty, a batch is `data` (Spark's `defaultRDD`).
+    pub fn default_batch(mut self, data: Vec<T>) -> Self {
+        self.default = Some(data);
+        self
+    }
+
+    /// Batches have `n` partitions (at least 1; the elements of a batch are cut into
+    /// contiguous slices as Spark's `parallelize(seq, n)` cuts them) instead of the
+    /// context's parallelism.
+    pub fn partitions(mut self, n: usize) -> Self {
+        self.partitions = Some(n.max(1));
+        self
+    }
+}
+
 impl StreamingContext {
     /// A stream fed from `queue`: with `one_at_a_time`, each batch takes the next queued
     /// batch; otherwise each batch takes everything queued. When the queue is empty, a
-    /// batch is `default` (or empty).
+    /// batch is `default` (or empty). Spark's positional form; see
+    /// [`queue_stream_with`](Self::queue_stream_with) for named options.
     pub fn queue_stream<T: Data>(
         &self,
         queue: InputQueue<T>,
         one_at_a_time: bool,
         default: Option<Vec<T>>,
     ) -> DStream<T> {
-        self.queue_stream_with_partitions(queue, one_at_a_time, default, self.parallelism())
+        let opts = QueueStreamOptions {
+            one_at_a_time,
+            default,
+            partitions: None,
+        };
+        self.queue_stream_with(queue, opts)
     }
 
-    /// [`queue_stream`](Self::queue_stream) whose batches have `partitions` partitions
-    /// (at least 1; the elements of a batch are cut into contiguous slices as Spark's
-    /// `parallelize(seq, partitions)` cuts them) instead of the context's parallelism.
+    /// A stream fed from `queue`, with named options.
     ///
     /// ```
     /// use lockgate_core::{testing::bounded_context, testing::collect_batches, InputQueue};
+    /// use lockgate_core::QueueStreamOptions;
     ///
     /// let ctx = bounded_context(2).unwrap();
     /// let q = InputQueue::from_batches(vec![vec![1, 2, 3]]);
-    /// let parts = collect_batches(&ctx.queue_stream_with_partitions(q, true, None, 3).glom());
+    /// let parts = collect_batches(
+    ///     &ctx.queue_stream_with(q, QueueStreamOptions::new().partitions(3)).glom(),
+    /// );
     /// ctx.start().unwrap();
     /// ctx.await_termination().unwrap();
     /// assert_eq!(parts.lock().unwrap()[&0], vec![vec![1], vec![2], vec![3]]);
     /// ```
+    pub fn queue_stream_with<T: Data>(
+        &self,
+        queue: InputQueue<T>,
+        opts: QueueStreamOptions<T>,
+    ) -> DStream<T> {
+        let name = source_name(self, "queue");
+        let src = Arc::new(QueueInput {
+            counters: self.metrics_ref().source(&name),
+            name,
+            queue,
+            one_at_a_time: opts.one_at_a_time,
+            default: opts.default,
+            planned: Mutex::new(BTreeMap::new()),
+            partitions: opts.partitions.unwrap_or_else(|| self.parallelism()).max(1),
+        });
+        register(self, "queue_stream", src)
+    }
+
+    /// [`queue_stream`](Self::queue_stream) whose batches have `partitions` partitions.
+    #[deprecated(note = "use `queue_stream_with(queue, QueueStreamOptions::new().partitions(n))`")]
     pub fn queue_stream_with_partitions<T: Data>(
         &self,
         queue: InputQueue<T>,
@@ -218,17 +292,12 @@ impl StreamingContext {
         default: Option<Vec<T>>,
         partitions: usize,
     ) -> DStream<T> {
-        let name = source_name(self, "queue");
-        let src = Arc::new(QueueInput {
-            counters: self.metrics_ref().source(&name),
-            name,
-            queue,
+        let opts = QueueStreamOptions {
             one_at_a_time,
             default,
-            planned: Mutex::new(BTreeMap::new()),
-            partitions: partitions.max(1),
-        });
-        register(self, "queue_stream", src)
+            partitions: Some(partitions.max(1)),
+        };
+        self.queue_stream_with(queue, opts)
     }
 
     /// A stream whose every batch is `data`.

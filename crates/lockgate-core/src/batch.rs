@@ -184,6 +184,17 @@ pub(crate) fn split_even<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
     out
 }
 
+/// `[input][bucket] -> [bucket][input]`.
+pub(crate) fn transpose_by_bucket<B>(buckets: Vec<Vec<B>>, n: usize) -> Vec<Vec<B>> {
+    let mut out: Vec<Vec<B>> = (0..n).map(|_| Vec::new()).collect();
+    for per_input in buckets {
+        for (j, b) in per_input.into_iter().enumerate() {
+            out[j].push(b);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

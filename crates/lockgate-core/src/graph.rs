@@ -18,7 +18,8 @@ use crate::batch::{Batch, Data};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::types::{
-    lock, BatchContext, BatchId, CommittedBatches, InputInfo, InputSource, OutputOpInfo, Stateful,
+    lock, BatchContext, BatchId, CommittedBatches, InputInfo, InputSource, NameFn, OutputOpInfo,
+    Stateful,
 };
 
 /// Turns a caught panic payload into a message.
@@ -149,6 +150,12 @@ pub(crate) trait Operator<T>: Send + Sync {
     /// parent's batch here, also at times they emit nothing).
     fn prepare(&self, _cx: &BatchContext) -> Result<()> {
         Ok(())
+    }
+
+    /// The operator's checkpointed state, if it has any: registered under `name` (the
+    /// node's stable name, read when the context starts) when the node is added.
+    fn state(&self, _name: NameFn) -> Option<Arc<dyn Stateful>> {
+        None
     }
 }
 
@@ -339,6 +346,14 @@ impl Graph {
         stateful: bool,
         op: Box<dyn Operator<T>>,
     ) -> Arc<NodeCell<T>> {
+        let meta = self.new_meta(kind, slide_ms, stateful);
+        self.add_node_at(meta, op)
+    }
+
+    /// A node's identity before its operator exists (for operators that need their
+    /// node's name or timing, such as an event-time operator's watermark counters);
+    /// [`add_node_at`](Self::add_node_at) adds the node.
+    pub fn new_meta(&self, kind: &'static str, slide_ms: i64, stateful: bool) -> Arc<NodeMeta> {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         if self.started.load(Ordering::Acquire) {
             self.defer_error(Error::Lifecycle(format!(
@@ -346,7 +361,7 @@ impl Graph {
                  build the whole graph before calling start()"
             )));
         }
-        let meta = Arc::new(NodeMeta {
+        Arc::new(NodeMeta {
             id,
             name: RwLock::new(format!("{kind}-{id}")),
             slide_ms,
@@ -354,7 +369,22 @@ impl Graph {
             stateful,
             timing: self.timing.clone(),
             op_times: self.op_times.clone(),
-        });
+        })
+    }
+
+    /// Adds the node of `meta` computed by `op`, registering the operator's state.
+    pub fn add_node_at<T: Data>(
+        &self,
+        meta: Arc<NodeMeta>,
+        op: Box<dyn Operator<T>>,
+    ) -> Arc<NodeCell<T>> {
+        let name: NameFn = {
+            let meta = meta.clone();
+            Arc::new(move || meta.name())
+        };
+        if let Some(state) = op.state(name) {
+            self.add_state(state);
+        }
         let node = Arc::new(NodeCell {
             meta,
             op,

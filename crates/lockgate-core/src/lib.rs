@@ -53,6 +53,7 @@ pub mod error;
 mod graph;
 mod hash;
 pub mod metrics;
+mod operator;
 mod protocol;
 pub mod rate;
 mod scheduler;

@@ -170,6 +170,10 @@ pub enum DeliveryMode {
     AtMostOnce,
 }
 
+/// How a piece of state finds its stable name: its node's, which may be set after the
+/// node is created (`DStream::name`), so it is read when the context starts.
+pub(crate) type NameFn = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
 /// A sink as the protocol sees it at start: which batch it committed last.
 pub(crate) trait CommittedBatches: Send + Sync {
     /// The sink's name.

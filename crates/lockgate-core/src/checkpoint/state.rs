@@ -487,8 +487,7 @@ impl<T: Data + Codec> BufferState<T> {
     }
 }
 
-/// How a piece of state finds its stable name (a node's may be set after creation).
-pub(crate) type NameFn = Arc<dyn Fn() -> String + Send + Sync>;
+pub(crate) use crate::types::NameFn;
 
 /// The name of `meta`'s node followed by `suffix`.
 pub(crate) fn node_name(meta: &Arc<NodeMeta>, suffix: &'static str) -> NameFn {

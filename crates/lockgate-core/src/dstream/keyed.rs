@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::hash::FxHashMap;
 
+use crate::batch::transpose_by_bucket;
 use crate::batch::{take_part, Batch, Data};
 use crate::dstream::DStream;
 pub use crate::types::partition_of;
@@ -147,17 +148,6 @@ fn fold_into<K: Hash + Eq, V, C>(
             e.insert(create(v));
         }
     }
-}
-
-/// `[input][bucket] -> [bucket][input]`.
-pub(crate) fn transpose_by_bucket<B>(buckets: Vec<Vec<B>>, n: usize) -> Vec<Vec<B>> {
-    let mut out: Vec<Vec<B>> = (0..n).map(|_| Vec::new()).collect();
-    for per_input in buckets {
-        for (j, b) in per_input.into_iter().enumerate() {
-            out[j].push(b);
-        }
-    }
-    out
 }
 
 /// Groups the values of two keyed batches by key into `n` partitions.

@@ -19,21 +19,13 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::hash::FxHashMap;
-use rayon::prelude::*;
-
-use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{
-    node_name, BufferState, BufferStateful, KeyedState, KeyedStateful, PairStateful,
-};
-use crate::clock::{duration_ms, Time};
+use crate::batch::Data;
+use crate::checkpoint::state::{BufferState, KeyedState};
+use crate::clock::duration_ms;
 use crate::codec::Codec;
 use crate::dstream::DStream;
-use crate::error::Result;
-use crate::graph::{NodeCell, Operator};
-use crate::types::{lock, BatchContext};
-
-type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
+use crate::operator::inverse_window::{FilterFn, InverseWindowOp, ReduceFn};
+use crate::operator::window::WindowOp;
 
 /// How far a processing-time window slides. A `Duration` converts into
 /// [`Slide::Every`]; [`Slide::Batch`] is Spark's one-argument form of the window
@@ -87,54 +79,6 @@ impl<K, V> InverseWindowOpts<K, V> {
     }
 }
 
-/// `window`: the union of the buffered parent batches in `(t - len, t]`.
-struct WindowOp<T> {
-    parent: Arc<NodeCell<T>>,
-    len: i64,
-    buffer: Arc<Mutex<BufferState<T>>>,
-}
-
-/// Adds the parent's batch of `cx` (if it has one) to `buffer`, keeping `keep` ms.
-fn collect_parent<T: Data + Codec>(
-    parent: &NodeCell<T>,
-    buffer: &Mutex<BufferState<T>>,
-    cx: &BatchContext,
-    keep: i64,
-) -> Result<()> {
-    let t = cx.time;
-    if parent.meta.is_valid(t) {
-        let b = parent.get_or_compute(cx)?;
-        let mut buf = lock(buffer);
-        buf.insert(t, b);
-        buf.drop_through(t.plus_ms(-keep));
-    }
-    Ok(())
-}
-
-/// The buffered batches with times in `(from, to]`, oldest first.
-fn buffered<T: Data>(buffer: &Mutex<BufferState<T>>, from: Time, to: Time) -> Vec<Batch<T>> {
-    lock(buffer)
-        .batches
-        .range(from.plus_ms(1)..to.plus_ms(1))
-        .map(|(_, b)| b.clone())
-        .collect()
-}
-
-impl<T: Data + Codec> Operator<T> for WindowOp<T> {
-    fn prepare(&self, cx: &BatchContext) -> Result<()> {
-        collect_parent(&self.parent, &self.buffer, cx, self.len)
-    }
-
-    fn compute(&self, cx: &BatchContext) -> Result<Batch<T>> {
-        let t = cx.time;
-        let mut out = Batch::empty();
-        for b in buffered(&self.buffer, t.plus_ms(-self.len), t) {
-            out = out.union(&b);
-        }
-        Ok(out)
-    }
-}
-
 impl<T: Data> DStream<T> {
     /// Checks window length and slide against this stream's slide; records a graph error
     /// naming `kind` when they do not fit. Returns the two in milliseconds.
@@ -175,14 +119,9 @@ impl<T: Data + Codec> DStream<T> {
         let op = WindowOp {
             parent: self.parent(),
             len,
-            buffer: buffer.clone(),
+            buffer,
         };
-        let out = self.child_op("window", sl, true, op);
-        self.graph.add_state(Arc::new(BufferStateful {
-            name: node_name(&out.node.meta, ""),
-            state: buffer,
-        }));
-        out
+        self.child_op("window", sl, true, op)
     }
 
     /// The elements of each window combined with `f` (recomputed per window).
@@ -236,92 +175,6 @@ impl<T: Data + Codec> DStream<T> {
         pairs
             .reduce_by_key_and_window_inv(|a, b| a + b, |a, b| a - b, length, slide, opts)
             .name_kind("count_by_value_and_window")
-    }
-}
-
-type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
-
-/// `reduce_by_key_and_window_inv`: the window's value per key is kept as state and
-/// updated from the reduced batches leaving and entering it.
-struct InverseWindowOp<K, V> {
-    parent: Arc<NodeCell<(K, V)>>,
-    len: i64,
-    slide: i64,
-    buffer: Arc<Mutex<BufferState<(K, V)>>>,
-    window: Arc<Mutex<KeyedState<K, V>>>,
-    f: ReduceFn<V>,
-    inv: ReduceFn<V>,
-    filter: Option<FilterFn<K, V>>,
-}
-
-/// The pairs of partition `j` of `b` among `n` partitions (re-partitioning batches
-/// restored from a checkpoint written with another partition count).
-fn partition_pairs<'a, K: Data + Hash, V: Data>(
-    b: &'a Batch<(K, V)>,
-    j: usize,
-    n: usize,
-) -> Box<dyn Iterator<Item = &'a (K, V)> + 'a> {
-    if b.num_partitions() == n {
-        Box::new(b.partitions()[j].iter())
-    } else {
-        Box::new(
-            b.iter()
-                .filter(move |(k, _)| crate::dstream::keyed::partition_of(k, n) == j),
-        )
-    }
-}
-
-impl<K, V> Operator<(K, V)> for InverseWindowOp<K, V>
-where
-    K: Data + Hash + Eq + Codec,
-    V: Data + Codec,
-{
-    fn prepare(&self, cx: &BatchContext) -> Result<()> {
-        collect_parent(&self.parent, &self.buffer, cx, self.len + self.slide)
-    }
-
-    fn compute(&self, cx: &BatchContext) -> Result<Batch<(K, V)>> {
-        let t = cx.time;
-        let prev = t.plus_ms(-self.slide);
-        // (t - slide - len, t - len]: in the previous window, not in this one.
-        let old = buffered(&self.buffer, prev.plus_ms(-self.len), t.plus_ms(-self.len));
-        // (t - slide, t]: new in this window.
-        let new = buffered(&self.buffer, prev, t);
-        let mut guard = lock(&self.window);
-        let window = &mut *guard;
-        let n = window.partitions();
-        let (f, inv, filter) = (&self.f, &self.inv, &self.filter);
-        let parts: Vec<Vec<(K, V)>> = window
-            .parts()
-            .into_par_iter()
-            .enumerate()
-            .map(|(j, mut state)| {
-                let mut leaving: FxHashMap<K, V> = FxHashMap::default();
-                for b in &old {
-                    for (k, v) in partition_pairs(b, j, n) {
-                        merge(&mut leaving, k, v, &**f);
-                    }
-                }
-                for (k, v) in leaving {
-                    if let Some(cur) = state.get_mut(&k) {
-                        *cur = inv(cur.clone(), v);
-                    }
-                }
-                for b in &new {
-                    for (k, v) in partition_pairs(b, j, n) {
-                        match state.get_mut(k) {
-                            Some(cur) => *cur = f(cur.clone(), v.clone()),
-                            None => state.insert(k.clone(), v.clone()),
-                        }
-                    }
-                }
-                if let Some(keep) = filter {
-                    state.retain(|k, v, _| keep(&(k.clone(), v.clone())));
-                }
-                state.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            })
-            .collect();
-        Ok(Batch::from_partitions(parts))
     }
 }
 
@@ -433,40 +286,14 @@ where
             parent: reduced.parent(),
             len,
             slide: sl,
-            buffer: buffer.clone(),
-            window: window.clone(),
+            buffer,
+            window,
             f,
             inv: Arc::new(inv),
             filter: opts.filter,
         };
-        let out = reduced
+        reduced
             .child_op("reduce_by_key_and_window", sl, true, op)
-            .name_kind("reduce_by_key_and_window");
-        // One operator, one piece of state: the window's values with its buffer.
-        self.graph.add_state(Arc::new(PairStateful {
-            first: KeyedStateful {
-                name: node_name(&out.node.meta, ""),
-                state: window,
-            },
-            second: BufferStateful {
-                name: node_name(&out.node.meta, ""),
-                state: buffer,
-            },
-        }));
-        out
-    }
-}
-
-fn merge<K: Clone + Hash + Eq, V: Clone>(
-    map: &mut FxHashMap<K, V>,
-    k: &K,
-    v: &V,
-    f: &(dyn Fn(V, V) -> V + Send + Sync),
-) {
-    match map.get_mut(k) {
-        Some(cur) => *cur = f(cur.clone(), v.clone()),
-        None => {
-            map.insert(k.clone(), v.clone());
-        }
+            .name_kind("reduce_by_key_and_window")
     }
 }

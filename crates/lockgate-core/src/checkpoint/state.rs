@@ -2,7 +2,6 @@
 //! hash-partitioned by key, with change tracking for deltas) and [`BufferState`]
 //! (the batches a window still needs, by batch time).
 
-use std::any::type_name;
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,40 @@ use crate::clock::Time;
 use crate::codec::{from_bytes, Codec, CodecError};
 use crate::graph::NodeMeta;
 use crate::types::{lock, partition_of, Stateful};
+
+/// Where engine types kept in state lived when checkpoints recorded their names: state
+/// type names are part of the checkpoint format (recovery compares them to the code's),
+/// so a type moved to another module keeps the name checkpoints know it by.
+const MOVED_TYPES: [(&str, &str); 4] = [
+    (
+        "lockgate_core::operator::window_agg::",
+        "lockgate_core::dstream::event_time::",
+    ),
+    (
+        "lockgate_core::operator::event_window::",
+        "lockgate_core::dstream::event_time::",
+    ),
+    (
+        "lockgate_core::operator::group_state::",
+        "lockgate_core::dstream::event_time::",
+    ),
+    (
+        "lockgate_core::operator::map_with_state::",
+        "lockgate_core::dstream::state::",
+    ),
+];
+
+/// The name of `T` as checkpoints record it: `std::any::type_name`, with the engine's
+/// moved types under the paths they had when checkpoints first recorded them.
+pub(crate) fn state_type_name<T: ?Sized>() -> String {
+    let mut name = std::any::type_name::<T>().to_string();
+    for (now, then) in MOVED_TYPES {
+        if name.contains(now) {
+            name = name.replace(now, then);
+        }
+    }
+    name
+}
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
 /// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys
@@ -510,7 +543,7 @@ where
         (self.name)()
     }
     fn type_desc(&self) -> String {
-        format!("{} -> {}", type_name::<K>(), type_name::<S>())
+        format!("{} -> {}", state_type_name::<K>(), state_type_name::<S>())
     }
     fn partitions(&self) -> usize {
         lock(&self.state).partitions()
@@ -547,7 +580,7 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
         (self.name)()
     }
     fn type_desc(&self) -> String {
-        format!("batches of {}", type_name::<T>())
+        format!("batches of {}", state_type_name::<T>())
     }
     fn partitions(&self) -> usize {
         1
@@ -761,6 +794,23 @@ mod tests {
         let mut st: KeyedState<String, i64> = KeyedState::new(1, true);
         let err = st.restore(vec![vec![vec![9, 9, 9]]]).unwrap_err();
         assert!(err.to_string().starts_with("cannot decode"), "{err}");
+    }
+
+    #[test]
+    fn moved_engine_types_keep_the_state_type_names_checkpoints_know() {
+        type Wins = Vec<crate::operator::window_agg::Win<i64>>;
+        assert_eq!(
+            state_type_name::<Wins>(),
+            "alloc::vec::Vec<lockgate_core::dstream::event_time::Win<i64>>"
+        );
+        assert_eq!(
+            state_type_name::<crate::TimeWindow>(),
+            "lockgate_core::dstream::event_time::TimeWindow"
+        );
+        assert_eq!(
+            state_type_name::<(String, i64)>(),
+            "(alloc::string::String, i64)"
+        );
     }
 
     #[test]

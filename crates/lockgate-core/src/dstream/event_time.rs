@@ -33,23 +33,21 @@
 //! deltas of the keys that changed, with the watermark alongside.
 
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::hash::FxHashMap;
-use rayon::prelude::*;
-
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful, Part};
+use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, NameFn, PairStateful};
 use crate::clock::{duration_ms, Time};
 use crate::codec::Codec;
 use crate::dstream::DStream;
 use crate::error::Result;
 pub use crate::operator::event_window::{OutputMode, TimeWindow, WindowSpec, Windowed};
-use crate::operator::watermark::{EventTimeOp, Ingested, TimeFn, Watermark};
+pub use crate::operator::group_state::GroupState;
+use crate::operator::group_state::GroupStateOp;
+use crate::operator::watermark::{EventTimeOp, TimeFn, Watermark};
 use crate::operator::window_agg::{fold, WindowAgg, WindowStateful};
-use crate::types::{lock, partition_of, BatchContext, Stateful};
+use crate::types::{BatchContext, Stateful};
 
 /// A stream whose records carry an event time, with a watermark (see the module docs).
 pub struct EventTimeStream<T> {
@@ -332,58 +330,6 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
     }
 }
 
-/// The state of one key in
-/// [`flat_map_groups_with_state`](EventTimeStream::flat_map_groups_with_state): read,
-/// update or remove it, set an event-time timer.
-#[derive(Debug)]
-pub struct GroupState<S> {
-    value: Option<S>,
-    timeout: Option<i64>,
-    timed_out: bool,
-    watermark: i64,
-}
-
-impl<S> GroupState<S> {
-    /// True when the key has state.
-    pub fn exists(&self) -> bool {
-        self.value.is_some()
-    }
-
-    /// The key's state, if any.
-    pub fn get(&self) -> Option<&S> {
-        self.value.as_ref()
-    }
-
-    /// Sets the key's state.
-    pub fn update(&mut self, value: S) {
-        self.value = Some(value);
-    }
-
-    /// Removes the key's state (and its timer).
-    pub fn remove(&mut self) {
-        self.value = None;
-        self.timeout = None;
-    }
-
-    /// Calls the function for this key, with no values and
-    /// [`has_timed_out`](Self::has_timed_out) true, once the watermark reaches `t`
-    /// (or at the end of a bounded run). Each call clears the timer; set it again to
-    /// keep one.
-    pub fn set_timeout_timestamp(&mut self, t: Time) {
-        self.timeout = Some(t.0);
-    }
-
-    /// True when this call is the key's timer firing.
-    pub fn has_timed_out(&self) -> bool {
-        self.timed_out
-    }
-
-    /// The operator's watermark (`Time(i64::MIN)` before any record).
-    pub fn watermark(&self) -> Time {
-        Time(self.watermark)
-    }
-}
-
 impl<K, V> EventTimeStream<(K, V)>
 where
     K: Data + Hash + Eq + Codec,
@@ -403,97 +349,12 @@ where
         U: Data,
         I: IntoIterator<Item = U>,
     {
-        let n = self.stream.default_partitions().max(1);
-        type Entry<S> = (S, Option<i64>);
-        let state: Arc<Mutex<KeyedState<K, Entry<S>>>> =
-            Arc::new(Mutex::new(KeyedState::new(n, true)));
-        let shared = state.clone();
-        let compute = move |input: Batch<(K, V)>, wm: &Watermark<(K, V)>, cx: &BatchContext| {
-            let Ingested {
-                parts,
-                before,
-                after,
-                counters,
-                ..
-            } = wm.ingest(
-                input,
-                n,
-                Vec::new,
-                |buckets: &mut [Vec<(i64, (K, V))>], _: &mut (), ts, kv| {
-                    buckets[partition_of(&kv.0, n)].push((ts, kv));
-                },
-                |_, ()| {},
-            );
-            let end = cx.end_of_input;
-            let mut guard = lock(&shared);
-            let st = &mut *guard;
-            let out: Vec<(Vec<U>, u64)> = st
-                .parts()
-                .into_par_iter()
-                .zip(parts.into_par_iter())
-                .map(|(mut state, inputs)| {
-                    let mut records: Vec<(i64, (K, V))> = inputs.into_iter().flatten().collect();
-                    records.sort_by_key(|(ts, _)| *ts);
-                    let mut groups: FxHashMap<K, Vec<V>> = FxHashMap::default();
-                    let mut order: Vec<K> = Vec::new();
-                    for (_, (k, v)) in records {
-                        let g = groups.entry(k.clone()).or_default();
-                        if g.is_empty() {
-                            order.push(k);
-                        }
-                        g.push(v);
-                    }
-                    let mut emitted = Vec::new();
-                    let mut call =
-                        |k: K,
-                         values: Vec<V>,
-                         timed_out: bool,
-                         state: &mut Part<'_, K, Entry<S>>| {
-                            state.upsert(k, |k, old| {
-                                let mut gs = GroupState {
-                                    value: old.map(|(s, _)| s),
-                                    timeout: None,
-                                    timed_out,
-                                    watermark: after,
-                                };
-                                emitted.extend(f(k, values, &mut gs));
-                                gs.value.map(|s| (s, gs.timeout))
-                            });
-                        };
-                    for k in order {
-                        let values = groups.remove(&k).unwrap_or_default();
-                        call(k, values, false, &mut state);
-                    }
-                    let mut fired = 0u64;
-                    if after > before || end {
-                        let mut due: Vec<(i64, K)> = state
-                            .iter()
-                            .filter_map(|(k, (_, to))| {
-                                to.filter(|to| end || *to <= after)
-                                    .map(|to| (to, k.clone()))
-                            })
-                            .collect();
-                        // Timers fire in time order (ties in no particular order).
-                        due.sort_by_key(|(to, _)| *to);
-                        for (_, k) in due {
-                            call(k, Vec::new(), true, &mut state);
-                            fired += 1;
-                        }
-                    }
-                    (emitted, fired)
-                })
-                .collect();
-            counters
-                .closed
-                .fetch_add(out.iter().map(|(_, n)| n).sum(), Ordering::Relaxed);
-            Ok(Batch::from_partitions(
-                out.into_iter().map(|(e, _)| e).collect(),
-            ))
-        };
+        let op = GroupStateOp::new(self.stream.default_partitions(), f);
+        let state = op.state.clone();
         self.event_time_node(
             "flat_map_groups_with_state",
             |name| KeyedStateful { name, state },
-            compute,
+            move |input, wm, cx| op.compute(input, wm, cx),
         )
     }
 }

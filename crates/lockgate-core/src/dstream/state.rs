@@ -6,151 +6,18 @@
 
 use std::hash::Hash;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rayon::prelude::*;
-
-use crate::hash::FxHashMap;
-
-use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{node_name, KeyedState, KeyedStateful, Recording};
+use crate::batch::Data;
 use crate::clock::{duration_ms, Time};
 use crate::codec::Codec;
-use crate::dstream::keyed::{partition_by_key, partition_with, HashPartitioner, Partitioner};
+use crate::dstream::keyed::{HashPartitioner, Partitioner};
 use crate::dstream::DStream;
-use crate::error::Error;
-use crate::types::lock;
-
-/// The state of one key as seen by a [`map_with_state`](DStream::map_with_state)
-/// function: read it, update it, remove it, and know whether the key is timing out.
-///
-/// As in Spark, misuse fails the batch with an error naming the operator and the key:
-/// `update` or `remove` after `remove`, and `update` or `remove` of a key that is timing
-/// out (its state is removed after the call anyway).
-///
-/// For unit tests of a mapping function, make one with [`State::new`] or
-/// [`State::timing_out`] and look at it afterwards:
-///
-/// ```
-/// use lockgate_core::State;
-///
-/// fn count(word: &str, one: Option<i64>, state: &mut State<i64>) -> Option<(String, i64)> {
-///     let n = state.get().copied().unwrap_or(0) + one?;
-///     state.update(n);
-///     Some((word.to_string(), n))
-/// }
-///
-/// let mut state = State::new(Some(41));
-/// assert_eq!(count("a", Some(1), &mut state), Some(("a".to_string(), 42)));
-/// assert!(state.is_updated() && !state.is_removed());
-/// assert_eq!(state.get(), Some(&42));
-/// assert_eq!(state.misuse(), None);
-///
-/// let mut ending = State::timing_out(Some(42));
-/// assert_eq!(count("a", None, &mut ending), None);
-/// assert!(ending.is_timing_out());
-/// ```
-#[derive(Debug)]
-pub struct State<S> {
-    value: Option<S>,
-    updated: bool,
-    removed: bool,
-    timing_out: bool,
-    misuse: Option<&'static str>,
-}
-
-impl<S> State<S> {
-    /// The state of a key with `value` (`None`: the key has no state yet), as the
-    /// function sees it for a key with a record.
-    pub fn new(value: Option<S>) -> Self {
-        State {
-            value,
-            updated: false,
-            removed: false,
-            timing_out: false,
-            misuse: None,
-        }
-    }
-
-    /// The state of a key that is timing out, as the function sees it for its last call.
-    pub fn timing_out(value: Option<S>) -> Self {
-        State {
-            timing_out: true,
-            ..State::new(value)
-        }
-    }
-
-    /// True when the key has state (and it was not removed).
-    pub fn exists(&self) -> bool {
-        self.value.is_some()
-    }
-
-    /// The key's state, if any.
-    pub fn get(&self) -> Option<&S> {
-        self.value.as_ref()
-    }
-
-    /// Sets the key's state. Not allowed after [`remove`](Self::remove) or while the key
-    /// is timing out: the call is ignored and the batch fails with an error naming the
-    /// operator and the key.
-    pub fn update(&mut self, value: S) {
-        if self.removed {
-            self.misuse_once("State::update() was called after State::remove()");
-        } else if self.timing_out {
-            self.misuse_once("State::update() was called for a key that is timing out");
-        } else {
-            self.value = Some(value);
-            self.updated = true;
-        }
-    }
-
-    /// Removes the key's state. Not allowed twice or while the key is timing out (its
-    /// state is removed after that call anyway): the batch fails with an error naming
-    /// the operator and the key.
-    pub fn remove(&mut self) {
-        if self.removed {
-            self.misuse_once("State::remove() was called twice");
-        } else if self.timing_out {
-            self.misuse_once(
-                "State::remove() was called for a key that is timing out (its state is \
-                 removed after this call anyway)",
-            );
-        } else {
-            self.value = None;
-            self.removed = true;
-            self.updated = false;
-        }
-    }
-
-    /// True when the function is called because the key has been idle longer than the
-    /// timeout; the state is removed after this call.
-    pub fn is_timing_out(&self) -> bool {
-        self.timing_out
-    }
-
-    /// True when the state was updated by this call (and not removed since).
-    pub fn is_updated(&self) -> bool {
-        self.updated
-    }
-
-    /// True when the state was removed by this call.
-    pub fn is_removed(&self) -> bool {
-        self.removed
-    }
-
-    /// The first misuse of this state (see the type's docs), if any: what the batch
-    /// fails with.
-    pub fn misuse(&self) -> Option<&'static str> {
-        self.misuse
-    }
-
-    fn misuse_once(&mut self, what: &'static str) {
-        self.misuse.get_or_insert(what);
-    }
-}
-
-type MapFn<K, V, S, U> = Arc<dyn Fn(Time, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync>;
+pub use crate::operator::map_with_state::State;
+use crate::operator::map_with_state::{MapFn, MapWithStateOp, MwsItem};
+pub use crate::operator::update_state::StateUpdates;
+use crate::operator::update_state::{UpdateFn, UpdateStateOp};
 
 /// The specification of a [`map_with_state`](DStream::map_with_state) operation.
 pub struct StateSpec<K, V, S, U> {
@@ -225,12 +92,6 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
         self
     }
 }
-
-/// The updates of one partition handed to an [`UpdateStateSpec`]'s function: every key
-/// with state or new values, with its new values (in arrival order) and its state.
-pub type StateUpdates<K, V, S> = std::vec::IntoIter<(K, Vec<V>, Option<S>)>;
-
-type UpdateFn<K, V, S> = Arc<dyn Fn(Time, StateUpdates<K, V, S>) -> Vec<(K, S)> + Send + Sync>;
 
 /// The specification of an
 /// [`update_state_by_key_with_spec`](DStream::update_state_by_key_with_spec) operation:
@@ -327,33 +188,6 @@ impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
         self.partitioner = Some(Arc::new(partitioner));
         self
     }
-}
-
-/// The entries of `maps` in `n` maps, each where `place` puts its key.
-fn rebucket<K: Hash + Eq, S>(
-    maps: Vec<FxHashMap<K, S>>,
-    n: usize,
-    place: &impl Fn(&K) -> usize,
-) -> Vec<FxHashMap<K, S>> {
-    let mut out: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
-    for map in maps {
-        for (k, s) in map {
-            out[place(&k)].insert(k, s);
-        }
-    }
-    out
-}
-
-/// The error message of a misused [`State`]: what was done, and to which key.
-fn misuse<K: std::fmt::Debug>(what: &str, key: &K) -> String {
-    format!("{what} (key {key:?}); see the rules in the docs of `State`")
-}
-
-/// What the internal map-with-state node emits.
-#[derive(Clone, Debug)]
-pub(crate) enum MwsItem<K, S, U> {
-    Mapped(U),
-    Snapshot(K, S),
 }
 
 /// The result of [`map_with_state`](DStream::map_with_state): the mapped stream (it
@@ -479,69 +313,14 @@ where
                 spec.partitions.unwrap_or_else(|| self.default_partitions()),
             )),
         };
-        let n = partitioner.num_partitions().max(1);
-        let by = partitioner.clone();
-        let place = move |k: &K| by.partition(k) % n;
-        let initial = KeyedState::placed(spec.initial, n, false, &place);
-        let state = Arc::new(Mutex::new(initial));
-        let shared = state.clone();
-        let (func, keys_stay) = (spec.func, spec.keys_stay);
-        // State restored from a checkpoint written with another partition count is
-        // spread by the default hash: put it where this partitioner wants it, once.
-        let placed = std::sync::atomic::AtomicBool::new(false);
-        let p = self.parent();
-        let out = self.child_with("update_state_by_key", self.slide_ms(), true, move |cx| {
-            let t = cx.time;
-            let input = partition_with(p.get_or_compute(cx)?, &*partitioner);
-            let mut st = lock(&shared);
-            // Full snapshots only: the maps are rebuilt wholesale every batch.
-            let maps = st.untracked_maps_mut();
-            if !placed.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                *maps = rebucket(std::mem::take(maps), n, &place);
-            }
-            let parts: Vec<Vec<(K, S)>> = maps
-                .par_iter_mut()
-                .zip(input.into_par_iter())
-                .map(|(map, records)| {
-                    let mut grouped: FxHashMap<K, Vec<V>> = FxHashMap::default();
-                    for (k, v) in records {
-                        grouped.entry(k).or_default().push(v);
-                    }
-                    let mut updates = Vec::with_capacity(map.len() + grouped.len());
-                    for (k, s) in map.drain() {
-                        let values = grouped.remove(&k).unwrap_or_default();
-                        updates.push((k, values, Some(s)));
-                    }
-                    updates.extend(grouped.into_iter().map(|(k, values)| (k, values, None)));
-                    func(t, updates.into_iter())
-                })
-                .collect();
-            // The function may return any keys: each goes to its partition.
-            let misplaced = !keys_stay
-                && parts
-                    .iter()
-                    .enumerate()
-                    .any(|(j, part)| part.iter().any(|(k, _)| place(k) != j));
-            let parts = if misplaced {
-                let all: Vec<(K, S)> = parts.into_iter().flatten().collect();
-                let mut fixed: Vec<Vec<(K, S)>> = (0..n).map(|_| Vec::new()).collect();
-                for (k, s) in all {
-                    fixed[place(&k)].push((k, s));
-                }
-                fixed
-            } else {
-                parts
-            };
-            for (map, part) in maps.iter_mut().zip(&parts) {
-                map.extend(part.iter().cloned());
-            }
-            Ok(Batch::from_partitions(parts))
-        });
-        self.graph.add_state(Arc::new(KeyedStateful {
-            name: node_name(&out.node.meta, ""),
-            state,
-        }));
-        out
+        let op = UpdateStateOp::new(
+            self.parent(),
+            partitioner,
+            spec.func,
+            spec.keys_stay,
+            spec.initial,
+        );
+        self.child_op("update_state_by_key", self.slide_ms(), true, op)
     }
 
     /// Spark's `mapWithState`: calls the spec's function for every record with its key's
@@ -558,124 +337,16 @@ where
             .partitions
             .unwrap_or_else(|| self.default_partitions())
             .max(1);
-        let initial: Vec<(K, (S, i64))> = spec
-            .initial
-            .into_iter()
-            .map(|(k, s)| (k, (s, i64::MIN)))
-            .collect();
-        let state = Arc::new(Mutex::new(KeyedState::from_entries(initial, n, true)));
-        let shared = state.clone();
         let want_snapshots = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let want = want_snapshots.clone();
-        let func = spec.func;
-        let timeout = spec.timeout_ms;
-        let stamped = std::sync::atomic::AtomicBool::new(false);
-        let p = self.parent();
-        let internal = self.child_with("map_with_state", self.slide_ms(), true, move |cx| {
-            let t = cx.time;
-            let snapshots = want.load(std::sync::atomic::Ordering::Acquire);
-            let mut guard = lock(&shared);
-            let st = &mut *guard;
-            let recording = st.recording();
-            if !stamped.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                // Initial state counts as updated at the first batch (as in Spark).
-                for mut part in st.parts() {
-                    part.retain(|_, (_, stamp), changed| {
-                        if *stamp == i64::MIN {
-                            *stamp = t.0;
-                            *changed = true;
-                        }
-                        true
-                    });
-                }
-            }
-            let input = partition_by_key(p.get_or_compute(cx)?, st.partitions());
-            let results: Vec<Result<Vec<MwsItem<K, S, U>>, String>> = st
-                .parts()
-                .into_par_iter()
-                .zip(input.into_par_iter())
-                .map(|(mut state, records)| {
-                    let mut out = Vec::with_capacity(records.len());
-                    // Calls the function on one key's previous state; returns the state
-                    // to keep and how to record the change (the key is updated in place,
-                    // found once).
-                    let mut step = |k: &K, v: V, prev: Option<(S, i64)>| {
-                        let prev_time = prev.as_ref().map(|(_, pt)| *pt);
-                        let mut st = State::new(prev.map(|(s, _)| s));
-                        out.extend(func(t, k, Some(v), &mut st).map(MwsItem::Mapped));
-                        if let Some(m) = st.misuse {
-                            return Err(misuse(m, k));
-                        }
-                        let mut changed = st.updated || st.removed;
-                        let next = st.value.map(|s| {
-                            let stamp = if st.updated || timeout.is_some() {
-                                t.0
-                            } else {
-                                prev_time.unwrap_or(t.0)
-                            };
-                            changed |= stamp != prev_time.unwrap_or(stamp);
-                            (s, stamp)
-                        });
-                        // A key already changed in this batch (stamped now) is marked
-                        // instead, so that a delta holds at most two entries per key
-                        // however many records it gets: its first change, logged, and
-                        // its value at the end of the batch.
-                        let again = prev_time == Some(t.0);
-                        let how = match recording {
-                            Recording::Log if again => Recording::Mark,
-                            how => how,
-                        };
-                        Ok((next, changed.then_some(how)))
-                    };
-                    for (k, v) in records {
-                        state.upsert_recorded(k, |k, prev| step(k, v, prev))?;
-                    }
-                    if let Some(idle) = timeout {
-                        let threshold = t.0 - idle;
-                        let expired: Vec<K> = state
-                            .iter()
-                            .filter(|(_, (_, stamp))| *stamp < threshold)
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for k in expired {
-                            if let Some((s, _)) = state.remove_recorded(&k) {
-                                let mut st = State::timing_out(Some(s));
-                                out.extend(func(t, &k, None, &mut st).map(MwsItem::Mapped));
-                                if let Some(m) = st.misuse {
-                                    return Err(misuse(m, &k));
-                                }
-                            }
-                        }
-                    }
-                    if snapshots {
-                        out.extend(
-                            state
-                                .iter()
-                                .map(|(k, (s, _))| MwsItem::Snapshot(k.clone(), s.clone())),
-                        );
-                    }
-                    Ok(out)
-                })
-                .collect();
-            let mut parts = Vec::with_capacity(results.len());
-            for r in results {
-                match r {
-                    Ok(p) => parts.push(p),
-                    Err(message) => {
-                        return Err(Error::Operator {
-                            operator: String::new(), // filled in with the node name
-                            time: t,
-                            message,
-                        });
-                    }
-                }
-            }
-            Ok(Batch::from_partitions(parts))
-        });
-        self.graph.add_state(Arc::new(KeyedStateful {
-            name: node_name(&internal.node.meta, ""),
-            state,
-        }));
+        let op = MapWithStateOp::new(
+            self.parent(),
+            n,
+            spec.func,
+            spec.timeout_ms,
+            spec.initial,
+            want_snapshots.clone(),
+        );
+        let internal = self.child_op("map_with_state", self.slide_ms(), true, op);
         let mapped = internal
             .flat_map(|item| match item {
                 MwsItem::Mapped(u) => Some(u),

@@ -11,7 +11,11 @@
 //! The user API in `dstream/` builds them.
 
 pub(crate) mod event_window;
+pub(crate) mod group_state;
 pub(crate) mod inverse_window;
+pub(crate) mod map_with_state;
+pub(crate) mod shuffle;
+pub(crate) mod update_state;
 pub(crate) mod watermark;
 pub(crate) mod window;
 pub(crate) mod window_agg;

@@ -7,6 +7,7 @@ mod checkpoint_cmd;
 mod duration;
 mod generate;
 mod progress;
+#[cfg(feature = "torture")]
 mod torture;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,7 @@ enum Command {
     },
     /// Kill a real job with SIGKILL again and again, restart it on its checkpoint, and
     /// check that its output equals an uninterrupted run's.
+    #[cfg(feature = "torture")]
     Torture(torture::TortureOpts),
 }
 
@@ -326,6 +328,7 @@ fn real_main(cli: Cli) -> Result<()> {
             what: BenchWhat::Recovery(opts),
         } => bench::recovery(&opts),
         Command::Checkpoint { what } => checkpoint_cmd::run(what),
+        #[cfg(feature = "torture")]
         Command::Torture(opts) => torture::run(&opts),
     }
 }

@@ -240,6 +240,7 @@ impl Codec for SourcePlan {
 }
 
 /// The partition of `key` among `n` partitions (deterministic across runs).
+#[inline]
 pub fn partition_of<K: Hash + ?Sized>(key: &K, n: usize) -> usize {
     let mut h = FxHasher::default();
     key.hash(&mut h);

@@ -1,13 +1,10 @@
-//! The checkpoint protocol (see DESIGN.md, "The batch protocol"):
-//!
-//! 1. plan batch `b` and log it to `offsets/<b>` before it runs;
-//! 2. run it; outputs commit idempotently by batch id;
-//! 3. persist the state changes of version `b` (`state/…`);
-//! 4. write `commits/<b>`; 5. delete what retention no longer needs.
-//!
-//! Recovery rebuilds the graph from code, picks the newest commit whose state loads,
-//! restores every stateful operator to it, and re-runs every logged plan after it from
-//! its logged descriptors and batch time before planning anything new.
+//! The checkpoint's files and the work on them that the batch protocol (`protocol.rs`,
+//! which decides the order of the steps) asks for: logging plans (`offsets/<b>`),
+//! encoding state changes and handing them to the writer thread (`writer.rs`: state
+//! files, syncs, `commits/<b>`, retention), and recovery's named steps (`recover.rs`:
+//! check metadata, choose the commit, restore state, seed sources, collect replays,
+//! resume timing). The file formats: `log.rs` (metadata, plans, commits), `store.rs`
+//! (state files), `file.rs` (framed atomic files), `state.rs` (what operators keep).
 
 pub(crate) mod dir_lock;
 pub mod file;

@@ -130,6 +130,7 @@ where
 
 /// Adds `v` under `k`: a new combiner from `create`, or `merge` into the one there
 /// (updated in place: one lookup, no temporary).
+#[inline(always)]
 fn fold_into<K: Hash + Eq, V, C>(
     map: &mut FxHashMap<K, C>,
     k: K,

@@ -40,6 +40,31 @@ pub enum Error {
         #[source]
         cause: Option<Box<rdkafka::error::KafkaError>>,
     },
+    /// Records could not be written, or a transaction not committed.
+    #[error("writing Kafka topic `{topic}`: {message}")]
+    Write {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        message: String,
+        /// The client's error, when it gave one.
+        #[source]
+        cause: Option<Box<rdkafka::error::KafkaError>>,
+    },
+    /// Another producer with the same transactional id started: this one may not write
+    /// any more.
+    #[error(
+        "the Kafka producer with transactional.id `{transactional_id}` was fenced: another \
+         instance of this job (same application and sink) started and took over its \
+         transactions; stop one of the two ({cause})"
+    )]
+    Fenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// The client's error.
+        #[source]
+        cause: Box<rdkafka::error::KafkaError>,
+    },
     /// The broker test harness failed.
     #[error("test broker: {0}")]
     Harness(String),
@@ -52,7 +77,8 @@ impl Error {
         match self {
             Error::Connect { message, .. }
             | Error::Topic { message, .. }
-            | Error::Read { message, .. } => message.clone(),
+            | Error::Read { message, .. }
+            | Error::Write { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }

@@ -6,6 +6,8 @@
 //!
 //! - [`source`]: the [`KafkaLog`](source::KafkaLog) (bounds by metadata and watermark
 //!   queries, reads by assigning a partition at an offset) and the stream constructors.
+//! - [`sink`]: [`KafkaSink`], writing each batch to a topic exactly once (one
+//!   transaction per batch, committing the batch id with it) or at least once.
 //! - [`testing`]: a throwaway broker started by the repository's `scripts/kafka.sh`, and
 //!   helpers to create topics and produce records.
 //! - [`error`]: this crate's error type.
@@ -13,9 +15,11 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod sink;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{Error, Result};
+pub use sink::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
 pub use source::{kafka_lines, kafka_records, kafka_stream, KafkaConfig, KafkaLog, KafkaRecord};

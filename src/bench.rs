@@ -285,6 +285,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         checkpoint: checkpoint.map(Path::to_path_buf),
         block_interval: Duration::from_millis(200),
         sink: None,
+        kafka_sink_properties: Vec::new(),
         from_sink_offsets: false,
         backpressure: false,
         delivery: Default::default(),

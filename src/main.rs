@@ -181,11 +181,17 @@ pub struct RunOpts {
     /// (with --checkpoint); records count as received only once written.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     block_interval: Duration,
-    /// Also upsert results into a database, in one transaction per batch with the batch's
+    /// Also write results to a database, in one transaction per batch with the batch's
     /// offsets: sqlite:PATH or postgres://USER@HOST:PORT/DB (tables window_counts or
-    /// word_counts, and lockgate_offsets).
+    /// word_counts, and lockgate_offsets); or to a Kafka topic,
+    /// kafka://HOST:PORT[,HOST:PORT...]/TOPIC: each output row as JSON (as --output
+    /// writes it, plus "stream"), one transaction per batch with --checkpoint.
     #[arg(long, value_name = "URL")]
     sink: Option<String>,
+    /// A librdkafka producer property for a kafka:// sink, e.g. security.protocol=SSL;
+    /// repeat for several. Values are never printed.
+    #[arg(long, value_name = "KEY=VALUE", requires = "sink")]
+    kafka_sink_property: Vec<String>,
     /// With --sink: when the checkpoint has no committed batch (new or lost), resume
     /// after the batches the sink recorded (their input is skipped, batch ids continue).
     #[arg(long)]
@@ -399,19 +405,22 @@ fn demo_input() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The Kafka input of the flags.
-fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
-    let properties = opts
-        .kafka_property
-        .iter()
+/// `KEY=VALUE` arguments of `flag` as pairs.
+fn key_values(args: &[String], flag: &str) -> Result<Vec<(String, String)>> {
+    args.iter()
         .map(|p| {
             p.split_once('=')
                 .filter(|(k, _)| !k.trim().is_empty())
                 .map(|(k, v)| (k.trim().to_string(), v.to_string()))
                 // Not echoed: the argument may hold a secret.
-                .context("--kafka-property: expected KEY=VALUE, with a key")
+                .with_context(|| format!("{flag}: expected KEY=VALUE, with a key"))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The Kafka input of the flags.
+fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
+    let properties = key_values(&opts.kafka_property, "--kafka-property")?;
     // Each call to the brokers waits at most a third of the retry time (and 30 s), so
     // a broker that does not answer is tried a few times before the job fails.
     let call_timeout =
@@ -483,6 +492,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         checkpoint: opts.checkpoint.clone(),
         block_interval: opts.block_interval,
         sink: opts.sink.clone(),
+        kafka_sink_properties: key_values(&opts.kafka_sink_property, "--kafka-sink-property")?,
         backpressure: opts.backpressure,
         from_sink_offsets: opts.from_sink_offsets,
         delivery: match opts.delivery {

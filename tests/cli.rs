@@ -1132,3 +1132,111 @@ fn a_checkpoint_written_by_lockgate_0_1_recovers() {
         }
     }
 }
+
+/// `--sink kafka://B/TOPIC`: both jobs write every output row to the topic as its JSON
+/// line (as `--output` writes it) plus `"stream"`, keyed by the row's key, each record
+/// once with its batch id and index in the batch's output (headers), in one transaction
+/// per batch with a checkpoint.
+#[test]
+fn the_cli_jobs_write_their_output_rows_to_a_kafka_topic() {
+    use lockgate_kafka::testing::{consume_all, create_topic, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate_logs(&input, 3000, 3, 17);
+    let broker = KafkaBroker::start().unwrap();
+    let jobs: [(&str, &[&str], &[&str], &str); 2] = [
+        (
+            "log-errors",
+            &["--event-time"],
+            &["tumbling_30s", "sliding_30s_10s"],
+            "start",
+        ),
+        ("word-count", &[], &["word_counts"], "word"),
+    ];
+    for (job, flags, streams, key_field) in jobs {
+        let topic = format!("out-{job}");
+        create_topic(&broker.brokers, &topic, 2).unwrap();
+        let out = tmp.path().join(format!("out-{job}"));
+        let sink = format!("kafka://{}/{topic}", broker.brokers);
+        let checkpoint = tmp.path().join(format!("cp-{job}"));
+        let mut args = vec!["run", job];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[
+            "--input",
+            input.to_str().unwrap(),
+            "--once",
+            "--max-files-per-batch",
+            "1",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--sink",
+            &sink,
+            // The test broker hides the tail of multi-record batches from readers.
+            "--kafka-sink-property",
+            "batch.num.messages=1",
+            "--kafka-sink-property",
+            "linger.ms=0",
+            "--quiet",
+            "--no-ui",
+        ]);
+        run_ok(&args);
+        // What --output wrote, as (stream, batch id, row) with "stream" added.
+        let mut want: Vec<(u64, String)> = Vec::new();
+        for stream in streams {
+            for (id, rows) in read_stream(&out, stream) {
+                for mut row in rows {
+                    row["stream"] = serde_json::Value::from(*stream);
+                    want.push((id, row.to_string()));
+                }
+            }
+        }
+        want.sort();
+        assert!(!want.is_empty(), "{job} wrote no rows");
+        let records = consume_all(&broker.brokers, &topic, 2, want.len()).unwrap();
+        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &records {
+            let value: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let batch: u64 = r.header("lockgate-batch").unwrap().parse().unwrap();
+            let seq = r.header("lockgate-seq").unwrap();
+            let stream = value["stream"].as_str().unwrap().to_string();
+            assert!(
+                seen.insert((stream, batch, seq)),
+                "{job}: a record twice: {value}"
+            );
+            let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            let field = &value[key_field];
+            let expected_key = field.as_str().map_or_else(|| field.to_string(), str::to_string);
+            assert_eq!(key, expected_key, "{job}: the key is the row's {key_field}");
+            got.push((batch, value.to_string()));
+        }
+        got.sort();
+        assert_eq!(got, want, "{job}: the topic holds exactly the rows --output wrote");
+    }
+}
+
+#[test]
+fn a_bad_kafka_sink_address_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate_logs(&tmp.path().join("in"), 10, 1, 1);
+    let input = tmp.path().join("in");
+    for (url, says) in [
+        ("kafka://localhost:9092", "no topic after the brokers"),
+        ("kafka:///topic", "every broker needs HOST:PORT"),
+        ("kafka://localhost:9092/a/b", "the topic is one name"),
+    ] {
+        let err = run_err(&[
+            "run",
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--once",
+            "--no-ui",
+            "--sink",
+            url,
+        ]);
+        assert!(err.contains(says) && err.contains("kafka://HOST:PORT"), "{url}: {err}");
+    }
+}

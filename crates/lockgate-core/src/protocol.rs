@@ -162,9 +162,12 @@ impl Protocol {
         Ok(())
     }
 
-    /// The protocol of a started context. Asks every sink which batch it committed
-    /// last (recorded for the batches' contexts: in exactly-once mode a sink is not
-    /// handed a batch it already holds).
+    /// The protocol of a started context. With a checkpoint (whose logged batches are
+    /// re-run after a crash), asks every sink which batch it committed last (recorded
+    /// for the batches' contexts: in exactly-once mode a sink is not handed a re-run
+    /// batch it already holds). Without one nothing is re-run, and batch ids start
+    /// again (or continue after a sink's with `from_sink_offsets`), so nothing is
+    /// skipped.
     pub fn new(
         graph: Arc<Graph>,
         checkpointer: Option<Arc<Checkpointer>>,
@@ -172,7 +175,7 @@ impl Protocol {
         bounded: bool,
     ) -> Result<Self> {
         let mut sinks_committed = BTreeMap::new();
-        let skip = Order::of(delivery).sinks_skip_committed;
+        let skip = checkpointer.is_some() && Order::of(delivery).sinks_skip_committed;
         for sink in graph.sinks().into_iter().filter(|_| skip) {
             let name = sink.name();
             match sink.last_committed(&graph.app_name()) {

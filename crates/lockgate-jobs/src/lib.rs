@@ -20,6 +20,7 @@ use lockgate_core::{
     CompactString, DStream, DeliveryMode, FileStreamOptions, JsonLinesSink, State, StateSpec,
     StreamingContext, StreamingContextBuilder, Time, Trigger, WindowSpec,
 };
+use lockgate_kafka::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
 use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use serde_json::json;
 
@@ -89,8 +90,11 @@ pub struct JobConfig {
     pub checkpoint: Option<PathBuf>,
     /// Receivers' WAL block interval.
     pub block_interval: Duration,
-    /// A transactional sink: `sqlite:PATH` or `postgres://...`.
+    /// A transactional sink: `sqlite:PATH`, `postgres://...` or
+    /// `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
     pub sink: Option<String>,
+    /// librdkafka producer properties of a Kafka sink.
+    pub kafka_sink_properties: Vec<(String, String)>,
     /// Resume from the sink's offsets when the checkpoint has no commit.
     pub from_sink_offsets: bool,
     /// Backpressure on receivers.
@@ -185,10 +189,21 @@ impl JobConfig {
     /// recovers from it.
     pub fn build(&self, job: Job) -> Result<StreamingContext> {
         self.validate(job)?;
+        let kafka = match self.sink.as_deref() {
+            Some(url) if url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
+            _ => None,
+        };
+        if kafka.is_some() && self.from_sink_offsets {
+            return Err(Error::Config(
+                "--from-sink-offsets needs a database sink: a Kafka sink records only its \
+                 last batch id, not what the batches read; use --checkpoint"
+                    .into(),
+            ));
+        }
         // Connect first: an unreachable database is reported before anything runs.
-        let mut backend = match &self.sink {
-            Some(url) => Some(lockgate_sql_sinks::open_url(url)?),
-            None => None,
+        let mut backend = match (&self.sink, &kafka) {
+            (Some(url), None) => Some(lockgate_sql_sinks::open_url(url)?),
+            _ => None,
         };
         let offsets = match (&mut backend, self.from_sink_offsets) {
             (Some(b), true) => {
@@ -202,7 +217,15 @@ impl JobConfig {
             _ => None,
         };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-            let json = self.output.as_deref().map(JsonOutput::new);
+            let mut json = self
+                .output
+                .as_deref()
+                .map(JsonOutput::new)
+                .unwrap_or_default();
+            if let Some(config) = &kafka {
+                json = json.with_kafka(job.name(), config.clone());
+            }
+            let json = json.is_some().then_some(json);
             match job {
                 Job::LogErrors => {
                     let streams = log_errors(self, ctx, json.as_ref())?;
@@ -269,6 +292,34 @@ impl JobConfig {
             }
         };
         Ok(ctx)
+    }
+
+    /// The Kafka sink of `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`: one transaction per
+    /// batch with a checkpoint in exactly-once mode, else the idempotent producer.
+    fn kafka_sink(&self, url: &str) -> Result<KafkaSinkConfig> {
+        let bad = |why: &str| {
+            Error::Config(format!(
+                "--sink {url}: {why}; write kafka://HOST:PORT[,HOST:PORT...]/TOPIC"
+            ))
+        };
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("not a kafka:// address"))?;
+        let (brokers, topic) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no topic after the brokers"))?;
+        if brokers.is_empty() || brokers.split(',').any(|b| !b.contains(':')) {
+            return Err(bad("every broker needs HOST:PORT"));
+        }
+        if topic.is_empty() || topic.contains('/') {
+            return Err(bad("the topic is one name after the brokers"));
+        }
+        let mut config = KafkaSinkConfig::new(brokers, topic);
+        config.transactional =
+            self.checkpoint.is_some() && self.delivery == DeliveryMode::ExactlyOnce;
+        config.properties = self.kafka_sink_properties.clone();
+        config.retry_timeout = self.sink_retry_timeout;
+        Ok(config)
     }
 
     /// The stream of input lines (a Kafka record's value is a line).
@@ -348,30 +399,75 @@ pub fn word_counts_table() -> Table {
     )
 }
 
-/// Writes output streams as JSON lines: `DIR/<stream>/batch=<batch id>/part-<n>.jsonl`,
-/// each batch directory written atomically (a replayed batch is replaced).
-#[derive(Clone)]
+/// Where the built-in jobs write their output streams, each row a JSON object: JSON
+/// lines under a directory (`DIR/<stream>/batch=<batch id>/part-<n>.jsonl`, each batch
+/// directory written atomically; a replayed batch is replaced), and/or a Kafka topic
+/// (the same object plus a field `"stream"` naming its stream, keyed by the row's key;
+/// one [`KafkaSink`] per stream).
+#[derive(Clone, Default)]
 pub struct JsonOutput {
-    dir: Arc<PathBuf>,
+    dir: Option<Arc<PathBuf>>,
+    kafka: Option<Arc<(String, KafkaSinkConfig)>>,
 }
 
 impl JsonOutput {
     /// Output under `dir`.
     pub fn new(dir: &Path) -> Self {
         JsonOutput {
-            dir: Arc::new(dir.to_path_buf()),
+            dir: Some(Arc::new(dir.to_path_buf())),
+            kafka: None,
         }
     }
 
-    /// Writes every batch of `stream` under `<dir>/<name>/`, one JSON object per element
-    /// (a [`JsonLinesSink`]).
+    /// Also (or only) to Kafka, as application `app` (named in the sinks'
+    /// transactional ids and consumer groups).
+    pub fn with_kafka(mut self, app: &str, config: KafkaSinkConfig) -> Self {
+        self.kafka = Some(Arc::new((app.to_string(), config)));
+        self
+    }
+
+    /// True when the output goes somewhere.
+    pub fn is_some(&self) -> bool {
+        self.dir.is_some() || self.kafka.is_some()
+    }
+
+    /// Writes every batch of `stream` as stream `name`, one JSON object per element
+    /// made by `to_json` (given the batch time); `key` gives a Kafka record's key.
     pub fn write<T: lockgate_core::Data>(
         &self,
         stream: &DStream<T>,
-        name: &str,
+        name: &'static str,
+        key: impl Fn(&T, Time) -> Option<String> + Send + Sync + 'static,
         to_json: impl Fn(&T, Time) -> serde_json::Value + Send + Sync + 'static,
-    ) {
-        stream.write_to(JsonLinesSink::new(self.dir.join(name), to_json));
+    ) -> lockgate_core::Result<()> {
+        let to_json = Arc::new(to_json);
+        if let Some(dir) = &self.dir {
+            let f = to_json.clone();
+            stream.write_to(JsonLinesSink::new(dir.join(name), move |e, t| f(e, t)));
+        }
+        if let Some(kafka) = &self.kafka {
+            let (app, config) = &**kafka;
+            let sink = KafkaSink::new(name, app, config.clone(), move |e: &T, t| {
+                let mut value = to_json(e, t);
+                if let serde_json::Value::Object(fields) = &mut value {
+                    fields.insert("stream".into(), serde_json::Value::from(name));
+                }
+                KafkaOutRecord {
+                    key: key(e, t).map(String::into_bytes),
+                    // Serializing a Value cannot fail.
+                    value: serde_json::to_vec(&value).unwrap_or_default(),
+                    ..Default::default()
+                }
+            })
+            .map_err(|e| match e {
+                lockgate_kafka::Error::Config(m) => {
+                    lockgate_core::Error::Config(format!("Kafka sink: {m}"))
+                }
+                other => lockgate_core::Error::external("Kafka sink", other),
+            })?;
+            stream.write_to(sink);
+        }
+        Ok(())
     }
 }
 
@@ -416,15 +512,17 @@ pub fn log_errors(
         errors.print();
         window_counts.print();
     }
+    let window_ms = i64::try_from(cfg.window.as_millis()).unwrap_or(i64::MAX);
     if let Some(out) = out {
-        out.write(&errors, "errors", |l, _| json!({ "line": l }));
+        out.write(&errors, "errors", |_, _| None, |l, _| json!({ "line": l }))?;
         out.write(
             &window_counts,
             "error_window_counts",
+            // The window's start, in batch-time milliseconds.
+            move |_, t| Some((t.millis() - window_ms).to_string()),
             |c, t| json!({ "batch_time_ms": t.millis(), "count": c }),
-        );
+        )?;
     }
-    let window_ms = i64::try_from(cfg.window.as_millis()).unwrap_or(i64::MAX);
     let rows = window_counts.transform(move |b, t| {
         b.map(move |c| ("error_window_counts", t.millis() - window_ms, t.millis(), c))
     });
@@ -443,7 +541,8 @@ fn log_errors_event_time(
     // (counted by the window operators as records without event time, and skipped).
     let times = cfg.error_lines(ctx, parse_apache_time)?.name("error_times");
     let events = times.with_watermark(|t: &Option<i64>| t.map(|s| Time(s * 1000)), EVENT_WATERMARK);
-    let [tumbling, sliding] = EVENT_WINDOWS.map(|(name, size, slide)| {
+    let mut rows: Vec<DStream<WindowRow>> = Vec::new();
+    for (name, size, slide) in EVENT_WINDOWS {
         let spec = if size == slide {
             WindowSpec::tumbling(Duration::from_secs(size))
         } else {
@@ -454,26 +553,31 @@ fn log_errors_event_time(
             counts.print();
         }
         if let Some(out) = out {
-            out.write(&counts, name, |w, _| {
-                json!({
-                    "start": w.window.start.0 / 1000,
-                    "end": w.window.end.0 / 1000,
-                    "count": w.value,
-                })
-            });
+            out.write(
+                &counts,
+                name,
+                |w, _| Some((w.window.start.0 / 1000).to_string()),
+                |w, _| {
+                    json!({
+                        "start": w.window.start.0 / 1000,
+                        "end": w.window.end.0 / 1000,
+                        "count": w.value,
+                    })
+                },
+            )?;
         }
-        counts.map(move |w| {
+        rows.push(counts.map(move |w| {
             (
                 name,
                 w.window.start.0 / 1000,
                 w.window.end.0 / 1000,
                 w.value,
             )
-        })
-    });
+        }));
+    }
     Ok(LogErrors {
         errors: None,
-        rows: tumbling.union(&sliding),
+        rows: ctx.union(&rows),
     })
 }
 
@@ -620,8 +724,9 @@ pub fn word_count(
         out.write(
             &changed,
             "word_counts",
+            |(w, _), _| Some(w.to_string()),
             |(w, c), _| json!({ "word": w.as_str(), "count": c }),
-        );
+        )?;
     }
     Ok(changed)
 }

@@ -35,7 +35,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use lockgate_core::{Batch, BatchId, BoxError, Data, Sink, SinkBatch};
+use lockgate_core::{Batch, BatchId, BoxError, Data, Sink, SinkBatch, Time};
 
 use crate::error::{Error, Result};
 
@@ -142,19 +142,19 @@ pub struct KafkaSink<T> {
     transactional_id: String,
     group: String,
     producer: ThreadedProducer<Deliveries>,
-    to_record: Arc<dyn Fn(&T) -> KafkaOutRecord + Send + Sync>,
+    to_record: Arc<dyn Fn(&T, Time) -> KafkaOutRecord + Send + Sync>,
 }
 
 impl<T: Data> KafkaSink<T> {
     /// A sink named `name` of application `app` (the transactional id and the sink's
-    /// consumer group are made from both), turning elements into records with
-    /// `to_record`. Connects and, when transactional, initialises the transactions:
+    /// consumer group are made from both), turning elements (with their batch time)
+    /// into records with `to_record`. Connects and, when transactional, initialises the transactions:
     /// an older instance with the same transactional id is fenced from now on.
     pub fn new(
         name: &str,
         app: &str,
         config: KafkaSinkConfig,
-        to_record: impl Fn(&T) -> KafkaOutRecord + Send + Sync + 'static,
+        to_record: impl Fn(&T, Time) -> KafkaOutRecord + Send + Sync + 'static,
     ) -> Result<Self> {
         if config.brokers.trim().is_empty() {
             return Err(Error::Config("no bootstrap servers given".into()));
@@ -244,7 +244,7 @@ impl<T: Data> KafkaSink<T> {
 
     /// Sends every element of `batch`, with the sink's headers; waits until librdkafka
     /// has taken them all (a full queue is waited out).
-    fn send_all(&self, batch: &Batch<T>, id: BatchId) -> Result<()> {
+    fn send_all(&self, batch: &Batch<T>, id: BatchId, time: Time) -> Result<()> {
         let mut starts = Vec::with_capacity(batch.partitions().len());
         let mut n = 0usize;
         for p in batch.partitions() {
@@ -259,7 +259,7 @@ impl<T: Data> KafkaSink<T> {
             .zip(starts)
             .try_for_each(|(part, start)| {
                 for (i, e) in part.iter().enumerate() {
-                    let r = (self.to_record)(e);
+                    let r = (self.to_record)(e, time);
                     let seq = (start + i).to_string();
                     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 2)
                         .insert(Header {
@@ -314,12 +314,12 @@ impl<T: Data> KafkaSink<T> {
     }
 
     /// One batch in one transaction: begin, send, commit the batch id with it, commit.
-    fn transaction(&self, batch: &Batch<T>, id: BatchId) -> Result<()> {
+    fn transaction(&self, batch: &Batch<T>, id: BatchId, time: Time) -> Result<()> {
         let t = self.config.timeout;
         self.producer
             .begin_transaction()
             .map_err(|e| self.write_err("beginning a transaction", e))?;
-        self.send_all(batch, id)?;
+        self.send_all(batch, id, time)?;
         let mut offsets = TopicPartitionList::new();
         offsets
             .add_partition_offset(&self.config.topic, 0, Offset::Offset(id as i64 + 1))
@@ -350,7 +350,7 @@ impl<T: Data> KafkaSink<T> {
         let deadline = Instant::now() + self.config.retry_timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.transaction(batch, info.id) {
+            match self.transaction(batch, info.id, info.time) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let abortable = matches!(
@@ -377,7 +377,7 @@ impl<T: Data> KafkaSink<T> {
 
     /// One batch, at least once: send, flush, check every delivery.
     fn commit_at_least_once(&self, batch: &Batch<T>, info: &SinkBatch) -> Result<()> {
-        self.send_all(batch, info.id)?;
+        self.send_all(batch, info.id, info.time)?;
         self.producer
             .flush(self.config.timeout)
             .map_err(|e| self.write_err("flushing", e))?;

@@ -1,6 +1,6 @@
 //! A throwaway Kafka-protocol broker for tests and demos, started by the repository's
 //! `scripts/kafka.sh` (tansu, installed on first use) and stopped when dropped; and
-//! helpers to create topics and produce records with a real client.
+//! helpers to create topics, produce records and read them all back with a real client.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,8 +11,11 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 
@@ -190,4 +193,81 @@ pub fn produce<V: AsRef<[u8]>>(
             }
         }
     }
+}
+
+/// A record read back by [`consume_all`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Consumed {
+    /// Its partition.
+    pub partition: i32,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Its headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Consumed {
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every record of `topic`'s `partitions` from the beginning (committed or not: the
+/// test broker does not filter aborted transactions), read until at least `expected`
+/// have come and then two seconds more (to see any extra one); gives up after a minute.
+pub fn consume_all(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Result<Vec<Consumed>> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", "lockgate-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Harness(format!("consumer: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| Error::Harness(format!("assign {topic}/{p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Harness(format!("assign {topic}: {e}")))?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let settle_for = Duration::from_secs(2);
+    let mut settle = (expected == 0).then(|| std::time::Instant::now() + settle_for);
+    while std::time::Instant::now() < deadline
+        && settle.is_none_or(|s| std::time::Instant::now() < s)
+    {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.map_err(|e| Error::Harness(format!("read {topic}: {e}")))?;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Consumed {
+            partition: m.partition(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+        if out.len() >= expected && settle.is_none() {
+            settle = Some(std::time::Instant::now() + settle_for);
+        }
+    }
+    Ok(out)
 }

@@ -11,16 +11,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockgate_core::testing::ManualRun;
 use lockgate_core::{DeliveryMode, ManualClock, Sink, StreamingContext};
-use lockgate_kafka::testing::{create_topic, KafkaBroker};
+use lockgate_kafka::testing::{consume_all, create_topic, KafkaBroker};
 use lockgate_kafka::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// The batches of the test job: batch `b` holds `10 * b .. 10 * b + 5`.
 fn input() -> Vec<Vec<i64>> {
@@ -41,7 +37,7 @@ fn sink_config(brokers: &str, topic: &str) -> KafkaSinkConfig {
 fn sink(brokers: &str, topic: &str, transactional: bool) -> KafkaSink<i64> {
     let mut config = sink_config(brokers, topic);
     config.transactional = transactional;
-    KafkaSink::new("out", "kafka-sink-test", config, |v: &i64| {
+    KafkaSink::new("out", "kafka-sink-test", config, |v: &i64, _| {
         KafkaOutRecord::keyed(v.to_string(), format!("value-{v}"))
     })
     .unwrap()
@@ -85,50 +81,25 @@ fn run(
     let _ = run.ctx.stop(false);
 }
 
-/// Every record of `topic` as (batch id, seq, key, value), read until `expected` are
-/// there and then two more seconds (to see any extra one).
+/// Every record of `topic` as (batch id, seq, key, value), sorted.
 fn read_all(
     brokers: &str,
     topic: &str,
     partitions: i32,
     expected: usize,
 ) -> Vec<(u64, u64, String, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "kafka-sink-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Nothing expected: look for two seconds.
-    let mut settle = (expected == 0).then(|| Instant::now() + Duration::from_secs(2));
-    while Instant::now() < deadline && settle.is_none_or(|s| Instant::now() < s) {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let header = |name: &str| -> u64 {
-            let h = m.headers().unwrap();
-            let v = h.iter().find(|h| h.key == name).unwrap().value.unwrap();
-            std::str::from_utf8(v).unwrap().parse().unwrap()
-        };
-        out.push((
-            header("lockgate-batch"),
-            header("lockgate-seq"),
-            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-            String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
-        ));
-        if out.len() >= expected && settle.is_none() {
-            settle = Some(Instant::now() + Duration::from_secs(2));
-        }
-    }
+    let mut out: Vec<_> = consume_all(brokers, topic, partitions, expected)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.header("lockgate-batch").unwrap().parse().unwrap(),
+                r.header("lockgate-seq").unwrap().parse().unwrap(),
+                String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                String::from_utf8(r.value).unwrap(),
+            )
+        })
+        .collect();
     out.sort();
     out
 }

@@ -1208,12 +1208,17 @@ fn the_cli_jobs_write_their_output_rows_to_a_kafka_topic() {
             );
             let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
             let field = &value[key_field];
-            let expected_key = field.as_str().map_or_else(|| field.to_string(), str::to_string);
+            let expected_key = field
+                .as_str()
+                .map_or_else(|| field.to_string(), str::to_string);
             assert_eq!(key, expected_key, "{job}: the key is the row's {key_field}");
             got.push((batch, value.to_string()));
         }
         got.sort();
-        assert_eq!(got, want, "{job}: the topic holds exactly the rows --output wrote");
+        assert_eq!(
+            got, want,
+            "{job}: the topic holds exactly the rows --output wrote"
+        );
     }
 }
 
@@ -1237,6 +1242,9 @@ fn a_bad_kafka_sink_address_is_a_clear_error() {
             "--sink",
             url,
         ]);
-        assert!(err.contains(says) && err.contains("kafka://HOST:PORT"), "{url}: {err}");
+        assert!(
+            err.contains(says) && err.contains("kafka://HOST:PORT"),
+            "{url}: {err}"
+        );
     }
 }

@@ -135,6 +135,11 @@ pub struct RunOpts {
     /// or sasl.username=...; repeat for several. Values are never printed.
     #[arg(long, value_name = "KEY=VALUE", requires = "kafka_brokers")]
     kafka_property: Vec<String>,
+    /// Kafka: after each batch, commit its offsets to this consumer group (asynchronously;
+    /// for lag monitors such as kafka-consumer-groups; positions live in the checkpoint)
+    /// [default: lockgate-<job>]
+    #[arg(long, value_name = "GROUP", requires = "kafka_brokers")]
+    kafka_group: Option<String>,
     /// Kafka: at most N records per partition per batch (Spark's maxRatePerPartition
     /// times the batch interval).
     #[arg(long, value_name = "N")]
@@ -429,6 +434,7 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
         config: lockgate_kafka::KafkaConfig {
             properties,
             timeout: call_timeout,
+            group: opts.kafka_group.clone(),
             ..lockgate_kafka::KafkaConfig::new(
                 brokers,
                 opts.kafka_topic.clone().unwrap_or_default(),

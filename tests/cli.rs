@@ -785,6 +785,20 @@ fn log_errors_event_time_over_kafka_matches_the_same_lines_from_files() {
         assert_eq!(want.len(), 4, "{stream}: one batch per file");
         assert_eq!(got, want, "{stream}");
     }
+    // The completed batches' offsets went to the job's consumer group, for lag tools.
+    let lines = texts.iter().map(|t| t.lines().count()).sum::<usize>() as i64;
+    let committed = lockgate_kafka::testing::committed_offsets(
+        &broker.brokers,
+        "lockgate-log-errors",
+        "logs",
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        committed,
+        vec![lines],
+        "the group's offset is the end of the topic"
+    );
     let e = run_err(&[
         "run",
         "log-errors",

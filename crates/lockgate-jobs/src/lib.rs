@@ -328,7 +328,12 @@ impl JobConfig {
             Input::Socket { host, port } => ctx.socket_text_stream(host, *port).stream(),
             Input::Dir(dir) => ctx.text_file_stream_with(dir, self.file_options()),
             Input::Kafka { config, options } => {
-                lockgate_kafka::kafka_lines(ctx, config.clone(), options.clone())?
+                let mut config = config.clone();
+                // Offsets of completed batches go to this group, for lag monitors.
+                config
+                    .group
+                    .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
+                lockgate_kafka::kafka_lines(ctx, config, options.clone())?
             }
         })
     }

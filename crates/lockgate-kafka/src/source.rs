@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lockgate_core::source::direct::{DirectStreamOptions, PartitionBounds, PartitionedLog};
 use lockgate_core::{BoxError, DStream, Data, StreamingContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -36,6 +36,11 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     /// How long a query to the brokers or a partition read may wait.
     pub timeout: Duration,
+    /// A consumer group to commit each completed batch's offsets to, for lag monitors
+    /// (`kafka-consumer-groups --describe`); asynchronously, and a failed commit is
+    /// logged, never fatal. Positions live in the checkpoint: correctness never depends
+    /// on these offsets. `None` (the default): no commits.
+    pub group: Option<String>,
 }
 
 impl KafkaConfig {
@@ -46,6 +51,7 @@ impl KafkaConfig {
             topic: topic.into(),
             properties: Vec::new(),
             timeout: Duration::from_secs(30),
+            group: None,
         }
     }
 
@@ -98,6 +104,26 @@ pub struct KafkaLog<T> {
     meta: BaseConsumer,
     readers: Mutex<HashMap<u32, Arc<Mutex<PartitionReader>>>>,
     decode: Decode<T>,
+    /// Commits completed positions to `config.group` (made when first needed), with
+    /// the last positions committed (asynchronously; again, and waited for, on drop).
+    committer: Mutex<Option<(BaseConsumer, TopicPartitionList)>>,
+}
+
+impl<T> Drop for KafkaLog<T> {
+    /// The last asynchronous commit may still be on its way: commit once more and wait.
+    fn drop(&mut self) {
+        let committer = self
+            .committer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((consumer, last)) = committer.take() {
+            if last.count() > 0 {
+                if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "committing the last offsets for lag monitors failed");
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +146,7 @@ impl<T: Data> KafkaLog<T> {
             meta,
             readers: Mutex::new(HashMap::new()),
             decode,
+            committer: Mutex::new(None),
         })
     }
 
@@ -322,6 +349,45 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
     fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
         self.read_range(partition, offsets)
             .map_err(|e| Box::new(Detail(e)) as BoxError)
+    }
+
+    /// Commits `positions` to the configured group, asynchronously (lag monitors only).
+    fn completed(&self, positions: &[(u32, i64)]) {
+        let Some(group) = &self.config.group else {
+            return;
+        };
+        let mut committer = lock(&self.committer);
+        if committer.is_none() {
+            let mut c = self.config.client_config();
+            c.set("group.id", group);
+            match c.create::<BaseConsumer>() {
+                Ok(consumer) => *committer = Some((consumer, TopicPartitionList::new())),
+                Err(e) => {
+                    tracing::warn!(group = %group, error = %e, "cannot create the consumer that commits offsets for lag monitors");
+                    return;
+                }
+            }
+        }
+        let Some((consumer, last)) = committer.as_mut() else {
+            return;
+        };
+        // Results of earlier asynchronous commits (their failures are logged by
+        // librdkafka's own callback).
+        let _ = consumer.poll(Duration::ZERO);
+        let mut tpl = TopicPartitionList::new();
+        for &(partition, next) in positions {
+            let (Ok(p), true) = (i32::try_from(partition), next >= 0) else {
+                continue;
+            };
+            if let Err(e) = tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next)) {
+                tracing::warn!(group = %group, error = %e, "cannot commit offsets for lag monitors");
+                return;
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(group = %group, error = %e, "committing offsets for lag monitors failed (correctness does not depend on them)");
+        }
+        *last = tpl;
     }
 
     /// Brokers that do not answer may come back; a topic that is missing or has no

@@ -271,3 +271,33 @@ pub fn consume_all(
     }
     Ok(out)
 }
+
+/// The offsets consumer group `group` has committed for `topic`'s `partitions` (`-1`
+/// where it has none), as a lag monitor reads them.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<i64>> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Harness(format!("consumer: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| Error::Harness(format!("committed offsets of {group}: {e}")))?;
+    Ok((0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            },
+        )
+        .collect())
+}

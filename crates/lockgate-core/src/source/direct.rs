@@ -66,6 +66,10 @@ pub trait PartitionedLog<T>: Send + Sync + 'static {
     fn is_passing(&self, _error: &(dyn std::error::Error + 'static)) -> bool {
         true
     }
+    /// The batches up to here are done: `positions` holds the next offset of each
+    /// partition read. For lag monitors (a Kafka log commits them to a consumer group);
+    /// correctness never depends on it, and the default does nothing.
+    fn completed(&self, _positions: &[(u32, i64)]) {}
 }
 
 /// Where a partition without a checkpointed position starts.
@@ -490,6 +494,9 @@ impl<T: Data> InputSource for DirectInput<T> {
                 part.insert(partition, until);
             }
         }
+        let positions: Vec<(u32, i64)> = st.entries(0).map(|(&p, &o)| (p, o)).collect();
+        drop(st);
+        self.log.completed(&positions);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Crash tests with real processes (files, a socket with its WAL, a Kafka topic on a real
+//! Crash tests with real processes (files, a socket with its WAL, Kafka topics in and out on a real
 //! broker started by scripts/kafka.sh, a real PostgreSQL server started by
 //! scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
 //! random (seeded, printed) moments, restarts it on the same checkpoint, and compares the
@@ -61,4 +61,9 @@ fn word_count_socket_with_wal_survives_sigkill() {
 #[test]
 fn word_count_files_to_postgres_survives_sigkill() {
     torture("postgres");
+}
+
+#[test]
+fn word_count_kafka_to_kafka_survives_sigkill() {
+    torture("kafka-to-kafka");
 }

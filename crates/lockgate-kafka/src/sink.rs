@@ -142,6 +142,9 @@ pub struct KafkaSink<T> {
     transactional_id: String,
     group: String,
     producer: ThreadedProducer<Deliveries>,
+    /// A consumer of `group`, for the group metadata each transaction commits the batch
+    /// id with, and to read the last one back.
+    group_consumer: BaseConsumer,
     to_record: Arc<dyn Fn(&T, Time) -> KafkaOutRecord + Send + Sync>,
 }
 
@@ -181,12 +184,15 @@ impl<T: Data> KafkaSink<T> {
         let producer: ThreadedProducer<Deliveries> = c
             .create_with_context(Deliveries::default())
             .map_err(|e| config_err(e, "producer"))?;
+        let group = format!("lockgate-sink-{app}-{name}");
+        let group_consumer = group_consumer(&config, &group)?;
         let sink = KafkaSink {
             name: name.to_string(),
             app: app.to_string(),
-            group: format!("lockgate-sink-{app}-{name}"),
+            group,
             transactional_id,
             producer,
+            group_consumer,
             to_record: Arc::new(to_record),
             config,
         };
@@ -209,10 +215,14 @@ impl<T: Data> KafkaSink<T> {
     }
 
     fn write_err(&self, what: &str, e: KafkaError) -> Error {
-        let fenced = matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
-            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced)
-            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::ProducerFenced)
-            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidProducerEpoch);
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        );
         if fenced {
             Error::Fenced {
                 transactional_id: self.transactional_id.clone(),
@@ -225,21 +235,6 @@ impl<T: Data> KafkaSink<T> {
                 cause: Some(Box::new(e)),
             }
         }
-    }
-
-    /// A consumer of the sink's group (to commit and read its offsets).
-    fn group_consumer(&self) -> Result<BaseConsumer> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false");
-        for (k, v) in &self.config.properties {
-            // Security settings apply to the consumer too; producer-only ones do not.
-            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-                c.set(k, v);
-            }
-        }
-        c.create().map_err(|e| config_err(e, "consumer"))
     }
 
     /// Sends every element of `batch`, with the sink's headers; waits until librdkafka
@@ -327,12 +322,14 @@ impl<T: Data> KafkaSink<T> {
         if let Some(mut elem) = offsets.find_partition(&self.config.topic, 0) {
             elem.set_metadata(format!("lockgate-batch={id};app={}", self.app));
         }
-        let consumer = self.group_consumer()?;
-        let group = consumer.group_metadata().ok_or_else(|| Error::Write {
-            topic: self.config.topic.clone(),
-            message: format!("no group metadata for consumer group `{}`", self.group),
-            cause: None,
-        })?;
+        let group = self
+            .group_consumer
+            .group_metadata()
+            .ok_or_else(|| Error::Write {
+                topic: self.config.topic.clone(),
+                message: format!("no group metadata for consumer group `{}`", self.group),
+                cause: None,
+            })?;
         self.producer
             .send_offsets_to_transaction(&offsets, &group, t)
             .map_err(|e| self.write_err("committing the batch id with the transaction", e))?;
@@ -389,10 +386,10 @@ impl<T: Data> KafkaSink<T> {
 
     /// The last batch this sink committed, from its group's committed offset.
     pub fn last_committed_batch(&self) -> Result<Option<BatchId>> {
-        let consumer = self.group_consumer()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.config.topic, 0);
-        let committed = consumer
+        let committed = self
+            .group_consumer
             .committed_offsets(tpl, self.config.timeout)
             .map_err(|e| Error::Connect {
                 brokers: self.config.brokers.clone(),
@@ -417,6 +414,21 @@ impl<T: Data> KafkaSink<T> {
             _ => Ok(None),
         }
     }
+}
+
+/// A consumer of the sink's `group` (its group metadata; reading its offsets).
+fn group_consumer(config: &KafkaSinkConfig, group: &str) -> Result<BaseConsumer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (k, v) in &config.properties {
+        // Security settings apply to the consumer too; producer-only ones do not.
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c.create().map_err(|e| config_err(e, "consumer"))
 }
 
 fn config_err(e: KafkaError, what: &str) -> Error {

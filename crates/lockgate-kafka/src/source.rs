@@ -19,7 +19,7 @@ use lockgate_core::{BoxError, DStream, Data, StreamingContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
@@ -76,6 +76,8 @@ impl KafkaConfig {
 /// One record of a topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaRecord {
+    /// Its topic.
+    pub topic: String,
     /// Its partition.
     pub partition: u32,
     /// Its offset in the partition.
@@ -86,6 +88,8 @@ pub struct KafkaRecord {
     pub value: Option<Vec<u8>>,
     /// Its timestamp (create or log-append time), epoch milliseconds.
     pub timestamp_ms: Option<i64>,
+    /// Its headers, in order (a header without a value has an empty one).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Makes a stream element of a message.
@@ -436,11 +440,20 @@ pub fn kafka_records(
     opts: DirectStreamOptions,
 ) -> Result<DStream<KafkaRecord>> {
     kafka_stream(ctx, config, opts, |m| KafkaRecord {
+        topic: m.topic().to_string(),
         partition: u32::try_from(m.partition()).unwrap_or(0),
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
         timestamp_ms: m.timestamp().to_millis(),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

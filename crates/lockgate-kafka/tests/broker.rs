@@ -64,6 +64,8 @@ fn a_bounded_run_reads_each_record_once_in_offset_order_up_to_the_end_at_start()
     let mut all = Vec::new();
     for batch in out.values() {
         for r in batch {
+            assert_eq!(r.topic, "events");
+            assert!(r.headers.is_empty(), "{:?}", r.headers);
             by_partition.entry(r.partition).or_default().push(r.offset);
             all.push(String::from_utf8(r.value.clone().unwrap()).unwrap());
         }

@@ -91,13 +91,62 @@ pub enum Delivery {
     AtMostOnce,
 }
 
-/// `--starting-offsets`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum StartingOffsetsArg {
-    /// The first record still held.
-    Earliest,
-    /// Only records written after the start.
-    Latest,
+/// `--starting-offsets`: `earliest`, `latest`, `group`, or Spark's JSON
+/// `{"TOPIC":{"0":23,"1":-2}}` (-2 earliest, -1 latest; unlisted partitions earliest).
+/// The parsed flag: the topic its JSON names (if any) and the offsets.
+#[derive(Clone, Debug)]
+struct StartingOffsetsArg {
+    topic: Option<String>,
+    offsets: StartingOffsets,
+}
+
+fn parse_starting_offsets(s: &str) -> std::result::Result<StartingOffsetsArg, String> {
+    let word = |offsets| {
+        Ok(StartingOffsetsArg {
+            topic: None,
+            offsets,
+        })
+    };
+    match s {
+        "earliest" => return word(StartingOffsets::Earliest),
+        "latest" => return word(StartingOffsets::Latest),
+        "group" => return word(StartingOffsets::Group),
+        _ => {}
+    }
+    let bad = |why: String| {
+        format!(
+            "{why}; give earliest, latest, group or JSON like {{\"TOPIC\":{{\"0\":23,\"1\":-2}}}} \
+             (-2: earliest, -1: latest)"
+        )
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(s).map_err(|e| bad(format!("not a known word nor JSON ({e})")))?;
+    let topics = json
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| bad("expected one topic".into()))?;
+    let mut offsets = std::collections::BTreeMap::new();
+    let mut topic = None;
+    for (name, partitions) in topics {
+        topic = Some(name.clone());
+        let partitions = partitions
+            .as_object()
+            .ok_or_else(|| bad("expected an object of partitions".into()))?;
+        for (p, o) in partitions {
+            let p: u32 = p
+                .parse()
+                .map_err(|_| bad(format!("partition `{p}` is not a number")))?;
+            let o = o
+                .as_i64()
+                .filter(|&o| o >= -2)
+                .ok_or_else(|| bad(format!("offset of partition {p} must be -2, -1 or >= 0")))?;
+            offsets.insert(p, o);
+        }
+    }
+    Ok(StartingOffsetsArg {
+        topic,
+        offsets: StartingOffsets::Explicit(offsets),
+    })
 }
 
 /// `--on-expired-offsets`.
@@ -144,8 +193,10 @@ pub struct RunOpts {
     /// times the batch interval).
     #[arg(long, value_name = "N")]
     max_records_per_partition: Option<u64>,
-    /// Kafka: where partitions start when the checkpoint holds no position for them.
-    #[arg(long, value_enum, default_value = "earliest")]
+    /// Kafka: where partitions start when the checkpoint holds no position for them:
+    /// earliest, latest, group (the --kafka-group's committed offsets) or Spark's JSON
+    /// {"TOPIC":{"0":23,"1":-2}} (-2 earliest, -1 latest; unlisted partitions earliest).
+    #[arg(long, value_name = "WHERE", default_value = "earliest", value_parser = parse_starting_offsets)]
     starting_offsets: StartingOffsetsArg,
     /// Kafka: when offsets still to be read have been deleted by retention, fail (naming
     /// the partition and the lost range) or go on from the earliest offset still held
@@ -426,6 +477,13 @@ fn key_values(args: &[String], flag: &str) -> Result<Vec<(String, String)>> {
 /// The Kafka input of the flags.
 fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
     let properties = key_values(&opts.kafka_property, "--kafka-property")?;
+    let topic = opts.kafka_topic.clone().unwrap_or_default();
+    if let Some(named) = &opts.starting_offsets.topic {
+        anyhow::ensure!(
+            *named == topic,
+            "--starting-offsets names topic `{named}`, but the job reads `{topic}`"
+        );
+    }
     // Each call to the brokers waits at most a third of the retry time (and 30 s), so
     // a broker that does not answer is tried a few times before the job fails.
     let call_timeout =
@@ -442,10 +500,7 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
         },
         options: DirectStreamOptions {
             max_records_per_partition: opts.max_records_per_partition,
-            starting_offsets: match opts.starting_offsets {
-                StartingOffsetsArg::Earliest => StartingOffsets::Earliest,
-                StartingOffsetsArg::Latest => StartingOffsets::Latest,
-            },
+            starting_offsets: opts.starting_offsets.offsets.clone(),
             on_expired_offsets: match opts.on_expired_offsets {
                 OnExpiredArg::Fail => OnExpiredOffsets::Fail,
                 OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,

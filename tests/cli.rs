@@ -1262,3 +1262,76 @@ fn a_bad_kafka_sink_address_is_a_clear_error() {
         );
     }
 }
+
+/// `--starting-offsets` as Spark's JSON (per partition an offset, -1 latest) and `group`
+/// (where `--kafka-group` committed: the previous run's end, since each completed
+/// batch's offsets are committed there).
+#[test]
+fn kafka_starting_offsets_explicit_and_from_the_group() {
+    use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "words", 2).unwrap();
+    let word = |p: i32, i: usize| (p, format!("p{p}w{i}"));
+    produce(
+        &broker.brokers,
+        "words",
+        (0..50).flat_map(|i| [word(0, i), word(1, i)]),
+    )
+    .unwrap();
+    // The distinct words a run counted (every word is new: one row per word).
+    let run = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "run",
+            "word-count",
+            "--once",
+            "--quiet",
+            "--no-ui",
+            "--kafka-brokers",
+            &broker.brokers,
+            "--kafka-topic",
+            "words",
+            "--kafka-group",
+            "starting-test",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args);
+        let mut words: Vec<String> = read_stream(out, "word_counts")
+            .into_values()
+            .flatten()
+            .map(|r| r["word"].as_str().unwrap().to_string())
+            .collect();
+        words.sort();
+        words
+    };
+    let explicit = run(
+        &tmp.path().join("explicit"),
+        &["--starting-offsets", r#"{"words":{"0":40,"1":-1}}"#],
+    );
+    let mut want: Vec<String> = (40..50).map(|i| format!("p0w{i}")).collect();
+    want.sort();
+    assert_eq!(
+        explicit, want,
+        "partition 0 from offset 40, partition 1 from its end"
+    );
+    // That run committed both partitions' ends to the group: a run from the group's
+    // offsets reads only what came since.
+    produce(&broker.brokers, "words", [word(0, 50), word(1, 50)]).unwrap();
+    let from_group = run(&tmp.path().join("group"), &["--starting-offsets", "group"]);
+    assert_eq!(from_group, vec!["p0w50".to_string(), "p1w50".to_string()]);
+    let err = run_err(&[
+        "run",
+        "word-count",
+        "--once",
+        "--no-ui",
+        "--kafka-brokers",
+        &broker.brokers,
+        "--kafka-topic",
+        "words",
+        "--starting-offsets",
+        r#"{"other":{"0":1}}"#,
+    ]);
+    assert!(err.contains("names topic `other`"), "{err}");
+}

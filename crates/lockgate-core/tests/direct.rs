@@ -156,6 +156,44 @@ fn latest_starting_offsets_skip_what_was_there_and_new_partitions_start_at_their
     assert_eq!(all, vec!["p0-5", "p0-6", "p1-0", "p1-1"]);
 }
 
+/// Spark's explicit starting offsets: an offset, -2 (earliest) or -1 (latest) per
+/// partition, unlisted partitions from the earliest; an offset past the end is an error
+/// naming the partition.
+#[test]
+fn explicit_starting_offsets_start_each_partition_where_given() {
+    let log = MemoryLog::new(3);
+    for p in 0..3 {
+        fill(&log, p, 0..6);
+    }
+    let opts = DirectStreamOptions {
+        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(0, 4), (1, -1)])),
+        ..Default::default()
+    };
+    let out = run_bounded(2, |ctx| {
+        ctx.direct_stream("memory", log.clone(), opts.clone())
+    })
+    .unwrap();
+    let mut all: Vec<String> = out.into_values().flatten().collect();
+    all.sort();
+    let mut want = vec!["p0-4".to_string(), "p0-5".to_string()];
+    want.extend((0..6).map(|o| format!("p2-{o}")));
+    assert_eq!(all, want);
+
+    let past_end = DirectStreamOptions {
+        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(2, 7)])),
+        ..Default::default()
+    };
+    let err = run_bounded(2, |ctx| {
+        ctx.direct_stream("memory", log.clone(), past_end.clone())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("starting offset 7 of partition 2") && err.contains("-1 for the latest"),
+        "{err}"
+    );
+}
+
 #[test]
 fn expired_offsets_fail_by_default_naming_the_partition_and_the_lost_range() {
     let log = MemoryLog::new(2);

@@ -355,6 +355,44 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
             .map_err(|e| Box::new(Detail(e)) as BoxError)
     }
 
+    /// The configured group's committed offsets (`StartingOffsets::Group`).
+    fn committed(&self) -> std::result::Result<std::collections::BTreeMap<u32, i64>, BoxError> {
+        let group = self.config.group.as_deref().ok_or_else(|| {
+            Box::new(Error::Config(
+                "starting from the group's offsets needs a consumer group (KafkaConfig::group, \
+                 --kafka-group)"
+                    .into(),
+            )) as BoxError
+        })?;
+        let bounds = self
+            .partition_bounds()
+            .map_err(|e| Box::new(Detail(e)) as BoxError)?;
+        let mut c = self.config.client_config();
+        c.set("group.id", group);
+        let consumer: BaseConsumer = c.create().map_err(|e| Box::new(e) as BoxError)?;
+        let mut tpl = TopicPartitionList::new();
+        for b in &bounds {
+            tpl.add_partition(
+                &self.config.topic,
+                i32::try_from(b.partition).unwrap_or(i32::MAX),
+            );
+        }
+        let committed = consumer
+            .committed_offsets(tpl, self.config.timeout)
+            .map_err(|e| {
+                Box::new(self.connect_err(format!("committed offsets of group `{group}`: {e}"), e))
+                    as BoxError
+            })?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((u32::try_from(e.partition()).ok()?, o)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Commits `positions` to the configured group, asynchronously (lag monitors only).
     fn completed(&self, positions: &[(u32, i64)]) {
         let Some(group) = &self.config.group else {

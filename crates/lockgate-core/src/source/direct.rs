@@ -70,10 +70,16 @@ pub trait PartitionedLog<T>: Send + Sync + 'static {
     /// partition read. For lag monitors (a Kafka log commits them to a consumer group);
     /// correctness never depends on it, and the default does nothing.
     fn completed(&self, _positions: &[(u32, i64)]) {}
+    /// The next offset of each partition as the log's consumer group committed it (for
+    /// [`StartingOffsets::Group`]); the default has none.
+    fn committed(&self) -> std::result::Result<BTreeMap<u32, i64>, BoxError> {
+        Ok(BTreeMap::new())
+    }
 }
 
-/// Where a partition without a checkpointed position starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where a partition without a checkpointed position starts (the checkpoint's position,
+/// when it has one, always wins).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum StartingOffsets {
     /// At the first record still held (Spark's `startingOffsets=earliest`).
     #[default]
@@ -81,6 +87,13 @@ pub enum StartingOffsets {
     /// After the last record at start: only records written from then on. Partitions
     /// that appear later start at their earliest offset.
     Latest,
+    /// Per partition: an offset, or `-2` for the earliest and `-1` for the latest (Spark's
+    /// JSON `{"topic":{"0":23,"1":-2}}`); partitions not listed start at the earliest.
+    Explicit(BTreeMap<u32, i64>),
+    /// Where the log's consumer group committed (a Kafka log's `KafkaConfig::group`,
+    /// [`PartitionedLog::committed`]); partitions without a committed offset start at
+    /// the earliest.
+    Group,
 }
 
 /// What happens when offsets to be read have expired from the log.
@@ -358,13 +371,51 @@ impl<T: Data> InputSource for DirectInput<T> {
                 *n = (*n).max(done);
             }
         }
+        let committed = match self.opts.starting_offsets {
+            StartingOffsets::Group => self.log.committed().map_err(|e| Error::Source {
+                source_name: self.name.clone(),
+                message: format!(
+                    "{}: cannot read the consumer group's committed offsets to start from \
+                     ({e}); start from earliest or latest instead",
+                    self.log.describe()
+                ),
+            })?,
+            _ => BTreeMap::new(),
+        };
         for b in &bounds {
-            next.entry(b.partition)
-                .or_insert(match self.opts.starting_offsets {
-                    // A partition unknown to a restored checkpoint is new: all of it.
-                    StartingOffsets::Latest if !recovered => b.latest,
-                    _ => b.earliest,
-                });
+            if next.contains_key(&b.partition) {
+                continue;
+            }
+            let start = match &self.opts.starting_offsets {
+                // A partition unknown to a restored checkpoint is new: all of it.
+                StartingOffsets::Latest if !recovered => b.latest,
+                StartingOffsets::Latest | StartingOffsets::Earliest => b.earliest,
+                StartingOffsets::Explicit(offsets) => match offsets.get(&b.partition) {
+                    None | Some(-2) => b.earliest,
+                    Some(-1) => b.latest,
+                    Some(&o) if o >= 0 && o <= b.latest => o,
+                    Some(&o) => {
+                        return Err(Error::Source {
+                            source_name: self.name.clone(),
+                            message: format!(
+                                "{}: starting offset {o} of partition {} is outside [0, {}] \
+                                 (its end now); give an offset up to the end, -2 for the \
+                                 earliest or -1 for the latest",
+                                self.log.describe(),
+                                b.partition,
+                                b.latest
+                            ),
+                        })
+                    }
+                },
+                StartingOffsets::Group => committed
+                    .get(&b.partition)
+                    .copied()
+                    .filter(|&o| o >= 0)
+                    .unwrap_or(b.earliest)
+                    .min(b.latest),
+            };
+            next.insert(b.partition, start);
         }
         if recovered {
             // A bounded run would otherwise find nothing to do and end "successfully".

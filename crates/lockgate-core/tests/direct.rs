@@ -248,6 +248,36 @@ fn expired_offsets_are_skipped_and_counted_with_the_earliest_policy() {
     assert_eq!(p1, expected);
 }
 
+/// The ranges lost to expiry are logged with the batch's plan (what `checkpoint
+/// inspect` and the batch page show): the log, the partition and the offsets.
+#[test]
+fn lost_ranges_are_recorded_in_the_batch_plan() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..10);
+    fill(&log, 1, 0..10);
+    let run = ManualRun::new(1).unwrap();
+    let opts = DirectStreamOptions {
+        on_expired_offsets: OnExpiredOffsets::Earliest,
+        ..limited(4)
+    };
+    let _out = collect_batches(&run.ctx.direct_stream("memory", log.clone(), opts));
+    run.ctx.start().unwrap();
+    run.next_batch().unwrap();
+    // Retention deletes offsets 4..8 of partition 1 before the job reads them.
+    log.delete_before(1, 8);
+    run.next_batch().unwrap();
+    let batches = run.ctx.metrics().completed_batches();
+    let description = &batches[1].inputs[0].description;
+    assert!(
+        description.contains("lost before they were read")
+            && description.contains(&log.describe())
+            && description.contains("partition 1 [4, 8)"),
+        "{description}"
+    );
+    assert!(!batches[0].inputs[0].description.contains("lost"));
+    let _ = run.ctx.stop(false);
+}
+
 #[test]
 fn a_range_that_expires_between_plan_and_read_follows_the_policy_too() {
     // Planned with offsets [0, 10) present, deleted before the batch reads them.

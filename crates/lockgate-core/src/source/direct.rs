@@ -457,11 +457,13 @@ impl<T: Data> InputSource for DirectInput<T> {
             return Err(self.disappeared(*gone));
         }
         let mut ranges = Ranges::with_capacity(bounds.len());
+        let mut lost = Vec::new();
         let mut lag = 0;
         for b in &bounds {
             let n = next.entry(b.partition).or_insert(b.earliest);
             if *n < b.earliest {
                 self.expired(b.partition, *n, b.earliest)?;
+                lost.push((b.partition, *n, b.earliest));
                 *n = b.earliest;
             } else if *n > b.latest {
                 return Err(self.ends_before(b, *n));
@@ -487,7 +489,19 @@ impl<T: Data> InputSource for DirectInput<T> {
             .store(lag, std::sync::atomic::Ordering::Relaxed);
         let records: u64 = ranges.iter().map(|r| (r.2 - r.1) as u64).sum();
         SourceCounters::add(&self.counters.records, records);
-        let description = describe_ranges(&ranges);
+        let mut description = describe_ranges(&ranges);
+        if !lost.is_empty() {
+            // Logged with the plan: `checkpoint inspect` and the batch's page show it.
+            let lost: Vec<String> = lost
+                .iter()
+                .map(|(p, from, until)| format!("partition {p} [{from}, {until})"))
+                .collect();
+            description.push_str(&format!(
+                "; lost before they were read (expired from {}): {}",
+                self.log.describe(),
+                lost.join(", ")
+            ));
+        }
         let descriptor = to_bytes(&ranges);
         lock(&self.planned).insert(t, ranges);
         let info = InputInfo {

@@ -598,8 +598,15 @@ impl StreamingContext {
             .checkpoint
             .as_ref()
             .map_or(DeliveryMode::default(), |c| c.delivery);
-        let protocol = Protocol::new(self.inner.graph.clone(), checkpointer, delivery, bounded)
-            .and_then(|p| p.restore_replays(&replays).map(|()| p));
+        let last_replay = replays.last().map(|p| p.batch_id);
+        let protocol = Protocol::new(
+            self.inner.graph.clone(),
+            checkpointer,
+            delivery,
+            bounded,
+            last_replay,
+        )
+        .and_then(|p| p.restore_replays(&replays).map(|()| p));
         let protocol = match protocol {
             Ok(p) => p,
             Err(e) => {

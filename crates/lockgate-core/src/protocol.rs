@@ -162,26 +162,29 @@ impl Protocol {
         Ok(())
     }
 
-    /// The protocol of a started context. With a checkpoint (whose logged batches are
-    /// re-run after a crash), asks every sink which batch it committed last (recorded
-    /// for the batches' contexts: in exactly-once mode a sink is not handed a re-run
-    /// batch it already holds). Without one nothing is re-run, and batch ids start
-    /// again (or continue after a sink's with `from_sink_offsets`), so nothing is
-    /// skipped.
+    /// The protocol of a started context. When recovery re-runs logged batches (up to
+    /// `last_replay`), asks every sink which batch it committed last, and records it (up
+    /// to `last_replay`) for the batches' contexts: in exactly-once mode a sink is not
+    /// handed a re-run batch it already holds. New batches are always handed over: a
+    /// sink that reports a later batch holds it from another run (a checkpoint started
+    /// anew, whose batch ids start again), not from this one.
     pub fn new(
         graph: Arc<Graph>,
         checkpointer: Option<Arc<Checkpointer>>,
         delivery: DeliveryMode,
         bounded: bool,
+        last_replay: Option<BatchId>,
     ) -> Result<Self> {
         let mut sinks_committed = BTreeMap::new();
         let skip = checkpointer.is_some() && Order::of(delivery).sinks_skip_committed;
-        for sink in graph.sinks().into_iter().filter(|_| skip) {
+        let last_replay = last_replay.filter(|_| skip);
+        for sink in graph.sinks().into_iter().filter(|_| last_replay.is_some()) {
             let name = sink.name();
             match sink.last_committed(&graph.app_name()) {
                 Ok(Some(id)) => {
                     tracing::info!(sink = %name, last_batch = id, "the sink reports its last committed batch");
-                    sinks_committed.insert(name, id);
+                    let through = last_replay.map_or(id, |r| id.min(r));
+                    sinks_committed.insert(name, through);
                 }
                 Ok(None) => {}
                 Err(source) => {

@@ -174,3 +174,31 @@ fn a_sink_is_not_handed_a_batch_it_reports_committed_again_in_exactly_once_mode(
         assert_eq!(*handed.lock().unwrap(), expected, "{mode:?}");
     }
 }
+
+/// A sink that holds batches of an earlier run (its checkpoint was started anew, so
+/// batch ids start again) is handed every new batch: only re-run batches are skipped.
+#[test]
+fn a_new_checkpoint_hands_a_sink_every_batch_whatever_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let handed: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0, 1, 2, 3, 4, 5]));
+    let clock = Arc::new(ManualClock::new(0));
+    let ctx = StreamingContext::get_or_create(dir.path(), |b| {
+        let ctx = b
+            .app_name("d")
+            .batch_interval(Duration::from_secs(1))
+            .parallelism(1)
+            .clock(clock.clone())
+            .build()?;
+        let counts = ctx
+            .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
+            .count();
+        counts.write_to(RecordingSink(handed.clone()));
+        Ok(ctx)
+    })
+    .unwrap();
+    let run = ManualRun { ctx, clock };
+    run.ctx.start().unwrap();
+    run.run_batches(2).unwrap();
+    run.ctx.stop(false).unwrap();
+    assert_eq!(*handed.lock().unwrap(), vec![0, 1, 2, 3, 4, 5, 0, 1]);
+}

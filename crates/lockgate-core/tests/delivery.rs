@@ -6,29 +6,27 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockgate_core::testing::{collect_batches, ManualRun};
-use lockgate_core::{DeliveryMode, ManualClock, StreamingContext};
+use lockgate_core::{DStream, DeliveryMode, ManualClock, StreamingContext};
 
 type Appended = Arc<Mutex<Vec<(u64, i64)>>>;
 
-/// Runs 4 batches of counts; when `fail_at` is set, the second output fails at that
-/// batch (a crash mid-batch). Returns what an appending sink saw and the idempotent
-/// per-batch output.
-fn run(
+/// Runs `batches` batches of the test job (4 batches of three equal elements, counted)
+/// on the checkpoint `dir` from `start_ms`; `outputs` registers the outputs on the
+/// counts, in order. With `fail_at`, a last output fails at that batch (a crash after
+/// the other outputs of the batch wrote).
+fn run_counts(
     dir: &Path,
     mode: DeliveryMode,
     start_ms: i64,
     fail_at: Option<u64>,
     batches: usize,
-    appended: &Appended,
-) -> Vec<u64> {
+    outputs: impl FnOnce(&DStream<i64>),
+) {
     let clock = Arc::new(ManualClock::new(start_ms));
-    let failing = Arc::new(AtomicBool::new(fail_at.is_some()));
-    let mut idempotent = None;
     let ctx = StreamingContext::get_or_create(dir, |b| {
         let ctx = b
             .app_name("d")
@@ -40,16 +38,9 @@ fn run(
         let counts = ctx
             .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
             .count();
-        let app = appended.clone();
-        counts.foreach_batch(move |b, r| {
-            for c in b.iter() {
-                app.lock().unwrap().push((r.id, *c));
-            }
-        });
-        idempotent = Some(collect_batches(&counts));
-        let f = failing.clone();
+        outputs(&counts);
         counts.foreach_batch(move |_, r| {
-            if f.load(Ordering::Acquire) && Some(r.id) == fail_at {
+            if Some(r.id) == fail_at {
                 Err("simulated crash")
             } else {
                 Ok(())
@@ -62,6 +53,29 @@ fn run(
     run.ctx.start().unwrap();
     let _ = run.run_batches(batches);
     let _ = run.ctx.stop(false);
+}
+
+/// Runs 4 batches of counts; when `fail_at` is set, the second output fails at that
+/// batch (a crash mid-batch). Returns what an appending sink saw and the idempotent
+/// per-batch output.
+fn run(
+    dir: &Path,
+    mode: DeliveryMode,
+    start_ms: i64,
+    fail_at: Option<u64>,
+    batches: usize,
+    appended: &Appended,
+) -> Vec<u64> {
+    let mut idempotent = None;
+    run_counts(dir, mode, start_ms, fail_at, batches, |counts| {
+        let app = appended.clone();
+        counts.foreach_batch(move |b, r| {
+            for c in b.iter() {
+                app.lock().unwrap().push((r.id, *c));
+            }
+        });
+        idempotent = Some(collect_batches(counts));
+    });
     let ids = idempotent
         .unwrap()
         .lock()
@@ -143,33 +157,9 @@ fn a_sink_is_not_handed_a_batch_it_reports_committed_again_in_exactly_once_mode(
         let dir = tempfile::tempdir().unwrap();
         let handed: Arc<Mutex<Vec<u64>>> = Arc::default();
         for (start_ms, fail_at, batches) in [(0, Some(2), 3), (3000, None, 1)] {
-            let clock = Arc::new(ManualClock::new(start_ms));
-            let ctx = StreamingContext::get_or_create(dir.path(), |b| {
-                let ctx = b
-                    .app_name("d")
-                    .batch_interval(Duration::from_secs(1))
-                    .parallelism(1)
-                    .clock(clock.clone())
-                    .delivery(mode)
-                    .build()?;
-                let counts = ctx
-                    .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
-                    .count();
+            run_counts(dir.path(), mode, start_ms, fail_at, batches, |counts| {
                 counts.write_to(RecordingSink(handed.clone()));
-                counts.foreach_batch(move |_, r| {
-                    if Some(r.id) == fail_at {
-                        Err("simulated crash")
-                    } else {
-                        Ok(())
-                    }
-                });
-                Ok(ctx)
-            })
-            .unwrap();
-            let run = ManualRun { ctx, clock };
-            run.ctx.start().unwrap();
-            let _ = run.run_batches(batches);
-            let _ = run.ctx.stop(false);
+            });
         }
         assert_eq!(*handed.lock().unwrap(), expected, "{mode:?}");
     }
@@ -181,24 +171,15 @@ fn a_sink_is_not_handed_a_batch_it_reports_committed_again_in_exactly_once_mode(
 fn a_new_checkpoint_hands_a_sink_every_batch_whatever_it_reports() {
     let dir = tempfile::tempdir().unwrap();
     let handed: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0, 1, 2, 3, 4, 5]));
-    let clock = Arc::new(ManualClock::new(0));
-    let ctx = StreamingContext::get_or_create(dir.path(), |b| {
-        let ctx = b
-            .app_name("d")
-            .batch_interval(Duration::from_secs(1))
-            .parallelism(1)
-            .clock(clock.clone())
-            .build()?;
-        let counts = ctx
-            .seq_stream((0..4).map(|i| vec![i; 3]).collect::<Vec<Vec<i64>>>())
-            .count();
-        counts.write_to(RecordingSink(handed.clone()));
-        Ok(ctx)
-    })
-    .unwrap();
-    let run = ManualRun { ctx, clock };
-    run.ctx.start().unwrap();
-    run.run_batches(2).unwrap();
-    run.ctx.stop(false).unwrap();
+    run_counts(
+        dir.path(),
+        DeliveryMode::ExactlyOnce,
+        0,
+        None,
+        2,
+        |counts| {
+            counts.write_to(RecordingSink(handed.clone()));
+        },
+    );
     assert_eq!(*handed.lock().unwrap(), vec![0, 1, 2, 3, 4, 5, 0, 1]);
 }

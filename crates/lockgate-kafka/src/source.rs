@@ -108,23 +108,50 @@ pub struct KafkaLog<T> {
     meta: BaseConsumer,
     readers: Mutex<HashMap<u32, Arc<Mutex<PartitionReader>>>>,
     decode: Decode<T>,
-    /// Commits completed positions to `config.group` (made when first needed), with
-    /// the last positions committed (asynchronously; again, and waited for, on drop).
-    committer: Mutex<Option<(BaseConsumer, TopicPartitionList)>>,
+    /// Commits completed positions to `config.group` (made when first needed),
+    /// asynchronously.
+    committer: Mutex<Option<BaseConsumer<CommitWatch>>>,
 }
 
+/// Counts the asynchronous group commits still on their way, and logs failed ones.
+#[derive(Default)]
+struct CommitWatch {
+    pending: std::sync::atomic::AtomicU64,
+}
+
+impl rdkafka::ClientContext for CommitWatch {}
+
+impl rdkafka::consumer::ConsumerContext for CommitWatch {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "committing offsets for lag monitors failed (correctness does not depend on them)");
+        }
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// How long dropping a log waits for its last group commits.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
+
 impl<T> Drop for KafkaLog<T> {
-    /// The last asynchronous commit may still be on its way: commit once more and wait.
+    /// The last asynchronous commits may still be on their way: wait for them, a
+    /// little (a broker that does not answer must not hold up the process's exit).
     fn drop(&mut self) {
         let committer = self
             .committer
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((consumer, last)) = committer.take() {
-            if last.count() > 0 {
-                if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "committing the last offsets for lag monitors failed");
-                }
+        if let Some(consumer) = committer.take() {
+            let deadline = Instant::now() + COMMIT_WAIT;
+            while consumer
+                .context()
+                .pending
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+                && Instant::now() < deadline
+            {
+                let _ = consumer.poll(Duration::from_millis(50));
             }
         }
     }
@@ -402,19 +429,18 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
         if committer.is_none() {
             let mut c = self.config.client_config();
             c.set("group.id", group);
-            match c.create::<BaseConsumer>() {
-                Ok(consumer) => *committer = Some((consumer, TopicPartitionList::new())),
+            match c.create_with_context::<_, BaseConsumer<CommitWatch>>(CommitWatch::default()) {
+                Ok(consumer) => *committer = Some(consumer),
                 Err(e) => {
                     tracing::warn!(group = %group, error = %e, "cannot create the consumer that commits offsets for lag monitors");
                     return;
                 }
             }
         }
-        let Some((consumer, last)) = committer.as_mut() else {
+        let Some(consumer) = committer.as_ref() else {
             return;
         };
-        // Results of earlier asynchronous commits (their failures are logged by
-        // librdkafka's own callback).
+        // Results of earlier asynchronous commits (failures are logged).
         let _ = consumer.poll(Duration::ZERO);
         let mut tpl = TopicPartitionList::new();
         for &(partition, next) in positions {
@@ -426,10 +452,12 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
                 return;
             }
         }
+        let pending = &consumer.context().pending;
+        pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             tracing::warn!(group = %group, error = %e, "committing offsets for lag monitors failed (correctness does not depend on them)");
         }
-        *last = tpl;
     }
 
     /// Brokers that do not answer may come back; a topic that is missing or has no

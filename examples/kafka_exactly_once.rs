@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use lockgate_core::source::direct::{DirectStreamOptions, OnExpiredOffsets};
 use lockgate_core::{StreamingContext, Trigger};
-use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+use lockgate_kafka::testing::{create_topic, produce, sample_log_lines, KafkaBroker};
 use lockgate_kafka::{kafka_lines, KafkaConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,16 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let b = KafkaBroker::start()?;
             create_topic(&b.brokers, "logs", 2)?;
-            let lines = (0..1000).map(|i| {
-                let level = if i % 7 == 0 { "ERROR" } else { "INFO" };
-                let line = format!(
-                    "[Fri Dec 18 00:{:02}:{:02} 2015] [{level}] request {i}",
-                    i / 60 % 60,
-                    i % 60
-                );
-                (i % 2, line)
-            });
-            produce(&b.brokers, "logs", lines)?;
+            produce(&b.brokers, "logs", sample_log_lines(1000))?;
             let addr = b.brokers.clone();
             _broker = Some(b);
             addr

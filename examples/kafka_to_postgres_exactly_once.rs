@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use lockgate_core::source::direct::DirectStreamOptions;
 use lockgate_core::{StreamingContext, Trigger};
-use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+use lockgate_kafka::testing::{create_topic, produce, sample_log_lines, KafkaBroker};
 use lockgate_kafka::{kafka_lines, KafkaConfig};
 use lockgate_sql_sinks::testing::PgServer;
 use lockgate_sql_sinks::{open_url, SqlSink, SqlType, SqlValue, Table, WriteMode};
@@ -31,16 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             let broker = KafkaBroker::start()?;
             create_topic(&broker.brokers, "logs", 2)?;
-            let lines = (0..1000).map(|i| {
-                let level = if i % 7 == 0 { "ERROR" } else { "INFO" };
-                let line = format!(
-                    "[Fri Dec 18 00:{:02}:{:02} 2015] [{level}] request {i}",
-                    i / 60 % 60,
-                    i % 60
-                );
-                (i % 2, line)
-            });
-            produce(&broker.brokers, "logs", lines)?;
+            produce(&broker.brokers, "logs", sample_log_lines(1000))?;
             let pg = PgServer::start()?;
             let found = (broker.brokers.clone(), "logs".to_string(), pg.url.clone());
             services = Some((broker, pg));

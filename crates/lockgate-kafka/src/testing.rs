@@ -301,3 +301,18 @@ pub fn committed_offsets(
         )
         .collect())
 }
+
+/// `n` sample Apache-style log lines for demos, `(partition, line)` over 2 partitions:
+/// `[Fri Dec 18 00:MM:SS 2015] [LEVEL] request i`, one second apart, every seventh an
+/// `ERROR`.
+pub fn sample_log_lines(n: usize) -> impl Iterator<Item = (i32, String)> {
+    (0..n).map(|i| {
+        let level = if i % 7 == 0 { "ERROR" } else { "INFO" };
+        let line = format!(
+            "[Fri Dec 18 00:{:02}:{:02} 2015] [{level}] request {i}",
+            i / 60 % 60,
+            i % 60
+        );
+        (i32::from(i % 2 == 1), line)
+    })
+}

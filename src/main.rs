@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
-use lockgate_core::source::direct::{DirectStreamOptions, OnExpiredOffsets, StartingOffsets};
+use lockgate_core::source::direct::{
+    DirectStreamOptions, OnExpiredOffsets, StartingOffsets, TopicPartition,
+};
 use lockgate_jobs::{self as jobs, Input, Job, JobConfig};
 
 #[derive(Parser)]
@@ -93,24 +95,12 @@ pub enum Delivery {
 
 /// `--starting-offsets`: `earliest`, `latest`, `group`, or Spark's JSON
 /// `{"TOPIC":{"0":23,"1":-2}}` (-2 earliest, -1 latest; unlisted partitions earliest).
-/// The parsed flag: the topic its JSON names (if any) and the offsets.
-#[derive(Clone, Debug)]
-struct StartingOffsetsArg {
-    topic: Option<String>,
-    offsets: StartingOffsets,
-}
-
-fn parse_starting_offsets(s: &str) -> std::result::Result<StartingOffsetsArg, String> {
-    let word = |offsets| {
-        Ok(StartingOffsetsArg {
-            topic: None,
-            offsets,
-        })
-    };
+/// The parsed flag (its JSON may name several topics).
+fn parse_starting_offsets(s: &str) -> std::result::Result<StartingOffsets, String> {
     match s {
-        "earliest" => return word(StartingOffsets::Earliest),
-        "latest" => return word(StartingOffsets::Latest),
-        "group" => return word(StartingOffsets::Group),
+        "earliest" => return Ok(StartingOffsets::Earliest),
+        "latest" => return Ok(StartingOffsets::Latest),
+        "group" => return Ok(StartingOffsets::Group),
         _ => {}
     }
     let bad = |why: String| {
@@ -123,12 +113,10 @@ fn parse_starting_offsets(s: &str) -> std::result::Result<StartingOffsetsArg, St
         serde_json::from_str(s).map_err(|e| bad(format!("not a known word nor JSON ({e})")))?;
     let topics = json
         .as_object()
-        .filter(|o| o.len() == 1)
-        .ok_or_else(|| bad("expected one topic".into()))?;
+        .filter(|o| !o.is_empty())
+        .ok_or_else(|| bad("expected an object of topics".into()))?;
     let mut offsets = std::collections::BTreeMap::new();
-    let mut topic = None;
     for (name, partitions) in topics {
-        topic = Some(name.clone());
         let partitions = partitions
             .as_object()
             .ok_or_else(|| bad("expected an object of partitions".into()))?;
@@ -140,13 +128,10 @@ fn parse_starting_offsets(s: &str) -> std::result::Result<StartingOffsetsArg, St
                 .as_i64()
                 .filter(|&o| o >= -2)
                 .ok_or_else(|| bad(format!("offset of partition {p} must be -2, -1 or >= 0")))?;
-            offsets.insert(p, o);
+            offsets.insert(TopicPartition::new(name.clone(), p), o);
         }
     }
-    Ok(StartingOffsetsArg {
-        topic,
-        offsets: StartingOffsets::Explicit(offsets),
-    })
+    Ok(StartingOffsets::Explicit(offsets))
 }
 
 /// `--on-expired-offsets`.
@@ -173,13 +158,24 @@ pub struct RunOpts {
     #[arg(
         long,
         value_name = "HOST:PORT[,...]",
-        requires = "kafka_topic",
         conflicts_with_all = ["input", "socket"]
     )]
     kafka_brokers: Option<String>,
-    /// The Kafka topic to read (with --kafka-brokers).
-    #[arg(long, value_name = "TOPIC", requires = "kafka_brokers")]
-    kafka_topic: Option<String>,
+    /// The Kafka topics to read (with --kafka-brokers), comma-separated: one stream of
+    /// all their partitions.
+    #[arg(
+        long,
+        value_name = "TOPIC[,TOPIC...]",
+        requires = "kafka_brokers",
+        value_delimiter = ',',
+        conflicts_with = "kafka_topic_pattern"
+    )]
+    kafka_topic: Vec<String>,
+    /// Read every Kafka topic whose whole name matches this regular expression (Spark's
+    /// subscribePattern), internal topics excepted; topics created while the job runs
+    /// are read from their start.
+    #[arg(long, value_name = "REGEX", requires = "kafka_brokers")]
+    kafka_topic_pattern: Option<String>,
     /// A librdkafka consumer property for the Kafka source, e.g. security.protocol=SSL
     /// or sasl.username=...; repeat for several. Values are never printed.
     #[arg(long, value_name = "KEY=VALUE", requires = "kafka_brokers")]
@@ -197,7 +193,7 @@ pub struct RunOpts {
     /// earliest, latest, group (the --kafka-group's committed offsets) or Spark's JSON
     /// {"TOPIC":{"0":23,"1":-2}} (-2 earliest, -1 latest; unlisted partitions earliest).
     #[arg(long, value_name = "WHERE", default_value = "earliest", value_parser = parse_starting_offsets)]
-    starting_offsets: StartingOffsetsArg,
+    starting_offsets: StartingOffsets,
     /// Kafka: when offsets still to be read have been deleted by retention, fail (naming
     /// the partition and the lost range) or go on from the earliest offset still held
     /// (the lost records are counted in lockgate_source_lost_records_total and logged).
@@ -477,12 +473,38 @@ fn key_values(args: &[String], flag: &str) -> Result<Vec<(String, String)>> {
 /// The Kafka input of the flags.
 fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
     let properties = key_values(&opts.kafka_property, "--kafka-property")?;
-    let topic = opts.kafka_topic.clone().unwrap_or_default();
-    if let Some(named) = &opts.starting_offsets.topic {
-        anyhow::ensure!(
-            *named == topic,
-            "--starting-offsets names topic `{named}`, but the job reads `{topic}`"
-        );
+    let mut topics: Vec<String> = Vec::new();
+    for t in &opts.kafka_topic {
+        let t = t.trim();
+        anyhow::ensure!(!t.is_empty(), "--kafka-topic: an empty topic name");
+        if !topics.iter().any(|have| have == t) {
+            topics.push(t.to_string());
+        }
+    }
+    let subscription = match &opts.kafka_topic_pattern {
+        Some(pattern) => lockgate_kafka::Subscription::Pattern(pattern.clone()),
+        None if topics.is_empty() => {
+            bail!(
+                "--kafka-brokers needs the topics to read: --kafka-topic or --kafka-topic-pattern"
+            )
+        }
+        None => lockgate_kafka::Subscription::Topics(topics.clone()),
+    };
+    if let StartingOffsets::Explicit(offsets) = &opts.starting_offsets {
+        if let Some(other) = offsets
+            .keys()
+            .find(|tp| !topics.is_empty() && !topics.contains(&tp.topic))
+        {
+            bail!(
+                "--starting-offsets names topic `{}`, but the job reads {}",
+                other.topic,
+                topics
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     // Each call to the brokers waits at most a third of the retry time (and 30 s), so
     // a broker that does not answer is tried a few times before the job fails.
@@ -493,14 +515,11 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
             properties,
             timeout: call_timeout,
             group: opts.kafka_group.clone(),
-            ..lockgate_kafka::KafkaConfig::new(
-                brokers,
-                opts.kafka_topic.clone().unwrap_or_default(),
-            )
+            ..lockgate_kafka::KafkaConfig::for_subscription(brokers, subscription)
         },
         options: DirectStreamOptions {
             max_records_per_partition: opts.max_records_per_partition,
-            starting_offsets: opts.starting_offsets.offsets.clone(),
+            starting_offsets: opts.starting_offsets.clone(),
             on_expired_offsets: match opts.on_expired_offsets {
                 OnExpiredArg::Fail => OnExpiredOffsets::Fail,
                 OnExpiredArg::Earliest => OnExpiredOffsets::Earliest,

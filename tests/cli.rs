@@ -815,6 +815,72 @@ fn log_errors_event_time_over_kafka_matches_the_same_lines_from_files() {
     );
 }
 
+/// The final count of each word in a word-count output (its row in the highest batch).
+fn final_word_counts(out: &Path) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for rows in read_stream(out, "word_counts").into_values() {
+        for r in rows {
+            counts.insert(
+                r["word"].as_str().unwrap().to_string(),
+                r["count"].as_i64().unwrap(),
+            );
+        }
+    }
+    counts
+}
+
+/// `--kafka-topic a,b` and `--kafka-topic-pattern REGEX` read several topics as one
+/// stream: the counts are those of all their lines; topics the pattern does not match
+/// are not read; a bad pattern is a clear error.
+#[test]
+fn the_cli_reads_several_kafka_topics_by_list_and_by_pattern() {
+    use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    for (topic, word, n) in [
+        ("web-a", "alpha", 30),
+        ("web-b", "beta", 20),
+        ("db", "gamma", 5),
+    ] {
+        create_topic(&broker.brokers, topic, 1).unwrap();
+        let lines = (0..n).map(|i| (0, format!("{word} all {i}")));
+        produce(&broker.brokers, topic, lines).unwrap();
+    }
+    let run = |out: &str, source: &[&str]| {
+        let out = tmp.path().join(out);
+        let args = [
+            &["run", "word-count", "--once", "--quiet", "--no-ui"][..],
+            &["--kafka-brokers", &broker.brokers],
+            source,
+            &["--output", out.to_str().unwrap()],
+        ]
+        .concat();
+        run_ok(&args);
+        final_word_counts(&out)
+    };
+    let listed = run("listed", &["--kafka-topic", "web-a,web-b"]);
+    assert_eq!(
+        (listed["alpha"], listed["beta"], listed["all"]),
+        (30, 20, 50)
+    );
+    assert!(!listed.contains_key("gamma"));
+    assert_eq!(run("matched", &["--kafka-topic-pattern", "web-.*"]), listed);
+    let e = run_err(&[
+        "run",
+        "word-count",
+        "--once",
+        "--no-ui",
+        "--kafka-brokers",
+        &broker.brokers,
+        "--kafka-topic-pattern",
+        "web-(",
+    ]);
+    assert!(
+        e.contains("web-(") && e.contains("not a regular expression"),
+        "{e}"
+    );
+}
+
 /// A second process on a checkpoint directory in use is refused, naming the first.
 #[test]
 fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {
@@ -1119,31 +1185,103 @@ fn a_checkpoint_written_by_lockgate_0_1_recovers() {
             };
             run(checkpoint, "out");
             run("fresh-checkpoint", "fresh-out");
-            let expected: Vec<u64> = if committed { vec![3] } else { vec![0, 1, 2, 3] };
-            for stream in streams {
-                let recovered = read_stream(&d.join("out"), stream);
-                let fresh = read_stream(&d.join("fresh-out"), stream);
-                assert_eq!(
-                    recovered.keys().copied().collect::<Vec<_>>(),
-                    expected,
-                    "{job} {stream} (committed: {committed}): the batches the recovered run writes"
-                );
-                for id in &expected {
-                    let mut a = recovered[id].clone();
-                    let mut b = fresh[id].clone();
-                    a.sort_by_key(|v| v.to_string());
-                    b.sort_by_key(|v| v.to_string());
-                    assert_eq!(
-                        a, b,
-                        "{job} {stream}: batch {id} differs from a fresh run's"
-                    );
-                }
-                assert!(
-                    !recovered[&3].is_empty(),
-                    "{job} {stream}: batch 3 wrote nothing"
-                );
-            }
+            assert_recovered_like_a_fresh_run(d, job, streams, committed);
         }
+    }
+}
+
+/// The batches a run recovered from a 0.1 fixture (committed through batch 2, or with
+/// that commit removed) wrote to `d/out`: 3 alone, or 0 to 3; each equal to what a
+/// fresh run wrote to `d/fresh-out` for it.
+fn assert_recovered_like_a_fresh_run(d: &Path, job: &str, streams: &[&str], committed: bool) {
+    let expected: Vec<u64> = if committed { vec![3] } else { vec![0, 1, 2, 3] };
+    for stream in streams {
+        let recovered = read_stream(&d.join("out"), stream);
+        let fresh = read_stream(&d.join("fresh-out"), stream);
+        assert_eq!(
+            recovered.keys().copied().collect::<Vec<_>>(),
+            expected,
+            "{job} {stream} (committed: {committed}): the batches the recovered run writes"
+        );
+        for id in &expected {
+            let mut a = recovered[id].clone();
+            let mut b = fresh[id].clone();
+            a.sort_by_key(|v| v.to_string());
+            b.sort_by_key(|v| v.to_string());
+            assert_eq!(
+                a, b,
+                "{job} {stream}: batch {id} differs from a fresh run's"
+            );
+        }
+        assert!(
+            !recovered[&3].is_empty(),
+            "{job} {stream}: batch 3 wrote nothing"
+        );
+    }
+}
+
+/// A Kafka checkpoint of Lockgate 0.1 (tests/fixtures/checkpoint-0.1/kafka-word-count:
+/// offsets by partition number, before partitions were named by topic) recovers on a
+/// broker holding the same records and more: its positions and logged plans are taken
+/// as the partitions of the one topic it reads; every batch written equals a fresh
+/// run's. Reading several topics, it is a clear error.
+#[test]
+fn a_kafka_checkpoint_written_by_lockgate_0_1_recovers() {
+    use lockgate_kafka::testing::{create_topic, produce, sample_log_lines, KafkaBroker};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/checkpoint-0.1/kafka-word-count");
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "logs", 2).unwrap();
+    create_topic(&broker.brokers, "more-logs", 1).unwrap();
+    // The fixture's 300 records, then 100 it has not seen (batch 3).
+    produce(&broker.brokers, "logs", sample_log_lines(400)).unwrap();
+    let run = |d: &Path, topics: &str, checkpoint: &str, output: &str| {
+        lockgate()
+            .current_dir(d)
+            .args(["run", "word-count", "--kafka-brokers", &broker.brokers])
+            .args([
+                "--kafka-topic",
+                topics,
+                "--once",
+                "--max-records-per-partition",
+                "50",
+            ])
+            .args([
+                "--parallelism",
+                "2",
+                "--checkpoint",
+                checkpoint,
+                "--output",
+                output,
+            ])
+            .args(["--no-ui", "--quiet"])
+            .output()
+            .unwrap()
+    };
+    for committed in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        copy_dir(&fixture, &d.join("checkpoint"));
+        if !committed {
+            std::fs::remove_file(d.join("checkpoint/commits/2")).unwrap();
+        }
+        let several = run(d, "logs,more-logs", "checkpoint", "out");
+        let err = String::from_utf8_lossy(&several.stderr);
+        assert!(
+            !several.status.success()
+                && err.contains("Lockgate 0.1")
+                && err.contains("new checkpoint directory"),
+            "reading several topics: {err}"
+        );
+        for (checkpoint, output) in [("checkpoint", "out"), ("fresh-checkpoint", "fresh-out")] {
+            let out = run(d, "logs", checkpoint, output);
+            assert!(
+                out.status.success(),
+                "{checkpoint}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_recovered_like_a_fresh_run(d, "word-count", &["word_counts"], committed);
     }
 }
 

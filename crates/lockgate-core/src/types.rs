@@ -207,6 +207,11 @@ pub(crate) trait Stateful: Send + Sync {
     fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), CodecError>;
     /// Number of entries per partition (for inspection and metrics).
     fn sizes(&self) -> Vec<usize>;
+    /// State an earlier Lockgate did not have: a checkpoint without it starts it empty
+    /// (for other state, a checkpoint without it is an upgrade the user must allow).
+    fn introduced(&self) -> bool {
+        false
+    }
 }
 
 /// One source's part of a batch plan.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use lockgate_core::metrics::SourceCounters;
 use lockgate_core::source::direct::{
     DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
+    TopicPartition,
 };
 use lockgate_core::testing::{
     bounded_context, collect_batches, run_bounded, run_checkpointed, ManualRun,
@@ -20,6 +21,11 @@ use lockgate_core::testing::{
 /// Records named by partition and offset: `p<partition>-<offset>`.
 fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
     log.append(partition, offsets.map(|o| format!("p{partition}-{o}")));
+}
+
+/// Partition `n` of the memory log (whose one topic has no name).
+fn tp(n: u32) -> TopicPartition {
+    TopicPartition::new("", n)
 }
 
 fn limited(n: u64) -> DirectStreamOptions {
@@ -166,7 +172,7 @@ fn explicit_starting_offsets_start_each_partition_where_given() {
         fill(&log, p, 0..6);
     }
     let opts = DirectStreamOptions {
-        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(0, 4), (1, -1)])),
+        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(tp(0), 4), (tp(1), -1)])),
         ..Default::default()
     };
     let out = run_bounded(2, |ctx| {
@@ -180,7 +186,7 @@ fn explicit_starting_offsets_start_each_partition_where_given() {
     assert_eq!(all, want);
 
     let past_end = DirectStreamOptions {
-        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(2, 7)])),
+        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([(tp(2), 7)])),
         ..Default::default()
     };
     let err = run_bounded(2, |ctx| {
@@ -296,10 +302,10 @@ fn a_range_that_expires_between_plan_and_read_follows_the_policy_too() {
         }
         fn read(
             &self,
-            partition: u32,
+            partition: &lockgate_core::source::direct::TopicPartition,
             offsets: std::ops::Range<i64>,
         ) -> Result<Vec<String>, lockgate_core::BoxError> {
-            self.log.delete_before(partition, 6);
+            self.log.delete_before(partition.partition, 6);
             self.log.read(partition, offsets)
         }
     }
@@ -393,7 +399,7 @@ fn passing_log_failures_are_retried_until_the_retry_timeout() {
         }
         fn read(
             &self,
-            partition: u32,
+            partition: &lockgate_core::source::direct::TopicPartition,
             offsets: std::ops::Range<i64>,
         ) -> Result<Vec<String>, lockgate_core::BoxError> {
             self.fail()?;

@@ -22,4 +22,6 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use sink::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
-pub use source::{kafka_lines, kafka_records, kafka_stream, KafkaConfig, KafkaLog, KafkaRecord};
+pub use source::{
+    kafka_lines, kafka_records, kafka_stream, KafkaConfig, KafkaLog, KafkaRecord, Subscription,
+};

@@ -1,7 +1,10 @@
-//! The Kafka direct source: a topic as a [`PartitionedLog`] for the engine's
+//! The Kafka direct source: topics as a [`PartitionedLog`] for the engine's
 //! [`direct_stream`](StreamingContext::direct_stream).
 //!
-//! Bounds come from a metadata query (the topic's partitions) and a watermark query per
+//! The source reads one topic, a list of topics, or every topic whose name matches a
+//! pattern ([`Subscription`]). Bounds come from a metadata query (the topics and their
+//! partitions, asked anew for each batch: partitions and matching topics created while
+//! the job runs are read from their earliest offset on) and a watermark query per
 //! partition (earliest and latest offsets). A planned range `[from, until)` of a
 //! partition is read by that partition's own consumer, assigned at `from` and polled
 //! until the record before `until`; consecutive batches continue where the last one
@@ -14,7 +17,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use lockgate_core::source::direct::{DirectStreamOptions, PartitionBounds, PartitionedLog};
+use lockgate_core::source::direct::{
+    DirectStreamOptions, PartitionBounds, PartitionedLog, TopicPartition,
+};
 use lockgate_core::{BoxError, DStream, Data, StreamingContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -24,13 +29,38 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 
+/// The topics a source reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// These topics (Spark's `subscribe`): each must exist.
+    Topics(Vec<String>),
+    /// Every topic whose whole name matches this regular expression (Spark's
+    /// `subscribePattern`), internal topics (`__consumer_offsets`, ...) excepted; none
+    /// need exist at start.
+    Pattern(String),
+}
+
+impl Subscription {
+    /// The topics as a list for messages: "`a`", "`a`, `b`" or "matching `re`".
+    fn label(&self) -> String {
+        match self {
+            Subscription::Topics(t) => t
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Subscription::Pattern(p) => format!("matching `{p}`"),
+        }
+    }
+}
+
 /// Where and what to read.
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
     pub brokers: String,
-    /// The topic.
-    pub topic: String,
+    /// The topics.
+    pub subscription: Subscription,
     /// Further librdkafka consumer properties (security, `isolation.level`, ...); they
     /// override the source's own settings.
     pub properties: Vec<(String, String)>,
@@ -46,9 +76,30 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Reads `topic` from the bootstrap servers `brokers`, with a 30 s timeout.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self::for_subscription(brokers, Subscription::Topics(vec![topic.into()]))
+    }
+
+    /// Reads several topics as one stream.
+    pub fn topics<S: Into<String>>(
+        brokers: impl Into<String>,
+        topics: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self::for_subscription(
+            brokers,
+            Subscription::Topics(topics.into_iter().map(Into::into).collect()),
+        )
+    }
+
+    /// Reads every topic whose name matches `regex`, including those created later.
+    pub fn pattern(brokers: impl Into<String>, regex: impl Into<String>) -> Self {
+        Self::for_subscription(brokers, Subscription::Pattern(regex.into()))
+    }
+
+    /// Reads `subscription` from the bootstrap servers `brokers`, with a 30 s timeout.
+    pub fn for_subscription(brokers: impl Into<String>, subscription: Subscription) -> Self {
         KafkaConfig {
             brokers: brokers.into(),
-            topic: topic.into(),
+            subscription,
             properties: Vec::new(),
             timeout: Duration::from_secs(30),
             group: None,
@@ -60,7 +111,7 @@ impl KafkaConfig {
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("lockgate-direct-{}", self.topic))
+            .set("group.id", "lockgate-direct")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -101,12 +152,14 @@ struct PartitionReader {
     next: Option<i64>,
 }
 
-/// A Kafka topic as a [`PartitionedLog`].
+/// Kafka topics as a [`PartitionedLog`].
 pub struct KafkaLog<T> {
     config: KafkaConfig,
+    /// A [`Subscription::Pattern`], compiled (anchored: the whole name must match).
+    pattern: Option<regex::Regex>,
     /// For metadata and watermark queries.
     meta: BaseConsumer,
-    readers: Mutex<HashMap<u32, Arc<Mutex<PartitionReader>>>>,
+    readers: Mutex<HashMap<TopicPartition, Arc<Mutex<PartitionReader>>>>,
     decode: Decode<T>,
     /// Commits completed positions to `config.group` (made when first needed),
     /// asynchronously.
@@ -162,18 +215,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<T: Data> KafkaLog<T> {
-    /// A log over `config.topic`, each message made an element by `decode`. Checks the
-    /// settings; the brokers are first asked when the stream starts.
+    /// A log over `config.subscription`, each message made an element by `decode`.
+    /// Checks the settings; the brokers are first asked when the stream starts.
     pub fn new(config: KafkaConfig, decode: Decode<T>) -> Result<Self> {
         if config.brokers.trim().is_empty() {
             return Err(Error::Config("no bootstrap servers given".into()));
         }
-        if config.topic.trim().is_empty() {
-            return Err(Error::Config("no topic given".into()));
-        }
+        let pattern = match &config.subscription {
+            Subscription::Topics(topics) => {
+                if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+                    return Err(Error::Config("no topic given (or an empty name)".into()));
+                }
+                None
+            }
+            Subscription::Pattern(p) => {
+                Some(regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    Error::Config(format!(
+                        "the topic pattern `{p}` is not a regular expression: {e}"
+                    ))
+                })?)
+            }
+        };
         let meta = Self::consumer(&config)?;
         Ok(KafkaLog {
             config,
+            pattern,
             meta,
             readers: Mutex::new(HashMap::new()),
             decode,
@@ -201,29 +267,38 @@ impl<T: Data> KafkaLog<T> {
         }
     }
 
-    fn topic_err(&self, message: String) -> Error {
+    fn topic_err(&self, topic: &str, message: String) -> Error {
         Error::Topic {
-            topic: self.config.topic.clone(),
+            topic: topic.to_string(),
             brokers: self.config.brokers.clone(),
             message,
         }
     }
 
-    fn read_err(&self, partition: u32, message: String, cause: Option<KafkaError>) -> Error {
+    fn read_err(
+        &self,
+        partition: &TopicPartition,
+        message: String,
+        cause: Option<KafkaError>,
+    ) -> Error {
         Error::Read {
-            topic: self.config.topic.clone(),
-            partition,
+            topic: partition.topic.clone(),
+            partition: partition.partition,
             message,
             cause: cause.map(Box::new),
         }
     }
 
-    /// The topic's partitions and their offsets now.
+    /// The partitions of every topic read and their offsets now.
     pub fn partition_bounds(&self) -> Result<Vec<PartitionBounds>> {
-        let topic = &self.config.topic;
+        // One topic: ask for it alone; several or a pattern: for all.
+        let asked = match &self.config.subscription {
+            Subscription::Topics(t) if t.len() == 1 => Some(t[0].as_str()),
+            _ => None,
+        };
         let md = self
             .meta
-            .fetch_metadata(Some(topic), self.config.timeout)
+            .fetch_metadata(asked, self.config.timeout)
             .map_err(|e| {
                 self.connect_err(
                     format!(
@@ -233,58 +308,84 @@ impl<T: Data> KafkaLog<T> {
                     e,
                 )
             })?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or_else(|| self.topic_err("not in the brokers' metadata".into()))?;
-        if let Some(code) = t.error() {
-            let code = RDKafkaErrorCode::from(code);
-            return Err(
-                self.topic_err(if code == RDKafkaErrorCode::UnknownTopicOrPartition {
-                    "the topic does not exist: create it, or check the name".into()
-                } else {
-                    code.to_string()
-                }),
-            );
+        let mut topics = Vec::new();
+        if let Some(pattern) = &self.pattern {
+            // Topics being created (no leader yet, ...) are read once they are whole.
+            topics.extend(md.topics().iter().filter(|t| {
+                !t.name().starts_with("__")
+                    && pattern.is_match(t.name())
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+            }));
+        } else if let Subscription::Topics(names) = &self.config.subscription {
+            for name in names {
+                let t = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .ok_or_else(|| {
+                        self.topic_err(
+                            name,
+                            "the topic does not exist: create it, or check the name".into(),
+                        )
+                    })?;
+                if let Some(code) = t.error() {
+                    let code = RDKafkaErrorCode::from(code);
+                    return Err(self.topic_err(
+                        name,
+                        if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                            "the topic does not exist: create it, or check the name".into()
+                        } else {
+                            code.to_string()
+                        },
+                    ));
+                }
+                if t.partitions().is_empty() {
+                    return Err(
+                        self.topic_err(name, "the topic has no partitions (does it exist?)".into())
+                    );
+                }
+                topics.push(t);
+            }
         }
-        if t.partitions().is_empty() {
-            return Err(self.topic_err("the topic has no partitions (does it exist?)".into()));
-        }
-        t.partitions()
-            .iter()
-            .map(|p| {
+        let mut bounds = Vec::new();
+        for t in topics {
+            for p in t.partitions() {
+                let partition = TopicPartition::new(
+                    t.name(),
+                    u32::try_from(p.id()).map_err(|_| {
+                        self.topic_err(t.name(), format!("partition id {}", p.id()))
+                    })?,
+                );
                 let (earliest, latest) = self
                     .meta
-                    .fetch_watermarks(topic, p.id(), self.config.timeout)
-                    .map_err(|e| {
-                        self.connect_err(format!("offsets of partition {}: {e}", p.id()), e)
-                    })?;
-                Ok(PartitionBounds {
-                    partition: u32::try_from(p.id())
-                        .map_err(|_| self.topic_err(format!("partition id {}", p.id())))?,
+                    .fetch_watermarks(t.name(), p.id(), self.config.timeout)
+                    .map_err(|e| self.connect_err(format!("offsets of {partition}: {e}"), e))?;
+                bounds.push(PartitionBounds {
+                    partition,
                     earliest,
                     latest,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(bounds)
     }
 
-    fn reader(&self, partition: u32) -> Result<Arc<Mutex<PartitionReader>>> {
+    fn reader(&self, partition: &TopicPartition) -> Result<Arc<Mutex<PartitionReader>>> {
         let mut readers = lock(&self.readers);
-        if let Some(r) = readers.get(&partition) {
+        if let Some(r) = readers.get(partition) {
             return Ok(r.clone());
         }
         let r = Arc::new(Mutex::new(PartitionReader {
             consumer: Self::consumer(&self.config)?,
             next: None,
         }));
-        readers.insert(partition, r.clone());
+        readers.insert(partition.clone(), r.clone());
         Ok(r)
     }
 
     /// The records at `offsets` of `partition`.
-    pub fn read_range(&self, partition: u32, offsets: Range<i64>) -> Result<Vec<T>> {
+    pub fn read_range(&self, partition: &TopicPartition, offsets: Range<i64>) -> Result<Vec<T>> {
         let (from, until) = (offsets.start, offsets.end);
         let mut out = Vec::with_capacity(usize::try_from(until - from).unwrap_or(0));
         if from >= until {
@@ -292,11 +393,12 @@ impl<T: Data> KafkaLog<T> {
         }
         let reader = self.reader(partition)?;
         let mut r = lock(&reader);
-        let id = i32::try_from(partition)
+        let topic = partition.topic.as_str();
+        let id = i32::try_from(partition.partition)
             .map_err(|_| self.read_err(partition, "partition number too large".into(), None))?;
         if r.next != Some(from) {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.config.topic, id, Offset::Offset(from))
+            tpl.add_partition_offset(topic, id, Offset::Offset(from))
                 .map_err(|e| self.read_err(partition, e.to_string(), Some(e)))?;
             r.consumer
                 .assign(&tpl)
@@ -330,7 +432,7 @@ impl<T: Data> KafkaLog<T> {
                     // range (offsets without records at its end); else the event is
                     // left over from before, or the log ends early: keep polling.
                     let at = r.consumer.position().ok().and_then(|tpl| {
-                        match tpl.find_partition(&self.config.topic, id)?.offset() {
+                        match tpl.find_partition(topic, id)?.offset() {
                             Offset::Offset(o) => Some(o),
                             _ => None,
                         }
@@ -365,10 +467,22 @@ impl<T: Data> KafkaLog<T> {
 
 impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
     fn describe(&self) -> String {
+        let topics = match &self.config.subscription {
+            Subscription::Topics(t) if t.len() == 1 => "topic",
+            _ => "topics",
+        };
         format!(
-            "Kafka topic `{}` at {}",
-            self.config.topic, self.config.brokers
+            "Kafka {topics} {} at {}",
+            self.config.subscription.label(),
+            self.config.brokers
         )
+    }
+
+    fn single_topic(&self) -> Option<String> {
+        match &self.config.subscription {
+            Subscription::Topics(t) if t.len() == 1 => Some(t[0].clone()),
+            _ => None,
+        }
     }
 
     // The engine's messages name the log (and partition): the errors say the rest.
@@ -377,13 +491,19 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
             .map_err(|e| Box::new(Detail(e)) as BoxError)
     }
 
-    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
+    fn read(
+        &self,
+        partition: &TopicPartition,
+        offsets: Range<i64>,
+    ) -> std::result::Result<Vec<T>, BoxError> {
         self.read_range(partition, offsets)
             .map_err(|e| Box::new(Detail(e)) as BoxError)
     }
 
     /// The configured group's committed offsets (`StartingOffsets::Group`).
-    fn committed(&self) -> std::result::Result<std::collections::BTreeMap<u32, i64>, BoxError> {
+    fn committed(
+        &self,
+    ) -> std::result::Result<std::collections::BTreeMap<TopicPartition, i64>, BoxError> {
         let group = self.config.group.as_deref().ok_or_else(|| {
             Box::new(Error::Config(
                 "starting from the group's offsets needs a consumer group (KafkaConfig::group, \
@@ -400,8 +520,8 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
         let mut tpl = TopicPartitionList::new();
         for b in &bounds {
             tpl.add_partition(
-                &self.config.topic,
-                i32::try_from(b.partition).unwrap_or(i32::MAX),
+                &b.partition.topic,
+                i32::try_from(b.partition.partition).unwrap_or(i32::MAX),
             );
         }
         let committed = consumer
@@ -414,14 +534,17 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((u32::try_from(e.partition()).ok()?, o)),
+                Offset::Offset(o) => Some((
+                    TopicPartition::new(e.topic(), u32::try_from(e.partition()).ok()?),
+                    o,
+                )),
                 _ => None,
             })
             .collect())
     }
 
     /// Commits `positions` to the configured group, asynchronously (lag monitors only).
-    fn completed(&self, positions: &[(u32, i64)]) {
+    fn completed(&self, positions: &[(TopicPartition, i64)]) {
         let Some(group) = &self.config.group else {
             return;
         };
@@ -443,11 +566,11 @@ impl<T: Data> PartitionedLog<T> for KafkaLog<T> {
         // Results of earlier asynchronous commits (failures are logged).
         let _ = consumer.poll(Duration::ZERO);
         let mut tpl = TopicPartitionList::new();
-        for &(partition, next) in positions {
-            let (Ok(p), true) = (i32::try_from(partition), next >= 0) else {
+        for (partition, next) in positions {
+            let (Ok(p), true) = (i32::try_from(partition.partition), *next >= 0) else {
                 continue;
             };
-            if let Err(e) = tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next)) {
+            if let Err(e) = tpl.add_partition_offset(&partition.topic, p, Offset::Offset(*next)) {
                 tracing::warn!(group = %group, error = %e, "cannot commit offsets for lag monitors");
                 return;
             }

@@ -1,7 +1,8 @@
 //! The Kafka direct source against a real Kafka-protocol broker (tansu, started by
 //! `scripts/kafka.sh`), records produced by librdkafka: bounded runs up to the end
-//! offsets at start, exact replay of an unfinished batch after a restart, and clear
-//! errors for a missing topic and unreachable brokers.
+//! offsets at start, exact replay of an unfinished batch after a restart, several topics
+//! and a pattern (topics created while the job runs included), and clear errors for a
+//! missing topic and unreachable brokers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use lockgate_core::source::direct::DirectStreamOptions;
+use lockgate_core::source::direct::{DirectStreamOptions, StartingOffsets, TopicPartition};
 use lockgate_core::testing::{run_bounded, run_checkpointed};
 use lockgate_core::StreamingContext;
 use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
@@ -153,5 +154,132 @@ fn a_missing_topic_and_unreachable_brokers_are_clear_errors_at_start() {
             && e.contains("is a broker listening there")
             && e.contains("still failing after retrying"),
         "{e}"
+    );
+}
+
+/// `(topic, value)` of every record, sorted.
+fn by_topic(batches: &BTreeMap<u64, Vec<lockgate_kafka::KafkaRecord>>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = batches
+        .values()
+        .flatten()
+        .map(|r| {
+            let value = String::from_utf8(r.value.clone().unwrap_or_default()).unwrap();
+            (r.topic.clone(), value)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn tagged(topic: &str, values: Vec<(i32, String)>) -> Vec<(String, String)> {
+    values
+        .into_iter()
+        .map(|(_, v)| (topic.to_string(), v))
+        .collect()
+}
+
+#[test]
+fn one_stream_reads_several_topics_each_from_its_own_starting_offsets() {
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "clicks", 2).unwrap();
+    create_topic(&broker.brokers, "views", 1).unwrap();
+    produce(&broker.brokers, "clicks", values(2, 0..40)).unwrap();
+    produce(&broker.brokers, "views", values(1, 0..15)).unwrap();
+    let opts = DirectStreamOptions {
+        // clicks partition 1 from its latest, views from offset 5; the rest earliest.
+        starting_offsets: StartingOffsets::Explicit(BTreeMap::from([
+            (TopicPartition::new("clicks", 1), -1),
+            (TopicPartition::new("views", 0), 5),
+        ])),
+        ..limited(10)
+    };
+    let out = run_bounded(2, |ctx| {
+        kafka_records(
+            ctx,
+            KafkaConfig::topics(&broker.brokers, ["clicks", "views"]),
+            opts,
+        )
+        .unwrap()
+    })
+    .unwrap();
+    let mut want = tagged("clicks", values(2, 0..40));
+    want.retain(|(_, v)| v.starts_with("p0-"));
+    want.extend(tagged("views", values(1, 5..15)));
+    want.sort();
+    assert_eq!(by_topic(&out), want);
+    assert_eq!(
+        out.len(),
+        2,
+        "20 records of clicks/0 and 10 of views, 10 per batch"
+    );
+}
+
+#[test]
+fn a_pattern_reads_the_matching_topics_and_those_created_while_it_runs_exactly_once() {
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "orders-eu", 2).unwrap();
+    create_topic(&broker.brokers, "audit", 1).unwrap();
+    produce(&broker.brokers, "orders-eu", values(2, 0..30)).unwrap();
+    produce(&broker.brokers, "audit", values(1, 0..5)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |start_ms: i64, batches: usize, create_at: Option<u64>| {
+        let brokers = broker.brokers.clone();
+        run_checkpointed(dir.path(), 2, start_ms, batches, |ctx| {
+            let stream = kafka_records(
+                ctx,
+                KafkaConfig::pattern(&brokers, "orders-.*"),
+                limited(100),
+            )?;
+            let brokers = brokers.clone();
+            stream.foreach_batch(move |_, b| {
+                if Some(b.id) == create_at {
+                    // A matching topic appears while the job runs.
+                    create_topic(&brokers, "orders-us", 3).unwrap();
+                    produce(&brokers, "orders-us", values(3, 0..12)).unwrap();
+                }
+            });
+            Ok(stream)
+        })
+        .unwrap()
+    };
+    let first = run(0, 3, Some(0));
+    assert_eq!(
+        first[&0].len(),
+        30,
+        "orders-eu only: {:?}",
+        by_topic(&first)
+    );
+    let created: usize = by_topic(&first)
+        .iter()
+        .filter(|(t, _)| t == "orders-us")
+        .count();
+    assert_eq!(created, 12, "the new topic is read in the same run");
+    // Batch 2's commit is lost; more records arrive in both topics meanwhile.
+    std::fs::remove_file(dir.path().join("commits/2")).unwrap();
+    produce(&broker.brokers, "orders-eu", values(2, 30..40)).unwrap();
+    produce(&broker.brokers, "orders-us", values(3, 12..15)).unwrap();
+    let second = run(3000, 3, None);
+    let batch = |out: &BTreeMap<u64, Vec<lockgate_kafka::KafkaRecord>>, id| {
+        by_topic(
+            &out.iter()
+                .filter(|(&b, _)| b == id)
+                .map(|(&b, r)| (b, r.clone()))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        batch(&second, 2),
+        batch(&first, 2),
+        "batch 2 re-run exactly"
+    );
+    let mut merged = first;
+    merged.extend(second);
+    let mut want = tagged("orders-eu", values(2, 0..40));
+    want.extend(tagged("orders-us", values(3, 0..15)));
+    want.sort();
+    assert_eq!(
+        by_topic(&merged),
+        want,
+        "every record of the matching topics exactly once"
     );
 }

@@ -130,6 +130,9 @@ impl Checkpointer {
         for (name, status) in &report.operators {
             match status {
                 UpgradeStatus::Kept => {}
+                UpgradeStatus::New if self.states.iter().any(|s| s.introduced() && s.name() == *name) => {
+                    start_empty.insert(name.clone());
+                }
                 UpgradeStatus::New | UpgradeStatus::TypeChanged { .. } if self.config.upgrade.start_empty() => {
                     tracing::warn!(operator = %name, ?status, "operator state starts empty");
                     start_empty.insert(name.clone());

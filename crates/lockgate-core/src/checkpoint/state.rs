@@ -683,6 +683,40 @@ impl<S: Stateful> Stateful for SnapshotOnly<S> {
     }
 }
 
+/// State added to the engine after checkpoints of an earlier release were written:
+/// recovering one of those starts it empty (see [`Stateful::introduced`]).
+pub(crate) struct Introduced<S>(pub S);
+
+impl<S: Stateful> Stateful for Introduced<S> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn type_desc(&self) -> String {
+        self.0.type_desc()
+    }
+    fn partitions(&self) -> usize {
+        self.0.partitions()
+    }
+    fn always_full(&self) -> bool {
+        self.0.always_full()
+    }
+    fn checkpointed(&self) {
+        self.0.checkpointed();
+    }
+    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        self.0.persist(p, full)
+    }
+    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+        self.0.restore(old)
+    }
+    fn sizes(&self) -> Vec<usize> {
+        self.0.sizes()
+    }
+    fn introduced(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,10 @@
 //! checkpointed state is each partition's offset after the last completed batch; no
 //! consumer-group offsets are involved.
 //!
+//! A partition is a [`TopicPartition`]: a log may hold several topics (a Kafka source
+//! subscribed to a list or a pattern), and partitions and topics that appear while the
+//! job runs are read from their earliest offset on.
+//!
 //! In a bounded run (`Trigger::AvailableNow`) the source reads up to the end offsets the
 //! log had when the context started.
 //!
@@ -29,19 +33,63 @@ use rayon::prelude::*;
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
-use crate::codec::{from_bytes, to_bytes};
+use crate::codec::{from_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, source_state, SourceCompute};
+use crate::source::{introduced_source_state, register, source_name, source_state, SourceCompute};
 use crate::types::{lock, InputInfo, InputSource};
 
-/// One partition of a log and the offsets it holds now: `[earliest, latest)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PartitionBounds {
-    /// The partition's number.
+/// A partition of a log: its topic and number. A log of one unnamed topic (as
+/// [`MemoryLog`]) has the empty topic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// The topic (empty in a log without topic names).
+    pub topic: String,
+    /// The partition's number in its topic.
     pub partition: u32,
+}
+
+impl TopicPartition {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+/// "topic `logs` partition 3", or "partition 3" without a topic name.
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.topic.is_empty() {
+            write!(f, "partition {}", self.partition)
+        } else {
+            write!(f, "topic `{}` partition {}", self.topic, self.partition)
+        }
+    }
+}
+
+impl Codec for TopicPartition {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.topic.encode(out);
+        self.partition.encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> std::result::Result<Self, CodecError> {
+        Ok(TopicPartition {
+            topic: String::decode(input)?,
+            partition: u32::decode(input)?,
+        })
+    }
+}
+
+/// One partition of a log and the offsets it holds now: `[earliest, latest)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionBounds {
+    /// The partition.
+    pub partition: TopicPartition,
     /// The first offset still held (older ones were deleted by retention).
     pub earliest: i64,
     /// The offset after the last record (Kafka's high watermark).
@@ -53,12 +101,17 @@ pub struct PartitionBounds {
 pub trait PartitionedLog<T>: Send + Sync + 'static {
     /// What the log is, for messages: e.g. "Kafka topic `events` at 127.0.0.1:9092".
     fn describe(&self) -> String;
-    /// Every partition and the offsets it holds now.
+    /// Every partition and the offsets it holds now (of every topic the log reads: a
+    /// partition or topic new since the last call is read from its earliest offset).
     fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError>;
     /// The records at offsets `[offsets.start, offsets.end)` of `partition`, in offset
     /// order. Offsets without a record (compacted away, transaction markers) are
     /// skipped. An error if the range cannot be read whole (e.g. it has expired).
-    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError>;
+    fn read(
+        &self,
+        partition: &TopicPartition,
+        offsets: Range<i64>,
+    ) -> std::result::Result<Vec<T>, BoxError>;
     /// Whether an error of [`bounds`](Self::bounds) or [`read`](Self::read) may pass
     /// (brokers that do not answer: retried until
     /// [`retry_timeout`](DirectStreamOptions::retry_timeout)) or lasts (a topic that
@@ -69,11 +122,17 @@ pub trait PartitionedLog<T>: Send + Sync + 'static {
     /// The batches up to here are done: `positions` holds the next offset of each
     /// partition read. For lag monitors (a Kafka log commits them to a consumer group);
     /// correctness never depends on it, and the default does nothing.
-    fn completed(&self, _positions: &[(u32, i64)]) {}
+    fn completed(&self, _positions: &[(TopicPartition, i64)]) {}
     /// The next offset of each partition as the log's consumer group committed it (for
     /// [`StartingOffsets::Group`]); the default has none.
-    fn committed(&self) -> std::result::Result<BTreeMap<u32, i64>, BoxError> {
+    fn committed(&self) -> std::result::Result<BTreeMap<TopicPartition, i64>, BoxError> {
         Ok(BTreeMap::new())
+    }
+    /// The one topic the log reads, if it reads exactly one. Checkpoints of Lockgate 0.1
+    /// name partitions by number only; they resume on a log of one topic, whose
+    /// partitions they are. The default: the empty topic (a log without topic names).
+    fn single_topic(&self) -> Option<String> {
+        Some(String::new())
     }
 }
 
@@ -89,7 +148,7 @@ pub enum StartingOffsets {
     Latest,
     /// Per partition: an offset, or `-2` for the earliest and `-1` for the latest (Spark's
     /// JSON `{"topic":{"0":23,"1":-2}}`); partitions not listed start at the earliest.
-    Explicit(BTreeMap<u32, i64>),
+    Explicit(BTreeMap<TopicPartition, i64>),
     /// Where the log's consumer group committed (a Kafka log's `KafkaConfig::group`,
     /// [`PartitionedLog::committed`]); partitions without a committed offset start at
     /// the earliest.
@@ -142,7 +201,19 @@ enum Attempt {
 }
 
 /// A batch's descriptor: `(partition, from, until)` for every partition.
-type Ranges = Vec<(u32, i64, i64)>;
+type Ranges = Vec<(TopicPartition, i64, i64)>;
+
+/// Descriptors with topic names begin with this (never a length Lockgate 0.1 wrote: its
+/// descriptors, `(partition number, from, until)` without a topic, begin with theirs).
+const NAMED_RANGES: u64 = u64::MAX;
+
+/// A batch's descriptor as logged.
+fn encode_ranges(ranges: &Ranges) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + ranges.len() * 32);
+    NAMED_RANGES.encode(&mut out);
+    ranges.encode(&mut out);
+    out
+}
 
 struct DirectInput<T> {
     name: String,
@@ -150,16 +221,19 @@ struct DirectInput<T> {
     opts: DirectStreamOptions,
     interval_ms: i64,
     /// The next offset to plan, per partition.
-    next: Mutex<BTreeMap<u32, i64>>,
+    next: Mutex<BTreeMap<TopicPartition, i64>>,
     /// Bounded runs: the end offsets at start.
-    end: Mutex<Option<BTreeMap<u32, i64>>>,
+    end: Mutex<Option<BTreeMap<TopicPartition, i64>>>,
     /// The end offsets seen by the last plan.
-    latest: Mutex<BTreeMap<u32, i64>>,
+    latest: Mutex<BTreeMap<TopicPartition, i64>>,
     /// Backpressure's limit, records per second over all partitions.
     rate_limit: Mutex<Option<f64>>,
     /// `maps[0]`: per partition, the offset after the last completed batch (the
     /// checkpointed state).
-    done: Arc<Mutex<KeyedState<u32, i64>>>,
+    done: Arc<Mutex<KeyedState<TopicPartition, i64>>>,
+    /// The positions as Lockgate 0.1 checkpointed them (partition numbers, no topic):
+    /// moved into `done` when a checkpoint of it is resumed, empty otherwise.
+    unnamed: Arc<Mutex<KeyedState<u32, i64>>>,
     planned: Mutex<BTreeMap<Time, Ranges>>,
     counters: Arc<SourceCounters>,
     /// Stopped: calls that fail are not retried.
@@ -237,7 +311,7 @@ impl<T: Data> DirectInput<T> {
                 Attempt::Fatal(error)
             }
         })?;
-        b.sort_by_key(|p| p.partition);
+        b.sort_by(|x, y| x.partition.cmp(&y.partition));
         Ok(b)
     }
 
@@ -247,14 +321,52 @@ impl<T: Data> DirectInput<T> {
     }
 
     fn decode(&self, descriptor: &[u8], what: &str) -> Result<Ranges> {
-        from_bytes(descriptor)
-            .map_err(|e| self.err(format!("{what} offset ranges do not decode: {e}")))
+        let bad = |e: CodecError| self.err(format!("{what} offset ranges do not decode: {e}"));
+        if let Some(named) = descriptor.strip_prefix(&NAMED_RANGES.to_le_bytes()) {
+            return from_bytes(named).map_err(bad);
+        }
+        let unnamed: Vec<(u32, i64, i64)> = from_bytes(descriptor).map_err(bad)?;
+        let topic = self.unnamed_topic(what)?;
+        Ok(unnamed
+            .into_iter()
+            .map(|(p, from, until)| (TopicPartition::new(topic.clone(), p), from, until))
+            .collect())
+    }
+
+    /// The topic of partitions that Lockgate 0.1 checkpointed by number only.
+    fn unnamed_topic(&self, what: &str) -> Result<String> {
+        self.log.single_topic().ok_or_else(|| {
+            self.err(format!(
+                "{what} positions were written by Lockgate 0.1, which names partitions by \
+                 number only, and {} reads several topics: resume this checkpoint reading \
+                 the one topic it was written for, or start with a new checkpoint directory",
+                self.log.describe()
+            ))
+        })
+    }
+
+    /// Moves positions that Lockgate 0.1 checkpointed (partition numbers only) to
+    /// `done`, as partitions of the log's one topic.
+    fn adopt_unnamed(&self) -> Result<()> {
+        let mut unnamed = lock(&self.unnamed);
+        let old: Vec<(u32, i64)> = unnamed.entries(0).map(|(&p, &o)| (p, o)).collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let topic = self.unnamed_topic("the checkpointed")?;
+        let mut done = lock(&self.done);
+        let mut part = done.part(0);
+        for &(p, offset) in &old {
+            part.insert(TopicPartition::new(topic.clone(), p), offset);
+        }
+        unnamed.part(0).retain(|_, _, _| false);
+        Ok(())
     }
 
     /// The message for offsets `[from, earliest)` of `partition` that have expired.
-    fn expired_message(&self, partition: u32, from: i64, earliest: i64) -> String {
+    fn expired_message(&self, partition: &TopicPartition, from: i64, earliest: i64) -> String {
         format!(
-            "offsets [{from}, {earliest}) of partition {partition} are no longer in {} \
+            "offsets [{from}, {earliest}) of {partition} are no longer in {} \
              (deleted by retention before they were read): {} records lost. To go on \
              from offset {earliest}, skipping them, restart with --on-expired-offsets \
              earliest (OnExpiredOffsets::Earliest)",
@@ -265,7 +377,7 @@ impl<T: Data> DirectInput<T> {
 
     /// Skips expired offsets `[from, earliest)` under `OnExpiredOffsets::Earliest`, or
     /// fails.
-    fn expired(&self, partition: u32, from: i64, earliest: i64) -> Result<()> {
+    fn expired(&self, partition: &TopicPartition, from: i64, earliest: i64) -> Result<()> {
         let message = self.expired_message(partition, from, earliest);
         match self.opts.on_expired_offsets {
             OnExpiredOffsets::Fail => Err(self.err(message)),
@@ -291,9 +403,9 @@ impl<T: Data> DirectInput<T> {
     }
 
     /// A checkpointed partition the log no longer has.
-    fn disappeared(&self, partition: u32) -> Error {
+    fn disappeared(&self, partition: &TopicPartition) -> Error {
         self.err(format!(
-            "partition {partition} of {} has disappeared (was the topic deleted?); a \
+            "{partition} of {} has disappeared (was the topic deleted?); a \
              checkpoint cannot go on without it: start with a new checkpoint directory",
             self.log.describe()
         ))
@@ -302,7 +414,7 @@ impl<T: Data> DirectInput<T> {
     /// A partition that ends before the checkpoint's position in it.
     fn ends_before(&self, b: &PartitionBounds, position: i64) -> Error {
         self.err(format!(
-            "partition {} of {} ends at offset {}, before offset {position} where this \
+            "{} of {} ends at offset {}, before offset {position} where this \
              job's checkpoint goes on (was the topic deleted and created again?): start \
              with a new checkpoint directory",
             b.partition,
@@ -313,7 +425,7 @@ impl<T: Data> DirectInput<T> {
 
     /// Reads one planned range, applying the expiry policy when it cannot be read
     /// because its offsets expired, and retrying other failures.
-    fn read_range(&self, partition: u32, from: i64, until: i64) -> Result<Vec<T>> {
+    fn read_range(&self, partition: &TopicPartition, from: i64, until: i64) -> Result<Vec<T>> {
         self.retrying(|| {
             let error = match self.log.read(partition, from..until) {
                 Ok(records) => return Ok(records),
@@ -323,7 +435,7 @@ impl<T: Data> DirectInput<T> {
             let earliest = self
                 .bounds_once()?
                 .into_iter()
-                .find(|b| b.partition == partition)
+                .find(|b| b.partition == *partition)
                 .map(|b| b.earliest);
             match earliest {
                 Some(earliest) if earliest > from => {
@@ -334,16 +446,14 @@ impl<T: Data> DirectInput<T> {
                     }
                     self.log.read(partition, earliest..until).map_err(|e| {
                         Attempt::Passing(self.err(format!(
-                            "reading offsets [{earliest}, {until}) of partition {partition} \
-                             of {}: {e}",
+                            "reading offsets [{earliest}, {until}) of {partition} of {}: {e}",
                             self.log.describe()
                         )))
                     })
                 }
                 _ => {
                     let e = self.err(format!(
-                        "reading offsets [{from}, {until}) of partition {partition} of {}: \
-                         {error}",
+                        "reading offsets [{from}, {until}) of {partition} of {}: {error}",
                         self.log.describe()
                     ));
                     Err(if self.log.is_passing(&*error) {
@@ -366,8 +476,9 @@ impl<T: Data> InputSource for DirectInput<T> {
         let bounds = self.bounds()?;
         let mut next = lock(&self.next);
         if recovered {
-            for (&p, &done) in lock(&self.done).entries(0) {
-                let n = next.entry(p).or_insert(done);
+            self.adopt_unnamed()?;
+            for (p, &done) in lock(&self.done).entries(0) {
+                let n = next.entry(p.clone()).or_insert(done);
                 *n = (*n).max(done);
             }
         }
@@ -398,7 +509,7 @@ impl<T: Data> InputSource for DirectInput<T> {
                         return Err(Error::Source {
                             source_name: self.name.clone(),
                             message: format!(
-                                "{}: starting offset {o} of partition {} is outside [0, {}] \
+                                "{}: starting offset {o} of {} is outside [0, {}] \
                                  (its end now); give an offset up to the end, -2 for the \
                                  earliest or -1 for the latest",
                                 self.log.describe(),
@@ -415,7 +526,7 @@ impl<T: Data> InputSource for DirectInput<T> {
                     .unwrap_or(b.earliest)
                     .min(b.latest),
             };
-            next.insert(b.partition, start);
+            next.insert(b.partition.clone(), start);
         }
         if recovered {
             // A bounded run would otherwise find nothing to do and end "successfully".
@@ -423,7 +534,7 @@ impl<T: Data> InputSource for DirectInput<T> {
                 .keys()
                 .find(|p| !bounds.iter().any(|b| b.partition == **p))
             {
-                return Err(self.disappeared(*gone));
+                return Err(self.disappeared(gone));
             }
             if let Some(b) = bounds
                 .iter()
@@ -432,7 +543,10 @@ impl<T: Data> InputSource for DirectInput<T> {
                 return Err(self.ends_before(b, next[&b.partition]));
             }
         }
-        let latest: BTreeMap<u32, i64> = bounds.iter().map(|b| (b.partition, b.latest)).collect();
+        let latest: BTreeMap<TopicPartition, i64> = bounds
+            .iter()
+            .map(|b| (b.partition.clone(), b.latest))
+            .collect();
         if bounded {
             *lock(&self.end) = Some(latest.clone());
         }
@@ -454,16 +568,16 @@ impl<T: Data> InputSource for DirectInput<T> {
             .keys()
             .find(|p| !bounds.iter().any(|b| b.partition == **p))
         {
-            return Err(self.disappeared(*gone));
+            return Err(self.disappeared(gone));
         }
         let mut ranges = Ranges::with_capacity(bounds.len());
         let mut lost = Vec::new();
         let mut lag = 0;
         for b in &bounds {
-            let n = next.entry(b.partition).or_insert(b.earliest);
+            let n = next.entry(b.partition.clone()).or_insert(b.earliest);
             if *n < b.earliest {
-                self.expired(b.partition, *n, b.earliest)?;
-                lost.push((b.partition, *n, b.earliest));
+                self.expired(&b.partition, *n, b.earliest)?;
+                lost.push((&b.partition, *n, b.earliest));
                 *n = b.earliest;
             } else if *n > b.latest {
                 return Err(self.ends_before(b, *n));
@@ -480,10 +594,13 @@ impl<T: Data> InputSource for DirectInput<T> {
             let until = until.max(from);
             *n = until;
             lag += (b.latest - until) as u64;
-            ranges.push((b.partition, from, until));
+            ranges.push((b.partition.clone(), from, until));
         }
         drop(next);
-        *lock(&self.latest) = bounds.iter().map(|b| (b.partition, b.latest)).collect();
+        *lock(&self.latest) = bounds
+            .iter()
+            .map(|b| (b.partition.clone(), b.latest))
+            .collect();
         self.counters
             .lag_records
             .store(lag, std::sync::atomic::Ordering::Relaxed);
@@ -494,7 +611,7 @@ impl<T: Data> InputSource for DirectInput<T> {
             // Logged with the plan: `checkpoint inspect` and the batch's page show it.
             let lost: Vec<String> = lost
                 .iter()
-                .map(|(p, from, until)| format!("partition {p} [{from}, {until})"))
+                .map(|(p, from, until)| format!("{p} [{from}, {until})"))
                 .collect();
             description.push_str(&format!(
                 "; lost before they were read (expired from {}): {}",
@@ -502,7 +619,7 @@ impl<T: Data> InputSource for DirectInput<T> {
                 lost.join(", ")
             ));
         }
-        let descriptor = to_bytes(&ranges);
+        let descriptor = encode_ranges(&ranges);
         lock(&self.planned).insert(t, ranges);
         let info = InputInfo {
             source: self.name.clone(),
@@ -553,13 +670,14 @@ impl<T: Data> InputSource for DirectInput<T> {
         }
         let mut st = lock(&self.done);
         let mut part = st.part(0);
-        for &(partition, _, until) in finished.values().flatten() {
-            let cur = part.get(&partition).copied().unwrap_or(i64::MIN);
-            if until > cur {
-                part.insert(partition, until);
+        for (partition, _, until) in finished.values().flatten() {
+            let cur = part.get(partition).copied().unwrap_or(i64::MIN);
+            if *until > cur {
+                part.insert(partition.clone(), *until);
             }
         }
-        let positions: Vec<(u32, i64)> = st.entries(0).map(|(&p, &o)| (p, o)).collect();
+        let positions: Vec<(TopicPartition, i64)> =
+            st.entries(0).map(|(p, &o)| (p.clone(), o)).collect();
         drop(st);
         self.log.completed(&positions);
     }
@@ -582,8 +700,9 @@ impl<T: Data> DirectInput<T> {
     /// Marks `ranges` as planned: later plans start after them.
     fn seed(&self, ranges: &Ranges) {
         let mut next = lock(&self.next);
-        for &(p, _, until) in ranges {
-            let n = next.entry(p).or_insert(until);
+        for (p, _, until) in ranges {
+            let until = *until;
+            let n = next.entry(p.clone()).or_insert(until);
             *n = (*n).max(until);
         }
     }
@@ -595,7 +714,7 @@ fn describe_ranges(ranges: &Ranges) -> String {
     let mut parts: Vec<String> = ranges
         .iter()
         .filter(|r| r.2 > r.1)
-        .map(|(p, from, until)| format!("partition {p} [{from}, {until})"))
+        .map(|(p, from, until)| format!("{p} [{from}, {until})"))
         .collect();
     if parts.is_empty() {
         return "no new records".into();
@@ -618,7 +737,7 @@ impl<T: Data> SourceCompute<T> for DirectInput<T> {
         let parts = ranges
             .into_par_iter()
             .filter(|r| r.2 > r.1)
-            .map(|(p, from, until)| self.read_range(p, from, until))
+            .map(|(p, from, until)| self.read_range(&p, from, until))
             .collect::<Result<Vec<_>>>()?;
         Ok(Batch::from_partitions(parts))
     }
@@ -636,8 +755,10 @@ impl StreamingContext {
         opts: DirectStreamOptions,
     ) -> DStream<T> {
         let name = source_name(self, kind);
-        let done = source_state(self, &name, "offsets");
+        let unnamed = source_state(self, &name, "offsets");
+        let done = introduced_source_state(self, &name, "partition-offsets");
         let src = Arc::new(DirectInput {
+            unnamed,
             counters: self.metrics_ref().source(&name),
             name,
             log,
@@ -708,19 +829,23 @@ impl<T: Data> PartitionedLog<T> for MemoryLog<T> {
             .iter()
             .enumerate()
             .map(|(i, (start, records))| PartitionBounds {
-                partition: i as u32,
+                partition: TopicPartition::new("", i as u32),
                 earliest: *start,
                 latest: start + records.len() as i64,
             })
             .collect())
     }
 
-    fn read(&self, partition: u32, offsets: Range<i64>) -> std::result::Result<Vec<T>, BoxError> {
+    fn read(
+        &self,
+        partition: &TopicPartition,
+        offsets: Range<i64>,
+    ) -> std::result::Result<Vec<T>, BoxError> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parts = lock(&self.partitions);
         let (start, records) = parts
-            .get(partition as usize)
+            .get(partition.partition as usize)
             .ok_or_else(|| format!("no partition {partition}"))?;
         let end = start + records.len() as i64;
         if offsets.start < *start || offsets.end > end {
@@ -754,15 +879,24 @@ mod tests {
             latest: Mutex::new(BTreeMap::new()),
             rate_limit: Mutex::new(None),
             done: Arc::new(Mutex::new(KeyedState::new(1, true))),
+            unnamed: Arc::new(Mutex::new(KeyedState::new(1, true))),
             planned: Mutex::new(BTreeMap::new()),
             counters: Arc::default(),
             stopping: AtomicBool::new(false),
         }
     }
 
-    fn planned(src: &DirectInput<u32>, t: i64) -> Ranges {
+    fn planned(src: &DirectInput<u32>, t: i64) -> Vec<(u32, i64, i64)> {
         let (_, descriptor) = src.plan(Time(t)).unwrap_or_else(|e| panic!("{e}"));
-        from_bytes(&descriptor).unwrap_or_else(|e| panic!("{e}"))
+        src.decode(&descriptor, "the planned")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(p, from, until)| (p.partition, from, until))
+            .collect()
+    }
+
+    fn p(n: u32) -> TopicPartition {
+        TopicPartition::new("", n)
     }
 
     #[test]
@@ -795,7 +929,7 @@ mod tests {
             let log = MemoryLog::new(1);
             log.append(0, 0..10);
             let src = input(log, None);
-            lock(&src.done).part(0).insert(0, 1000);
+            lock(&src.done).part(0).insert(p(0), 1000);
             let err = src
                 .start(bounded, true)
                 .err()
@@ -809,13 +943,80 @@ mod tests {
         }
     }
 
+    /// A log of several named topics (Lockgate 0.1's positions cannot say whose).
+    struct TwoTopics(Arc<MemoryLog<u32>>);
+
+    impl PartitionedLog<u32> for TwoTopics {
+        fn describe(&self) -> String {
+            "two topics".into()
+        }
+        fn bounds(&self) -> std::result::Result<Vec<PartitionBounds>, BoxError> {
+            Ok(["a", "b"]
+                .iter()
+                .flat_map(|t| {
+                    let b = self.0.bounds().unwrap_or_default();
+                    b.into_iter().map(move |mut b| {
+                        b.partition.topic = t.to_string();
+                        b
+                    })
+                })
+                .collect())
+        }
+        fn read(
+            &self,
+            partition: &TopicPartition,
+            offsets: Range<i64>,
+        ) -> std::result::Result<Vec<u32>, BoxError> {
+            self.0.read(partition, offsets)
+        }
+        fn single_topic(&self) -> Option<String> {
+            None
+        }
+    }
+
+    /// Lockgate 0.1 logged `(partition, from, until)` and checkpointed positions by
+    /// partition number: both resume on a log of one topic, as its partitions.
+    #[test]
+    fn positions_and_plans_without_topic_names_resume_on_a_log_of_one_topic() {
+        let log = MemoryLog::new(2);
+        log.append(0, 0..30);
+        log.append(1, 0..30);
+        let src = input(log.clone(), None);
+        let unnamed = crate::codec::to_bytes(&vec![(0u32, 5i64, 9i64), (1, 0, 3)]);
+        assert_eq!(
+            src.decode(&unnamed, "logged")
+                .unwrap_or_else(|e| panic!("{e}")),
+            vec![(p(0), 5, 9), (p(1), 0, 3)]
+        );
+        lock(&src.unnamed).part(0).insert(0, 5);
+        lock(&src.unnamed).part(0).insert(1, 7);
+        src.start(false, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lock(&src.unnamed).entries(0).count(), 0);
+        assert_eq!(planned(&src, 1000), vec![(0, 5, 30), (1, 7, 30)]);
+        // A log of several topics cannot tell whose partitions they were.
+        let mut several = input(log, None);
+        several.log = Arc::new(TwoTopics(MemoryLog::new(1)));
+        let err = several
+            .decode(&unnamed, "logged")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("Lockgate 0.1") && err.contains("two topics"),
+            "{err}"
+        );
+        lock(&several.unnamed).part(0).insert(0, 5);
+        let err = several.start(false, true).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("new checkpoint directory")));
+    }
+
     #[test]
     fn a_log_that_ends_before_the_position_is_an_error_naming_the_partition() {
         let log = MemoryLog::new(1);
         log.append(0, 0..10);
         let src = input(log, None);
         src.start(false, false).unwrap_or_else(|e| panic!("{e}"));
-        src.replay(Time(1000), &to_bytes(&vec![(0u32, 0i64, 20i64)]))
+        src.replay(Time(1000), &encode_ranges(&vec![(p(0), 0, 20)]))
             .unwrap_or_else(|e| panic!("{e}"));
         let err = src
             .plan(Time(2000))

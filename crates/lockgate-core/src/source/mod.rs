@@ -54,13 +54,42 @@ where
     K: std::hash::Hash + Eq + Clone + Codec + Send + 'static,
     V: Codec + Send + 'static,
 {
+    let (stateful, state) = keyed_source_state(source, what);
+    ctx.graph().add_state(Arc::new(stateful));
+    state
+}
+
+/// Like [`source_state`], for state that checkpoints of an earlier Lockgate do not
+/// have: recovering one of those starts it empty.
+pub(crate) fn introduced_source_state<K, V>(
+    ctx: &StreamingContext,
+    source: &str,
+    what: &str,
+) -> Arc<Mutex<KeyedState<K, V>>>
+where
+    K: std::hash::Hash + Eq + Clone + Codec + Send + 'static,
+    V: Codec + Send + 'static,
+{
+    let (stateful, state) = keyed_source_state(source, what);
+    ctx.graph()
+        .add_state(Arc::new(crate::checkpoint::state::Introduced(stateful)));
+    state
+}
+
+type SourceState<K, V> = (KeyedStateful<K, V>, Arc<Mutex<KeyedState<K, V>>>);
+
+fn keyed_source_state<K, V>(source: &str, what: &str) -> SourceState<K, V>
+where
+    K: std::hash::Hash + Eq + Clone + Codec + Send + 'static,
+    V: Codec + Send + 'static,
+{
     let state = Arc::new(Mutex::new(KeyedState::new(1, true)));
     let name = format!("{source}.{what}");
-    ctx.graph().add_state(Arc::new(KeyedStateful {
+    let stateful = KeyedStateful {
         name: Arc::new(move || name.clone()),
         state: state.clone(),
-    }));
-    state
+    };
+    (stateful, state)
 }
 
 /// Registers an input node for `src` in the context's graph.

@@ -506,10 +506,7 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
             );
         }
     }
-    // Each call to the brokers waits at most a third of the retry time (and 30 s), so
-    // a broker that does not answer is tried a few times before the job fails.
-    let call_timeout =
-        (opts.source_retry_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let call_timeout = lockgate_jobs::kafka_call_timeout(opts.source_retry_timeout);
     Ok(Input::Kafka {
         config: lockgate_kafka::KafkaConfig {
             properties,

@@ -881,6 +881,87 @@ fn the_cli_reads_several_kafka_topics_by_list_and_by_pattern() {
     );
 }
 
+/// Zombie fencing: a second instance of a job with the same application and Kafka sink
+/// (as on another machine after a failover; here on another checkpoint directory, since
+/// the directory's lock keeps two processes of one machine off one) takes over the
+/// sink's `transactional.id`; the first instance's next commit is refused and it stops
+/// with an error naming the fencing, while the second goes on writing. (When the first
+/// is ending a transaction just as the second starts, Kafka answers it PRODUCER_FENCED;
+/// the test broker, tansu, never answers, so that instance stops at its sink's retry
+/// timeout, with an error that names the transactional id and the takeover.)
+#[test]
+fn a_second_instance_with_the_same_kafka_sink_fences_the_first_which_stops_clearly() {
+    use lockgate_kafka::testing::{consume_all, create_topic, KafkaBroker};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate_logs(&input, 20_000, 40, 5);
+    let broker = KafkaBroker::start().unwrap();
+    create_topic(&broker.brokers, "counts", 1).unwrap();
+    let sink = format!("kafka://{}/counts", broker.brokers);
+    // Each instance's stderr goes to a file (a pipe nobody reads could fill and block it).
+    let log = |checkpoint: &str| tmp.path().join(format!("{checkpoint}.log"));
+    let start = |checkpoint: &str| {
+        lockgate()
+            .args(["run", "word-count", "--input", input.to_str().unwrap()])
+            .args(["--max-files-per-batch", "1", "--batch-interval", "300ms"])
+            .args(["--sink", &sink, "--sink-retry-timeout", "10s"])
+            .args(["--no-ui", "--quiet", "--checkpoint"])
+            .arg(tmp.path().join(checkpoint))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log(checkpoint)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    // How many batches an instance committed (its highest commit file's id + 1; older
+    // commit files are deleted as it goes).
+    let committed = |checkpoint: &str| {
+        std::fs::read_dir(tmp.path().join(checkpoint).join("commits"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                    .map(|id| id + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "never: {what}; the second instance logged:\n{}",
+                std::fs::read_to_string(log("cp-second")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut first = start("cp-first");
+    wait_until("the first instance commits 2 batches", &|| {
+        committed("cp-first") >= 2
+    });
+    let mut second = start("cp-second");
+    let status = first.wait().unwrap();
+    let err = std::fs::read_to_string(log("cp-first")).unwrap();
+    assert!(!status.success(), "the fenced instance went on");
+    assert!(
+        err.contains("transactional.id `lockgate-word-count-")
+            && (err.contains("was fenced: another instance of this job")
+                || err.contains("took over this sink's transactions")),
+        "{err}"
+    );
+    // The second goes on: its batches reach the topic.
+    let seen = committed("cp-second");
+    wait_until("the second instance commits 2 more batches", &|| {
+        committed("cp-second") >= seen + 2
+    });
+    second.kill().unwrap();
+    second.wait().unwrap();
+    // Its checkpoint commits follow its sink's: those transactions were not refused.
+    assert!(!consume_all(&broker.brokers, "counts", 1, 1)
+        .unwrap()
+        .is_empty());
+}
+
 /// A second process on a checkpoint directory in use is refused, naming the first.
 #[test]
 fn a_second_job_on_a_checkpoint_directory_in_use_is_refused() {

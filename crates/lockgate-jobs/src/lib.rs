@@ -319,6 +319,7 @@ impl JobConfig {
             self.checkpoint.is_some() && self.delivery == DeliveryMode::ExactlyOnce;
         config.properties = self.kafka_sink_properties.clone();
         config.retry_timeout = self.sink_retry_timeout;
+        config.timeout = kafka_call_timeout(self.sink_retry_timeout);
         Ok(config)
     }
 
@@ -734,6 +735,13 @@ pub fn word_count(
         )?;
     }
     Ok(changed)
+}
+
+/// How long one call to Kafka brokers may wait, for a source or sink retried for
+/// `retry_timeout`: a third of it, between 1 and 30 s, so a broker that does not answer
+/// is tried a few times before the job fails.
+pub fn kafka_call_timeout(retry_timeout: Duration) -> Duration {
+    (retry_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 #[cfg(test)]

@@ -197,11 +197,51 @@ impl<T: Data> KafkaSink<T> {
             config,
         };
         if sink.config.transactional {
-            sink.producer
-                .init_transactions(sink.config.timeout)
-                .map_err(|e| sink.write_err("initialising transactions", e))?;
+            let deadline = Instant::now() + sink.config.retry_timeout;
+            sink.resuming("initialising transactions", deadline, || {
+                sink.producer.init_transactions(sink.config.timeout)
+            })?;
         }
         Ok(sink)
+    }
+
+    /// Calls `op` again while it fails with a retriable error (librdkafka's "retry call
+    /// to resume": a transaction coordinator that did not answer in time, or is busy
+    /// ending the transaction of an instance this one fences), until `deadline`.
+    fn resuming(
+        &self,
+        what: &str,
+        deadline: Instant,
+        mut op: impl FnMut() -> rdkafka::error::KafkaResult<()>,
+    ) -> Result<()> {
+        loop {
+            let e = match op() {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable());
+            if retriable && Instant::now() < deadline {
+                tracing::warn!(sink = %self.name, error = %e, "{what}: calling again");
+                continue;
+            }
+            return Err(match self.write_err(what, e) {
+                Error::Write {
+                    topic,
+                    message,
+                    cause,
+                } if retriable => Error::Write {
+                    topic,
+                    message: format!(
+                        "{message} (so until the sink's retry timeout: the brokers are down \
+                         or overloaded, or another instance with transactional.id `{}` \
+                         took over this sink's transactions)",
+                        self.transactional_id
+                    ),
+                    cause,
+                },
+                other => other,
+            });
+        }
     }
 
     /// The consumer group whose committed offset records the last committed batch.
@@ -215,14 +255,22 @@ impl<T: Data> KafkaSink<T> {
     }
 
     fn write_err(&self, what: &str, e: KafkaError) -> Error {
-        let fenced = matches!(
-            e.rdkafka_error_code(),
-            Some(
+        let fencing = |code| {
+            matches!(
+                code,
                 RDKafkaErrorCode::Fenced
                     | RDKafkaErrorCode::ProducerFenced
                     | RDKafkaErrorCode::InvalidProducerEpoch
             )
-        );
+        };
+        // A fencing found while sending surfaces as a generic fatal error: the client
+        // keeps the fatal error's own code.
+        let fenced = e.rdkafka_error_code().is_some_and(fencing)
+            || self
+                .producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| fencing(code));
         if fenced {
             Error::Fenced {
                 transactional_id: self.transactional_id.clone(),
@@ -309,7 +357,13 @@ impl<T: Data> KafkaSink<T> {
     }
 
     /// One batch in one transaction: begin, send, commit the batch id with it, commit.
-    fn transaction(&self, batch: &Batch<T>, id: BatchId, time: Time) -> Result<()> {
+    fn transaction(
+        &self,
+        batch: &Batch<T>,
+        id: BatchId,
+        time: Time,
+        deadline: Instant,
+    ) -> Result<()> {
         let t = self.config.timeout;
         self.producer
             .begin_transaction()
@@ -330,12 +384,17 @@ impl<T: Data> KafkaSink<T> {
                 message: format!("no group metadata for consumer group `{}`", self.group),
                 cause: None,
             })?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, t)
-            .map_err(|e| self.write_err("committing the batch id with the transaction", e))?;
-        self.producer
-            .commit_transaction(t)
-            .map_err(|e| self.write_err("committing the transaction", e))?;
+        self.resuming(
+            "committing the batch id with the transaction",
+            deadline,
+            || {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, t)
+            },
+        )?;
+        self.resuming("committing the transaction", deadline, || {
+            self.producer.commit_transaction(t)
+        })?;
         // A record whose delivery failed fails the commit; clear what it left behind.
         let _ = self.take_delivery_failure();
         Ok(())
@@ -347,7 +406,7 @@ impl<T: Data> KafkaSink<T> {
         let deadline = Instant::now() + self.config.retry_timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.transaction(batch, info.id, info.time) {
+            match self.transaction(batch, info.id, info.time, deadline) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let abortable = matches!(

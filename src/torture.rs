@@ -32,6 +32,10 @@ pub enum Pipeline {
     /// uninterrupted run's; copies of a record left by transactions a kill interrupted
     /// (which the test broker does not hide from readers) must be identical to it.
     KafkaToKafka,
+    /// word-count: the Kafka pipeline's topic in, PostgreSQL out (results, batch ids and
+    /// the Kafka offset ranges in one transaction per batch): the databases of the
+    /// tortured and the uninterrupted run must be identical.
+    KafkaToPostgres,
     /// word-count: a TCP socket in (receiver + write-ahead log), JSON-lines files out.
     /// Every line is a distinct word; after the kills, every line the job acknowledged
     /// as stored in its WAL must be counted exactly once, and no line more than once.
@@ -55,7 +59,8 @@ pub struct TortureOpts {
     dir: Option<PathBuf>,
 }
 
-/// The sink's tables as sorted text rows (results, and committed batch ids).
+/// The sink's tables as sorted text rows (results, and committed batch ids with what
+/// their sources read).
 fn db_rows(url: &str) -> Result<Vec<String>> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
     let mut rows: Vec<String> = c
@@ -65,11 +70,19 @@ fn db_rows(url: &str) -> Result<Vec<String>> {
         .collect();
     rows.extend(
         c.query(
-            "SELECT batch_id, batch_time_ms FROM lockgate_offsets ORDER BY batch_id",
+            "SELECT batch_id, batch_time_ms, description FROM lockgate_offsets \
+             ORDER BY batch_id",
             &[],
         )?
         .iter()
-        .map(|r| format!("batch {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1))),
+        .map(|r| {
+            let (id, time, what) = (
+                r.get::<_, i64>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, String>(2),
+            );
+            format!("batch {id} {time} {what}")
+        }),
     );
     Ok(rows)
 }
@@ -135,7 +148,8 @@ fn job_command(
         | Pipeline::Socket
         | Pipeline::Postgres
         | Pipeline::Kafka
-        | Pipeline::KafkaToKafka => "word-count",
+        | Pipeline::KafkaToKafka
+        | Pipeline::KafkaToPostgres => "word-count",
     };
     c.args(["run", job, "--once", "--quiet", "--parallelism", "2"]);
     match source {
@@ -290,7 +304,9 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     }
     // The PostgreSQL pipeline writes to two databases of a throwaway server.
     let pg = match opts.pipeline {
-        Pipeline::Postgres => Some(lockgate_sql_sinks::testing::PgServer::start()?),
+        Pipeline::Postgres | Pipeline::KafkaToPostgres => {
+            Some(lockgate_sql_sinks::testing::PgServer::start()?)
+        }
         _ => None,
     };
     let db_url = |db: &str| {
@@ -308,7 +324,9 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     generate_logs(&input, files * 60, files, seed)?;
     // The Kafka pipeline reads the same lines from a topic: file i to partition i % 2.
     let broker = match opts.pipeline {
-        Pipeline::Kafka | Pipeline::KafkaToKafka => Some(load_topic(&input)?),
+        Pipeline::Kafka | Pipeline::KafkaToKafka | Pipeline::KafkaToPostgres => {
+            Some(load_topic(&input)?)
+        }
         _ => None,
     };
     let kafka_out = |topic: &str| -> Result<Option<String>> {
@@ -364,6 +382,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             // transaction of one-record requests (~250 ms on this broker).
             let (base, spread) = match opts.pipeline {
                 Pipeline::Kafka => (100, 60),
+                Pipeline::KafkaToPostgres => (120, 100),
                 Pipeline::KafkaToKafka => (300, 700),
                 _ => (5, 60),
             };

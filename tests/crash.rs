@@ -67,3 +67,8 @@ fn word_count_files_to_postgres_survives_sigkill() {
 fn word_count_kafka_to_kafka_survives_sigkill() {
     torture("kafka-to-kafka");
 }
+
+#[test]
+fn word_count_kafka_to_postgres_survives_sigkill() {
+    torture("kafka-to-postgres");
+}

@@ -3,6 +3,8 @@
 //! (`bench log-errors`).
 
 mod bench;
+#[cfg(feature = "torture")]
+mod bench_kafka;
 mod checkpoint_cmd;
 mod duration;
 mod generate;
@@ -314,6 +316,10 @@ enum BenchWhat {
     Nexmark(bench::NexmarkOpts),
     /// Recovery time of a word count holding many keys (default 1M).
     Recovery(bench::RecoveryOpts),
+    /// Kafka → filter → Kafka exactly once against a bare librdkafka loop, and the Kafka
+    /// source alone against a bare consumer, on a throwaway broker (scripts/kafka.sh).
+    #[cfg(feature = "torture")]
+    Kafka(bench_kafka::KafkaBenchOpts),
 }
 
 /// Where the embedded default (no --input, no --socket) keeps its files.
@@ -385,6 +391,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench {
             what: BenchWhat::Recovery(opts),
         } => bench::recovery(&opts),
+        #[cfg(feature = "torture")]
+        Command::Bench {
+            what: BenchWhat::Kafka(opts),
+        } => bench_kafka::run(&opts),
         Command::Checkpoint { what } => checkpoint_cmd::run(what),
         #[cfg(feature = "torture")]
         Command::Torture(opts) => torture::run(&opts),

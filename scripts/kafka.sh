@@ -8,7 +8,9 @@
 #
 # LOCKGATE_KAFKA_DIR chooses where the broker's pid, port and log live (default:
 # $TMPDIR/lockgate-kafka), so several brokers can run side by side. It listens on
-# 127.0.0.1 only, on a free port.
+# 127.0.0.1 only, on a free port. LOCKGATE_KAFKA_ADVERTISED=HOST:PORT makes it tell
+# clients to connect there instead (a proxy in front of it, for fault tests); start then
+# prints that address.
 set -euo pipefail
 
 DIR=${LOCKGATE_KAFKA_DIR:-${TMPDIR:-/tmp}/lockgate-kafka}
@@ -54,13 +56,14 @@ start() {
     local port
     port=$(free_port)
     echo "$port" >"$DIR/port"
+    local advertised=${LOCKGATE_KAFKA_ADVERTISED:-127.0.0.1:$port}
     nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://$advertised" \
         --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
     echo $! >"$DIR/pid"
     for _ in $(seq 1 100); do
         if listening "$port"; then
-            echo "127.0.0.1:$port"
+            echo "$advertised"
             return
         fi
         if ! running; then break; fi

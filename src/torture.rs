@@ -57,6 +57,12 @@ pub struct TortureOpts {
     /// Work directory (default: a new directory under the system's temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Kafka pipelines: also cut the broker off from the job this many times, at random
+    /// moments of its runs (every connection dropped and new ones refused for 1-3 s, as
+    /// a broker restart looks to its clients; the broker keeps its data). The job must
+    /// ride them out: retry, and leave the same output.
+    #[arg(long, default_value_t = 0)]
+    broker_outages: u32,
 }
 
 /// The sink's tables as sorted text rows (results, and committed batch ids with what
@@ -251,9 +257,15 @@ fn compare_topics(brokers: &str, reference: &str, tortured: &str, seed: u64) -> 
 
 /// Starts a broker and produces the lines of the files in `input` (in name order) to
 /// [`KAFKA_TOPIC`], file i to partition i % 2.
-fn load_topic(input: &Path) -> Result<lockgate_kafka::testing::KafkaBroker> {
+/// Starts a broker (behind a proxy, for outages) and loads the input files into the
+/// topic: file i to partition i % 2.
+fn load_topic(input: &Path, proxied: bool) -> Result<lockgate_kafka::testing::KafkaBroker> {
     use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
-    let broker = KafkaBroker::start()?;
+    let broker = if proxied {
+        KafkaBroker::start_behind_proxy()?
+    } else {
+        KafkaBroker::start()?
+    };
     create_topic(&broker.brokers, KAFKA_TOPIC, 2)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(input)?
         .map(|e| e.map(|e| e.path()))
@@ -325,9 +337,15 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     // The Kafka pipeline reads the same lines from a topic: file i to partition i % 2.
     let broker = match opts.pipeline {
         Pipeline::Kafka | Pipeline::KafkaToKafka | Pipeline::KafkaToPostgres => {
-            Some(load_topic(&input)?)
+            Some(load_topic(&input, opts.broker_outages > 0)?)
         }
-        _ => None,
+        _ => {
+            ensure!(
+                opts.broker_outages == 0,
+                "--broker-outages applies to the Kafka pipelines only"
+            );
+            None
+        }
     };
     let kafka_out = |topic: &str| -> Result<Option<String>> {
         match (&broker, opts.pipeline) {
@@ -364,11 +382,21 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
 
     let mut rng = Rng::new(seed);
     let (out, cp) = (dir.join("out"), dir.join("cp"));
-    let (mut kills, mut runs, mut reruns) = (0u32, 0u32, 0usize);
+    let (mut kills, mut runs, mut reruns, mut outages) = (0u32, 0u32, 0usize, 0u32);
+    let mut cut = 0usize;
     let count_reruns = |stderr: &[u8]| {
         String::from_utf8_lossy(stderr)
             .matches("re-running a logged batch")
             .count()
+    };
+    // Calls to the broker that failed and were made again (source and sink).
+    let mut retries = 0usize;
+    let mut count_retries = |stderr: &[u8]| {
+        let text = String::from_utf8_lossy(stderr);
+        retries += ["retrying", "calling again", "writing the batch again"]
+            .iter()
+            .map(|m| text.matches(m).count())
+            .sum::<usize>();
     };
     let started = Instant::now();
     loop {
@@ -376,6 +404,13 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         let mut child = job_command(opts.pipeline, &source, &out, &cp, sink.as_deref())?
             .spawn()
             .context("starting the job")?;
+        if let (Some(b), true) = (&broker, outages < opts.broker_outages) {
+            std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+            if child.try_wait()?.is_none() {
+                cut += b.outage(Duration::from_millis(1000 + rng.below(2000)))?;
+                outages += 1;
+            }
+        }
         if kills < opts.kills {
             // A Kafka job first asks the broker for metadata and offsets (~100 ms); with
             // a Kafka sink it also initialises its transactions, and each batch is a
@@ -392,12 +427,14 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
                 child.kill().context("killing the job")?; // SIGKILL
                 let killed = child.wait_with_output()?;
                 reruns += count_reruns(&killed.stderr);
+                count_retries(&killed.stderr);
                 kills += 1;
                 continue;
             }
         }
         let done = child.wait_with_output()?;
         reruns += count_reruns(&done.stderr);
+        count_retries(&done.stderr);
         if !done.status.success() {
             bail!(
                 "run {runs} (after {kills} kills, seed {seed}) failed: {}",
@@ -405,6 +442,15 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             );
         }
         if kills >= opts.kills {
+            ensure!(
+                outages >= opts.broker_outages,
+                "the job finished after only {outages} of {} broker outages (seed {seed})",
+                opts.broker_outages
+            );
+            ensure!(
+                outages == 0 || cut > 0,
+                "the broker outages cut no connection of the job (seed {seed})"
+            );
             break;
         }
         bail!(
@@ -444,8 +490,17 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         );
     }
     println!(
-        "torture passed: {kills} kills over {runs} runs in {:.1} s, {reruns} interrupted batches \
-         re-run from their logged plans; {} batch outputs identical to the uninterrupted run",
+        "torture passed: {kills} kills{} over {runs} runs in {:.1} s, {reruns} interrupted \
+         batches re-run from their logged plans; {} batch outputs identical to the \
+         uninterrupted run",
+        if outages > 0 {
+            format!(
+                " and {outages} broker outages ({cut} connections cut, {retries} failed broker \
+                 calls made again)"
+            )
+        } else {
+            String::new()
+        },
         started.elapsed().as_secs_f64(),
         want.len()
     );

@@ -9,6 +9,11 @@
 use std::process::Command;
 
 fn torture(pipeline: &str) {
+    torture_with(pipeline, 20, &[]);
+}
+
+/// `lockgate torture --pipeline PIPELINE --kills KILLS EXTRA...`, with a fresh seed.
+fn torture_with(pipeline: &str, kills: u32, extra: &[&str]) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -19,12 +24,13 @@ fn torture(pipeline: &str) {
         .args([
             "torture",
             "--kills",
-            "20",
+            &kills.to_string(),
             "--pipeline",
             pipeline,
             "--seed",
             &seed.to_string(),
         ])
+        .args(extra)
         .arg("--dir")
         .arg(dir.path().join("work"))
         .output()
@@ -33,9 +39,14 @@ fn torture(pipeline: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "torture of {pipeline} failed (reproduce: lockgate torture --kills 20 --pipeline {pipeline} --seed {seed}):\n{stdout}\n{stderr}"
+        "torture of {pipeline} failed (reproduce: lockgate torture --kills {kills} --pipeline \
+         {pipeline} {} --seed {seed}):\n{stdout}\n{stderr}",
+        extra.join(" ")
     );
-    assert!(stdout.contains("torture passed: 20 kills"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("torture passed: {kills} kills")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -71,4 +82,12 @@ fn word_count_kafka_to_kafka_survives_sigkill() {
 #[test]
 fn word_count_kafka_to_postgres_survives_sigkill() {
     torture("kafka-to-postgres");
+}
+
+/// A broker restart mid-run, as the job sees it (every connection cut, new ones refused
+/// for 1-3 s; the test broker keeps its data in memory, so its process is not restarted),
+/// five times, between SIGKILLs: the Kafka → Kafka job rides each out, exactly once.
+#[test]
+fn word_count_kafka_to_kafka_rides_out_broker_restarts() {
+    torture_with("kafka-to-kafka", 5, &["--broker-outages", "5"]);
 }

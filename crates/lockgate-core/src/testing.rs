@@ -326,10 +326,19 @@ pub fn run_service_script(
     dir_var: &str,
     dir: &Path,
 ) -> std::result::Result<String, String> {
+    run_service_script_with(script, cmd, &[(dir_var, dir.as_os_str())])
+}
+
+/// Like [`run_service_script`], with the environment variables `env`.
+pub fn run_service_script_with(
+    script: &Path,
+    cmd: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::result::Result<String, String> {
     let out = std::process::Command::new("bash")
         .arg(script)
         .arg(cmd)
-        .env(dir_var, dir)
+        .envs(env.iter().copied())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !out.status.success() {

@@ -1,12 +1,15 @@
 //! A throwaway Kafka-protocol broker for tests and demos, started by the repository's
-//! `scripts/kafka.sh` (tansu, installed on first use) and stopped when dropped; and
-//! helpers to create topics, produce records and read them all back with a real client.
+//! `scripts/kafka.sh` (tansu, installed on first use) and stopped when dropped, if asked
+//! behind a proxy that can cut it off from its clients for a while; and helpers to
+//! create topics, produce records and read them all back with a real client.
 
 use std::future::Future;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -32,17 +35,19 @@ pub struct KafkaBroker {
     dir: tempfile::TempDir,
     /// Its bootstrap address, `127.0.0.1:PORT`.
     pub brokers: String,
+    /// The proxy its clients reach it through, if started so.
+    proxy: Option<Proxy>,
 }
 
 impl KafkaBroker {
     fn run(&self, cmd: &str) -> Result<String> {
-        lockgate_core::testing::run_service_script(
-            &script(),
-            cmd,
-            "LOCKGATE_KAFKA_DIR",
-            &self.dir.path().join("kafka"),
-        )
-        .map_err(Error::Harness)
+        let dir = self.dir.path().join("kafka");
+        let mut env = vec![("LOCKGATE_KAFKA_DIR", dir.as_os_str())];
+        if let Some(p) = &self.proxy {
+            env.push(("LOCKGATE_KAFKA_ADVERTISED", p.address.as_ref()));
+        }
+        lockgate_core::testing::run_service_script_with(&script(), cmd, &env)
+            .map_err(Error::Harness)
     }
 
     /// The broker's process id.
@@ -81,6 +86,16 @@ impl KafkaBroker {
 
     /// Starts a new broker.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a new broker that its clients reach through a proxy (its advertised
+    /// address), so that [`outage`](Self::outage) can cut them off.
+    pub fn start_behind_proxy() -> Result<Self> {
+        Self::start_with(Some(Proxy::listen()?))
+    }
+
+    fn start_with(proxy: Option<Proxy>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("lockgate-kafka-")
             .tempdir()
@@ -88,16 +103,145 @@ impl KafkaBroker {
         let mut b = KafkaBroker {
             dir,
             brokers: String::new(),
+            proxy,
         };
         b.brokers = b.run("start")?;
+        if let Some(p) = &b.proxy {
+            let port = std::fs::read_to_string(b.dir.path().join("kafka").join("port"))
+                .map_err(|e| Error::Harness(format!("the broker's port file: {e}")))?;
+            p.forward_to(format!("127.0.0.1:{}", port.trim()));
+        }
         Ok(b)
+    }
+
+    /// As a broker restart looks to its clients: every connection through the proxy is
+    /// cut, and new ones are refused for `down` (the broker keeps its data and state, so
+    /// this is a restart without loss; tansu keeps them in memory only, so a real restart
+    /// would lose them). Returns how many connections were cut; an error if the broker
+    /// was not started behind a proxy.
+    pub fn outage(&self, down: Duration) -> Result<usize> {
+        let p = self
+            .proxy
+            .as_ref()
+            .ok_or_else(|| Error::Harness("the broker has no proxy (start_behind_proxy)".into()))?;
+        Ok(p.cut(down))
     }
 }
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
+        if let Some(p) = &self.proxy {
+            p.stop.store(true, Ordering::Release);
+            p.cut(Duration::ZERO);
+        }
         let _ = self.run("stop");
     }
+}
+
+/// A TCP proxy on 127.0.0.1: each connection accepted is forwarded to the broker by two
+/// copying threads; during an outage connections are cut and new ones closed at once.
+struct Proxy {
+    /// Where it listens, `127.0.0.1:PORT`.
+    address: String,
+    listener: Mutex<Option<TcpListener>>,
+    /// Until when new connections are refused.
+    down_until: Arc<Mutex<Option<Instant>>>,
+    /// Both ends of every open connection.
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Proxy {
+    fn listen() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::Harness(format!("proxy listener: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Harness(format!("proxy address: {e}")))?
+            .to_string();
+        Ok(Proxy {
+            address,
+            listener: Mutex::new(Some(listener)),
+            down_until: Arc::default(),
+            open: Arc::default(),
+            stop: Arc::default(),
+        })
+    }
+
+    /// Starts accepting, forwarding to `target`.
+    fn forward_to(&self, target: String) {
+        let Some(listener) = locked(&self.listener).take() else {
+            return;
+        };
+        let (down_until, open, stop) = (
+            self.down_until.clone(),
+            self.open.clone(),
+            self.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let down = locked(&down_until).is_some_and(|t| Instant::now() < t);
+                if down {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let clones = (|| {
+                    std::io::Result::Ok((
+                        client.try_clone()?,
+                        server.try_clone()?,
+                        client.try_clone()?,
+                        server.try_clone()?,
+                    ))
+                })();
+                let Ok((to_client, to_server, client_end, server_end)) = clones else {
+                    continue;
+                };
+                locked(&open).extend([client_end, server_end]);
+                pipe(client, to_server);
+                pipe(server, to_client);
+            }
+        });
+    }
+
+    /// Cuts every open connection and refuses new ones for `down`; returns how many
+    /// client connections were open.
+    fn cut(&self, down: Duration) -> usize {
+        *locked(&self.down_until) = Some(Instant::now() + down);
+        let mut cut = 0;
+        // Both ends of each connection are kept: client end first.
+        for (i, s) in locked(&self.open).drain(..).enumerate() {
+            // A connection both of whose sides closed already fails here.
+            if s.shutdown(Shutdown::Both).is_ok() && i % 2 == 0 {
+                cut += 1;
+            }
+        }
+        if self.stop.load(Ordering::Acquire) {
+            // Wakes the accepting thread so it sees the stop.
+            let _ = TcpStream::connect(&self.address);
+        }
+        cut
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either end closes.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
 }
 
 /// Runs a future to completion on this thread (the admin client's futures are driven by

@@ -4,7 +4,7 @@
 # (installed on first use into $LOCKGATE_TOOLS, default ~/.cache/lockgate/tools).
 #
 #   scripts/kafka.sh start   # prints the bootstrap address HOST:PORT on its last line
-#   scripts/kafka.sh stop    # stops it (memory storage: its topics are gone)
+#   scripts/kafka.sh stop    # kills it (memory storage: its topics are gone)
 #
 # LOCKGATE_KAFKA_DIR chooses where the broker's pid, port and log live (default:
 # $TMPDIR/lockgate-kafka), so several brokers can run side by side. It listens on
@@ -57,7 +57,9 @@ start() {
     port=$(free_port)
     echo "$port" >"$DIR/port"
     local advertised=${LOCKGATE_KAFKA_ADVERTISED:-127.0.0.1:$port}
-    nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
+    # tansu logs every request at info (gigabytes in a benchmark, and slow): warnings
+    # only, unless LOCKGATE_KAFKA_LOG says otherwise.
+    RUST_LOG=${LOCKGATE_KAFKA_LOG:-warn} nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://$advertised" \
         --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
     echo $! >"$DIR/pid"
@@ -76,7 +78,15 @@ start() {
 
 stop() {
     if running; then
-        kill "$(cat "$DIR/pid")" 2>/dev/null || true
+        # SIGKILL: on SIGTERM tansu's exit can spin a core for minutes freeing a large
+        # memory storage, slowing whatever runs next; nothing of it needs to be kept.
+        local pid
+        pid=$(cat "$DIR/pid")
+        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     rm -rf "$DIR"
 }

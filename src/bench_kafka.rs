@@ -131,6 +131,8 @@ fn lockgate_source(brokers: &str, opts: &KafkaBenchOpts, cores: usize) -> Result
         .app_name("bench-kafka-source")
         .parallelism(cores)
         .trigger(Trigger::AvailableNow)
+        // Batch times from 0: the first batch does not wait for the clock's next tick.
+        .start_time(lockgate_core::Time(0))
         .build()?;
     let bytes = Arc::new(AtomicU64::new(0));
     let b = bytes.clone();
@@ -243,6 +245,7 @@ fn lockgate_pipeline(
         .app_name("bench-kafka")
         .parallelism(cores)
         .trigger(Trigger::AvailableNow)
+        .start_time(lockgate_core::Time(0))
         .checkpoint_dir(dir)
         .build()?;
     let sink = KafkaSink::new(

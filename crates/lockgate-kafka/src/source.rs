@@ -5,10 +5,12 @@
 //! pattern ([`Subscription`]). Bounds come from a metadata query (the topics and their
 //! partitions, asked anew for each batch: partitions and matching topics created while
 //! the job runs are read from their earliest offset on) and a watermark query per
-//! partition (earliest and latest offsets). A planned range `[from, until)` of a
-//! partition is read by that partition's own consumer, assigned at `from` and polled
-//! until the record before `until`; consecutive batches continue where the last one
-//! ended without seeking. No consumer group is joined and no offsets are committed to
+//! partition (earliest and latest offsets). One consumer reads every partition (one
+//! connection and one fetch session per broker, as a plain consumer has), each partition
+//! split into its own queue so the workers read theirs in parallel: a planned range
+//! `[from, until)` is read from the partition's queue, sought to `from` when it is not
+//! there already, until the record before `until`; consecutive batches continue where
+//! the last one ended without seeking. No consumer group is joined and no offsets are committed to
 //! Kafka: the positions are in the checkpoint, so correctness never depends on the
 //! broker's group state.
 
@@ -108,6 +110,8 @@ impl KafkaConfig {
 
     /// The consumer settings: no group membership, no auto commit, end-of-partition
     /// events, and an error (never a silent jump) when an offset is out of range.
+    /// `fetch.wait.max.ms` stays librdkafka's (500 ms): with a shorter wait some brokers
+    /// (tansu) answer each fetch with less, and reading slows down as offsets grow.
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -115,8 +119,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "50");
+            .set("auto.offset.reset", "error");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -146,9 +149,11 @@ pub struct KafkaRecord {
 /// Makes a stream element of a message.
 pub type Decode<T> = fn(&BorrowedMessage<'_>) -> T;
 
-/// A partition's consumer and where it will deliver next (`None`: seek first).
+/// A partition's queue of the shared consumer and where it will deliver next (`None`:
+/// seek first).
 struct PartitionReader {
-    consumer: BaseConsumer,
+    queue:
+        rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
     next: Option<i64>,
 }
 
@@ -159,6 +164,8 @@ pub struct KafkaLog<T> {
     pattern: Option<regex::Regex>,
     /// For metadata and watermark queries.
     meta: BaseConsumer,
+    /// Reads every partition (made when first needed), each through its reader's queue.
+    consumer: Mutex<Option<Arc<BaseConsumer>>>,
     readers: Mutex<HashMap<TopicPartition, Arc<Mutex<PartitionReader>>>>,
     decode: Decode<T>,
     /// Commits completed positions to `config.group` (made when first needed),
@@ -241,6 +248,7 @@ impl<T: Data> KafkaLog<T> {
             config,
             pattern,
             meta,
+            consumer: Mutex::new(None),
             readers: Mutex::new(HashMap::new()),
             decode,
             committer: Mutex::new(None),
@@ -371,17 +379,41 @@ impl<T: Data> KafkaLog<T> {
         Ok(bounds)
     }
 
-    fn reader(&self, partition: &TopicPartition) -> Result<Arc<Mutex<PartitionReader>>> {
+    /// The shared consumer and `partition`'s reader; a partition read for the first time
+    /// gets its queue and joins the consumer's assignment at `from`.
+    fn reader(
+        &self,
+        partition: &TopicPartition,
+        id: i32,
+        from: i64,
+    ) -> Result<(Arc<BaseConsumer>, Arc<Mutex<PartitionReader>>)> {
+        let consumer = {
+            let mut c = lock(&self.consumer);
+            match &*c {
+                Some(c) => c.clone(),
+                None => c.insert(Arc::new(Self::consumer(&self.config)?)).clone(),
+            }
+        };
         let mut readers = lock(&self.readers);
         if let Some(r) = readers.get(partition) {
-            return Ok(r.clone());
+            return Ok((consumer, r.clone()));
         }
+        // Split before assigning, so that no record of it lands on the main queue.
+        let queue = consumer
+            .split_partition_queue(&partition.topic, id)
+            .ok_or_else(|| self.read_err(partition, "no queue for the partition".into(), None))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&partition.topic, id, Offset::Offset(from))
+            .map_err(|e| self.read_err(partition, e.to_string(), Some(e)))?;
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| self.read_err(partition, format!("assign at {from}: {e}"), Some(e)))?;
         let r = Arc::new(Mutex::new(PartitionReader {
-            consumer: Self::consumer(&self.config)?,
-            next: None,
+            queue,
+            next: Some(from),
         }));
         readers.insert(partition.clone(), r.clone());
-        Ok(r)
+        Ok((consumer, r))
     }
 
     /// The records at `offsets` of `partition`.
@@ -391,25 +423,32 @@ impl<T: Data> KafkaLog<T> {
         if from >= until {
             return Ok(out);
         }
-        let reader = self.reader(partition)?;
-        let mut r = lock(&reader);
         let topic = partition.topic.as_str();
         let id = i32::try_from(partition.partition)
             .map_err(|_| self.read_err(partition, "partition number too large".into(), None))?;
+        let (consumer, reader) = self.reader(partition, id, from)?;
+        let mut r = lock(&reader);
         if r.next != Some(from) {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, id, Offset::Offset(from))
-                .map_err(|e| self.read_err(partition, e.to_string(), Some(e)))?;
-            r.consumer
-                .assign(&tpl)
-                .map_err(|e| self.read_err(partition, format!("assign at {from}: {e}"), Some(e)))?;
+            // Records fetched before the seek are discarded by librdkafka.
+            consumer
+                .seek(topic, id, Offset::Offset(from), self.config.timeout)
+                .map_err(|e| self.read_err(partition, format!("seek to {from}: {e}"), Some(e)))?;
         }
         // Until a read ends cleanly, the next one seeks.
         r.next = None;
         let deadline = Instant::now() + self.config.timeout;
         let mut position = from;
         loop {
-            match r.consumer.poll(Duration::from_millis(100)) {
+            // The main queue serves the consumer's events (its partitions' records and
+            // errors are in their own queues).
+            if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+                tracing::debug!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "a record on the main queue (ignored)"
+                );
+            }
+            match r.queue.poll(Duration::from_millis(100)) {
                 // This reader's consumer is assigned to this partition only.
                 Some(Ok(m)) => {
                     if m.offset() < position {
@@ -431,7 +470,7 @@ impl<T: Data> KafkaLog<T> {
                     // At the end of the partition: done if the consumer is past the
                     // range (offsets without records at its end); else the event is
                     // left over from before, or the log ends early: keep polling.
-                    let at = r.consumer.position().ok().and_then(|tpl| {
+                    let at = consumer.position().ok().and_then(|tpl| {
                         match tpl.find_partition(topic, id)?.offset() {
                             Offset::Offset(o) => Some(o),
                             _ => None,

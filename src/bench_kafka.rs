@@ -125,15 +125,35 @@ fn bare_source(brokers: &str, opts: &KafkaBenchOpts, run: usize) -> Result<Run> 
     })
 }
 
-/// Lockgate's Kafka source alone: every record as a line, counted with its bytes.
-fn lockgate_source(brokers: &str, opts: &KafkaBenchOpts, cores: usize) -> Result<Run> {
-    let ctx = StreamingContext::builder()
-        .app_name("bench-kafka-source")
+/// A bounded context on `cores` workers, checkpointing in `checkpoint` if given.
+fn bounded_context(app: &str, cores: usize, checkpoint: Option<&Path>) -> Result<StreamingContext> {
+    let mut b = StreamingContext::builder()
+        .app_name(app)
         .parallelism(cores)
         .trigger(Trigger::AvailableNow)
         // Batch times from 0: the first batch does not wait for the clock's next tick.
-        .start_time(lockgate_core::Time(0))
-        .build()?;
+        .start_time(lockgate_core::Time(0));
+    if let Some(dir) = checkpoint {
+        b = b.checkpoint_dir(dir);
+    }
+    Ok(b.build()?)
+}
+
+/// Runs `ctx` to its end: the run's time, the records its source read and `out`.
+fn run_to_end(ctx: &StreamingContext, out: &AtomicU64) -> Result<Run> {
+    let start = Instant::now();
+    ctx.start()?;
+    ctx.await_termination()?;
+    Ok(Run {
+        elapsed: start.elapsed(),
+        records: ctx.metrics().snapshot().total_records,
+        out: out.load(Ordering::Relaxed),
+    })
+}
+
+/// Lockgate's Kafka source alone: every record as a line, counted with its bytes.
+fn lockgate_source(brokers: &str, opts: &KafkaBenchOpts, cores: usize) -> Result<Run> {
+    let ctx = bounded_context("bench-kafka-source", cores, None)?;
     let bytes = Arc::new(AtomicU64::new(0));
     let b = bytes.clone();
     kafka_lines(&ctx, KafkaConfig::new(brokers, INPUT), direct_options(opts))?.foreach_batch(
@@ -142,15 +162,7 @@ fn lockgate_source(brokers: &str, opts: &KafkaBenchOpts, cores: usize) -> Result
             b.fetch_add(n as u64, Ordering::Relaxed);
         },
     );
-    let start = Instant::now();
-    ctx.start()?;
-    ctx.await_termination()?;
-    let elapsed = start.elapsed();
-    Ok(Run {
-        elapsed,
-        records: ctx.metrics().snapshot().total_records,
-        out: bytes.load(Ordering::Relaxed),
-    })
+    run_to_end(&ctx, &bytes)
 }
 
 fn direct_options(opts: &KafkaBenchOpts) -> DirectStreamOptions {
@@ -241,13 +253,7 @@ fn lockgate_pipeline(
     dir: &Path,
 ) -> Result<Run> {
     let _ = std::fs::remove_dir_all(dir);
-    let ctx = StreamingContext::builder()
-        .app_name("bench-kafka")
-        .parallelism(cores)
-        .trigger(Trigger::AvailableNow)
-        .start_time(lockgate_core::Time(0))
-        .checkpoint_dir(dir)
-        .build()?;
+    let ctx = bounded_context("bench-kafka", cores, Some(dir))?;
     let sink = KafkaSink::new(
         output,
         "bench-kafka",
@@ -262,15 +268,7 @@ fn lockgate_pipeline(
     errors.foreach_batch(move |b, _| {
         w.fetch_add(b.len() as u64, Ordering::Relaxed);
     });
-    let start = Instant::now();
-    ctx.start()?;
-    ctx.await_termination()?;
-    let elapsed = start.elapsed();
-    Ok(Run {
-        elapsed,
-        records: ctx.metrics().snapshot().total_records,
-        out: written.load(Ordering::Relaxed),
-    })
+    run_to_end(&ctx, &written)
 }
 
 fn print(name: &str, r: &Run, what: &str) {

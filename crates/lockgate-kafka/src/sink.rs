@@ -207,21 +207,26 @@ impl<T: Data> KafkaSink<T> {
 
     /// Calls `op` again while it fails with a retriable error (librdkafka's "retry call
     /// to resume": a transaction coordinator that did not answer in time, or is busy
-    /// ending the transaction of an instance this one fences), until `deadline`.
+    /// ending the transaction of an instance this one fences), with back-off from 100 ms
+    /// to 2 s, until `deadline`.
     fn resuming(
         &self,
         what: &str,
         deadline: Instant,
         mut op: impl FnMut() -> rdkafka::error::KafkaResult<()>,
     ) -> Result<()> {
+        let mut wait = Duration::from_millis(100);
         loop {
             let e = match op() {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable());
-            if retriable && Instant::now() < deadline {
+            if retriable && Instant::now() + wait < deadline {
                 tracing::warn!(sink = %self.name, error = %e, "{what}: calling again");
+                // A busy coordinator may answer at once: do not spin on it.
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(2));
                 continue;
             }
             return Err(match self.write_err(what, e) {
@@ -232,9 +237,9 @@ impl<T: Data> KafkaSink<T> {
                 } if retriable => Error::Write {
                     topic,
                     message: format!(
-                        "{message} (so until the sink's retry timeout: the brokers are down \
-                         or overloaded, or another instance with transactional.id `{}` \
-                         took over this sink's transactions)",
+                        "{message} (still failing when the sink's retry timeout ran out: \
+                         the brokers are down or overloaded, or another instance with \
+                         transactional.id `{}` took over this sink's transactions)",
                         self.transactional_id
                     ),
                     cause,

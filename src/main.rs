@@ -44,6 +44,10 @@ enum Command {
         #[command(flatten)]
         opts: Box<RunOpts>,
     },
+    /// Run a SQL query over the input as a stream (Structured Streaming's unbounded
+    /// table): `lines(value)` for text, `kafka(key, value, topic, partition, offset,
+    /// timestamp, headers)` for Kafka; rows to --output DIR/<NAME>/batch=<id>/ or --sink.
+    Sql(Box<SqlOpts>),
     /// Generate sample data.
     Generate {
         #[command(subcommand)]
@@ -287,6 +291,49 @@ pub struct RunOpts {
     event_time: bool,
 }
 
+/// When a SQL aggregation emits its rows.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Every batch, the groups and windows it changed, with their values so far.
+    Update,
+    /// Each window once, when the watermark passes its end.
+    Append,
+}
+
+/// Flags of `lockgate sql`.
+#[derive(Args)]
+pub struct SqlOpts {
+    #[command(flatten)]
+    run: RunOpts,
+    /// The output's name: rows go to DIR/<NAME>/batch=<id>/part-<n>.jsonl, to the
+    /// database table <NAME>, or to Kafka with "stream": "<NAME>"; the query's state is
+    /// checkpointed under it (keep it when restarting on a checkpoint).
+    #[arg(long, default_value = "result")]
+    name: String,
+    /// Decode each line (or Kafka value) into the --schema's columns: json (one object
+    /// per line) or csv; values that do not decode are counted and skipped.
+    #[arg(long, value_name = "json|csv", requires = "schema")]
+    format: Option<String>,
+    /// The columns of --format, e.g. 'ts TIMESTAMP, level STRING, bytes BIGINT'
+    /// (STRING, BIGINT, DOUBLE, BOOLEAN, TIMESTAMP, DATE).
+    #[arg(long, value_name = "COLUMNS", requires = "format")]
+    schema: Option<String>,
+    /// The event-time column of the query's window(...) and how late records may be,
+    /// e.g. 'ts 10 seconds': records further behind the largest event time are dropped
+    /// (counted), and windows behind it are finished and evicted.
+    #[arg(long, value_name = "COLUMN DELAY")]
+    watermark: Option<String>,
+    /// When an aggregation emits rows.
+    #[arg(long, value_enum, default_value = "update")]
+    output_mode: ModeArg,
+    /// A static table to join with: NAME=FILE.csv (header line), NAME=FILE.parquet or
+    /// NAME=postgres://USER@HOST:PORT/DB#TABLE; read once, at start. Repeat for several.
+    #[arg(long = "table", value_name = "NAME=SOURCE")]
+    tables: Vec<String>,
+    /// The query, e.g. "SELECT count(*) AS errors FROM lines WHERE value LIKE '%ERROR%'".
+    query: String,
+}
+
 #[derive(Subcommand)]
 enum GenerateWhat {
     /// Apache-error-log style lines, about 10% at level ERROR.
@@ -362,6 +409,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { job, opts } => run_job(job, *opts),
+        Command::Sql(opts) => run_sql(*opts),
         Command::Generate {
             what:
                 GenerateWhat::Logs {
@@ -634,24 +682,121 @@ fn input_notes(metrics: &lockgate_core::StreamingMetrics) -> String {
     }
 }
 
-fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
-    let demo = is_demo(&opts);
-    let cfg = job_config(&opts)?;
+/// Checks that a job has an output, and clears the demo's previous output.
+fn prepare_output(opts: &RunOpts, cfg: &JobConfig) -> Result<()> {
     if !cfg.print && cfg.output.is_none() && cfg.sink.is_none() {
         bail!(
             "--quiet with neither --output nor --sink leaves the job no output; \
              drop --quiet to print batches, or add --output DIR or --sink URL"
         );
     }
-    if demo && opts.output.is_none() && opts.checkpoint.is_none() {
+    if is_demo(opts) && opts.output.is_none() && opts.checkpoint.is_none() {
         let out = Path::new(DEMO_DIR).join("output");
         if out.exists() {
             std::fs::remove_dir_all(&out).context("clearing the previous demo output")?;
         }
     }
+    Ok(())
+}
+
+fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
+    let cfg = job_config(&opts)?;
+    prepare_output(&opts, &cfg)?;
     let job = Job::from(job);
     let app = job.name();
     let ctx = cfg.build(job)?;
+    run_context(&ctx, app, &opts, &cfg)?;
+    if cfg.event_time && job == Job::LogErrors {
+        // Both windows see the same lines: report the first one's counts.
+        let c = ctx.metrics().event_time(jobs::EVENT_WINDOWS[0].0);
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "{app}: ERROR lines skipped: {} late (behind the watermark), {} without a \
+             readable timestamp",
+            get(&c.late_records),
+            get(&c.records_without_time)
+        );
+    }
+    if let Some(out) = &cfg.output {
+        eprintln!("output written under {}", out.display());
+    }
+    Ok(())
+}
+
+/// `COLUMN DELAY` (`ts 10 seconds`, `ts 10s`).
+fn parse_watermark(text: &str) -> Result<(String, Duration)> {
+    let text = text.trim();
+    let (col, delay) = text
+        .split_once(char::is_whitespace)
+        .with_context(|| format!("--watermark `{text}`: expected COLUMN DELAY, e.g. 'ts 10 seconds'"))?;
+    let delay = lockgate_sql::rewrite::parse_duration(delay)
+        .map_err(|e| anyhow::anyhow!("--watermark `{text}`: {e}"))?;
+    Ok((col.to_string(), delay))
+}
+
+fn run_sql(opts: SqlOpts) -> Result<()> {
+    let run = &opts.run;
+    let cfg = job_config(run)?;
+    prepare_output(run, &cfg)?;
+    if opts.name.is_empty()
+        || !opts
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        bail!("--name `{}`: use letters, digits, `_` and `-` (it names a directory and a table)", opts.name);
+    }
+    let decoder = match (&opts.format, &opts.schema) {
+        (Some(f), Some(s)) => Some(lockgate_sql::Decoder::new(
+            f.parse()?,
+            lockgate_sql::input::parse_schema(s)?,
+        )),
+        _ => None,
+    };
+    let tables = opts
+        .tables
+        .iter()
+        .map(|t| {
+            t.split_once('=')
+                .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .with_context(|| format!("--table `{t}`: expected NAME=FILE.csv, NAME=FILE.parquet or NAME=postgres://...#TABLE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let job = jobs::sql::SqlJob {
+        query: opts.query.clone(),
+        name: opts.name.clone(),
+        decoder,
+        watermark: opts.watermark.as_deref().map(parse_watermark).transpose()?,
+        mode: match opts.output_mode {
+            ModeArg::Update => lockgate_core::OutputMode::Update,
+            ModeArg::Append => lockgate_core::OutputMode::Append,
+        },
+        tables,
+    };
+    let app = job.app_name();
+    let (ctx, info) = cfg.build_sql(&job)?;
+    run_context(&ctx, &app, run, &cfg)?;
+    if let Some(skipped) = &info.skipped {
+        let n = skipped.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            eprintln!("{app}: {n} value(s) did not decode with --format/--schema and were skipped");
+        }
+    }
+    if let Some(out) = &cfg.output {
+        eprintln!("output written under {}", out.join(&job.name).display());
+    }
+    Ok(())
+}
+
+/// Runs a built context to its end: the UI, the demo's feeder, progress, a summary.
+fn run_context(
+    ctx: &lockgate_core::StreamingContext,
+    app: &str,
+    opts: &RunOpts,
+    cfg: &JobConfig,
+) -> Result<()> {
+    let demo = is_demo(opts);
     ctx.stop_gracefully_on_shutdown()?;
     // The UI helps but is not the job: without a free port the job runs on without it.
     let _ui = if opts.no_ui {
@@ -662,7 +807,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
             port: opts.ui_port,
             ..Default::default()
         };
-        match lockgate_web::UiServer::start(&ctx, &cfg) {
+        match lockgate_web::UiServer::start(ctx, &cfg) {
             Ok(ui) => {
                 eprintln!("streaming UI and API at {}", ui.url());
                 Some(ui)
@@ -680,7 +825,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
             DEMO_FILES as u64 * cfg.batch_interval.as_secs().max(1),
             cfg.batch_interval
         );
-        Some(start_demo_feeder(&ctx)?)
+        Some(start_demo_feeder(ctx)?)
     } else {
         None
     };
@@ -695,9 +840,9 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     // A bounded run has a known backlog: show its progress; a streaming job shows how a
     // backlog drains when one builds up (after downtime).
     let progress = if cfg.once {
-        progress::Progress::start(&ctx)
+        progress::Progress::start(ctx)
     } else {
-        progress::Progress::catch_up(&ctx)
+        progress::Progress::catch_up(ctx)
     };
     let result = ctx.await_termination();
     drop(progress);
@@ -717,19 +862,5 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         m.total_records,
         input_notes(&ctx.metrics())
     );
-    if cfg.event_time && job == Job::LogErrors {
-        // Both windows see the same lines: report the first one's counts.
-        let c = ctx.metrics().event_time(jobs::EVENT_WINDOWS[0].0);
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
-            "{app}: ERROR lines skipped: {} late (behind the watermark), {} without a \
-             readable timestamp",
-            get(&c.late_records),
-            get(&c.records_without_time)
-        );
-    }
-    if let Some(out) = &cfg.output {
-        eprintln!("output written under {}", out.display());
-    }
     Ok(())
 }

@@ -7,6 +7,8 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod sql;
+mod static_pg;
 pub mod words;
 
 pub use error::{Error, Result};
@@ -442,7 +444,7 @@ impl JsonOutput {
     pub fn write<T: lockgate_core::Data>(
         &self,
         stream: &DStream<T>,
-        name: &'static str,
+        name: &str,
         key: impl Fn(&T, Time) -> Option<String> + Send + Sync + 'static,
         to_json: impl Fn(&T, Time) -> serde_json::Value + Send + Sync + 'static,
     ) -> lockgate_core::Result<()> {
@@ -453,10 +455,11 @@ impl JsonOutput {
         }
         if let Some(kafka) = &self.kafka {
             let (app, config) = &**kafka;
+            let stream_name = serde_json::Value::from(name);
             let sink = KafkaSink::new(name, app, config.clone(), move |e: &T, t| {
                 let mut value = to_json(e, t);
                 if let serde_json::Value::Object(fields) = &mut value {
-                    fields.insert("stream".into(), serde_json::Value::from(name));
+                    fields.insert("stream".into(), stream_name.clone());
                 }
                 KafkaOutRecord {
                     key: key(e, t).map(String::into_bytes),

@@ -191,6 +191,24 @@ impl<T: Data> DStream<T> {
         })
     }
 
+    /// Applies `f` to each partition as a whole, in parallel; an error fails the batch
+    /// (and the job) with it, the first partition's error winning. For computations that
+    /// can fail on their input, such as evaluating a query.
+    pub fn try_map_partitions<U: Data>(
+        &self,
+        f: impl Fn(Vec<T>) -> Result<Vec<U>> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let p = self.parent();
+        self.child("try_map_partitions", move |cx| {
+            let parts = p.get_or_compute(cx)?.into_partitions();
+            let out: Vec<Vec<U>> = parts
+                .into_par_iter()
+                .map(&f)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Batch::from_partitions(out))
+        })
+    }
+
     /// Turns each partition into one element holding the partition's elements.
     pub fn glom(&self) -> DStream<Vec<T>> {
         self.map_partitions(|part| vec![part])

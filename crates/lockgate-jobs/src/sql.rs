@@ -1,0 +1,379 @@
+//! `lockgate sql`: a SQL query over the job's input ([`lockgate_sql`]), with the
+//! built-in jobs' inputs and outputs: a directory, a socket or Kafka as the stream
+//! table; JSON lines under `DIR/<name>/batch=<id>/`, a database table `<name>` or a
+//! Kafka topic as the output; exactly once with a checkpoint.
+//!
+//! Stream tables: `lines(value)` for text (files, a socket, or Kafka values as lines);
+//! `kafka(key, value, topic, partition, offset, timestamp, headers)` for Kafka; with a
+//! [`Decoder`] (`--format json|csv --schema ...`), the schema's columns, under the same
+//! names.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion_types::*;
+use lockgate_core::{DStream, FileStreamOptions, OutputMode, StreamingContext};
+use lockgate_sql::{Decoder, Row, SqlContext, SqlStream};
+use lockgate_sql_sinks::{SqlSink, SqlType, SqlValue, Table, WriteMode};
+
+use crate::{sink_err, Error, Input, JobConfig, JsonOutput, Result};
+
+mod datafusion_types {
+    pub use lockgate_sql::datafusion::arrow::array::{
+        ArrayRef, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
+        TimestampMillisecondBuilder,
+    };
+    pub use lockgate_sql::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    pub use lockgate_sql::datafusion::arrow::record_batch::RecordBatch;
+    pub use lockgate_sql::datafusion::scalar::ScalarValue;
+}
+
+/// A SQL job: the query and how its input and output are read and named.
+#[derive(Clone, Debug)]
+pub struct SqlJob {
+    /// The query.
+    pub query: String,
+    /// The output's name: `DIR/<name>/...`, the database table, the `stream` field of
+    /// Kafka records; also the state's (keep it stable across restarts).
+    pub name: String,
+    /// Decode values into columns instead of `lines(value)`.
+    pub decoder: Option<Decoder>,
+    /// The watermark: event-time column and how late records may be.
+    pub watermark: Option<(String, Duration)>,
+    /// Update (default) or append.
+    pub mode: OutputMode,
+    /// Static tables: name and a CSV or Parquet file, or a PostgreSQL table
+    /// (`postgres://...#TABLE`).
+    pub tables: Vec<(String, String)>,
+}
+
+impl SqlJob {
+    /// The application name (checkpoints, Kafka groups and transactional ids).
+    pub fn app_name(&self) -> String {
+        format!("sql-{}", self.name)
+    }
+}
+
+/// The schema of the `kafka` table.
+fn kafka_schema() -> SchemaRef {
+    let headers = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
+        .finish();
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(lockgate_sql::datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("headers", lockgate_sql::datafusion::arrow::array::Array::data_type(&headers).clone(), false),
+    ]))
+}
+
+fn kafka_batch(records: &[lockgate_kafka::KafkaRecord]) -> lockgate_core::Result<RecordBatch> {
+    fn text(b: &Option<Vec<u8>>) -> Option<std::borrow::Cow<'_, str>> {
+        b.as_deref().map(String::from_utf8_lossy)
+    }
+    let mut key = StringBuilder::new();
+    let mut value = StringBuilder::new();
+    let mut topic = StringBuilder::new();
+    let mut partition = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let mut ts = TimestampMillisecondBuilder::new();
+    let mut headers = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    for r in records {
+        key.append_option(text(&r.key));
+        value.append_option(text(&r.value));
+        topic.append_value(&r.topic);
+        partition.append_value(i32::try_from(r.partition).unwrap_or(i32::MAX));
+        offset.append_value(r.offset);
+        ts.append_option(r.timestamp_ms);
+        for (k, v) in &r.headers {
+            headers.keys().append_value(k);
+            headers.values().append_value(String::from_utf8_lossy(v));
+        }
+        headers
+            .append(true)
+            .map_err(|e| lockgate_core::Error::external("SQL Kafka table", e))?;
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(key.finish()),
+        Arc::new(value.finish()),
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(headers.finish()),
+    ];
+    RecordBatch::try_new(kafka_schema(), columns)
+        .map_err(|e| lockgate_core::Error::external("SQL Kafka table", e))
+}
+
+fn sql_err(e: lockgate_sql::Error) -> lockgate_core::Error {
+    match e {
+        lockgate_sql::Error::Engine(e) => e,
+        other => lockgate_core::Error::Config(other.to_string()),
+    }
+}
+
+impl JobConfig {
+    /// Builds the context of a SQL job (recovering from the checkpoint directory, if
+    /// any); returns it with the query's description.
+    pub fn build_sql(&self, job: &SqlJob) -> Result<(StreamingContext, SqlInfo)> {
+        if self.event_time {
+            return Err(Error::Config(
+                "--event-time applies to log-errors; in SQL, group by window(ts, ...) \
+                 with --watermark"
+                    .into(),
+            ));
+        }
+        if self.from_sink_offsets {
+            return Err(Error::Config(
+                "--from-sink-offsets applies to the built-in jobs; use --checkpoint".into(),
+            ));
+        }
+        self.validate(crate::Job::WordCount)?;
+        let app = job.app_name();
+        let kafka = match self.sink.as_deref() {
+            Some(url) if url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
+            _ => None,
+        };
+        let mut backend = match (&self.sink, &kafka) {
+            (Some(url), None) => Some(lockgate_sql_sinks::open_url(url)?),
+            _ => None,
+        };
+        let statics = load_static_tables(&job.tables)?;
+        let mut info = None;
+        let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
+            let q = self.sql_stream(ctx, job, &statics).map_err(sql_err)?;
+            let rows = q.rows();
+            let mut json = self.output.as_deref().map(JsonOutput::new).unwrap_or_default();
+            if let Some(config) = &kafka {
+                json = json.with_kafka(&app, config.clone());
+            }
+            if self.print {
+                let f = q.json_fn();
+                rows.map(move |r| f(&r).to_string()).print();
+            }
+            if json.is_some() {
+                let f = q.json_fn();
+                let keys = key_indexes(&q);
+                json.write(
+                    rows,
+                    &job.name,
+                    move |r: &Row, _| {
+                        (!keys.is_empty()).then(|| {
+                            serde_json::Value::Array(
+                                keys.iter().map(|&i| lockgate_sql::value::to_json(&r[i])).collect(),
+                            )
+                            .to_string()
+                        })
+                    },
+                    move |r, _| f(r),
+                )?;
+            }
+            if let Some(b) = backend.take() {
+                let (table, mode) = sql_table(&job.name, &q).map_err(sink_err)?;
+                let sink = SqlSink::new(&job.name, b, table, mode, |r: &Row| {
+                    r.iter().map(sql_value).collect()
+                })
+                .map_err(sink_err)?
+                .retry_timeout(self.sink_retry_timeout);
+                rows.write_to(sink);
+            }
+            info = Some(SqlInfo {
+                columns: q.columns().to_vec(),
+                warnings: q.warnings().to_vec(),
+                skipped: job.decoder.as_ref().map(Decoder::skipped_counter),
+            });
+            Ok(())
+        };
+        let ctx = match &self.checkpoint {
+            Some(dir) => StreamingContext::get_or_create(dir, |b| {
+                let ctx = self.configure(&app, b).build()?;
+                install(&ctx)?;
+                Ok(ctx)
+            })
+            .map_err(|source| Error::Checkpoint {
+                dir: dir.clone(),
+                source,
+            })?,
+            None => {
+                let ctx = self.configure(&app, StreamingContext::builder()).build()?;
+                install(&ctx)?;
+                ctx
+            }
+        };
+        let info = info.ok_or_else(|| Error::Config("the SQL query was not installed".into()))?;
+        Ok((ctx, info))
+    }
+
+    /// The query over this job's input, on `ctx`.
+    fn sql_stream(
+        &self,
+        ctx: &StreamingContext,
+        job: &SqlJob,
+        statics: &[(String, SchemaRef, Vec<RecordBatch>)],
+    ) -> lockgate_sql::Result<SqlStream> {
+        let mut sql = SqlContext::new(ctx);
+        for (name, schema, batches) in statics {
+            sql.register_batches(name, schema.clone(), batches.clone())?;
+        }
+        if let Some((col, delay)) = &job.watermark {
+            sql.with_watermark(col, *delay);
+        }
+        sql.output_mode(job.mode);
+        let wants_kafka_table = lockgate_sql::mentions(&job.query, "kafka");
+        match (&self.input, &job.decoder) {
+            (Input::Kafka { config, options }, None) if wants_kafka_table => {
+                let mut config = config.clone();
+                config
+                    .group
+                    .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
+                let records = lockgate_kafka::kafka_records(ctx, config, options.clone())
+                    .map_err(|e| lockgate_sql::Error::Config(e.to_string()))?;
+                let batches = records.try_map_partitions(|part: Vec<lockgate_kafka::KafkaRecord>| {
+                    if part.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    Ok(vec![kafka_batch(&part)?])
+                });
+                sql.register_stream("kafka", kafka_schema(), batches)?;
+            }
+            (Input::Dir(dir), None) => {
+                let chunks = ctx.text_file_chunk_stream(
+                    dir,
+                    FileStreamOptions {
+                        chunks_per_worker: 1,
+                        ..self.file_options()
+                    },
+                );
+                let batches = chunks.map(|c| {
+                    let bytes = c.as_bytes().len();
+                    lockgate_sql::input::lines_batch_bytes(c.lines(), bytes)
+                });
+                sql.register_stream("lines", lockgate_sql::input::lines_schema(), batches)?;
+            }
+            (_, decoder) => {
+                let lines: DStream<String> = self.lines(ctx)?;
+                let table = if wants_kafka_table && matches!(self.input, Input::Kafka { .. }) {
+                    "kafka"
+                } else {
+                    "lines"
+                };
+                match decoder {
+                    Some(d) => sql.register_decoded(table, &lines, d.clone())?,
+                    None => sql.register_lines(table, &lines)?,
+                }
+            }
+        }
+        sql.sql_named(&job.query, &job.name)
+    }
+}
+
+/// What a SQL job's query looks like, for the CLI.
+#[derive(Clone, Debug)]
+pub struct SqlInfo {
+    /// The output columns.
+    pub columns: Vec<String>,
+    /// Warnings about the query (state without bound).
+    pub warnings: Vec<String>,
+    /// How many values did not decode (with `--format`).
+    pub skipped: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+fn key_indexes(q: &SqlStream) -> Vec<usize> {
+    q.key_columns()
+        .iter()
+        .filter_map(|k| q.columns().iter().position(|c| c == k))
+        .collect()
+}
+
+/// The database table of a query's output: its columns, keyed by the group keys in
+/// update mode (upserts); plain inserts otherwise.
+fn sql_table(name: &str, q: &SqlStream) -> lockgate_sql_sinks::Result<(Table, WriteMode)> {
+    let columns: Vec<(&str, SqlType)> = q
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Boolean => SqlType::BigInt,
+                DataType::Float16 | DataType::Float32 | DataType::Float64 => SqlType::Double,
+                _ => SqlType::Text,
+            };
+            (f.name().as_str(), t)
+        })
+        .collect();
+    let keys: Vec<&str> = q.key_columns().iter().map(String::as_str).collect();
+    let mode = if q.is_stateful() && !keys.is_empty() {
+        WriteMode::Upsert
+    } else {
+        WriteMode::Insert
+    };
+    Ok((Table::new(name, &columns, if mode == WriteMode::Upsert { &keys } else { &[] }), mode))
+}
+
+fn sql_value(v: &ScalarValue) -> SqlValue {
+    use ScalarValue as S;
+    if v.is_null() {
+        return SqlValue::Null;
+    }
+    match v {
+        S::Boolean(Some(b)) => SqlValue::Int(i64::from(*b)),
+        S::Int8(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::Int16(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::Int32(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::Int64(Some(x)) => SqlValue::Int(*x),
+        S::UInt8(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::UInt16(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::UInt32(Some(x)) => SqlValue::Int(i64::from(*x)),
+        S::UInt64(Some(x)) => SqlValue::Int(i64::try_from(*x).unwrap_or(i64::MAX)),
+        S::Float32(Some(x)) => SqlValue::Float(f64::from(*x)),
+        S::Float64(Some(x)) => SqlValue::Float(*x),
+        other => match lockgate_sql::value::to_json(other) {
+            serde_json::Value::String(s) => SqlValue::Text(s),
+            j => SqlValue::Text(j.to_string()),
+        },
+    }
+}
+
+/// Reads the static tables: CSV and Parquet files, PostgreSQL tables
+/// (`postgres://USER@HOST:PORT/DB#TABLE`), once, at start.
+fn load_static_tables(tables: &[(String, String)]) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>> {
+    let mut out = Vec::new();
+    for (name, source) in tables {
+        let bad = |why: String| Error::Config(format!("--table {name}={source}: {why}"));
+        let (schema, batches) = if source.starts_with("postgres://") || source.starts_with("postgresql://") {
+            crate::static_pg::read_table(source).map_err(bad)?
+        } else {
+            let path = PathBuf::from(source);
+            let reader = lockgate_sql::StaticReader::new();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            match ext.as_str() {
+                "csv" => reader.csv(&path),
+                "parquet" => reader.parquet(&path),
+                other => {
+                    return Err(bad(format!(
+                        "`.{other}`: give a .csv or .parquet file, or postgres://...#TABLE"
+                    )))
+                }
+            }
+            .map_err(|e| bad(e.to_string()))?
+        };
+        out.push((name.clone(), schema, batches));
+    }
+    Ok(out)
+}

@@ -1,0 +1,296 @@
+//! Streams as tables: lines as `lines(value)` record batches, and the decoders of
+//! `--format json|csv --schema '...'` (a value that does not decode is counted and
+//! skipped).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::scalar::ScalarValue;
+
+use crate::error::{Error, Result};
+use crate::exec::batch_of;
+
+/// The schema of a text source: `value STRING`.
+pub fn lines_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, false)]))
+}
+
+/// One `lines(value)` batch of `lines`.
+pub fn lines_batch<'a>(lines: impl Iterator<Item = &'a str>, hint: usize) -> RecordBatch {
+    let mut b = StringBuilder::with_capacity(hint, hint * 64);
+    for l in lines {
+        b.append_value(l);
+    }
+    let col: ArrayRef = Arc::new(b.finish());
+    // One column of the schema's type: cannot fail.
+    RecordBatch::try_new(lines_schema(), vec![col])
+        .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
+}
+
+/// One `lines(value)` batch of raw lines (a file chunk's): valid UTF-8 is copied as
+/// it is, invalid bytes are replaced by U+FFFD.
+pub fn lines_batch_bytes<'a>(lines: impl Iterator<Item = &'a [u8]>, bytes: usize) -> RecordBatch {
+    let mut b = StringBuilder::with_capacity(bytes / 32 + 1, bytes);
+    for l in lines {
+        match std::str::from_utf8(l) {
+            Ok(s) => b.append_value(s),
+            Err(_) => b.append_value(String::from_utf8_lossy(l)),
+        }
+    }
+    let col: ArrayRef = Arc::new(b.finish());
+    RecordBatch::try_new(lines_schema(), vec![col])
+        .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
+}
+
+/// How values are decoded into columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per value; fields by column name, missing ones null.
+    Json,
+    /// Comma-separated fields in the schema's order (double quotes around fields that
+    /// hold commas or quotes; `""` is a quote).
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            other => Err(Error::Config(format!(
+                "--format {other}: expected json or csv (text is the default)"
+            ))),
+        }
+    }
+}
+
+/// Parses `ts TIMESTAMP, level STRING, n BIGINT` into a schema.
+pub fn parse_schema(text: &str) -> Result<SchemaRef> {
+    let mut fields = Vec::new();
+    for col in text.split(',') {
+        let mut parts = col.split_whitespace();
+        let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::Config(format!(
+                "--schema: `{}` is not `NAME TYPE` (e.g. 'ts TIMESTAMP, level STRING')",
+                col.trim()
+            )));
+        };
+        let dt = match ty.to_ascii_uppercase().as_str() {
+            "STRING" | "TEXT" | "VARCHAR" => DataType::Utf8,
+            "INT" | "INTEGER" | "BIGINT" | "LONG" => DataType::Int64,
+            "DOUBLE" | "FLOAT" | "REAL" => DataType::Float64,
+            "BOOLEAN" | "BOOL" => DataType::Boolean,
+            "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, None),
+            "DATE" => DataType::Date32,
+            other => {
+                return Err(Error::Config(format!(
+                    "--schema: type {other} of `{name}` (use STRING, BIGINT, DOUBLE, BOOLEAN, \
+                     TIMESTAMP or DATE)"
+                )))
+            }
+        };
+        if fields.iter().any(|f: &Field| f.name() == name) {
+            return Err(Error::Config(format!("--schema: column `{name}` twice")));
+        }
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Decodes values into rows of a schema, counting those that do not decode.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    format: Format,
+    schema: SchemaRef,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Decoder {
+    /// A decoder of `format` into `schema`.
+    pub fn new(format: Format, schema: SchemaRef) -> Self {
+        Decoder {
+            format,
+            schema,
+            skipped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The schema decoded into.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// How many values did not decode (skipped) so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The handle of the skip count.
+    pub fn skipped_counter(&self) -> Arc<AtomicU64> {
+        self.skipped.clone()
+    }
+
+    /// One batch of the values that decode.
+    pub fn decode<'a>(&self, values: impl Iterator<Item = &'a str>) -> Result<RecordBatch> {
+        let mut rows = Vec::new();
+        let mut bad = 0u64;
+        for v in values {
+            if v.trim().is_empty() {
+                continue;
+            }
+            match self.decode_one(v) {
+                Some(r) => rows.push(r),
+                None => bad += 1,
+            }
+        }
+        if bad > 0 {
+            self.skipped.fetch_add(bad, Ordering::Relaxed);
+            tracing::warn!(skipped = bad, "SQL input: values that do not decode as {:?} with the schema were skipped", self.format);
+        }
+        batch_of(&self.schema, &rows)
+    }
+
+    fn decode_one(&self, v: &str) -> Option<Vec<ScalarValue>> {
+        match self.format {
+            Format::Json => {
+                let serde_json::Value::Object(obj) = serde_json::from_str(v).ok()? else {
+                    return None;
+                };
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| match obj.get(f.name()) {
+                        None | Some(serde_json::Value::Null) => ScalarValue::try_from(f.data_type()).ok(),
+                        Some(serde_json::Value::String(s)) => from_text(s, f.data_type()),
+                        Some(serde_json::Value::Bool(b)) => match f.data_type() {
+                            DataType::Boolean => Some(ScalarValue::Boolean(Some(*b))),
+                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(b.to_string()))),
+                            _ => None,
+                        },
+                        Some(serde_json::Value::Number(n)) => match f.data_type() {
+                            DataType::Int64 => n.as_i64().map(|x| ScalarValue::Int64(Some(x))),
+                            DataType::Float64 => n.as_f64().map(|x| ScalarValue::Float64(Some(x))),
+                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(n.to_string()))),
+                            // Numbers as timestamps are epoch seconds, as in Spark.
+                            DataType::Timestamp(_, _) => n
+                                .as_f64()
+                                .map(|s| ScalarValue::TimestampMicrosecond(Some((s * 1e6) as i64), None)),
+                            _ => None,
+                        },
+                        Some(other) => match f.data_type() {
+                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(other.to_string()))),
+                            _ => None,
+                        },
+                    })
+                    .collect()
+            }
+            Format::Csv => {
+                let fields = split_csv(v)?;
+                if fields.len() != self.schema.fields().len() {
+                    return None;
+                }
+                self.schema
+                    .fields()
+                    .iter()
+                    .zip(fields)
+                    .map(|(f, s)| {
+                        if s.is_empty() && f.data_type() != &DataType::Utf8 {
+                            ScalarValue::try_from(f.data_type()).ok()
+                        } else {
+                            from_text(&s, f.data_type())
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn from_text(s: &str, dt: &DataType) -> Option<ScalarValue> {
+    Some(match dt {
+        DataType::Utf8 => ScalarValue::Utf8(Some(s.to_string())),
+        DataType::Int64 => ScalarValue::Int64(Some(s.trim().parse().ok()?)),
+        DataType::Float64 => ScalarValue::Float64(Some(s.trim().parse().ok()?)),
+        DataType::Boolean => ScalarValue::Boolean(Some(match s.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return None,
+        })),
+        DataType::Timestamp(_, _) => {
+            ScalarValue::TimestampMicrosecond(Some(crate::udf::parse_timestamp(s, None)?), None)
+        }
+        DataType::Date32 => {
+            let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            ScalarValue::Date32(Some(i32::try_from((d - epoch).num_days()).ok()?))
+        }
+        _ => return None,
+    })
+}
+
+/// The fields of a CSV line (`None` for an unclosed quote).
+fn split_csv(line: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.trim_end_matches(['\r', '\n']).chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if cur.is_empty() => quoted = true,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    out.push(cur);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_decode_and_bad_ones_are_counted() {
+        let schema = parse_schema("ts TIMESTAMP, level STRING, n BIGINT").expect("schema");
+        let json = Decoder::new(Format::Json, schema.clone());
+        let b = json
+            .decode(
+                [
+                    r#"{"ts": "2015-12-18 00:00:10", "level": "ERROR", "n": 3}"#,
+                    r#"{"level": "INFO"}"#,
+                    "not json",
+                    r#"{"ts": "yesterday", "level": "x"}"#,
+                    r#"{"n": "three"}"#,
+                ]
+                .into_iter(),
+            )
+            .expect("decodes");
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(json.skipped(), 3);
+        let csv = Decoder::new(Format::Csv, schema);
+        let b = csv
+            .decode(["2015-12-18 00:00:10,\"a, \"\"b\"\"\",1", "x,y", "2015-12-18 00:00:10,,"].into_iter())
+            .expect("decodes");
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(csv.skipped(), 1);
+        assert_eq!(
+            ScalarValue::try_from_array(b.column(1), 0).expect("a value"),
+            ScalarValue::Utf8(Some("a, \"b\"".into()))
+        );
+        for bad in ["ts", "ts WHATEVER", "a INT, a INT"] {
+            assert!(parse_schema(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! # lockgate-sql
+//!
+//! Streaming SQL on Lockgate, in the model of Spark's Structured Streaming: a stream is
+//! an unbounded table, and a query over it is evaluated incrementally, one micro-batch
+//! at a time, exactly once with a checkpoint.
+//!
+//! [DataFusion](https://datafusion.apache.org) parses, plans and evaluates the SQL over
+//! Arrow record batches. Lockgate cuts the plan at its aggregation ([`plan`]): the
+//! stateless parts (projections, filters, DataFusion's scalar functions, `unnest`,
+//! joins with static tables) run as DataFusion plans on each batch partition; the
+//! aggregation runs as Lockgate operators whose state — partial aggregates per group,
+//! and per event-time window with a watermark — is checkpointed under stable names and
+//! recovered exactly once like all state.
+//!
+//! ```
+//! use std::time::Duration;
+//! use lockgate_core::{InputQueue, StreamingContext, Time, Trigger};
+//! use lockgate_sql::SqlContext;
+//!
+//! let ctx = StreamingContext::builder()
+//!     .batch_interval(Duration::from_secs(1))
+//!     .trigger(Trigger::AvailableNow)
+//!     .start_time(Time(0))
+//!     .build()?;
+//! let lines = ctx.queue_stream(
+//!     InputQueue::from_batches(vec![vec!["a b".to_string(), "b".to_string()]]),
+//!     true,
+//!     None,
+//! );
+//! let mut sql = SqlContext::new(&ctx);
+//! sql.register_lines("lines", &lines)?;
+//! let counts = sql.sql(
+//!     "SELECT word, count(*) AS n FROM \
+//!      (SELECT unnest(string_to_array(value, ' ')) AS word FROM lines) GROUP BY word",
+//! )?;
+//! let to_json = counts.json_fn();
+//! counts.rows().foreach_batch(move |batch, _| {
+//!     let mut got: Vec<String> = batch.collect().iter().map(|r| to_json(r).to_string()).collect();
+//!     got.sort();
+//!     assert_eq!(got, [r#"{"n":1,"word":"a"}"#, r#"{"n":2,"word":"b"}"#]);
+//! });
+//! ctx.start()?;
+//! ctx.await_termination()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod error;
+mod exec;
+pub mod input;
+pub mod plan;
+pub mod rewrite;
+pub mod udf;
+pub mod value;
+
+pub use error::{Error, Result};
+/// The DataFusion this crate is built on (for Arrow types and scalars in row values).
+pub use datafusion;
+pub use input::{Decoder, Format};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionState;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use lockgate_core::{DStream, OutputMode, StateSpec, StreamingContext, Time, Windowed};
+
+use crate::plan::{AggPlan, Kind, StreamPlan, AGG_TABLE};
+use crate::value::{epoch_ms, from_epoch_ms, Layout, Scalars};
+
+/// One output row: the query's columns, in order.
+pub type Row = Vec<ScalarValue>;
+
+struct StreamTable {
+    schema: SchemaRef,
+    stream: DStream<RecordBatch>,
+}
+
+/// Streams and static tables, queried with SQL (see the crate docs).
+pub struct SqlContext {
+    session: SessionContext,
+    streams: BTreeMap<String, StreamTable>,
+    watermark: Option<(String, Duration)>,
+    mode: OutputMode,
+}
+
+impl SqlContext {
+    /// A SQL context over `ctx`'s streams, with DataFusion's functions and Lockgate's
+    /// (`try_to_timestamp`, the window markers).
+    pub fn new(_ctx: &StreamingContext) -> Self {
+        // The engine runs a batch's partitions in parallel: DataFusion plans each
+        // partition single-threaded.
+        let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        for f in udf::all() {
+            session.register_udf(f);
+        }
+        SqlContext {
+            session,
+            streams: BTreeMap::new(),
+            watermark: None,
+            mode: OutputMode::Update,
+        }
+    }
+
+    /// Registers a stream of record batches of `schema` as table `name`.
+    pub fn register_stream(
+        &mut self,
+        name: &str,
+        schema: SchemaRef,
+        stream: DStream<RecordBatch>,
+    ) -> Result<()> {
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(Error::Plan)?;
+        self.session
+            .register_table(name, Arc::new(empty))
+            .map_err(Error::Plan)?;
+        self.streams
+            .insert(name.to_string(), StreamTable { schema, stream });
+        Ok(())
+    }
+
+    /// Registers a stream of lines as table `name` with one column, `value` (Spark's
+    /// text source).
+    pub fn register_lines(&mut self, name: &str, lines: &DStream<String>) -> Result<()> {
+        let batches = lines.map_partitions(|part: Vec<String>| {
+            if part.is_empty() {
+                return Vec::new();
+            }
+            vec![input::lines_batch(part.iter().map(String::as_str), part.len())]
+        });
+        self.register_stream(name, input::lines_schema(), batches)
+    }
+
+    /// Registers a stream of values (lines, message payloads) decoded by `decoder` into
+    /// its schema's columns; values that do not decode are counted and skipped.
+    pub fn register_decoded(
+        &mut self,
+        name: &str,
+        values: &DStream<String>,
+        decoder: Decoder,
+    ) -> Result<()> {
+        let schema = decoder.schema().clone();
+        let batches = values.try_map_partitions(move |part: Vec<String>| {
+            if part.is_empty() {
+                return Ok(Vec::new());
+            }
+            let b = decoder
+                .decode(part.iter().map(String::as_str))
+                .map_err(Error::into_engine)?;
+            Ok(if b.num_rows() == 0 { Vec::new() } else { vec![b] })
+        });
+        self.register_stream(name, schema, batches)
+    }
+
+    /// Registers a CSV file (with a header line) as the static table `name`, read once,
+    /// now: a stream joins against this snapshot.
+    pub fn register_csv(&mut self, name: &str, path: &Path) -> Result<()> {
+        let (schema, batches) = StaticReader::new().csv(path)?;
+        self.register_batches(name, schema, batches)
+    }
+
+    /// Registers a Parquet file as the static table `name`, read once, now.
+    pub fn register_parquet(&mut self, name: &str, path: &Path) -> Result<()> {
+        let (schema, batches) = StaticReader::new().parquet(path)?;
+        self.register_batches(name, schema, batches)
+    }
+
+    /// Registers record batches (rows read from a database, say) as the static table
+    /// `name`.
+    pub fn register_batches(&mut self, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+        let table = MemTable::try_new(schema, vec![batches]).map_err(Error::Plan)?;
+        self.session
+            .register_table(name, Arc::new(table))
+            .map_err(Error::Plan)?;
+        Ok(())
+    }
+
+    /// Event time for windows: `column` (the event-time column of the query's
+    /// `window(...)`) may be `delay` late; records further behind the largest event
+    /// time seen are dropped and counted, and windows the watermark passed are
+    /// finished and evicted (Spark's `withWatermark`).
+    pub fn with_watermark(&mut self, column: &str, delay: Duration) -> &mut Self {
+        self.watermark = Some((column.to_string(), delay));
+        self
+    }
+
+    /// When an aggregation emits rows: update (default: changed groups every batch) or
+    /// append (a window once, when the watermark passes its end).
+    pub fn output_mode(&mut self, mode: OutputMode) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The query as a stream of rows, named `sql` in the graph (state under
+    /// `sql_...`). See [`SqlContext::sql_named`].
+    pub fn sql(&self, query: &str) -> Result<SqlStream> {
+        self.sql_named(query, "sql")
+    }
+
+    /// The query as a stream of rows; its operators (and checkpointed state) are named
+    /// after `name`, so keep it stable across restarts. Unsupported constructs are
+    /// errors here, before any batch runs.
+    pub fn sql_named(&self, query: &str, name: &str) -> Result<SqlStream> {
+        let mut statements = Parser::parse_sql(&GenericDialect {}, query)
+            .map_err(|e| Error::Plan(e.into()))?;
+        if statements.len() != 1 {
+            return Err(Error::Unsupported(format!(
+                "{} statements: give one SELECT query",
+                statements.len()
+            )));
+        }
+        let mut statement = statements.remove(0);
+        let Statement::Query(q) = &mut statement else {
+            return Err(Error::Unsupported(format!(
+                "`{statement}`: only SELECT queries run over streams"
+            )));
+        };
+        let window = rewrite::rewrite_windows(q)?;
+        let state = self.session.state();
+        // Which stream the query reads.
+        let mut table = None;
+        for t in self.streams.keys() {
+            if mentions(query, t) {
+                if table.is_some() {
+                    return Err(Error::Unsupported(format!(
+                        "the query names two streams ({} and {t}): joins of streams are \
+                         not supported; join a stream with static tables",
+                        table.unwrap_or_default()
+                    )));
+                }
+                table = Some(t.clone());
+            }
+        }
+        let table = match table {
+            Some(t) => t,
+            None if self.streams.is_empty() => {
+                return Err(Error::Config("no stream is registered".into()))
+            }
+            None => self.streams.keys().next().cloned().unwrap_or_default(),
+        };
+        let planned = block_on(plan::plan(&state, statement, &table, window.as_ref()))?;
+        let source = &self.streams[&table];
+        let mut warnings = Vec::new();
+        let rows = match &planned.kind {
+            Kind::Stateless(p) => {
+                if self.watermark.is_some() {
+                    return Err(Error::Unsupported(
+                        "--watermark with a query that does not aggregate by window(...)"
+                            .into(),
+                    ));
+                }
+                let (state, p, schema) = (Arc::new(state), Arc::new(p.clone()), source.schema.clone());
+                let t = table.clone();
+                source
+                    .stream
+                    .try_map_partitions(move |batches| {
+                        if batches.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        let out = exec::run(&state, &p, &t, &schema, batches)
+                            .map_err(Error::into_engine)?;
+                        exec::rows(&out).map_err(Error::into_engine)
+                    })
+                    .name(name)
+            }
+            Kind::Aggregate(a) => {
+                self.aggregate(&state, source, &table, a, name, &mut warnings)?
+            }
+        };
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(SqlStream {
+            rows,
+            columns: Arc::new(
+                planned
+                    .output
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            ),
+            schema: planned.output.clone(),
+            key_columns: planned.key_columns.clone(),
+            warnings,
+            plan: planned,
+        })
+    }
+
+    fn aggregate(
+        &self,
+        state: &SessionState,
+        source: &StreamTable,
+        table: &str,
+        a: &AggPlan,
+        name: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<DStream<Row>> {
+        let state = Arc::new(state.clone());
+        let (pre, schema, t) = (Arc::new(a.pre.clone()), source.schema.clone(), table.to_string());
+        let layout = Arc::new(a.layout.clone());
+        let groups = a.groups;
+        let window_index = a.window.as_ref().map(|w| w.index);
+        // Partial aggregates of each partition: (key, exact event time, partials).
+        let st = state.clone();
+        let partials = source
+            .stream
+            .try_map_partitions(move |batches| {
+                if batches.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let out = exec::run(&st, &pre, &t, &schema, batches).map_err(Error::into_engine)?;
+                let mut rows = exec::rows(&out).map_err(Error::into_engine)?;
+                Ok(rows
+                    .drain(..)
+                    .filter_map(|mut r| {
+                        let partial = Scalars(r.split_off(groups));
+                        if Layout::rows(&partial) == 0 {
+                            return None;
+                        }
+                        let time = window_index.map(|w| epoch_ms(&r.remove(w)));
+                        Some((Scalars(r), time.flatten(), partial))
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .name(&format!("{name}_partial"));
+        let post = Arc::new(a.post.clone());
+        let agg_schema = a.agg_schema.clone();
+        let agg_types = Arc::new(a.agg_types.clone());
+        let post_rows = move |rows: Vec<Row>| -> lockgate_core::Result<Vec<Row>> {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let batch = exec::batch_of(&agg_schema, &rows).map_err(Error::into_engine)?;
+            let out = exec::run(&state, &post, AGG_TABLE, &agg_schema, vec![batch])
+                .map_err(Error::into_engine)?;
+            exec::rows(&out).map_err(Error::into_engine)
+        };
+        match &a.window {
+            None => {
+                if self.watermark.is_some() {
+                    return Err(Error::Unsupported(
+                        "--watermark with an aggregation that has no event-time window: \
+                         group by window(ts, ...) (without a window, a group never closes)"
+                            .into(),
+                    ));
+                }
+                if self.mode == OutputMode::Append {
+                    return Err(Error::Unsupported(
+                        "append mode with an aggregation that has no event-time window: a \
+                         group never closes, so it would never be emitted; use update mode \
+                         or group by window(ts, ...) with a watermark"
+                            .into(),
+                    ));
+                }
+                if a.groups > 0 {
+                    warnings.push(format!(
+                        "SQL query `{name}`: an aggregation without an event-time window \
+                         keeps every group in state, so its state grows without bound \
+                         with the number of distinct keys"
+                    ));
+                }
+                let (l1, l2) = (layout.clone(), layout.clone());
+                let changed = partials
+                    .map(|(k, _, p)| (k, p))
+                    .reduce_by_key(move |mut a, b| {
+                        l1.merge(&mut a, &b);
+                        a
+                    })
+                    .map_with_state(StateSpec::function(
+                        move |k: &Scalars, p: Option<Scalars>, total: &mut lockgate_core::State<Scalars>| {
+                            let mut now = total.get().cloned().unwrap_or(Scalars(Vec::new()));
+                            if let Some(p) = p {
+                                l2.merge(&mut now, &p);
+                            }
+                            total.update(now.clone());
+                            (k.clone(), now)
+                        },
+                    ))
+                    .name(&format!("{name}_state"))
+                    .stream();
+                Ok(changed
+                    .try_map_partitions(move |groups: Vec<(Scalars, Scalars)>| {
+                        let rows = groups
+                            .into_iter()
+                            .map(|(k, p)| {
+                                let mut row = k.0;
+                                row.extend(layout.finish(&p, &agg_types));
+                                row
+                            })
+                            .collect();
+                        post_rows(rows)
+                    })
+                    .name(name))
+            }
+            Some(w) => {
+                let time_type = w.time_type.clone();
+                let index = w.index;
+                let events = match &self.watermark {
+                    Some((_col, delay)) => partials
+                        .with_watermark(|r: &(Scalars, Option<i64>, Scalars)| r.1.map(Time), *delay),
+                    None => {
+                        warnings.push(format!(
+                            "SQL query `{name}`: a window without a watermark (--watermark \
+                             COLUMN DELAY) never closes, so its state grows without bound"
+                        ));
+                        partials.with_event_time(|r: &(Scalars, Option<i64>, Scalars)| r.1.map(Time))
+                    }
+                };
+                let (l1, l2) = (layout.clone(), layout.clone());
+                let windows = events
+                    .window(w.spec)
+                    .key_by(|r: &(Scalars, Option<i64>, Scalars)| r.0.clone())
+                    .output_mode(self.mode)
+                    .aggregate(
+                        || Scalars(Vec::new()),
+                        move |acc, r| l1.merge(acc, &r.2),
+                        move |acc, other| l2.merge(acc, other),
+                    )
+                    .name(&format!("{name}_window"));
+                Ok(windows
+                    .try_map_partitions(move |ws: Vec<Windowed<Scalars, Scalars>>| {
+                        let rows = ws
+                            .into_iter()
+                            .map(|w| {
+                                let mut row = w.key.0;
+                                row.insert(index, from_epoch_ms(w.window.start.0, &time_type));
+                                row.extend(layout.finish(&w.value, &agg_types));
+                                row.push(from_epoch_ms(w.window.end.0, &time_type));
+                                row
+                            })
+                            .collect();
+                        post_rows(rows)
+                    })
+                    .name(name))
+            }
+        }
+    }
+}
+
+/// Reads static tables (CSV with a header line, Parquet) into memory.
+pub struct StaticReader {
+    session: SessionContext,
+}
+
+impl Default for StaticReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StaticReader {
+    /// A reader.
+    pub fn new() -> Self {
+        StaticReader {
+            session: SessionContext::new(),
+        }
+    }
+
+    fn load(
+        &self,
+        path: &Path,
+        df: datafusion::common::Result<datafusion::dataframe::DataFrame>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let what = |e| Error::Config(format!("reading {}: {e}", path.display()));
+        let df = df.map_err(what)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = block_on(df.collect()).map_err(what)?;
+        Ok((schema, batches))
+    }
+
+    /// The rows of a CSV file with a header line (types inferred).
+    pub fn csv(&self, path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let p = path_text(path)?;
+        self.load(path, block_on(self.session.read_csv(p.as_str(), CsvReadOptions::new())))
+    }
+
+    /// The rows of a Parquet file.
+    pub fn parquet(&self, path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let p = path_text(path)?;
+        self.load(
+            path,
+            block_on(self.session.read_parquet(p.as_str(), ParquetReadOptions::default())),
+        )
+    }
+}
+
+fn path_text(path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Err(Error::Config(format!("{}: no such file", path.display())));
+    }
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("{}: the path is not UTF-8", path.display())))
+}
+
+/// True when `query` names `table` as a word (not inside another identifier).
+pub fn mentions(query: &str, table: &str) -> bool {
+    let q = query.to_ascii_lowercase();
+    let t = table.to_ascii_lowercase();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    q.match_indices(&t).any(|(i, _)| {
+        let before = q[..i].chars().next_back();
+        let after = q[i + t.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    // Planning happens once, at start, on the caller's thread.
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => panic!("cannot start a runtime to plan the query: {e}"),
+    }
+}
+
+/// A query over streams: its rows as a stream, and what describes them.
+pub struct SqlStream {
+    rows: DStream<Row>,
+    columns: Arc<Vec<String>>,
+    schema: SchemaRef,
+    key_columns: Vec<String>,
+    warnings: Vec<String>,
+    plan: StreamPlan,
+}
+
+impl SqlStream {
+    /// The rows, each the query's columns in order: in update mode, every batch the
+    /// groups (and windows) it changed; in append mode, finished windows; without
+    /// aggregation, every batch's rows.
+    pub fn rows(&self) -> &DStream<Row> {
+        &self.rows
+    }
+
+    /// The output columns' names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Output columns that identify a row in update mode (the group keys and window
+    /// bounds the query selects as they are): the key of an upsert.
+    pub fn key_columns(&self) -> &[String] {
+        &self.key_columns
+    }
+
+    /// What the query warns about (state without bound).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// True when the query keeps state (aggregates).
+    pub fn is_stateful(&self) -> bool {
+        matches!(self.plan.kind, Kind::Aggregate(_))
+    }
+
+    /// A row as a JSON object of the query's column names.
+    pub fn to_json(&self, row: &Row) -> serde_json::Value {
+        row_json(&self.columns, row)
+    }
+
+    /// [`SqlStream::to_json`] as a function to move into sinks.
+    pub fn json_fn(&self) -> impl Fn(&Row) -> serde_json::Value + Send + Sync + Clone + 'static {
+        let columns = self.columns.clone();
+        move |row| row_json(&columns, row)
+    }
+
+    /// The rows as Arrow record batches, one per partition.
+    pub fn record_batches(&self) -> DStream<RecordBatch> {
+        let schema = self.schema.clone();
+        self.rows.try_map_partitions(move |rows: Vec<Row>| {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![exec::batch_of(&schema, &rows).map_err(Error::into_engine)?])
+        })
+    }
+}
+
+fn row_json(columns: &[String], row: &Row) -> serde_json::Value {
+    serde_json::Value::Object(
+        columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| (c.clone(), value::to_json(v)))
+            .collect(),
+    )
+}

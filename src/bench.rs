@@ -45,6 +45,9 @@ pub struct BenchOpts {
     /// Internal: the checkpoint directory of a `--child-run`.
     #[arg(long, hide = true)]
     child_checkpoint: Option<PathBuf>,
+    /// Internal: the `--child-run` runs the job written as SQL (`bench sql`).
+    #[arg(long, hide = true)]
+    child_sql: bool,
 }
 
 /// The run with the median time.
@@ -222,6 +225,16 @@ impl Check {
 
 /// One engine run in a fresh process (this binary with `--child-run`).
 fn engine_in_child(job: Job, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
+    engine_in_child_as(job, opts, checkpoint, false)
+}
+
+/// [`engine_in_child`], the job as SQL when `sql`.
+fn engine_in_child_as(
+    job: Job,
+    opts: &BenchOpts,
+    checkpoint: Option<&Path>,
+    sql: bool,
+) -> Result<Figures> {
     if let Some(cp) = checkpoint {
         if cp.exists() {
             std::fs::remove_dir_all(cp).with_context(|| format!("clearing {}", cp.display()))?;
@@ -246,6 +259,9 @@ fn engine_in_child(job: Job, opts: &BenchOpts, checkpoint: Option<&Path>) -> Res
     }
     if let Some(cp) = checkpoint {
         cmd.arg("--child-checkpoint").arg(cp);
+    }
+    if sql {
+        cmd.arg("--child-sql");
     }
     let out = cmd
         .stderr(std::process::Stdio::inherit())
@@ -305,7 +321,10 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
     let ctx = builder.build()?;
     let check = Arc::new(Check::default());
     let c = check.clone();
-    match job {
+    if opts.child_sql {
+        sql_job(job, &cfg, &ctx, check.clone())?;
+    } else {
+        match job {
         Job::LogErrors => {
             let streams = jobs::log_errors(&cfg, &ctx, None)?;
             match streams.errors {
@@ -332,6 +351,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
                 }
             });
         }),
+        }
     }
     let start = Instant::now();
     ctx.start()?;
@@ -359,6 +379,65 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         peak_rss: peak_rss(),
         operators: ops.into_iter().collect(),
     })
+}
+
+/// The job written as SQL (`lockgate_jobs::sql`), its final rows checked as the
+/// built-in job's are: word count's counts, and log-errors' tumbling windows (both
+/// windows' queries run, on one input stream, as the built-in job computes both).
+fn sql_job(
+    job: Job,
+    cfg: &JobConfig,
+    ctx: &lockgate_core::StreamingContext,
+    check: Arc<Check>,
+) -> Result<()> {
+    use lockgate_jobs::sql::{log_errors_sql, SqlJob, LOG_ERRORS_WATERMARK, WORD_COUNT_SQL};
+    use lockgate_sql::datafusion::scalar::ScalarValue;
+    let (col, delay) = LOG_ERRORS_WATERMARK
+        .split_once(' ')
+        .context("the watermark's form")?;
+    let delay = lockgate_sql::rewrite::parse_duration(delay).map_err(anyhow::Error::msg)?;
+    let mut job_sql = SqlJob {
+        query: WORD_COUNT_SQL.to_string(),
+        name: "words".into(),
+        decoder: None,
+        watermark: None,
+        mode: lockgate_core::OutputMode::Update,
+        tables: Vec::new(),
+    };
+    let int = |v: &ScalarValue| match v {
+        ScalarValue::Int64(Some(n)) => *n,
+        _ => 0,
+    };
+    match job {
+        Job::WordCount => {
+            let q = cfg.sql_context(ctx, &job_sql, &[])?.sql_named(WORD_COUNT_SQL, "words")?;
+            q.rows().foreach_batch(move |b, _| {
+                b.partitions().par_iter().enumerate().for_each(|(i, part)| {
+                    let mut m = lock(&check.words[i % check.words.len()]);
+                    for r in part.iter() {
+                        if let ScalarValue::Utf8(Some(w)) = r.value(0) {
+                            m.insert(w.as_str().into(), int(&r.value(1)));
+                        }
+                    }
+                });
+            });
+        }
+        Job::LogErrors => {
+            job_sql.watermark = Some((col.to_string(), delay));
+            let sql = cfg.sql_context(ctx, &job_sql, &[])?;
+            let tumbling = sql.sql_named(&log_errors_sql("30 seconds", None), "tumbling")?;
+            let sliding =
+                sql.sql_named(&log_errors_sql("30 seconds", Some("10 seconds")), "sliding")?;
+            tumbling.rows().foreach_batch(move |b, _| {
+                let mut m = lock(&check.by_window);
+                for r in b.iter() {
+                    m.insert(int(&r.value(0)), int(&r.value(2)));
+                }
+            });
+            sliding.rows().foreach_batch(|_, _| {});
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -471,6 +550,75 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         cost(run.steady, checkpointed.steady),
         cost(run.elapsed, checkpointed.elapsed)
     );
+    Ok(())
+}
+
+/// `bench sql`: the built-in jobs and the same jobs written as SQL, interleaved, each
+/// run a fresh child process; both checked against the files' counts.
+pub fn sql(opts: &BenchOpts) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench sql`");
+    }
+    let dir = data_dir(opts)?;
+    let files = log_files(&dir)?;
+    let cores = opts
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let baseline = raw_scan(&files, cores)?;
+    let words = count_words(&files)?;
+    println!(
+        "sql vs built-in: {} lines ({:.1} MB) in {} files, one file per batch, {cores} workers, \
+         median of {} runs",
+        baseline.lines,
+        mb(baseline.bytes),
+        files.len(),
+        opts.repeat.max(1)
+    );
+    for (job, name, check, expected) in [
+        (Job::WordCount, "word-count", "words", words),
+        (Job::LogErrors, "log-errors --event-time", "errors", baseline.check),
+    ] {
+        let opts = BenchOpts {
+            event_time: job == Job::LogErrors,
+            data: opts.data.clone(),
+            child_checkpoint: None,
+            ..*opts
+        };
+        let (mut builtin, mut sql) = (Vec::new(), Vec::new());
+        for _ in 0..opts.repeat.max(1) {
+            builtin.push(engine_in_child_as(job, &opts, None, false)?);
+            sql.push(engine_in_child_as(job, &opts, None, true)?);
+        }
+        let (builtin, sql) = (median(builtin), median(sql));
+        for r in [&builtin, &sql] {
+            if r.lines != baseline.lines || r.check != expected {
+                bail!(
+                    "{name}: {} lines / {} {check}, expected {} / {expected}",
+                    r.lines,
+                    r.check,
+                    baseline.lines
+                );
+            }
+        }
+        println!("{name}:");
+        builtin.print("built-in", check);
+        sql.print("sql", check);
+        let total: u64 = sql.operators.iter().map(|o| o.1).sum::<u64>().max(1);
+        let mut ops = sql.operators.clone();
+        ops.sort_by_key(|o| std::cmp::Reverse(o.1));
+        println!(
+            "  sql operator time: {}",
+            ops.iter()
+                .take(5)
+                .map(|(n, us)| format!("{n} {:.0}%", 100.0 * *us as f64 / total as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  sql / built-in throughput: {:.1}%",
+            100.0 * builtin.elapsed.as_secs_f64() / sql.elapsed.as_secs_f64()
+        );
+    }
     Ok(())
 }
 

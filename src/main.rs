@@ -359,6 +359,9 @@ enum BenchWhat {
     LogErrors(bench::BenchOpts),
     /// word-count over the same generated files, against the same raw scan.
     WordCount(bench::BenchOpts),
+    /// The built-in word-count and log-errors --event-time against the same jobs
+    /// written as SQL (`lockgate sql`), interleaved, on the same files.
+    Sql(bench::BenchOpts),
     /// A Nexmark query over generated events, against the generator alone.
     Nexmark(bench::NexmarkOpts),
     /// Recovery time of a word count holding many keys (default 1M).
@@ -433,6 +436,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench {
             what: BenchWhat::WordCount(opts),
         } => bench::run(Job::WordCount, &opts),
+        Command::Bench {
+            what: BenchWhat::Sql(opts),
+        } => bench::sql(&opts),
         Command::Bench {
             what: BenchWhat::Nexmark(opts),
         } => bench::nexmark(&opts),

@@ -36,6 +36,11 @@ pub enum Pipeline {
     /// the Kafka offset ranges in one transaction per batch): the databases of the
     /// tortured and the uninterrupted run must be identical.
     KafkaToPostgres,
+    /// `lockgate sql`: the built-in jobs written as SQL (word count; log-errors' tumbling
+    /// 30 s and sliding 30 s / 10 s event-time windows with a 10 s watermark), files in,
+    /// JSON-lines files out, each query killed in turn. Each query's batch outputs must
+    /// equal its uninterrupted run's, and its final rows the built-in job's.
+    Sql,
     /// word-count: a TCP socket in (receiver + write-ahead log), JSON-lines files out.
     /// Every line is a distinct word; after the kills, every line the job acknowledged
     /// as stored in its WAL must be counted exactly once, and no line more than once.
@@ -155,7 +160,8 @@ fn job_command(
         | Pipeline::Postgres
         | Pipeline::Kafka
         | Pipeline::KafkaToKafka
-        | Pipeline::KafkaToPostgres => "word-count",
+        | Pipeline::KafkaToPostgres
+        | Pipeline::Sql => "word-count",
     };
     c.args(["run", job, "--once", "--quiet", "--parallelism", "2"]);
     match source {
@@ -307,8 +313,12 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         opts.kills,
         dir.display()
     );
-    if let Pipeline::Socket = opts.pipeline {
-        socket::run(opts, seed, &dir)?;
+    if let Pipeline::Socket | Pipeline::Sql = opts.pipeline {
+        if let Pipeline::Sql = opts.pipeline {
+            sql::run(opts, seed, &dir)?;
+        } else {
+            socket::run(opts, seed, &dir)?;
+        }
         if opts.dir.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -508,6 +518,196 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+/// The SQL pipeline: three queries, each killed in turn.
+mod sql {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use anyhow::{bail, ensure, Context, Result};
+
+    use super::{read_output, TortureOpts};
+    use crate::generate::{generate_logs, Rng};
+    use lockgate_jobs::sql::{log_errors_sql, LOG_ERRORS_WATERMARK, WORD_COUNT_SQL};
+
+    fn lockgate(args: &[&str], input: &Path, out: &Path) -> Result<Command> {
+        let exe = std::env::current_exe().context("finding the lockgate executable")?;
+        let mut c = Command::new(exe);
+        c.args(args)
+            .args(["--once", "--quiet", "--no-ui", "--parallelism", "2"])
+            .args(["--max-files-per-batch", "1", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Ok(c)
+    }
+
+    fn run_to_end(mut c: Command, what: &str) -> Result<()> {
+        let done = c.output().with_context(|| format!("running {what}"))?;
+        ensure!(
+            done.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        Ok(())
+    }
+
+    /// The last row of every key of stream `name` (the value in the highest batch id).
+    fn final_rows(
+        all: &BTreeMap<(String, u64), Vec<String>>,
+        name: &str,
+        key: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut last = BTreeMap::new();
+        // Batch ids in order: BTreeMap orders (stream, id).
+        for ((stream, _), rows) in all {
+            if stream != name {
+                continue;
+            }
+            for r in rows {
+                let v: serde_json::Value = serde_json::from_str(r)?;
+                let k: Vec<String> = key.iter().map(|k| v[*k].to_string()).collect();
+                last.insert(k.join(","), r.clone());
+            }
+        }
+        Ok(last)
+    }
+
+    pub fn run(opts: &TortureOpts, seed: u64, dir: &Path) -> Result<()> {
+        let queries: [(&str, String, Option<&str>, &str, &[&str]); 3] = [
+            ("words", WORD_COUNT_SQL.to_string(), None, "word_counts", &["word"]),
+            (
+                "tumbling",
+                log_errors_sql("30 seconds", None),
+                Some(LOG_ERRORS_WATERMARK),
+                "tumbling_30s",
+                &["start"],
+            ),
+            (
+                "sliding",
+                log_errors_sql("30 seconds", Some("10 seconds")),
+                Some(LOG_ERRORS_WATERMARK),
+                "sliding_30s_10s",
+                &["start"],
+            ),
+        ];
+        let per_query = opts.kills.div_ceil(3).max(1);
+        let input = dir.join("input");
+        let files = u64::from(per_query) * 15;
+        generate_logs(&input, files * 60, files, seed)?;
+        let builtin = dir.join("builtin");
+        run_to_end(lockgate(&["run", "word-count"], &input, &builtin)?, "the built-in word-count")?;
+        run_to_end(
+            lockgate(&["run", "log-errors", "--event-time"], &input, &builtin)?,
+            "the built-in log-errors --event-time",
+        )?;
+        let builtin = read_output(&builtin)?;
+        let mut rng = Rng::new(seed);
+        let started = Instant::now();
+        let (mut kills, mut runs, mut reruns, mut batches) = (0u32, 0u32, 0usize, 0usize);
+        for (name, query, watermark, stream, key) in &queries {
+            let command = |out: &Path, cp: Option<&Path>| -> Result<Command> {
+                let mut c = lockgate(&["sql", "--name", name], &input, out)?;
+                if let Some(w) = watermark {
+                    c.args(["--watermark", w]);
+                }
+                if let Some(cp) = cp {
+                    c.arg("--checkpoint").arg(cp);
+                }
+                c.arg(query);
+                Ok(c)
+            };
+            let reference = dir.join(format!("ref-{name}"));
+            run_to_end(command(&reference, None)?, &format!("the uninterrupted `{name}` query"))?;
+            let (out, cp) = (dir.join(format!("out-{name}")), dir.join(format!("cp-{name}")));
+            let mut killed = 0;
+            loop {
+                runs += 1;
+                let mut child = command(&out, Some(&cp))?.spawn().context("starting the query")?;
+                if killed < per_query {
+                    std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(150)));
+                    if child.try_wait()?.is_none() {
+                        child.kill().context("killing the query")?; // SIGKILL
+                        let died = child.wait_with_output()?;
+                        reruns += String::from_utf8_lossy(&died.stderr)
+                            .matches("re-running a logged batch")
+                            .count();
+                        killed += 1;
+                        continue;
+                    }
+                }
+                let done = child.wait_with_output()?;
+                reruns += String::from_utf8_lossy(&done.stderr)
+                    .matches("re-running a logged batch")
+                    .count();
+                ensure!(
+                    done.status.success(),
+                    "`{name}` run {runs} (after {killed} kills, seed {seed}) failed: {}",
+                    String::from_utf8_lossy(&done.stderr)
+                );
+                ensure!(
+                    killed >= per_query,
+                    "`{name}` finished after only {killed} of {per_query} kills (seed {seed}); \
+                     it is too short for this many kills"
+                );
+                break;
+            }
+            kills += killed;
+            let (want, got) = (read_output(&reference)?, read_output(&out)?);
+            if want != got {
+                let differ: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| got.get(*k) != Some(*v))
+                    .map(|(k, _)| k)
+                    .collect();
+                bail!(
+                    "`{name}`: output differs from the uninterrupted run (seed {seed}, dir {}): \
+                     batches {differ:?} (of {} and {})",
+                    dir.display(),
+                    want.len(),
+                    got.len()
+                );
+            }
+            batches += want.len();
+            let (sql_rows, builtin_rows) = (
+                final_rows(&got, name, key)?,
+                final_rows(&builtin, stream, key)?,
+            );
+            ensure!(!builtin_rows.is_empty(), "the built-in {stream} wrote nothing");
+            if sql_rows != builtin_rows {
+                let differ = builtin_rows
+                    .iter()
+                    .filter(|(k, v)| sql_rows.get(*k) != Some(*v))
+                    .count()
+                    + sql_rows.keys().filter(|k| !builtin_rows.contains_key(*k)).count();
+                bail!(
+                    "`{name}`: final rows differ from the built-in job's {stream} in {differ} of \
+                     {} keys (seed {seed}, dir {})",
+                    builtin_rows.len(),
+                    dir.display()
+                );
+            }
+            println!(
+                "sql `{name}`: {killed} kills; {} batch outputs identical to the uninterrupted \
+                 run; final rows equal to the built-in {stream} ({} keys)",
+                want.len(),
+                builtin_rows.len()
+            );
+        }
+        println!(
+            "torture passed: {kills} kills over {runs} runs in {:.1} s, {reruns} interrupted \
+             batches re-run from their logged plans; {batches} batch outputs identical to the \
+             uninterrupted runs; final rows equal to the built-in jobs'",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }
 
 /// The socket pipeline: the harness is the TCP server.

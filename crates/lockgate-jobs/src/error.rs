@@ -18,6 +18,9 @@ pub enum Error {
         #[source]
         source: lockgate_core::Error,
     },
+    /// A SQL query cannot run (refused at start, before any batch).
+    #[error(transparent)]
+    Sql(#[from] lockgate_sql::Error),
     /// A SQL sink could not be set up.
     #[error(transparent)]
     Sink(#[from] lockgate_sql_sinks::Error),

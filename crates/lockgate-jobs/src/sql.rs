@@ -29,6 +29,32 @@ mod datafusion_types {
     pub use lockgate_sql::datafusion::scalar::ScalarValue;
 }
 
+/// The word-count job as SQL (words split on single spaces, empty strings are not
+/// words): the same final rows as [`crate::word_count`].
+pub const WORD_COUNT_SQL: &str = "SELECT word, count(*) AS count FROM \
+     (SELECT unnest(string_to_array(value, ' ')) AS word FROM lines) AS t \
+     WHERE word <> '' GROUP BY word";
+
+/// `log-errors --event-time` as SQL: ERROR lines counted per event-time window of
+/// `size` (sliding every `slide`, if given) over the bracketed timestamp that starts
+/// each line, in epoch seconds — run it with the watermark [`LOG_ERRORS_WATERMARK`] to
+/// get the same final rows as [`crate::log_errors`] in event time.
+pub fn log_errors_sql(size: &str, slide: Option<&str>) -> String {
+    let window = match slide {
+        Some(slide) => format!("'{size}', '{slide}'"),
+        None => format!("'{size}'"),
+    };
+    format!(
+        "SELECT to_unixtime(window.start) AS start, to_unixtime(window.end) AS end, \
+         count(*) AS count FROM (SELECT try_to_timestamp(substr(value, 2, 24), \
+         '%a %b %d %H:%M:%S %Y') AS ts FROM lines WHERE value LIKE '%ERROR%') AS e \
+         GROUP BY window(ts, {window})"
+    )
+}
+
+/// The watermark of [`log_errors_sql`], as `--watermark` takes it.
+pub const LOG_ERRORS_WATERMARK: &str = "ts 10 seconds";
+
 /// A SQL job: the query and how its input and output are read and named.
 #[derive(Clone, Debug)]
 pub struct SqlJob {
@@ -113,13 +139,6 @@ fn kafka_batch(records: &[lockgate_kafka::KafkaRecord]) -> lockgate_core::Result
         .map_err(|e| lockgate_core::Error::external("SQL Kafka table", e))
 }
 
-fn sql_err(e: lockgate_sql::Error) -> lockgate_core::Error {
-    match e {
-        lockgate_sql::Error::Engine(e) => e,
-        other => lockgate_core::Error::Config(other.to_string()),
-    }
-}
-
 impl JobConfig {
     /// Builds the context of a SQL job (recovering from the checkpoint directory, if
     /// any); returns it with the query's description.
@@ -148,8 +167,18 @@ impl JobConfig {
         };
         let statics = load_static_tables(&job.tables)?;
         let mut info = None;
+        // The query's own error, kept whole (the engine only carries its text).
+        let mut refused = None;
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-            let q = self.sql_stream(ctx, job, &statics).map_err(sql_err)?;
+            let q = match self.sql_stream(ctx, job, &statics) {
+                Ok(q) => q,
+                Err(lockgate_sql::Error::Engine(e)) => return Err(e),
+                Err(e) => {
+                    let text = e.to_string();
+                    refused = Some(e);
+                    return Err(lockgate_core::Error::Config(text));
+                }
+            };
             let rows = q.rows();
             let mut json = self.output.as_deref().map(JsonOutput::new).unwrap_or_default();
             if let Some(config) = &kafka {
@@ -167,8 +196,11 @@ impl JobConfig {
                     &job.name,
                     move |r: &Row, _| {
                         (!keys.is_empty()).then(|| {
+                            let (batch, row) = r.batch();
                             serde_json::Value::Array(
-                                keys.iter().map(|&i| lockgate_sql::value::to_json(&r[i])).collect(),
+                                keys.iter()
+                                    .map(|&i| lockgate_sql::value::to_json(batch.column(i), row))
+                                    .collect(),
                             )
                             .to_string()
                         })
@@ -179,7 +211,7 @@ impl JobConfig {
             if let Some(b) = backend.take() {
                 let (table, mode) = sql_table(&job.name, &q).map_err(sink_err)?;
                 let sink = SqlSink::new(&job.name, b, table, mode, |r: &Row| {
-                    r.iter().map(sql_value).collect()
+                    r.values().iter().map(sql_value).collect()
                 })
                 .map_err(sink_err)?
                 .retry_timeout(self.sink_retry_timeout);
@@ -192,7 +224,7 @@ impl JobConfig {
             });
             Ok(())
         };
-        let ctx = match &self.checkpoint {
+        let built = match &self.checkpoint {
             Some(dir) => StreamingContext::get_or_create(dir, |b| {
                 let ctx = self.configure(&app, b).build()?;
                 install(&ctx)?;
@@ -201,12 +233,33 @@ impl JobConfig {
             .map_err(|source| Error::Checkpoint {
                 dir: dir.clone(),
                 source,
-            })?,
-            None => {
-                let ctx = self.configure(&app, StreamingContext::builder()).build()?;
-                install(&ctx)?;
-                ctx
+            }),
+            None => self
+                .configure(&app, StreamingContext::builder())
+                .build()
+                .and_then(|ctx| install(&ctx).map(|()| ctx))
+                .map_err(Error::from),
+        };
+        let ctx = match (built, refused) {
+            (Ok(ctx), _) => ctx,
+            (Err(_), Some(sql)) => return Err(Error::Sql(sql)),
+            (
+                Err(Error::Checkpoint {
+                    dir,
+                    source: lockgate_core::Error::StateMismatch { operator, .. },
+                }),
+                None,
+            ) if operator.starts_with(&format!("{}_", job.name)) => {
+                return Err(Error::Config(format!(
+                    "--checkpoint {}: it holds the state of another query named `{}` (its \
+                     GROUP BY keys, aggregates or window differ; state `{operator}`): this \
+                     query cannot continue it. Use a new --checkpoint directory, or restore \
+                     the query that wrote it",
+                    dir.display(),
+                    job.name
+                )))
             }
+            (Err(e), None) => return Err(e),
         };
         let info = info.ok_or_else(|| Error::Config("the SQL query was not installed".into()))?;
         Ok((ctx, info))
@@ -219,6 +272,19 @@ impl JobConfig {
         job: &SqlJob,
         statics: &[(String, SchemaRef, Vec<RecordBatch>)],
     ) -> lockgate_sql::Result<SqlStream> {
+        self.sql_context(ctx, job, statics)?
+            .sql_named(&job.query, &job.name)
+    }
+
+    /// A SQL context on `ctx` with this job's input registered as its stream table
+    /// (`kafka` when `job`'s query names it and the input is Kafka, else `lines`), the
+    /// static tables, and `job`'s watermark and output mode; more queries may run on it.
+    pub fn sql_context(
+        &self,
+        ctx: &StreamingContext,
+        job: &SqlJob,
+        statics: &[(String, SchemaRef, Vec<RecordBatch>)],
+    ) -> lockgate_sql::Result<SqlContext> {
         let mut sql = SqlContext::new(ctx);
         for (name, schema, batches) in statics {
             sql.register_batches(name, schema.clone(), batches.clone())?;
@@ -271,7 +337,7 @@ impl JobConfig {
                 }
             }
         }
-        sql.sql_named(&job.query, &job.name)
+        Ok(sql)
     }
 }
 
@@ -343,16 +409,19 @@ fn sql_value(v: &ScalarValue) -> SqlValue {
         S::UInt64(Some(x)) => SqlValue::Int(i64::try_from(*x).unwrap_or(i64::MAX)),
         S::Float32(Some(x)) => SqlValue::Float(f64::from(*x)),
         S::Float64(Some(x)) => SqlValue::Float(*x),
-        other => match lockgate_sql::value::to_json(other) {
-            serde_json::Value::String(s) => SqlValue::Text(s),
-            j => SqlValue::Text(j.to_string()),
+        other => match other.to_array() {
+            Ok(a) => match lockgate_sql::value::to_json(&a, 0) {
+                serde_json::Value::String(s) => SqlValue::Text(s),
+                j => SqlValue::Text(j.to_string()),
+            },
+            Err(_) => SqlValue::Text(other.to_string()),
         },
     }
 }
 
-/// Reads the static tables: CSV and Parquet files, PostgreSQL tables
+/// Reads the static tables (for [`JobConfig::sql_context`]): CSV and Parquet files, PostgreSQL tables
 /// (`postgres://USER@HOST:PORT/DB#TABLE`), once, at start.
-fn load_static_tables(tables: &[(String, String)]) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>> {
+pub fn load_static_tables(tables: &[(String, String)]) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>> {
     let mut out = Vec::new();
     for (name, source) in tables {
         let bad = |why: String| Error::Config(format!("--table {name}={source}: {why}"));

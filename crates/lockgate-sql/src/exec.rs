@@ -42,21 +42,17 @@ pub fn run(
     })
 }
 
-/// The rows of `batches`, as scalars.
-pub fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<ScalarValue>>> {
+/// The rows of `batches`.
+pub fn rows(batches: Vec<RecordBatch>) -> Vec<Row> {
     let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for b in batches {
-        for r in 0..b.num_rows() {
-            out.push(
-                b.columns()
-                    .iter()
-                    .map(|c| ScalarValue::try_from_array(c, r))
-                    .collect::<datafusion::common::Result<Vec<_>>>()
-                    .map_err(Error::Execute)?,
-            );
-        }
+        let b = Arc::new(b);
+        out.extend((0..b.num_rows()).map(|index| Row {
+            batch: b.clone(),
+            index,
+        }));
     }
-    Ok(out)
+    out
 }
 
 /// A record batch of `schema` from rows of scalars.
@@ -79,4 +75,55 @@ pub fn batch_of(schema: &SchemaRef, rows: &[Vec<ScalarValue>]) -> Result<RecordB
         .collect::<datafusion::common::Result<_>>()
         .map_err(Error::Execute)?;
     RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::Execute(e.into()))
+}
+
+/// One output row of a query: a row of a record batch (shared by the batch's rows).
+#[derive(Clone, Debug)]
+pub struct Row {
+    batch: Arc<RecordBatch>,
+    index: usize,
+}
+
+impl Row {
+    /// Its number of columns.
+    pub fn len(&self) -> usize {
+        self.batch.num_columns()
+    }
+
+    /// True when it has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of column `i` (NULL past the last column).
+    pub fn value(&self, i: usize) -> ScalarValue {
+        self.batch
+            .columns()
+            .get(i)
+            .and_then(|c| ScalarValue::try_from_array(c, self.index).ok())
+            .unwrap_or(ScalarValue::Null)
+    }
+
+    /// All its values.
+    pub fn values(&self) -> Vec<ScalarValue> {
+        (0..self.len()).map(|i| self.value(i)).collect()
+    }
+
+    /// The record batch it is a row of, and its index there.
+    pub fn batch(&self) -> (&RecordBatch, usize) {
+        (&self.batch, self.index)
+    }
+
+    /// The row as a JSON object of its column names (see [`crate::value::to_json`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(self.batch.columns())
+                .map(|(f, c)| (f.name().clone(), crate::value::to_json(c, self.index)))
+                .collect(),
+        )
+    }
 }

@@ -64,7 +64,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionState;
@@ -76,10 +77,9 @@ use datafusion::sql::sqlparser::parser::Parser;
 use lockgate_core::{DStream, OutputMode, StateSpec, StreamingContext, Time, Windowed};
 
 use crate::plan::{AggPlan, Kind, StreamPlan, AGG_TABLE};
-use crate::value::{epoch_ms, from_epoch_ms, Layout, Scalars};
+use crate::value::{Key, Layout, Partials};
 
-/// One output row: the query's columns, in order.
-pub type Row = Vec<ScalarValue>;
+pub use exec::Row;
 
 struct StreamTable {
     schema: SchemaRef,
@@ -268,12 +268,12 @@ impl SqlContext {
                         }
                         let out = exec::run(&state, &p, &t, &schema, batches)
                             .map_err(Error::into_engine)?;
-                        exec::rows(&out).map_err(Error::into_engine)
+                        Ok(exec::rows(out))
                     })
                     .name(name)
             }
             Kind::Aggregate(a) => {
-                self.aggregate(&state, source, &table, a, name, &mut warnings)?
+                self.aggregate(&state, source, &table, a, &planned.output, name, &mut warnings)?
             }
         };
         for w in &warnings {
@@ -302,16 +302,22 @@ impl SqlContext {
         source: &StreamTable,
         table: &str,
         a: &AggPlan,
+        output_schema: &SchemaRef,
         name: &str,
         warnings: &mut Vec<String>,
     ) -> Result<DStream<Row>> {
         let state = Arc::new(state.clone());
+        // The state's operators are named after the query and what its state holds: a
+        // query whose keys, aggregates or window changed does not read the old state
+        // (recovery names the mismatch instead), while a changed select list does.
+        let sig = state_signature(a);
         let (pre, schema, t) = (Arc::new(a.pre.clone()), source.schema.clone(), table.to_string());
         let layout = Arc::new(a.layout.clone());
         let groups = a.groups;
         let window_index = a.window.as_ref().map(|w| w.index);
         // Partial aggregates of each partition: (key, exact event time, partials).
         let st = state.clone();
+        let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
         let partials = source
             .stream
             .try_map_partitions(move |batches| {
@@ -319,32 +325,38 @@ impl SqlContext {
                     return Ok(Vec::new());
                 }
                 let out = exec::run(&st, &pre, &t, &schema, batches).map_err(Error::into_engine)?;
-                let mut rows = exec::rows(&out).map_err(Error::into_engine)?;
-                Ok(rows
-                    .drain(..)
-                    .filter_map(|mut r| {
-                        let partial = Scalars(r.split_off(groups));
-                        if Layout::rows(&partial) == 0 {
-                            return None;
-                        }
-                        let time = window_index.map(|w| epoch_ms(&r.remove(w)));
-                        Some((Scalars(r), time.flatten(), partial))
-                    })
-                    .collect::<Vec<_>>())
+                partial_rows(&out, &key_index, window_index, groups)
+                    .map_err(|e| Error::Execute(e).into_engine())
             })
             .name(&format!("{name}_partial"));
         let post = Arc::new(a.post.clone());
+        let post_columns = a.post_columns.clone();
         let agg_schema = a.agg_schema.clone();
+        let output = Arc::new(Schema::new(
+            self_output_fields(&a.agg_schema, post_columns.as_deref(), output_schema),
+        ));
         let agg_types = Arc::new(a.agg_types.clone());
-        let post_rows = move |rows: Vec<Row>| -> lockgate_core::Result<Vec<Row>> {
-            if rows.is_empty() {
-                return Ok(Vec::new());
+        let key_types: Arc<Vec<DataType>> = Arc::new(
+            (0..groups)
+                .filter(|i| Some(*i) != window_index)
+                .map(|i| a.agg_schema.field(i).data_type().clone())
+                .collect(),
+        );
+        // The changed groups' columns, then the part after the aggregation.
+        let post_rows = move |columns: Vec<ArrayRef>| -> lockgate_core::Result<Vec<Row>> {
+            let batch = RecordBatch::try_new(agg_schema.clone(), columns)
+                .map_err(|e| Error::Execute(e.into()).into_engine())?;
+            if let Some(pick) = &post_columns {
+                let cols = pick.iter().map(|&i| batch.column(i).clone()).collect();
+                let out = RecordBatch::try_new(output.clone(), cols)
+                    .map_err(|e| Error::Execute(e.into()).into_engine())?;
+                return Ok(exec::rows(vec![out]));
             }
-            let batch = exec::batch_of(&agg_schema, &rows).map_err(Error::into_engine)?;
             let out = exec::run(&state, &post, AGG_TABLE, &agg_schema, vec![batch])
                 .map_err(Error::into_engine)?;
-            exec::rows(&out).map_err(Error::into_engine)
+            Ok(exec::rows(out))
         };
+        let df = |e| Error::Execute(e).into_engine();
         match &a.window {
             None => {
                 if self.watermark.is_some() {
@@ -377,8 +389,8 @@ impl SqlContext {
                         a
                     })
                     .map_with_state(StateSpec::function(
-                        move |k: &Scalars, p: Option<Scalars>, total: &mut lockgate_core::State<Scalars>| {
-                            let mut now = total.get().cloned().unwrap_or(Scalars(Vec::new()));
+                        move |k: &Key, p: Option<Partials>, total: &mut lockgate_core::State<Partials>| {
+                            let mut now = total.get().cloned().unwrap_or_default();
                             if let Some(p) = p {
                                 l2.merge(&mut now, &p);
                             }
@@ -386,60 +398,59 @@ impl SqlContext {
                             (k.clone(), now)
                         },
                     ))
-                    .name(&format!("{name}_state"))
+                    .name(&format!("{name}_state_{sig}"))
                     .stream();
                 Ok(changed
-                    .try_map_partitions(move |groups: Vec<(Scalars, Scalars)>| {
-                        let rows = groups
-                            .into_iter()
-                            .map(|(k, p)| {
-                                let mut row = k.0;
-                                row.extend(layout.finish(&p, &agg_types));
-                                row
-                            })
-                            .collect();
-                        post_rows(rows)
+                    .try_map_partitions(move |groups: Vec<(Key, Partials)>| {
+                        if groups.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        let mut cols = value::decode_keys(groups.iter().map(|g| &g.0), &key_types).map_err(df)?;
+                        cols.extend(layout.finish(groups.iter().map(|g| &g.1), &agg_types).map_err(df)?);
+                        post_rows(cols)
                     })
                     .name(name))
             }
             Some(w) => {
                 let time_type = w.time_type.clone();
                 let index = w.index;
+                let time_of = |r: &(Key, Option<i64>, Partials)| r.1.map(Time);
                 let events = match &self.watermark {
-                    Some((_col, delay)) => partials
-                        .with_watermark(|r: &(Scalars, Option<i64>, Scalars)| r.1.map(Time), *delay),
+                    Some((_col, delay)) => partials.with_watermark(time_of, *delay),
                     None => {
                         warnings.push(format!(
                             "SQL query `{name}`: a window without a watermark (--watermark \
                              COLUMN DELAY) never closes, so its state grows without bound"
                         ));
-                        partials.with_event_time(|r: &(Scalars, Option<i64>, Scalars)| r.1.map(Time))
+                        partials.with_event_time(time_of)
                     }
                 };
                 let (l1, l2) = (layout.clone(), layout.clone());
                 let windows = events
                     .window(w.spec)
-                    .key_by(|r: &(Scalars, Option<i64>, Scalars)| r.0.clone())
+                    .key_by(|r: &(Key, Option<i64>, Partials)| r.0.clone())
                     .output_mode(self.mode)
                     .aggregate(
-                        || Scalars(Vec::new()),
+                        Partials::default,
                         move |acc, r| l1.merge(acc, &r.2),
                         move |acc, other| l2.merge(acc, other),
                     )
-                    .name(&format!("{name}_window"));
+                    .name(&format!("{name}_window_{sig}"));
                 Ok(windows
-                    .try_map_partitions(move |ws: Vec<Windowed<Scalars, Scalars>>| {
-                        let rows = ws
-                            .into_iter()
-                            .map(|w| {
-                                let mut row = w.key.0;
-                                row.insert(index, from_epoch_ms(w.window.start.0, &time_type));
-                                row.extend(layout.finish(&w.value, &agg_types));
-                                row.push(from_epoch_ms(w.window.end.0, &time_type));
-                                row
-                            })
-                            .collect();
-                        post_rows(rows)
+                    .try_map_partitions(move |ws: Vec<Windowed<Key, Partials>>| {
+                        if ws.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        let mut cols = value::decode_keys(ws.iter().map(|w| &w.key), &key_types).map_err(df)?;
+                        let starts = value::from_epoch_ms(ws.iter().map(|w| w.window.start.0), &time_type)
+                            .map_err(df)?;
+                        cols.insert(index, starts);
+                        cols.extend(layout.finish(ws.iter().map(|w| &w.value), &agg_types).map_err(df)?);
+                        cols.push(
+                            value::from_epoch_ms(ws.iter().map(|w| w.window.end.0), &time_type)
+                                .map_err(df)?,
+                        );
+                        post_rows(cols)
                     })
                     .name(name))
             }
@@ -492,6 +503,65 @@ impl StaticReader {
             block_on(self.session.read_parquet(p.as_str(), ParquetReadOptions::default())),
         )
     }
+}
+
+/// The partial aggregates of the pre part's output: (key, exact event time, partials)
+/// per group that occurred.
+fn partial_rows(
+    out: &[RecordBatch],
+    key_index: &[usize],
+    window_index: Option<usize>,
+    groups: usize,
+) -> datafusion::error::Result<Vec<(Key, Option<i64>, Partials)>> {
+    let mut rows = Vec::new();
+    for b in out {
+        let n = b.num_rows();
+        let key_cols: Vec<ArrayRef> = key_index.iter().map(|&i| b.column(i).clone()).collect();
+        let keys = value::encode_keys(&key_cols, n)?;
+        let times = match window_index {
+            Some(w) => value::epoch_ms(b.column(w))?,
+            None => vec![None; n],
+        };
+        let partials = value::read_partials(&b.columns()[groups..], n)?;
+        rows.extend(
+            keys.into_iter()
+                .zip(times)
+                .zip(partials)
+                .filter(|(_, p)| Layout::rows(p) > 0)
+                .map(|((k, t), p)| (k, t, p)),
+        );
+    }
+    Ok(rows)
+}
+
+/// The fields of a query's output when it only picks columns of the aggregation's
+/// table: the output's names with the picked columns' types.
+fn self_output_fields(agg: &SchemaRef, pick: Option<&[usize]>, output: &SchemaRef) -> Vec<Field> {
+    match pick {
+        Some(pick) => output
+            .fields()
+            .iter()
+            .zip(pick)
+            .map(|(f, &i)| Field::new(f.name(), agg.field(i).data_type().clone(), true))
+            .collect(),
+        None => output.fields().iter().map(|f| f.as_ref().clone()).collect(),
+    }
+}
+
+/// A short, stable fingerprint of what an aggregation keeps in state: the types of its
+/// keys and partial aggregates, its aggregates and its window (FNV-1a, 32 bits, hex).
+fn state_signature(a: &AggPlan) -> String {
+    let mut text = String::new();
+    for f in a.pre.schema().fields() {
+        text.push_str(&format!("{};", f.data_type()));
+    }
+    text.push_str(&format!("{:?};{:?}", a.layout.aggs, a.window.as_ref().map(|w| (w.spec, w.index))));
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
 }
 
 fn path_text(path: &Path) -> Result<String> {
@@ -569,13 +639,12 @@ impl SqlStream {
 
     /// A row as a JSON object of the query's column names.
     pub fn to_json(&self, row: &Row) -> serde_json::Value {
-        row_json(&self.columns, row)
+        row.to_json()
     }
 
-    /// [`SqlStream::to_json`] as a function to move into sinks.
+    /// [`Row::to_json`] as a function to move into sinks.
     pub fn json_fn(&self) -> impl Fn(&Row) -> serde_json::Value + Send + Sync + Clone + 'static {
-        let columns = self.columns.clone();
-        move |row| row_json(&columns, row)
+        |row: &Row| row.to_json()
     }
 
     /// The rows as Arrow record batches, one per partition.
@@ -585,17 +654,8 @@ impl SqlStream {
             if rows.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(vec![exec::batch_of(&schema, &rows).map_err(Error::into_engine)?])
+            let values: Vec<Vec<ScalarValue>> = rows.iter().map(Row::values).collect();
+            Ok(vec![exec::batch_of(&schema, &values).map_err(Error::into_engine)?])
         })
     }
-}
-
-fn row_json(columns: &[String], row: &Row) -> serde_json::Value {
-    serde_json::Value::Object(
-        columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| (c.clone(), value::to_json(v)))
-            .collect(),
-    )
 }

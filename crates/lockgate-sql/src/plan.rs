@@ -69,6 +69,9 @@ pub struct AggPlan {
     pub pre: LogicalPlan,
     /// Above the aggregation, reading [`AGG_TABLE`].
     pub post: LogicalPlan,
+    /// When `post` only picks columns of [`AGG_TABLE`] (renamed): their indexes, so the
+    /// output is made without running a plan.
+    pub post_columns: Option<Vec<usize>>,
     /// The schema of [`AGG_TABLE`].
     pub agg_schema: SchemaRef,
     /// The aggregates and how their partials merge.
@@ -196,6 +199,37 @@ pub fn bind(
         .map(|t| t.data)
 }
 
+/// The [`AGG_TABLE`] columns `post` selects, when it is a projection of plain columns of
+/// the table's scan.
+fn picked_columns(post: &LogicalPlan, agg_schema: &SchemaRef) -> Option<Vec<usize>> {
+    let LogicalPlan::Projection(p) = post else {
+        return None;
+    };
+    let mut input = p.input.as_ref();
+    while let LogicalPlan::SubqueryAlias(a) = input {
+        input = a.input.as_ref();
+    }
+    let LogicalPlan::TableScan(scan) = input else {
+        return None;
+    };
+    if scan.table_name.table() != AGG_TABLE || !scan.filters.is_empty() || scan.fetch.is_some() {
+        return None;
+    }
+    p.expr
+        .iter()
+        .map(|e| {
+            let inner = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            match inner {
+                Expr::Column(c) => agg_schema.index_of(&c.name).ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 fn aggregate_of(e: &Expr) -> Result<(Agg, &AggregateFunction)> {
     let inner = match e {
         Expr::Alias(a) => a.expr.as_ref(),
@@ -213,9 +247,8 @@ fn aggregate_of(e: &Expr) -> Result<(Agg, &AggregateFunction)> {
     })?;
     if f.params.distinct {
         return Err(unsupported(format!(
-            "{name}(DISTINCT ...) in a streaming query: group by the value in a subquery \
-             first, or count distinct values per window with a nested GROUP BY in your \
-             application"
+            "{name}(DISTINCT ...) in a streaming query (not kept incrementally): group by \
+             the value instead, one row per distinct value"
         )));
     }
     if !f.params.order_by.is_empty() {
@@ -453,6 +486,7 @@ pub async fn plan(
         other => other,
     })?;
     let post = state.optimize(&post).map_err(Error::Plan)?;
+    let post_columns = picked_columns(&post, &agg_schema);
     // Output columns that are group keys as they are (the key of an upsert).
     let mut key_columns = Vec::new();
     if let LogicalPlan::Projection(p) = &logical {
@@ -479,6 +513,7 @@ pub async fn plan(
         kind: Kind::Aggregate(AggPlan {
             pre,
             post,
+            post_columns,
             agg_schema,
             layout,
             agg_types,

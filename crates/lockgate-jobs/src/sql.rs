@@ -318,11 +318,7 @@ impl JobConfig {
                         ..self.file_options()
                     },
                 );
-                let batches = chunks.map(|c| {
-                    let bytes = c.as_bytes().len();
-                    lockgate_sql::input::lines_batch_bytes(c.lines(), bytes)
-                });
-                sql.register_stream("lines", lockgate_sql::input::lines_schema(), batches)?;
+sql.register_text_chunks("lines", &chunks)?;
             }
             (_, decoder) => {
                 let lines: DStream<String> = self.lines(ctx)?;

@@ -45,6 +45,54 @@ pub fn lines_batch_bytes<'a>(lines: impl Iterator<Item = &'a [u8]>, bytes: usize
         .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
 }
 
+/// One `lines(value)` batch of a file chunk's text: its lines (without `\n` or
+/// `\r\n`; a last line without `\n` counts), only those containing `needle` when given
+/// (found by a substring search over the whole chunk, as a filter pushed down from the
+/// query). Text that is not UTF-8 has its invalid bytes replaced by U+FFFD.
+pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) -> RecordBatch {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let lines = body
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| needle.is_none_or(|f| f.find(l).is_some()));
+        return lines_batch_bytes(lines, bytes.len());
+    };
+    if text.is_empty() {
+        return RecordBatch::new_empty(lines_schema());
+    }
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut b = StringBuilder::with_capacity(bytes.len() / 64 + 1, bytes.len());
+    let trim = |l: &str| -> usize { l.len() - usize::from(l.ends_with('\r')) };
+    match needle {
+        None => {
+            for l in body.split('\n') {
+                b.append_value(&l[..trim(l)]);
+            }
+        }
+        Some(f) => {
+            let raw = body.as_bytes();
+            let mut from = 0;
+            while from <= raw.len() {
+                let Some(pos) = f.find(&raw[from..]) else {
+                    break;
+                };
+                let at = from + pos;
+                let start = memchr::memrchr(b'\n', &raw[..at]).map_or(0, |i| i + 1);
+                let end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |i| at + i);
+                // Line bounds are ASCII newlines: char boundaries of the valid text.
+                if let Some(line) = body.get(start..end) {
+                    b.append_value(&line[..trim(line)]);
+                }
+                from = end + 1;
+            }
+        }
+    }
+    let col: ArrayRef = Arc::new(b.finish());
+    RecordBatch::try_new(lines_schema(), vec![col])
+        .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
+}
+
 /// How values are decoded into columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -260,6 +308,38 @@ fn split_csv(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_lines_and_pushed_down_filters_match_a_line_by_line_filter() {
+        use datafusion::arrow::array::AsArray;
+        let chunks: [&[u8]; 5] = [
+            b"a ERROR b\nno\r\nERROR\n\nx ERROR\r\nlast ERROR",
+            b"ERROR at start\nend\n",
+            b"",
+            b"bad \xff ERROR\nok\n",
+            b"ERRORERROR\nERR\nOR\n",
+        ];
+        for chunk in chunks {
+            let lines: Vec<String> = if chunk.is_empty() {
+                Vec::new()
+            } else {
+                let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+                body.split(|&b| b == b'\n')
+                    .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
+                    .collect()
+            };
+            let f = memchr::memmem::Finder::new("ERROR");
+            for (needle, want) in [
+                (None, lines.clone()),
+                (Some(&f), lines.iter().filter(|l| l.contains("ERROR")).cloned().collect()),
+            ] {
+                let b = chunk_batch(chunk, needle);
+                let got: Vec<String> =
+                    b.column(0).as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect();
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(chunk));
+            }
+        }
+    }
 
     #[test]
     fn values_decode_and_bad_ones_are_counted() {

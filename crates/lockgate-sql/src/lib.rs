@@ -74,6 +74,8 @@ use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::logical_expr::LogicalPlan;
+use lockgate_core::source::TextChunk;
 use lockgate_core::{DStream, OutputMode, StateSpec, StreamingContext, Time, Windowed};
 
 use crate::plan::{AggPlan, Kind, StreamPlan, AGG_TABLE};
@@ -83,7 +85,32 @@ pub use exec::Row;
 
 struct StreamTable {
     schema: SchemaRef,
-    stream: DStream<RecordBatch>,
+    source: Source,
+}
+
+/// Where a stream table's batches come from.
+enum Source {
+    /// Record batches, as they are.
+    Batches(DStream<RecordBatch>),
+    /// File chunks, made `lines(value)` batches per query (so a `LIKE '%text%'` filter
+    /// on `value` is searched for in the whole chunk, and only matching lines are made).
+    Chunks(DStream<TextChunk>),
+}
+
+impl StreamTable {
+    /// The table's batches for a query planned as `plan`.
+    fn batches(&self, plan: &LogicalPlan, table: &str) -> DStream<RecordBatch> {
+        match &self.source {
+            Source::Batches(b) => b.clone(),
+            Source::Chunks(chunks) => {
+                let needle = plan::contains_filter(plan, table, "value");
+                chunks.map(move |c| {
+                    let finder = needle.as_deref().map(memchr::memmem::Finder::new);
+                    input::chunk_batch(c.as_bytes(), finder.as_ref())
+                })
+            }
+        }
+    }
 }
 
 /// Streams and static tables, queried with SQL (see the crate docs).
@@ -123,8 +150,32 @@ impl SqlContext {
         self.session
             .register_table(name, Arc::new(empty))
             .map_err(Error::Plan)?;
-        self.streams
-            .insert(name.to_string(), StreamTable { schema, stream });
+        self.streams.insert(
+            name.to_string(),
+            StreamTable {
+                schema,
+                source: Source::Batches(stream),
+            },
+        );
+        Ok(())
+    }
+
+    /// Registers a stream of file chunks as the text table `name` (`value`): each chunk
+    /// becomes one batch of its lines; a query's `value LIKE '%text%'` filter is
+    /// searched for over whole chunks, so only matching lines are made into rows.
+    pub fn register_text_chunks(&mut self, name: &str, chunks: &DStream<TextChunk>) -> Result<()> {
+        let schema = input::lines_schema();
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(Error::Plan)?;
+        self.session
+            .register_table(name, Arc::new(empty))
+            .map_err(Error::Plan)?;
+        self.streams.insert(
+            name.to_string(),
+            StreamTable {
+                schema,
+                source: Source::Chunks(chunks.clone()),
+            },
+        );
         Ok(())
     }
 
@@ -258,10 +309,10 @@ impl SqlContext {
                             .into(),
                     ));
                 }
+                let input = source.batches(p, &table);
                 let (state, p, schema) = (Arc::new(state), Arc::new(p.clone()), source.schema.clone());
                 let t = table.clone();
-                source
-                    .stream
+                input
                     .try_map_partitions(move |batches| {
                         if batches.is_empty() {
                             return Ok(Vec::new());
@@ -319,7 +370,7 @@ impl SqlContext {
         let st = state.clone();
         let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
         let partials = source
-            .stream
+            .batches(&a.pre, table)
             .try_map_partitions(move |batches| {
                 if batches.is_empty() {
                     return Ok(Vec::new());

@@ -179,6 +179,42 @@ fn check_stateless(plan: &LogicalPlan, table: &str, where_: &str) -> Result<()> 
     }
 }
 
+/// The text of a `column LIKE '%text%'` conjunct of a filter right above the scan of
+/// `table` (no other wildcards, no newline): rows without it cannot pass the filter, so
+/// the source may leave them out.
+pub fn contains_filter(plan: &LogicalPlan, table: &str, column: &str) -> Option<String> {
+    use datafusion::logical_expr::utils::split_conjunction;
+    use datafusion::scalar::ScalarValue;
+    let mut found = None;
+    let _ = plan.apply(|p| {
+        if let LogicalPlan::Filter(f) = p {
+            let over_scan = matches!(f.input.as_ref(), LogicalPlan::TableScan(s) if s.table_name.table() == table);
+            if over_scan {
+                for c in split_conjunction(&f.predicate) {
+                    if let Expr::Like(l) = c {
+                        let lit = match l.pattern.as_ref() {
+                            Expr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _) => p,
+                            _ => continue,
+                        };
+                        let on_column = matches!(l.expr.as_ref(), Expr::Column(c) if c.name == column);
+                        let inner = lit.strip_prefix('%').and_then(|x| x.strip_suffix('%'));
+                        if let (false, false, None, true, Some(text)) =
+                            (l.negated, l.case_insensitive, l.escape_char, on_column, inner)
+                        {
+                            if !text.is_empty() && !text.contains(['%', '_', '\\', '\n', '\r']) {
+                                found = Some(text.to_string());
+                                return Ok(TreeNodeRecursion::Stop);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// Replaces the scan of `table` with one reading `batches` (one partition).
 pub fn bind(
     plan: &LogicalPlan,
@@ -523,4 +559,37 @@ pub async fn plan(
         output,
         key_columns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    fn optimized(sql: &str) -> LogicalPlan {
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(crate::input::lines_schema(), vec![vec![]]).expect("a table");
+        ctx.register_table("lines", Arc::new(table)).expect("registers");
+        let state = ctx.state();
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let plan = rt.block_on(state.create_logical_plan(sql)).expect("plans");
+        state.optimize(&plan).expect("optimizes")
+    }
+
+    #[test]
+    fn a_contains_filter_on_the_scan_is_found_and_others_are_not() {
+        for (sql, want) in [
+            ("SELECT value FROM lines WHERE value LIKE '%ERROR%'", Some("ERROR")),
+            ("SELECT count(*) FROM lines WHERE length(value) > 3 AND value LIKE '%a b%'", Some("a b")),
+            ("SELECT value FROM lines WHERE value LIKE '%ERR_R%'", None),
+            ("SELECT value FROM lines WHERE value NOT LIKE '%ERROR%'", None),
+            ("SELECT value FROM lines WHERE value ILIKE '%ERROR%'", None),
+            ("SELECT value FROM lines WHERE value LIKE 'ERROR%'", None),
+            ("SELECT value FROM lines WHERE value LIKE '%ERROR%' OR value = 'x'", None),
+            ("SELECT v FROM (SELECT upper(value) AS v FROM lines) WHERE v LIKE '%ERROR%'", None),
+        ] {
+            let plan = optimized(sql);
+            assert_eq!(contains_filter(&plan, "lines", "value").as_deref(), want, "{sql}\n{plan}");
+        }
+    }
 }

@@ -67,6 +67,165 @@ struct TryToTimestamp {
     signature: Signature,
 }
 
+/// A chrono format compiled once: a fast parser for fixed layouts of `%Y %m %d %e %H
+/// %M %S %b %a` and literal text, else chrono's items parsed once.
+#[derive(Debug)]
+pub enum TimeFormat {
+    /// The fast layout.
+    Fast(Vec<Piece>),
+    /// Anything else, with chrono.
+    Chrono(String),
+}
+
+/// A piece of a fast layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// A literal byte.
+    Lit(u8),
+    /// `%Y`, four digits.
+    Year,
+    /// `%m`.
+    Month,
+    /// `%d` or `%e`: two digits, the first may be a space.
+    Day,
+    /// `%H`.
+    Hour,
+    /// `%M`.
+    Minute,
+    /// `%S`.
+    Second,
+    /// `%b`: `Jan` ... `Dec`.
+    MonthName,
+    /// `%a`: `Mon` ... `Sun`, checked against the date (as chrono does).
+    Weekday,
+}
+
+impl TimeFormat {
+    /// Compiles `format`.
+    pub fn new(format: &str) -> Self {
+        let mut pieces = Vec::new();
+        let mut bytes = format.bytes();
+        while let Some(b) = bytes.next() {
+            if b != b'%' {
+                pieces.push(Piece::Lit(b));
+                continue;
+            }
+            pieces.push(match bytes.next() {
+                Some(b'Y') => Piece::Year,
+                Some(b'm') => Piece::Month,
+                Some(b'd' | b'e') => Piece::Day,
+                Some(b'H') => Piece::Hour,
+                Some(b'M') => Piece::Minute,
+                Some(b'S') => Piece::Second,
+                Some(b'b') => Piece::MonthName,
+                Some(b'a') => Piece::Weekday,
+                Some(b'%') => Piece::Lit(b'%'),
+                _ => return TimeFormat::Chrono(format.to_string()),
+            });
+        }
+        if !pieces.contains(&Piece::Year) || !pieces.iter().any(|p| matches!(p, Piece::Month | Piece::MonthName)) || !pieces.contains(&Piece::Day) {
+            return TimeFormat::Chrono(format.to_string());
+        }
+        TimeFormat::Fast(pieces)
+    }
+
+    /// Epoch microseconds of `text` (UTC), `None` when it does not parse.
+    pub fn parse(&self, text: &str) -> Option<i64> {
+        match self {
+            TimeFormat::Chrono(f) => parse_timestamp(text, Some(f)),
+            TimeFormat::Fast(pieces) => {
+                let b = text.trim().as_bytes();
+                let (mut i, mut y, mut mo, mut d, mut h, mut mi, mut s) = (0usize, 0i64, 0u32, 0u32, 0u32, 0u32, 0u32);
+                let digits = |i: usize, n: usize| -> Option<u32> {
+                    let mut v = 0;
+                    for k in 0..n {
+                        let c = *b.get(i + k)?;
+                        if !c.is_ascii_digit() {
+                            return None;
+                        }
+                        v = v * 10 + u32::from(c - b'0');
+                    }
+                    Some(v)
+                };
+                let mut weekday = None;
+                for p in pieces {
+                    match *p {
+                        Piece::Lit(c) => {
+                            if *b.get(i)? != c {
+                                return None;
+                            }
+                            i += 1;
+                        }
+                        Piece::Year => {
+                            y = i64::from(digits(i, 4)?);
+                            i += 4;
+                        }
+                        Piece::Month => {
+                            mo = digits(i, 2)?;
+                            i += 2;
+                        }
+                        Piece::Day => {
+                            d = if b.get(i) == Some(&b' ') { digits(i + 1, 1)? } else { digits(i, 2)? };
+                            i += 2;
+                        }
+                        Piece::Hour => {
+                            h = digits(i, 2)?;
+                            i += 2;
+                        }
+                        Piece::Minute => {
+                            mi = digits(i, 2)?;
+                            i += 2;
+                        }
+                        Piece::Second => {
+                            s = digits(i, 2)?;
+                            i += 2;
+                        }
+                        Piece::MonthName => {
+                            const MONTHS: [&[u8]; 12] = [
+                                b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+                                b"Nov", b"Dec",
+                            ];
+                            let name = b.get(i..i + 3)?;
+                            mo = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(name))? as u32 + 1;
+                            i += 3;
+                        }
+                        Piece::Weekday => {
+                            const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+                            let name = b.get(i..i + 3)?;
+                            weekday = Some(DAYS.iter().position(|w| w.eq_ignore_ascii_case(name))?);
+                            i += 3;
+                        }
+                    }
+                }
+                if i != b.len() || !(1..=12).contains(&mo) || h > 23 || mi > 59 || s > 59 {
+                    return None;
+                }
+                let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+                let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                if d == 0 || d > days_in[mo as usize - 1] {
+                    return None;
+                }
+                // Days since the epoch (Howard Hinnant's days_from_civil).
+                let (yy, m) = (if mo <= 2 { y - 1 } else { y }, i64::from(mo));
+                let era = yy.div_euclid(400);
+                let yoe = yy - era * 400;
+                let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+                let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+                let days = era * 146_097 + doe - 719_468;
+                // chrono checks the weekday against the date: so does this.
+                if let Some(w) = weekday {
+                    // 1970-01-01 was a Thursday (index 3).
+                    if (days + 3).rem_euclid(7) as usize != w {
+                        return None;
+                    }
+                }
+                let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s);
+                secs.checked_mul(1_000_000)
+            }
+        }
+    }
+}
+
 /// Parses `text` with `format` (or the default layouts) to epoch microseconds.
 pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<i64> {
     let text = text.trim();
@@ -113,12 +272,16 @@ impl ScalarUDFImpl for TryToTimestamp {
         };
         let text = datafusion::arrow::compute::cast(&text, &DataType::Utf8)?;
         let text = text.as_string::<i32>();
+        let compiled = format.as_deref().map(TimeFormat::new);
         let out: TimestampMicrosecondArray = (0..text.len())
             .map(|i| {
                 if text.is_null(i) {
                     None
                 } else {
-                    parse_timestamp(text.value(i), format.as_deref())
+                    match &compiled {
+                        Some(f) => f.parse(text.value(i)),
+                        None => parse_timestamp(text.value(i), None),
+                    }
                 }
             })
             .collect();
@@ -156,6 +319,28 @@ mod tests {
         assert_eq!(parse_timestamp("2015-12-18 00:00:10", None), Some(1_450_396_810_000_000));
         assert_eq!(parse_timestamp("2015-12-18T00:00:10Z", None), Some(1_450_396_810_000_000));
         assert_eq!(parse_timestamp("not a time", None), None);
+        // The fast layout agrees with chrono, day by day over four years.
+        let apache = "%a %b %d %H:%M:%S %Y";
+        let fast = TimeFormat::new(apache);
+        assert!(matches!(fast, TimeFormat::Fast(_)));
+        for day in 0..1461 {
+            let t = chrono::DateTime::from_timestamp(1_420_070_400 + day * 86_400 + day * 37 % 86_400, 0)
+                .expect("a time");
+            for text in [
+                t.format(apache).to_string(),
+                t.format("%a %b %e %H:%M:%S %Y").to_string(),
+                t.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ] {
+                assert_eq!(fast.parse(&text), parse_timestamp(&text, Some(apache)), "{text}");
+            }
+            let iso = TimeFormat::new("%Y-%m-%d %H:%M:%S");
+            let text = t.format("%Y-%m-%d %H:%M:%S").to_string();
+            assert_eq!(iso.parse(&text), Some(t.timestamp_micros()), "{text}");
+        }
+        for bad in ["Thu Dec 18 00:00:10 2015", "Fri Dec 18 24:00:10 2015", "Fri Feb 30 00:00:10 2015", "Fri Dec 18 00:00:10 2015x"] {
+            assert_eq!(fast.parse(bad), None, "{bad}");
+            assert_eq!(parse_timestamp(bad, Some(apache)), None, "{bad}");
+        }
         assert_eq!(parse_timestamp("Fri Dec 32 00:00:10 2015", Some("%a %b %d %H:%M:%S %Y")), None);
     }
 }

@@ -1,7 +1,11 @@
 //! Running a planned part on one batch partition: DataFusion's physical plan over the
-//! partition's record batches, on a single-threaded runtime per worker thread (the
-//! engine already runs a batch's partitions on all cores).
+//! partition's record batches (made once per worker thread and reset between runs), on
+//! a single-threaded runtime per worker thread (the engine already runs a batch's
+//! partitions on all cores).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
@@ -9,36 +13,67 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::scalar::ScalarValue;
 
 use crate::error::{Error, Result};
-use crate::plan::bind;
+use crate::slot::with_slot;
 
 thread_local! {
     static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
         .build()
         .ok();
+    /// The physical plans made on this thread, by [`Prepared`] id.
+    static PLANS: RefCell<HashMap<u64, Arc<dyn ExecutionPlan>>> = RefCell::new(HashMap::new());
 }
 
-/// Runs `plan` with the scan of `table` reading `batches`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A part of a query ready to run on batch partitions: its physical plan is made once
+/// per worker thread, then reset and run again for every partition.
+pub struct Prepared {
+    id: u64,
+    plan: LogicalPlan,
+}
+
+impl Prepared {
+    /// The optimized logical plan `plan`.
+    pub fn new(plan: LogicalPlan) -> Self {
+        Prepared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            plan,
+        }
+    }
+}
+
+/// Runs `prepared` with its scan of the stream table `table` reading `batches`.
 pub fn run(
     state: &SessionState,
-    plan: &LogicalPlan,
+    prepared: &Prepared,
     table: &str,
-    schema: &SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>> {
-    let bound = bind(plan, table, schema, batches).map_err(Error::Execute)?;
     let work = async {
-        let physical = state.create_physical_plan(&bound).await?;
+        let cached = PLANS.with(|p| p.borrow().get(&prepared.id).cloned());
+        let physical = match cached {
+            Some(p) => reset_plan_states(p)?,
+            None => {
+                let p = state.create_physical_plan(&prepared.plan).await?;
+                PLANS.with(|plans| plans.borrow_mut().insert(prepared.id, p.clone()));
+                p
+            }
+        };
         datafusion::physical_plan::collect(physical, state.task_ctx()).await
     };
-    RUNTIME.with(|rt| match rt {
-        Some(rt) => rt.block_on(work).map_err(Error::Execute),
-        None => Err(Error::Config(
-            "cannot start the runtime that evaluates queries (out of threads or memory?)"
-                .into(),
-        )),
+    with_slot(table, batches, || {
+        RUNTIME.with(|rt| match rt {
+            Some(rt) => rt.block_on(work).map_err(Error::Execute),
+            None => Err(Error::Config(
+                "cannot start the runtime that evaluates queries (out of threads or memory?)"
+                    .into(),
+            )),
+        })
     })
 }
 

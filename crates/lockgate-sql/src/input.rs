@@ -50,40 +50,40 @@ pub fn lines_batch_bytes<'a>(lines: impl Iterator<Item = &'a [u8]>, bytes: usize
 /// (found by a substring search over the whole chunk, as a filter pushed down from the
 /// query). Text that is not UTF-8 has its invalid bytes replaced by U+FFFD.
 pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) -> RecordBatch {
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let lines = body
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| needle.is_none_or(|f| f.find(l).is_some()));
-        return lines_batch_bytes(lines, bytes.len());
-    };
-    if text.is_empty() {
-        return RecordBatch::new_empty(lines_schema());
-    }
-    let body = text.strip_suffix('\n').unwrap_or(text);
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let trim = |l: &'_ [u8]| -> usize { l.len() - usize::from(l.ends_with(b"\r")) };
     let mut b = StringBuilder::with_capacity(bytes.len() / 64 + 1, bytes.len());
-    let trim = |l: &str| -> usize { l.len() - usize::from(l.ends_with('\r')) };
+    let mut add = |line: &[u8]| match std::str::from_utf8(line) {
+        Ok(s) => b.append_value(s),
+        Err(_) => b.append_value(String::from_utf8_lossy(line)),
+    };
     match needle {
-        None => {
-            for l in body.split('\n') {
-                b.append_value(&l[..trim(l)]);
+        _ if bytes.is_empty() => {}
+        None => match std::str::from_utf8(body) {
+            // One check of the whole chunk, then its lines as they are.
+            Ok(text) => {
+                for l in text.split('\n') {
+                    add(&l.as_bytes()[..trim(l.as_bytes())]);
+                }
             }
-        }
+            Err(_) => {
+                for l in body.split(|&c| c == b'\n') {
+                    add(&l[..trim(l)]);
+                }
+            }
+        },
+        // Only the lines holding the needle are looked at (and checked).
         Some(f) => {
-            let raw = body.as_bytes();
             let mut from = 0;
-            while from <= raw.len() {
-                let Some(pos) = f.find(&raw[from..]) else {
+            while from <= body.len() {
+                let Some(pos) = f.find(&body[from..]) else {
                     break;
                 };
                 let at = from + pos;
-                let start = memchr::memrchr(b'\n', &raw[..at]).map_or(0, |i| i + 1);
-                let end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |i| at + i);
-                // Line bounds are ASCII newlines: char boundaries of the valid text.
-                if let Some(line) = body.get(start..end) {
-                    b.append_value(&line[..trim(line)]);
-                }
+                let start = memchr::memrchr(b'\n', &body[..at]).map_or(0, |i| i + 1);
+                let end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |i| at + i);
+                let line = &body[start..end];
+                add(&line[..trim(line)]);
                 from = end + 1;
             }
         }

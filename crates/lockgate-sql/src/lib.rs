@@ -48,6 +48,7 @@
 
 mod error;
 mod exec;
+mod slot;
 pub mod input;
 pub mod plan;
 pub mod rewrite;
@@ -83,9 +84,16 @@ use crate::value::{Key, Layout, Partials};
 
 pub use exec::Row;
 
+/// Rows per record batch inside DataFusion's operators: a micro-batch partition is
+/// large (a file chunk), so batches larger than DataFusion's default 8192 cost less per
+/// row.
+const BATCH_ROWS: usize = 65_536;
+
 struct StreamTable {
-    schema: SchemaRef,
     source: Source,
+    /// The batch streams made of chunks so far, by pushed-down filter: queries with the
+    /// same filter share one.
+    made: std::sync::Mutex<BTreeMap<Option<String>, DStream<RecordBatch>>>,
 }
 
 /// Where a stream table's batches come from.
@@ -104,10 +112,15 @@ impl StreamTable {
             Source::Batches(b) => b.clone(),
             Source::Chunks(chunks) => {
                 let needle = plan::contains_filter(plan, table, "value");
-                chunks.map(move |c| {
-                    let finder = needle.as_deref().map(memchr::memmem::Finder::new);
-                    input::chunk_batch(c.as_bytes(), finder.as_ref())
-                })
+                let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+                made.entry(needle.clone())
+                    .or_insert_with(|| {
+                        chunks.map(move |c| {
+                            let finder = needle.as_deref().map(memchr::memmem::Finder::new);
+                            input::chunk_batch(c.as_bytes(), finder.as_ref())
+                        })
+                    })
+                    .clone()
             }
         }
     }
@@ -127,7 +140,11 @@ impl SqlContext {
     pub fn new(_ctx: &StreamingContext) -> Self {
         // The engine runs a batch's partitions in parallel: DataFusion plans each
         // partition single-threaded.
-        let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let session = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_target_partitions(1)
+                .with_batch_size(BATCH_ROWS),
+        );
         for f in udf::all() {
             session.register_udf(f);
         }
@@ -146,15 +163,14 @@ impl SqlContext {
         schema: SchemaRef,
         stream: DStream<RecordBatch>,
     ) -> Result<()> {
-        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(Error::Plan)?;
         self.session
-            .register_table(name, Arc::new(empty))
+            .register_table(name, Arc::new(slot::SlotTable::new(name, schema.clone())))
             .map_err(Error::Plan)?;
         self.streams.insert(
             name.to_string(),
             StreamTable {
-                schema,
                 source: Source::Batches(stream),
+                made: Default::default(),
             },
         );
         Ok(())
@@ -165,15 +181,14 @@ impl SqlContext {
     /// searched for over whole chunks, so only matching lines are made into rows.
     pub fn register_text_chunks(&mut self, name: &str, chunks: &DStream<TextChunk>) -> Result<()> {
         let schema = input::lines_schema();
-        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(Error::Plan)?;
         self.session
-            .register_table(name, Arc::new(empty))
+            .register_table(name, Arc::new(slot::SlotTable::new(name, schema.clone())))
             .map_err(Error::Plan)?;
         self.streams.insert(
             name.to_string(),
             StreamTable {
-                schema,
                 source: Source::Chunks(chunks.clone()),
+                made: Default::default(),
             },
         );
         Ok(())
@@ -310,15 +325,14 @@ impl SqlContext {
                     ));
                 }
                 let input = source.batches(p, &table);
-                let (state, p, schema) = (Arc::new(state), Arc::new(p.clone()), source.schema.clone());
+                let (state, p) = (Arc::new(state), Arc::new(exec::Prepared::new(p.clone())));
                 let t = table.clone();
                 input
                     .try_map_partitions(move |batches| {
                         if batches.is_empty() {
                             return Ok(Vec::new());
                         }
-                        let out = exec::run(&state, &p, &t, &schema, batches)
-                            .map_err(Error::into_engine)?;
+                        let out = exec::run(&state, &p, &t, batches).map_err(Error::into_engine)?;
                         Ok(exec::rows(out))
                     })
                     .name(name)
@@ -362,7 +376,7 @@ impl SqlContext {
         // query whose keys, aggregates or window changed does not read the old state
         // (recovery names the mismatch instead), while a changed select list does.
         let sig = state_signature(a);
-        let (pre, schema, t) = (Arc::new(a.pre.clone()), source.schema.clone(), table.to_string());
+        let (pre, t) = (Arc::new(exec::Prepared::new(a.pre.clone())), table.to_string());
         let layout = Arc::new(a.layout.clone());
         let groups = a.groups;
         let window_index = a.window.as_ref().map(|w| w.index);
@@ -375,12 +389,12 @@ impl SqlContext {
                 if batches.is_empty() {
                     return Ok(Vec::new());
                 }
-                let out = exec::run(&st, &pre, &t, &schema, batches).map_err(Error::into_engine)?;
+                let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
                 partial_rows(&out, &key_index, window_index, groups)
                     .map_err(|e| Error::Execute(e).into_engine())
             })
             .name(&format!("{name}_partial"));
-        let post = Arc::new(a.post.clone());
+        let post = Arc::new(exec::Prepared::new(a.post.clone()));
         let post_columns = a.post_columns.clone();
         let agg_schema = a.agg_schema.clone();
         let output = Arc::new(Schema::new(
@@ -403,7 +417,7 @@ impl SqlContext {
                     .map_err(|e| Error::Execute(e.into()).into_engine())?;
                 return Ok(exec::rows(vec![out]));
             }
-            let out = exec::run(&state, &post, AGG_TABLE, &agg_schema, vec![batch])
+            let out = exec::run(&state, &post, AGG_TABLE, vec![batch])
                 .map_err(Error::into_engine)?;
             Ok(exec::rows(out))
         };

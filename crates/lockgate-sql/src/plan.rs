@@ -21,7 +21,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, TableReference};
-use datafusion::datasource::{provider_as_source, MemTable};
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
@@ -213,26 +213,6 @@ pub fn contains_filter(plan: &LogicalPlan, table: &str, column: &str) -> Option<
         Ok(TreeNodeRecursion::Continue)
     });
     found
-}
-
-/// Replaces the scan of `table` with one reading `batches` (one partition).
-pub fn bind(
-    plan: &LogicalPlan,
-    table: &str,
-    schema: &SchemaRef,
-    batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
-) -> datafusion::common::Result<LogicalPlan> {
-    let mem = Arc::new(MemTable::try_new(schema.clone(), vec![batches])?);
-    let source = provider_as_source(mem);
-    plan.clone()
-        .transform_up(|p| match p {
-            LogicalPlan::TableScan(mut s) if s.table_name.table() == table => {
-                s.source = source.clone();
-                Ok(Transformed::yes(LogicalPlan::TableScan(s)))
-            }
-            other => Ok(Transformed::no(other)),
-        })
-        .map(|t| t.data)
 }
 
 /// The [`AGG_TABLE`] columns `post` selects, when it is a projection of plain columns of
@@ -474,7 +454,7 @@ pub async fn plan(
         fields.push(Field::new(WINDOW_END_COL, w.time_type.clone(), true));
     }
     let agg_schema = Arc::new(Schema::new(fields));
-    let empty = Arc::new(MemTable::try_new(agg_schema.clone(), vec![vec![]]).map_err(Error::Plan)?);
+    let empty = Arc::new(crate::slot::SlotTable::new(AGG_TABLE, agg_schema.clone()));
     let mut exprs: Vec<Expr> = schema
         .iter()
         .enumerate()
@@ -565,6 +545,8 @@ pub async fn plan(
 mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
+
+    use datafusion::datasource::MemTable;
 
     fn optimized(sql: &str) -> LogicalPlan {
         let ctx = SessionContext::new();

@@ -325,32 +325,32 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         sql_job(job, &cfg, &ctx, check.clone())?;
     } else {
         match job {
-        Job::LogErrors => {
-            let streams = jobs::log_errors(&cfg, &ctx, None)?;
-            match streams.errors {
-                // Processing time: the error count per batch.
-                Some(errors) => errors.count().foreach_batch(move |b, _| {
-                    c.errors.fetch_add(b.iter().sum::<i64>(), Ordering::Relaxed);
-                }),
-                // Event time (update mode): the last count of each tumbling window.
-                None => streams.rows.foreach_batch(move |b, _| {
-                    let mut m = lock(&c.by_window);
-                    for (stream, start, _, count) in b.iter() {
-                        if *stream == jobs::EVENT_WINDOWS[0].0 {
-                            m.insert(*start, *count);
+            Job::LogErrors => {
+                let streams = jobs::log_errors(&cfg, &ctx, None)?;
+                match streams.errors {
+                    // Processing time: the error count per batch.
+                    Some(errors) => errors.count().foreach_batch(move |b, _| {
+                        c.errors.fetch_add(b.iter().sum::<i64>(), Ordering::Relaxed);
+                    }),
+                    // Event time (update mode): the last count of each tumbling window.
+                    None => streams.rows.foreach_batch(move |b, _| {
+                        let mut m = lock(&c.by_window);
+                        for (stream, start, _, count) in b.iter() {
+                            if *stream == jobs::EVENT_WINDOWS[0].0 {
+                                m.insert(*start, *count);
+                            }
                         }
-                    }
-                }),
-            }
-        }
-        Job::WordCount => jobs::word_count(&cfg, &ctx, None)?.foreach_batch(move |b, _| {
-            b.partitions().par_iter().enumerate().for_each(|(i, part)| {
-                let mut m = lock(&c.words[i % c.words.len()]);
-                for (w, n) in part.iter() {
-                    m.insert(w.clone(), *n);
+                    }),
                 }
-            });
-        }),
+            }
+            Job::WordCount => jobs::word_count(&cfg, &ctx, None)?.foreach_batch(move |b, _| {
+                b.partitions().par_iter().enumerate().for_each(|(i, part)| {
+                    let mut m = lock(&c.words[i % c.words.len()]);
+                    for (w, n) in part.iter() {
+                        m.insert(w.clone(), *n);
+                    }
+                });
+            }),
         }
     }
     let start = Instant::now();
@@ -410,7 +410,9 @@ fn sql_job(
     };
     match job {
         Job::WordCount => {
-            let q = cfg.sql_context(ctx, &job_sql, &[])?.sql_named(WORD_COUNT_SQL, "words")?;
+            let q = cfg
+                .sql_context(ctx, &job_sql, &[])?
+                .sql_named(WORD_COUNT_SQL, "words")?;
             q.rows().foreach_batch(move |b, _| {
                 b.partitions().par_iter().enumerate().for_each(|(i, part)| {
                     let mut m = lock(&check.words[i % check.words.len()]);
@@ -576,7 +578,12 @@ pub fn sql(opts: &BenchOpts) -> Result<()> {
     );
     for (job, name, check, expected) in [
         (Job::WordCount, "word-count", "words", words),
-        (Job::LogErrors, "log-errors --event-time", "errors", baseline.check),
+        (
+            Job::LogErrors,
+            "log-errors --event-time",
+            "errors",
+            baseline.check,
+        ),
     ] {
         let opts = BenchOpts {
             event_time: job == Job::LogErrors,

@@ -732,9 +732,9 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
 /// `COLUMN DELAY` (`ts 10 seconds`, `ts 10s`).
 fn parse_watermark(text: &str) -> Result<(String, Duration)> {
     let text = text.trim();
-    let (col, delay) = text
-        .split_once(char::is_whitespace)
-        .with_context(|| format!("--watermark `{text}`: expected COLUMN DELAY, e.g. 'ts 10 seconds'"))?;
+    let (col, delay) = text.split_once(char::is_whitespace).with_context(|| {
+        format!("--watermark `{text}`: expected COLUMN DELAY, e.g. 'ts 10 seconds'")
+    })?;
     let delay = lockgate_sql::rewrite::parse_duration(delay)
         .map_err(|e| anyhow::anyhow!("--watermark `{text}`: {e}"))?;
     Ok((col.to_string(), delay))
@@ -750,7 +750,10 @@ fn run_sql(opts: SqlOpts) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
-        bail!("--name `{}`: use letters, digits, `_` and `-` (it names a directory and a table)", opts.name);
+        bail!(
+            "--name `{}`: use letters, digits, `_` and `-` (it names a directory and a table)",
+            opts.name
+        );
     }
     let decoder = match (&opts.format, &opts.schema) {
         (Some(f), Some(s)) => Some(lockgate_sql::Decoder::new(

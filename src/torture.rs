@@ -581,7 +581,13 @@ mod sql {
 
     pub fn run(opts: &TortureOpts, seed: u64, dir: &Path) -> Result<()> {
         let queries: [(&str, String, Option<&str>, &str, &[&str]); 3] = [
-            ("words", WORD_COUNT_SQL.to_string(), None, "word_counts", &["word"]),
+            (
+                "words",
+                WORD_COUNT_SQL.to_string(),
+                None,
+                "word_counts",
+                &["word"],
+            ),
             (
                 "tumbling",
                 log_errors_sql("30 seconds", None),
@@ -602,7 +608,10 @@ mod sql {
         let files = u64::from(per_query) * 15;
         generate_logs(&input, files * 60, files, seed)?;
         let builtin = dir.join("builtin");
-        run_to_end(lockgate(&["run", "word-count"], &input, &builtin)?, "the built-in word-count")?;
+        run_to_end(
+            lockgate(&["run", "word-count"], &input, &builtin)?,
+            "the built-in word-count",
+        )?;
         run_to_end(
             lockgate(&["run", "log-errors", "--event-time"], &input, &builtin)?,
             "the built-in log-errors --event-time",
@@ -624,12 +633,20 @@ mod sql {
                 Ok(c)
             };
             let reference = dir.join(format!("ref-{name}"));
-            run_to_end(command(&reference, None)?, &format!("the uninterrupted `{name}` query"))?;
-            let (out, cp) = (dir.join(format!("out-{name}")), dir.join(format!("cp-{name}")));
+            run_to_end(
+                command(&reference, None)?,
+                &format!("the uninterrupted `{name}` query"),
+            )?;
+            let (out, cp) = (
+                dir.join(format!("out-{name}")),
+                dir.join(format!("cp-{name}")),
+            );
             let mut killed = 0;
             loop {
                 runs += 1;
-                let mut child = command(&out, Some(&cp))?.spawn().context("starting the query")?;
+                let mut child = command(&out, Some(&cp))?
+                    .spawn()
+                    .context("starting the query")?;
                 if killed < per_query {
                     std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(150)));
                     if child.try_wait()?.is_none() {
@@ -679,13 +696,19 @@ mod sql {
                 final_rows(&got, name, key)?,
                 final_rows(&builtin, stream, key)?,
             );
-            ensure!(!builtin_rows.is_empty(), "the built-in {stream} wrote nothing");
+            ensure!(
+                !builtin_rows.is_empty(),
+                "the built-in {stream} wrote nothing"
+            );
             if sql_rows != builtin_rows {
                 let differ = builtin_rows
                     .iter()
                     .filter(|(k, v)| sql_rows.get(*k) != Some(*v))
                     .count()
-                    + sql_rows.keys().filter(|k| !builtin_rows.contains_key(*k)).count();
+                    + sql_rows
+                        .keys()
+                        .filter(|k| !builtin_rows.contains_key(*k))
+                        .count();
                 bail!(
                     "`{name}`: final rows differ from the built-in job's {stream} in {differ} of \
                      {} keys (seed {seed}, dir {})",

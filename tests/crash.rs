@@ -1,4 +1,4 @@
-//! Crash tests with real processes (files, a socket with its WAL, Kafka topics in and out on a real
+//! Crash tests with real processes (files, SQL queries, a socket with its WAL, Kafka topics in and out on a real
 //! broker started by scripts/kafka.sh, a real PostgreSQL server started by
 //! scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
 //! random (seeded, printed) moments, restarts it on the same checkpoint, and compares the
@@ -90,4 +90,12 @@ fn word_count_kafka_to_postgres_survives_sigkill() {
 #[test]
 fn word_count_kafka_to_kafka_rides_out_broker_restarts() {
     torture_with("kafka-to-kafka", 5, &["--broker-outages", "5"]);
+}
+
+/// `lockgate sql`: word count and log-errors' two event-time windows written as SQL,
+/// each query killed in turn; each must equal its uninterrupted run batch by batch and
+/// the built-in job's final rows.
+#[test]
+fn the_built_in_jobs_as_sql_survive_sigkill() {
+    torture_with("sql", 12, &[]);
 }

@@ -150,19 +150,31 @@ fn the_examples_count_errors_and_words_like_a_direct_count() {
          FROM lines) AS t WHERE word <> '' GROUP BY word",
     );
     let mut want: BTreeMap<String, i64> = BTreeMap::new();
-    for w in text.lines().flat_map(|l| l.split(' ')).filter(|w| !w.is_empty()) {
+    for w in text
+        .lines()
+        .flat_map(|l| l.split(' '))
+        .filter(|w| !w.is_empty())
+    {
         *want.entry(w.to_string()).or_default() += 1;
     }
     let got: BTreeMap<String, i64> = finals(&out, "words", &["word"])
         .into_values()
-        .map(|r| (r["word"].as_str().unwrap().to_string(), r["count"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["word"].as_str().unwrap().to_string(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(got, want);
     assert_eq!(batches(&out, "words").len(), 3, "one batch per file");
 
     // Without --name the output is `result`.
     sql(&input, &out, &[], "SELECT count(*) AS n FROM lines");
-    assert_eq!(batches(&out, "result")[&0], vec![serde_json::json!({ "n": 3000 })]);
+    assert_eq!(
+        batches(&out, "result")[&0],
+        vec![serde_json::json!({ "n": 3000 })]
+    );
 }
 
 /// Word count and log-errors' event-time windows written as SQL give the built-in
@@ -221,7 +233,11 @@ fn the_built_in_jobs_as_sql_give_their_rows_batch_by_batch() {
     let out = tmp.path().join("sql");
     let once = ["--max-files-per-batch", "1"];
     for (name, query, stream) in [
-        ("tumbling", log_errors_sql("30 seconds", None), "tumbling_30s"),
+        (
+            "tumbling",
+            log_errors_sql("30 seconds", None),
+            "tumbling_30s",
+        ),
         (
             "sliding",
             log_errors_sql("30 seconds", Some("10 seconds")),
@@ -256,7 +272,10 @@ fn append_mode_emits_each_window_once_with_its_final_value() {
                 "[Fri Dec 18 00:00:02 2015] [WARN] x",
                 "[Fri Dec 18 00:00:03 2015] [ERROR] x",
             ],
-            &["[Fri Dec 18 00:00:04 2015] [ERROR] x", "[Fri Dec 18 00:00:15 2015] [WARN] x"],
+            &[
+                "[Fri Dec 18 00:00:04 2015] [ERROR] x",
+                "[Fri Dec 18 00:00:15 2015] [WARN] x",
+            ],
             &["[Fri Dec 18 00:00:40 2015] [INFO] x"],
             &["[Fri Dec 18 00:01:40 2015] [ERROR] x"],
         ],
@@ -269,7 +288,16 @@ fn append_mode_emits_each_window_once_with_its_final_value() {
     sql(
         &input,
         &out,
-        &["--name", "levels", "--max-files-per-batch", "1", "--watermark", "ts 5s", "--output-mode", "append"],
+        &[
+            "--name",
+            "levels",
+            "--max-files-per-batch",
+            "1",
+            "--watermark",
+            "ts 5s",
+            "--output-mode",
+            "append",
+        ],
         query,
     );
     let b = batches(&out, "levels");
@@ -334,14 +362,27 @@ fn decoded_formats_and_a_static_table_join() {
         ]
     );
     let csv_in = tmp.path().join("csv");
-    write_files(&csv_in, &[&["1,ERROR,\"a, b\"", "2,INFO,c", "x,ERROR,d", "3,ERROR"]]);
+    write_files(
+        &csv_in,
+        &[&["1,ERROR,\"a, b\"", "2,INFO,c", "x,ERROR,d", "3,ERROR"]],
+    );
     sql(
         &csv_in,
         &out,
-        &["--name", "csv", "--format", "csv", "--schema", "id BIGINT, level STRING, msg STRING"],
+        &[
+            "--name",
+            "csv",
+            "--format",
+            "csv",
+            "--schema",
+            "id BIGINT, level STRING, msg STRING",
+        ],
         "SELECT id, upper(msg) AS msg FROM lines WHERE level = 'ERROR'",
     );
-    assert_eq!(batches(&out, "csv")[&0], vec![serde_json::json!({"id": 1, "msg": "A, B"})]);
+    assert_eq!(
+        batches(&out, "csv")[&0],
+        vec![serde_json::json!({"id": 1, "msg": "A, B"})]
+    );
 }
 
 /// A query stopped and restarted on its checkpoint with new files continues its counts
@@ -357,11 +398,25 @@ fn a_restart_on_the_checkpoint_continues_the_state_and_the_sqlite_table() {
     // The same files, two now and two later.
     let part = tmp.path().join("part");
     std::fs::create_dir_all(&part).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(&input).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    let (cp, out, db) = (tmp.path().join("cp"), tmp.path().join("out"), tmp.path().join("w.db"));
+    let (cp, out, db) = (
+        tmp.path().join("cp"),
+        tmp.path().join("out"),
+        tmp.path().join("w.db"),
+    );
     let sink = format!("sqlite:{}", db.display());
-    let extra = ["--name", "words", "--checkpoint", cp.to_str().unwrap(), "--sink", &sink];
+    let extra = [
+        "--name",
+        "words",
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--sink",
+        &sink,
+    ];
     for half in files.chunks(2) {
         for f in half {
             std::fs::copy(f, part.join(f.file_name().unwrap())).unwrap();
@@ -412,27 +467,74 @@ fn unsupported_queries_are_refused_at_start_naming_the_construct() {
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
     for (q, extra, says) in [
-        ("SELECT value FROM lines ORDER BY value", &[][..], "ORDER BY"),
+        (
+            "SELECT value FROM lines ORDER BY value",
+            &[][..],
+            "ORDER BY",
+        ),
         ("SELECT value FROM lines LIMIT 3", &[], "LIMIT"),
         ("SELECT DISTINCT value FROM lines", &[], "DISTINCT"),
-        ("SELECT count(DISTINCT value) FROM lines", &[], "count(DISTINCT"),
-        ("SELECT a.value FROM lines a JOIN lines b ON a.value = b.value", &[], "more than once"),
-        ("SELECT value, row_number() OVER () FROM lines", &[], "window functions"),
+        (
+            "SELECT count(DISTINCT value) FROM lines",
+            &[],
+            "count(DISTINCT",
+        ),
+        (
+            "SELECT a.value FROM lines a JOIN lines b ON a.value = b.value",
+            &[],
+            "more than once",
+        ),
+        (
+            "SELECT value, row_number() OVER () FROM lines",
+            &[],
+            "window functions",
+        ),
         ("SELECT median(length(value)) FROM lines", &[], "median"),
         ("SELECT nope FROM lines", &[], "nope"),
         ("SELEC value FROM lines", &[], "SELEC"),
         ("DELETE FROM lines", &[], "only SELECT"),
-        ("SELECT value, count(*) FROM lines GROUP BY value", &["--output-mode", "append"], "append mode"),
-        ("SELECT value, count(*) FROM lines GROUP BY value", &["--watermark", "value 10s"], "watermark"),
-        ("SELECT count(*) FROM lines GROUP BY window(value, '10 seconds')", &[], "TIMESTAMP"),
-        ("SELECT count(*) FROM lines", &["--watermark", "ts"], "COLUMN DELAY"),
-        ("SELECT count(*) FROM lines", &["--format", "xml", "--schema", "a STRING"], "json or csv"),
-        ("SELECT count(*) FROM lines", &["--format", "json", "--schema", "a WHATEVER"], "WHATEVER"),
-        ("SELECT count(*) FROM lines", &["--table", "t=missing.csv"], "missing.csv"),
+        (
+            "SELECT value, count(*) FROM lines GROUP BY value",
+            &["--output-mode", "append"],
+            "append mode",
+        ),
+        (
+            "SELECT value, count(*) FROM lines GROUP BY value",
+            &["--watermark", "value 10s"],
+            "watermark",
+        ),
+        (
+            "SELECT count(*) FROM lines GROUP BY window(value, '10 seconds')",
+            &[],
+            "TIMESTAMP",
+        ),
+        (
+            "SELECT count(*) FROM lines",
+            &["--watermark", "ts"],
+            "COLUMN DELAY",
+        ),
+        (
+            "SELECT count(*) FROM lines",
+            &["--format", "xml", "--schema", "a STRING"],
+            "json or csv",
+        ),
+        (
+            "SELECT count(*) FROM lines",
+            &["--format", "json", "--schema", "a WHATEVER"],
+            "WHATEVER",
+        ),
+        (
+            "SELECT count(*) FROM lines",
+            &["--table", "t=missing.csv"],
+            "missing.csv",
+        ),
         ("SELECT count(*) FROM lines", &["--name", "a/b"], "--name"),
     ] {
         let err = base(q, extra);
-        assert!(err.contains(says), "{q} {extra:?}: expected `{says}` in:\n{err}");
+        assert!(
+            err.contains(says),
+            "{q} {extra:?}: expected `{says}` in:\n{err}"
+        );
     }
     assert!(!out.exists(), "a refused query wrote output");
 }
@@ -448,12 +550,32 @@ fn the_kafka_table_has_the_record_columns() {
     produce(
         &broker.brokers,
         "events",
-        [(0, "a ERROR"), (0, "b"), (1, "c ERROR"), (1, "d ERROR"), (1, "e")],
+        [
+            (0, "a ERROR"),
+            (0, "b"),
+            (1, "c ERROR"),
+            (1, "d ERROR"),
+            (1, "e"),
+        ],
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let kafka = ["--kafka-brokers", &broker.brokers, "--kafka-topic", "events"];
-    let mut args = vec!["sql", "--once", "--quiet", "--no-ui", "--output", out.to_str().unwrap(), "--name", "parts"];
+    let kafka = [
+        "--kafka-brokers",
+        &broker.brokers,
+        "--kafka-topic",
+        "events",
+    ];
+    let mut args = vec![
+        "sql",
+        "--once",
+        "--quiet",
+        "--no-ui",
+        "--output",
+        out.to_str().unwrap(),
+        "--name",
+        "parts",
+    ];
     args.extend(kafka);
     args.push(
         "SELECT topic, partition, count(*) AS n, max(offset) AS last, \
@@ -461,18 +583,31 @@ fn the_kafka_table_has_the_record_columns() {
     );
     run_ok(&args);
     assert_eq!(
-        finals(&out, "parts", &["partition"]).into_values().collect::<Vec<_>>(),
+        finals(&out, "parts", &["partition"])
+            .into_values()
+            .collect::<Vec<_>>(),
         vec![
             serde_json::json!({"topic": "events", "partition": 0, "n": 1, "last": 0, "stamped": 1}),
             serde_json::json!({"topic": "events", "partition": 1, "n": 2, "last": 1, "stamped": 2}),
         ]
     );
-    let mut args = vec!["sql", "--once", "--quiet", "--no-ui", "--output", out.to_str().unwrap(), "--name", "values"];
+    let mut args = vec![
+        "sql",
+        "--once",
+        "--quiet",
+        "--no-ui",
+        "--output",
+        out.to_str().unwrap(),
+        "--name",
+        "values",
+    ];
     args.extend(kafka);
     args.push("SELECT count(*) AS n FROM lines WHERE value LIKE '%ERROR%'");
     run_ok(&args);
     assert_eq!(
-        finals(&out, "values", &[]).into_values().collect::<Vec<_>>(),
+        finals(&out, "values", &[])
+            .into_values()
+            .collect::<Vec<_>>(),
         vec![serde_json::json!({"n": 3})]
     );
 }
@@ -491,7 +626,11 @@ fn sessions_and_joins_with_parquet_and_postgres_tables() {
         format!(r#"{{"ts": "2015-12-18 00:00:{t:02}", "user": "{user}", "page": "{page}"}}"#)
     };
     let (a, b): (Vec<String>, Vec<String>) = (
-        vec![ev(0, "ann", "home"), ev(2, "bob", "home"), ev(5, "ann", "cart")],
+        vec![
+            ev(0, "ann", "home"),
+            ev(2, "bob", "home"),
+            ev(5, "ann", "cart"),
+        ],
         vec![ev(30, "ann", "home"), ev(31, "cyd", "cart")],
     );
     write_files(
@@ -520,10 +659,22 @@ fn sessions_and_joins_with_parquet_and_postgres_tables() {
     .unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    let json = ["--format", "json", "--schema", "ts TIMESTAMP, user STRING, page STRING"];
+    let json = [
+        "--format",
+        "json",
+        "--schema",
+        "ts TIMESTAMP, user STRING, page STRING",
+    ];
     let out = tmp.path().join("out");
     let users_table = format!("users={}", users.display());
-    let mut extra = vec!["--name", "sessions", "--max-files-per-batch", "1", "--watermark", "ts 1 minute"];
+    let mut extra = vec![
+        "--name",
+        "sessions",
+        "--max-files-per-batch",
+        "1",
+        "--watermark",
+        "ts 1 minute",
+    ];
     extra.extend(json);
     extra.extend(["--table", &users_table]);
     sql(
@@ -534,7 +685,9 @@ fn sessions_and_joins_with_parquet_and_postgres_tables() {
          LEFT JOIN users AS u ON e.user = u.user \
          GROUP BY e.user, u.name, session_window(ts, '10 seconds')",
     );
-    let got: Vec<serde_json::Value> = finals(&out, "sessions", &["user", "start"]).into_values().collect();
+    let got: Vec<serde_json::Value> = finals(&out, "sessions", &["user", "start"])
+        .into_values()
+        .collect();
     let row = |user: &str, name: Option<&str>, from: u32, to: u32, clicks: i64| {
         serde_json::json!({
             "user": user, "name": name, "clicks": clicks,
@@ -569,7 +722,9 @@ fn sessions_and_joins_with_parquet_and_postgres_tables() {
          GROUP BY p.title",
     );
     assert_eq!(
-        finals(&out, "weights", &["title"]).into_values().collect::<Vec<_>>(),
+        finals(&out, "weights", &["title"])
+            .into_values()
+            .collect::<Vec<_>>(),
         vec![
             serde_json::json!({"title": "Cart", "weight": 10}),
             serde_json::json!({"title": "Home", "weight": 3}),
@@ -577,9 +732,18 @@ fn sessions_and_joins_with_parquet_and_postgres_tables() {
     );
     let bad = format!("pages={}#missing_table", pg.url);
     let o = run(&[
-        "sql", "--once", "--no-ui", "--input", input.to_str().unwrap(), "--table", &bad,
+        "sql",
+        "--once",
+        "--no-ui",
+        "--input",
+        input.to_str().unwrap(),
+        "--table",
+        &bad,
         "SELECT count(*) FROM lines",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("missing_table"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("missing_table"),
+        "{err}"
+    );
 }

@@ -83,8 +83,7 @@ impl SqlJob {
 
 /// The schema of the `kafka` table.
 fn kafka_schema() -> SchemaRef {
-    let headers = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
-        .finish();
+    let headers = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()).finish();
     Arc::new(Schema::new(vec![
         Field::new("key", DataType::Utf8, true),
         Field::new("value", DataType::Utf8, true),
@@ -93,10 +92,17 @@ fn kafka_schema() -> SchemaRef {
         Field::new("offset", DataType::Int64, false),
         Field::new(
             "timestamp",
-            DataType::Timestamp(lockgate_sql::datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            DataType::Timestamp(
+                lockgate_sql::datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                None,
+            ),
             true,
         ),
-        Field::new("headers", lockgate_sql::datafusion::arrow::array::Array::data_type(&headers).clone(), false),
+        Field::new(
+            "headers",
+            lockgate_sql::datafusion::arrow::array::Array::data_type(&headers).clone(),
+            false,
+        ),
     ]))
 }
 
@@ -180,7 +186,11 @@ impl JobConfig {
                 }
             };
             let rows = q.rows();
-            let mut json = self.output.as_deref().map(JsonOutput::new).unwrap_or_default();
+            let mut json = self
+                .output
+                .as_deref()
+                .map(JsonOutput::new)
+                .unwrap_or_default();
             if let Some(config) = &kafka {
                 json = json.with_kafka(&app, config.clone());
             }
@@ -302,12 +312,13 @@ impl JobConfig {
                     .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
                 let records = lockgate_kafka::kafka_records(ctx, config, options.clone())
                     .map_err(|e| lockgate_sql::Error::Config(e.to_string()))?;
-                let batches = records.try_map_partitions(|part: Vec<lockgate_kafka::KafkaRecord>| {
-                    if part.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    Ok(vec![kafka_batch(&part)?])
-                });
+                let batches =
+                    records.try_map_partitions(|part: Vec<lockgate_kafka::KafkaRecord>| {
+                        if part.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        Ok(vec![kafka_batch(&part)?])
+                    });
                 sql.register_stream("kafka", kafka_schema(), batches)?;
             }
             (Input::Dir(dir), None) => {
@@ -318,7 +329,7 @@ impl JobConfig {
                         ..self.file_options()
                     },
                 );
-sql.register_text_chunks("lines", &chunks)?;
+                sql.register_text_chunks("lines", &chunks)?;
             }
             (_, decoder) => {
                 let lines: DStream<String> = self.lines(ctx)?;
@@ -385,7 +396,18 @@ fn sql_table(name: &str, q: &SqlStream) -> lockgate_sql_sinks::Result<(Table, Wr
     } else {
         WriteMode::Insert
     };
-    Ok((Table::new(name, &columns, if mode == WriteMode::Upsert { &keys } else { &[] }), mode))
+    Ok((
+        Table::new(
+            name,
+            &columns,
+            if mode == WriteMode::Upsert {
+                &keys
+            } else {
+                &[]
+            },
+        ),
+        mode,
+    ))
 }
 
 fn sql_value(v: &ScalarValue) -> SqlValue {
@@ -417,27 +439,34 @@ fn sql_value(v: &ScalarValue) -> SqlValue {
 
 /// Reads the static tables (for [`JobConfig::sql_context`]): CSV and Parquet files, PostgreSQL tables
 /// (`postgres://USER@HOST:PORT/DB#TABLE`), once, at start.
-pub fn load_static_tables(tables: &[(String, String)]) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>> {
+pub fn load_static_tables(
+    tables: &[(String, String)],
+) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>> {
     let mut out = Vec::new();
     for (name, source) in tables {
         let bad = |why: String| Error::Config(format!("--table {name}={source}: {why}"));
-        let (schema, batches) = if source.starts_with("postgres://") || source.starts_with("postgresql://") {
-            crate::static_pg::read_table(source).map_err(bad)?
-        } else {
-            let path = PathBuf::from(source);
-            let reader = lockgate_sql::StaticReader::new();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            match ext.as_str() {
-                "csv" => reader.csv(&path),
-                "parquet" => reader.parquet(&path),
-                other => {
-                    return Err(bad(format!(
-                        "`.{other}`: give a .csv or .parquet file, or postgres://...#TABLE"
-                    )))
+        let (schema, batches) =
+            if source.starts_with("postgres://") || source.starts_with("postgresql://") {
+                crate::static_pg::read_table(source).map_err(bad)?
+            } else {
+                let path = PathBuf::from(source);
+                let reader = lockgate_sql::StaticReader::new();
+                let ext = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                match ext.as_str() {
+                    "csv" => reader.csv(&path),
+                    "parquet" => reader.parquet(&path),
+                    other => {
+                        return Err(bad(format!(
+                            "`.{other}`: give a .csv or .parquet file, or postgres://...#TABLE"
+                        )))
+                    }
                 }
-            }
-            .map_err(|e| bad(e.to_string()))?
-        };
+                .map_err(|e| bad(e.to_string()))?
+            };
         out.push((name.clone(), schema, batches));
     }
     Ok(out)

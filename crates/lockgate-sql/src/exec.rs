@@ -104,7 +104,9 @@ pub fn batch_of(schema: &SchemaRef, rows: &[Vec<ScalarValue>]) -> Result<RecordB
                 r.get(i)
                     .cloned()
                     .and_then(|v| v.cast_to(f.data_type()).ok())
-                    .unwrap_or_else(|| ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null))
+                    .unwrap_or_else(|| {
+                        ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null)
+                    })
             }))
         })
         .collect::<datafusion::common::Result<_>>()

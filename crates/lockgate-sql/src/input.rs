@@ -15,7 +15,11 @@ use crate::exec::batch_of;
 
 /// The schema of a text source: `value STRING`.
 pub fn lines_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Utf8,
+        false,
+    )]))
 }
 
 /// One `lines(value)` batch of `lines`.
@@ -197,7 +201,11 @@ impl Decoder {
         }
         if bad > 0 {
             self.skipped.fetch_add(bad, Ordering::Relaxed);
-            tracing::warn!(skipped = bad, "SQL input: values that do not decode as {:?} with the schema were skipped", self.format);
+            tracing::warn!(
+                skipped = bad,
+                "SQL input: values that do not decode as {:?} with the schema were skipped",
+                self.format
+            );
         }
         batch_of(&self.schema, &rows)
     }
@@ -212,7 +220,9 @@ impl Decoder {
                     .fields()
                     .iter()
                     .map(|f| match obj.get(f.name()) {
-                        None | Some(serde_json::Value::Null) => ScalarValue::try_from(f.data_type()).ok(),
+                        None | Some(serde_json::Value::Null) => {
+                            ScalarValue::try_from(f.data_type()).ok()
+                        }
                         Some(serde_json::Value::String(s)) => from_text(s, f.data_type()),
                         Some(serde_json::Value::Bool(b)) => match f.data_type() {
                             DataType::Boolean => Some(ScalarValue::Boolean(Some(*b))),
@@ -224,9 +234,9 @@ impl Decoder {
                             DataType::Float64 => n.as_f64().map(|x| ScalarValue::Float64(Some(x))),
                             DataType::Utf8 => Some(ScalarValue::Utf8(Some(n.to_string()))),
                             // Numbers as timestamps are epoch seconds, as in Spark.
-                            DataType::Timestamp(_, _) => n
-                                .as_f64()
-                                .map(|s| ScalarValue::TimestampMicrosecond(Some((s * 1e6) as i64), None)),
+                            DataType::Timestamp(_, _) => n.as_f64().map(|s| {
+                                ScalarValue::TimestampMicrosecond(Some((s * 1e6) as i64), None)
+                            }),
                             _ => None,
                         },
                         Some(other) => match f.data_type() {
@@ -263,11 +273,13 @@ fn from_text(s: &str, dt: &DataType) -> Option<ScalarValue> {
         DataType::Utf8 => ScalarValue::Utf8(Some(s.to_string())),
         DataType::Int64 => ScalarValue::Int64(Some(s.trim().parse().ok()?)),
         DataType::Float64 => ScalarValue::Float64(Some(s.trim().parse().ok()?)),
-        DataType::Boolean => ScalarValue::Boolean(Some(match s.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return None,
-        })),
+        DataType::Boolean => {
+            ScalarValue::Boolean(Some(match s.trim().to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return None,
+            }))
+        }
         DataType::Timestamp(_, _) => {
             ScalarValue::TimestampMicrosecond(Some(crate::udf::parse_timestamp(s, None)?), None)
         }
@@ -325,17 +337,30 @@ mod tests {
             } else {
                 let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
                 body.split(|&b| b == b'\n')
-                    .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
+                    .map(|l| {
+                        String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned()
+                    })
                     .collect()
             };
             let f = memchr::memmem::Finder::new("ERROR");
             for (needle, want) in [
                 (None, lines.clone()),
-                (Some(&f), lines.iter().filter(|l| l.contains("ERROR")).cloned().collect()),
+                (
+                    Some(&f),
+                    lines
+                        .iter()
+                        .filter(|l| l.contains("ERROR"))
+                        .cloned()
+                        .collect(),
+                ),
             ] {
                 let b = chunk_batch(chunk, needle);
-                let got: Vec<String> =
-                    b.column(0).as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect();
+                let got: Vec<String> = b
+                    .column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap_or_default().to_string())
+                    .collect();
                 assert_eq!(got, want, "{:?}", String::from_utf8_lossy(chunk));
             }
         }
@@ -361,7 +386,14 @@ mod tests {
         assert_eq!(json.skipped(), 3);
         let csv = Decoder::new(Format::Csv, schema);
         let b = csv
-            .decode(["2015-12-18 00:00:10,\"a, \"\"b\"\"\",1", "x,y", "2015-12-18 00:00:10,,"].into_iter())
+            .decode(
+                [
+                    "2015-12-18 00:00:10,\"a, \"\"b\"\"\",1",
+                    "x,y",
+                    "2015-12-18 00:00:10,,",
+                ]
+                .into_iter(),
+            )
             .expect("decodes");
         assert_eq!(b.num_rows(), 2);
         assert_eq!(csv.skipped(), 1);

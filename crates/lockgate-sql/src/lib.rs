@@ -48,16 +48,16 @@
 
 mod error;
 mod exec;
-mod slot;
 pub mod input;
 pub mod plan;
 pub mod rewrite;
+mod slot;
 pub mod udf;
 pub mod value;
 
-pub use error::{Error, Result};
 /// The DataFusion this crate is built on (for Arrow types and scalars in row values).
 pub use datafusion;
+pub use error::{Error, Result};
 pub use input::{Decoder, Format};
 
 use std::collections::BTreeMap;
@@ -70,12 +70,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::logical_expr::LogicalPlan;
 use lockgate_core::source::TextChunk;
 use lockgate_core::{DStream, OutputMode, StateSpec, StreamingContext, Time, Windowed};
 
@@ -201,7 +201,10 @@ impl SqlContext {
             if part.is_empty() {
                 return Vec::new();
             }
-            vec![input::lines_batch(part.iter().map(String::as_str), part.len())]
+            vec![input::lines_batch(
+                part.iter().map(String::as_str),
+                part.len(),
+            )]
         });
         self.register_stream(name, input::lines_schema(), batches)
     }
@@ -222,7 +225,11 @@ impl SqlContext {
             let b = decoder
                 .decode(part.iter().map(String::as_str))
                 .map_err(Error::into_engine)?;
-            Ok(if b.num_rows() == 0 { Vec::new() } else { vec![b] })
+            Ok(if b.num_rows() == 0 {
+                Vec::new()
+            } else {
+                vec![b]
+            })
         });
         self.register_stream(name, schema, batches)
     }
@@ -242,7 +249,12 @@ impl SqlContext {
 
     /// Registers record batches (rows read from a database, say) as the static table
     /// `name`.
-    pub fn register_batches(&mut self, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+    pub fn register_batches(
+        &mut self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
         let table = MemTable::try_new(schema, vec![batches]).map_err(Error::Plan)?;
         self.session
             .register_table(name, Arc::new(table))
@@ -276,8 +288,8 @@ impl SqlContext {
     /// after `name`, so keep it stable across restarts. Unsupported constructs are
     /// errors here, before any batch runs.
     pub fn sql_named(&self, query: &str, name: &str) -> Result<SqlStream> {
-        let mut statements = Parser::parse_sql(&GenericDialect {}, query)
-            .map_err(|e| Error::Plan(e.into()))?;
+        let mut statements =
+            Parser::parse_sql(&GenericDialect {}, query).map_err(|e| Error::Plan(e.into()))?;
         if statements.len() != 1 {
             return Err(Error::Unsupported(format!(
                 "{} statements: give one SELECT query",
@@ -320,8 +332,7 @@ impl SqlContext {
             Kind::Stateless(p) => {
                 if self.watermark.is_some() {
                     return Err(Error::Unsupported(
-                        "--watermark with a query that does not aggregate by window(...)"
-                            .into(),
+                        "--watermark with a query that does not aggregate by window(...)".into(),
                     ));
                 }
                 let input = source.batches(p, &table);
@@ -338,7 +349,7 @@ impl SqlContext {
                     .name(name)
             }
             Kind::Aggregate(a) => {
-                self.aggregate(&state, source, &table, a, &planned.output, name, &mut warnings)?
+                self.aggregate(&state, source, &planned, a, name, &mut warnings)?
             }
         };
         for w in &warnings {
@@ -365,9 +376,8 @@ impl SqlContext {
         &self,
         state: &SessionState,
         source: &StreamTable,
-        table: &str,
+        planned: &StreamPlan,
         a: &AggPlan,
-        output_schema: &SchemaRef,
         name: &str,
         warnings: &mut Vec<String>,
     ) -> Result<DStream<Row>> {
@@ -376,7 +386,11 @@ impl SqlContext {
         // query whose keys, aggregates or window changed does not read the old state
         // (recovery names the mismatch instead), while a changed select list does.
         let sig = state_signature(a);
-        let (pre, t) = (Arc::new(exec::Prepared::new(a.pre.clone())), table.to_string());
+        let (table, output_schema) = (planned.table.as_str(), &planned.output);
+        let (pre, t) = (
+            Arc::new(exec::Prepared::new(a.pre.clone())),
+            table.to_string(),
+        );
         let layout = Arc::new(a.layout.clone());
         let groups = a.groups;
         let window_index = a.window.as_ref().map(|w| w.index);
@@ -397,9 +411,11 @@ impl SqlContext {
         let post = Arc::new(exec::Prepared::new(a.post.clone()));
         let post_columns = a.post_columns.clone();
         let agg_schema = a.agg_schema.clone();
-        let output = Arc::new(Schema::new(
-            self_output_fields(&a.agg_schema, post_columns.as_deref(), output_schema),
-        ));
+        let output = Arc::new(Schema::new(self_output_fields(
+            &a.agg_schema,
+            post_columns.as_deref(),
+            output_schema,
+        )));
         let agg_types = Arc::new(a.agg_types.clone());
         let key_types: Arc<Vec<DataType>> = Arc::new(
             (0..groups)
@@ -417,8 +433,8 @@ impl SqlContext {
                     .map_err(|e| Error::Execute(e.into()).into_engine())?;
                 return Ok(exec::rows(vec![out]));
             }
-            let out = exec::run(&state, &post, AGG_TABLE, vec![batch])
-                .map_err(Error::into_engine)?;
+            let out =
+                exec::run(&state, &post, AGG_TABLE, vec![batch]).map_err(Error::into_engine)?;
             Ok(exec::rows(out))
         };
         let df = |e| Error::Execute(e).into_engine();
@@ -454,7 +470,9 @@ impl SqlContext {
                         a
                     })
                     .map_with_state(StateSpec::function(
-                        move |k: &Key, p: Option<Partials>, total: &mut lockgate_core::State<Partials>| {
+                        move |k: &Key,
+                              p: Option<Partials>,
+                              total: &mut lockgate_core::State<Partials>| {
                             let mut now = total.get().cloned().unwrap_or_default();
                             if let Some(p) = p {
                                 l2.merge(&mut now, &p);
@@ -470,8 +488,13 @@ impl SqlContext {
                         if groups.is_empty() {
                             return Ok(Vec::new());
                         }
-                        let mut cols = value::decode_keys(groups.iter().map(|g| &g.0), &key_types).map_err(df)?;
-                        cols.extend(layout.finish(groups.iter().map(|g| &g.1), &agg_types).map_err(df)?);
+                        let mut cols = value::decode_keys(groups.iter().map(|g| &g.0), &key_types)
+                            .map_err(df)?;
+                        cols.extend(
+                            layout
+                                .finish(groups.iter().map(|g| &g.1), &agg_types)
+                                .map_err(df)?,
+                        );
                         post_rows(cols)
                     })
                     .name(name))
@@ -506,11 +529,17 @@ impl SqlContext {
                         if ws.is_empty() {
                             return Ok(Vec::new());
                         }
-                        let mut cols = value::decode_keys(ws.iter().map(|w| &w.key), &key_types).map_err(df)?;
-                        let starts = value::from_epoch_ms(ws.iter().map(|w| w.window.start.0), &time_type)
+                        let mut cols = value::decode_keys(ws.iter().map(|w| &w.key), &key_types)
                             .map_err(df)?;
+                        let starts =
+                            value::from_epoch_ms(ws.iter().map(|w| w.window.start.0), &time_type)
+                                .map_err(df)?;
                         cols.insert(index, starts);
-                        cols.extend(layout.finish(ws.iter().map(|w| &w.value), &agg_types).map_err(df)?);
+                        cols.extend(
+                            layout
+                                .finish(ws.iter().map(|w| &w.value), &agg_types)
+                                .map_err(df)?,
+                        );
                         cols.push(
                             value::from_epoch_ms(ws.iter().map(|w| w.window.end.0), &time_type)
                                 .map_err(df)?,
@@ -557,7 +586,10 @@ impl StaticReader {
     /// The rows of a CSV file with a header line (types inferred).
     pub fn csv(&self, path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let p = path_text(path)?;
-        self.load(path, block_on(self.session.read_csv(p.as_str(), CsvReadOptions::new())))
+        self.load(
+            path,
+            block_on(self.session.read_csv(p.as_str(), CsvReadOptions::new())),
+        )
     }
 
     /// The rows of a Parquet file.
@@ -565,7 +597,10 @@ impl StaticReader {
         let p = path_text(path)?;
         self.load(
             path,
-            block_on(self.session.read_parquet(p.as_str(), ParquetReadOptions::default())),
+            block_on(
+                self.session
+                    .read_parquet(p.as_str(), ParquetReadOptions::default()),
+            ),
         )
     }
 }
@@ -620,7 +655,11 @@ fn state_signature(a: &AggPlan) -> String {
     for f in a.pre.schema().fields() {
         text.push_str(&format!("{};", f.data_type()));
     }
-    text.push_str(&format!("{:?};{:?}", a.layout.aggs, a.window.as_ref().map(|w| (w.spec, w.index))));
+    text.push_str(&format!(
+        "{:?};{:?}",
+        a.layout.aggs,
+        a.window.as_ref().map(|w| (w.spec, w.index))
+    ));
     let mut h: u32 = 0x811c_9dc5;
     for b in text.bytes() {
         h ^= u32::from(b);
@@ -652,7 +691,10 @@ pub fn mentions(query: &str, table: &str) -> bool {
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     // Planning happens once, at start, on the caller's thread.
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(f),
         Err(e) => panic!("cannot start a runtime to plan the query: {e}"),
     }
@@ -720,7 +762,9 @@ impl SqlStream {
                 return Ok(Vec::new());
             }
             let values: Vec<Vec<ScalarValue>> = rows.iter().map(Row::values).collect();
-            Ok(vec![exec::batch_of(&schema, &values).map_err(Error::into_engine)?])
+            Ok(vec![
+                exec::batch_of(&schema, &values).map_err(Error::into_engine)?
+            ])
         })
     }
 }

@@ -59,7 +59,7 @@ pub enum Kind {
     /// No aggregation: the optimized plan runs on each batch.
     Stateless(LogicalPlan),
     /// An aggregation.
-    Aggregate(AggPlan),
+    Aggregate(Box<AggPlan>),
 }
 
 /// The parts of an aggregating query.
@@ -149,8 +149,7 @@ fn check_stateless(plan: &LogicalPlan, table: &str, where_: &str) -> Result<()> 
             )),
             LogicalPlan::Limit(_) => Some(format!("LIMIT {where_}: a stream has no end")),
             LogicalPlan::Distinct(_) => Some(
-                "DISTINCT over a stream: write GROUP BY the columns instead (kept in state)"
-                    .into(),
+                "DISTINCT over a stream: write GROUP BY the columns instead (kept in state)".into(),
             ),
             LogicalPlan::Window(_) => {
                 Some("window functions (OVER ...): use GROUP BY window(ts, ...)".into())
@@ -273,7 +272,11 @@ fn aggregate_of(e: &Expr) -> Result<(Agg, &AggregateFunction)> {
     Ok((agg, f))
 }
 
-fn partial(func: Arc<datafusion::logical_expr::AggregateUDF>, arg: Expr, f: &AggregateFunction) -> Expr {
+fn partial(
+    func: Arc<datafusion::logical_expr::AggregateUDF>,
+    arg: Expr,
+    f: &AggregateFunction,
+) -> Expr {
     Expr::AggregateFunction(AggregateFunction::new_udf(
         func,
         vec![arg],
@@ -293,7 +296,9 @@ pub async fn plan(
     window: Option<&WindowCall>,
 ) -> Result<StreamPlan> {
     let logical = state
-        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(statement)))
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
         .await
         .map_err(Error::Plan)?;
     match scans_of(&logical, table)? {
@@ -352,7 +357,9 @@ pub async fn plan(
         .iter()
         .any(|e| matches!(e, Expr::GroupingSet(_)))
     {
-        return Err(unsupported("GROUPING SETS, ROLLUP and CUBE in a streaming query"));
+        return Err(unsupported(
+            "GROUPING SETS, ROLLUP and CUBE in a streaming query",
+        ));
     }
     let groups = agg.group_expr.len();
     let schema: &DFSchemaRef = &agg.schema;
@@ -367,9 +374,10 @@ pub async fn plan(
         }
     }
     // The window's group key.
-    let window_index = agg.group_expr.iter().position(|e| {
-        matches!(e, Expr::ScalarFunction(f) if f.func.name() == udf::WINDOW)
-    });
+    let window_index = agg
+        .group_expr
+        .iter()
+        .position(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == udf::WINDOW));
     let window = match (window, window_index) {
         (Some(w), Some(index)) => Some(WindowPart {
             spec: w.spec,
@@ -422,7 +430,10 @@ pub async fn plan(
             Agg::Min => partials.push(p(partial(min_udaf(), arg, f), 0)),
             Agg::Max => partials.push(p(partial(max_udaf(), arg, f), 0)),
             Agg::Avg => {
-                partials.push(p(partial(sum_udaf(), cast(arg.clone(), DataType::Float64), f), 0));
+                partials.push(p(
+                    partial(sum_udaf(), cast(arg.clone(), DataType::Float64), f),
+                    0,
+                ));
                 partials.push(p(partial(count_udaf(), arg, f), 1));
             }
         }
@@ -459,14 +470,20 @@ pub async fn plan(
         .iter()
         .enumerate()
         .map(|(i, (q, f))| {
-            Expr::Column(Column::new(Some(TableReference::bare(AGG_TABLE)), format!("c{i}")))
-                .alias_qualified(q.cloned(), f.name())
+            Expr::Column(Column::new(
+                Some(TableReference::bare(AGG_TABLE)),
+                format!("c{i}"),
+            ))
+            .alias_qualified(q.cloned(), f.name())
         })
         .collect();
     if window.is_some() {
         exprs.push(
-            Expr::Column(Column::new(Some(TableReference::bare(AGG_TABLE)), WINDOW_END_COL))
-                .alias(WINDOW_END_COL),
+            Expr::Column(Column::new(
+                Some(TableReference::bare(AGG_TABLE)),
+                WINDOW_END_COL,
+            ))
+            .alias(WINDOW_END_COL),
         );
     }
     let replacement = LogicalPlanBuilder::scan(AGG_TABLE, provider_as_source(empty), None)
@@ -483,9 +500,9 @@ pub async fn plan(
             }
             let t = node.map_expressions(|e| {
                 e.transform_up(|e| match e {
-                    Expr::ScalarFunction(f) if f.func.name() == udf::WINDOW_END => {
-                        Ok(Transformed::yes(Expr::Column(Column::from_name(WINDOW_END_COL))))
-                    }
+                    Expr::ScalarFunction(f) if f.func.name() == udf::WINDOW_END => Ok(
+                        Transformed::yes(Expr::Column(Column::from_name(WINDOW_END_COL))),
+                    ),
                     other => Ok(Transformed::no(other)),
                 })
             })?;
@@ -498,7 +515,10 @@ pub async fn plan(
         .map_err(Error::Plan)?
         .data;
     check_stateless(&post, AGG_TABLE, "after the aggregation").map_err(|e| match e {
-        Error::Unsupported(m) => Error::Unsupported(m.replace("a stream has no end", "an aggregation over a stream has no final result")),
+        Error::Unsupported(m) => Error::Unsupported(m.replace(
+            "a stream has no end",
+            "an aggregation over a stream has no final result",
+        )),
         other => other,
     })?;
     let post = state.optimize(&post).map_err(Error::Plan)?;
@@ -512,10 +532,9 @@ pub async fn plan(
                 e => e,
             };
             let is_key = match inner {
-                Expr::Column(c) => schema
-                    .iter()
-                    .take(groups)
-                    .any(|(q, g)| g.name() == &c.name && (c.relation.is_none() || c.relation.as_ref() == q)),
+                Expr::Column(c) => schema.iter().take(groups).any(|(q, g)| {
+                    g.name() == &c.name && (c.relation.is_none() || c.relation.as_ref() == q)
+                }),
                 Expr::ScalarFunction(f) => f.func.name() == udf::WINDOW_END,
                 _ => false,
             };
@@ -526,7 +545,7 @@ pub async fn plan(
     }
     Ok(StreamPlan {
         table: table.to_string(),
-        kind: Kind::Aggregate(AggPlan {
+        kind: Kind::Aggregate(Box::new(AggPlan {
             pre,
             post,
             post_columns,
@@ -535,7 +554,7 @@ pub async fn plan(
             agg_types,
             groups,
             window,
-        }),
+        })),
         output,
         key_columns,
     })
@@ -551,9 +570,12 @@ mod tests {
     fn optimized(sql: &str) -> LogicalPlan {
         let ctx = SessionContext::new();
         let table = MemTable::try_new(crate::input::lines_schema(), vec![vec![]]).expect("a table");
-        ctx.register_table("lines", Arc::new(table)).expect("registers");
+        ctx.register_table("lines", Arc::new(table))
+            .expect("registers");
         let state = ctx.state();
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
         let plan = rt.block_on(state.create_logical_plan(sql)).expect("plans");
         state.optimize(&plan).expect("optimizes")
     }
@@ -561,17 +583,36 @@ mod tests {
     #[test]
     fn a_contains_filter_on_the_scan_is_found_and_others_are_not() {
         for (sql, want) in [
-            ("SELECT value FROM lines WHERE value LIKE '%ERROR%'", Some("ERROR")),
-            ("SELECT count(*) FROM lines WHERE length(value) > 3 AND value LIKE '%a b%'", Some("a b")),
+            (
+                "SELECT value FROM lines WHERE value LIKE '%ERROR%'",
+                Some("ERROR"),
+            ),
+            (
+                "SELECT count(*) FROM lines WHERE length(value) > 3 AND value LIKE '%a b%'",
+                Some("a b"),
+            ),
             ("SELECT value FROM lines WHERE value LIKE '%ERR_R%'", None),
-            ("SELECT value FROM lines WHERE value NOT LIKE '%ERROR%'", None),
+            (
+                "SELECT value FROM lines WHERE value NOT LIKE '%ERROR%'",
+                None,
+            ),
             ("SELECT value FROM lines WHERE value ILIKE '%ERROR%'", None),
             ("SELECT value FROM lines WHERE value LIKE 'ERROR%'", None),
-            ("SELECT value FROM lines WHERE value LIKE '%ERROR%' OR value = 'x'", None),
-            ("SELECT v FROM (SELECT upper(value) AS v FROM lines) WHERE v LIKE '%ERROR%'", None),
+            (
+                "SELECT value FROM lines WHERE value LIKE '%ERROR%' OR value = 'x'",
+                None,
+            ),
+            (
+                "SELECT v FROM (SELECT upper(value) AS v FROM lines) WHERE v LIKE '%ERROR%'",
+                None,
+            ),
         ] {
             let plan = optimized(sql);
-            assert_eq!(contains_filter(&plan, "lines", "value").as_deref(), want, "{sql}\n{plan}");
+            assert_eq!(
+                contains_filter(&plan, "lines", "value").as_deref(),
+                want,
+                "{sql}\n{plan}"
+            );
         }
     }
 }

@@ -144,8 +144,7 @@ fn rewrite_select(s: &mut Select, found: &mut Vec<WindowCall>) -> Result<()> {
     }
     if bad.is_some() {
         return Err(Error::Unsupported(
-            "selecting `window` as a whole (a struct): select window.start and window.end"
-                .into(),
+            "selecting `window` as a whole (a struct): select window.start and window.end".into(),
         ));
     }
     found.push(call);
@@ -186,20 +185,24 @@ fn window_call(e: &Expr) -> Result<Option<WindowCall>> {
         _ => return Ok(None),
     };
     let FunctionArguments::List(list) = &f.args else {
-        return Err(Error::Unsupported(format!("{kind} without arguments: write {kind}(ts, '30 seconds')")));
+        return Err(Error::Unsupported(format!(
+            "{kind} without arguments: write {kind}(ts, '30 seconds')"
+        )));
     };
     let args: Vec<&Expr> = list
         .args
         .iter()
         .map(|a| match a {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
-            other => Err(Error::Unsupported(format!("{kind}(...): argument `{other}`"))),
+            other => Err(Error::Unsupported(format!(
+                "{kind}(...): argument `{other}`"
+            ))),
         })
         .collect::<Result<_>>()?;
     let dur = |i: usize| -> Result<Duration> {
-        let e = args.get(i).ok_or_else(|| {
-            Error::Unsupported(format!("{kind}(...) needs {} arguments", i + 1))
-        })?;
+        let e = args
+            .get(i)
+            .ok_or_else(|| Error::Unsupported(format!("{kind}(...) needs {} arguments", i + 1)))?;
         duration_of(e).map_err(|why| Error::Unsupported(format!("{kind}(...): `{e}`: {why}")))
     };
     let time = args
@@ -249,7 +252,9 @@ fn duration_of(e: &Expr) -> std::result::Result<Duration, String> {
     match e {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => parse_duration(s),
-            other => Err(format!("expected a duration like '30 seconds', not {other}")),
+            other => Err(format!(
+                "expected a duration like '30 seconds', not {other}"
+            )),
         },
         Expr::Interval(i) => {
             let text = match i.value.as_ref() {
@@ -264,7 +269,9 @@ fn duration_of(e: &Expr) -> std::result::Result<Duration, String> {
                 None => parse_duration(&text),
             }
         }
-        other => Err(format!("expected a duration like '30 seconds', not {other}")),
+        other => Err(format!(
+            "expected a duration like '30 seconds', not {other}"
+        )),
     }
 }
 
@@ -324,11 +331,23 @@ mod tests {
              GROUP BY __lockgate_window(ts)"
         );
         let w = w.expect("a window");
-        assert_eq!(w.spec, WindowSpec::sliding(Duration::from_secs(30), Duration::from_secs(10)));
-        let (_, w) = rewritten("SELECT count(*) FROM t GROUP BY k, tumble(ts, INTERVAL '1' MINUTE)");
-        assert_eq!(w.expect("a window").spec, WindowSpec::tumbling(Duration::from_secs(60)));
-        let (_, w) = rewritten("SELECT k FROM (SELECT k FROM t GROUP BY k, session_window(ts, '5 minutes')) x");
-        assert_eq!(w.expect("a window").spec, WindowSpec::session(Duration::from_secs(300)));
+        assert_eq!(
+            w.spec,
+            WindowSpec::sliding(Duration::from_secs(30), Duration::from_secs(10))
+        );
+        let (_, w) =
+            rewritten("SELECT count(*) FROM t GROUP BY k, tumble(ts, INTERVAL '1' MINUTE)");
+        assert_eq!(
+            w.expect("a window").spec,
+            WindowSpec::tumbling(Duration::from_secs(60))
+        );
+        let (_, w) = rewritten(
+            "SELECT k FROM (SELECT k FROM t GROUP BY k, session_window(ts, '5 minutes')) x",
+        );
+        assert_eq!(
+            w.expect("a window").spec,
+            WindowSpec::session(Duration::from_secs(300))
+        );
         let (_, w) = rewritten("SELECT k, count(*) FROM t GROUP BY k");
         assert!(w.is_none());
     }
@@ -336,10 +355,22 @@ mod tests {
     #[test]
     fn bad_windows_are_named() {
         for (sql, says) in [
-            ("SELECT window, count(*) FROM t GROUP BY window(ts, '1 minute')", "as a whole"),
-            ("SELECT count(*) FROM t GROUP BY window(ts, '1 fortnight')", "unknown unit"),
-            ("SELECT count(*) FROM t GROUP BY window(ts, '10 s', '1 minute')", "longer"),
-            ("SELECT count(*) FROM t GROUP BY window(ts, '1 minute', '1 minute', '5 s')", "start offset"),
+            (
+                "SELECT window, count(*) FROM t GROUP BY window(ts, '1 minute')",
+                "as a whole",
+            ),
+            (
+                "SELECT count(*) FROM t GROUP BY window(ts, '1 fortnight')",
+                "unknown unit",
+            ),
+            (
+                "SELECT count(*) FROM t GROUP BY window(ts, '10 s', '1 minute')",
+                "longer",
+            ),
+            (
+                "SELECT count(*) FROM t GROUP BY window(ts, '1 minute', '1 minute', '5 s')",
+                "start offset",
+            ),
         ] {
             let mut stmts = Parser::parse_sql(&GenericDialect {}, sql).expect("parses");
             let Statement::Query(q) = &mut stmts[0] else {

@@ -132,10 +132,19 @@ impl ExecutionPlan for SlotExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
-    fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let data = SLOTS.with(|s| s.borrow_mut().remove(&self.name)).unwrap_or_default();
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let data = SLOTS
+            .with(|s| s.borrow_mut().remove(&self.name))
+            .unwrap_or_default();
         // The stream applies the projection to the table's batches and reports the
         // projected schema.
         Ok(Box::pin(MemoryStream::try_new(

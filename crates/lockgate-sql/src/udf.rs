@@ -123,7 +123,12 @@ impl TimeFormat {
                 _ => return TimeFormat::Chrono(format.to_string()),
             });
         }
-        if !pieces.contains(&Piece::Year) || !pieces.iter().any(|p| matches!(p, Piece::Month | Piece::MonthName)) || !pieces.contains(&Piece::Day) {
+        if !pieces.contains(&Piece::Year)
+            || !pieces
+                .iter()
+                .any(|p| matches!(p, Piece::Month | Piece::MonthName))
+            || !pieces.contains(&Piece::Day)
+        {
             return TimeFormat::Chrono(format.to_string());
         }
         TimeFormat::Fast(pieces)
@@ -135,7 +140,8 @@ impl TimeFormat {
             TimeFormat::Chrono(f) => parse_timestamp(text, Some(f)),
             TimeFormat::Fast(pieces) => {
                 let b = text.trim().as_bytes();
-                let (mut i, mut y, mut mo, mut d, mut h, mut mi, mut s) = (0usize, 0i64, 0u32, 0u32, 0u32, 0u32, 0u32);
+                let (mut i, mut y, mut mo, mut d, mut h, mut mi, mut s) =
+                    (0usize, 0i64, 0u32, 0u32, 0u32, 0u32, 0u32);
                 let digits = |i: usize, n: usize| -> Option<u32> {
                     let mut v = 0;
                     for k in 0..n {
@@ -165,7 +171,11 @@ impl TimeFormat {
                             i += 2;
                         }
                         Piece::Day => {
-                            d = if b.get(i) == Some(&b' ') { digits(i + 1, 1)? } else { digits(i, 2)? };
+                            d = if b.get(i) == Some(&b' ') {
+                                digits(i + 1, 1)?
+                            } else {
+                                digits(i, 2)?
+                            };
                             i += 2;
                         }
                         Piece::Hour => {
@@ -182,15 +192,17 @@ impl TimeFormat {
                         }
                         Piece::MonthName => {
                             const MONTHS: [&[u8]; 12] = [
-                                b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
-                                b"Nov", b"Dec",
+                                b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug",
+                                b"Sep", b"Oct", b"Nov", b"Dec",
                             ];
                             let name = b.get(i..i + 3)?;
-                            mo = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(name))? as u32 + 1;
+                            mo = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(name))? as u32
+                                + 1;
                             i += 3;
                         }
                         Piece::Weekday => {
-                            const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+                            const DAYS: [&[u8]; 7] =
+                                [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
                             let name = b.get(i..i + 3)?;
                             weekday = Some(DAYS.iter().position(|w| w.eq_ignore_ascii_case(name))?);
                             i += 3;
@@ -201,7 +213,20 @@ impl TimeFormat {
                     return None;
                 }
                 let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-                let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                let days_in = [
+                    31,
+                    if leap { 29 } else { 28 },
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                ];
                 if d == 0 || d > days_in[mo as usize - 1] {
                     return None;
                 }
@@ -261,10 +286,10 @@ impl ScalarUDFImpl for TryToTimestamp {
         let format = match cols.next() {
             None => None,
             Some(ColumnarValue::Scalar(s)) => match s {
-                ScalarValue::Utf8(f) | ScalarValue::LargeUtf8(f) | ScalarValue::Utf8View(f) => {
-                    f
+                ScalarValue::Utf8(f) | ScalarValue::LargeUtf8(f) | ScalarValue::Utf8View(f) => f,
+                other => {
+                    return exec_err!("try_to_timestamp: the format must be text, not {other}")
                 }
-                other => return exec_err!("try_to_timestamp: the format must be text, not {other}"),
             },
             Some(ColumnarValue::Array(_)) => {
                 return exec_err!("try_to_timestamp: the format must be a constant")
@@ -316,31 +341,52 @@ mod tests {
             parse_timestamp("Fri Dec 18 00:00:10 2015", Some("%a %b %d %H:%M:%S %Y")),
             Some(1_450_396_810_000_000)
         );
-        assert_eq!(parse_timestamp("2015-12-18 00:00:10", None), Some(1_450_396_810_000_000));
-        assert_eq!(parse_timestamp("2015-12-18T00:00:10Z", None), Some(1_450_396_810_000_000));
+        assert_eq!(
+            parse_timestamp("2015-12-18 00:00:10", None),
+            Some(1_450_396_810_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2015-12-18T00:00:10Z", None),
+            Some(1_450_396_810_000_000)
+        );
         assert_eq!(parse_timestamp("not a time", None), None);
         // The fast layout agrees with chrono, day by day over four years.
         let apache = "%a %b %d %H:%M:%S %Y";
         let fast = TimeFormat::new(apache);
         assert!(matches!(fast, TimeFormat::Fast(_)));
         for day in 0..1461 {
-            let t = chrono::DateTime::from_timestamp(1_420_070_400 + day * 86_400 + day * 37 % 86_400, 0)
-                .expect("a time");
+            let t = chrono::DateTime::from_timestamp(
+                1_420_070_400 + day * 86_400 + day * 37 % 86_400,
+                0,
+            )
+            .expect("a time");
             for text in [
                 t.format(apache).to_string(),
                 t.format("%a %b %e %H:%M:%S %Y").to_string(),
                 t.format("%Y-%m-%d %H:%M:%S").to_string(),
             ] {
-                assert_eq!(fast.parse(&text), parse_timestamp(&text, Some(apache)), "{text}");
+                assert_eq!(
+                    fast.parse(&text),
+                    parse_timestamp(&text, Some(apache)),
+                    "{text}"
+                );
             }
             let iso = TimeFormat::new("%Y-%m-%d %H:%M:%S");
             let text = t.format("%Y-%m-%d %H:%M:%S").to_string();
             assert_eq!(iso.parse(&text), Some(t.timestamp_micros()), "{text}");
         }
-        for bad in ["Thu Dec 18 00:00:10 2015", "Fri Dec 18 24:00:10 2015", "Fri Feb 30 00:00:10 2015", "Fri Dec 18 00:00:10 2015x"] {
+        for bad in [
+            "Thu Dec 18 00:00:10 2015",
+            "Fri Dec 18 24:00:10 2015",
+            "Fri Feb 30 00:00:10 2015",
+            "Fri Dec 18 00:00:10 2015x",
+        ] {
             assert_eq!(fast.parse(bad), None, "{bad}");
             assert_eq!(parse_timestamp(bad, Some(apache)), None, "{bad}");
         }
-        assert_eq!(parse_timestamp("Fri Dec 32 00:00:10 2015", Some("%a %b %d %H:%M:%S %Y")), None);
+        assert_eq!(
+            parse_timestamp("Fri Dec 32 00:00:10 2015", Some("%a %b %d %H:%M:%S %Y")),
+            None
+        );
     }
 }

@@ -98,7 +98,10 @@ impl Codec for Key {
     fn decode(input: &mut &[u8]) -> std::result::Result<Self, CodecError> {
         let n = usize::decode(input)?;
         if n > input.len() {
-            return Err(CodecError::new("SQL key", format!("{n} bytes, {} left", input.len())));
+            return Err(CodecError::new(
+                "SQL key",
+                format!("{n} bytes, {} left", input.len()),
+            ));
         }
         let (head, rest) = input.split_at(n);
         *input = rest;
@@ -164,10 +167,16 @@ pub fn encode_keys(cols: &[ArrayRef], rows: usize) -> Result<Vec<Key>> {
             }
             k.push(1);
             match class {
-                Class::I64 => k.extend_from_slice(&col.as_primitive::<Int64Type>().value(r).to_le_bytes()),
-                Class::U64 => k.extend_from_slice(&col.as_primitive::<UInt64Type>().value(r).to_le_bytes()),
+                Class::I64 => {
+                    k.extend_from_slice(&col.as_primitive::<Int64Type>().value(r).to_le_bytes())
+                }
+                Class::U64 => {
+                    k.extend_from_slice(&col.as_primitive::<UInt64Type>().value(r).to_le_bytes())
+                }
                 Class::F64 => k.extend_from_slice(
-                    &canonical_f64(col.as_primitive::<Float64Type>().value(r)).to_bits().to_le_bytes(),
+                    &canonical_f64(col.as_primitive::<Float64Type>().value(r))
+                        .to_bits()
+                        .to_le_bytes(),
                 ),
                 Class::Bool => k.push(u8::from(col.as_boolean().value(r))),
                 Class::Str => {
@@ -183,15 +192,20 @@ pub fn encode_keys(cols: &[ArrayRef], rows: usize) -> Result<Vec<Key>> {
 
 fn corrupt() -> datafusion::error::DataFusionError {
     datafusion::error::DataFusionError::Execution(
-        "a group key in state does not decode with the query's key types (damaged state?)"
-            .into(),
+        "a group key in state does not decode with the query's key types (damaged state?)".into(),
     )
 }
 
 /// The key columns (of `types`) of `keys`.
-pub fn decode_keys<'a>(keys: impl Iterator<Item = &'a Key> + Clone, types: &[DataType]) -> Result<Vec<ArrayRef>> {
+pub fn decode_keys<'a>(
+    keys: impl Iterator<Item = &'a Key> + Clone,
+    types: &[DataType],
+) -> Result<Vec<ArrayRef>> {
     let n = keys.clone().count();
-    let classes: Vec<Class> = types.iter().map(|t| class_of(t).unwrap_or(Class::Str)).collect();
+    let classes: Vec<Class> = types
+        .iter()
+        .map(|t| class_of(t).unwrap_or(Class::Str))
+        .collect();
     enum B {
         I(Int64Builder),
         U(UInt64Builder),
@@ -212,7 +226,11 @@ pub fn decode_keys<'a>(keys: impl Iterator<Item = &'a Key> + Clone, types: &[Dat
     for key in keys {
         let mut input = key.0.as_slice();
         for b in &mut builders {
-            let present = *take(&mut input, 1).ok_or_else(corrupt)?.first().ok_or_else(corrupt)? == 1;
+            let present = *take(&mut input, 1)
+                .ok_or_else(corrupt)?
+                .first()
+                .ok_or_else(corrupt)?
+                == 1;
             let eight = |input: &mut &[u8]| -> Result<[u8; 8]> {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(take(input, 8).ok_or_else(corrupt)?);
@@ -221,8 +239,12 @@ pub fn decode_keys<'a>(keys: impl Iterator<Item = &'a Key> + Clone, types: &[Dat
             match b {
                 B::I(b) if present => b.append_value(i64::from_le_bytes(eight(&mut input)?)),
                 B::U(b) if present => b.append_value(u64::from_le_bytes(eight(&mut input)?)),
-                B::F(b) if present => b.append_value(f64::from_bits(u64::from_le_bytes(eight(&mut input)?))),
-                B::Bo(b) if present => b.append_value(take(&mut input, 1).ok_or_else(corrupt)? == [1]),
+                B::F(b) if present => {
+                    b.append_value(f64::from_bits(u64::from_le_bytes(eight(&mut input)?)))
+                }
+                B::Bo(b) if present => {
+                    b.append_value(take(&mut input, 1).ok_or_else(corrupt)? == [1])
+                }
                 B::S(b) if present => {
                     let len = take_len(&mut input).ok_or_else(corrupt)?;
                     let bytes = take(&mut input, len).ok_or_else(corrupt)?;
@@ -303,7 +325,12 @@ impl Codec for Slot {
             3 => Slot::Float(Codec::decode(input)?),
             4 => Slot::Bool(Codec::decode(input)?),
             5 => Slot::Str(Codec::decode(input)?),
-            t => return Err(CodecError::new("SQL partial aggregate", format!("unknown tag {t}"))),
+            t => {
+                return Err(CodecError::new(
+                    "SQL partial aggregate",
+                    format!("unknown tag {t}"),
+                ))
+            }
         })
     }
 }
@@ -355,9 +382,15 @@ impl Codec for Partials {
     fn decode(input: &mut &[u8]) -> std::result::Result<Self, CodecError> {
         let n = usize::decode(input)?;
         if n > input.len() {
-            return Err(CodecError::new("SQL partials", format!("{n} values in {} bytes", input.len())));
+            return Err(CodecError::new(
+                "SQL partials",
+                format!("{n} values in {} bytes", input.len()),
+            ));
         }
-        (0..n).map(|_| Slot::decode(input)).collect::<std::result::Result<_, _>>().map(Partials)
+        (0..n)
+            .map(|_| Slot::decode(input))
+            .collect::<std::result::Result<_, _>>()
+            .map(Partials)
     }
 }
 
@@ -555,7 +588,9 @@ pub fn epoch_ms(col: &ArrayRef) -> Result<Vec<Option<i64>>> {
     };
     let _ = std::marker::PhantomData::<TimestampMillisecondType>;
     let ms = ms.as_primitive::<Int64Type>();
-    Ok((0..ms.len()).map(|i| (!ms.is_null(i)).then(|| ms.value(i))).collect())
+    Ok((0..ms.len())
+        .map(|i| (!ms.is_null(i)).then(|| ms.value(i)))
+        .collect())
 }
 
 /// A column of type `dt` (a timestamp or date) of epoch milliseconds.
@@ -590,7 +625,9 @@ pub fn to_json(col: &ArrayRef, row: usize) -> serde_json::Value {
         Ok(S::UInt16(Some(x))) => J::from(x),
         Ok(S::UInt32(Some(x))) => J::from(x),
         Ok(S::UInt64(Some(x))) => J::from(x),
-        Ok(S::Float32(Some(x))) => serde_json::Number::from_f64(f64::from(x)).map_or(J::Null, J::Number),
+        Ok(S::Float32(Some(x))) => {
+            serde_json::Number::from_f64(f64::from(x)).map_or(J::Null, J::Number)
+        }
         Ok(S::Float64(Some(x))) => serde_json::Number::from_f64(x).map_or(J::Null, J::Number),
         Ok(S::Utf8(Some(s)) | S::LargeUtf8(Some(s)) | S::Utf8View(Some(s))) => J::String(s),
         _ => datafusion::arrow::util::display::array_value_to_string(col, row)
@@ -601,7 +638,9 @@ pub fn to_json(col: &ArrayRef, row: usize) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Date32Array, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::array::{
+        Date32Array, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray,
+    };
     use datafusion::arrow::datatypes::TimeUnit;
 
     #[test]
@@ -610,9 +649,16 @@ mod tests {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![Some("wörd"), None, Some("")])),
             Arc::new(Int32Array::from(vec![Some(-5), Some(7), None])),
-            Arc::new(Float64Array::from(vec![Some(-0.0), Some(1.5), Some(f64::NAN)])),
+            Arc::new(Float64Array::from(vec![
+                Some(-0.0),
+                Some(1.5),
+                Some(f64::NAN),
+            ])),
             Arc::new(Date32Array::from(vec![Some(3), None, Some(-1)])),
-            Arc::new(TimestampMicrosecondArray::from(vec![Some(1_000_000), None, Some(-1)]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(1_000_000), None, Some(-1)])
+                    .with_timezone("UTC"),
+            ),
         ];
         let types: Vec<DataType> = cols.iter().map(|c| c.data_type().clone()).collect();
         assert_eq!(types[4], ts);
@@ -630,9 +676,16 @@ mod tests {
         assert_eq!(k[0], k[1]);
         for k in &keys {
             let bytes = lockgate_core::codec::to_bytes(k);
-            assert_eq!(lockgate_core::codec::from_bytes::<Key>(&bytes).as_ref(), Ok(k));
+            assert_eq!(
+                lockgate_core::codec::from_bytes::<Key>(&bytes).as_ref(),
+                Ok(k)
+            );
         }
-        assert!(decode_keys([Key(SmallVec::from_slice(&[1, 9]))].iter(), &[DataType::Int64]).is_err());
+        assert!(decode_keys(
+            [Key(SmallVec::from_slice(&[1, 9]))].iter(),
+            &[DataType::Int64]
+        )
+        .is_err());
     }
 
     #[test]
@@ -657,11 +710,26 @@ mod tests {
         layout.merge(&mut a, &p(1, Slot::Int(1), "x", 3.0, 2));
         assert_eq!(Layout::rows(&a), 6);
         let bytes = lockgate_core::codec::to_bytes(&a);
-        assert_eq!(lockgate_core::codec::from_bytes::<Partials>(&bytes).as_ref(), Ok(&a));
-        let types = [DataType::Int64, DataType::Int64, DataType::Utf8, DataType::Utf8, DataType::Float64];
+        assert_eq!(
+            lockgate_core::codec::from_bytes::<Partials>(&bytes).as_ref(),
+            Ok(&a)
+        );
+        let types = [
+            DataType::Int64,
+            DataType::Int64,
+            DataType::Utf8,
+            DataType::Utf8,
+            DataType::Float64,
+        ];
         let cols = layout.finish([&a].into_iter(), &types).expect("finishes");
         let got: Vec<serde_json::Value> = cols.iter().map(|c| to_json(c, 0)).collect();
-        assert_eq!(got, serde_json::json!([6, 6, "c", "x", 1.5]).as_array().cloned().unwrap_or_default());
+        assert_eq!(
+            got,
+            serde_json::json!([6, 6, "c", "x", 1.5])
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        );
     }
 
     #[test]
@@ -672,6 +740,9 @@ mod tests {
         assert_eq!(epoch_ms(&col).expect("converts"), vec![Some(30_000)]);
         assert_eq!(to_json(&col, 0), serde_json::json!("1970-01-01T00:00:30"));
         let d: ArrayRef = Arc::new(Date32Array::from(vec![Some(1), None]));
-        assert_eq!(epoch_ms(&d).expect("converts"), vec![Some(86_400_000), None]);
+        assert_eq!(
+            epoch_ms(&d).expect("converts"),
+            vec![Some(86_400_000), None]
+        );
     }
 }

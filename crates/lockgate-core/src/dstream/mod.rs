@@ -201,10 +201,7 @@ impl<T: Data> DStream<T> {
         let p = self.parent();
         self.child("try_map_partitions", move |cx| {
             let parts = p.get_or_compute(cx)?.into_partitions();
-            let out: Vec<Vec<U>> = parts
-                .into_par_iter()
-                .map(&f)
-                .collect::<Result<Vec<_>>>()?;
+            let out: Vec<Vec<U>> = parts.into_par_iter().map(&f).collect::<Result<Vec<_>>>()?;
             Ok(Batch::from_partitions(out))
         })
     }

@@ -163,16 +163,16 @@ impl SqlContext {
         schema: SchemaRef,
         stream: DStream<RecordBatch>,
     ) -> Result<()> {
+        self.add_stream(name, schema, Source::Batches(stream))
+    }
+
+    fn add_stream(&mut self, name: &str, schema: SchemaRef, source: Source) -> Result<()> {
         self.session
-            .register_table(name, Arc::new(slot::SlotTable::new(name, schema.clone())))
+            .register_table(name, Arc::new(slot::SlotTable::new(name, schema)))
             .map_err(Error::Plan)?;
-        self.streams.insert(
-            name.to_string(),
-            StreamTable {
-                source: Source::Batches(stream),
-                made: Default::default(),
-            },
-        );
+        let made = Default::default();
+        self.streams
+            .insert(name.to_string(), StreamTable { source, made });
         Ok(())
     }
 
@@ -180,18 +180,7 @@ impl SqlContext {
     /// becomes one batch of its lines; a query's `value LIKE '%text%'` filter is
     /// searched for over whole chunks, so only matching lines are made into rows.
     pub fn register_text_chunks(&mut self, name: &str, chunks: &DStream<TextChunk>) -> Result<()> {
-        let schema = input::lines_schema();
-        self.session
-            .register_table(name, Arc::new(slot::SlotTable::new(name, schema.clone())))
-            .map_err(Error::Plan)?;
-        self.streams.insert(
-            name.to_string(),
-            StreamTable {
-                source: Source::Chunks(chunks.clone()),
-                made: Default::default(),
-            },
-        );
-        Ok(())
+        self.add_stream(name, input::lines_schema(), Source::Chunks(chunks.clone()))
     }
 
     /// Registers a stream of lines as table `name` with one column, `value` (Spark's

@@ -219,14 +219,7 @@ impl JobConfig {
             _ => None,
         };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-            let mut json = self
-                .output
-                .as_deref()
-                .map(JsonOutput::new)
-                .unwrap_or_default();
-            if let Some(config) = &kafka {
-                json = json.with_kafka(job.name(), config.clone());
-            }
+            let json = self.json_output(job.name(), kafka.as_ref());
             let json = json.is_some().then_some(json);
             match job {
                 Job::LogErrors => {
@@ -271,29 +264,52 @@ impl JobConfig {
             }
             Ok(())
         };
-        let ctx = match &self.checkpoint {
+        let offsets = &offsets;
+        self.build_context(
+            job.name(),
+            |b| b.from_sink_offsets(offsets.clone()),
+            &mut install,
+        )
+    }
+
+    /// The context of application `app` (`more` adds to its builder) with its graph
+    /// put in by `install`; with a checkpoint directory, recovered from it.
+    fn build_context(
+        &self,
+        app: &str,
+        more: impl Fn(StreamingContextBuilder) -> StreamingContextBuilder,
+        install: &mut dyn FnMut(&StreamingContext) -> lockgate_core::Result<()>,
+    ) -> Result<StreamingContext> {
+        match &self.checkpoint {
             Some(dir) => StreamingContext::get_or_create(dir, |b| {
-                let ctx = self
-                    .configure(job.name(), b)
-                    .from_sink_offsets(offsets.clone())
-                    .build()?;
+                let ctx = more(self.configure(app, b)).build()?;
                 install(&ctx)?;
                 Ok(ctx)
             })
             .map_err(|source| Error::Checkpoint {
                 dir: dir.clone(),
                 source,
-            })?,
+            }),
             None => {
-                let ctx = self
-                    .configure(job.name(), StreamingContext::builder())
-                    .from_sink_offsets(offsets.clone())
-                    .build()?;
+                let ctx = more(self.configure(app, StreamingContext::builder())).build()?;
                 install(&ctx)?;
-                ctx
+                Ok(ctx)
             }
-        };
-        Ok(ctx)
+        }
+    }
+
+    /// Where the job's JSON rows go: `--output`'s directory and/or a Kafka sink (as
+    /// application `app`).
+    fn json_output(&self, app: &str, kafka: Option<&KafkaSinkConfig>) -> JsonOutput {
+        let json = self
+            .output
+            .as_deref()
+            .map(JsonOutput::new)
+            .unwrap_or_default();
+        match kafka {
+            Some(config) => json.with_kafka(app, config.clone()),
+            None => json,
+        }
     }
 
     /// The Kafka sink of `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`: one transaction per

@@ -17,7 +17,7 @@ use lockgate_core::{DStream, FileStreamOptions, OutputMode, StreamingContext};
 use lockgate_sql::{Decoder, Row, SqlContext, SqlStream};
 use lockgate_sql_sinks::{SqlSink, SqlType, SqlValue, Table, WriteMode};
 
-use crate::{sink_err, Error, Input, JobConfig, JsonOutput, Result};
+use crate::{sink_err, Error, Input, JobConfig, Result};
 
 mod datafusion_types {
     pub use lockgate_sql::datafusion::arrow::array::{
@@ -186,14 +186,7 @@ impl JobConfig {
                 }
             };
             let rows = q.rows();
-            let mut json = self
-                .output
-                .as_deref()
-                .map(JsonOutput::new)
-                .unwrap_or_default();
-            if let Some(config) = &kafka {
-                json = json.with_kafka(&app, config.clone());
-            }
+            let json = self.json_output(&app, kafka.as_ref());
             if self.print {
                 let f = q.json_fn();
                 rows.map(move |r| f(&r).to_string()).print();
@@ -234,22 +227,7 @@ impl JobConfig {
             });
             Ok(())
         };
-        let built = match &self.checkpoint {
-            Some(dir) => StreamingContext::get_or_create(dir, |b| {
-                let ctx = self.configure(&app, b).build()?;
-                install(&ctx)?;
-                Ok(ctx)
-            })
-            .map_err(|source| Error::Checkpoint {
-                dir: dir.clone(),
-                source,
-            }),
-            None => self
-                .configure(&app, StreamingContext::builder())
-                .build()
-                .and_then(|ctx| install(&ctx).map(|()| ctx))
-                .map_err(Error::from),
-        };
+        let built = self.build_context(&app, |b| b, &mut install);
         let ctx = match (built, refused) {
             (Ok(ctx), _) => ctx,
             (Err(_), Some(sql)) => return Err(Error::Sql(sql)),

@@ -577,7 +577,7 @@ fn slots_to_array(slots: impl Iterator<Item = Slot>, dt: &DataType) -> Result<Ar
 
 /// Epoch milliseconds of each value of a timestamp or date column (`None` for nulls).
 pub fn epoch_ms(col: &ArrayRef) -> Result<Vec<Option<i64>>> {
-    use datafusion::arrow::datatypes::{TimeUnit, TimestampMillisecondType};
+    use datafusion::arrow::datatypes::TimeUnit;
     let ms = match col.data_type() {
         DataType::Date32 => cast(&cast(col, &DataType::Date64)?, &DataType::Int64)?,
         DataType::Date64 => cast(col, &DataType::Int64)?,
@@ -586,7 +586,6 @@ pub fn epoch_ms(col: &ArrayRef) -> Result<Vec<Option<i64>>> {
             &DataType::Int64,
         )?,
     };
-    let _ = std::marker::PhantomData::<TimestampMillisecondType>;
     let ms = ms.as_primitive::<Int64Type>();
     Ok((0..ms.len())
         .map(|i| (!ms.is_null(i)).then(|| ms.value(i)))

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, StringViewArray, StringViewBuilder};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
@@ -13,71 +14,83 @@ use datafusion::scalar::ScalarValue;
 use crate::error::{Error, Result};
 use crate::exec::batch_of;
 
-/// The schema of a text source: `value STRING`.
+/// The schema of a text source: `value STRING` (held as a string view array, so the
+/// lines of a file chunk, and the words `string_to_array` splits them into, point into
+/// the chunk's bytes instead of being copied).
 pub fn lines_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(
         "value",
-        DataType::Utf8,
+        DataType::Utf8View,
         false,
     )]))
 }
 
-/// One `lines(value)` batch of `lines`.
-pub fn lines_batch<'a>(lines: impl Iterator<Item = &'a str>, hint: usize) -> RecordBatch {
-    let mut b = StringBuilder::with_capacity(hint, hint * 64);
-    for l in lines {
-        b.append_value(l);
-    }
-    let col: ArrayRef = Arc::new(b.finish());
+fn lines_of(col: StringViewArray) -> RecordBatch {
+    let col: ArrayRef = Arc::new(col);
     // One column of the schema's type: cannot fail.
     RecordBatch::try_new(lines_schema(), vec![col])
         .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
 }
 
+/// One `lines(value)` batch of `lines`.
+pub fn lines_batch<'a>(lines: impl Iterator<Item = &'a str>, hint: usize) -> RecordBatch {
+    let mut b = StringViewBuilder::with_capacity(hint);
+    for l in lines {
+        b.append_value(l);
+    }
+    lines_of(b.finish())
+}
+
 /// One `lines(value)` batch of raw lines (a file chunk's): valid UTF-8 is copied as
 /// it is, invalid bytes are replaced by U+FFFD.
 pub fn lines_batch_bytes<'a>(lines: impl Iterator<Item = &'a [u8]>, bytes: usize) -> RecordBatch {
-    let mut b = StringBuilder::with_capacity(bytes / 32 + 1, bytes);
+    let mut b = StringViewBuilder::with_capacity(bytes / 32 + 1);
     for l in lines {
         match std::str::from_utf8(l) {
             Ok(s) => b.append_value(s),
             Err(_) => b.append_value(String::from_utf8_lossy(l)),
         }
     }
-    let col: ArrayRef = Arc::new(b.finish());
-    RecordBatch::try_new(lines_schema(), vec![col])
-        .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
+    lines_of(b.finish())
 }
 
 /// One `lines(value)` batch of a file chunk's text: its lines (without `\n` or
 /// `\r\n`; a last line without `\n` counts), only those containing `needle` when given
 /// (found by a substring search over the whole chunk, as a filter pushed down from the
 /// query). Text that is not UTF-8 has its invalid bytes replaced by U+FFFD.
+///
+/// Without a needle the chunk is copied once into an Arrow buffer and each line is a
+/// view of it; with one, only the matching lines are copied.
 pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) -> RecordBatch {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let trim = |l: &'_ [u8]| -> usize { l.len() - usize::from(l.ends_with(b"\r")) };
-    let mut b = StringBuilder::with_capacity(bytes.len() / 64 + 1, bytes.len());
-    let mut add = |line: &[u8]| match std::str::from_utf8(line) {
-        Ok(s) => b.append_value(s),
-        Err(_) => b.append_value(String::from_utf8_lossy(line)),
-    };
     match needle {
-        _ if bytes.is_empty() => {}
-        None => match std::str::from_utf8(body) {
-            // One check of the whole chunk, then its lines as they are.
-            Ok(text) => {
-                for l in text.split('\n') {
-                    add(&l.as_bytes()[..trim(l.as_bytes())]);
+        _ if bytes.is_empty() => lines_of(StringViewBuilder::new().finish()),
+        // Views hold 32-bit offsets: a (rare) larger chunk is copied line by line.
+        None if u32::try_from(body.len()).is_err() => lines_batch_bytes(
+            body.split(|&c| c == b'\n').map(|l| &l[..trim(l)]),
+            body.len(),
+        ),
+        None => {
+            let mut b = StringViewBuilder::with_capacity(body.len() / 64 + 1);
+            let block = b.append_block(Buffer::from_slice_ref(body));
+            let mut start = 0usize;
+            for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+                let line = &body[start..end];
+                let len = trim(line);
+                // Offsets and lengths fit in 32 bits (checked above); a line that is not
+                // UTF-8 is copied with its invalid bytes replaced.
+                let (offset, n) = (start as u32, len as u32);
+                if b.try_append_view(block, offset, n).is_err() {
+                    b.append_value(String::from_utf8_lossy(&line[..len]));
                 }
+                start = end + 1;
             }
-            Err(_) => {
-                for l in body.split(|&c| c == b'\n') {
-                    add(&l[..trim(l)]);
-                }
-            }
-        },
+            lines_of(b.finish())
+        }
         // Only the lines holding the needle are looked at (and checked).
         Some(f) => {
+            let mut b = StringViewBuilder::new();
             let mut from = 0;
             while from <= body.len() {
                 let Some(pos) = f.find(&body[from..]) else {
@@ -87,14 +100,16 @@ pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) ->
                 let start = memchr::memrchr(b'\n', &body[..at]).map_or(0, |i| i + 1);
                 let end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |i| at + i);
                 let line = &body[start..end];
-                add(&line[..trim(line)]);
+                let line = &line[..trim(line)];
+                match std::str::from_utf8(line) {
+                    Ok(s) => b.append_value(s),
+                    Err(_) => b.append_value(String::from_utf8_lossy(line)),
+                }
                 from = end + 1;
             }
+            lines_of(b.finish())
         }
     }
-    let col: ArrayRef = Arc::new(b.finish());
-    RecordBatch::try_new(lines_schema(), vec![col])
-        .unwrap_or_else(|_| RecordBatch::new_empty(lines_schema()))
 }
 
 /// How values are decoded into columns.
@@ -357,7 +372,7 @@ mod tests {
                 let b = chunk_batch(chunk, needle);
                 let got: Vec<String> = b
                     .column(0)
-                    .as_string::<i32>()
+                    .as_string_view()
                     .iter()
                     .map(|v| v.unwrap_or_default().to_string())
                     .collect();

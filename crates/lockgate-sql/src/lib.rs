@@ -94,7 +94,14 @@ struct StreamTable {
     /// The batch streams made of chunks so far, by pushed-down filter: queries with the
     /// same filter share one.
     made: std::sync::Mutex<BTreeMap<Option<String>, DStream<RecordBatch>>>,
+    /// The partial aggregations made so far, by the text of their plan: queries whose
+    /// part below the aggregation is the same (the tumbling and the sliding window of
+    /// one filter, say) share one.
+    partials: std::sync::Mutex<BTreeMap<String, PartialStream>>,
 }
+
+/// Partial aggregates of a batch partition: (group key, exact event time, partials).
+type PartialStream = DStream<(Key, Option<i64>, Partials)>;
 
 /// Where a stream table's batches come from.
 enum Source {
@@ -170,9 +177,15 @@ impl SqlContext {
         self.session
             .register_table(name, Arc::new(slot::SlotTable::new(name, schema)))
             .map_err(Error::Plan)?;
-        let made = Default::default();
-        self.streams
-            .insert(name.to_string(), StreamTable { source, made });
+        let (made, partials) = Default::default();
+        self.streams.insert(
+            name.to_string(),
+            StreamTable {
+                source,
+                made,
+                partials,
+            },
+        );
         Ok(())
     }
 
@@ -386,17 +399,26 @@ impl SqlContext {
         // Partial aggregates of each partition: (key, exact event time, partials).
         let st = state.clone();
         let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
+        let shared = format!("{}", a.pre.display_indent_schema());
         let partials = source
-            .batches(&a.pre, table)
-            .try_map_partitions(move |batches| {
-                if batches.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
-                partial_rows(&out, &key_index, window_index, groups)
-                    .map_err(|e| Error::Execute(e).into_engine())
+            .partials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(shared)
+            .or_insert_with(|| {
+                source
+                    .batches(&a.pre, table)
+                    .try_map_partitions(move |batches| {
+                        if batches.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
+                        partial_rows(&out, &key_index, window_index, groups)
+                            .map_err(|e| Error::Execute(e).into_engine())
+                    })
+                    .name(&format!("{name}_partial"))
             })
-            .name(&format!("{name}_partial"));
+            .clone();
         let post = Arc::new(exec::Prepared::new(a.post.clone()));
         let post_columns = a.post_columns.clone();
         let agg_schema = a.agg_schema.clone();
@@ -642,7 +664,12 @@ fn self_output_fields(agg: &SchemaRef, pick: Option<&[usize]>, output: &SchemaRe
 fn state_signature(a: &AggPlan) -> String {
     let mut text = String::new();
     for f in a.pre.schema().fields() {
-        text.push_str(&format!("{};", f.data_type()));
+        // String views are kept as text, like strings (they were strings before the
+        // `lines` table held views).
+        match f.data_type() {
+            DataType::Utf8View => text.push_str("Utf8;"),
+            t => text.push_str(&format!("{t};")),
+        }
     }
     text.push_str(&format!(
         "{:?};{:?}",

@@ -1,10 +1,15 @@
 //! The functions Lockgate adds to DataFusion's: the markers that carry an event-time
-//! window through DataFusion's planner, and Spark's `try_to_timestamp`.
+//! window through DataFusion's planner, Spark's `try_to_timestamp`, and a
+//! `string_to_array` that splits string views without copying.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, ByteView, ListArray, StringViewArray, StringViewBuilder,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
@@ -295,23 +300,109 @@ impl ScalarUDFImpl for TryToTimestamp {
                 return exec_err!("try_to_timestamp: the format must be a constant")
             }
         };
-        let text = datafusion::arrow::compute::cast(&text, &DataType::Utf8)?;
-        let text = text.as_string::<i32>();
         let compiled = format.as_deref().map(TimeFormat::new);
-        let out: TimestampMicrosecondArray = (0..text.len())
-            .map(|i| {
-                if text.is_null(i) {
-                    None
-                } else {
-                    match &compiled {
-                        Some(f) => f.parse(text.value(i)),
-                        None => parse_timestamp(text.value(i), None),
-                    }
-                }
-            })
-            .collect();
+        let parse = |t: Option<&str>| {
+            let t = t?;
+            match &compiled {
+                Some(f) => f.parse(t),
+                None => parse_timestamp(t, None),
+            }
+        };
+        // String views (the `lines` table's) are read in place; other text is cast.
+        let out: TimestampMicrosecondArray = if text.data_type() == &DataType::Utf8View {
+            text.as_string_view().iter().map(parse).collect()
+        } else {
+            let text = datafusion::arrow::compute::cast(&text, &DataType::Utf8)?;
+            text.as_string::<i32>().iter().map(parse).collect()
+        };
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
+}
+
+/// DataFusion's `string_to_array` (alias `string_to_list`), the same in every case, but
+/// splitting a column of string views on a constant delimiter into views of the same
+/// buffers: a word is not copied (nor is it copied again by `unnest`, which only
+/// flattens the list). Every other case goes to DataFusion's function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StringToArray {
+    inner: Arc<ScalarUDF>,
+}
+
+impl ScalarUDFImpl for StringToArray {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if let [ColumnarValue::Array(text), ColumnarValue::Scalar(delimiter)] = &args.args[..] {
+            if let (Some(text), Some(Some(d))) = (text.as_string_view_opt(), delimiter.try_as_str())
+            {
+                if !d.is_empty() {
+                    return Ok(ColumnarValue::Array(split_views(text, d)?));
+                }
+            }
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// `string_to_array(text, delimiter)` of string views, `delimiter` not empty: an empty
+/// string is an empty list, NULL is NULL, else the parts between delimiters (empty
+/// ones included), as views of `text`'s buffers.
+fn split_views(text: &StringViewArray, delimiter: &str) -> Result<ArrayRef> {
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    let mut parts = StringViewBuilder::with_capacity(text.len() * 8);
+    // The text's buffers become the parts' first blocks, with the same indexes.
+    for b in text.data_buffers() {
+        parts.append_block(b.clone());
+    }
+    let mut offsets = Vec::with_capacity(text.len() + 1);
+    offsets.push(0i32);
+    let mut n = 0usize;
+    for (i, view) in text.views().iter().enumerate() {
+        if text.is_valid(i) {
+            let value = text.value(i);
+            // A value of more than 12 bytes lives in a buffer; a shorter one in its view.
+            let place = (value.len() > 12).then(|| ByteView::from(*view));
+            let mut start = 0;
+            let ends = finder
+                .find_iter(value.as_bytes())
+                .chain(std::iter::once(value.len()));
+            for end in ends.take_while(|_| !value.is_empty()) {
+                match &place {
+                    // Offsets within a view's buffer fit in 32 bits.
+                    Some(v) => parts.try_append_view(
+                        v.buffer_index,
+                        v.offset + start as u32,
+                        (end - start) as u32,
+                    )?,
+                    None => parts.append_value(&value[start..end]),
+                }
+                n += 1;
+                start = end + delimiter.len();
+            }
+        }
+        offsets.push(i32::try_from(n).map_err(|_| {
+            datafusion::error::DataFusionError::Execution(
+                "string_to_array: more than 2^31 parts in one batch".into(),
+            )
+        })?);
+    }
+    let list = ListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Utf8View, true)),
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(parts.finish()),
+        text.nulls().cloned(),
+    )?;
+    Ok(Arc::new(list))
 }
 
 /// Every function Lockgate adds.
@@ -322,11 +413,16 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(TryToTimestamp {
             signature: Signature::one_of(
                 vec![
+                    TypeSignature::Exact(vec![DataType::Utf8View]),
+                    TypeSignature::Exact(vec![DataType::Utf8View, DataType::Utf8]),
                     TypeSignature::Exact(vec![DataType::Utf8]),
                     TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]),
                 ],
                 Volatility::Immutable,
             ),
+        }),
+        ScalarUDF::new_from_impl(StringToArray {
+            inner: datafusion::functions_nested::string::string_to_array_udf(),
         }),
     ]
 }
@@ -334,6 +430,73 @@ pub fn all() -> Vec<ScalarUDF> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::StringArray;
+    use datafusion::config::ConfigOptions;
+
+    #[test]
+    fn string_to_array_of_views_equals_datafusions() {
+        let long = "a fairly long line with words, more than twelve bytes";
+        let texts: Vec<Option<&str>> = vec![
+            Some(""),
+            None,
+            Some("one"),
+            Some(" lead and trail "),
+            Some("double  space"),
+            Some(long),
+            Some("ünïcödé wörds ünd mörë wörds"),
+            Some("x::y::::z"),
+        ];
+        let ours = StringToArray {
+            inner: datafusion::functions_nested::string::string_to_array_udf(),
+        };
+        for delimiter in [" ", "::", "wörds"] {
+            let run = |text: ArrayRef| {
+                let args = ScalarFunctionArgs {
+                    args: vec![
+                        ColumnarValue::Array(text.clone()),
+                        ColumnarValue::Scalar(ScalarValue::Utf8(Some(delimiter.into()))),
+                    ],
+                    arg_fields: vec![
+                        Arc::new(Field::new("t", text.data_type().clone(), true)),
+                        Arc::new(Field::new("d", DataType::Utf8, true)),
+                    ],
+                    number_rows: text.len(),
+                    return_field: Arc::new(Field::new(
+                        "r",
+                        ours.return_type(&[text.data_type().clone()]).expect("type"),
+                        true,
+                    )),
+                    config_options: Arc::new(ConfigOptions::default()),
+                };
+                match ours.invoke_with_args(args).expect("split") {
+                    ColumnarValue::Array(a) => a,
+                    ColumnarValue::Scalar(s) => s.to_array().expect("array"),
+                }
+            };
+            let views: ArrayRef = Arc::new(StringViewArray::from(texts.clone()));
+            let strings: ArrayRef = Arc::new(StringArray::from(texts.clone()));
+            // Ours splits the views; DataFusion's splits the strings.
+            let (got, want) = (run(views), run(strings));
+            let (got, want) = (got.as_list::<i32>(), want.as_list::<i32>());
+            assert_eq!(got.len(), want.len());
+            for (i, text) in texts.iter().enumerate() {
+                assert_eq!(got.is_null(i), want.is_null(i), "row {i}");
+                let g: Vec<Option<String>> = got
+                    .value(i)
+                    .as_string_view()
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect();
+                let w: Vec<Option<String>> = want
+                    .value(i)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect();
+                assert_eq!(g, w, "{text:?} split on {delimiter:?}");
+            }
+        }
+    }
 
     #[test]
     fn timestamps_parse_with_and_without_a_format() {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -77,17 +78,54 @@ pub fn run(
     })
 }
 
-/// The rows of `batches`.
-pub fn rows(batches: Vec<RecordBatch>) -> Vec<Row> {
+/// Text held as string views (the `lines` table's, and what is computed from it) is
+/// plain text in a query's output: `DataType::Utf8`.
+pub fn plain_type(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Utf8View => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+/// `schema` with [`plain_type`]s.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The rows of `batches` (with their string views as plain text).
+pub fn rows(batches: Vec<RecordBatch>) -> Result<Vec<Row>> {
     let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for b in batches {
+        let b = if b
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| f.data_type() == &DataType::Utf8View)
+        {
+            let columns = b
+                .columns()
+                .iter()
+                .map(|c| cast(c, &plain_type(c.data_type())))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Execute(e.into()))?;
+            RecordBatch::try_new(plain_schema(&b.schema()), columns)
+                .map_err(|e| Error::Execute(e.into()))?
+        } else {
+            b
+        };
         let b = Arc::new(b);
         out.extend((0..b.num_rows()).map(|index| Row {
             batch: b.clone(),
             index,
         }));
     }
-    out
+    Ok(out)
 }
 
 /// A record batch of `schema` from rows of scalars.

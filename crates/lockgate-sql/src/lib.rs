@@ -346,7 +346,7 @@ impl SqlContext {
                             return Ok(Vec::new());
                         }
                         let out = exec::run(&state, &p, &t, batches).map_err(Error::into_engine)?;
-                        Ok(exec::rows(out))
+                        exec::rows(out).map_err(Error::into_engine)
                     })
                     .name(name)
             }
@@ -442,11 +442,11 @@ impl SqlContext {
                 let cols = pick.iter().map(|&i| batch.column(i).clone()).collect();
                 let out = RecordBatch::try_new(output.clone(), cols)
                     .map_err(|e| Error::Execute(e.into()).into_engine())?;
-                return Ok(exec::rows(vec![out]));
+                return exec::rows(vec![out]).map_err(Error::into_engine);
             }
             let out =
                 exec::run(&state, &post, AGG_TABLE, vec![batch]).map_err(Error::into_engine)?;
-            Ok(exec::rows(out))
+            exec::rows(out).map_err(Error::into_engine)
         };
         let df = |e| Error::Execute(e).into_engine();
         match &a.window {

@@ -315,7 +315,7 @@ pub async fn plan(
             )))
         }
     }
-    let output = Arc::new(logical.schema().as_arrow().clone());
+    let output = crate::exec::plain_schema(logical.schema().as_arrow());
     let mut aggs: Vec<Aggregate> = Vec::new();
     logical
         .apply_with_subqueries(|p| {
@@ -459,7 +459,13 @@ pub async fn plan(
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .map(|(i, f)| {
+            Field::new(
+                format!("c{i}"),
+                crate::exec::plain_type(f.data_type()),
+                true,
+            )
+        })
         .collect();
     if let Some(w) = &window {
         fields.push(Field::new(WINDOW_END_COL, w.time_type.clone(), true));

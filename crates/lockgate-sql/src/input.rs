@@ -90,24 +90,16 @@ pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) ->
         }
         // Only the lines holding the needle are looked at (and checked).
         Some(f) => {
-            let mut b = StringViewBuilder::new();
             let mut from = 0;
-            while from <= body.len() {
-                let Some(pos) = f.find(&body[from..]) else {
-                    break;
-                };
-                let at = from + pos;
+            let matching = std::iter::from_fn(|| {
+                let at = from + f.find(body.get(from..)?)?;
                 let start = memchr::memrchr(b'\n', &body[..at]).map_or(0, |i| i + 1);
                 let end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |i| at + i);
-                let line = &body[start..end];
-                let line = &line[..trim(line)];
-                match std::str::from_utf8(line) {
-                    Ok(s) => b.append_value(s),
-                    Err(_) => b.append_value(String::from_utf8_lossy(line)),
-                }
                 from = end + 1;
-            }
-            lines_of(b.finish())
+                let line = &body[start..end];
+                Some(&line[..trim(line)])
+            });
+            lines_batch_bytes(matching, 0)
         }
     }
 }

@@ -664,12 +664,9 @@ fn self_output_fields(agg: &SchemaRef, pick: Option<&[usize]>, output: &SchemaRe
 fn state_signature(a: &AggPlan) -> String {
     let mut text = String::new();
     for f in a.pre.schema().fields() {
-        // String views are kept as text, like strings (they were strings before the
-        // `lines` table held views).
-        match f.data_type() {
-            DataType::Utf8View => text.push_str("Utf8;"),
-            t => text.push_str(&format!("{t};")),
-        }
+        // String views count as plain text (they were strings before the `lines`
+        // table held views), so older checkpoints keep their state names.
+        text.push_str(&format!("{};", exec::plain_type(f.data_type())));
     }
     text.push_str(&format!(
         "{:?};{:?}",

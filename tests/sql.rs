@@ -514,6 +514,12 @@ fn unsupported_queries_are_refused_at_start_naming_the_construct() {
             "COLUMN DELAY",
         ),
         (
+            "SELECT window.start, count(*) FROM (SELECT try_to_timestamp(value) AS ts FROM \
+             lines) GROUP BY window(ts, '10 seconds')",
+            &["--watermark", "tx 10s"],
+            "--watermark names the column `tx`",
+        ),
+        (
             "SELECT count(*) FROM lines",
             &["--format", "xml", "--schema", "a STRING"],
             "json or csv",

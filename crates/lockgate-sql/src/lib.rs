@@ -305,6 +305,23 @@ impl SqlContext {
             )));
         };
         let window = rewrite::rewrite_windows(q)?;
+        if let (Some((col, _)), Some(w)) = (&self.watermark, &window) {
+            // `ts`, `e.ts` and `TS` name the same column; an expression is named as written.
+            let named = |text: &str| {
+                text.rsplit('.')
+                    .next()
+                    .unwrap_or(text)
+                    .trim_matches('"')
+                    .to_lowercase()
+            };
+            if named(col) != named(&w.time) {
+                return Err(Error::Config(format!(
+                    "--watermark names the column `{col}`, but the query's window is over \
+                     `{}`: give the window's event-time column, --watermark {} DELAY",
+                    w.time, w.time
+                )));
+            }
+        }
         let state = self.session.state();
         // Which stream the query reads.
         let mut table = None;

@@ -306,7 +306,8 @@ impl SqlContext {
         };
         let window = rewrite::rewrite_windows(q)?;
         if let (Some((col, _)), Some(w)) = (&self.watermark, &window) {
-            // `ts`, `e.ts` and `TS` name the same column; an expression is named as written.
+            // `ts`, `e.ts` and `TS` name the same column. A window over an expression
+            // (not one word) takes the watermark as its event time whatever it is named.
             let named = |text: &str| {
                 text.rsplit('.')
                     .next()
@@ -314,7 +315,11 @@ impl SqlContext {
                     .trim_matches('"')
                     .to_lowercase()
             };
-            if named(col) != named(&w.time) {
+            let is_column = w
+                .time
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'));
+            if is_column && named(col) != named(&w.time) {
                 return Err(Error::Config(format!(
                     "--watermark names the column `{col}`, but the query's window is over \
                      `{}`: give the window's event-time column, --watermark {} DELAY",

@@ -306,20 +306,7 @@ impl SqlContext {
         };
         let window = rewrite::rewrite_windows(q)?;
         if let (Some((col, _)), Some(w)) = (&self.watermark, &window) {
-            // `ts`, `e.ts` and `TS` name the same column. A window over an expression
-            // (not one word) takes the watermark as its event time whatever it is named.
-            let named = |text: &str| {
-                text.rsplit('.')
-                    .next()
-                    .unwrap_or(text)
-                    .trim_matches('"')
-                    .to_lowercase()
-            };
-            let is_column = w
-                .time
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'));
-            if is_column && named(col) != named(&w.time) {
+            if !w.watermarked_by(col) {
                 return Err(Error::Config(format!(
                     "--watermark names the column `{col}`, but the query's window is over \
                      `{}`: give the window's event-time column, --watermark {} DELAY",

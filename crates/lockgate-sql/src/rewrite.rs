@@ -31,6 +31,33 @@ pub struct WindowCall {
     pub spec: WindowSpec,
     /// The event-time expression, as written.
     pub time: String,
+    /// The event-time column's name (SQL's rule: unquoted names in lower case), when
+    /// the event time is a column (`ts`, `e.ts`), not an expression.
+    pub column: Option<String>,
+}
+
+/// A column name as SQL compares it: unquoted in lower case, quoted as written.
+fn normalized(id: &Ident) -> String {
+    match id.quote_style {
+        None => id.value.to_lowercase(),
+        Some(_) => id.value.clone(),
+    }
+}
+
+impl WindowCall {
+    /// True when a watermark on `column` (`ts`, `e.ts`, `"Ts"`) is on this window's
+    /// event time. A window over an expression takes any: it cannot be named.
+    pub fn watermarked_by(&self, column: &str) -> bool {
+        let Some(own) = &self.column else {
+            return true;
+        };
+        let last = column.rsplit('.').next().unwrap_or(column);
+        let given = match last.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+            Some(quoted) => quoted.to_string(),
+            None => last.to_lowercase(),
+        };
+        &given == own
+    }
 }
 
 /// Rewrites the windows of `query` in place; returns the one it found, if any.
@@ -207,8 +234,13 @@ fn window_call(e: &Expr) -> Result<Option<WindowCall>> {
     };
     let time = args
         .first()
-        .ok_or_else(|| Error::Unsupported(format!("{kind}(...) needs the event-time column")))?
-        .to_string();
+        .ok_or_else(|| Error::Unsupported(format!("{kind}(...) needs the event-time column")))?;
+    let column = match time {
+        Expr::Identifier(id) => Some(normalized(id)),
+        Expr::CompoundIdentifier(ids) => ids.last().map(normalized),
+        _ => None,
+    };
+    let time = time.to_string();
     let spec = match (kind.as_str(), args.len()) {
         ("window" | "tumble", 2) => WindowSpec::tumbling(dur(1)?),
         ("window", 3) => {
@@ -244,7 +276,7 @@ fn window_call(e: &Expr) -> Result<Option<WindowCall>> {
             )));
         }
     }
-    Ok(Some(WindowCall { spec, time }))
+    Ok(Some(WindowCall { spec, time, column }))
 }
 
 /// A duration written as text or as an interval literal.
@@ -350,6 +382,27 @@ mod tests {
         );
         let (_, w) = rewritten("SELECT k, count(*) FROM t GROUP BY k");
         assert!(w.is_none());
+    }
+
+    #[test]
+    fn a_watermark_is_on_the_windows_column_by_sqls_naming_rule() {
+        let window = |sql: &str| rewritten(sql).1.expect("a window");
+        let plain = window("SELECT count(*) FROM t GROUP BY window(ts, '10 seconds')");
+        for ok in ["ts", "TS", "e.ts", "\"ts\""] {
+            assert!(plain.watermarked_by(ok), "{ok}");
+        }
+        for refused in ["tx", "\"TS\"", "ts2"] {
+            assert!(!plain.watermarked_by(refused), "{refused}");
+        }
+        let qualified = window("SELECT count(*) FROM t AS e GROUP BY window(e.Ts, '10 seconds')");
+        assert!(qualified.watermarked_by("ts") && qualified.watermarked_by("e.TS"));
+        let quoted = window("SELECT count(*) FROM t GROUP BY window(\"Ts\", '10 seconds')");
+        assert!(quoted.watermarked_by("\"Ts\"") && !quoted.watermarked_by("ts"));
+        // An expression cannot be named: any watermark is on it.
+        let expression =
+            window("SELECT count(*) FROM t GROUP BY window(to_timestamp(s), '10 seconds')");
+        assert_eq!(expression.column, None);
+        assert!(expression.watermarked_by("anything"));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub mod show;
 pub mod sink;
 pub mod source;
 pub mod testing;
+pub mod text;
 mod types;
 pub mod wal;
 

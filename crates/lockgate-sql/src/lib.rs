@@ -52,6 +52,7 @@ pub mod input;
 pub mod plan;
 pub mod rewrite;
 mod slot;
+pub mod split;
 pub mod udf;
 pub mod value;
 
@@ -409,23 +410,35 @@ impl SqlContext {
         let st = state.clone();
         let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
         let shared = format!("{}", a.pre.display_indent_schema());
+        let run_pre = move |batches: Vec<RecordBatch>| {
+            if batches.is_empty() {
+                return Ok(Vec::new());
+            }
+            let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
+            partial_rows(&out, &key_index, window_index, groups)
+                .map_err(|e| Error::Execute(e).into_engine())
+        };
+        let split = a.split.clone();
         let partials = source
             .partials
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(shared)
             .or_insert_with(|| {
-                source
-                    .batches(&a.pre, table)
-                    .try_map_partitions(move |batches| {
-                        if batches.is_empty() {
-                            return Ok(Vec::new());
-                        }
-                        let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
-                        partial_rows(&out, &key_index, window_index, groups)
-                            .map_err(|e| Error::Execute(e).into_engine())
-                    })
-                    .name(&format!("{name}_partial"))
+                let fail = |e| Error::Execute(e).into_engine();
+                match (split, &source.source) {
+                    // Words counted in place in the chunks.
+                    (Some(split), Source::Chunks(chunks)) => chunks
+                        .try_map_partitions(move |chunks| split.of_chunks(&chunks).map_err(fail)),
+                    (Some(split), Source::Batches(b)) => {
+                        b.try_map_partitions(move |batches| match split.of_batches(&batches) {
+                            Some(partials) => partials.map_err(fail),
+                            None => run_pre(batches),
+                        })
+                    }
+                    (None, _) => source.batches(&a.pre, table).try_map_partitions(run_pre),
+                }
+                .name(&format!("{name}_partial"))
             })
             .clone();
         let post = Arc::new(exec::Prepared::new(a.post.clone()));

@@ -82,6 +82,9 @@ pub struct AggPlan {
     pub groups: usize,
     /// The event-time window, if the query groups by one.
     pub window: Option<WindowPart>,
+    /// When `pre` counts the words of a split text column: the fused operator that
+    /// does the same in place ([`crate::split`]).
+    pub split: Option<Arc<crate::split::SplitGroup>>,
 }
 
 /// An aggregation's event-time window.
@@ -453,6 +456,7 @@ pub async fn plan(
         }
     }
     let pre = state.optimize(&pre).map_err(Error::Plan)?;
+    let split = crate::split::SplitGroup::of(&pre, table, state).map(Arc::new);
 
     // The table of changed groups, and the plan above the aggregation reading it.
     let mut fields: Vec<Field> = schema
@@ -560,6 +564,7 @@ pub async fn plan(
             agg_types,
             groups,
             window,
+            split,
         })),
         output,
         key_columns,

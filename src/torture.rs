@@ -633,10 +633,17 @@ mod sql {
                 Ok(c)
             };
             let reference = dir.join(format!("ref-{name}"));
+            let t = Instant::now();
             run_to_end(
                 command(&reference, None)?,
                 &format!("the uninterrupted `{name}` query"),
             )?;
+            // Each kill comes after a random part of what the uninterrupted run took
+            // (at most 1/(kills + 1) of it, so the kills add up to less than the whole
+            // run and the query is still running at the last one), whatever this
+            // machine's speed or load.
+            let whole = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let most = (whole / (u64::from(per_query) + 1)).max(2);
             let (out, cp) = (
                 dir.join(format!("out-{name}")),
                 dir.join(format!("cp-{name}")),
@@ -648,7 +655,9 @@ mod sql {
                     .spawn()
                     .context("starting the query")?;
                 if killed < per_query {
-                    std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(150)));
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        most / 2 + rng.below(most / 2),
+                    ));
                     if child.try_wait()?.is_none() {
                         child.kill().context("killing the query")?; // SIGKILL
                         let died = child.wait_with_output()?;

@@ -15,10 +15,29 @@
 //! zero-padded, and its length in the top byte), hashed with one multiply and counted in
 //! a table of those integers: no hashing of byte slices, no `memcmp`, nothing allocated
 //! per word. Longer words go to a map keyed by the borrowed slice.
+//!
+//! [`next_line_holding`] finds the lines that hold a text with one substring search
+//! over the chunk (the `log-errors` job's `ERROR` lines, SQL's `LIKE '%text%'`).
 
 use hashbrown::HashTable;
 
 use crate::hash::FxHashMap;
+
+/// The next line of `buf`, from byte `*from` on, that holds `finder`'s needle: the range
+/// of its bytes without its `\n` (a `\r` before it is kept), found with one substring
+/// search (lines without the needle are never looked at); `*from` moves past it.
+pub fn next_line_holding(
+    buf: &[u8],
+    finder: &memchr::memmem::Finder<'_>,
+    from: &mut usize,
+) -> Option<(usize, usize)> {
+    let at = *from + finder.find(buf.get(*from..)?)?;
+    // The line's start is looked for back from the match, no further than `*from`.
+    let start = memchr::memrchr(b'\n', &buf[*from..at]).map_or(*from, |i| *from + i + 1);
+    let end = memchr::memchr(b'\n', &buf[at..]).map_or(buf.len(), |i| at + i);
+    *from = end + 1;
+    Some((start, end))
+}
 
 /// Longest word kept inline as two integers (the 16th byte holds the length).
 const INLINE: usize = 15;

@@ -11,6 +11,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
 
+use lockgate_core::source::TextChunk;
+
 use crate::error::{Error, Result};
 use crate::exec::batch_of;
 
@@ -54,54 +56,78 @@ pub fn lines_batch_bytes<'a>(lines: impl Iterator<Item = &'a [u8]>, bytes: usize
     lines_of(b.finish())
 }
 
+/// The lines of `body` that hold `f`'s needle, as byte ranges without their `\n`.
+fn lines_holding<'a>(
+    body: &'a [u8],
+    f: &'a memchr::memmem::Finder<'_>,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let mut from = 0;
+    std::iter::from_fn(move || lockgate_core::text::next_line_holding(body, f, &mut from))
+}
+
+/// A chunk's text as an Arrow buffer: the chunk's own memory, shared, not copied.
+fn chunk_buffer(chunk: &TextChunk) -> Buffer {
+    /// What keeps the chunk's memory alive while Arrow uses it.
+    struct Owner(Arc<Vec<u8>>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    let (data, range) = chunk.shared();
+    Buffer::from(bytes::Bytes::from_owner(Owner(data.clone())).slice(range))
+}
+
 /// One `lines(value)` batch of a file chunk's text: its lines (without `\n` or
 /// `\r\n`; a last line without `\n` counts), only those containing `needle` when given
 /// (found by a substring search over the whole chunk, as a filter pushed down from the
 /// query). Text that is not UTF-8 has its invalid bytes replaced by U+FFFD.
 ///
-/// Without a needle the chunk is copied once into an Arrow buffer and each line is a
-/// view of it; with one, only the matching lines are copied.
-pub fn chunk_batch(bytes: &[u8], needle: Option<&memchr::memmem::Finder<'_>>) -> RecordBatch {
+/// Each line is a view of the chunk's memory (which the batch shares, so no text is
+/// copied): only a line that is not UTF-8 is copied, and a (rare) chunk too large for
+/// views' 32-bit offsets is copied line by line.
+pub fn chunk_batch(chunk: &TextChunk, needle: Option<&memchr::memmem::Finder<'_>>) -> RecordBatch {
+    let bytes = chunk.as_bytes();
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let trim = |l: &'_ [u8]| -> usize { l.len() - usize::from(l.ends_with(b"\r")) };
+    if bytes.is_empty() {
+        return lines_of(StringViewBuilder::new().finish());
+    }
+    if u32::try_from(bytes.len()).is_err() {
+        let line = |(s, e): (usize, usize)| &body[s..s + trim(&body[s..e])];
+        return match needle {
+            None => lines_batch_bytes(
+                body.split(|&c| c == b'\n').map(|l| &l[..trim(l)]),
+                body.len(),
+            ),
+            Some(f) => lines_batch_bytes(lines_holding(body, f).map(line), 0),
+        };
+    }
+    let mut b = StringViewBuilder::with_capacity(if needle.is_some() {
+        0
+    } else {
+        body.len() / 64 + 1
+    });
+    let block = b.append_block(chunk_buffer(chunk));
+    let mut add = |(start, end): (usize, usize)| {
+        let len = trim(&body[start..end]);
+        // Offsets and lengths fit in 32 bits (checked above); a line that is not UTF-8
+        // is copied with its invalid bytes replaced.
+        if b.try_append_view(block, start as u32, len as u32).is_err() {
+            b.append_value(String::from_utf8_lossy(&body[start..start + len]));
+        }
+    };
     match needle {
-        _ if bytes.is_empty() => lines_of(StringViewBuilder::new().finish()),
-        // Views hold 32-bit offsets: a (rare) larger chunk is copied line by line.
-        None if u32::try_from(body.len()).is_err() => lines_batch_bytes(
-            body.split(|&c| c == b'\n').map(|l| &l[..trim(l)]),
-            body.len(),
-        ),
         None => {
-            let mut b = StringViewBuilder::with_capacity(body.len() / 64 + 1);
-            let block = b.append_block(Buffer::from_slice_ref(body));
             let mut start = 0usize;
             for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
-                let line = &body[start..end];
-                let len = trim(line);
-                // Offsets and lengths fit in 32 bits (checked above); a line that is not
-                // UTF-8 is copied with its invalid bytes replaced.
-                let (offset, n) = (start as u32, len as u32);
-                if b.try_append_view(block, offset, n).is_err() {
-                    b.append_value(String::from_utf8_lossy(&line[..len]));
-                }
+                add((start, end));
                 start = end + 1;
             }
-            lines_of(b.finish())
         }
-        // Only the lines holding the needle are looked at (and checked).
-        Some(f) => {
-            let mut from = 0;
-            let matching = std::iter::from_fn(|| {
-                let at = from + f.find(body.get(from..)?)?;
-                let start = memchr::memrchr(b'\n', &body[..at]).map_or(0, |i| i + 1);
-                let end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |i| at + i);
-                from = end + 1;
-                let line = &body[start..end];
-                Some(&line[..trim(line)])
-            });
-            lines_batch_bytes(matching, 0)
-        }
+        Some(f) => lines_holding(body, f).for_each(&mut add),
     }
+    lines_of(b.finish())
 }
 
 /// How values are decoded into columns.
@@ -361,7 +387,7 @@ mod tests {
                         .collect(),
                 ),
             ] {
-                let b = chunk_batch(chunk, needle);
+                let b = chunk_batch(&TextChunk::from_bytes(chunk.to_vec()), needle);
                 let got: Vec<String> = b
                     .column(0)
                     .as_string_view()

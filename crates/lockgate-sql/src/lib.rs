@@ -46,13 +46,18 @@
 
 #![deny(missing_docs)]
 
+pub mod count;
 mod error;
 mod exec;
 pub mod input;
 pub mod plan;
 pub mod rewrite;
+pub mod shape;
 mod slot;
 pub mod split;
+pub mod steps;
+#[cfg(test)]
+mod testing;
 pub mod udf;
 pub mod value;
 
@@ -119,13 +124,13 @@ impl StreamTable {
         match &self.source {
             Source::Batches(b) => b.clone(),
             Source::Chunks(chunks) => {
-                let needle = plan::contains_filter(plan, table, "value");
+                let needle = shape::contains_filter(plan, table, "value");
                 let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
                 made.entry(needle.clone())
                     .or_insert_with(|| {
                         chunks.map(move |c| {
                             let finder = needle.as_deref().map(memchr::memmem::Finder::new);
-                            input::chunk_batch(c.as_bytes(), finder.as_ref())
+                            input::chunk_batch(&c, finder.as_ref())
                         })
                     })
                     .clone()
@@ -348,6 +353,7 @@ impl SqlContext {
                     ));
                 }
                 let input = source.batches(p, &table);
+                let steps = steps::Steps::of(p, &table, &state).map(Arc::new);
                 let (state, p) = (Arc::new(state), Arc::new(exec::Prepared::new(p.clone())));
                 let t = table.clone();
                 input
@@ -355,7 +361,17 @@ impl SqlContext {
                         if batches.is_empty() {
                             return Ok(Vec::new());
                         }
-                        let out = exec::run(&state, &p, &t, batches).map_err(Error::into_engine)?;
+                        let out = match &steps {
+                            // Projections and filters: evaluated as expressions.
+                            Some(steps) => batches
+                                .iter()
+                                .map(|b| steps.run(b))
+                                .collect::<datafusion::error::Result<Vec<_>>>()
+                                .map_err(|e| Error::Execute(e).into_engine())?,
+                            None => {
+                                exec::run(&state, &p, &t, batches).map_err(Error::into_engine)?
+                            }
+                        };
                         exec::rows(out).map_err(Error::into_engine)
                     })
                     .name(name)
@@ -410,9 +426,17 @@ impl SqlContext {
         let st = state.clone();
         let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
         let shared = format!("{}", a.pre.display_indent_schema());
+        let count = a.count.clone();
+        let count_chunks = a.count.clone();
         let run_pre = move |batches: Vec<RecordBatch>| {
             if batches.is_empty() {
                 return Ok(Vec::new());
+            }
+            if let Some(count) = &count {
+                // Rows counted by group without DataFusion's aggregation.
+                return count
+                    .run(&batches)
+                    .map_err(|e| Error::Execute(e).into_engine());
             }
             let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
             partial_rows(&out, &key_index, window_index, groups)
@@ -436,12 +460,22 @@ impl SqlContext {
                             None => run_pre(batches),
                         })
                     }
-                    (None, _) => source.batches(&a.pre, table).try_map_partitions(run_pre),
+                    (None, Source::Chunks(chunks)) => match count_chunks {
+                        // Rows counted by group as each chunk's lines are made.
+                        Some(count) => chunks.try_map_partitions(move |chunks| {
+                            count.of_chunks(&chunks).map_err(fail)
+                        }),
+                        None => source.batches(&a.pre, table).try_map_partitions(run_pre),
+                    },
+                    (None, Source::Batches(b)) => b.try_map_partitions(run_pre),
                 }
                 .name(&format!("{name}_partial"))
             })
             .clone();
         let post = Arc::new(exec::Prepared::new(a.post.clone()));
+        // A select list (and HAVING) over the changed groups is evaluated as
+        // expressions when it can be.
+        let post_steps = steps::Steps::of(&a.post, AGG_TABLE, &state).map(Arc::new);
         let post_columns = a.post_columns.clone();
         let agg_schema = a.agg_schema.clone();
         let output = Arc::new(Schema::new(self_output_fields(
@@ -466,8 +500,14 @@ impl SqlContext {
                     .map_err(|e| Error::Execute(e.into()).into_engine())?;
                 return exec::rows(vec![out]).map_err(Error::into_engine);
             }
-            let out =
-                exec::run(&state, &post, AGG_TABLE, vec![batch]).map_err(Error::into_engine)?;
+            let out = match &post_steps {
+                Some(steps) => vec![steps
+                    .run(&batch)
+                    .map_err(|e| Error::Execute(e).into_engine())?],
+                None => {
+                    exec::run(&state, &post, AGG_TABLE, vec![batch]).map_err(Error::into_engine)?
+                }
+            };
             exec::rows(out).map_err(Error::into_engine)
         };
         let df = |e| Error::Execute(e).into_engine();
@@ -664,7 +704,17 @@ fn partial_rows(
                 .map(|((k, t), p)| (k, t, p)),
         );
     }
+    if window_index.is_some() {
+        sort_for_windows(&mut rows);
+    }
     Ok(rows)
+}
+
+/// Orders a partition's windowed partials by key and event time (a hash aggregation
+/// gives them in no order): the window operator aggregates a run of one key's records
+/// that fall in the same windows once, so sorted partials make long runs.
+fn sort_for_windows(rows: &mut [(Key, Option<i64>, Partials)]) {
+    rows.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
 }
 
 /// The fields of a query's output when it only picks columns of the aggregation's

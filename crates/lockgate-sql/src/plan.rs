@@ -85,6 +85,10 @@ pub struct AggPlan {
     /// When `pre` counts the words of a split text column: the fused operator that
     /// does the same in place ([`crate::split`]).
     pub split: Option<Arc<crate::split::SplitGroup>>,
+    /// When `pre` counts rows by group over projections and filters: the fused
+    /// operator that does the same without DataFusion's aggregation
+    /// ([`crate::count`]).
+    pub count: Option<Arc<crate::count::CountGroup>>,
 }
 
 /// An aggregation's event-time window.
@@ -179,42 +183,6 @@ fn check_stateless(plan: &LogicalPlan, table: &str, where_: &str) -> Result<()> 
         Some(e) => Err(unsupported(e)),
         None => Ok(()),
     }
-}
-
-/// The text of a `column LIKE '%text%'` conjunct of a filter right above the scan of
-/// `table` (no other wildcards, no newline): rows without it cannot pass the filter, so
-/// the source may leave them out.
-pub fn contains_filter(plan: &LogicalPlan, table: &str, column: &str) -> Option<String> {
-    use datafusion::logical_expr::utils::split_conjunction;
-    use datafusion::scalar::ScalarValue;
-    let mut found = None;
-    let _ = plan.apply(|p| {
-        if let LogicalPlan::Filter(f) = p {
-            let over_scan = matches!(f.input.as_ref(), LogicalPlan::TableScan(s) if s.table_name.table() == table);
-            if over_scan {
-                for c in split_conjunction(&f.predicate) {
-                    if let Expr::Like(l) = c {
-                        let lit = match l.pattern.as_ref() {
-                            Expr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _) => p,
-                            _ => continue,
-                        };
-                        let on_column = matches!(l.expr.as_ref(), Expr::Column(c) if c.name == column);
-                        let inner = lit.strip_prefix('%').and_then(|x| x.strip_suffix('%'));
-                        if let (false, false, None, true, Some(text)) =
-                            (l.negated, l.case_insensitive, l.escape_char, on_column, inner)
-                        {
-                            if !text.is_empty() && !text.contains(['%', '_', '\\', '\n', '\r']) {
-                                found = Some(text.to_string());
-                                return Ok(TreeNodeRecursion::Stop);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
 }
 
 /// The [`AGG_TABLE`] columns `post` selects, when it is a projection of plain columns of
@@ -457,6 +425,9 @@ pub async fn plan(
     }
     let pre = state.optimize(&pre).map_err(Error::Plan)?;
     let split = crate::split::SplitGroup::of(&pre, table, state).map(Arc::new);
+    let count =
+        crate::count::CountGroup::of(&pre, table, groups, window.as_ref().map(|w| w.index), state)
+            .map(Arc::new);
 
     // The table of changed groups, and the plan above the aggregation reading it.
     let mut fields: Vec<Field> = schema
@@ -565,6 +536,7 @@ pub async fn plan(
             groups,
             window,
             split,
+            count,
         })),
         output,
         key_columns,
@@ -574,6 +546,7 @@ pub async fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::contains_filter;
     use datafusion::prelude::SessionContext;
 
     use datafusion::datasource::MemTable;

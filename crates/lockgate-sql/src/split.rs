@@ -31,6 +31,7 @@ use lockgate_core::source::TextChunk;
 use lockgate_core::text::{for_each_part, WordCounts};
 use smallvec::smallvec;
 
+use crate::shape::strip_alias;
 use crate::value::{encode_keys, Key, Partials, Slot};
 
 /// Counts the parts of the value `v` split by `finder`'s delimiter: none for an empty
@@ -62,13 +63,6 @@ pub struct SplitGroup {
     width: usize,
 }
 
-fn strip_alias(e: &Expr) -> &Expr {
-    match e {
-        Expr::Alias(a) => strip_alias(&a.expr),
-        e => e,
-    }
-}
-
 /// True when `plan` outputs one column.
 fn one_column(plan: &LogicalPlan) -> bool {
     plan.schema().fields().len() == 1
@@ -78,27 +72,8 @@ impl SplitGroup {
     /// The fused aggregation that `pre` (a planned, optimized part: a partial
     /// aggregation over the stream table `table`) is, if it is one.
     pub fn of(pre: &LogicalPlan, table: &str, state: &SessionState) -> Option<SplitGroup> {
-        // The aggregation, perhaps under a projection of its columns (the optimizer
-        // makes identical counts one, projected twice): the key first, then counts.
-        let agg = match pre {
-            LogicalPlan::Aggregate(agg) => agg,
-            LogicalPlan::Projection(p) => {
-                let LogicalPlan::Aggregate(agg) = p.input.as_ref() else {
-                    return None;
-                };
-                for (i, e) in p.expr.iter().enumerate() {
-                    let Expr::Column(c) = strip_alias(e) else {
-                        return None;
-                    };
-                    let at = agg.schema.index_of_column(c).ok()?;
-                    if (i == 0) != (at == 0) {
-                        return None;
-                    }
-                }
-                agg
-            }
-            _ => return None,
-        };
+        // The aggregation (the key first, then counts).
+        let (agg, _) = crate::shape::partial_aggregate(pre, 1)?;
         let [group] = agg.group_expr.as_slice() else {
             return None;
         };
@@ -283,70 +258,12 @@ impl SplitGroup {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use datafusion::arrow::array::StringViewArray;
-    use datafusion::prelude::{SessionConfig, SessionContext};
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-
     use super::*;
-    use crate::plan::{AggPlan, Kind};
+    use crate::plan::AggPlan;
+    use crate::testing::{merged, planned, session, Merged};
+    use datafusion::arrow::array::StringViewArray;
 
-    fn session() -> SessionState {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        for f in crate::udf::all() {
-            ctx.register_udf(f);
-        }
-        ctx.register_table(
-            "lines",
-            Arc::new(crate::slot::SlotTable::new(
-                "lines",
-                crate::input::lines_schema(),
-            )),
-        )
-        .expect("registers");
-        ctx.state()
-    }
-
-    fn planned(state: &SessionState, sql: &str) -> Box<AggPlan> {
-        let statement = Parser::parse_sql(&GenericDialect {}, sql)
-            .expect("parses")
-            .remove(0);
-        let plan =
-            crate::block_on(crate::plan::plan(state, statement, "lines", None)).expect("plans");
-        match plan.kind {
-            Kind::Aggregate(a) => a,
-            Kind::Stateless(_) => panic!("{sql} does not aggregate"),
-        }
-    }
-
-    /// Partials by key, duplicates merged (the state merges them).
-    fn merged(rows: Vec<(Key, Option<i64>, Partials)>) -> BTreeMap<Vec<u8>, Vec<i64>> {
-        let mut out: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
-        for (k, _, p) in rows {
-            let counts: Vec<i64> =
-                p.0.iter()
-                    .map(|s| match s {
-                        Slot::Int(n) => *n,
-                        other => panic!("a count is {other:?}"),
-                    })
-                    .collect();
-            let e = out
-                .entry(k.0.to_vec())
-                .or_insert_with(|| vec![0; counts.len()]);
-            for (a, b) in e.iter_mut().zip(counts) {
-                *a += b;
-            }
-        }
-        out
-    }
-
-    fn datafusions(
-        state: &SessionState,
-        a: &AggPlan,
-        batch: RecordBatch,
-    ) -> BTreeMap<Vec<u8>, Vec<i64>> {
+    fn datafusions(state: &SessionState, a: &AggPlan, batch: RecordBatch) -> Merged {
         let out = crate::exec::run(
             state,
             &crate::exec::Prepared::new(a.pre.clone()),
@@ -388,7 +305,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("fused: {sql}\n{}", a.pre));
             for text in TEXTS {
                 let chunk = TextChunk::from_bytes(text);
-                let want = datafusions(&state, &a, crate::input::chunk_batch(text, None));
+                let want = datafusions(&state, &a, crate::input::chunk_batch(&chunk, None));
                 let got = merged(split.of_chunks(&[chunk]).expect("counts"));
                 assert_eq!(got, want, "{sql} over chunk {text:?}");
                 // Record batches: each value whole (not lines).

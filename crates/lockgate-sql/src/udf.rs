@@ -144,7 +144,16 @@ impl TimeFormat {
         match self {
             TimeFormat::Chrono(f) => parse_timestamp(text, Some(f)),
             TimeFormat::Fast(pieces) => {
-                let b = text.trim().as_bytes();
+                // Trimmed as `str::trim` does (ASCII whitespace first: cheaper).
+                let ascii = text.trim_ascii();
+                let b = if ascii.starts_with(char::is_whitespace)
+                    || ascii.ends_with(char::is_whitespace)
+                {
+                    text.trim()
+                } else {
+                    ascii
+                }
+                .as_bytes();
                 let (mut i, mut y, mut mo, mut d, mut h, mut mi, mut s) =
                     (0usize, 0i64, 0u32, 0u32, 0u32, 0u32, 0u32);
                 let digits = |i: usize, n: usize| -> Option<u32> {
@@ -551,5 +560,18 @@ mod tests {
             parse_timestamp("Fri Dec 32 00:00:10 2015", Some("%a %b %d %H:%M:%S %Y")),
             None
         );
+        // Surrounding whitespace is trimmed as `str::trim` does, Unicode's too.
+        for padded in [
+            " Fri Dec 18 00:00:10 2015\t",
+            "\u{b}Fri Dec 18 00:00:10 2015\r\n",
+            "\u{a0}Fri Dec 18 00:00:10 2015\u{2003}",
+        ] {
+            assert_eq!(
+                fast.parse(padded),
+                Some(1_450_396_810_000_000),
+                "{padded:?}"
+            );
+            assert_eq!(fast.parse(padded), parse_timestamp(padded, Some(apache)));
+        }
     }
 }

@@ -40,6 +40,36 @@ pub(crate) struct Ingested<X> {
     pub small: bool,
 }
 
+/// What one input partition's records were, as [`Watermark`] reads them.
+struct Tally {
+    /// The watermark before the batch.
+    before: i64,
+    late: u64,
+    untimed: u64,
+    max_ts: Option<i64>,
+}
+
+impl Tally {
+    /// The time of a record to keep, counting it; `None` for a late or untimed one.
+    fn admit(&mut self, t: Option<Time>) -> Option<i64> {
+        match t {
+            None => {
+                self.untimed += 1;
+                None
+            }
+            Some(Time(ts)) => {
+                self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+                if ts < self.before {
+                    self.late += 1;
+                    None
+                } else {
+                    Some(ts)
+                }
+            }
+        }
+    }
+}
+
 impl<T: Data> Watermark<T> {
     /// Reads the event time of every record of `input`, in parallel per input
     /// partition: records behind the watermark (as it stood before the batch) or
@@ -48,6 +78,9 @@ impl<T: Data> Watermark<T> {
     /// scratch value `C` per input partition that `finish` empties into them at its end.
     /// Then the watermark advances to the largest time seen (late records included:
     /// they show where event time is) minus the delay, if that is later.
+    ///
+    /// The records are handed over owned (a partition shared with another operator is
+    /// cloned); [`Watermark::ingest_ref`] lends them instead.
     pub fn ingest<X: Send, C: Default>(
         &self,
         input: Batch<T>,
@@ -56,34 +89,68 @@ impl<T: Data> Watermark<T> {
         add: impl Fn(&mut [X], &mut C, i64, T) + Sync,
         finish: impl Fn(&mut [X], C) + Sync,
     ) -> Ingested<X> {
+        self.ingest_with(input, n, init, |part, buckets, tally| {
+            let mut scratch = C::default();
+            for x in take_part(part) {
+                if let Some(ts) = tally.admit((self.time_of)(&x)) {
+                    add(buckets, &mut scratch, ts, x);
+                }
+            }
+            finish(buckets, scratch);
+        })
+    }
+
+    /// [`Watermark::ingest`] for an operator that only reads its records (an
+    /// aggregation): they are lent, so a partition shared with another operator is
+    /// not cloned.
+    pub fn ingest_ref<X: Send, C: Default>(
+        &self,
+        input: Batch<T>,
+        n: usize,
+        init: impl Fn() -> X + Sync,
+        add: impl Fn(&mut [X], &mut C, i64, &T) + Sync,
+        finish: impl Fn(&mut [X], C) + Sync,
+    ) -> Ingested<X> {
+        self.ingest_with(input, n, init, |part, buckets, tally| {
+            let mut scratch = C::default();
+            for x in part.iter() {
+                if let Some(ts) = tally.admit((self.time_of)(x)) {
+                    add(buckets, &mut scratch, ts, x);
+                }
+            }
+            finish(buckets, scratch);
+        })
+    }
+
+    /// Runs `each` on every input partition (with its `n` accumulators and its
+    /// tally), then counts and advances the watermark.
+    fn ingest_with<X: Send>(
+        &self,
+        input: Batch<T>,
+        n: usize,
+        init: impl Fn() -> X + Sync,
+        each: impl Fn(Arc<Vec<T>>, &mut [X], &mut Tally) + Sync,
+    ) -> Ingested<X> {
         let counters = self.graph.metrics.event_time(&self.meta.name());
         let before = lock(&self.state).get(0, &0).copied().unwrap_or(i64::MIN);
         let small = input.len() < SEQUENTIAL_BELOW;
         let per_input: Vec<(Vec<X>, Option<i64>)> =
             map_maybe_par(input.into_shared(), small, |part| {
                 let mut buckets: Vec<X> = (0..n).map(|_| init()).collect();
-                let mut scratch = C::default();
-                let (mut late, mut untimed) = (0u64, 0u64);
-                let mut max_ts: Option<i64> = None;
-                for x in take_part(part) {
-                    match (self.time_of)(&x) {
-                        None => untimed += 1,
-                        Some(Time(ts)) => {
-                            max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
-                            if ts < before {
-                                late += 1;
-                            } else {
-                                add(&mut buckets, &mut scratch, ts, x);
-                            }
-                        }
-                    }
-                }
-                finish(&mut buckets, scratch);
-                counters.late_records.fetch_add(late, Ordering::Relaxed);
+                let mut tally = Tally {
+                    before,
+                    late: 0,
+                    untimed: 0,
+                    max_ts: None,
+                };
+                each(part, &mut buckets, &mut tally);
+                counters
+                    .late_records
+                    .fetch_add(tally.late, Ordering::Relaxed);
                 counters
                     .records_without_time
-                    .fetch_add(untimed, Ordering::Relaxed);
-                (buckets, max_ts)
+                    .fetch_add(tally.untimed, Ordering::Relaxed);
+                (buckets, tally.max_ts)
             });
         let max_ts = per_input.iter().filter_map(|(_, m)| *m).max();
         let after = match (self.delay_ms, max_ts) {

@@ -154,12 +154,12 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
             after,
             counters,
             small,
-        } = wm.ingest(
+        } = wm.ingest_ref(
             input,
             n,
             FxHashMap::default,
             |buckets: &mut [Partials<K, A>], run: &mut Option<Run<K, A>>, ts, x| {
-                let k = (self.key_of)(&x);
+                let k = (self.key_of)(x);
                 if !run.as_ref().is_some_and(|r| r.holds(&self.spec, &k, ts)) {
                     if let Some(done) = run.take() {
                         self.flush_run(buckets, done);
@@ -174,7 +174,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec, A: Data + Codec> WindowAgg<T, K, A> {
                     });
                 }
                 if let Some(r) = run {
-                    (self.add)(&mut r.acc, &x);
+                    (self.add)(&mut r.acc, x);
                 }
             },
             |buckets, run| {

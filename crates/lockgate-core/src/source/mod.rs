@@ -187,6 +187,12 @@ impl TextChunk {
         &self.data[self.range.clone()]
     }
 
+    /// The buffer the chunk is a part of, and the part: to hand its text on (to
+    /// another library's buffers, say) without copying it.
+    pub fn shared(&self) -> (&Arc<Vec<u8>>, Range<usize>) {
+        (&self.data, self.range.clone())
+    }
+
     /// The lines, without `\n` or `\r\n`; a last line without `\n` counts.
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let buf = self.as_bytes();
@@ -213,14 +219,9 @@ impl TextChunk {
     pub fn lines_containing<'a>(&'a self, needle: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let buf = self.as_bytes();
         let finder = memchr::memmem::Finder::new(needle);
-        // Where the line after the last one found starts: a line's start is found
-        // looking back from its match no further than there.
         let mut from = 0;
         std::iter::from_fn(move || {
-            let pos = from + finder.find(buf.get(from..)?)?;
-            let start = memchr::memrchr(b'\n', &buf[from..pos]).map_or(from, |i| from + i + 1);
-            let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
-            from = end + 1;
+            let (start, end) = crate::text::next_line_holding(buf, &finder, &mut from)?;
             let line = &buf[start..end];
             Some(line.strip_suffix(b"\r").unwrap_or(line))
         })

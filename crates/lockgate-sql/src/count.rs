@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result;
 use datafusion::execution::SessionState;
@@ -164,20 +165,29 @@ impl CountGroup {
                 Some(t) => epoch_ms(&t.evaluate(&b)?.into_array(n)?)?,
                 None => vec![None; n],
             };
+            // Per count, the rows it counts: all, or the non-NULL ones (logically: a
+            // NULL constant or a dictionary of NULLs counts none).
             let counted = self
                 .counts
                 .iter()
                 .map(|c| match c {
                     Counted::Rows => Ok(None),
-                    Counted::NonNull(e) => Ok(Some(e.evaluate(&b)?.into_array(n)?)),
+                    Counted::NonNull(e) => {
+                        let values = e.evaluate(&b)?.into_array(n)?;
+                        Ok(Some(values.logical_nulls()))
+                    }
                 })
-                .collect::<Result<Vec<Option<ArrayRef>>>>()?;
+                .collect::<Result<Vec<Option<Option<NullBuffer>>>>>()?;
             let mut add = |row: usize, g: usize| {
                 if g * width == counts.len() {
                     counts.resize(counts.len() + width, 0);
                 }
                 for (slot, c) in counts[g * width..][..width].iter_mut().zip(&counted) {
-                    *slot += i64::from(c.as_ref().is_none_or(|a| a.is_valid(row)));
+                    let counts_row = match c {
+                        None | Some(None) => true,
+                        Some(Some(nulls)) => nulls.is_valid(row),
+                    };
+                    *slot += i64::from(counts_row);
                 }
             };
             if self.keys.is_empty() {
@@ -288,7 +298,8 @@ mod tests {
             ),
             "SELECT count(*) AS errors FROM lines WHERE value LIKE '%ERROR%'".to_string(),
             "SELECT substr(value, 1, 4) AS k, count(*) AS n, count(nullif(value, '')) AS m, \
-             count(1) AS o, count(*) AS p FROM lines GROUP BY substr(value, 1, 4)"
+             count(1) AS o, count(*) AS p, count(NULL) AS q FROM lines \
+             GROUP BY substr(value, 1, 4)"
                 .to_string(),
         ] {
             let a = planned(&state, &sql);

@@ -235,12 +235,10 @@ impl CountGroup {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::StringViewArray;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
     use crate::plan::AggPlan;
-    use crate::testing::{merged, planned, session, Merged};
+    use crate::testing::{merged, planned, session, values_batch as batch, Merged};
 
     fn datafusions(state: &SessionState, a: &AggPlan, batches: Vec<RecordBatch>) -> Merged {
         let out = crate::exec::run(
@@ -253,16 +251,6 @@ mod tests {
         let window = a.window.as_ref().map(|w| w.index);
         let keys: Vec<usize> = (0..a.groups).filter(|i| Some(*i) != window).collect();
         merged(crate::partial_rows(&out, &keys, window, a.groups).expect("partials"))
-    }
-
-    fn batch(values: &[Option<&str>]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "value",
-            DataType::Utf8View,
-            true,
-        )]));
-        let column = StringViewArray::from(values.to_vec());
-        RecordBatch::try_new(schema, vec![Arc::new(column) as ArrayRef]).expect("a batch")
     }
 
     const LINES: [Option<&str>; 9] = [

@@ -34,3 +34,8 @@ impl Error {
         }
     }
 }
+
+/// A DataFusion failure while a batch is computed, as the engine's error.
+pub(crate) fn execute_failed(e: datafusion::error::DataFusionError) -> lockgate_core::Error {
+    Error::Execute(e).into_engine()
+}

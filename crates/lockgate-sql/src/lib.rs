@@ -63,6 +63,7 @@ pub mod value;
 
 /// The DataFusion this crate is built on (for Arrow types and scalars in row values).
 pub use datafusion;
+use error::execute_failed;
 pub use error::{Error, Result};
 pub use input::{Decoder, Format};
 
@@ -367,7 +368,7 @@ impl SqlContext {
                                 .iter()
                                 .map(|b| steps.run(b))
                                 .collect::<datafusion::error::Result<Vec<_>>>()
-                                .map_err(|e| Error::Execute(e).into_engine())?,
+                                .map_err(execute_failed)?,
                             None => {
                                 exec::run(&state, &p, &t, batches).map_err(Error::into_engine)?
                             }
@@ -427,20 +428,16 @@ impl SqlContext {
         let key_index: Vec<usize> = (0..groups).filter(|i| Some(*i) != window_index).collect();
         let shared = format!("{}", a.pre.display_indent_schema());
         let count = a.count.clone();
-        let count_chunks = a.count.clone();
         let run_pre = move |batches: Vec<RecordBatch>| {
             if batches.is_empty() {
                 return Ok(Vec::new());
             }
             if let Some(count) = &count {
                 // Rows counted by group without DataFusion's aggregation.
-                return count
-                    .run(&batches)
-                    .map_err(|e| Error::Execute(e).into_engine());
+                return count.run(&batches).map_err(execute_failed);
             }
             let out = exec::run(&st, &pre, &t, batches).map_err(Error::into_engine)?;
-            partial_rows(&out, &key_index, window_index, groups)
-                .map_err(|e| Error::Execute(e).into_engine())
+            partial_rows(&out, &key_index, window_index, groups).map_err(execute_failed)
         };
         let split = a.split.clone();
         let partials = source
@@ -449,21 +446,23 @@ impl SqlContext {
             .unwrap_or_else(|p| p.into_inner())
             .entry(shared)
             .or_insert_with(|| {
-                let fail = |e| Error::Execute(e).into_engine();
                 match (split, &source.source) {
                     // Words counted in place in the chunks.
-                    (Some(split), Source::Chunks(chunks)) => chunks
-                        .try_map_partitions(move |chunks| split.of_chunks(&chunks).map_err(fail)),
+                    (Some(split), Source::Chunks(chunks)) => {
+                        chunks.try_map_partitions(move |chunks| {
+                            split.of_chunks(&chunks).map_err(execute_failed)
+                        })
+                    }
                     (Some(split), Source::Batches(b)) => {
                         b.try_map_partitions(move |batches| match split.of_batches(&batches) {
-                            Some(partials) => partials.map_err(fail),
+                            Some(partials) => partials.map_err(execute_failed),
                             None => run_pre(batches),
                         })
                     }
-                    (None, Source::Chunks(chunks)) => match count_chunks {
+                    (None, Source::Chunks(chunks)) => match a.count.clone() {
                         // Rows counted by group as each chunk's lines are made.
                         Some(count) => chunks.try_map_partitions(move |chunks| {
-                            count.of_chunks(&chunks).map_err(fail)
+                            count.of_chunks(&chunks).map_err(execute_failed)
                         }),
                         None => source.batches(&a.pre, table).try_map_partitions(run_pre),
                     },
@@ -493,24 +492,21 @@ impl SqlContext {
         // The changed groups' columns, then the part after the aggregation.
         let post_rows = move |columns: Vec<ArrayRef>| -> lockgate_core::Result<Vec<Row>> {
             let batch = RecordBatch::try_new(agg_schema.clone(), columns)
-                .map_err(|e| Error::Execute(e.into()).into_engine())?;
+                .map_err(|e| execute_failed(e.into()))?;
             if let Some(pick) = &post_columns {
                 let cols = pick.iter().map(|&i| batch.column(i).clone()).collect();
                 let out = RecordBatch::try_new(output.clone(), cols)
-                    .map_err(|e| Error::Execute(e.into()).into_engine())?;
+                    .map_err(|e| execute_failed(e.into()))?;
                 return exec::rows(vec![out]).map_err(Error::into_engine);
             }
             let out = match &post_steps {
-                Some(steps) => vec![steps
-                    .run(&batch)
-                    .map_err(|e| Error::Execute(e).into_engine())?],
+                Some(steps) => vec![steps.run(&batch).map_err(execute_failed)?],
                 None => {
                     exec::run(&state, &post, AGG_TABLE, vec![batch]).map_err(Error::into_engine)?
                 }
             };
             exec::rows(out).map_err(Error::into_engine)
         };
-        let df = |e| Error::Execute(e).into_engine();
         match &a.window {
             None => {
                 if self.watermark.is_some() {
@@ -562,11 +558,11 @@ impl SqlContext {
                             return Ok(Vec::new());
                         }
                         let mut cols = value::decode_keys(groups.iter().map(|g| &g.0), &key_types)
-                            .map_err(df)?;
+                            .map_err(execute_failed)?;
                         cols.extend(
                             layout
                                 .finish(groups.iter().map(|g| &g.1), &agg_types)
-                                .map_err(df)?,
+                                .map_err(execute_failed)?,
                         );
                         post_rows(cols)
                     })
@@ -603,19 +599,19 @@ impl SqlContext {
                             return Ok(Vec::new());
                         }
                         let mut cols = value::decode_keys(ws.iter().map(|w| &w.key), &key_types)
-                            .map_err(df)?;
+                            .map_err(execute_failed)?;
                         let starts =
                             value::from_epoch_ms(ws.iter().map(|w| w.window.start.0), &time_type)
-                                .map_err(df)?;
+                                .map_err(execute_failed)?;
                         cols.insert(index, starts);
                         cols.extend(
                             layout
                                 .finish(ws.iter().map(|w| &w.value), &agg_types)
-                                .map_err(df)?,
+                                .map_err(execute_failed)?,
                         );
                         cols.push(
                             value::from_epoch_ms(ws.iter().map(|w| w.window.end.0), &time_type)
-                                .map_err(df)?,
+                                .map_err(execute_failed)?,
                         );
                         post_rows(cols)
                     })

@@ -137,3 +137,100 @@ fn contains_text(c: &Expr, column: &str) -> Option<String> {
     (plain && on_column && !text.is_empty() && !text.contains(['%', '_', '\\', '\n', '\r']))
         .then(|| text.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    fn optimized(sql: &str) -> LogicalPlan {
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(crate::input::lines_schema(), vec![vec![]]).expect("a table");
+        ctx.register_table("lines", Arc::new(table))
+            .expect("registers");
+        let state = ctx.state();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let plan = rt.block_on(state.create_logical_plan(sql)).expect("plans");
+        state.optimize(&plan).expect("optimizes")
+    }
+
+    #[test]
+    fn a_contains_filter_on_the_scan_is_found_and_others_are_not() {
+        for (sql, want) in [
+            (
+                "SELECT value FROM lines WHERE value LIKE '%ERROR%'",
+                Some("ERROR"),
+            ),
+            (
+                "SELECT count(*) FROM lines WHERE length(value) > 3 AND value LIKE '%a b%'",
+                Some("a b"),
+            ),
+            ("SELECT value FROM lines WHERE value LIKE '%ERR_R%'", None),
+            (
+                "SELECT value FROM lines WHERE value NOT LIKE '%ERROR%'",
+                None,
+            ),
+            ("SELECT value FROM lines WHERE value ILIKE '%ERROR%'", None),
+            ("SELECT value FROM lines WHERE value LIKE 'ERROR%'", None),
+            (
+                "SELECT value FROM lines WHERE value LIKE '%ERROR%' OR value = 'x'",
+                None,
+            ),
+            (
+                "SELECT v FROM (SELECT upper(value) AS v FROM lines) WHERE v LIKE '%ERROR%'",
+                None,
+            ),
+        ] {
+            let plan = optimized(sql);
+            assert_eq!(
+                contains_filter(&plan, "lines", "value").as_deref(),
+                want,
+                "{sql}\n{plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_contains_filter_is_taken_out_and_the_rest_kept() {
+        let without = |sql: &str, text: &str| {
+            let plan = optimized(sql);
+            without_contains_filter(&plan, "lines", "value", text).map(|p| p.to_string())
+        };
+        // The only conjunct: the filter goes.
+        let rest = without(
+            "SELECT value FROM lines WHERE value LIKE '%ERROR%'",
+            "ERROR",
+        )
+        .expect("taken out");
+        assert!(!rest.contains("Filter"), "{rest}");
+        // Another conjunct stays.
+        let rest = without(
+            "SELECT value FROM lines WHERE length(value) > 3 AND value LIKE '%ERROR%'",
+            "ERROR",
+        )
+        .expect("taken out");
+        assert!(
+            rest.contains("Filter") && rest.contains("character_length"),
+            "{rest}"
+        );
+        assert!(!rest.contains("LIKE"), "{rest}");
+        // Another text, or no such filter: nothing to take out.
+        assert_eq!(
+            without("SELECT value FROM lines WHERE value LIKE '%ERROR%'", "WARN"),
+            None
+        );
+        assert_eq!(
+            without(
+                "SELECT value FROM lines WHERE value NOT LIKE '%ERROR%'",
+                "ERROR"
+            ),
+            None
+        );
+    }
+}

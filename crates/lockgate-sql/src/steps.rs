@@ -138,28 +138,14 @@ impl Steps {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::StringViewArray;
-    use datafusion::arrow::datatypes::DataType;
 
     use super::*;
-    use crate::testing::{session, stateless};
+    use crate::testing::{session, stateless, values_batch};
 
     #[test]
     fn steps_give_datafusions_rows() {
         let state = session();
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "value",
-            DataType::Utf8View,
-            true,
-        )]));
-        let values = StringViewArray::from(vec![
-            Some("a 1"),
-            Some("bb 22"),
-            Some(""),
-            Some("ccc 333 x"),
-        ]);
-        let batch =
-            RecordBatch::try_new(schema, vec![Arc::new(values) as ArrayRef]).expect("a batch");
+        let batch = values_batch(&[Some("a 1"), Some("bb 22"), Some(""), Some("ccc 333 x")]);
         for sql in [
             "SELECT * FROM lines",
             "SELECT value FROM lines WHERE value LIKE '%b%' OR value = ''",

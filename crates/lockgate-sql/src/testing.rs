@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, StringViewArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -87,4 +90,16 @@ pub fn merged(rows: Vec<(Key, Option<i64>, Partials)>) -> Merged {
         }
     }
     out
+}
+
+/// A batch of the `lines` table's column `value`, which may hold NULLs here (text
+/// from a record batch source).
+pub fn values_batch(values: &[Option<&str>]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Utf8View,
+        true,
+    )]));
+    let column = StringViewArray::from(values.to_vec());
+    RecordBatch::try_new(schema, vec![Arc::new(column) as ArrayRef]).expect("a batch")
 }

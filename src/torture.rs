@@ -416,6 +416,13 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             .context("starting the job")?;
         if let (Some(b), true) = (&broker, outages < opts.broker_outages) {
             std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+            // An outage is meant to cut the job off: wait until it holds a connection
+            // (a slow start, or the reconnection after an earlier outage, can take a
+            // while on a loaded machine).
+            let until = Instant::now() + Duration::from_secs(20);
+            while b.connections() == 0 && child.try_wait()?.is_none() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             if child.try_wait()?.is_none() {
                 cut += b.outage(Duration::from_millis(1000 + rng.below(2000)))?;
                 outages += 1;

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -126,6 +126,14 @@ impl KafkaBroker {
             .ok_or_else(|| Error::Harness("the broker has no proxy (start_behind_proxy)".into()))?;
         Ok(p.cut(down))
     }
+
+    /// How many client connections through the proxy are open now (0 without a proxy):
+    /// an outage cuts these.
+    pub fn connections(&self) -> usize {
+        self.proxy
+            .as_ref()
+            .map_or(0, |p| p.live.load(Ordering::Acquire))
+    }
 }
 
 impl Drop for KafkaBroker {
@@ -148,6 +156,8 @@ struct Proxy {
     down_until: Arc<Mutex<Option<Instant>>>,
     /// Both ends of every open connection.
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// How many connections are open (their client side not closed).
+    live: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -168,6 +178,7 @@ impl Proxy {
             listener: Mutex::new(Some(listener)),
             down_until: Arc::default(),
             open: Arc::default(),
+            live: Arc::default(),
             stop: Arc::default(),
         })
     }
@@ -177,9 +188,10 @@ impl Proxy {
         let Some(listener) = locked(&self.listener).take() else {
             return;
         };
-        let (down_until, open, stop) = (
+        let (down_until, open, live, stop) = (
             self.down_until.clone(),
             self.open.clone(),
+            self.live.clone(),
             self.stop.clone(),
         );
         std::thread::spawn(move || {
@@ -209,8 +221,9 @@ impl Proxy {
                     continue;
                 };
                 locked(&open).extend([client_end, server_end]);
-                pipe(client, to_server);
-                pipe(server, to_client);
+                live.fetch_add(1, Ordering::AcqRel);
+                pipe(client, to_server, Some(live.clone()));
+                pipe(server, to_client, None);
             }
         });
     }
@@ -235,12 +248,16 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either end closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own until either end closes; then counts
+/// the connection closed in `live`, if given.
+fn pipe(mut from: TcpStream, mut to: TcpStream, live: Option<Arc<AtomicUsize>>) {
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from, &mut to);
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
+        if let Some(live) = live {
+            live.fetch_sub(1, Ordering::AcqRel);
+        }
     });
 }
 

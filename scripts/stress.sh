@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The crash suite (tests/crash.rs: SIGKILL torture of every pipeline, plus the receiver
-# WAL's crash and graceful-stop regression tests) run N times in a row with a CPU hog
+# The crash suite (tests/crash.rs: lockgate-dev's SIGKILL torture of every pipeline, run
+# on this build's lockgate, plus the receiver WAL's crash and graceful-stop regression
+# tests) run N times in a row with a CPU hog
 # beside it, the way a busy CI machine runs it. Stops at the first failure and prints the seed
 # to reproduce it. Not part of CI (it takes a while); run it before calling an
 # exactly-once change done.

@@ -1,16 +1,10 @@
 //! `lockgate`: the command-line interface. Runs the built-in jobs (`run log-errors`,
-//! `run word-count`), generates sample data (`generate logs`) and runs benchmarks
-//! (`bench log-errors`).
+//! `run word-count`) and SQL queries (`sql`), generates sample data (`generate logs`),
+//! and inspects checkpoints (`checkpoint`). Argument parsing and wiring only: the jobs
+//! are `lockgate-jobs`; the crash tortures and benchmarks are the `lockgate-dev` tool.
 
-mod bench;
-#[cfg(feature = "torture")]
-mod bench_kafka;
 mod checkpoint_cmd;
-mod duration;
-mod generate;
 mod progress;
-#[cfg(feature = "torture")]
-mod torture;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use lockgate_core::parse_duration;
 use lockgate_core::source::direct::{
     DirectStreamOptions, OnExpiredOffsets, StartingOffsets, TopicPartition,
 };
@@ -53,20 +47,11 @@ enum Command {
         #[command(subcommand)]
         what: GenerateWhat,
     },
-    /// Run a benchmark (use a release build: `cargo run --release -- bench ...`).
-    Bench {
-        #[command(subcommand)]
-        what: BenchWhat,
-    },
     /// Inspect a checkpoint directory, or check an upgrade against it.
     Checkpoint {
         #[command(subcommand)]
         what: checkpoint_cmd::CheckpointCmd,
     },
-    /// Kill a real job with SIGKILL again and again, restart it on its checkpoint, and
-    /// check that its output equals an uninterrupted run's.
-    #[cfg(feature = "torture")]
-    Torture(torture::TortureOpts),
 }
 
 /// A built-in job on the command line.
@@ -352,26 +337,6 @@ enum GenerateWhat {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// log-errors over generated files, --once, one file per batch, against a raw
-    /// memchr scan of the same files.
-    LogErrors(bench::BenchOpts),
-    /// word-count over the same generated files, against the same raw scan.
-    WordCount(bench::BenchOpts),
-    /// The built-in word-count and log-errors --event-time against the same jobs
-    /// written as SQL (`lockgate sql`), interleaved, on the same files.
-    Sql(bench::BenchOpts),
-    /// A Nexmark query over generated events, against the generator alone.
-    Nexmark(bench::NexmarkOpts),
-    /// Recovery time of a word count holding many keys (default 1M).
-    Recovery(bench::RecoveryOpts),
-    /// Kafka → filter → Kafka exactly once against a bare librdkafka loop, and the Kafka
-    /// source alone against a bare consumer, on a throwaway broker (scripts/kafka.sh).
-    #[cfg(feature = "torture")]
-    Kafka(bench_kafka::KafkaBenchOpts),
-}
-
 /// Where the embedded default (no --input, no --socket) keeps its files.
 const DEMO_DIR: &str = "lockgate-demo";
 
@@ -422,7 +387,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     seed,
                 },
         } => {
-            let paths = generate::generate_logs(&outdir, lines, files, seed)?;
+            let paths = jobs::sample::generate_logs(&outdir, lines, files, seed)?;
             eprintln!(
                 "wrote {lines} lines in {} files to {}",
                 paths.len(),
@@ -430,28 +395,7 @@ fn real_main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Bench {
-            what: BenchWhat::LogErrors(opts),
-        } => bench::run(Job::LogErrors, &opts),
-        Command::Bench {
-            what: BenchWhat::WordCount(opts),
-        } => bench::run(Job::WordCount, &opts),
-        Command::Bench {
-            what: BenchWhat::Sql(opts),
-        } => bench::sql(&opts),
-        Command::Bench {
-            what: BenchWhat::Nexmark(opts),
-        } => bench::nexmark(&opts),
-        Command::Bench {
-            what: BenchWhat::Recovery(opts),
-        } => bench::recovery(&opts),
-        #[cfg(feature = "torture")]
-        Command::Bench {
-            what: BenchWhat::Kafka(opts),
-        } => bench_kafka::run(&opts),
         Command::Checkpoint { what } => checkpoint_cmd::run(what),
-        #[cfg(feature = "torture")]
-        Command::Torture(opts) => torture::run(&opts),
     }
 }
 
@@ -515,7 +459,7 @@ fn demo_input() -> Result<PathBuf> {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if !has_files {
-        generate::generate_logs(&dir, 100_000, 10, 42)?;
+        jobs::sample::generate_logs(&dir, 100_000, 10, 42)?;
         eprintln!("generated sample logs in {}", dir.display());
     }
     Ok(dir)
@@ -735,7 +679,7 @@ fn parse_watermark(text: &str) -> Result<(String, Duration)> {
     let (col, delay) = text.split_once(char::is_whitespace).with_context(|| {
         format!("--watermark `{text}`: expected COLUMN DELAY, e.g. 'ts 10 seconds'")
     })?;
-    let delay = lockgate_sql::rewrite::parse_duration(delay)
+    let delay = lockgate_core::parse_duration(delay)
         .map_err(|e| anyhow::anyhow!("--watermark `{text}`: {e}"))?;
     Ok((col.to_string(), delay))
 }

@@ -1209,25 +1209,66 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Checkpoints made by an earlier release (tests/fixtures/checkpoint-0.1, made by commit
-/// 4e037ae, before the batch protocol moved into its own module) recover with today's
-/// binary. As left (committed through batch 2), their state is restored and a new file
-/// makes batch 3; with the commit removed (as if the process died before it), their
-/// three logged plans are re-run first. Either way every batch written equals what a
-/// fresh run on the same files writes for it.
+const SQL_WORD_COUNT: &str = "SELECT word, count(*) AS count FROM (SELECT unnest(string_to_array(value, ' ')) AS word FROM lines) AS t WHERE word <> '' GROUP BY word";
+const SQL_ERROR_WINDOWS: &str = "SELECT to_unixtime(window.start) AS start, to_unixtime(window.end) AS end, count(*) AS count FROM (SELECT try_to_timestamp(substr(value, 2, 24), '%a %b %d %H:%M:%S %Y') AS ts FROM lines WHERE value LIKE '%ERROR%') AS e GROUP BY window(ts, '30 seconds', '10 seconds')";
+
+/// Checkpoints made by earlier binaries recover with today's: Lockgate 0.1
+/// (tests/fixtures/checkpoint-0.1, made by commit 4e037ae, before the batch protocol
+/// moved into its own module) and commit 6d920f3 (tests/fixtures/checkpoint-6d920f3, the
+/// last before state schemas: its state records Rust's type paths), the built-in jobs
+/// and SQL queries with keyed and windowed state. As left (committed through batch 2),
+/// their state is restored and a new file makes batch 3; with the commit removed (as if
+/// the process died before it), their three logged plans are re-run first. Either way
+/// every batch written equals what a fresh run on the same files writes for it.
 #[test]
-fn a_checkpoint_written_by_lockgate_0_1_recovers() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint-0.1");
-    let jobs: [(&str, &[&str], &str, &[&str]); 2] = [
-        ("word-count", &[], "word-count", &["word_counts"]),
-        (
-            "log-errors",
-            &["--event-time"],
+fn checkpoints_written_by_earlier_binaries_recover() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let run_job = |job: &'static str, flags: &'static [&'static str]| {
+        let mut args = vec!["run", job];
+        args.extend_from_slice(flags);
+        args
+    };
+    type Case = (
+        &'static str,
+        Vec<&'static str>,
+        &'static str,
+        &'static [&'static str],
+    );
+    let mut cases: Vec<Case> = Vec::new();
+    for set in ["checkpoint-0.1", "checkpoint-6d920f3"] {
+        cases.push((
+            set,
+            run_job("word-count", &[]),
+            "word-count",
+            &["word_counts"],
+        ));
+        cases.push((
+            set,
+            run_job("log-errors", &["--event-time"]),
             "log-errors-event-time",
             &["tumbling_30s", "sliding_30s_10s"],
-        ),
-    ];
-    for (job, flags, checkpoint, streams) in jobs {
+        ));
+    }
+    cases.push((
+        "checkpoint-6d920f3",
+        vec!["sql", "--name", "words", SQL_WORD_COUNT],
+        "sql-word-count",
+        &["words"],
+    ));
+    cases.push((
+        "checkpoint-6d920f3",
+        vec![
+            "sql",
+            "--name",
+            "errors",
+            "--watermark",
+            "ts 10 seconds",
+            SQL_ERROR_WINDOWS,
+        ],
+        "sql-error-windows",
+        &["errors"],
+    ));
+    for (set, command, checkpoint, streams) in cases {
         for committed in [true, false] {
             let tmp = tempfile::tempdir().unwrap();
             let d = tmp.path();
@@ -1235,13 +1276,17 @@ fn a_checkpoint_written_by_lockgate_0_1_recovers() {
             // directory: the first three files of this generation are its three files),
             // plus a fourth file it has not seen, with later event times.
             generate_logs(&d.join("input"), 800, 4, 4);
-            copy_dir(&fixtures.join(checkpoint), &d.join(checkpoint));
+            copy_dir(&fixtures.join(set).join(checkpoint), &d.join(checkpoint));
             if !committed {
                 std::fs::remove_file(d.join(checkpoint).join("commits/2")).unwrap();
             }
             let run = |checkpoint: &str, output: &str| {
-                let mut args = vec!["run", job];
-                args.extend_from_slice(flags);
+                // The query (the last word of a SQL command) goes last.
+                let (head, query) = match command[0] {
+                    "sql" => command.split_at(command.len() - 1),
+                    _ => (&command[..], &[][..]),
+                };
+                let mut args = head.to_vec();
                 args.extend_from_slice(&[
                     "--input",
                     "input",
@@ -1257,21 +1302,27 @@ fn a_checkpoint_written_by_lockgate_0_1_recovers() {
                     "--no-ui",
                     "--quiet",
                 ]);
+                args.extend_from_slice(query);
                 let out = lockgate().current_dir(d).args(&args).output().unwrap();
                 assert!(
                     out.status.success(),
-                    "lockgate {args:?} failed:\n{}",
+                    "{set}/{checkpoint}: lockgate {args:?} failed:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             };
             run(checkpoint, "out");
             run("fresh-checkpoint", "fresh-out");
-            assert_recovered_like_a_fresh_run(d, job, streams, committed);
+            assert_recovered_like_a_fresh_run(
+                d,
+                &format!("{set}/{checkpoint}"),
+                streams,
+                committed,
+            );
         }
     }
 }
 
-/// The batches a run recovered from a 0.1 fixture (committed through batch 2, or with
+/// The batches a run recovered from a fixture (committed through batch 2, or with
 /// that commit removed) wrote to `d/out`: 3 alone, or 0 to 3; each equal to what a
 /// fresh run wrote to `d/fresh-out` for it.
 fn assert_recovered_like_a_fresh_run(d: &Path, job: &str, streams: &[&str], committed: bool) {

@@ -1,18 +1,13 @@
 //! Crash tests with real processes (files, SQL queries, a socket with its WAL, Kafka topics in and out on a real
 //! broker started by scripts/kafka.sh, a real PostgreSQL server started by
-//! scripts/postgres.sh): `lockgate torture` runs the CLI job, SIGKILLs it at
-//! random (seeded, printed) moments, restarts it on the same checkpoint, and compares the
-//! merged output with an uninterrupted run's, batch by batch.
+//! scripts/postgres.sh): `lockgate-dev torture` runs the `lockgate` CLI's job, SIGKILLs
+//! it at random (seeded, printed) moments, restarts it on the same checkpoint, and
+//! compares the merged output with an uninterrupted run's, batch by batch.
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
-fn torture(pipeline: &str) {
-    torture_with(pipeline, 20, &[]);
-}
-
-/// `lockgate torture --pipeline PIPELINE --kills KILLS EXTRA...`, with a fresh seed.
+/// `lockgate-dev torture --pipeline PIPELINE --kills KILLS EXTRA...` with a fresh seed,
+/// on this build's `lockgate` executable.
 fn torture_with(pipeline: &str, kills: u32, extra: &[&str]) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -20,33 +15,32 @@ fn torture_with(pipeline: &str, kills: u32, extra: &[&str]) {
         .as_nanos() as u64
         % 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lockgate"))
-        .args([
-            "torture",
-            "--kills",
-            &kills.to_string(),
-            "--pipeline",
-            pipeline,
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args(extra)
-        .arg("--dir")
-        .arg(dir.path().join("work"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "torture of {pipeline} failed (reproduce: lockgate torture --kills {kills} --pipeline \
-         {pipeline} {} --seed {seed}):\n{stdout}\n{stderr}",
-        extra.join(" ")
-    );
-    assert!(
-        stdout.contains(&format!("torture passed: {kills} kills")),
-        "{stdout}"
-    );
+    let work = dir.path().join("work");
+    let (kills, seed) = (kills.to_string(), seed.to_string());
+    let mut args = vec![
+        "--kills",
+        &kills,
+        "--pipeline",
+        pipeline,
+        "--seed",
+        &seed,
+        "--lockgate",
+        env!("CARGO_BIN_EXE_lockgate"),
+        "--dir",
+        work.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    if let Err(e) = lockgate_dev::torture::run_args(&args) {
+        panic!(
+            "torture of {pipeline} failed (reproduce: lockgate-dev torture --kills {kills} \
+             --pipeline {pipeline} {} --seed {seed}): {e:#}",
+            extra.join(" ")
+        );
+    }
+}
+
+fn torture(pipeline: &str) {
+    torture_with(pipeline, 20, &[]);
 }
 
 #[test]

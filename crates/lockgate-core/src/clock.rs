@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in time in milliseconds since the Unix epoch (or since the start of a
@@ -121,9 +121,7 @@ pub trait Clock: Send + Sync + 'static {
     fn interrupt(&self);
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
 
 /// The wall clock.
 #[derive(Default)]
@@ -288,5 +286,78 @@ mod tests {
         let clock = SystemClock::new();
         let now = clock.now();
         assert!(clock.wait_until(now.plus_ms(-1), &AtomicBool::new(false)) >= now);
+    }
+}
+
+/// Parses a duration as every flag and SQL literal of Lockgate takes it: a positive
+/// number (decimals allowed) and a unit, with or without a space between: `500ms`,
+/// `10s`, `1.5 s`, `2m`, `30 seconds`, `1 minute`, `2h`, `10d`, `1 week`. Units: `ms`
+/// (`milli`, `millis`, `millisecond(s)`), `s` (`sec(s)`, `second(s)`), `m` (`min(s)`,
+/// `minute(s)`), `h` (`hour(s)`), `d` (`day(s)`), `w` (`week(s)`); case does not matter.
+/// The error says what is wrong and gives an example.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("`{text}` does not start with a number; write e.g. `10s`, `500ms` or `2 minutes`")
+    })?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let secs = match unit.as_str() {
+        "" => return Err(format!("`{text}` has no unit; write e.g. `10s` or `500ms`")),
+        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => n / 1000.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => n,
+        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        "d" | "day" | "days" => n * 86_400.0,
+        "w" | "week" | "weeks" => n * 604_800.0,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}`; use ms, s, m, h, d or w (or milliseconds, \
+                 seconds, minutes, hours, days, weeks)"
+            ))
+        }
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("`{text}` is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    /// One grammar for every flag: what `--window` took and what `--watermark` took.
+    #[test]
+    fn parses_every_flags_durations_and_rejects_nonsense() {
+        for (text, want) in [
+            ("10s", Duration::from_secs(10)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("2min", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("10d", Duration::from_secs(864_000)),
+            ("10 days", Duration::from_secs(864_000)),
+            ("1 week", Duration::from_secs(604_800)),
+            ("30 Seconds", Duration::from_secs(30)),
+            ("1.5 s", Duration::from_millis(1500)),
+            (" 500 ms ", Duration::from_millis(500)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for (text, says) in [
+            ("10", "has no unit"),
+            ("s", "does not start with a number"),
+            ("0s", "not a positive duration"),
+            ("3 fortnights", "unknown unit `fortnights`"),
+            ("-1s", "does not start with a number"),
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }

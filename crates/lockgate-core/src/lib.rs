@@ -60,6 +60,7 @@ mod scheduler;
 pub mod show;
 pub mod sink;
 pub mod source;
+pub mod sync;
 pub mod testing;
 pub mod text;
 mod types;
@@ -67,7 +68,9 @@ pub mod wal;
 
 pub use batch::{Batch, Data};
 pub use checkpoint::{CheckpointConfig, DeliveryMode, StateUpgrade, UpgradeReport, UpgradeStatus};
-pub use clock::{civil_time, epoch_seconds, CivilTime, Clock, ManualClock, SystemClock, Time};
+pub use clock::{
+    civil_time, epoch_seconds, parse_duration, CivilTime, Clock, ManualClock, SystemClock, Time,
+};
 pub use codec::{Codec, CodecError};
 /// A string that keeps up to 24 bytes inline (no allocation, a clone is a copy), hashed,
 /// compared and checkpointed exactly like a `String`: the cheap key for keyed

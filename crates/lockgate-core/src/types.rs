@@ -5,12 +5,11 @@
 //! of the crate but the other bottom modules (`batch`, `clock`, `codec`, `error`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
 
 use rustc_hash::FxHasher;
 
 use crate::clock::Time;
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, Stored};
 use crate::error::Result;
 
 /// The id of a batch: 0 for the first batch time, then one more per batch interval.
@@ -76,9 +75,7 @@ impl BatchContext {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 /// What a source decided for one batch (its input descriptor).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,8 +186,9 @@ pub(crate) trait CommittedBatches: Send + Sync {
 pub(crate) trait Stateful: Send + Sync {
     /// The stable name state is stored under.
     fn name(&self) -> String;
-    /// Key and value type names.
-    fn type_desc(&self) -> String;
+    /// The state's schema, built from its types' codec schemas (`string -> i64`; see
+    /// `checkpoint::schema`): recorded in the checkpoint and compared at recovery.
+    fn schema(&self) -> String;
     /// Number of state partitions.
     fn partitions(&self) -> usize;
     /// Writes full snapshots only (state whose changes are not tracked).
@@ -204,7 +202,7 @@ pub(crate) trait Stateful: Send + Sync {
     /// `None` when nothing changed and `full` is false.
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;
     /// Replaces the state from payloads per old partition, each applied in order.
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), CodecError>;
+    fn restore(&self, old: Vec<Vec<Stored>>) -> std::result::Result<(), CodecError>;
     /// Number of entries per partition (for inspection and metrics).
     fn sizes(&self) -> Vec<usize>;
     /// State an earlier Lockgate did not have: a checkpoint without it starts it empty
@@ -228,6 +226,7 @@ pub struct SourcePlan {
 }
 
 impl Codec for SourcePlan {
+    const NAME: &'static str = "SourcePlan";
     fn encode(&self, out: &mut Vec<u8>) {
         self.source.encode(out);
         self.descriptor.encode(out);
@@ -236,10 +235,10 @@ impl Codec for SourcePlan {
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(SourcePlan {
-            source: Codec::decode(input)?,
-            descriptor: Codec::decode(input)?,
-            records: Codec::decode(input)?,
-            description: Codec::decode(input)?,
+            source: Codec::decode_stored(input)?,
+            descriptor: Codec::decode_stored(input)?,
+            records: Codec::decode_stored(input)?,
+            description: Codec::decode_stored(input)?,
         })
     }
 }

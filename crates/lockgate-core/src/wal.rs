@@ -34,6 +34,7 @@ pub struct BlockRef {
 }
 
 impl Codec for BlockRef {
+    const NAME: &'static str = "BlockRef";
     fn encode(&self, out: &mut Vec<u8>) {
         self.block.encode(out);
         self.segment.encode(out);
@@ -42,10 +43,10 @@ impl Codec for BlockRef {
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(BlockRef {
-            block: Codec::decode(input)?,
-            segment: Codec::decode(input)?,
-            offset: Codec::decode(input)?,
-            len: Codec::decode(input)?,
+            block: Codec::decode_stored(input)?,
+            segment: Codec::decode_stored(input)?,
+            offset: Codec::decode_stored(input)?,
+            len: Codec::decode_stored(input)?,
         })
     }
 }

@@ -193,27 +193,6 @@ fn shuffle_partitions_sets_the_partition_count_of_keyed_operations() {
     assert_eq!(out[0].len(), 2);
 }
 
-/// The older spellings of a partition count still work, as the one way does.
-#[test]
-#[allow(deprecated)]
-fn the_deprecated_partition_spellings_agree_with_shuffle_partitions() {
-    let old = run_streams(
-        pairs(),
-        2,
-        |x| x.reduce_by_key_with_partitions(|a, b| a + b, 5).glom(),
-        1,
-    )
-    .unwrap();
-    let new = run_streams(
-        pairs(),
-        2,
-        |x| x.shuffle_partitions(5).reduce_by_key(|a, b| a + b).glom(),
-        1,
-    )
-    .unwrap();
-    assert_eq!(old, new);
-}
-
 #[test]
 fn joins_and_cogroup() {
     let left = vec![vec![(1, 'a'), (1, 'b'), (2, 'c')]];

@@ -21,9 +21,31 @@ pub enum Error {
     /// A SQL query cannot run (refused at start, before any batch).
     #[error(transparent)]
     Sql(#[from] lockgate_sql::Error),
+    /// A file or directory could not be written (sample data).
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A SQL sink could not be set up.
     #[error(transparent)]
     Sink(#[from] lockgate_sql_sinks::Error),
+}
+
+impl Error {
+    /// An I/O error doing `what` on `path`.
+    pub fn io(what: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// The result type of `lockgate-jobs`.

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod sample;
 pub mod sql;
 mod static_pg;
 pub mod words;

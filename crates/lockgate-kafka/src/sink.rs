@@ -23,6 +23,7 @@
 //! shipped to the executors, so jobs create one per partition and batch; a Lockgate job
 //! runs its workers in one process, so it never needs to.
 
+use lockgate_core::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,7 +129,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
-            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut failed = lock(&self.failed);
             failed.get_or_insert_with(|| e.clone());
         }
     }
@@ -357,7 +358,7 @@ impl<T: Data> KafkaSink<T> {
     /// The delivery failure of a record sent since the last call, if any.
     fn take_delivery_failure(&self) -> Option<KafkaError> {
         let ctx = self.producer.context();
-        let mut failed = ctx.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = lock(&ctx.failed);
         failed.take()
     }
 

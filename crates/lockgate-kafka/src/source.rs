@@ -14,9 +14,10 @@
 //! Kafka: the positions are in the checkpoint, so correctness never depends on the
 //! broker's group state.
 
+use lockgate_core::sync::lock;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lockgate_core::source::direct::{
@@ -215,10 +216,6 @@ impl<T> Drop for KafkaLog<T> {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<T: Data> KafkaLog<T> {

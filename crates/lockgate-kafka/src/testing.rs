@@ -3,11 +3,12 @@
 //! behind a proxy that can cut it off from its clients for a while; and helpers to
 //! create topics, produce records and read them all back with a real client.
 
+use lockgate_core::sync::lock;
 use std::future::Future;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -161,10 +162,6 @@ struct Proxy {
     stop: Arc<AtomicBool>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Proxy {
     fn listen() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -185,7 +182,7 @@ impl Proxy {
 
     /// Starts accepting, forwarding to `target`.
     fn forward_to(&self, target: String) {
-        let Some(listener) = locked(&self.listener).take() else {
+        let Some(listener) = lock(&self.listener).take() else {
             return;
         };
         let (down_until, open, live, stop) = (
@@ -200,7 +197,7 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                let down = locked(&down_until).is_some_and(|t| Instant::now() < t);
+                let down = lock(&down_until).is_some_and(|t| Instant::now() < t);
                 if down {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -220,7 +217,7 @@ impl Proxy {
                 let Ok((to_client, to_server, client_end, server_end)) = clones else {
                     continue;
                 };
-                locked(&open).extend([client_end, server_end]);
+                lock(&open).extend([client_end, server_end]);
                 live.fetch_add(1, Ordering::AcqRel);
                 pipe(client, to_server, Some(live.clone()));
                 pipe(server, to_client, None);
@@ -231,10 +228,10 @@ impl Proxy {
     /// Cuts every open connection and refuses new ones for `down`; returns how many
     /// client connections were open.
     fn cut(&self, down: Duration) -> usize {
-        *locked(&self.down_until) = Some(Instant::now() + down);
+        *lock(&self.down_until) = Some(Instant::now() + down);
         let mut cut = 0;
         // Both ends of each connection are kept: client end first.
-        for (i, s) in locked(&self.open).drain(..).enumerate() {
+        for (i, s) in lock(&self.open).drain(..).enumerate() {
             // A connection both of whose sides closed already fails here.
             if s.shutdown(Shutdown::Both).is_ok() && i % 2 == 0 {
                 cut += 1;

@@ -19,6 +19,7 @@ mod sqlite_backend;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+use lockgate_core::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,14 +184,14 @@ impl<T: Data, B: Backend> SqlSink<T, B> {
 
     /// The last batch this sink committed for `app`.
     pub fn last_committed(&self, app: &str) -> Result<Option<SinkCommit>> {
-        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = lock(&self.backend);
         Ok(b.committed(app, &self.name)?.pop())
     }
 
     /// Everything this sink recorded as committed for `app`, for
     /// [`from_sink_offsets`](lockgate_core::StreamingContextBuilder::from_sink_offsets).
     pub fn offsets(&self, app: &str) -> Result<Option<SinkOffsets>> {
-        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = lock(&self.backend);
         offsets_of(b.committed(app, &self.name)?)
     }
 }
@@ -226,7 +227,7 @@ impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
             rows: &rows,
             skip_committed: info.skips_committed(),
         };
-        let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        let mut backend = lock(&self.backend);
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
         let deadline = Instant::now() + self.retry_timeout;

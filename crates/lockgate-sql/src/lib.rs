@@ -66,6 +66,7 @@ pub use datafusion;
 use error::execute_failed;
 pub use error::{Error, Result};
 pub use input::{Decoder, Format};
+use lockgate_core::sync::lock;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -126,7 +127,7 @@ impl StreamTable {
             Source::Batches(b) => b.clone(),
             Source::Chunks(chunks) => {
                 let needle = shape::contains_filter(plan, table, "value");
-                let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+                let mut made = lock(&self.made);
                 made.entry(needle.clone())
                     .or_insert_with(|| {
                         chunks.map(move |c| {
@@ -440,10 +441,7 @@ impl SqlContext {
             partial_rows(&out, &key_index, window_index, groups).map_err(execute_failed)
         };
         let split = a.split.clone();
-        let partials = source
-            .partials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let partials = lock(&source.partials)
             .entry(shared)
             .or_insert_with(|| {
                 match (split, &source.source) {

@@ -307,34 +307,9 @@ fn duration_of(e: &Expr) -> std::result::Result<Duration, String> {
     }
 }
 
-/// `30 seconds`, `1 minute`, `500 ms`, `2h`, `1.5 s`: a number and a unit.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a number"))?;
-    let secs = match unit.trim().to_ascii_lowercase().as_str() {
-        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => n / 1000.0,
-        "s" | "sec" | "secs" | "second" | "seconds" => n,
-        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        "d" | "day" | "days" => n * 86_400.0,
-        "w" | "week" | "weeks" => n * 604_800.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` (use milliseconds, seconds, minutes, hours, days or weeks)"
-            ))
-        }
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("`{text}` is not a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// `30 seconds`, `1 minute`, `500 ms`, `2h`, `1.5 s`: a number and a unit (Lockgate's one
+/// duration grammar, [`lockgate_core::parse_duration`], shared with every CLI flag).
+pub use lockgate_core::parse_duration;
 
 #[cfg(test)]
 mod tests {

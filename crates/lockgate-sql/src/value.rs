@@ -91,6 +91,7 @@ fn restore(col: ArrayRef, dt: &DataType) -> Result<ArrayRef> {
 pub struct Key(pub SmallVec<[u8; 24]>);
 
 impl Codec for Key {
+    const NAME: &'static str = "Key";
     fn encode(&self, out: &mut Vec<u8>) {
         self.0.len().encode(out);
         out.extend_from_slice(&self.0);
@@ -292,6 +293,7 @@ pub enum Slot {
 }
 
 impl Codec for Slot {
+    const NAME: &'static str = "Slot";
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Slot::Null => out.push(0),
@@ -320,11 +322,11 @@ impl Codec for Slot {
     fn decode(input: &mut &[u8]) -> std::result::Result<Self, CodecError> {
         Ok(match u8::decode(input)? {
             0 => Slot::Null,
-            1 => Slot::Int(Codec::decode(input)?),
-            2 => Slot::UInt(Codec::decode(input)?),
-            3 => Slot::Float(Codec::decode(input)?),
-            4 => Slot::Bool(Codec::decode(input)?),
-            5 => Slot::Str(Codec::decode(input)?),
+            1 => Slot::Int(Codec::decode_stored(input)?),
+            2 => Slot::UInt(Codec::decode_stored(input)?),
+            3 => Slot::Float(Codec::decode_stored(input)?),
+            4 => Slot::Bool(Codec::decode_stored(input)?),
+            5 => Slot::Str(Codec::decode_stored(input)?),
             t => {
                 return Err(CodecError::new(
                     "SQL partial aggregate",
@@ -373,6 +375,7 @@ impl Slot {
 pub struct Partials(pub SmallVec<[Slot; 3]>);
 
 impl Codec for Partials {
+    const NAME: &'static str = "Partials";
     fn encode(&self, out: &mut Vec<u8>) {
         self.0.len().encode(out);
         for s in &self.0 {

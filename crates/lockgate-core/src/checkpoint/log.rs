@@ -32,6 +32,7 @@ pub struct Metadata {
 }
 
 impl Codec for Metadata {
+    const NAME: &'static str = "Metadata";
     fn encode(&self, out: &mut Vec<u8>) {
         self.app_name.encode(out);
         self.zero_ms.encode(out);
@@ -42,12 +43,12 @@ impl Codec for Metadata {
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(Metadata {
-            app_name: Codec::decode(input)?,
-            zero_ms: Codec::decode(input)?,
-            base_id: Codec::decode(input)?,
-            interval_ms: Codec::decode(input)?,
-            operators: Codec::decode(input)?,
-            config: Codec::decode(input)?,
+            app_name: Codec::decode_stored(input)?,
+            zero_ms: Codec::decode_stored(input)?,
+            base_id: Codec::decode_stored(input)?,
+            interval_ms: Codec::decode_stored(input)?,
+            operators: Codec::decode_stored(input)?,
+            config: Codec::decode_stored(input)?,
         })
     }
 }
@@ -67,6 +68,7 @@ pub struct Plan {
 }
 
 impl Codec for Plan {
+    const NAME: &'static str = "Plan";
     fn encode(&self, out: &mut Vec<u8>) {
         self.batch_id.encode(out);
         self.batch_time_ms.encode(out);
@@ -75,13 +77,13 @@ impl Codec for Plan {
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(Plan {
-            batch_id: Codec::decode(input)?,
-            batch_time_ms: Codec::decode(input)?,
-            sources: Codec::decode(input)?,
+            batch_id: Codec::decode_stored(input)?,
+            batch_time_ms: Codec::decode_stored(input)?,
+            sources: Codec::decode_stored(input)?,
             end_of_input: if input.is_empty() {
                 false
             } else {
-                Codec::decode(input)?
+                Codec::decode_stored(input)?
             },
         })
     }
@@ -97,14 +99,15 @@ pub struct Commit {
 }
 
 impl Codec for Commit {
+    const NAME: &'static str = "Commit";
     fn encode(&self, out: &mut Vec<u8>) {
         self.batch_id.encode(out);
         self.batch_time_ms.encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(Commit {
-            batch_id: Codec::decode(input)?,
-            batch_time_ms: Codec::decode(input)?,
+            batch_id: Codec::decode_stored(input)?,
+            batch_time_ms: Codec::decode_stored(input)?,
         })
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod dir_lock;
 pub mod file;
 pub mod log;
 mod recover;
+pub(crate) mod schema;
 pub(crate) mod state;
 pub mod store;
 mod writer;
@@ -26,6 +27,7 @@ use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::types::{lock, InputSource, Stateful};
 use log::{CheckpointLog, Commit, Metadata, Plan};
+use schema::SchemaMatch;
 use store::{dir_name, StateHeader, StateStore, CODEC};
 use writer::{WriteJob, Writer, WriterThread};
 
@@ -101,6 +103,14 @@ impl CheckpointConfig {
 pub enum UpgradeStatus {
     /// Same name and types: its state is kept.
     Kept,
+    /// Same name and types, some at an older version of their encoding: its state is
+    /// kept, decoded with their migrations (`Codec::decode_version`).
+    Migrated {
+        /// The schema in the checkpoint.
+        old: String,
+        /// The schema in the code.
+        new: String,
+    },
     /// In the code only: it starts empty (or recovery fails).
     New,
     /// In the checkpoint only: its state is dropped (or recovery fails).
@@ -126,7 +136,7 @@ impl UpgradeReport {
     pub fn is_compatible(&self) -> bool {
         self.operators
             .iter()
-            .all(|(_, s)| *s == UpgradeStatus::Kept)
+            .all(|(_, s)| matches!(s, UpgradeStatus::Kept | UpgradeStatus::Migrated { .. }))
     }
 }
 
@@ -135,6 +145,9 @@ impl std::fmt::Display for UpgradeReport {
         for (name, status) in &self.operators {
             match status {
                 UpgradeStatus::Kept => writeln!(f, "kept      {name}")?,
+                UpgradeStatus::Migrated { old, new } => {
+                    writeln!(f, "migrated  {name}: {old} -> {new}")?
+                }
                 UpgradeStatus::New => writeln!(
                     f,
                     "new       {name} (starts empty with StateUpgrade::StartEmpty)"
@@ -218,7 +231,7 @@ impl Checkpointer {
     fn operators_in_code(&self) -> Vec<(String, String, u64)> {
         self.states
             .iter()
-            .map(|s| (s.name(), s.type_desc(), s.partitions() as u64))
+            .map(|s| (s.name(), s.schema(), s.partitions() as u64))
             .collect()
     }
 
@@ -234,10 +247,16 @@ impl Checkpointer {
         for (name, ty, _) in &code {
             let status = match old.get(name.as_str()) {
                 None => UpgradeStatus::New,
-                Some(t) if *t == ty => UpgradeStatus::Kept,
-                Some(t) => UpgradeStatus::TypeChanged {
-                    old: t.to_string(),
-                    new: ty.clone(),
+                Some(t) => match schema::compare(t, ty) {
+                    SchemaMatch::Same => UpgradeStatus::Kept,
+                    SchemaMatch::Migrates(_) => UpgradeStatus::Migrated {
+                        old: t.to_string(),
+                        new: ty.clone(),
+                    },
+                    SchemaMatch::Changed => UpgradeStatus::TypeChanged {
+                        old: t.to_string(),
+                        new: ty.clone(),
+                    },
                 },
             };
             ops.push((name.clone(), status));
@@ -276,7 +295,7 @@ impl Checkpointer {
         version: u64,
         skip: &BTreeSet<String>,
         on_disk: &BTreeMap<String, usize>,
-    ) -> Result<Vec<Vec<Vec<Vec<u8>>>>> {
+    ) -> Result<Vec<Vec<Vec<crate::codec::Stored>>>> {
         let mut out = Vec::new();
         for s in &self.states {
             let name = s.name();
@@ -285,7 +304,7 @@ impl Checkpointer {
                 continue;
             }
             let parts_on_disk = on_disk.get(&dir_name(&name)).copied().unwrap_or(0);
-            let ty = s.type_desc();
+            let ty = s.schema();
             let parts = (0..parts_on_disk)
                 .map(|p| self.store.load(&name, &ty, p, version))
                 .collect::<Result<Vec<_>>>()?;
@@ -387,7 +406,7 @@ impl Checkpointer {
                 let entries = s.persist(p, full)?;
                 let header = StateHeader {
                     operator: s.name(),
-                    type_desc: s.type_desc(),
+                    type_desc: s.schema(),
                     codec: CODEC.into(),
                     partition: p as u64,
                     partitions: s.partitions() as u64,

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::types::{lock, InputSource};
 
 /// The loaded state of a commit: per state, per old partition, its payloads in order.
-type Loaded = Vec<Vec<Vec<Vec<u8>>>>;
+type Loaded = Vec<Vec<Vec<crate::codec::Stored>>>;
 
 /// Where the batch clock resumes.
 struct Timing {
@@ -130,6 +130,9 @@ impl Checkpointer {
         for (name, status) in &report.operators {
             match status {
                 UpgradeStatus::Kept => {}
+                UpgradeStatus::Migrated { old, new } => {
+                    tracing::info!(operator = %name, from = %old, to = %new, "operator state migrates to the code's versions of its types");
+                }
                 UpgradeStatus::New if self.states.iter().any(|s| s.introduced() && s.name() == *name) => {
                     start_empty.insert(name.clone());
                 }
@@ -152,7 +155,7 @@ impl Checkpointer {
                             UpgradeStatus::TypeChanged { old, new } => format!(
                                 "its types changed from `{old}` to `{new}`; set StateUpgrade::StartEmpty to start it empty"
                             ),
-                            UpgradeStatus::Kept => String::new(),
+                            UpgradeStatus::Kept | UpgradeStatus::Migrated { .. } => String::new(),
                         },
                     })
                 }

@@ -12,43 +12,9 @@ use crate::hash::{FxHashMap, FxHashSet};
 
 use crate::batch::{Batch, Data};
 use crate::clock::Time;
-use crate::codec::{from_bytes, Codec, CodecError};
+use crate::codec::{schema_of, Codec, CodecError, Stored};
 use crate::graph::NodeMeta;
 use crate::types::{lock, partition_of, Stateful};
-
-/// Where engine types kept in state lived when checkpoints recorded their names: state
-/// type names are part of the checkpoint format (recovery compares them to the code's),
-/// so a type moved to another module keeps the name checkpoints know it by.
-const MOVED_TYPES: [(&str, &str); 4] = [
-    (
-        "lockgate_core::operator::window_agg::",
-        "lockgate_core::dstream::event_time::",
-    ),
-    (
-        "lockgate_core::operator::event_window::",
-        "lockgate_core::dstream::event_time::",
-    ),
-    (
-        "lockgate_core::operator::group_state::",
-        "lockgate_core::dstream::event_time::",
-    ),
-    (
-        "lockgate_core::operator::map_with_state::",
-        "lockgate_core::dstream::state::",
-    ),
-];
-
-/// The name of `T` as checkpoints record it: `std::any::type_name`, with the engine's
-/// moved types under the paths they had when checkpoints first recorded them.
-pub(crate) fn state_type_name<T: ?Sized>() -> String {
-    let mut name = std::any::type_name::<T>().to_string();
-    for (now, then) in MOVED_TYPES {
-        if name.contains(now) {
-            name = name.replace(now, then);
-        }
-    }
-    name
-}
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
 /// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys
@@ -396,14 +362,14 @@ impl<K: Hash + Eq + Clone + Codec + Send, S: Codec + Send> KeyedState<K, S> {
 
     /// Rebuilds the state from payloads per old partition (each applied in order),
     /// redistributing keys when the partition count changed.
-    pub fn restore(&mut self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    pub fn restore(&mut self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         let n = self.partitions();
         let same = old.len() == n;
         let mut maps: Vec<FxHashMap<K, S>> = (0..n).map(|_| FxHashMap::default()).collect();
         for (p, payloads) in old.into_iter().enumerate() {
             let mut map: FxHashMap<K, S> = FxHashMap::default();
             for payload in payloads {
-                let entries: Vec<(K, Option<S>)> = from_bytes(&payload)?;
+                let entries: Vec<(K, Option<S>)> = payload.decode()?;
                 for (k, s) in entries {
                     match s {
                         Some(s) => map.insert(k, s),
@@ -502,10 +468,10 @@ impl<T: Data + Codec> BufferState<T> {
         out
     }
 
-    pub fn restore(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), CodecError> {
+    pub fn restore(&mut self, payloads: Vec<Stored>) -> Result<(), CodecError> {
         let mut batches = BTreeMap::new();
         for payload in payloads {
-            let entries: Vec<(i64, Option<Vec<Vec<T>>>)> = from_bytes(&payload)?;
+            let entries: Vec<(i64, Option<Vec<Vec<T>>>)> = payload.decode()?;
             for (t, b) in entries {
                 match b {
                     Some(parts) => batches.insert(Time(t), Batch::from_partitions(parts)),
@@ -542,8 +508,8 @@ where
     fn name(&self) -> String {
         (self.name)()
     }
-    fn type_desc(&self) -> String {
-        format!("{} -> {}", state_type_name::<K>(), state_type_name::<S>())
+    fn schema(&self) -> String {
+        format!("{} -> {}", schema_of::<K>(), schema_of::<S>())
     }
     fn partitions(&self) -> usize {
         lock(&self.state).partitions()
@@ -561,7 +527,7 @@ where
         }
         Some(st.encode(p, full))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         lock(&self.state).restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
@@ -579,8 +545,8 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
     fn name(&self) -> String {
         (self.name)()
     }
-    fn type_desc(&self) -> String {
-        format!("batches of {}", state_type_name::<T>())
+    fn schema(&self) -> String {
+        format!("batches of {}", schema_of::<T>())
     }
     fn partitions(&self) -> usize {
         1
@@ -592,7 +558,7 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
         }
         Some(st.encode(full))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         lock(&self.state).restore(old.into_iter().flatten().collect())
     }
     fn sizes(&self) -> Vec<usize> {
@@ -612,8 +578,8 @@ impl<A: Stateful, B: Stateful> Stateful for PairStateful<A, B> {
     fn name(&self) -> String {
         self.first.name()
     }
-    fn type_desc(&self) -> String {
-        format!("{}; {}", self.first.type_desc(), self.second.type_desc())
+    fn schema(&self) -> String {
+        format!("{}; {}", self.first.schema(), self.second.schema())
     }
     fn partitions(&self) -> usize {
         self.first.partitions()
@@ -630,15 +596,15 @@ impl<A: Stateful, B: Stateful> Stateful for PairStateful<A, B> {
         }
         Some(crate::codec::to_bytes(&(a, b)))
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         let mut firsts = Vec::with_capacity(old.len());
         let mut seconds = Vec::new();
         for payloads in old {
             let mut part = Vec::new();
             for payload in payloads {
-                let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = from_bytes(&payload)?;
-                part.extend(a);
-                seconds.extend(b);
+                let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = payload.decode()?;
+                part.extend(a.map(|a| payload.with_bytes(a)));
+                seconds.extend(b.map(|b| payload.with_bytes(b)));
             }
             firsts.push(part);
         }
@@ -662,8 +628,8 @@ impl<S: Stateful> Stateful for SnapshotOnly<S> {
     fn name(&self) -> String {
         self.0.name()
     }
-    fn type_desc(&self) -> String {
-        self.0.type_desc()
+    fn schema(&self) -> String {
+        self.0.schema()
     }
     fn partitions(&self) -> usize {
         self.0.partitions()
@@ -675,7 +641,7 @@ impl<S: Stateful> Stateful for SnapshotOnly<S> {
             None
         }
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         self.0.restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
@@ -691,8 +657,8 @@ impl<S: Stateful> Stateful for Introduced<S> {
     fn name(&self) -> String {
         self.0.name()
     }
-    fn type_desc(&self) -> String {
-        self.0.type_desc()
+    fn schema(&self) -> String {
+        self.0.schema()
     }
     fn partitions(&self) -> usize {
         self.0.partitions()
@@ -706,7 +672,7 @@ impl<S: Stateful> Stateful for Introduced<S> {
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
         self.0.persist(p, full)
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
         self.0.restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
@@ -721,6 +687,14 @@ impl<S: Stateful> Stateful for Introduced<S> {
 mod tests {
     use super::*;
 
+    /// Payloads written by today's code, per partition.
+    fn stored(parts: Vec<Vec<Vec<u8>>>) -> Vec<Vec<Stored>> {
+        parts
+            .into_iter()
+            .map(|p| p.into_iter().map(Stored::current).collect())
+            .collect()
+    }
+
     #[test]
     fn keyed_state_deltas_and_repartitioning_restore() {
         let mut st: KeyedState<String, i64> = KeyedState::new(2, true);
@@ -734,10 +708,12 @@ mod tests {
         let mut old = vec![vec![snap0.clone()], vec![snap1.clone()]];
         old[j].push(delta);
         let mut back: KeyedState<String, i64> = KeyedState::new(2, true);
-        back.restore(old).unwrap();
+        back.restore(stored(old)).unwrap();
         assert_eq!(back.sizes(), vec![0, 0]);
         let mut three: KeyedState<String, i64> = KeyedState::new(3, true);
-        three.restore(vec![vec![snap0], vec![snap1]]).unwrap();
+        three
+            .restore(stored(vec![vec![snap0], vec![snap1]]))
+            .unwrap();
         assert_eq!(three.sizes().iter().sum::<usize>(), 1);
         assert_eq!(three.get(partition_of(&k, 3), &k), Some(&1));
     }
@@ -773,7 +749,7 @@ mod tests {
         let now: BTreeMap<String, i64> = st.maps[0].clone().into_iter().collect();
         let delta = st.encode(0, false);
         let mut back: St = KeyedState::new(1, true);
-        back.restore(vec![vec![snap, delta]]).unwrap();
+        back.restore(stored(vec![vec![snap, delta]])).unwrap();
         let got: BTreeMap<String, i64> = back.maps[0].clone().into_iter().collect();
         assert_eq!(got, now);
         assert_eq!(got.get("k1"), Some(&11));
@@ -810,7 +786,7 @@ mod tests {
         let delta = st.encode(0, false);
         assert!(st.log[0].entries == 0 && st.dirty[0].is_empty());
         let mut back: St = KeyedState::new(1, true);
-        back.restore(vec![vec![snap, delta]]).unwrap();
+        back.restore(stored(vec![vec![snap, delta]])).unwrap();
         let got: BTreeMap<_, _> = back.maps[0].clone().into_iter().collect();
         assert_eq!(got, BTreeMap::from([(a, 2), (c, 7)]));
         // Without checkpointing, logged changes are not kept.
@@ -826,24 +802,29 @@ mod tests {
     #[test]
     fn a_payload_that_does_not_decode_is_a_codec_error() {
         let mut st: KeyedState<String, i64> = KeyedState::new(1, true);
-        let err = st.restore(vec![vec![vec![9, 9, 9]]]).unwrap_err();
+        let err = st.restore(stored(vec![vec![vec![9, 9, 9]]])).unwrap_err();
         assert!(err.to_string().starts_with("cannot decode"), "{err}");
     }
 
+    /// State schemas name the codec types, never Rust's type paths: they do not change
+    /// when a type moves, and read the way earlier releases' paths normalise.
     #[test]
-    fn moved_engine_types_keep_the_state_type_names_checkpoints_know() {
+    fn state_schemas_are_codec_names_not_type_paths() {
         type Wins = Vec<crate::operator::window_agg::Win<i64>>;
+        assert_eq!(schema_of::<Wins>(), "vec<Win<i64>>");
+        assert_eq!(schema_of::<crate::TimeWindow>(), "TimeWindow");
+        assert_eq!(schema_of::<(String, usize)>(), "(string, u64)");
+        let keyed = KeyedStateful {
+            name: Arc::new(|| "op".to_string()),
+            state: Arc::new(Mutex::new(KeyedState::<
+                compact_str::CompactString,
+                (i64, i64),
+            >::new(1, true))),
+        };
+        assert_eq!(keyed.schema(), "string -> (i64, i64)");
         assert_eq!(
-            state_type_name::<Wins>(),
-            "alloc::vec::Vec<lockgate_core::dstream::event_time::Win<i64>>"
-        );
-        assert_eq!(
-            state_type_name::<crate::TimeWindow>(),
-            "lockgate_core::dstream::event_time::TimeWindow"
-        );
-        assert_eq!(
-            state_type_name::<(String, i64)>(),
-            "(alloc::string::String, i64)"
+            super::super::schema::normalise("compact_str::CompactString -> (i64, i64)"),
+            keyed.schema()
         );
     }
 
@@ -856,7 +837,8 @@ mod tests {
         b.drop_through(Time(1000));
         let delta = b.encode(false);
         let mut back: BufferState<i32> = BufferState::new();
-        back.restore(vec![full, delta]).unwrap();
+        back.restore(vec![Stored::current(full), Stored::current(delta)])
+            .unwrap();
         assert_eq!(back.batches.len(), 1);
         assert_eq!(back.batches[&Time(2000)].collect(), vec![4]);
     }

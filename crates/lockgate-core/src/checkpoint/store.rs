@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::file::{read_file, write_files, FileKind, Placement};
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, Stored};
 use crate::error::{Error, Result};
 
 /// The codec name recorded in state files.
@@ -20,7 +20,8 @@ pub const CODEC: &str = "lockgate-codec-1";
 pub struct StateHeader {
     /// The operator's stable name.
     pub operator: String,
-    /// Key and value type names.
+    /// The state's schema (`checkpoint::schema`; Rust type paths in files of
+    /// releases before schemas).
     pub type_desc: String,
     /// The codec.
     pub codec: String,
@@ -33,6 +34,7 @@ pub struct StateHeader {
 }
 
 impl Codec for StateHeader {
+    const NAME: &'static str = "StateHeader";
     fn encode(&self, out: &mut Vec<u8>) {
         self.operator.encode(out);
         self.type_desc.encode(out);
@@ -43,12 +45,12 @@ impl Codec for StateHeader {
     }
     fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
         Ok(StateHeader {
-            operator: Codec::decode(input)?,
-            type_desc: Codec::decode(input)?,
-            codec: Codec::decode(input)?,
-            partition: Codec::decode(input)?,
-            partitions: Codec::decode(input)?,
-            version: Codec::decode(input)?,
+            operator: Codec::decode_stored(input)?,
+            type_desc: Codec::decode_stored(input)?,
+            codec: Codec::decode_stored(input)?,
+            partition: Codec::decode_stored(input)?,
+            partitions: Codec::decode_stored(input)?,
+            version: Codec::decode_stored(input)?,
         })
     }
 }
@@ -184,14 +186,16 @@ impl StateStore {
     }
 
     /// The entry payloads that rebuild version `version` of one partition, in the order
-    /// to apply them (a snapshot first if there is one). Checks every file's header.
+    /// to apply them (a snapshot first if there is one). Checks every file's header:
+    /// its schema must be the code's `schema` or one the code migrates (each payload
+    /// carries the versions to decode it with).
     pub fn load(
         &self,
         operator: &str,
-        type_desc: &str,
+        schema: &str,
         partition: usize,
         version: u64,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<Stored>> {
         let files: Vec<StateFile> = self
             .files(operator, partition)
             .into_iter()
@@ -220,17 +224,21 @@ impl StateStore {
                     ),
                 });
             }
-            if header.type_desc != type_desc {
+            let matched = super::schema::compare(&header.type_desc, schema);
+            if !matched.compatible() {
                 return Err(Error::StateMismatch {
                     operator: operator.to_string(),
                     reason: format!(
-                        "the checkpoint holds `{}` but the code now has `{type_desc}`; \
+                        "the checkpoint holds `{}` but the code now has `{schema}`; \
                          set StateUpgrade::StartEmpty to drop the old state",
                         header.type_desc
                     ),
                 });
             }
-            out.push(input.to_vec());
+            out.push(Stored {
+                bytes: input.to_vec(),
+                versions: matched.versions(),
+            });
         }
         Ok(out)
     }

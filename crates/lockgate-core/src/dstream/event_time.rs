@@ -199,15 +199,6 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
         self
     }
 
-    /// Number of state partitions (default: the context's parallelism).
-    #[deprecated(
-        note = "call `.shuffle_partitions(n)` on the stream before `with_watermark`: one way to set partition counts"
-    )]
-    pub fn num_partitions(mut self, n: usize) -> Self {
-        self.partitions = Some(n.max(1));
-        self
-    }
-
     /// The number of records per key and window.
     pub fn count(&self) -> DStream<Windowed<K, i64>> {
         self.aggregate_named(

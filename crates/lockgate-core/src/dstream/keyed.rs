@@ -51,18 +51,6 @@ where
         })
     }
 
-    /// [`reduce_by_key`](Self::reduce_by_key) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).reduce_by_key(..)`: one way to set partition counts"
-    )]
-    pub fn reduce_by_key_with_partitions(
-        &self,
-        f: impl Fn(V, V) -> V + Send + Sync + 'static,
-        n: usize,
-    ) -> DStream<(K, V)> {
-        self.shuffle_partitions(n).reduce_by_key(f)
-    }
-
     /// All values of each key in a batch.
     pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
         let n = self.default_partitions();
@@ -82,14 +70,6 @@ where
                 },
             ))
         })
-    }
-
-    /// [`group_by_key`](Self::group_by_key) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).group_by_key(..)`: one way to set partition counts"
-    )]
-    pub fn group_by_key_with_partitions(&self, n: usize) -> DStream<(K, Vec<V>)> {
-        self.shuffle_partitions(n).group_by_key()
     }
 
     /// Spark's `combineByKey`: per key, `create` makes a combiner from the first value,
@@ -119,18 +99,6 @@ where
         self.cogrouped("cogroup", other, n, |k, vs, ws, out| {
             out.push((k, (vs, ws)));
         })
-    }
-
-    /// [`cogroup`](Self::cogroup) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).cogroup(..)`: one way to set partition counts"
-    )]
-    pub fn cogroup_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (Vec<V>, Vec<W>))> {
-        self.shuffle_partitions(n).cogroup(other)
     }
 
     fn cogrouped<W: Data, R: Data>(
@@ -180,16 +148,6 @@ where
         })
     }
 
-    /// [`join`](Self::join) into `n` partitions.
-    #[deprecated(note = "use `.shuffle_partitions(n).join(..)`: one way to set partition counts")]
-    pub fn join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (V, W))> {
-        self.shuffle_partitions(n).join(other)
-    }
-
     /// Left outer join per batch: every value of this stream, with `None` when the other
     /// stream has no value for the key.
     pub fn left_outer_join<W: Data>(
@@ -209,18 +167,6 @@ where
         })
     }
 
-    /// [`left_outer_join`](Self::left_outer_join) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).left_outer_join(..)`: one way to set partition counts"
-    )]
-    pub fn left_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (V, Option<W>))> {
-        self.shuffle_partitions(n).left_outer_join(other)
-    }
-
     /// Right outer join per batch.
     pub fn right_outer_join<W: Data>(
         &self,
@@ -237,18 +183,6 @@ where
                 }
             }
         })
-    }
-
-    /// [`right_outer_join`](Self::right_outer_join) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).right_outer_join(..)`: one way to set partition counts"
-    )]
-    pub fn right_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (Option<V>, W))> {
-        self.shuffle_partitions(n).right_outer_join(other)
     }
 
     /// Full outer join per batch.
@@ -274,17 +208,5 @@ where
                 }
             }
         })
-    }
-
-    /// [`full_outer_join`](Self::full_outer_join) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).full_outer_join(..)`: one way to set partition counts"
-    )]
-    pub fn full_outer_join_with_partitions<W: Data>(
-        &self,
-        other: &DStream<(K, W)>,
-        n: usize,
-    ) -> DStream<(K, (Option<V>, Option<W>))> {
-        self.shuffle_partitions(n).full_outer_join(other)
     }
 }

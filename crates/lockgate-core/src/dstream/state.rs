@@ -82,15 +82,6 @@ impl<K, V, S, U> StateSpec<K, V, S, U> {
         self.timeout_ms = Some(duration_ms(idle));
         self
     }
-
-    /// Number of state partitions (default: the context's parallelism).
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).map_with_state(..)`: one way to set partition counts"
-    )]
-    pub fn num_partitions(mut self, n: usize) -> Self {
-        self.partitions = Some(n.max(1));
-        self
-    }
 }
 
 /// The specification of an
@@ -170,16 +161,6 @@ impl<K: Data, V: Data, S: Data> UpdateStateSpec<K, V, S> {
     /// State the keys start with.
     pub fn initial_state(mut self, initial: Vec<(K, S)>) -> Self {
         self.initial = initial;
-        self
-    }
-
-    /// Number of state partitions with the default hash partitioner (default: the
-    /// context's parallelism).
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).update_state_by_key_with_spec(..)`: one way to set partition counts"
-    )]
-    pub fn num_partitions(mut self, n: usize) -> Self {
-        self.partitions = Some(n.max(1));
         self
     }
 
@@ -265,21 +246,6 @@ where
         f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static,
     ) -> DStream<(K, S)> {
         self.update_state_by_key_with_spec(UpdateStateSpec::function(f))
-    }
-
-    /// [`update_state_by_key`](Self::update_state_by_key) with an initial state and a
-    /// number of partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).update_state_by_key_with_spec(UpdateStateSpec::function(f).initial_state(initial))`"
-    )]
-    pub fn update_state_by_key_with<S: Data + Codec>(
-        &self,
-        f: impl Fn(&[V], Option<S>) -> Option<S> + Send + Sync + 'static,
-        initial: Vec<(K, S)>,
-        partitions: usize,
-    ) -> DStream<(K, S)> {
-        self.shuffle_partitions(partitions)
-            .update_state_by_key_with_spec(UpdateStateSpec::function(f).initial_state(initial))
     }
 
     /// Spark's `updateStateByKey` in all its forms: the spec gives the function (per key,

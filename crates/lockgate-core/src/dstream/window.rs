@@ -62,15 +62,6 @@ impl<K, V> Default for InverseWindowOpts<K, V> {
 }
 
 impl<K, V> InverseWindowOpts<K, V> {
-    /// Number of partitions of the windowed result (default: the context's parallelism).
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).reduce_by_key_and_window_inv(..)`: one way to set partition counts"
-    )]
-    pub fn partitions(mut self, n: usize) -> Self {
-        self.partitions = Some(n);
-        self
-    }
-
     /// Keeps only the pairs for which `f` is true; typically drops keys whose value
     /// went back to zero so they do not stay in the window state forever.
     pub fn filter(mut self, f: impl Fn(&(K, V)) -> bool + Send + Sync + 'static) -> Self {
@@ -213,20 +204,6 @@ where
             .name_kind("group_by_key_and_window")
     }
 
-    /// [`group_by_key_and_window`](Self::group_by_key_and_window) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).group_by_key_and_window(..)`: one way to set partition counts"
-    )]
-    pub fn group_by_key_and_window_with_partitions(
-        &self,
-        length: Duration,
-        slide: impl Into<Slide>,
-        n: usize,
-    ) -> DStream<(K, Vec<V>)> {
-        self.shuffle_partitions(n)
-            .group_by_key_and_window(length, slide)
-    }
-
     /// The values of each key over the window combined with `f` (recomputed per window).
     pub fn reduce_by_key_and_window(
         &self,
@@ -242,21 +219,6 @@ where
             .shuffle_partitions(n)
             .reduce_by_key(move |a, b| f2(a, b))
             .name_kind("reduce_by_key_and_window")
-    }
-
-    /// [`reduce_by_key_and_window`](Self::reduce_by_key_and_window) into `n` partitions.
-    #[deprecated(
-        note = "use `.shuffle_partitions(n).reduce_by_key_and_window(..)`: one way to set partition counts"
-    )]
-    pub fn reduce_by_key_and_window_with_partitions(
-        &self,
-        f: impl Fn(V, V) -> V + Send + Sync + 'static,
-        length: Duration,
-        slide: impl Into<Slide>,
-        n: usize,
-    ) -> DStream<(K, V)> {
-        self.shuffle_partitions(n)
-            .reduce_by_key_and_window(f, length, slide)
     }
 
     /// The values of each key over the window, maintained incrementally: the previous

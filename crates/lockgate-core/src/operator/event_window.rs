@@ -18,6 +18,7 @@ pub struct TimeWindow {
 }
 
 impl Codec for TimeWindow {
+    const NAME: &'static str = "TimeWindow";
     fn encode(&self, out: &mut Vec<u8>) {
         self.start.0.encode(out);
         self.end.0.encode(out);

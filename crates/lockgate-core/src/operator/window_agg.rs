@@ -16,7 +16,7 @@ use super::watermark::{Ingested, Watermark};
 use crate::batch::{map_maybe_par, Batch, Data};
 use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, Stored};
 use crate::error::Result;
 use crate::hash::{FxHashMap, FxHashSet};
 use crate::types::{lock, partition_of, BatchContext, Stateful};
@@ -34,6 +34,10 @@ pub(crate) struct Win<A> {
 }
 
 impl<A: Codec> Codec for Win<A> {
+    const NAME: &'static str = "Win";
+    fn schema(out: &mut String) {
+        crate::codec::generic_schema(out, Self::NAME, Self::VERSION, &[A::schema]);
+    }
     fn encode(&self, out: &mut Vec<u8>) {
         self.start.encode(out);
         self.end.encode(out);
@@ -42,10 +46,10 @@ impl<A: Codec> Codec for Win<A> {
     }
     fn decode(input: &mut &[u8]) -> std::result::Result<Self, CodecError> {
         Ok(Win {
-            start: Codec::decode(input)?,
-            end: Codec::decode(input)?,
-            acc: Codec::decode(input)?,
-            flushed: Codec::decode(input)?,
+            start: Codec::decode_stored(input)?,
+            end: Codec::decode_stored(input)?,
+            acc: Codec::decode_stored(input)?,
+            flushed: Codec::decode_stored(input)?,
             changed: false,
         })
     }
@@ -71,8 +75,8 @@ where
     fn name(&self) -> String {
         self.0.name()
     }
-    fn type_desc(&self) -> String {
-        self.0.type_desc()
+    fn schema(&self) -> String {
+        self.0.schema()
     }
     fn partitions(&self) -> usize {
         self.0.partitions()
@@ -80,7 +84,7 @@ where
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
         self.0.persist(p, full)
     }
-    fn restore(&self, old: Vec<Vec<Vec<u8>>>) -> std::result::Result<(), CodecError> {
+    fn restore(&self, old: Vec<Vec<Stored>>) -> std::result::Result<(), CodecError> {
         self.0.restore(old)
     }
     fn sizes(&self) -> Vec<usize> {

@@ -73,6 +73,7 @@ impl std::fmt::Display for TopicPartition {
 }
 
 impl Codec for TopicPartition {
+    const NAME: &'static str = "TopicPartition";
     fn encode(&self, out: &mut Vec<u8>) {
         self.topic.encode(out);
         self.partition.encode(out);

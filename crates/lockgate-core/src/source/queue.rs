@@ -283,23 +283,6 @@ impl StreamingContext {
         register(self, "queue_stream", src)
     }
 
-    /// [`queue_stream`](Self::queue_stream) whose batches have `partitions` partitions.
-    #[deprecated(note = "use `queue_stream_with(queue, QueueStreamOptions::new().partitions(n))`")]
-    pub fn queue_stream_with_partitions<T: Data>(
-        &self,
-        queue: InputQueue<T>,
-        one_at_a_time: bool,
-        default: Option<Vec<T>>,
-        partitions: usize,
-    ) -> DStream<T> {
-        let opts = QueueStreamOptions {
-            one_at_a_time,
-            default,
-            partitions: Some(partitions.max(1)),
-        };
-        self.queue_stream_with(queue, opts)
-    }
-
     /// A stream whose every batch is `data`.
     pub fn constant_input_stream<T: Data>(&self, data: Vec<T>) -> DStream<T> {
         let name = source_name(self, "constant");

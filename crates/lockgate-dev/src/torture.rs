@@ -1,4 +1,4 @@
-//! `lockgate torture`: runs a real job process, kills it with SIGKILL at random moments
+//! `lockgate-dev torture`: runs a real job process, kills it with SIGKILL at random moments
 //! (seeded), restarts it on the same checkpoint until it finishes, and checks that its
 //! merged output equals the output of an uninterrupted run, batch by batch.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::generate::{generate_logs, Rng};
+use lockgate_jobs::sample::{generate_logs, Rng};
 
 /// Which pipeline to torture.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -47,7 +47,7 @@ pub enum Pipeline {
     Socket,
 }
 
-/// Options of `lockgate torture`.
+/// Options of `lockgate-dev torture`.
 #[derive(Args)]
 pub struct TortureOpts {
     /// How many times to kill the job.
@@ -68,6 +68,40 @@ pub struct TortureOpts {
     /// ride them out: retry, and leave the same output.
     #[arg(long, default_value_t = 0)]
     broker_outages: u32,
+    /// The `lockgate` executable to torture (default: the one beside this program, as
+    /// `cargo build` leaves them).
+    #[arg(long)]
+    lockgate: Option<PathBuf>,
+}
+
+/// The `lockgate` executable every tortured job runs (set once by [`run`]).
+static LOCKGATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The executable `--lockgate` names, or the `lockgate` beside this program; an error
+/// saying how to build it when there is none.
+fn find_lockgate(given: Option<&Path>) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let me = std::env::current_exe().context("finding this program's path")?;
+            me.with_file_name(format!("lockgate{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    ensure!(
+        path.is_file(),
+        "no lockgate executable at {}: build it (`cargo build --bin lockgate`, with \
+         --release for a release lockgate-dev) or name one with --lockgate PATH",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A command running the tortured `lockgate` executable.
+fn lockgate_command() -> Result<Command> {
+    let exe = LOCKGATE
+        .get()
+        .context("the lockgate executable is set when the torture starts")?;
+    Ok(Command::new(exe))
 }
 
 /// The sink's tables as sorted text rows (results, and committed batch ids with what
@@ -151,8 +185,7 @@ fn job_command(
     cp: &Path,
     sink: Option<&str>,
 ) -> Result<Command> {
-    let exe = std::env::current_exe().context("finding the lockgate executable")?;
-    let mut c = Command::new(exe);
+    let mut c = lockgate_command()?;
     let job = match pipeline {
         Pipeline::Files => "log-errors",
         Pipeline::WordCount
@@ -288,8 +321,25 @@ fn load_topic(input: &Path, proxied: bool) -> Result<lockgate_kafka::testing::Ka
     Ok(broker)
 }
 
+/// `lockgate-dev torture ARGS...` from a program: parses the flags as the command line
+/// does (`["--pipeline", "files", "--kills", "20", "--lockgate", PATH]`) and runs.
+pub fn run_args(args: &[&str]) -> Result<()> {
+    /// The torture's flags alone.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        opts: TortureOpts,
+    }
+    let flags = <Flags as clap::Parser>::try_parse_from(
+        std::iter::once("lockgate-dev torture").chain(args.iter().copied()),
+    )?;
+    run(&flags.opts)
+}
+
 /// Runs the torture test; fails with the seed when outputs differ.
 pub fn run(opts: &TortureOpts) -> Result<()> {
+    let exe = find_lockgate(opts.lockgate.as_deref())?;
+    let exe = LOCKGATE.get_or_init(|| exe);
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -313,6 +363,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         opts.kills,
         dir.display()
     );
+    tracing::debug!(lockgate = %exe.display(), "tortured executable");
     if let Pipeline::Socket | Pipeline::Sql = opts.pipeline {
         if let Pipeline::Sql = opts.pipeline {
             sql::run(opts, seed, &dir)?;
@@ -537,12 +588,11 @@ mod sql {
     use anyhow::{bail, ensure, Context, Result};
 
     use super::{read_output, TortureOpts};
-    use crate::generate::{generate_logs, Rng};
+    use lockgate_jobs::sample::{generate_logs, Rng};
     use lockgate_jobs::sql::{log_errors_sql, LOG_ERRORS_WATERMARK, WORD_COUNT_SQL};
 
     fn lockgate(args: &[&str], input: &Path, out: &Path) -> Result<Command> {
-        let exe = std::env::current_exe().context("finding the lockgate executable")?;
-        let mut c = Command::new(exe);
+        let mut c = super::lockgate_command()?;
         c.args(args)
             .args(["--once", "--quiet", "--no-ui", "--parallelism", "2"])
             .args(["--max-files-per-batch", "1", "--input"])
@@ -764,7 +814,7 @@ mod socket {
     use anyhow::{bail, ensure, Context, Result};
 
     use super::{read_output, TortureOpts};
-    use crate::generate::Rng;
+    use lockgate_jobs::sample::Rng;
 
     const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -776,8 +826,7 @@ mod socket {
     }
 
     fn start(port: u16, out: &Path, cp: &Path) -> Result<Job> {
-        let exe = std::env::current_exe().context("finding the lockgate executable")?;
-        let mut child = Command::new(exe)
+        let mut child = super::lockgate_command()?
             .args([
                 "run",
                 "word-count",

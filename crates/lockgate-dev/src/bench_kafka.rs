@@ -1,4 +1,4 @@
-//! `lockgate bench kafka`: Kafka → filter → Kafka, exactly once, against a bare
+//! `lockgate-dev bench kafka`: Kafka → filter → Kafka, exactly once, against a bare
 //! librdkafka consume-filter-produce loop (transactions of the same size, committing its
 //! consumer offsets with each as Kafka's exactly-once pattern does), and the Kafka source
 //! alone against a bare consumer, all on one throwaway broker (scripts/kafka.sh), over
@@ -285,7 +285,7 @@ fn print(name: &str, r: &Run, what: &str) {
 /// Runs the benchmark.
 pub fn run(opts: &KafkaBenchOpts) -> Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench kafka`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench kafka`");
     }
     ensure!(
         opts.partitions > 0 && opts.records > 0,

@@ -1,4 +1,5 @@
-//! `lockgate generate logs`: deterministic Apache-error-log style sample data.
+//! Deterministic Apache-error-log style sample data (`lockgate generate logs`, the demo,
+//! the benchmarks and the crash tests).
 //!
 //! Lines look like
 //! `[Fri Dec 18 00:00:00 2015] [ERROR] [client 10.1.2.3] Directory index forbidden by rule: /home/raj/`.
@@ -12,7 +13,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 
 /// 2015-12-18T00:00:00Z in epoch seconds.
 pub const BASE_EPOCH_SECS: i64 = 1_450_396_800;
@@ -141,9 +142,10 @@ pub fn write_line(rng: &mut Rng, i: u64, out: &mut String) {
 /// Writes `lines` lines over `files` files named `logs-NNNNN.log` in `dir`, each written
 /// to a hidden temporary name and renamed into place. Returns the file paths in order.
 pub fn generate_logs(dir: &Path, lines: u64, files: u64, seed: u64) -> Result<Vec<PathBuf>> {
-    anyhow::ensure!(files > 0, "--files must be at least 1");
-    fs::create_dir_all(dir)
-        .with_context(|| format!("creating output directory {}", dir.display()))?;
+    if files == 0 {
+        return Err(Error::Config("--files must be at least 1".into()));
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("creating output directory", dir, e))?;
     let mut rng = Rng::new(seed);
     let mut paths = Vec::new();
     let mut buf = String::new();
@@ -156,12 +158,10 @@ pub fn generate_logs(dir: &Path, lines: u64, files: u64, seed: u64) -> Result<Ve
         let name = format!("logs-{f:05}.log");
         let tmp = dir.join(format!(".{name}.tmp"));
         let path = dir.join(&name);
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         file.write_all(buf.as_bytes())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} into place", path.display()))?;
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("renaming into place", &path, e))?;
         paths.push(path);
     }
     Ok(paths)

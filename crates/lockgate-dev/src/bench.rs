@@ -1,7 +1,8 @@
-//! `lockgate bench log-errors|word-count`: a built-in job over generated files (`--once`,
+//! `lockgate-dev bench log-errors|word-count`: a built-in job over generated files (`--once`,
 //! one file per batch) and, in the same run, a raw-scan baseline over the same files;
 //! `bench recovery`: the recovery time of a large state.
 
+use lockgate_core::sync::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rayon::prelude::*;
 
-use crate::generate::generate_logs;
+use lockgate_jobs::sample::generate_logs;
 use lockgate_jobs::{self as jobs, Input, Job, JobConfig};
 use rustc_hash::FxHashMap;
 
@@ -395,7 +396,7 @@ fn sql_job(
     let (col, delay) = LOG_ERRORS_WATERMARK
         .split_once(' ')
         .context("the watermark's form")?;
-    let delay = lockgate_sql::rewrite::parse_duration(delay).map_err(anyhow::Error::msg)?;
+    let delay = lockgate_core::parse_duration(delay).map_err(anyhow::Error::msg)?;
     let mut job_sql = SqlJob {
         query: WORD_COUNT_SQL.to_string(),
         name: "words".into(),
@@ -442,10 +443,6 @@ fn sql_job(
     Ok(())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Words (split on single spaces, empty strings not counted) in all files: what the
 /// word count's final counts must add up to.
 fn count_words(files: &[PathBuf]) -> Result<u64> {
@@ -469,7 +466,7 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         (Job::WordCount, _) => "word-count",
     };
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench {what}`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench {what}`");
     }
     let dir = data_dir(opts)?;
     if opts.child_run {
@@ -559,7 +556,7 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
 /// run a fresh child process; both checked against the files' counts.
 pub fn sql(opts: &BenchOpts) -> Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench sql`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench sql`");
     }
     let dir = data_dir(opts)?;
     let files = log_files(&dir)?;
@@ -649,7 +646,7 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
     use std::sync::Arc;
 
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench recovery`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench recovery`");
     }
     let dir = std::env::temp_dir().join(format!("lockgate-bench-recovery-{}", std::process::id()));
     let words: Vec<String> = (0..opts.keys).map(|i| format!("word{i:08}")).collect();
@@ -759,7 +756,7 @@ fn flink_per_core(query: &str) -> Option<f64> {
 pub fn nexmark(opts: &NexmarkOpts) -> Result<()> {
     use lockgate_nexmark::{events, nexmark_stream, query_by_name, EVENTS_PER_SECOND, QUERIES};
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench nexmark`");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench nexmark`");
     }
     if !QUERIES.contains(&opts.query.as_str()) {
         bail!(

@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         );
         let query = (|| {
-            let mut sql = SqlContext::new(&ctx);
+            let mut sql = SqlContext::new();
             sql.register_text_chunks("lines", &chunks)?;
             sql.with_watermark("ts", Duration::from_secs(10));
             sql.sql_named(

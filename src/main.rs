@@ -702,7 +702,7 @@ fn run_sql(opts: SqlOpts) -> Result<()> {
     let decoder = match (&opts.format, &opts.schema) {
         (Some(f), Some(s)) => Some(lockgate_sql::Decoder::new(
             f.parse()?,
-            lockgate_sql::input::parse_schema(s)?,
+            lockgate_sql::parse_schema(s)?,
         )),
         _ => None,
     };

@@ -13,7 +13,7 @@ use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::metrics::StreamingMetrics;
-use crate::protocol::{Order, Protocol};
+use crate::protocol::{Order, Protocol, Start};
 use crate::scheduler::Scheduler;
 use crate::types::{lock, DeliveryMode, SinkOffsets};
 
@@ -399,15 +399,8 @@ impl StreamingContext {
         }
     }
 
-    /// Zero time and first batch id of a run that recovers nothing: after the sink's
-    /// last batch with `from_sink_offsets`, else from the clock (or start time).
-    fn fresh_timing(&self) -> (Time, u64) {
-        match &self.inner.from_sink {
-            Some(o) => (Time(o.last_batch_time_ms), o.last_batch_id + 1),
-            None => (self.fresh_zero(), 0),
-        }
-    }
-
+    /// The zero time of a run that recovers nothing: the clock's time (or the start
+    /// time) rounded down to the batch interval.
     fn fresh_zero(&self) -> Time {
         let interval = self.inner.graph.timing.interval_ms;
         let base = self
@@ -443,7 +436,7 @@ impl StreamingContext {
             &self.inner.graph,
             &cfg,
             settings,
-            self.fresh_timing(),
+            Protocol::fresh_timing(self.inner.from_sink.as_ref(), self.fresh_zero()),
             self.inner.metrics.clone(),
         )
     }
@@ -550,32 +543,19 @@ impl StreamingContext {
             None if self.inner.checkpoint.is_some() => Some(self.recover()?),
             None => None,
         };
-        let (zero, base_id, first, replays, recovered, checkpointer) = match recovery {
-            Some((r, cp)) => (
-                r.zero,
-                r.base_id,
-                r.next_time,
-                r.replays,
-                r.restored,
-                Some(cp),
-            ),
-            None => {
-                let (zero, base_id) = self.fresh_timing();
-                (
-                    zero,
-                    base_id,
-                    zero.plus_ms(interval),
-                    Vec::new(),
-                    false,
-                    None,
-                )
-            }
-        };
-        // Timing already continues after the sink's batches (fresh_timing); the sources
-        // learn what those batches took.
-        if let (Some(offsets), false) = (&self.inner.from_sink, recovered) {
-            Protocol::resume_from_sink(&self.inner.graph.inputs(), offsets)?;
-        }
+        let Start {
+            zero,
+            base_id,
+            first,
+            replays,
+            recovered,
+            checkpointer,
+        } = Protocol::start_point(
+            &self.inner.graph,
+            recovery,
+            self.inner.from_sink.as_ref(),
+            self.fresh_zero(),
+        )?;
         self.inner.graph.start(zero, base_id);
         let bounded = self.inner.trigger == Trigger::AvailableNow;
         let inputs = self.inner.graph.inputs();

@@ -17,10 +17,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::batch::{Batch, Data};
 use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
-use crate::types::{
-    lock, BatchContext, BatchId, CommittedBatches, InputInfo, InputSource, NameFn, OutputOpInfo,
-    Stateful,
-};
+use crate::traits::{CommittedBatches, InputSource, Operator, Stateful};
+use crate::types::{lock, BatchContext, BatchId, InputInfo, NameFn, OutputOpInfo};
 
 /// Turns a caught panic payload into a message.
 pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -138,24 +136,6 @@ impl NodeMeta {
         self.stateful
             || self.consumers.load(Ordering::Acquire) > 1
             || self.timing.remember_ms.load(Ordering::Acquire) > 0
-    }
-}
-
-/// The physical work of a node: turn the parents' batches into this node's batch.
-pub(crate) trait Operator<T>: Send + Sync {
-    /// Computes the batch of `cx` (at a time valid for the node).
-    fn compute(&self, cx: &BatchContext) -> Result<Batch<T>>;
-
-    /// Called at every batch time before any output runs (windows collect their
-    /// parent's batch here, also at times they emit nothing).
-    fn prepare(&self, _cx: &BatchContext) -> Result<()> {
-        Ok(())
-    }
-
-    /// The operator's checkpointed state, if it has any: registered under `name` (the
-    /// node's stable name, read when the context starts) when the node is added.
-    fn state(&self, _name: NameFn) -> Option<Arc<dyn Stateful>> {
-        None
     }
 }
 

@@ -50,6 +50,7 @@ pub mod codec;
 pub mod context;
 pub mod dstream;
 pub mod error;
+pub mod extend;
 mod graph;
 mod hash;
 pub mod metrics;
@@ -63,6 +64,7 @@ pub mod source;
 pub mod sync;
 pub mod testing;
 pub mod text;
+mod traits;
 mod types;
 pub mod wal;
 

@@ -13,14 +13,23 @@
 //! 3. **Commit outputs**, inside the run: each sink commits `b` atomically with its id,
 //!    so a batch it already holds is not written again (see [`Order`]).
 //! 4. **Persist state, mark done, clean up** ([`Protocol::complete`]): the state changes
-//!    of version `b` are encoded and handed to the checkpoint writer, which writes them,
-//!    then `commits/<b>`, then deletes what retention no longer needs — off the batch's
-//!    critical path.
+//!    of version `b` are encoded and handed to the checkpoint writer thread, off the
+//!    batch's critical path. The writer writes each batch's state files as they come;
+//!    every sync interval (`CheckpointConfig::sync_interval`, 100 ms by default, and at
+//!    stop) one filesystem sync makes the files written so far durable, and only then
+//!    does it write a commit marker — for the *newest* batch of that sync round alone
+//!    (`commits/<newest>` covers every batch before it; the batches in between get no
+//!    marker of their own), which becomes durable with the next sync. Then retention
+//!    deletes the plans, commits and state no longer needed. With a zero sync interval
+//!    every batch is its own round and gets its own marker. Sources hear that their
+//!    input is committed only once that marker is durable.
 //!
-//! At start, **recover** ([`Protocol::recover`]): check the metadata, choose the newest
-//! commit whose state loads, restore state, collect the logged plans after it to re-run
-//! ([`Protocol::restore_replays`], [`Protocol::replayed`]), resume timing; without a
-//! checkpoint, resume after the batches a sink recorded (`from_sink_offsets`).
+//! At start, [`Protocol::start_point`] chooses, in one place, where the context starts:
+//! **recover** a checkpoint ([`Protocol::recover`]: check the metadata, choose the
+//! newest commit whose state loads, restore state, collect the logged plans after it to
+//! re-run ([`Protocol::restore_replays`], [`Protocol::replayed`]), resume timing); or,
+//! with nothing restored, resume after the batches a sink recorded
+//! (`from_sink_offsets`); or start fresh.
 //!
 //! The delivery modes differ only in the ordering of these steps, decided by
 //! [`Order::of`] and nowhere else.
@@ -34,9 +43,9 @@ use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::metrics::StreamingMetrics;
+use crate::traits::InputSource;
 use crate::types::{
-    BatchContext, BatchId, DeliveryMode, InputInfo, InputSource, OutputOpInfo, SinkOffsets,
-    SourcePlan,
+    BatchContext, BatchId, DeliveryMode, InputInfo, OutputOpInfo, SinkOffsets, SourcePlan,
 };
 
 /// How a delivery mode orders the protocol's steps.
@@ -79,6 +88,22 @@ impl Order {
             commit_after_sync: !self.commit_before_run,
         }
     }
+}
+
+/// Where a started context begins ([`Protocol::start_point`]).
+pub(crate) struct Start {
+    /// The zero time: batch `base_id + k` has time `zero + (k + 1) * interval`.
+    pub zero: Time,
+    /// The id of the batch right after `zero`.
+    pub base_id: BatchId,
+    /// The time of the first batch to plan (after the replays).
+    pub first: Time,
+    /// Logged plans to re-run first, in order.
+    pub replays: Vec<Plan>,
+    /// State was restored from an earlier run.
+    pub recovered: bool,
+    /// The checkpoint, when the context has one.
+    pub checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// One planned batch: its context and what its sources reported.
@@ -140,9 +165,58 @@ impl Protocol {
         Ok((rec, cp))
     }
 
+    /// Zero time and first batch id of a run that recovers nothing from a checkpoint:
+    /// right after the last batch a sink recorded (`from_sink_offsets`), else `zero`.
+    pub fn fresh_timing(from_sink: Option<&SinkOffsets>, zero: Time) -> (Time, BatchId) {
+        match from_sink {
+            Some(o) => (Time(o.last_batch_time_ms), o.last_batch_id + 1),
+            None => (zero, 0),
+        }
+    }
+
+    /// Where a context starts — the one place that chooses: the checkpoint's
+    /// `recovery` when it restored state (or initialised a new checkpoint); otherwise,
+    /// given the batches a sink recorded (`from_sink`), right after them, the sources
+    /// told what those batches took; otherwise fresh at `zero`. A new checkpoint
+    /// directory with `from_sink` starts after the sink's batches too (its timing came
+    /// from [`fresh_timing`](Self::fresh_timing)).
+    pub fn start_point(
+        graph: &Graph,
+        recovery: Option<(Recovery, Arc<Checkpointer>)>,
+        from_sink: Option<&SinkOffsets>,
+        zero: Time,
+    ) -> Result<Start> {
+        let interval = graph.timing.interval_ms;
+        let start = match recovery {
+            Some((r, cp)) => Start {
+                zero: r.zero,
+                base_id: r.base_id,
+                first: r.next_time,
+                replays: r.replays,
+                recovered: r.restored,
+                checkpointer: Some(cp),
+            },
+            None => {
+                let (zero, base_id) = Self::fresh_timing(from_sink, zero);
+                Start {
+                    zero,
+                    base_id,
+                    first: zero.plus_ms(interval),
+                    replays: Vec::new(),
+                    recovered: false,
+                    checkpointer: None,
+                }
+            }
+        };
+        if let (Some(offsets), false) = (from_sink, start.recovered) {
+            Self::resume_from_sink(&graph.inputs(), offsets)?;
+        }
+        Ok(start)
+    }
+
     /// Recovery without a checkpoint: the sources learn what the batches a sink
     /// recorded took (the batch timing already continues after them).
-    pub fn resume_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Result<()> {
+    fn resume_from_sink(inputs: &[Arc<dyn InputSource>], offsets: &SinkOffsets) -> Result<()> {
         for input in inputs {
             let name = input.name();
             let descriptors: Vec<&[u8]> = offsets

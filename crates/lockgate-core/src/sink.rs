@@ -20,8 +20,9 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error};
 use crate::metrics::SinkCounters;
 use crate::protocol::Order;
+use crate::traits::CommittedBatches;
 pub use crate::types::SinkOffsets;
-use crate::types::{BatchId, CommittedBatches, DeliveryMode, SourcePlan};
+use crate::types::{BatchId, DeliveryMode, SourcePlan};
 
 /// What a sink knows about the batch it commits.
 #[derive(Clone, Debug)]

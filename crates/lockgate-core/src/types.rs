@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use rustc_hash::FxHasher;
 
 use crate::clock::Time;
-use crate::codec::{Codec, CodecError, Stored};
+use crate::codec::{Codec, CodecError};
 use crate::error::Result;
 
 /// The id of a batch: 0 for the first batch time, then one more per batch interval.
@@ -89,52 +89,6 @@ pub struct InputInfo {
     pub description: String,
 }
 
-/// A source of input: plans what each batch reads.
-pub(crate) trait InputSource: Send + Sync {
-    fn name(&self) -> String;
-    /// Starts receivers, takes the initial file listing, ... `recovered` is true when
-    /// the source's state was restored from a checkpoint.
-    fn start(&self, bounded: bool, recovered: bool) -> Result<()>;
-    /// Stops receivers; data received so far stays available to `plan`.
-    fn stop(&self);
-    /// Decides what batch `t` reads; returns it and its encoded descriptor.
-    fn plan(&self, t: Time) -> Result<(InputInfo, Vec<u8>)>;
-    /// Re-plans batch `t` exactly as logged (recovery).
-    fn replay(&self, t: Time, descriptor: &[u8]) -> Result<()>;
-    /// `Err(reason)` when the source cannot be replayed from a checkpoint.
-    fn checkpoint_support(&self) -> std::result::Result<(), String> {
-        Ok(())
-    }
-    /// Called when the context checkpoints into `dir`: the source prepares to log what
-    /// replay needs.
-    fn enable_checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
-        Ok(())
-    }
-    /// The rate controller's new limit, records per second (receivers apply it).
-    fn set_rate_limit(&self, _records_per_second: f64) {}
-    /// The batches up to `t` are durably committed: their input may be released.
-    fn committed(&self, _t: Time) {}
-    /// Marks the input of these logged descriptors as consumed (resuming from a sink's
-    /// offsets).
-    fn seed_consumed(&self, _descriptors: &[&[u8]]) -> Result<()> {
-        Ok(())
-    }
-    /// True while the source has data that a next `plan` would take.
-    fn has_pending(&self) -> bool;
-    /// How many more batches a bounded source needs for what it holds (None when it
-    /// cannot tell, e.g. a receiver).
-    fn pending_batches(&self) -> Option<u64> {
-        None
-    }
-    /// Drops planned data of batches up to `done`.
-    fn forget(&self, done: Time);
-    /// Records actually read for batch `t`, for sources that only know it after reading
-    /// (files: the plan lists files, reading counts lines).
-    fn records_read(&self, _t: Time) -> Option<u64> {
-        None
-    }
-}
-
 /// The result of running one output operation for a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputOpInfo {
@@ -170,47 +124,6 @@ pub enum DeliveryMode {
 /// How a piece of state finds its stable name: its node's, which may be set after the
 /// node is created (`DStream::name`), so it is read when the context starts.
 pub(crate) type NameFn = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
-
-/// A sink as the protocol sees it at start: which batch it committed last.
-pub(crate) trait CommittedBatches: Send + Sync {
-    /// The sink's name.
-    fn name(&self) -> String;
-    /// The last batch id the sink committed for application `app`, if it records one.
-    fn last_committed(
-        &self,
-        app: &str,
-    ) -> std::result::Result<Option<BatchId>, crate::error::BoxError>;
-}
-
-/// Checkpointable state of an operator or source.
-pub(crate) trait Stateful: Send + Sync {
-    /// The stable name state is stored under.
-    fn name(&self) -> String;
-    /// The state's schema, built from its types' codec schemas (`string -> i64`; see
-    /// `checkpoint::schema`): recorded in the checkpoint and compared at recovery.
-    fn schema(&self) -> String;
-    /// Number of state partitions.
-    fn partitions(&self) -> usize;
-    /// Writes full snapshots only (state whose changes are not tracked).
-    fn always_full(&self) -> bool {
-        false
-    }
-    /// Called once when the context checkpoints: from now on every batch's changes are
-    /// persisted (state may then log its changes as they happen).
-    fn checkpointed(&self) {}
-    /// Encoded entries of partition `p`: all (`full`) or changed since the last call.
-    /// `None` when nothing changed and `full` is false.
-    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>>;
-    /// Replaces the state from payloads per old partition, each applied in order.
-    fn restore(&self, old: Vec<Vec<Stored>>) -> std::result::Result<(), CodecError>;
-    /// Number of entries per partition (for inspection and metrics).
-    fn sizes(&self) -> Vec<usize>;
-    /// State an earlier Lockgate did not have: a checkpoint without it starts it empty
-    /// (for other state, a checkpoint without it is an upgrade the user must allow).
-    fn introduced(&self) -> bool {
-        false
-    }
-}
 
 /// One source's part of a batch plan.
 #[derive(Clone, Debug, PartialEq, Eq)]

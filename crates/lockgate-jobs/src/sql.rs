@@ -202,7 +202,7 @@ impl JobConfig {
                             let (batch, row) = r.batch();
                             serde_json::Value::Array(
                                 keys.iter()
-                                    .map(|&i| lockgate_sql::value::to_json(batch.column(i), row))
+                                    .map(|&i| lockgate_sql::to_json(batch.column(i), row))
                                     .collect(),
                             )
                             .to_string()
@@ -273,7 +273,7 @@ impl JobConfig {
         job: &SqlJob,
         statics: &[(String, SchemaRef, Vec<RecordBatch>)],
     ) -> lockgate_sql::Result<SqlContext> {
-        let mut sql = SqlContext::new(ctx);
+        let mut sql = SqlContext::new();
         for (name, schema, batches) in statics {
             sql.register_batches(name, schema.clone(), batches.clone())?;
         }
@@ -281,7 +281,9 @@ impl JobConfig {
             sql.with_watermark(col, *delay);
         }
         sql.output_mode(job.mode);
-        let wants_kafka_table = lockgate_sql::mentions(&job.query, "kafka");
+        // A query that does not parse reads no table: sql_named reports its error.
+        let wants_kafka_table = lockgate_sql::tables_read(&job.query)
+            .is_ok_and(|tables| tables.iter().any(|t| t == "kafka"));
         match (&self.input, &job.decoder) {
             (Input::Kafka { config, options }, None) if wants_kafka_table => {
                 let mut config = config.clone();
@@ -406,7 +408,7 @@ fn sql_value(v: &ScalarValue) -> SqlValue {
         S::Float32(Some(x)) => SqlValue::Float(f64::from(*x)),
         S::Float64(Some(x)) => SqlValue::Float(*x),
         other => match other.to_array() {
-            Ok(a) => match lockgate_sql::value::to_json(&a, 0) {
+            Ok(a) => match lockgate_sql::to_json(&a, 0) {
                 serde_json::Value::String(s) => SqlValue::Text(s),
                 j => SqlValue::Text(j.to_string()),
             },

@@ -250,7 +250,7 @@ mod tests {
         .expect("runs");
         let window = a.window.as_ref().map(|w| w.index);
         let keys: Vec<usize> = (0..a.groups).filter(|i| Some(*i) != window).collect();
-        merged(crate::partial_rows(&out, &keys, window, a.groups).expect("partials"))
+        merged(crate::value::partial_rows(&out, &keys, window, a.groups).expect("partials"))
     }
 
     const LINES: [Option<&str>; 9] = [

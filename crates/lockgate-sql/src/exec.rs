@@ -202,3 +202,15 @@ impl Row {
         )
     }
 }
+
+/// Runs `f` to completion on a current-thread runtime: planning and static tables are
+/// read once, at start, on the caller's thread.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => panic!("cannot start a runtime to plan the query: {e}"),
+    }
+}

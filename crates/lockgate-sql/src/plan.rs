@@ -44,8 +44,6 @@ pub const WINDOW_END_COL: &str = "__lockgate_window_end";
 
 /// A query cut for streaming.
 pub struct StreamPlan {
-    /// The stream table it reads.
-    pub table: String,
     /// What runs where.
     pub kind: Kind,
     /// The output's columns.
@@ -303,7 +301,6 @@ pub async fn plan(
         check_stateless(&logical, table, "on a stream")?;
         let optimized = state.optimize(&logical).map_err(Error::Plan)?;
         return Ok(StreamPlan {
-            table: table.to_string(),
             kind: Kind::Stateless(optimized),
             output,
             key_columns: Vec::new(),
@@ -525,7 +522,6 @@ pub async fn plan(
         }
     }
     Ok(StreamPlan {
-        table: table.to_string(),
         kind: Kind::Aggregate(Box::new(AggPlan {
             pre,
             post,

@@ -271,7 +271,7 @@ mod tests {
             vec![batch],
         )
         .expect("runs");
-        merged(crate::partial_rows(&out, &[0], None, 1).expect("partials"))
+        merged(crate::value::partial_rows(&out, &[0], None, 1).expect("partials"))
     }
 
     const TEXTS: [&[u8]; 7] = [

@@ -59,7 +59,7 @@ fn plan_of(state: &SessionState, sql: &str) -> StreamPlan {
         panic!("{sql} is not a query");
     };
     let window = crate::rewrite::rewrite_windows(q).expect("rewrites");
-    crate::block_on(crate::plan::plan(
+    crate::exec::block_on(crate::plan::plan(
         state,
         statement,
         "lines",

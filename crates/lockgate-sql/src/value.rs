@@ -19,6 +19,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result;
 use lockgate_core::{Codec, CodecError, CompactString};
 use smallvec::SmallVec;
@@ -635,6 +636,45 @@ pub fn to_json(col: &ArrayRef, row: usize) -> serde_json::Value {
         _ => datafusion::arrow::util::display::array_value_to_string(col, row)
             .map_or(J::Null, J::String),
     }
+}
+
+/// The partial aggregates of the pre part's output: (key, exact event time, partials)
+/// per group that occurred.
+pub(crate) fn partial_rows(
+    out: &[RecordBatch],
+    key_index: &[usize],
+    window_index: Option<usize>,
+    groups: usize,
+) -> datafusion::error::Result<Vec<(Key, Option<i64>, Partials)>> {
+    let mut rows = Vec::new();
+    for b in out {
+        let n = b.num_rows();
+        let key_cols: Vec<ArrayRef> = key_index.iter().map(|&i| b.column(i).clone()).collect();
+        let keys = encode_keys(&key_cols, n)?;
+        let times = match window_index {
+            Some(w) => epoch_ms(b.column(w))?,
+            None => vec![None; n],
+        };
+        let partials = read_partials(&b.columns()[groups..], n)?;
+        rows.extend(
+            keys.into_iter()
+                .zip(times)
+                .zip(partials)
+                .filter(|(_, p)| Layout::rows(p) > 0)
+                .map(|((k, t), p)| (k, t, p)),
+        );
+    }
+    if window_index.is_some() {
+        sort_for_windows(&mut rows);
+    }
+    Ok(rows)
+}
+
+/// Orders a partition's windowed partials by key and event time (a hash aggregation
+/// gives them in no order): the window operator aggregates a run of one key's records
+/// that fall in the same windows once, so sorted partials make long runs.
+fn sort_for_windows(rows: &mut [(Key, Option<i64>, Partials)]) {
+    rows.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
 }
 
 #[cfg(test)]

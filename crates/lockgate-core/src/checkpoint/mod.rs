@@ -25,7 +25,8 @@ use rayon::prelude::*;
 
 use crate::clock::Time;
 use crate::error::{Error, Result};
-use crate::types::{lock, InputSource, Stateful};
+use crate::traits::{InputSource, Stateful};
+use crate::types::lock;
 use log::{CheckpointLog, Commit, Metadata, Plan};
 use schema::SchemaMatch;
 use store::{dir_name, StateHeader, StateStore, CODEC};

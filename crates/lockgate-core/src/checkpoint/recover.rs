@@ -12,7 +12,8 @@ use super::store::dir_name;
 use super::{dir_lock, Checkpointer, Recovery, UpgradeStatus};
 use crate::clock::Time;
 use crate::error::{Error, Result};
-use crate::types::{lock, InputSource};
+use crate::traits::InputSource;
+use crate::types::lock;
 
 /// The loaded state of a commit: per state, per old partition, its payloads in order.
 type Loaded = Vec<Vec<Vec<crate::codec::Stored>>>;

@@ -14,7 +14,8 @@ use crate::batch::{Batch, Data};
 use crate::clock::Time;
 use crate::codec::{schema_of, Codec, CodecError, Stored};
 use crate::graph::NodeMeta;
-use crate::types::{lock, partition_of, Stateful};
+use crate::traits::Stateful;
+use crate::types::{lock, partition_of};
 
 /// Per-key state in `n` partitions, remembering which keys changed since the last
 /// [`encode`](Self::encode) so that a delta holds only those: as a set of changed keys
@@ -494,10 +495,52 @@ pub(crate) fn node_name(meta: &Arc<NodeMeta>, suffix: &'static str) -> NameFn {
     Arc::new(move || format!("{}{suffix}", meta.name()))
 }
 
-/// The [`Stateful`] view of a [`KeyedState`].
+/// The [`Stateful`] view of a [`KeyedState`], with how it is checkpointed: deltas and
+/// snapshots (the default) or snapshots only; whether earlier releases' checkpoints
+/// lack it; how its size is counted.
 pub(crate) struct KeyedStateful<K, S> {
-    pub name: NameFn,
-    pub state: Arc<Mutex<KeyedState<K, S>>>,
+    name: NameFn,
+    state: Arc<Mutex<KeyedState<K, S>>>,
+    /// Written only in snapshot versions: its changes between snapshots are rebuilt from
+    /// the logged plans at recovery (the file source's taken files are in every plan).
+    snapshots_only: bool,
+    /// State an earlier Lockgate did not have (see [`Stateful::introduced`]).
+    introduced: bool,
+    /// The entries one value counts as in [`Stateful::sizes`] (`None`: keys are counted).
+    entries: Option<fn(&S) -> usize>,
+}
+
+impl<K, S> KeyedStateful<K, S> {
+    /// `state` checkpointed under `name`, with deltas and snapshots.
+    pub fn new(name: NameFn, state: Arc<Mutex<KeyedState<K, S>>>) -> Self {
+        KeyedStateful {
+            name,
+            state,
+            snapshots_only: false,
+            introduced: false,
+            entries: None,
+        }
+    }
+
+    /// Written only in snapshot versions.
+    pub fn snapshots_only(mut self) -> Self {
+        self.snapshots_only = true;
+        self
+    }
+
+    /// Added after checkpoints of an earlier release were written: recovering one of
+    /// those starts it empty.
+    pub fn introduced(mut self) -> Self {
+        self.introduced = true;
+        self
+    }
+
+    /// Counts `entries(value)` entries per key in [`Stateful::sizes`] (a window
+    /// aggregation counts windows, not keys).
+    pub fn counting(mut self, entries: fn(&S) -> usize) -> Self {
+        self.entries = Some(entries);
+        self
+    }
 }
 
 impl<K, S> Stateful for KeyedStateful<K, S>
@@ -521,6 +564,9 @@ where
         lock(&self.state).checkpointed = true;
     }
     fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
+        if self.snapshots_only && !full {
+            return None;
+        }
         let mut st = lock(&self.state);
         if !full && st.dirty[p].is_empty() && st.log[p].entries == 0 {
             return None;
@@ -531,7 +577,16 @@ where
         lock(&self.state).restore(old)
     }
     fn sizes(&self) -> Vec<usize> {
-        lock(&self.state).sizes()
+        let st = lock(&self.state);
+        match self.entries {
+            None => st.sizes(),
+            Some(count) => (0..st.partitions())
+                .map(|j| st.entries(j).map(|(_, v)| count(v)).sum())
+                .collect(),
+        }
+    }
+    fn introduced(&self) -> bool {
+        self.introduced
     }
 }
 
@@ -563,6 +618,13 @@ impl<T: Data + Codec> Stateful for BufferStateful<T> {
     }
     fn sizes(&self) -> Vec<usize> {
         vec![lock(&self.state).batches.values().map(Batch::len).sum()]
+    }
+    fn always_full(&self) -> bool {
+        false
+    }
+    fn checkpointed(&self) {}
+    fn introduced(&self) -> bool {
+        false
     }
 }
 
@@ -618,68 +680,17 @@ impl<A: Stateful, B: Stateful> Stateful for PairStateful<A, B> {
         }
         s
     }
-}
-
-/// State written only as snapshots: its changes between snapshots are rebuilt from the
-/// logged plans at recovery (the file source's taken files are in every plan).
-pub(crate) struct SnapshotOnly<S>(pub S);
-
-impl<S: Stateful> Stateful for SnapshotOnly<S> {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn schema(&self) -> String {
-        self.0.schema()
-    }
-    fn partitions(&self) -> usize {
-        self.0.partitions()
-    }
-    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
-        if full {
-            self.0.persist(p, true)
-        } else {
-            None
-        }
-    }
-    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
-        self.0.restore(old)
-    }
-    fn sizes(&self) -> Vec<usize> {
-        self.0.sizes()
-    }
-}
-
-/// State added to the engine after checkpoints of an earlier release were written:
-/// recovering one of those starts it empty (see [`Stateful::introduced`]).
-pub(crate) struct Introduced<S>(pub S);
-
-impl<S: Stateful> Stateful for Introduced<S> {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn schema(&self) -> String {
-        self.0.schema()
-    }
-    fn partitions(&self) -> usize {
-        self.0.partitions()
-    }
+    /// Both are written in full when either must be.
     fn always_full(&self) -> bool {
-        self.0.always_full()
+        self.first.always_full() || self.second.always_full()
     }
     fn checkpointed(&self) {
-        self.0.checkpointed();
+        self.first.checkpointed();
+        self.second.checkpointed();
     }
-    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
-        self.0.persist(p, full)
-    }
-    fn restore(&self, old: Vec<Vec<Stored>>) -> Result<(), CodecError> {
-        self.0.restore(old)
-    }
-    fn sizes(&self) -> Vec<usize> {
-        self.0.sizes()
-    }
+    /// New only when both parts are.
     fn introduced(&self) -> bool {
-        true
+        self.first.introduced() && self.second.introduced()
     }
 }
 
@@ -814,13 +825,13 @@ mod tests {
         assert_eq!(schema_of::<Wins>(), "vec<Win<i64>>");
         assert_eq!(schema_of::<crate::TimeWindow>(), "TimeWindow");
         assert_eq!(schema_of::<(String, usize)>(), "(string, u64)");
-        let keyed = KeyedStateful {
-            name: Arc::new(|| "op".to_string()),
-            state: Arc::new(Mutex::new(KeyedState::<
+        let keyed = KeyedStateful::new(
+            Arc::new(|| "op".to_string()),
+            Arc::new(Mutex::new(KeyedState::<
                 compact_str::CompactString,
                 (i64, i64),
             >::new(1, true))),
-        };
+        );
         assert_eq!(keyed.schema(), "string -> (i64, i64)");
         assert_eq!(
             super::super::schema::normalise("compact_str::CompactString -> (i64, i64)"),

@@ -18,7 +18,8 @@ use super::{cleanup, file, CheckpointConfig, WriteOrder};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::metrics::StreamingMetrics;
-use crate::types::{lock, InputSource};
+use crate::traits::InputSource;
+use crate::types::lock;
 
 /// Work for the checkpoint writer thread.
 pub(super) enum WriteJob {

@@ -46,8 +46,9 @@ pub use crate::operator::event_window::{OutputMode, TimeWindow, WindowSpec, Wind
 pub use crate::operator::group_state::GroupState;
 use crate::operator::group_state::GroupStateOp;
 use crate::operator::watermark::{EventTimeOp, TimeFn, Watermark};
-use crate::operator::window_agg::{fold, WindowAgg, WindowStateful};
-use crate::types::{BatchContext, Stateful};
+use crate::operator::window_agg::{fold, WindowAgg};
+use crate::traits::Stateful;
+use crate::types::BatchContext;
 
 /// A stream whose records carry an event time, with a watermark (see the module docs).
 pub struct EventTimeStream<T> {
@@ -123,10 +124,7 @@ impl<T: Data> EventTimeStream<T> {
         };
         let state = Arc::new(PairStateful {
             first: state(node_name(&meta, "")),
-            second: KeyedStateful {
-                name: node_name(&meta, ".watermark"),
-                state: watermark.state.clone(),
-            },
+            second: KeyedStateful::new(node_name(&meta, ".watermark"), watermark.state.clone()),
         });
         if self.delay_ms.is_none() {
             graph.warn_unbounded_state(
@@ -315,7 +313,7 @@ impl<T: Data, K: Data + Hash + Eq + Codec> WindowedStream<T, K> {
         let state = op.state.clone();
         self.events.event_time_node(
             kind,
-            |name| WindowStateful(KeyedStateful { name, state }),
+            |name| KeyedStateful::new(name, state).counting(|wins: &Vec<_>| wins.len()),
             move |input, wm, cx| op.compute(input, wm, cx),
         )
     }
@@ -344,7 +342,7 @@ where
         let state = op.state.clone();
         self.event_time_node(
             "flat_map_groups_with_state",
-            |name| KeyedStateful { name, state },
+            |name| KeyedStateful::new(name, state),
             move |input, wm, cx| op.compute(input, wm, cx),
         )
     }

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use crate::batch::{split_even, take_part, Batch, Data};
 use crate::clock::Time;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeCell, Operator};
+use crate::graph::{Graph, NodeCell};
+use crate::traits::Operator;
 use crate::types::BatchContext;
 
 pub mod event_time;

@@ -14,9 +14,10 @@ use crate::checkpoint::state::{
 };
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::graph::{NodeCell, Operator};
+use crate::graph::NodeCell;
 use crate::hash::FxHashMap;
-use crate::types::{lock, partition_of, BatchContext, Stateful};
+use crate::traits::{Operator, Stateful};
+use crate::types::{lock, partition_of, BatchContext};
 
 /// Keeps the pairs for which it is true.
 pub(crate) type FilterFn<K, V> = Arc<dyn Fn(&(K, V)) -> bool + Send + Sync>;
@@ -62,10 +63,7 @@ where
     /// The window's values with its buffer: one operator, one piece of state.
     fn state(&self, name: NameFn) -> Option<Arc<dyn Stateful>> {
         Some(Arc::new(PairStateful {
-            first: KeyedStateful {
-                name: name.clone(),
-                state: self.window.clone(),
-            },
+            first: KeyedStateful::new(name.clone(), self.window.clone()),
             second: BufferStateful {
                 name,
                 state: self.buffer.clone(),

@@ -14,8 +14,9 @@ use crate::checkpoint::state::{KeyedState, KeyedStateful, Recording};
 use crate::clock::Time;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::graph::{NodeCell, Operator};
-use crate::types::{lock, BatchContext, NameFn, Stateful};
+use crate::graph::NodeCell;
+use crate::traits::{Operator, Stateful};
+use crate::types::{lock, BatchContext, NameFn};
 
 /// The state of one key as seen by a `map_with_state`
 /// function: read it, update it, remove it, and know whether the key is timing out.
@@ -214,10 +215,7 @@ where
     U: Data,
 {
     fn state(&self, name: NameFn) -> Option<Arc<dyn Stateful>> {
-        Some(Arc::new(KeyedStateful {
-            name,
-            state: self.state.clone(),
-        }))
+        Some(Arc::new(KeyedStateful::new(name, self.state.clone())))
     }
 
     fn compute(&self, cx: &BatchContext) -> Result<Batch<MwsItem<K, S, U>>> {

@@ -15,9 +15,10 @@ use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::graph::{NodeCell, Operator};
+use crate::graph::NodeCell;
 use crate::hash::FxHashMap;
-use crate::types::{lock, BatchContext, NameFn, Stateful};
+use crate::traits::{Operator, Stateful};
+use crate::types::{lock, BatchContext, NameFn};
 
 /// The updates of one partition handed to an `UpdateStateSpec`'s function: every key
 /// with state or new values, with its new values (in arrival order) and its state.
@@ -82,10 +83,7 @@ where
     S: Data + Codec,
 {
     fn state(&self, name: NameFn) -> Option<Arc<dyn Stateful>> {
-        Some(Arc::new(KeyedStateful {
-            name,
-            state: self.state.clone(),
-        }))
+        Some(Arc::new(KeyedStateful::new(name, self.state.clone())))
     }
 
     fn compute(&self, cx: &BatchContext) -> Result<Batch<(K, S)>> {

@@ -10,9 +10,10 @@ use crate::batch::{map_maybe_par, take_part, transpose_by_bucket, Batch, Data, S
 use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
 use crate::error::Result;
-use crate::graph::{Graph, NodeCell, NodeMeta, Operator};
+use crate::graph::{Graph, NodeCell, NodeMeta};
 use crate::metrics::EventTimeCounters;
-use crate::types::{lock, BatchContext, NameFn, Stateful};
+use crate::traits::{Operator, Stateful};
+use crate::types::{lock, BatchContext, NameFn};
 
 /// Reads a record's event time (`None`: it has none).
 pub(crate) type TimeFn<T> = Arc<dyn Fn(&T) -> Option<Time> + Send + Sync>;

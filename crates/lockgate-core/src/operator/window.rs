@@ -8,8 +8,9 @@ use crate::checkpoint::state::{BufferState, BufferStateful, NameFn};
 use crate::clock::Time;
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::graph::{NodeCell, Operator};
-use crate::types::{lock, BatchContext, Stateful};
+use crate::graph::NodeCell;
+use crate::traits::{Operator, Stateful};
+use crate::types::{lock, BatchContext};
 
 /// `window`: the union of the buffered parent batches in `(t - len, t]`.
 pub(crate) struct WindowOp<T> {

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use super::event_window::{OutputMode, TimeWindow, WindowSpec, Windowed};
 use super::watermark::{Ingested, Watermark};
 use crate::batch::{map_maybe_par, Batch, Data};
-use crate::checkpoint::state::{KeyedState, KeyedStateful};
+use crate::checkpoint::state::KeyedState;
 use crate::clock::Time;
-use crate::codec::{Codec, CodecError, Stored};
+use crate::codec::{Codec, CodecError};
 use crate::error::Result;
 use crate::hash::{FxHashMap, FxHashSet};
-use crate::types::{lock, partition_of, BatchContext, Stateful};
+use crate::types::{lock, partition_of, BatchContext};
 
 /// One window of one key in an aggregation's state.
 #[derive(Clone, Debug)]
@@ -61,38 +61,6 @@ pub(crate) fn fold<V>(acc: &mut Option<V>, v: V, reduce: &dyn Fn(V, V) -> V) {
         Some(prev) => reduce(prev, v),
         None => v,
     });
-}
-
-/// The [`Stateful`] view of a window aggregation's state: a [`KeyedStateful`] whose
-/// entries are counted as windows (what the state's size is), not keys.
-pub(crate) struct WindowStateful<K, A>(pub KeyedStateful<K, Vec<Win<A>>>);
-
-impl<K, A> Stateful for WindowStateful<K, A>
-where
-    K: Hash + Eq + Clone + Codec + Send + 'static,
-    A: Codec + Send + 'static,
-{
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn schema(&self) -> String {
-        self.0.schema()
-    }
-    fn partitions(&self) -> usize {
-        self.0.partitions()
-    }
-    fn persist(&self, p: usize, full: bool) -> Option<Vec<u8>> {
-        self.0.persist(p, full)
-    }
-    fn restore(&self, old: Vec<Vec<Stored>>) -> std::result::Result<(), CodecError> {
-        self.0.restore(old)
-    }
-    fn sizes(&self) -> Vec<usize> {
-        let st = lock(&self.0.state);
-        (0..st.partitions())
-            .map(|j| st.entries(j).map(|(_, wins)| wins.len()).sum())
-            .collect()
-    }
 }
 
 pub(crate) type AddFn<A, T> = Box<dyn Fn(&mut A, &T) + Send + Sync>;

@@ -38,8 +38,9 @@ use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::metrics::SourceCounters;
-use crate::source::{introduced_source_state, register, source_name, source_state, SourceCompute};
-use crate::types::{lock, InputInfo, InputSource};
+use crate::source::{introduced_source_state, register, source_name, source_state};
+use crate::traits::{InputSource, SourceCompute};
+use crate::types::{lock, InputInfo};
 
 /// A partition of a log: its topic and number. A log of one unnamed topic (as
 /// [`MemoryLog`]) has the empty topic.

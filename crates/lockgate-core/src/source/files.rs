@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use rayon::prelude::*;
 
 use crate::batch::{Batch, Data};
-use crate::checkpoint::state::{KeyedState, KeyedStateful, SnapshotOnly};
+use crate::checkpoint::state::{KeyedState, KeyedStateful};
 use crate::clock::Time;
 use crate::codec::{from_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
@@ -36,10 +36,10 @@ use crate::source::read::{
     check_lines, read_ahead, FileContents, FileRead, FileStamp, ReadError, Scan, PIECE,
 };
 use crate::source::{
-    chunk_bounds, register, source_name, split_lines, SourceCompute, TextChunk,
-    DEFAULT_MAX_LINE_BYTES,
+    chunk_bounds, register, source_name, split_lines, TextChunk, DEFAULT_MAX_LINE_BYTES,
 };
-use crate::types::{lock, InputInfo, InputSource};
+use crate::traits::{InputSource, SourceCompute};
+use crate::types::{lock, InputInfo};
 
 /// Options of [`text_file_stream_with`](StreamingContext::text_file_stream_with).
 #[derive(Clone, Debug)]
@@ -650,10 +650,10 @@ impl StreamingContext {
         let taken = Arc::new(Mutex::new(KeyedState::new(1, true)));
         let state_name = format!("{name}.files");
         // Snapshots only: recovery adds the files of the plans logged since.
-        self.graph().add_state(Arc::new(SnapshotOnly(KeyedStateful {
-            name: Arc::new(move || state_name.clone()),
-            state: taken.clone(),
-        })));
+        self.graph().add_state(Arc::new(
+            KeyedStateful::new(Arc::new(move || state_name.clone()), taken.clone())
+                .snapshots_only(),
+        ));
         Arc::new(FileInput {
             read_ahead: Mutex::new(ReadAhead::default()),
             taken,

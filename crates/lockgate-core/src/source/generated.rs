@@ -20,8 +20,9 @@ use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::{Error, Result};
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, source_state, SourceCompute};
-use crate::types::{lock, InputInfo, InputSource};
+use crate::source::{register, source_name, source_state};
+use crate::traits::{InputSource, SourceCompute};
+use crate::types::{lock, InputInfo};
 
 type Generate<T> = Arc<dyn Fn(Range<u64>) -> Vec<T> + Send + Sync>;
 

@@ -12,15 +12,13 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use crate::batch::{Batch, Data};
+use crate::batch::Data;
 use crate::checkpoint::state::{KeyedState, KeyedStateful};
-use crate::clock::Time;
 use crate::codec::Codec;
 use crate::context::StreamingContext;
 use crate::dstream::DStream;
-use crate::error::Result;
 use crate::metrics::SourceCounters;
-use crate::types::InputSource;
+use crate::traits::SourceCompute;
 
 pub mod direct;
 pub mod files;
@@ -32,11 +30,6 @@ pub mod socket;
 
 /// Default longest line of text sources, in bytes: longer lines are cut.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
-
-/// The part of a source that produces the batch planned for a time.
-pub(crate) trait SourceCompute<T>: InputSource {
-    fn compute(&self, t: Time) -> Result<Batch<T>>;
-}
 
 /// A new source's name: `<kind>-<n>`, `n` counting the context's sources.
 pub(crate) fn source_name(ctx: &StreamingContext, kind: &str) -> String {
@@ -71,8 +64,7 @@ where
     V: Codec + Send + 'static,
 {
     let (stateful, state) = keyed_source_state(source, what);
-    ctx.graph()
-        .add_state(Arc::new(crate::checkpoint::state::Introduced(stateful)));
+    ctx.graph().add_state(Arc::new(stateful.introduced()));
     state
 }
 
@@ -85,10 +77,7 @@ where
 {
     let state = Arc::new(Mutex::new(KeyedState::new(1, true)));
     let name = format!("{source}.{what}");
-    let stateful = KeyedStateful {
-        name: Arc::new(move || name.clone()),
-        state: state.clone(),
-    };
+    let stateful = KeyedStateful::new(Arc::new(move || name.clone()), state.clone());
     (stateful, state)
 }
 

@@ -11,8 +11,9 @@ use crate::context::StreamingContext;
 use crate::dstream::DStream;
 use crate::error::Result;
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, SourceCompute};
-use crate::types::{lock, InputInfo, InputSource};
+use crate::source::{register, source_name};
+use crate::traits::{InputSource, SourceCompute};
+use crate::types::{lock, InputInfo};
 
 /// A queue of batches feeding a [`queue_stream`](StreamingContext::queue_stream);
 /// cloneable, so the program can push more batches while the context runs.

@@ -35,8 +35,9 @@ use crate::dstream::DStream;
 use crate::error::{BoxError, Error, Result};
 use crate::graph::panic_message;
 use crate::metrics::SourceCounters;
-use crate::source::{register, source_name, source_state, SourceCompute};
-use crate::types::{lock, InputInfo, InputSource};
+use crate::source::{register, source_name, source_state};
+use crate::traits::{InputSource, SourceCompute};
+use crate::types::{lock, InputInfo};
 use crate::wal::{BlockRef, Wal};
 
 /// A push source run on its own thread.

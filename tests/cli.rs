@@ -97,35 +97,17 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 /// All JSON rows of `DIR/<stream>/batch=<id>/part-*.jsonl`, by batch id.
 fn read_stream(out: &Path, stream: &str) -> BTreeMap<u64, Vec<serde_json::Value>> {
-    let mut batches = BTreeMap::new();
-    for dir in files_in(&out.join(stream)) {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue; // a batch being written (temporary name, renamed when complete)
-        }
-        let id: u64 = name.strip_prefix("batch=").unwrap().parse().unwrap();
-        assert!(
-            dir.join("_SUCCESS").exists(),
-            "{} has no _SUCCESS",
-            dir.display()
-        );
-        let mut rows = Vec::new();
-        for part in files_in(&dir) {
-            let pname = part.file_name().unwrap().to_string_lossy().into_owned();
-            if pname == "_SUCCESS" {
-                continue;
-            }
-            assert!(
-                pname.starts_with("part-") && pname.ends_with(".jsonl"),
-                "{pname}"
-            );
-            for line in std::fs::read_to_string(&part).unwrap().lines() {
-                rows.push(serde_json::from_str(line).unwrap());
-            }
-        }
-        batches.insert(id, rows);
-    }
-    batches
+    lockgate_core::sink::read_json_lines(&out.join(stream))
+        .unwrap()
+        .into_iter()
+        .map(|(id, lines)| {
+            let rows = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (id, rows)
+        })
+        .collect()
 }
 
 #[test]

@@ -50,40 +50,20 @@ fn sql(input: &Path, out: &Path, extra: &[&str], query: &str) -> Output {
 
 /// Rows of every batch of stream `name` under `out`, sorted per batch, by batch id.
 fn batches(out: &Path, name: &str) -> BTreeMap<u64, Vec<serde_json::Value>> {
-    let mut all = BTreeMap::new();
     let dir = out.join(name);
-    for b in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let b = b.unwrap().path();
-        let id: u64 = b
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .strip_prefix("batch=")
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(b.join("_SUCCESS").exists(), "{}", b.display());
-        let mut rows = Vec::new();
-        for p in std::fs::read_dir(&b).unwrap() {
-            let p = p.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if name == "_SUCCESS" {
-                continue;
-            }
-            assert!(
-                name.starts_with("part-") && name.ends_with(".jsonl"),
-                "unexpected file {}",
-                p.display()
-            );
-            for l in std::fs::read_to_string(&p).unwrap().lines() {
-                rows.push(serde_json::from_str(l).unwrap());
-            }
-        }
-        rows.sort_by_key(|r: &serde_json::Value| r.to_string());
-        all.insert(id, rows);
-    }
-    all
+    assert!(dir.exists(), "{} does not exist", dir.display());
+    lockgate_core::sink::read_json_lines(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|(id, lines)| {
+            let mut rows: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            rows.sort_by_key(|r| r.to_string());
+            (id, rows)
+        })
+        .collect()
 }
 
 /// The last row of each key (its row in the highest batch id).

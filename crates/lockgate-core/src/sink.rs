@@ -174,3 +174,80 @@ impl<T: Data> Sink<T> for JsonLinesSink<T> {
         write_batch_dir(&self.batch_dir(info.id), files).map_err(BoxError::from)
     }
 }
+
+/// Reads back what a [`JsonLinesSink`] wrote to `dir`: each committed batch's lines (its
+/// `batch=<id>/part-<n>.jsonl` files, sorted), by batch id. A batch directory still
+/// being written (its temporary name starts with `.`) is skipped; a `batch=` directory
+/// without its `_SUCCESS` marker, or holding other files, is an error naming it. A
+/// missing `dir` holds no batch.
+///
+/// ```
+/// # use lockgate_core::sink::read_json_lines;
+/// let dir = tempfile::tempdir()?;
+/// std::fs::create_dir_all(dir.path().join("batch=3"))?;
+/// std::fs::write(dir.path().join("batch=3/part-0.jsonl"), "{\"n\":2}\n{\"n\":1}\n")?;
+/// std::fs::write(dir.path().join("batch=3/_SUCCESS"), "")?;
+/// let batches = read_json_lines(dir.path())?;
+/// assert_eq!(batches[&3], [r#"{"n":1}"#, r#"{"n":2}"#]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_json_lines(
+    dir: &std::path::Path,
+) -> crate::Result<std::collections::BTreeMap<BatchId, Vec<String>>> {
+    use std::io::{Error as IoError, ErrorKind};
+    let mut out = std::collections::BTreeMap::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let entries = |d: &std::path::Path| -> crate::Result<Vec<std::path::PathBuf>> {
+        let mut paths = std::fs::read_dir(d)
+            .map_err(|e| Error::io("list output directory", d, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::io("list output directory", d, e))?;
+        paths.sort();
+        Ok(paths)
+    };
+    let bad = |path: &std::path::Path, why: &str| {
+        Error::io(
+            "read JSON-lines output",
+            path,
+            IoError::new(ErrorKind::InvalidData, why.to_string()),
+        )
+    };
+    for batch in entries(dir)? {
+        let name = batch
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue; // a batch being written (renamed into place when complete)
+        }
+        let id: BatchId = name
+            .strip_prefix("batch=")
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| bad(&batch, "not a batch=<id> directory"))?;
+        if !batch.join("_SUCCESS").exists() {
+            return Err(bad(&batch, "no _SUCCESS marker: the batch is incomplete"));
+        }
+        let mut lines = Vec::new();
+        for part in entries(&batch)? {
+            let file = part
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if file == "_SUCCESS" {
+                continue;
+            }
+            if !(file.starts_with("part-") && file.ends_with(".jsonl")) {
+                return Err(bad(&part, "not a part-<n>.jsonl file"));
+            }
+            let text = std::fs::read_to_string(&part)
+                .map_err(|e| Error::io("read JSON-lines output", &part, e))?;
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines.sort();
+        out.insert(id, lines);
+    }
+    Ok(out)
+}

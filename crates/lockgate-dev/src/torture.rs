@@ -141,28 +141,7 @@ fn read_output(out: &Path) -> Result<BTreeMap<(String, u64), Vec<String>>> {
     for stream in std::fs::read_dir(out)? {
         let stream = stream?;
         let sname = stream.file_name().to_string_lossy().into_owned();
-        for batch in std::fs::read_dir(stream.path())? {
-            let batch = batch?;
-            let bname = batch.file_name().to_string_lossy().into_owned();
-            let Some(id) = bname
-                .strip_prefix("batch=")
-                .and_then(|i| i.parse::<u64>().ok())
-            else {
-                continue; // a batch being written when the process died
-            };
-            ensure!(
-                batch.path().join("_SUCCESS").exists(),
-                "{} has no _SUCCESS",
-                batch.path().display()
-            );
-            let mut rows = Vec::new();
-            for part in std::fs::read_dir(batch.path())? {
-                let part = part?.path();
-                if part.extension().is_some_and(|e| e == "jsonl") {
-                    rows.extend(std::fs::read_to_string(&part)?.lines().map(str::to_string));
-                }
-            }
-            rows.sort();
+        for (id, rows) in lockgate_core::sink::read_json_lines(&stream.path())? {
             all.insert((sname.clone(), id), rows);
         }
     }

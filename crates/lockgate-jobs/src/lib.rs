@@ -115,6 +115,54 @@ pub struct JobConfig {
     pub sink_retry_timeout: Duration,
 }
 
+impl JobConfig {
+    /// A job reading `input` with the CLI's defaults: 10 s batches, a 30 s window
+    /// sliding by 10 s, no output, no checkpoint, exactly once, printing nothing,
+    /// 200 ms receiver blocks, 2 minutes of source and sink retries; set the fields to
+    /// change them.
+    ///
+    /// ```
+    /// use lockgate_jobs::{Input, Job, JobConfig};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// lockgate_jobs::sample::generate_logs(&dir.path().join("in"), 1000, 2, 7)?;
+    /// let mut job = JobConfig::new(Input::Dir(dir.path().join("in")));
+    /// job.once = true; // read the files there are, then stop
+    /// job.event_time = true;
+    /// job.output = Some(dir.path().join("out"));
+    /// let ctx = job.build(Job::LogErrors)?;
+    /// ctx.start()?;
+    /// ctx.await_termination()?;
+    /// let windows = lockgate_core::sink::read_json_lines(&dir.path().join("out/tumbling_30s"))?;
+    /// assert!(!windows.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(input: Input) -> Self {
+        JobConfig {
+            input,
+            batch_interval: Duration::from_secs(10),
+            window: Duration::from_secs(30),
+            slide: Duration::from_secs(10),
+            output: None,
+            once: false,
+            max_files_per_batch: None,
+            parallelism: None,
+            print: false,
+            checkpoint: None,
+            block_interval: Duration::from_millis(200),
+            sink: None,
+            kafka_sink_properties: Vec::new(),
+            from_sink_offsets: false,
+            backpressure: false,
+            delivery: DeliveryMode::ExactlyOnce,
+            event_time: false,
+            file_min_age: Duration::ZERO,
+            source_retry_timeout: Duration::from_secs(120),
+            sink_retry_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 /// The built-in jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {

@@ -11,6 +11,39 @@
 //! - [`testing`]: a throwaway broker started by the repository's `scripts/kafka.sh`, and
 //!   helpers to create topics and produce records.
 //! - [`error`]: this crate's error type.
+//!
+//! Kafka in, errors filtered, Kafka out, exactly once (a checkpoint for the source's
+//! offset ranges, one transaction per batch for the sink):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lockgate_core::source::direct::DirectStreamOptions;
+//! use lockgate_core::StreamingContext;
+//! use lockgate_kafka::{kafka_lines, KafkaConfig, KafkaOutRecord, KafkaSink, KafkaSinkConfig};
+//!
+//! let ctx = StreamingContext::get_or_create("/var/lib/lockgate/errors", |b| {
+//!     let ctx = b
+//!         .app_name("errors")
+//!         .batch_interval(Duration::from_secs(1))
+//!         .build()?;
+//!     let lines = kafka_lines(
+//!         &ctx,
+//!         KafkaConfig::new("127.0.0.1:9092", "logs"),
+//!         DirectStreamOptions::default(),
+//!     )?;
+//!     let sink = KafkaSink::new(
+//!         "errors-out",
+//!         "errors",
+//!         KafkaSinkConfig::new("127.0.0.1:9092", "errors"),
+//!         |line: &String, _time| KafkaOutRecord::value(line.clone()),
+//!     )?;
+//!     lines.filter(|l| l.contains("ERROR")).write_to(sink);
+//!     Ok(ctx)
+//! })?;
+//! ctx.start()?;
+//! ctx.await_termination()?;
+//! # Ok::<(), lockgate_core::Error>(())
+//! ```
 
 #![deny(missing_docs)]
 

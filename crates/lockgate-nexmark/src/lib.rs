@@ -21,6 +21,28 @@
 //! | q7 | highest bid per 10 s tumbling window | tumbling window with a custom aggregate |
 //! | q8 | new users: people who opened an auction in the 10 s window they registered | keyed tumbling windows |
 //! | q12 | bids per bidder in 10 s processing-time windows | `reduce_by_key_and_window` over batch time |
+//!
+//! q2 over the first 10,000 events, 2,000 per batch, counted against the events the
+//! generator makes directly:
+//!
+//! ```
+//! use lockgate_core::testing::{collect_output, ManualRun};
+//! use lockgate_nexmark::{events, nexmark_stream, q2, Event, EVENTS_PER_SECOND};
+//!
+//! let run = ManualRun::new(2)?;
+//! let bids = q2(&nexmark_stream(&run.ctx, 10_000, 2_000, EVENTS_PER_SECOND));
+//! let out = collect_output(&bids);
+//! run.ctx.start()?;
+//! run.run_batches(5)?;
+//! run.ctx.stop(false)?;
+//! let got: usize = out.lock().unwrap().iter().map(Vec::len).sum();
+//! let want = events(0..10_000, EVENTS_PER_SECOND)
+//!     .iter()
+//!     .filter(|e| matches!(e, Event::Bid(b) if b.auction % 123 == 0))
+//!     .count();
+//! assert_eq!(got, want);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

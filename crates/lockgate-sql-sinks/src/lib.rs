@@ -9,6 +9,35 @@
 //!
 //! The offsets table is also where the job can learn what was last committed
 //! ([`SqlSink::last_committed`]): "offsets and results in the same database".
+//!
+//! Running word counts upserted into SQLite, each batch in one transaction with its id:
+//!
+//! ```
+//! use lockgate_core::testing::ManualRun;
+//! use lockgate_sql_sinks::{SqlSink, SqlType, SqlValue, SqliteBackend, Table, WriteMode};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = dir.path().join("counts.db");
+//! let run = ManualRun::new(2)?;
+//! let words = run.ctx.seq_stream(vec![vec!["a", "b", "a"], vec!["b"]]);
+//! let counts = words
+//!     .map(|w| (w.to_string(), 1i64))
+//!     .update_state_by_key(|new: &[i64], old: Option<i64>| Some(old.unwrap_or(0) + new.len() as i64));
+//! let table = Table::new("counts", &[("word", SqlType::Text), ("n", SqlType::BigInt)], &["word"]);
+//! let sink = SqlSink::new("counts", SqliteBackend::open(&db)?, table, WriteMode::Upsert, |(w, n): &(String, i64)| {
+//!     vec![SqlValue::Text(w.clone()), SqlValue::Int(*n)]
+//! })?;
+//! counts.write_to(sink);
+//! run.ctx.start()?;
+//! run.run_batches(2)?;
+//! run.ctx.stop(false)?;
+//!
+//! let conn = rusqlite::Connection::open(&db)?;
+//! let b: i64 = conn.query_row("SELECT n FROM counts WHERE word = 'b'", [], |r| r.get(0))?;
+//! let last: i64 = conn.query_row("SELECT max(batch_id) FROM lockgate_offsets", [], |r| r.get(0))?;
+//! assert_eq!((b, last), (2, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

@@ -11,6 +11,27 @@
 //! Prometheus text exposition at `/metrics`.
 //!
 //! It binds to 127.0.0.1 by default, on port 4040 or the next free one.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use lockgate_core::testing::ManualRun;
+//! use lockgate_web::{UiConfig, UiServer};
+//!
+//! let run = ManualRun::new(2)?;
+//! run.ctx.seq_stream(vec![vec![1, 2, 3]]).count().print();
+//! // Any free port of loopback (port 0: the system picks one).
+//! let ui = UiServer::start(&run.ctx, &UiConfig { port: 0, ..UiConfig::default() })?;
+//! run.ctx.start()?;
+//! run.run_batches(1)?;
+//!
+//! let mut http = std::net::TcpStream::connect(ui.addr())?;
+//! http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+//! let mut page = String::new();
+//! http.read_to_string(&mut page)?;
+//! assert!(page.contains("lockgate_batches_completed_total"), "{page}");
+//! run.ctx.stop(false)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

@@ -15,34 +15,10 @@ use lockgate_core::{
     CheckpointConfig, Data, Error, ManualClock, StateUpgrade, StreamingContext, UpgradeStatus,
 };
 
-/// The first home of the job's state type.
-mod first_home {
-    use super::*;
-
-    #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-    pub struct Tally {
-        pub seen: i64,
-    }
-
-    impl Codec for Tally {
-        const NAME: &'static str = "Tally";
-        fn encode(&self, out: &mut Vec<u8>) {
-            self.seen.encode(out);
-        }
-        fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
-            Ok(Tally {
-                seen: Codec::decode_stored(input)?,
-            })
-        }
-    }
-}
-
-/// The same type after a refactor moved it (Rust's type path changed; its codec name
-/// did not).
-mod moved {
-    pub mod elsewhere {
-        use super::super::*;
-
+/// Version 1 of the job's state type, `Tally`: defined the same way in both modules
+/// below, so that only its Rust path differs.
+macro_rules! tally_version_1 {
+    () => {
         #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
         pub struct Tally {
             pub seen: i64,
@@ -59,6 +35,21 @@ mod moved {
                 })
             }
         }
+    };
+}
+
+/// The first home of the job's state type.
+mod first_home {
+    use super::*;
+    tally_version_1!();
+}
+
+/// The same type after a refactor moved it (Rust's type path changed; its codec name
+/// did not).
+mod moved {
+    pub mod elsewhere {
+        use super::super::*;
+        tally_version_1!();
     }
 }
 

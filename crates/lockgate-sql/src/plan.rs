@@ -538,3 +538,75 @@ pub async fn plan(
         key_columns,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{plan_of, session};
+
+    fn names(schema: &SchemaRef) -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    #[test]
+    fn a_query_without_aggregation_is_all_pre() {
+        let p = plan_of(
+            &session(),
+            "SELECT upper(value) AS v FROM lines WHERE value <> ''",
+        );
+        assert!(matches!(p.kind, Kind::Stateless(_)));
+        assert_eq!(names(&p.output), ["v"]);
+        assert!(p.key_columns.is_empty());
+    }
+
+    #[test]
+    fn an_aggregation_is_cut_into_pre_state_and_post() {
+        let st = session();
+        let p = plan_of(&st, "SELECT value, count(*) AS n FROM lines GROUP BY value");
+        assert_eq!(names(&p.output), ["value", "n"]);
+        assert_eq!(p.key_columns, ["value"]);
+        let Kind::Aggregate(a) = p.kind else {
+            panic!("aggregates")
+        };
+        assert_eq!(a.groups, 1);
+        assert!(a.window.is_none());
+        // The select list only picks the aggregation's columns: no post plan runs.
+        assert!(a.post_columns.is_some());
+        assert_eq!(a.agg_types, [DataType::Int64]);
+        // A computed select list runs after the aggregation.
+        let p = plan_of(
+            &st,
+            "SELECT upper(value) AS v, count(*) * 2 AS twice FROM lines GROUP BY value",
+        );
+        assert!(p.key_columns.is_empty(), "{:?}", p.key_columns);
+        let Kind::Aggregate(a) = p.kind else {
+            panic!("aggregates")
+        };
+        assert!(a.post_columns.is_none());
+    }
+
+    #[test]
+    fn a_window_is_a_group_key_with_its_bounds_as_keys() {
+        let p = plan_of(
+            &session(),
+            "SELECT window.start, window.end, value, count(*) AS n FROM \
+             (SELECT try_to_timestamp(value) AS ts, value FROM lines) AS t \
+             GROUP BY window(ts, '10 seconds', '5 seconds'), value",
+        );
+        assert_eq!(names(&p.output), ["start", "end", "value", "n"]);
+        assert_eq!(p.key_columns, ["start", "end", "value"]);
+        let Kind::Aggregate(a) = p.kind else {
+            panic!("aggregates")
+        };
+        let w = a.window.as_ref().expect("a window");
+        assert_eq!(a.groups, 2);
+        assert_eq!(
+            w.spec,
+            WindowSpec::sliding(
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(5)
+            )
+        );
+        assert!(matches!(w.time_type, DataType::Timestamp(..)));
+    }
+}

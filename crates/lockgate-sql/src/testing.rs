@@ -51,7 +51,8 @@ pub fn stateless(state: &SessionState, sql: &str) -> LogicalPlan {
     }
 }
 
-fn plan_of(state: &SessionState, sql: &str) -> StreamPlan {
+/// `sql` (a query over `lines`) planned for streaming.
+pub fn plan_of(state: &SessionState, sql: &str) -> StreamPlan {
     let mut statement = Parser::parse_sql(&GenericDialect {}, sql)
         .expect("parses")
         .remove(0);

@@ -33,7 +33,7 @@
 //! `LOCKGATE_BLESS=1 cargo test -p lockgate-sql --test golden` rewrites the files with
 //! each case's actual rows as its expectations (its header comments kept, comments
 //! between cases dropped): check every one by hand before keeping it. `GOLDEN=text`
-//! runs (or blesses) only the cases whose title or file name holds `text`.
+//! runs only the cases whose title or file name holds `text`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -420,6 +420,10 @@ fn golden_queries() {
     let bless = std::env::var_os("LOCKGATE_BLESS").is_some();
     let cases = cases();
     let filter = std::env::var("GOLDEN").ok();
+    assert!(
+        !(bless && filter.is_some()),
+        "LOCKGATE_BLESS rewrites whole files: run it without GOLDEN"
+    );
     let mut ran = 0;
     let mut files: BTreeMap<&str, String> = BTreeMap::new();
     for case in &cases {

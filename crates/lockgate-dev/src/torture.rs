@@ -74,7 +74,8 @@ pub struct TortureOpts {
     lockgate: Option<PathBuf>,
 }
 
-/// The `lockgate` executable every tortured job runs (set once by [`run`]).
+/// The `lockgate` executable every tortured job runs: set by the first [`run`] of the
+/// process (the tortures of one process all run one executable).
 static LOCKGATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// The executable `--lockgate` names, or the `lockgate` beside this program; an error
@@ -317,8 +318,14 @@ pub fn run_args(args: &[&str]) -> Result<()> {
 
 /// Runs the torture test; fails with the seed when outputs differ.
 pub fn run(opts: &TortureOpts) -> Result<()> {
-    let exe = find_lockgate(opts.lockgate.as_deref())?;
-    let exe = LOCKGATE.get_or_init(|| exe);
+    let wanted = find_lockgate(opts.lockgate.as_deref())?;
+    let exe = LOCKGATE.get_or_init(|| wanted.clone());
+    ensure!(
+        *exe == wanted,
+        "this process tortures {} already; run the torture of {} in another process",
+        exe.display(),
+        wanted.display()
+    );
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

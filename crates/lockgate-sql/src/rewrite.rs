@@ -10,6 +10,9 @@
 //! `'1 minute'`, `'500 ms'`) or intervals (`INTERVAL '30' SECOND`,
 //! `INTERVAL '30 seconds'`).
 
+// Durations in window(...) read as every flag does: `30 seconds`, `1 minute`, `500 ms`,
+// `2h`, `1.5 s`.
+use lockgate_core::parse_duration;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -306,10 +309,6 @@ fn duration_of(e: &Expr) -> std::result::Result<Duration, String> {
         )),
     }
 }
-
-/// `30 seconds`, `1 minute`, `500 ms`, `2h`, `1.5 s`: a number and a unit (Lockgate's one
-/// duration grammar, [`lockgate_core::parse_duration`], shared with every CLI flag).
-pub use lockgate_core::parse_duration;
 
 #[cfg(test)]
 mod tests {

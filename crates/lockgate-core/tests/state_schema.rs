@@ -262,18 +262,22 @@ fn a_version_bump_migrates_the_older_versions_state() {
     assert_eq!(seen, seen_after(5));
     // Version 1's code cannot read version 2's checkpoint: an error naming the operator.
     let clock = Arc::new(ManualClock::new(5000));
-    let err = job(dir.path(), clock, StateUpgrade::Fail, tally_v1)
-        .err()
-        .unwrap();
-    match err {
-        Error::StateMismatch { operator, reason } => {
+    let reason = mismatch_of_tallies(job(dir.path(), clock, StateUpgrade::Fail, tally_v1));
+    assert!(
+        reason.contains("Tally@2") && reason.contains("StateUpgrade"),
+        "{reason}"
+    );
+}
+
+/// The reason of a recovery refused for the state of operator `tallies`.
+fn mismatch_of_tallies<T>(recovered: lockgate_core::Result<T>) -> String {
+    match recovered.err() {
+        Some(Error::StateMismatch { operator, reason }) => {
             assert_eq!(operator, "tallies");
-            assert!(
-                reason.contains("Tally@2") && reason.contains("StateUpgrade"),
-                "{reason}"
-            );
+            reason
         }
-        other => panic!("unexpected {other}"),
+        Some(other) => panic!("unexpected {other}"),
+        None => panic!("recovered, though the state does not fit"),
     }
 }
 
@@ -282,19 +286,11 @@ fn another_state_type_is_reported_by_operator_name() {
     let dir = tempfile::tempdir().unwrap();
     run(dir.path(), 0, 2, tally_v1);
     let clock = Arc::new(ManualClock::new(2000));
-    let err = job(dir.path(), clock.clone(), StateUpgrade::Fail, visits)
-        .err()
-        .unwrap();
-    match err {
-        Error::StateMismatch { operator, reason } => {
-            assert_eq!(operator, "tallies");
-            assert!(
-                reason.contains("`string -> Tally`") && reason.contains("`string -> Visits`"),
-                "{reason}"
-            );
-        }
-        other => panic!("unexpected {other}"),
-    }
+    let reason = mismatch_of_tallies(job(dir.path(), clock.clone(), StateUpgrade::Fail, visits));
+    assert!(
+        reason.contains("`string -> Tally`") && reason.contains("`string -> Visits`"),
+        "{reason}"
+    );
     // Allowed to start empty, it does.
     let (ctx, out) = job(dir.path(), clock.clone(), StateUpgrade::StartEmpty, visits).unwrap();
     let run = ManualRun { ctx, clock };

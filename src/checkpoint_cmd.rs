@@ -1,6 +1,4 @@
-//! `lockgate checkpoint inspect DIR` and `lockgate checkpoint check-upgrade DIR`.
-
-use std::path::PathBuf;
+//! `lockgate checkpoint inspect DIR|URL` and `lockgate checkpoint check-upgrade DIR|URL`.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -15,15 +13,19 @@ pub enum CheckpointCmd {
     /// Show batches planned and committed, their input descriptors, and the operators
     /// with state (files and bytes per partition).
     Inspect {
-        /// The checkpoint directory.
-        dir: PathBuf,
+        /// The checkpoint: a directory or an object store's URL (s3://BUCKET/PREFIX).
+        dir: String,
+        /// An object-store setting (as `run --checkpoint-option`); repeat for several.
+        #[arg(long, value_name = "KEY=VALUE")]
+        checkpoint_option: Vec<String>,
     },
     /// Report which operator state a built-in job (with the given flags) keeps, starts
     /// empty or drops when started on DIR. Exits with status 2 if any state would not be
     /// kept.
     CheckUpgrade {
-        /// The checkpoint directory.
-        dir: PathBuf,
+        /// The checkpoint: a directory or an object store's URL (with
+        /// --checkpoint-option settings).
+        dir: String,
         /// The job that will run on it.
         #[arg(long, value_enum, default_value = "log-errors")]
         job: JobName,
@@ -35,13 +37,24 @@ pub enum CheckpointCmd {
 /// Runs a checkpoint command.
 pub fn run(cmd: CheckpointCmd) -> Result<()> {
     match cmd {
-        CheckpointCmd::Inspect { dir } => inspect(&dir),
+        CheckpointCmd::Inspect {
+            dir,
+            checkpoint_option,
+        } => {
+            inspect(crate::open_location(
+                &dir,
+                &checkpoint_option,
+                lockgate_object_store::Options::default(),
+            )?)
+        }
         CheckpointCmd::CheckUpgrade { dir, job, mut opts } => {
+            let location = crate::open_checkpoint(&dir, &opts)?;
             // Build the graph only: no checkpoint of its own, no recovery.
             opts.checkpoint = None;
+            opts.checkpoint_option.clear();
             let cfg = job_config(&opts)?;
             let ctx = cfg.build(job.into())?;
-            let report = ctx.check_upgrade(&dir)?;
+            let report = ctx.check_upgrade(location)?;
             print!("{report}");
             if report.is_compatible() {
                 println!("all operator state is kept");
@@ -54,12 +67,14 @@ pub fn run(cmd: CheckpointCmd) -> Result<()> {
     }
 }
 
-fn inspect(dir: &std::path::Path) -> Result<()> {
-    let log = CheckpointLog::new(dir);
+fn inspect(location: lockgate_core::checkpoint::storage::CheckpointLocation) -> Result<()> {
+    let storage = location.0;
+    let dir = storage.location().to_string();
+    let log = CheckpointLog::new(storage.clone());
     let meta = log
         .read_metadata()?
-        .with_context(|| format!("{} holds no checkpoint (no metadata file)", dir.display()))?;
-    println!("checkpoint {}", dir.display());
+        .with_context(|| format!("{dir} holds no checkpoint (no metadata file)"))?;
+    println!("checkpoint {dir}");
     println!("  application   {}", meta.app_name);
     println!(
         "  batch interval {} ms, zero time {} ms, first batch id {}",
@@ -68,8 +83,8 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
     for (k, v) in &meta.config {
         println!("  {k:<14} {}", lockgate_core::redact(k, v));
     }
-    let commits = log.commit_ids();
-    let plans = log.plan_ids();
+    let commits = log.commit_ids()?;
+    let plans = log.plan_ids()?;
     // Commits may be grouped: a commit covers every batch up to it.
     let last_commit = commits.last().copied();
     println!(
@@ -98,12 +113,12 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
             }
         }
     }
-    let store = StateStore::new(dir);
+    let store = StateStore::new(storage);
     println!("operators with state:");
     for (name, ty, parts) in &meta.operators {
         println!("  {name} ({ty}), {parts} partition(s)");
         for p in 0..usize::try_from(*parts).unwrap_or(0) {
-            let files = store.files(name, p);
+            let files = store.files(name, p)?;
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             let versions: Vec<String> = files
                 .iter()

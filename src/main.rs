@@ -216,10 +216,29 @@ pub struct RunOpts {
     /// Do not print batches to stdout.
     #[arg(long)]
     quiet: bool,
-    /// Checkpoint into DIR; a restart on the same DIR recovers and re-runs an
-    /// interrupted batch (exactly-once with the file output).
-    #[arg(long, value_name = "DIR")]
-    checkpoint: Option<PathBuf>,
+    /// Checkpoint into a directory or an object store (s3://BUCKET/PREFIX; gs://, az://);
+    /// a restart on the same location recovers and re-runs an interrupted batch
+    /// (exactly-once with the file output).
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint: Option<String>,
+    /// An object-store setting for --checkpoint, e.g. endpoint=http://127.0.0.1:9000,
+    /// allow_http=true, region=eu-west-1 (on top of the AWS_*/GOOGLE_*/AZURE_*
+    /// environment variables); repeat for several. Values are never printed.
+    #[arg(long, value_name = "KEY=VALUE")]
+    checkpoint_option: Vec<String>,
+    /// Start as a standby when another process owns the --checkpoint: wait, then take
+    /// over and continue exactly once when the owner dies (within --lease-timeout on an
+    /// object store, at once on a local directory).
+    #[arg(long, requires = "checkpoint")]
+    standby: bool,
+    /// Object-store checkpoints: how long the owner's lease lasts without renewal; a
+    /// standby takes over this long after the owner stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    lease_timeout: Duration,
+    /// Object-store checkpoints: how long a request is retried, with back-off, through
+    /// an outage of the store before the job fails with the error.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    checkpoint_retry_timeout: Duration,
     /// How often a socket receiver writes what it received to its write-ahead log
     /// (with --checkpoint); records count as received only once written.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
@@ -538,6 +557,9 @@ fn kafka_input(opts: &RunOpts, brokers: &str) -> Result<Input> {
 /// and --kafka-brokers is given).
 pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     let demo = is_demo(opts);
+    if !opts.checkpoint_option.is_empty() && opts.checkpoint.is_none() {
+        bail!("--checkpoint-option applies to an object-store --checkpoint; give --checkpoint URL");
+    }
     if opts.max_records_per_partition.is_some() && opts.kafka_brokers.is_none() {
         bail!("--max-records-per-partition applies to Kafka input (--kafka-brokers) only");
     }
@@ -574,7 +596,12 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         }),
         parallelism: opts.parallelism,
         print: !opts.quiet,
-        checkpoint: opts.checkpoint.clone(),
+        checkpoint: opts
+            .checkpoint
+            .as_deref()
+            .map(|c| open_checkpoint(c, opts))
+            .transpose()?,
+        standby: opts.standby,
         block_interval: opts.block_interval,
         sink: opts.sink.clone(),
         kafka_sink_properties: key_values(&opts.kafka_sink_property, "--kafka-sink-property")?,
@@ -590,6 +617,37 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         source_retry_timeout: opts.source_retry_timeout,
         sink_retry_timeout: opts.sink_retry_timeout,
     })
+}
+
+/// Opens `--checkpoint` with the object-store flags.
+fn open_checkpoint(
+    location: &str,
+    opts: &RunOpts,
+) -> Result<lockgate_core::checkpoint::storage::CheckpointLocation> {
+    open_location(
+        location,
+        &opts.checkpoint_option,
+        lockgate_object_store::Options {
+            lease_timeout: opts.lease_timeout,
+            retry_timeout: opts.checkpoint_retry_timeout,
+            ..Default::default()
+        },
+    )
+}
+
+/// Opens a checkpoint location with `--checkpoint-option` settings.
+fn open_location(
+    location: &str,
+    settings: &[String],
+    mut options: lockgate_object_store::Options,
+) -> Result<lockgate_core::checkpoint::storage::CheckpointLocation> {
+    for spec in settings {
+        options
+            .parse_setting(spec)
+            .map_err(|e| anyhow::anyhow!("--checkpoint-option: {e}"))?;
+    }
+    lockgate_object_store::open(location, &options)
+        .map_err(|e| anyhow::anyhow!("--checkpoint {location}: {e}"))
 }
 
 /// True when no input is given: the demo's generated logs.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::checkpoint::storage::{CheckpointLocation, Storage, Takeover};
 use crate::checkpoint::{CheckpointConfig, Checkpointer, Recovery, StateUpgrade, UpgradeReport};
 use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
@@ -118,15 +119,34 @@ impl StreamingContextBuilder {
     /// Checkpoints into `dir` (default settings, see [`CheckpointConfig::new`]): every
     /// batch plan is logged before it runs, state is persisted after it, and a restart
     /// on the same directory recovers (see [`StreamingContext::get_or_create`]).
-    pub fn checkpoint_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        let mut cfg = CheckpointConfig::new(dir.as_ref());
+    pub fn checkpoint_dir(self, dir: impl AsRef<Path>) -> Self {
+        self.checkpoint_location(dir.as_ref())
+    }
+
+    /// Checkpoints into a location: a local directory, or an object store opened by
+    /// `lockgate_object_store::open` (`s3://`, `gs://`, `az://`).
+    pub fn checkpoint_location(mut self, location: impl Into<CheckpointLocation>) -> Self {
+        let mut cfg = CheckpointConfig::at(location);
         if let Some(old) = self.checkpoint.take() {
             cfg = CheckpointConfig {
-                dir: cfg.dir,
+                location: cfg.location,
                 ..old
             };
         }
         self.checkpoint = Some(cfg);
+        self
+    }
+
+    /// Starts as a standby when another process owns the checkpoint: waits (shown in
+    /// the log, the UI and the metrics) until the owner is gone — its lock released, or
+    /// on an object store its lease expired — then recovers and takes over. Without
+    /// it a second process is refused, naming the owner.
+    pub fn standby(mut self, on: bool) -> Self {
+        self.checkpoint_mut().takeover = if on {
+            Takeover::Standby
+        } else {
+            Takeover::Refuse
+        };
         self
     }
 
@@ -198,9 +218,9 @@ impl StreamingContextBuilder {
                     c.retain_batches, c.snapshot_every
                 )));
             }
-            if c.dir.as_os_str().is_empty() {
+            if c.location.location().is_empty() {
                 return Err(Error::Config(
-                    "delivery/state_upgrade were set without a checkpoint directory; \
+                    "delivery/state_upgrade/standby were set without a checkpoint directory; \
                      call checkpoint_dir(..) too"
                         .into(),
                 ));
@@ -351,9 +371,22 @@ impl StreamingContext {
         self.inner.receiver_wal
     }
 
-    /// The checkpoint directory, if set.
+    /// The checkpoint directory, if the checkpoint is in a local one.
     pub fn checkpoint_dir(&self) -> Option<&Path> {
-        self.inner.checkpoint.as_ref().map(|c| c.dir.as_path())
+        self.inner
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.location.local_dir())
+    }
+
+    /// The checkpoint's location (a directory path or a URL), if set.
+    pub fn checkpoint_location(&self) -> Option<&str> {
+        self.inner.checkpoint.as_ref().map(|c| c.location.location())
+    }
+
+    /// The checkpoint's storage (its request counts: [`Storage::stats`]), if set.
+    pub fn checkpoint_storage(&self) -> Option<Arc<dyn Storage>> {
+        self.inner.checkpoint.as_ref().map(|c| c.location.clone())
     }
 
     /// Spark's `getOrCreate`: `build` receives a builder already set to checkpoint into
@@ -361,16 +394,20 @@ impl StreamingContext {
     /// holds a checkpoint, the state of the last committed batch is restored and the
     /// batches planned after it are re-run from their logged plans when the context
     /// starts. A new or empty `dir` starts fresh.
+    ///
+    /// `location` is a directory (a path, `&str` or [`CheckpointLocation::local`] for
+    /// `file://` URLs) or an object store opened by `lockgate_object_store::open`.
     pub fn get_or_create(
-        dir: impl AsRef<Path>,
+        location: impl Into<CheckpointLocation>,
         build: impl FnOnce(StreamingContextBuilder) -> Result<StreamingContext>,
     ) -> Result<StreamingContext> {
-        let ctx = build(StreamingContext::builder().checkpoint_dir(dir.as_ref()))?;
-        if ctx.checkpoint_dir() != Some(dir.as_ref()) {
+        let location = location.into();
+        let shown = location.0.location().to_string();
+        let ctx = build(StreamingContext::builder().checkpoint_location(location))?;
+        if ctx.checkpoint_location() != Some(shown.as_str()) {
             return Err(Error::Config(format!(
-                "get_or_create({}): the context built must checkpoint into that directory; \
-                 keep the builder's checkpoint_dir",
-                dir.as_ref().display()
+                "get_or_create({shown}): the context built must checkpoint into that \
+                 location; keep the builder's checkpoint_dir"
             )));
         }
         ctx.inner.graph.validate()?;
@@ -381,8 +418,8 @@ impl StreamingContext {
 
     /// Reports which operator state a checkpoint in `dir` keeps, adds or drops for the
     /// graph built so far (check before deploying an upgrade). Reads only.
-    pub fn check_upgrade(&self, dir: impl AsRef<Path>) -> Result<UpgradeReport> {
-        let cfg = CheckpointConfig::new(dir.as_ref());
+    pub fn check_upgrade(&self, location: impl Into<CheckpointLocation>) -> Result<UpgradeReport> {
+        let cfg = CheckpointConfig::at(location);
         let cp = Checkpointer::new(
             cfg.clone(),
             Order::of(cfg.delivery).writer(),
@@ -394,7 +431,7 @@ impl StreamingContext {
             Some(meta) => Ok(cp.upgrade_report(&meta)),
             None => Err(Error::Config(format!(
                 "`{}` holds no checkpoint (no metadata file)",
-                dir.as_ref().display()
+                cfg.location.location()
             ))),
         }
     }

@@ -109,6 +109,28 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A checkpoint store (an object store) failed an operation, after retrying for as
+    /// long as allowed.
+    #[error("checkpoint store `{location}`: {operation} failed: {source}")]
+    Store {
+        /// What was being done ("put", "get", "list", "delete", "renew the lease").
+        operation: String,
+        /// The object or prefix (a URL, never with secrets).
+        location: String,
+        /// The store's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Another process took over the checkpoint: this one must stop writing.
+    #[error("checkpoint `{location}`: this process no longer owns it: {reason}")]
+    Fenced {
+        /// The checkpoint's location.
+        location: String,
+        /// Who took over, and when.
+        reason: String,
+    },
+
     /// A file or directory could not be read or written.
     #[error("{action} `{}`: {source}", path.display())]
     Io {

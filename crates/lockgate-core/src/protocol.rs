@@ -143,7 +143,7 @@ impl Protocol {
                     input.name()
                 ))
             })?;
-            input.enable_checkpoint(&config.dir)?;
+            input.enable_checkpoint(&config.location)?;
         }
         for state in graph.states() {
             state.checkpointed();
@@ -391,6 +391,13 @@ impl Protocol {
     /// with its id), then hands its state and commit to the checkpoint. Returns the
     /// outputs' results and the first failure.
     pub fn run(&self, job: &mut Planned, clock: &dyn Clock) -> (Vec<OutputOpInfo>, Result<()>) {
+        // A process that lost the checkpoint to another (an object store's lease taken
+        // over while it was paused) must not let its sinks commit anything.
+        if let Some(cp) = &self.checkpointer {
+            if let Err(e) = cp.config.location.check_owner() {
+                return (Vec::new(), Err(e));
+            }
+        }
         let (outputs, result) = self.graph.run_batch(&job.cx, &mut job.inputs, clock);
         let result = result.and_then(|()| self.complete(&job.cx));
         (outputs, result)

@@ -67,9 +67,12 @@ pub(crate) trait InputSource: Send + Sync {
     fn checkpoint_support(&self) -> std::result::Result<(), String> {
         Ok(())
     }
-    /// Called when the context checkpoints into `dir`: the source prepares to log what
-    /// replay needs.
-    fn enable_checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
+    /// Called when the context checkpoints into `storage`: the source prepares to log
+    /// what replay needs (a receiver opens its write-ahead log there).
+    fn enable_checkpoint(
+        &self,
+        _storage: &std::sync::Arc<dyn crate::checkpoint::storage::Storage>,
+    ) -> Result<()> {
         Ok(())
     }
     /// The rate controller's new limit, records per second (receivers apply it).

@@ -243,7 +243,10 @@ fn a_graceful_stop_while_logged_batches_are_replayed_drains_them_and_the_wal() {
         .collect();
     assert_eq!(sorted(&later), vec!["F", "G"], "what the WAL held: {got:?}");
     // Nothing is left for the next start: every logged plan committed.
-    let log = lockgate_core::checkpoint::log::CheckpointLog::new(dir.path());
-    assert_eq!(log.plan_ids().last(), log.commit_ids().last());
+    let log = lockgate_core::checkpoint::log::CheckpointLog::local(dir.path());
+    assert_eq!(
+        log.plan_ids().unwrap().last(),
+        log.commit_ids().unwrap().last()
+    );
     assert!(ctx.metrics().snapshot().total_completed >= 3);
 }

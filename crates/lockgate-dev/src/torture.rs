@@ -967,8 +967,8 @@ mod socket {
             reruns += job.reruns.load(Ordering::Acquire);
         }
         // A graceful stop drains: no logged batch is left for a next start.
-        let log = lockgate_core::checkpoint::log::CheckpointLog::new(&cp);
-        let (plans, commits) = (log.plan_ids(), log.commit_ids());
+        let log = lockgate_core::checkpoint::log::CheckpointLog::local(&cp);
+        let (plans, commits) = (log.plan_ids()?, log.commit_ids()?);
         ensure!(
             plans.last() <= commits.last(),
             "the graceful stop left batches {:?}..={:?} planned but not committed (seed {seed}, \

@@ -9,11 +9,11 @@ pub enum Error {
     /// The engine refused the job's graph or failed running it.
     #[error(transparent)]
     Engine(#[from] lockgate_core::Error),
-    /// The checkpoint directory could not be opened or recovered.
-    #[error("opening checkpoint {}", dir.display())]
+    /// The checkpoint could not be opened or recovered.
+    #[error("opening checkpoint {dir}")]
     Checkpoint {
-        /// The directory.
-        dir: std::path::PathBuf,
+        /// The directory or URL.
+        dir: String,
         /// Why.
         #[source]
         source: lockgate_core::Error,

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockgate_core::checkpoint::storage::CheckpointLocation;
 use lockgate_core::source::direct::DirectStreamOptions;
 use lockgate_core::{
     CompactString, DStream, DeliveryMode, FileStreamOptions, JsonLinesSink, State, StateSpec,
@@ -89,8 +90,11 @@ pub struct JobConfig {
     pub parallelism: Option<usize>,
     /// Print each batch's first elements to stdout.
     pub print: bool,
-    /// Checkpoint directory (recovery on restart).
-    pub checkpoint: Option<PathBuf>,
+    /// Checkpoint location (recovery on restart): a directory, or an object store
+    /// opened by `lockgate_object_store::open`.
+    pub checkpoint: Option<CheckpointLocation>,
+    /// Wait as a standby while another process owns the checkpoint, then take over.
+    pub standby: bool,
     /// Receivers' WAL block interval.
     pub block_interval: Duration,
     /// A transactional sink: `sqlite:PATH`, `postgres://...` or
@@ -149,6 +153,7 @@ impl JobConfig {
             parallelism: None,
             print: false,
             checkpoint: None,
+            standby: false,
             block_interval: Duration::from_millis(200),
             sink: None,
             kafka_sink_properties: Vec::new(),
@@ -228,7 +233,7 @@ impl JobConfig {
             b = b.trigger(Trigger::AvailableNow).start_time(Time(0));
         }
         if self.checkpoint.is_some() {
-            b = b.delivery(self.delivery);
+            b = b.delivery(self.delivery).standby(self.standby);
         }
         let sink = self.sink.as_deref().map(lockgate_sql_sinks::redact_url);
         let output = self.output.as_ref().map(|o| o.display().to_string());
@@ -330,13 +335,13 @@ impl JobConfig {
         install: &mut dyn FnMut(&StreamingContext) -> lockgate_core::Result<()>,
     ) -> Result<StreamingContext> {
         match &self.checkpoint {
-            Some(dir) => StreamingContext::get_or_create(dir, |b| {
+            Some(location) => StreamingContext::get_or_create(location.clone(), |b| {
                 let ctx = more(self.configure(app, b)).build()?;
                 install(&ctx)?;
                 Ok(ctx)
             })
             .map_err(|source| Error::Checkpoint {
-                dir: dir.clone(),
+                dir: location.0.location().to_string(),
                 source,
             }),
             None => {

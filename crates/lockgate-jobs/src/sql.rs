@@ -243,7 +243,7 @@ impl JobConfig {
                      GROUP BY keys, aggregates or window differ; state `{operator}`): this \
                      query cannot continue it. Use a new --checkpoint directory, or restore \
                      the query that wrote it",
-                    dir.display(),
+                    dir,
                     job.name
                 )))
             }

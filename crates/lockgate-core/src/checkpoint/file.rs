@@ -104,14 +104,14 @@ pub fn unframe<'a>(path: &Path, kind: FileKind, bytes: &'a [u8]) -> Result<&'a [
 
 /// Writes `payload` to `path` atomically and durably.
 pub fn write_file(path: &Path, kind: FileKind, payload: &[u8]) -> Result<()> {
-    write_file_with(path, kind, payload, true, false)
+    write_file_with(path, &frame(kind, payload), true, false)
 }
 
 /// True where one [`sync_filesystem`] makes many files durable at once (Linux `syncfs`);
 /// elsewhere every file is fsynced on its own.
 pub const BATCHED_SYNC: bool = cfg!(target_os = "linux");
 
-/// How [`write_files`] puts a file in place.
+/// How a local file is put in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
     /// Written under a temporary name and renamed: a reader sees the whole file or none.
@@ -124,23 +124,23 @@ pub enum Placement {
     Direct,
 }
 
-/// Writes many files; they are durable after the next [`sync_filesystem`] (or at once
-/// where [`BATCHED_SYNC`] is false, always atomically then). With batched syncs the
+/// Writes many framed files; they are durable after the next [`sync_filesystem`] (or at
+/// once where [`BATCHED_SYNC`] is false, always atomically then). With batched syncs the
 /// writes are quick and made one after another on the calling thread; file by file
 /// syncs wait for the disk, so they are made in parallel.
-pub fn write_files(files: Vec<(PathBuf, FileKind, Vec<u8>)>, placement: Placement) -> Result<()> {
+pub fn write_framed(files: Vec<(PathBuf, Vec<u8>)>, placement: Placement) -> Result<()> {
     use rayon::prelude::*;
     if BATCHED_SYNC {
         // Not on rayon: the callers (plan logging, the checkpoint writer) run beside the
         // workers, and a pool of their own would spin on the cores the workers need.
         let direct = placement == Placement::Direct;
-        files.into_iter().try_for_each(|(path, kind, payload)| {
-            write_file_with(&path, kind, &payload, false, direct)
-        })
+        files
+            .into_iter()
+            .try_for_each(|(path, bytes)| write_file_with(&path, &bytes, false, direct))
     } else {
-        files.into_par_iter().try_for_each(|(path, kind, payload)| {
-            write_file_with(&path, kind, &payload, true, false)
-        })
+        files
+            .into_par_iter()
+            .try_for_each(|(path, bytes)| write_file_with(&path, &bytes, true, false))
     }
 }
 
@@ -159,13 +159,7 @@ pub fn sync_filesystem(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_file_with(
-    path: &Path,
-    kind: FileKind,
-    payload: &[u8],
-    durable: bool,
-    direct: bool,
-) -> Result<()> {
+fn write_file_with(path: &Path, bytes: &[u8], durable: bool, direct: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = if direct {
         path.to_path_buf()
@@ -185,7 +179,7 @@ fn write_file_with(
             }
             created => created?,
         };
-        f.write_all(&frame(kind, payload))?;
+        f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
         }

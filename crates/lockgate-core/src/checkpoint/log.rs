@@ -1,16 +1,15 @@
-//! The checkpoint directory's logs: `metadata`, `offsets/<batch id>` (batch plans,
+//! The checkpoint's logs: `metadata`, `offsets/<batch id>` (batch plans,
 //! written before a batch runs) and `commits/<batch id>` (written when a batch's outputs
 //! and state are done), plus their retention. Commits may be grouped when the disk is
 //! slower than the batches: `commits/<b>` then covers every batch up to `b`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use crate::types::SourcePlan;
 
-use crate::checkpoint::file::{
-    read_file, sync_filesystem, write_file, write_files, FileKind, Placement,
-};
+use crate::checkpoint::file::{frame, unframe, FileKind, Placement};
+use crate::checkpoint::storage::{LocalDir, Storage};
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::error::{Error, Result};
 
@@ -112,10 +111,10 @@ impl Codec for Commit {
     }
 }
 
-/// The logs of one checkpoint directory.
+/// The logs of one checkpoint location.
 #[derive(Clone, Debug)]
 pub struct CheckpointLog {
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 fn decode<T: Codec>(path: &Path, payload: &[u8]) -> Result<T> {
@@ -125,124 +124,171 @@ fn decode<T: Codec>(path: &Path, payload: &[u8]) -> Result<T> {
     })
 }
 
-/// Batch ids of the files in `dir` named by a number (temporary files are skipped).
-pub fn numbered_files(dir: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
+/// Batch ids of the files under `dir` named by a number (temporary files are skipped).
+pub fn numbered_files(storage: &dyn Storage, dir: &str) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = storage
+        .list(dir)?
+        .into_iter()
+        .filter(|e| !e.dir)
+        .filter_map(|e| e.name.parse().ok())
+        .collect();
     ids.sort_unstable();
-    ids
+    Ok(ids)
+}
+
+/// Reads and checks a framed file of `kind` at `key`.
+pub fn read_framed(storage: &dyn Storage, key: &str, kind: FileKind) -> Result<Vec<u8>> {
+    let path = storage.name_of(key);
+    let bytes = storage.get(key)?.ok_or_else(|| Error::Checkpoint {
+        path: path.clone(),
+        reason: "missing".into(),
+    })?;
+    unframe(&path, kind, &bytes).map(<[u8]>::to_vec)
 }
 
 impl CheckpointLog {
-    /// The logs under `root`.
-    pub fn new(root: &Path) -> Self {
-        CheckpointLog {
-            root: root.to_path_buf(),
-        }
+    /// The logs in `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        CheckpointLog { storage }
     }
 
-    /// The checkpoint directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The logs in a local directory.
+    pub fn local(dir: &Path) -> Self {
+        Self::new(Arc::new(LocalDir::new(dir)))
     }
 
-    fn metadata_path(&self) -> PathBuf {
-        self.root.join("metadata")
+    /// Where the checkpoint is.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
-    /// The path of the plan of `id`.
+    /// The key of the plan of `id`.
+    pub fn plan_key(id: u64) -> String {
+        format!("offsets/{id}")
+    }
+
+    /// The key of the commit of `id`.
+    pub fn commit_key(id: u64) -> String {
+        format!("commits/{id}")
+    }
+
+    /// The path (or URL) of the plan of `id`, for messages.
     pub fn plan_path(&self, id: u64) -> PathBuf {
-        self.root.join("offsets").join(id.to_string())
+        self.storage.name_of(&Self::plan_key(id))
     }
 
-    /// The path of the commit of `id`.
+    /// The path (or URL) of the commit of `id`, for messages.
     pub fn commit_path(&self, id: u64) -> PathBuf {
-        self.root.join("commits").join(id.to_string())
+        self.storage.name_of(&Self::commit_key(id))
     }
 
-    /// The metadata, or `None` for a new checkpoint directory.
+    /// The path (or URL) of `key`, for messages.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.storage.name_of(key)
+    }
+
+    /// The metadata, or `None` for a new checkpoint.
     pub fn read_metadata(&self) -> Result<Option<Metadata>> {
-        let path = self.metadata_path();
-        if !path.exists() {
+        let Some(bytes) = self.storage.get(METADATA)? else {
             return Ok(None);
-        }
-        let payload = read_file(&path, FileKind::Metadata)?;
-        decode(&path, &payload).map(Some)
+        };
+        let path = self.storage.name_of(METADATA);
+        let payload = unframe(&path, FileKind::Metadata, &bytes)?;
+        decode(&path, payload).map(Some)
     }
 
-    /// Writes the metadata.
+    /// Writes the metadata durably.
     pub fn write_metadata(&self, m: &Metadata) -> Result<()> {
-        write_file(&self.metadata_path(), FileKind::Metadata, &to_bytes(m))
+        self.put_durably(vec![(
+            METADATA.to_string(),
+            frame(FileKind::Metadata, &to_bytes(m)),
+        )])
+    }
+
+    fn put_durably(&self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.storage.put_all(files, Placement::Atomic)?;
+        self.storage.sync()
     }
 
     /// Logs several plans and makes them durable together (one filesystem sync).
     pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
         let files = plans
             .iter()
-            .map(|p| (self.plan_path(p.batch_id), FileKind::Plan, to_bytes(p)))
+            .map(|p| (Self::plan_key(p.batch_id), frame(FileKind::Plan, &to_bytes(p))))
             .collect();
-        write_files(files, Placement::Atomic)?;
-        sync_filesystem(&self.root)
+        self.put_durably(files)
     }
 
-    /// Writes a commit that becomes durable with the next filesystem sync (group commit).
+    /// Writes a commit that becomes durable with the next sync (group commit).
     pub fn write_commit_deferred(&self, c: &Commit) -> Result<()> {
-        write_files(
-            vec![(self.commit_path(c.batch_id), FileKind::Commit, to_bytes(c))],
+        self.storage.put_all(
+            vec![(
+                Self::commit_key(c.batch_id),
+                frame(FileKind::Commit, &to_bytes(c)),
+            )],
             Placement::Atomic,
         )
     }
 
     /// Reads the plan of `id`.
     pub fn read_plan(&self, id: u64) -> Result<Plan> {
-        let path = self.plan_path(id);
-        let payload = read_file(&path, FileKind::Plan)?;
-        decode(&path, &payload)
+        let key = Self::plan_key(id);
+        let payload = read_framed(&*self.storage, &key, FileKind::Plan)?;
+        decode(&self.storage.name_of(&key), &payload)
     }
 
     /// Logs a commit durably.
     pub fn write_commit(&self, c: &Commit) -> Result<()> {
-        write_file(
-            &self.commit_path(c.batch_id),
-            FileKind::Commit,
-            &to_bytes(c),
-        )
+        self.put_durably(vec![(
+            Self::commit_key(c.batch_id),
+            frame(FileKind::Commit, &to_bytes(c)),
+        )])
     }
 
     /// Reads the commit of `id`.
     pub fn read_commit(&self, id: u64) -> Result<Commit> {
-        let path = self.commit_path(id);
-        let payload = read_file(&path, FileKind::Commit)?;
-        decode(&path, &payload)
+        let key = Self::commit_key(id);
+        let payload = read_framed(&*self.storage, &key, FileKind::Commit)?;
+        decode(&self.storage.name_of(&key), &payload)
     }
 
     /// Ids of logged plans, ascending.
-    pub fn plan_ids(&self) -> Vec<u64> {
-        numbered_files(&self.root.join("offsets"))
+    pub fn plan_ids(&self) -> Result<Vec<u64>> {
+        numbered_files(&*self.storage, "offsets")
     }
 
     /// Ids of logged commits, ascending.
-    pub fn commit_ids(&self) -> Vec<u64> {
-        numbered_files(&self.root.join("commits"))
+    pub fn commit_ids(&self) -> Result<Vec<u64>> {
+        numbered_files(&*self.storage, "commits")
+    }
+
+    /// Deletes a plan (one after a gap in the log, whose batch never ran).
+    pub fn delete_plan(&self, id: u64) -> Result<()> {
+        self.storage.delete(&Self::plan_key(id))
     }
 
     /// Deletes plans and commits of batches before `first_kept`.
     pub fn delete_before(&self, first_kept: u64) {
-        for (dir, ids) in [("offsets", self.plan_ids()), ("commits", self.commit_ids())] {
+        for dir in ["offsets", "commits"] {
+            let ids = match numbered_files(&*self.storage, dir) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list old checkpoint files to delete");
+                    continue;
+                }
+            };
             for id in ids.into_iter().filter(|&i| i < first_kept) {
-                let path = self.root.join(dir).join(id.to_string());
-                if let Err(e) = fs::remove_file(&path) {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot delete old checkpoint file");
+                let key = format!("{dir}/{id}");
+                if let Err(e) = self.storage.delete(&key) {
+                    tracing::warn!(error = %e, "cannot delete old checkpoint file");
                 }
             }
         }
     }
 }
+
+/// The key of the metadata file.
+const METADATA: &str = "metadata";
 
 #[cfg(test)]
 mod tests {
@@ -269,7 +315,7 @@ mod tests {
     #[test]
     fn plans_commits_and_metadata_roundtrip_and_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let log = CheckpointLog::new(dir.path());
+        let log = CheckpointLog::local(dir.path());
         assert_eq!(log.read_metadata().unwrap(), None);
         let m = Metadata {
             app_name: "a".into(),
@@ -302,7 +348,7 @@ mod tests {
             .unwrap();
         }
         log.delete_before(3);
-        assert_eq!(log.plan_ids(), vec![3, 4]);
-        assert_eq!(log.commit_ids(), vec![3, 4]);
+        assert_eq!(log.plan_ids().unwrap(), vec![3, 4]);
+        assert_eq!(log.commit_ids().unwrap(), vec![3, 4]);
     }
 }

@@ -12,13 +12,14 @@ pub mod log;
 mod recover;
 pub(crate) mod schema;
 pub(crate) mod state;
+pub mod storage;
 pub mod store;
 mod writer;
 
 pub use crate::types::DeliveryMode;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -29,6 +30,7 @@ use crate::traits::{InputSource, Stateful};
 use crate::types::lock;
 use log::{CheckpointLog, Commit, Metadata, Plan};
 use schema::SchemaMatch;
+use storage::{CheckpointLocation, Ownership, Storage, Takeover};
 use store::{dir_name, StateHeader, StateStore, CODEC};
 use writer::{WriteJob, Writer, WriterThread};
 
@@ -67,8 +69,10 @@ impl StateUpgrade {
 /// Checkpoint settings.
 #[derive(Clone, Debug)]
 pub struct CheckpointConfig {
-    /// The directory.
-    pub dir: PathBuf,
+    /// Where the checkpoint is: a local directory or an object store.
+    pub location: Arc<dyn Storage>,
+    /// What a process does when another one owns the location (default: refuse).
+    pub takeover: Takeover,
     /// Batches whose logs and state are kept (at least 2).
     pub retain_batches: u64,
     /// A full snapshot of every state partition every this many batches.
@@ -85,11 +89,17 @@ pub struct CheckpointConfig {
 }
 
 impl CheckpointConfig {
-    /// Defaults for `dir`: keep 100 batches, snapshot every 10, fail on state changes,
-    /// exactly-once.
+    /// Defaults for directory `dir`: keep 100 batches, snapshot every 10, fail on state
+    /// changes, exactly-once.
     pub fn new(dir: &Path) -> Self {
+        Self::at(CheckpointLocation::dir(dir))
+    }
+
+    /// Defaults for a location (a directory or an object store).
+    pub fn at(location: impl Into<CheckpointLocation>) -> Self {
         CheckpointConfig {
-            dir: dir.to_path_buf(),
+            location: location.into().0,
+            takeover: Takeover::Refuse,
             retain_batches: 100,
             snapshot_every: 10,
             upgrade: StateUpgrade::Fail,
@@ -203,8 +213,8 @@ pub(crate) struct Checkpointer {
     /// States that have written a snapshot in this process.
     snapshotted: Mutex<BTreeSet<String>>,
     writer: Writer,
-    /// This process's hold on the directory, taken by [`recover`](Self::recover).
-    dir_lock: Mutex<Option<dir_lock::DirLock>>,
+    /// This process's hold on the location, taken by [`recover`](Self::recover).
+    ownership: Mutex<Option<Box<dyn Ownership>>>,
 }
 
 impl Checkpointer {
@@ -219,13 +229,13 @@ impl Checkpointer {
             order,
             inputs,
             metrics,
-            log: CheckpointLog::new(&config.dir),
-            store: StateStore::new(&config.dir),
+            log: CheckpointLog::new(config.location.clone()),
+            store: StateStore::new(config.location.clone()),
             config,
             states,
             snapshotted: Mutex::new(BTreeSet::new()),
             writer: Writer::default(),
-            dir_lock: Mutex::new(None),
+            ownership: Mutex::new(None),
         }
     }
 
@@ -273,21 +283,24 @@ impl Checkpointer {
     /// The newest version at or before `committed` for which every partition of every
     /// state has a snapshot (`None` when some partition has none): the batches up to it
     /// are fully described by the snapshots.
-    fn last_snapshot_of_all(&self, committed: u64) -> Option<u64> {
+    fn last_snapshot_of_all(&self, committed: u64) -> Result<Option<u64>> {
         let mut oldest: Option<u64> = self.states.is_empty().then_some(committed);
         for state in &self.states {
             for p in 0..state.partitions() {
-                let newest = self
+                let Some(newest) = self
                     .store
-                    .files(&state.name(), p)
+                    .files(&state.name(), p)?
                     .iter()
                     .filter(|f| f.snapshot && f.version <= committed)
                     .map(|f| f.version)
-                    .max()?;
+                    .max()
+                else {
+                    return Ok(None);
+                };
                 oldest = Some(oldest.map_or(newest, |o| o.min(newest)));
             }
         }
-        oldest
+        Ok(oldest)
     }
 
     /// Loads every operator's state payloads at `version`.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::log::{Commit, Metadata, Plan};
 use super::store::dir_name;
-use super::{dir_lock, Checkpointer, Recovery, UpgradeStatus};
+use super::{Checkpointer, Recovery, UpgradeStatus};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::traits::InputSource;
@@ -36,12 +36,13 @@ impl Checkpointer {
         fresh: (Time, u64),
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<Recovery> {
-        *lock(&self.dir_lock) = Some(dir_lock::acquire(&self.config.dir)?);
+        let storage = &self.config.location;
+        *lock(&self.ownership) = Some(storage.take_ownership(self.config.takeover)?);
         let Some(meta) = self.log.read_metadata()? else {
             return self.initialise(app_name, interval_ms, config, fresh);
         };
         let start_empty = self.check_metadata(&meta, app_name, &config)?;
-        let plan_ids = self.log.plan_ids();
+        let plan_ids = self.log.plan_ids()?;
         let chosen = self.choose_commit(&start_empty, &plan_ids)?;
         let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
         self.restore_state(committed, chosen.map(|(_, loaded)| loaded), &start_empty)?;
@@ -63,7 +64,7 @@ impl Checkpointer {
             replays = replays.len(),
             next_batch = timing.next_id,
             "recovered from checkpoint {}",
-            self.config.dir.display()
+            storage.location()
         );
         Ok(Recovery {
             zero: timing.zero,
@@ -82,9 +83,9 @@ impl Checkpointer {
         config: Vec<(String, String)>,
         (fresh_zero, fresh_base): (Time, u64),
     ) -> Result<Recovery> {
-        if !self.log.plan_ids().is_empty() {
+        if !self.log.plan_ids()?.is_empty() {
             return Err(Error::Checkpoint {
-                path: self.config.dir.join("metadata"),
+                path: self.log.path("metadata"),
                 reason: "missing, but batch plans exist; the directory is damaged or \
                          belongs to something else — restore the file or use a new directory"
                     .into(),
@@ -118,7 +119,7 @@ impl Checkpointer {
     ) -> Result<BTreeSet<String>> {
         if meta.app_name != app_name {
             return Err(Error::Checkpoint {
-                path: self.config.dir.join("metadata"),
+                path: self.log.path("metadata"),
                 reason: format!(
                     "belongs to application `{}`, not `{app_name}`; use another checkpoint \
                      directory per application",
@@ -182,8 +183,8 @@ impl Checkpointer {
         plan_ids: &[u64],
     ) -> Result<Option<(Commit, Loaded)>> {
         // The directories are listed once.
-        let commits = self.log.commit_ids();
-        let on_disk: BTreeMap<String, usize> = self.store.operators().into_iter().collect();
+        let commits = self.log.commit_ids()?;
+        let on_disk: BTreeMap<String, usize> = self.store.operators()?.into_iter().collect();
         let mut chosen: Option<(Commit, Loaded)> = None;
         let mut last_err: Option<Error> = None;
         for id in commits.iter().rev() {
@@ -210,14 +211,14 @@ impl Checkpointer {
         if chosen.is_none() && !commits.is_empty() && plan_ids.first() != Some(&0) {
             // Falling back to "no commit at all" would lose the input of the plans gone.
             return Err(last_err.unwrap_or_else(|| Error::Checkpoint {
-                path: self.config.dir.join("commits"),
+                path: self.log.path("commits"),
                 reason: "no commit loads and older plans are gone".into(),
             }));
         }
         let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
         for state in &self.states {
             self.store
-                .delete_after(&state.name(), state.partitions(), committed);
+                .delete_after(&state.name(), state.partitions(), committed)?;
         }
         Ok(chosen)
     }
@@ -238,7 +239,7 @@ impl Checkpointer {
             }
             state.restore(old).map_err(|source| Error::StateDecode {
                 operator: state.name(),
-                path: self.config.dir.join("state").join(dir_name(&state.name())),
+                path: self.log.path(&format!("state/{}", dir_name(&state.name()))),
                 source,
             })?;
         }
@@ -253,7 +254,7 @@ impl Checkpointer {
         plan_ids: &[u64],
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<()> {
-        let needed_after = self.last_snapshot_of_all(committed);
+        let needed_after = self.last_snapshot_of_all(committed)?;
         for &id in plan_ids.iter().filter(|&&id| id <= committed) {
             let plan = match self.log.read_plan(id) {
                 Ok(plan) => plan,
@@ -310,9 +311,7 @@ impl Checkpointer {
             if expected.is_some_and(|e| id != e) {
                 let path = self.log.plan_path(id);
                 tracing::warn!(plan = %path.display(), "dropping a plan after a gap in the plan log (its batch never ran)");
-                if let Err(e) = std::fs::remove_file(&path) {
-                    return Err(Error::io("delete a plan after a gap", path, e));
-                }
+                self.log.delete_plan(id)?;
                 continue;
             }
             expected = Some(id + 1);

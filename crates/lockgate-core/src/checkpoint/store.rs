@@ -5,10 +5,12 @@
 //! operator's encoded entries. The state of version `v` is the newest snapshot at or
 //! before `v` plus the deltas after it up to `v`, applied in order.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::checkpoint::file::{read_file, write_files, FileKind, Placement};
+use crate::checkpoint::file::{frame, FileKind, Placement};
+use crate::checkpoint::log::read_framed;
+use crate::checkpoint::storage::{join, Storage};
 use crate::codec::{Codec, CodecError, Stored};
 use crate::error::{Error, Result};
 
@@ -69,10 +71,12 @@ pub fn dir_name(operator: &str) -> String {
         .collect()
 }
 
-/// One state file on disk.
+/// One state file in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateFile {
-    /// Its path.
+    /// Its key under the checkpoint location.
+    pub key: String,
+    /// Its path (or URL), for messages.
     pub path: PathBuf,
     /// Its version.
     pub version: u64,
@@ -82,38 +86,36 @@ pub struct StateFile {
     pub bytes: u64,
 }
 
-/// The state store of a checkpoint directory.
+/// The state store of a checkpoint.
 #[derive(Clone, Debug)]
 pub struct StateStore {
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 impl StateStore {
     /// The store under `<checkpoint>/state`.
-    pub fn new(checkpoint: &Path) -> Self {
-        StateStore {
-            root: checkpoint.join("state"),
-        }
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        StateStore { storage }
     }
 
-    fn part_dir(&self, operator: &str, partition: usize) -> PathBuf {
-        self.root
-            .join(dir_name(operator))
-            .join(partition.to_string())
+    fn part_dir(operator: &str, partition: usize) -> String {
+        format!("state/{}/{partition}", dir_name(operator))
     }
 
-    /// The path, kind and payload of one state file.
+    /// The key and framed bytes of one state file.
     pub fn file(
         &self,
         header: &StateHeader,
         snapshot: bool,
         entries: &[u8],
-    ) -> (PathBuf, FileKind, Vec<u8>) {
+    ) -> (String, Vec<u8>) {
         let part = usize::try_from(header.partition).unwrap_or(usize::MAX);
         let ext = if snapshot { "snapshot" } else { "delta" };
-        let path = self
-            .part_dir(&header.operator, part)
-            .join(format!("{}.{ext}", header.version));
+        let key = format!(
+            "{}/{}.{ext}",
+            Self::part_dir(&header.operator, part),
+            header.version
+        );
         let mut payload = Vec::with_capacity(entries.len() + 128);
         header.encode(&mut payload);
         payload.extend_from_slice(entries);
@@ -122,67 +124,59 @@ impl StateStore {
         } else {
             FileKind::Delta
         };
-        (path, kind, payload)
+        (key, frame(kind, &payload))
     }
 
-    /// Writes state files; they are durable after the next
-    /// [`sync_filesystem`](crate::checkpoint::file::sync_filesystem).
-    pub fn write_all(
-        &self,
-        files: Vec<(PathBuf, FileKind, Vec<u8>)>,
-        placement: Placement,
-    ) -> Result<()> {
-        write_files(files, placement)
+    /// Writes state files; on a local directory they are durable after the next
+    /// [`Storage::sync`].
+    pub fn write_all(&self, files: Vec<(String, Vec<u8>)>, placement: Placement) -> Result<()> {
+        self.storage.put_all(files, placement)
     }
 
     /// The state files of one operator partition, by version.
-    pub fn files(&self, operator: &str, partition: usize) -> Vec<StateFile> {
-        let dir = self.part_dir(operator, partition);
-        let mut out: Vec<StateFile> = fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        let name = e.file_name().to_str()?.to_string();
-                        let (v, ext) = name.split_once('.')?;
-                        let version: u64 = v.parse().ok()?;
-                        let snapshot = match ext {
-                            "snapshot" => true,
-                            "delta" => false,
-                            _ => return None,
-                        };
-                        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        Some(StateFile {
-                            path: e.path(),
-                            version,
-                            snapshot,
-                            bytes,
-                        })
-                    })
-                    .collect()
+    pub fn files(&self, operator: &str, partition: usize) -> Result<Vec<StateFile>> {
+        let dir = Self::part_dir(operator, partition);
+        let mut out: Vec<StateFile> = self
+            .storage
+            .list(&dir)?
+            .into_iter()
+            .filter(|e| !e.dir)
+            .filter_map(|e| {
+                let (v, ext) = e.name.split_once('.')?;
+                let version: u64 = v.parse().ok()?;
+                let snapshot = match ext {
+                    "snapshot" => true,
+                    "delta" => false,
+                    _ => return None,
+                };
+                let key = join(&dir, &e.name);
+                Some(StateFile {
+                    path: self.storage.name_of(&key),
+                    key,
+                    version,
+                    snapshot,
+                    bytes: e.bytes,
+                })
             })
-            .unwrap_or_default();
+            .collect();
         out.sort_by_key(|f| (f.version, !f.snapshot));
-        out
+        Ok(out)
     }
 
-    /// Operators with state on disk and their partition counts.
-    pub fn operators(&self) -> Vec<(String, usize)> {
+    /// Operators with state in the store and their partition counts.
+    pub fn operators(&self) -> Result<Vec<(String, usize)>> {
         let mut out = Vec::new();
-        if let Ok(rd) = fs::read_dir(&self.root) {
-            for e in rd.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let parts = fs::read_dir(e.path())
-                    .map(|p| {
-                        p.filter_map(|x| x.ok())
-                            .filter(|x| x.file_name().to_string_lossy().parse::<usize>().is_ok())
-                            .count()
-                    })
-                    .unwrap_or(0);
-                out.push((name, parts));
-            }
+        for e in self.storage.list("state")?.into_iter().filter(|e| e.dir) {
+            let parts = self
+                .storage
+                .list(&join("state", &e.name))?
+                .into_iter()
+                .filter(|x| x.dir && x.name.parse::<usize>().is_ok())
+                .count();
+            out.push((e.name, parts));
         }
         out.sort();
-        out
+        Ok(out)
     }
 
     /// The entry payloads that rebuild version `version` of one partition, in the order
@@ -197,7 +191,7 @@ impl StateStore {
         version: u64,
     ) -> Result<Vec<Stored>> {
         let files: Vec<StateFile> = self
-            .files(operator, partition)
+            .files(operator, partition)?
             .into_iter()
             .filter(|f| f.version <= version)
             .collect();
@@ -209,7 +203,7 @@ impl StateStore {
             } else {
                 FileKind::Delta
             };
-            let payload = read_file(&f.path, kind)?;
+            let payload = read_framed(&*self.storage, &f.key, kind)?;
             let mut input = payload.as_slice();
             let header = StateHeader::decode(&mut input).map_err(|e| Error::Checkpoint {
                 path: f.path.clone(),
@@ -246,7 +240,13 @@ impl StateStore {
     /// Deletes what is no longer needed to rebuild any version from `first_kept` on.
     pub fn delete_before(&self, operator: &str, partitions: usize, first_kept: u64) {
         for p in 0..partitions {
-            let files = self.files(operator, p);
+            let files = match self.files(operator, p) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list old state files to delete");
+                    continue;
+                }
+            };
             let Some(base) = files
                 .iter()
                 .rposition(|f| f.snapshot && f.version <= first_kept)
@@ -254,8 +254,8 @@ impl StateStore {
                 continue;
             };
             for f in &files[..base] {
-                if let Err(e) = fs::remove_file(&f.path) {
-                    tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old state file");
+                if let Err(e) = self.storage.delete(&f.key) {
+                    tracing::warn!(error = %e, "cannot delete old state file");
                 }
             }
         }
@@ -263,21 +263,24 @@ impl StateStore {
 
     /// Deletes the files of versions after `version` (all of them for `None`): state of
     /// batches that were not committed.
-    pub fn delete_after(&self, operator: &str, partitions: usize, version: Option<u64>) {
+    pub fn delete_after(
+        &self,
+        operator: &str,
+        partitions: usize,
+        version: Option<u64>,
+    ) -> Result<()> {
         for p in 0..partitions {
-            for f in self.files(operator, p) {
+            for f in self.files(operator, p)? {
                 if version.is_none_or(|v| f.version > v) {
-                    if let Err(e) = fs::remove_file(&f.path) {
-                        tracing::warn!(file = %f.path.display(), error = %e, "cannot delete uncommitted state file");
-                    }
+                    self.storage.delete(&f.key)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Deletes all state of an operator (dropped by the user's choice).
     pub fn delete_operator(&self, dir: &str) -> Result<()> {
-        let path = self.root.join(dir);
-        fs::remove_dir_all(&path).map_err(|e| Error::io("delete state directory", path, e))
+        self.storage.delete_dir(&join("state", dir))
     }
 }

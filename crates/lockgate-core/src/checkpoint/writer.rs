@@ -168,7 +168,7 @@ impl WriterThread {
     /// the commit of the synced state. A flush goes on until that commit is durable too.
     fn sync_and_commit(&self, p: &mut Progress, flush: bool) -> Result<()> {
         loop {
-            file::sync_filesystem(self.log.root())?;
+            self.log.storage().sync()?;
             p.last_sync = Instant::now();
             if let Some((id, time)) = p.unsynced.take() {
                 for input in &self.inputs {

@@ -20,7 +20,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::KeyedState;
+use crate::checkpoint::storage::Storage;
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
@@ -350,7 +350,7 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
                         if after.is_none_or(|m| r.block > m)
                             && !w.stored.iter().any(|(s, _)| s.block == r.block)
                         {
-                            old.push((r, self.read_block(w.wal.dir(), &r)?));
+                            old.push((r, self.read_block(&w.wal, &r)?));
                         }
                     }
                     for b in old.into_iter().rev() {
@@ -401,7 +401,7 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
                 let refs: Vec<BlockRef> = from_bytes(descriptor).map_err(decode_err)?;
                 let mut items = Vec::new();
                 for r in &refs {
-                    items.extend(self.read_block(w.wal.dir(), r)?);
+                    items.extend(self.read_block(&w.wal, r)?);
                     w.max_planned = Some(w.max_planned.map_or(r.block, |m| m.max(r.block)));
                 }
                 if let Some(m) = w.max_planned {
@@ -416,13 +416,12 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
         Ok(())
     }
 
-    fn enable_checkpoint(&self, checkpoint_dir: &Path) -> Result<()> {
+    fn enable_checkpoint(&self, storage: &Arc<dyn Storage>) -> Result<()> {
         if !self.use_wal {
             self.log_records.store(true, Ordering::Release);
             return Ok(());
         }
-        let dir = checkpoint_dir.join("wal").join(&self.name);
-        let (wal, on_disk) = Wal::open(&dir)?;
+        let (wal, on_disk) = Wal::open(storage, &format!("wal/{}", self.name))?;
         *lock(&self.wal) = Some(WalSide {
             wal,
             stored: VecDeque::new(),
@@ -475,8 +474,8 @@ impl<T: Data + Codec> InputSource for ReceiverInput<T> {
 }
 
 impl<T: Data + Codec> ReceiverInput<T> {
-    fn read_block(&self, dir: &Path, r: &BlockRef) -> Result<Vec<T>> {
-        let payload = Wal::read(dir, r)?;
+    fn read_block(&self, wal: &Wal, r: &BlockRef) -> Result<Vec<T>> {
+        let payload = wal.read(r)?;
         from_bytes(&payload).map_err(|e| Error::Source {
             source_name: self.name.clone(),
             message: format!("WAL block {} does not decode: {e}", r.block),

@@ -40,13 +40,11 @@ pub fn run(cmd: CheckpointCmd) -> Result<()> {
         CheckpointCmd::Inspect {
             dir,
             checkpoint_option,
-        } => {
-            inspect(crate::open_location(
-                &dir,
-                &checkpoint_option,
-                lockgate_object_store::Options::default(),
-            )?)
-        }
+        } => inspect(crate::open_location(
+            &dir,
+            &checkpoint_option,
+            lockgate_object_store::Options::default(),
+        )?),
         CheckpointCmd::CheckUpgrade { dir, job, mut opts } => {
             let location = crate::open_checkpoint(&dir, &opts)?;
             // Build the graph only: no checkpoint of its own, no recovery.

@@ -381,7 +381,10 @@ impl StreamingContext {
 
     /// The checkpoint's location (a directory path or a URL), if set.
     pub fn checkpoint_location(&self) -> Option<&str> {
-        self.inner.checkpoint.as_ref().map(|c| c.location.location())
+        self.inner
+            .checkpoint
+            .as_ref()
+            .map(|c| c.location.location())
     }
 
     /// The checkpoint's storage (its request counts: [`Storage::stats`]), if set.

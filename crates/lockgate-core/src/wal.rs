@@ -61,7 +61,10 @@ enum At {
     Dir(PathBuf),
     /// An object store: every block is an object of its own (a one-frame segment),
     /// durable once its write returns.
-    Store { storage: Arc<dyn Storage>, dir: String },
+    Store {
+        storage: Arc<dyn Storage>,
+        dir: String,
+    },
 }
 
 /// An open write-ahead log.
@@ -165,8 +168,7 @@ impl Wal {
         let mut blocks = Vec::new();
         match &at {
             At::Dir(path) => {
-                fs::create_dir_all(path)
-                    .map_err(|e| Error::io("create WAL directory", path, e))?;
+                fs::create_dir_all(path).map_err(|e| Error::io("create WAL directory", path, e))?;
                 let names = fs::read_dir(path)
                     .map_err(|e| Error::io("list WAL directory", path, e))?
                     .filter_map(|e| e.ok())

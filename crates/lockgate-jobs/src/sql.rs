@@ -243,8 +243,7 @@ impl JobConfig {
                      GROUP BY keys, aggregates or window differ; state `{operator}`): this \
                      query cannot continue it. Use a new --checkpoint directory, or restore \
                      the query that wrote it",
-                    dir,
-                    job.name
+                    dir, job.name
                 )))
             }
             (Err(e), None) => return Err(e),

@@ -298,8 +298,12 @@ impl Lease {
                         };
                     }
                     match previous {
-                        Some(p) => tracing::info!(checkpoint = %store.shown(), generation, previous_owner = %p.owner, released = p.released, "took over the checkpoint's lease"),
-                        None => tracing::info!(checkpoint = %store.shown(), generation, "took the checkpoint's lease"),
+                        Some(p) => {
+                            tracing::info!(checkpoint = %store.shown(), generation, previous_owner = %p.owner, released = p.released, "took over the checkpoint's lease")
+                        }
+                        None => {
+                            tracing::info!(checkpoint = %store.shown(), generation, "took the checkpoint's lease")
+                        }
                     }
                     return Ok(LeaseHold::start(store.clone()));
                 }
@@ -350,6 +354,8 @@ pub struct LeaseHold {
     store: Arc<Inner>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
+    /// False for a hold abandoned in a test (a paused owner): no release on drop.
+    release: bool,
 }
 
 impl LeaseHold {
@@ -370,7 +376,23 @@ impl LeaseHold {
             store,
             stop,
             thread,
+            release: true,
         }
+    }
+
+    fn stop_renewing(&mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops renewing without releasing, as an owner that froze would (tests).
+    #[cfg(test)]
+    pub(crate) fn freeze(mut self) {
+        self.stop_renewing();
+        self.release = false;
     }
 }
 
@@ -403,11 +425,9 @@ impl Ownership for LeaseHold {}
 
 impl Drop for LeaseHold {
     fn drop(&mut self) {
-        *lock(&self.stop.0) = true;
-        self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.stop_renewing();
+        if self.release {
+            self.store.lease.release(&self.store);
         }
-        self.store.lease.release(&self.store);
     }
 }

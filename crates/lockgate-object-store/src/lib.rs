@@ -36,6 +36,10 @@
 mod error;
 pub mod lease;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};
 pub use store::ObjectStorage;

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use lockgate_core::checkpoint::file::Placement;
-use lockgate_core::checkpoint::storage::{
-    Listed, Ownership, Storage, StorageStats, Takeover,
-};
+use lockgate_core::checkpoint::storage::{Listed, Ownership, Storage, StorageStats, Takeover};
 use lockgate_core::Error as CoreError;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -43,7 +41,13 @@ struct Counts {
     deletes: AtomicU64,
     retries: AtomicU64,
     retrying: AtomicBool,
+    /// True once any request succeeded: before that, a failure is more likely a wrong
+    /// endpoint or missing credentials than an outage, and is reported sooner.
+    reached: AtomicBool,
 }
+
+/// How long requests are retried before the store was ever reached.
+const FIRST_CONTACT_RETRY: Duration = Duration::from_secs(15);
 
 /// An object read with its version.
 pub(crate) struct Versioned {
@@ -113,9 +117,7 @@ impl ObjectStorage {
                     .with_bucket_name(bucket)
                     .with_config(AmazonS3ConfigKey::ConditionalPut, "etag")
                     .with_retry(client_retry());
-                b = with_timeouts(b, |b, k, v| {
-                    b.with_config(AmazonS3ConfigKey::Client(k), v)
-                });
+                b = with_timeouts(b, |b, k, v| b.with_config(AmazonS3ConfigKey::Client(k), v));
                 for (k, v) in &options.settings {
                     let key: AmazonS3ConfigKey = k
                         .to_ascii_lowercase()
@@ -201,6 +203,13 @@ impl ObjectStorage {
     }
 }
 
+impl ObjectStorage {
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
 impl Inner {
     /// Where it is, for messages.
     pub(crate) fn shown(&self) -> &str {
@@ -264,6 +273,11 @@ impl Inner {
         Fut: Future<Output = std::result::Result<T, object_store::Error>>,
     {
         let started = Instant::now();
+        let limit = if self.counts.reached.load(Ordering::Relaxed) {
+            limit
+        } else {
+            limit.min(FIRST_CONTACT_RETRY)
+        };
         let mut delay = Duration::from_millis(50);
         let mut logged: Option<Instant> = None;
         loop {
@@ -274,6 +288,7 @@ impl Inner {
                         tracing::info!(store = %self.shown, operation, key, after_ms = started.elapsed().as_millis() as u64, "checkpoint store reachable again");
                     }
                     self.counts.retrying.store(false, Ordering::Relaxed);
+                    self.counts.reached.store(true, Ordering::Relaxed);
                     return Ok(v);
                 }
                 Err(e) if transient(&e) && started.elapsed() < limit => {
@@ -295,7 +310,14 @@ impl Inner {
     }
 
     fn store_err(&self, operation: &str, key: &str, e: object_store::Error) -> CoreError {
-        let after = if transient(&e) {
+        let after = if !self.counts.reached.load(Ordering::Relaxed) {
+            format!(
+                " (the store was never reached, retried for {} s: check the endpoint and region \
+                 (--checkpoint-option endpoint=URL, region=NAME) and the credentials \
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the machine's role))",
+                FIRST_CONTACT_RETRY.min(self.retry_timeout).as_secs()
+            )
+        } else if transient(&e) {
             format!(" (retried for {} s)", self.retry_timeout.as_secs())
         } else {
             String::new()
@@ -384,7 +406,7 @@ impl Inner {
     /// read back and kept (same bytes: a write whose answer was lost), replaced (an
     /// older generation's, conditionally on its ETag) or a sign of a successor (a newer
     /// generation's: fenced).
-    async fn put_file(
+    pub(crate) async fn put_file(
         &self,
         key: String,
         bytes: Vec<u8>,
@@ -447,10 +469,7 @@ fn client_retry() -> object_store::RetryConfig {
 }
 
 /// Request timeouts: a store that stopped answering is noticed in seconds.
-fn with_timeouts<B>(
-    b: B,
-    set: impl Fn(B, object_store::ClientConfigKey, &str) -> B,
-) -> B {
+fn with_timeouts<B>(b: B, set: impl Fn(B, object_store::ClientConfigKey, &str) -> B) -> B {
     let b = set(b, object_store::ClientConfigKey::ConnectTimeout, "3s");
     set(b, object_store::ClientConfigKey::Timeout, "15s")
 }
@@ -512,13 +531,12 @@ impl Inner {
 
     pub(crate) fn list(&self, dir: &str) -> lockgate_core::Result<Vec<Listed>> {
         let path = self.path(dir);
-        let listed = self.block(self.retrying(
-            "list",
-            dir,
-            self.retry_timeout,
-            &self.counts.lists,
-            || self.store.list_with_delimiter(Some(&path)),
-        ));
+        let listed =
+            self.block(
+                self.retrying("list", dir, self.retry_timeout, &self.counts.lists, || {
+                    self.store.list_with_delimiter(Some(&path))
+                }),
+            );
         let listed = listed.map_err(|e| self.store_err("list", dir, e))?;
         let mut out: Vec<Listed> = listed
             .common_prefixes

@@ -214,7 +214,12 @@ impl CheckpointLog {
     pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
         let files = plans
             .iter()
-            .map(|p| (Self::plan_key(p.batch_id), frame(FileKind::Plan, &to_bytes(p))))
+            .map(|p| {
+                (
+                    Self::plan_key(p.batch_id),
+                    frame(FileKind::Plan, &to_bytes(p)),
+                )
+            })
             .collect();
         self.put_durably(files)
     }

@@ -103,12 +103,7 @@ impl StateStore {
     }
 
     /// The key and framed bytes of one state file.
-    pub fn file(
-        &self,
-        header: &StateHeader,
-        snapshot: bool,
-        entries: &[u8],
-    ) -> (String, Vec<u8>) {
+    pub fn file(&self, header: &StateHeader, snapshot: bool, entries: &[u8]) -> (String, Vec<u8>) {
         let part = usize::try_from(header.partition).unwrap_or(usize::MAX);
         let ext = if snapshot { "snapshot" } else { "delta" };
         let key = format!(

@@ -763,6 +763,8 @@ impl StreamingContext {
         run.state = ContextState::Stopped;
         // Commits still on their way to disk are completed before stop returns.
         let flushed = scheduler.protocol.flush();
+        // Then the checkpoint is let go: a standby (or the next start) takes it at once.
+        scheduler.protocol.release();
         let failure = scheduler.take_failure().or(flushed.err());
         let drained = scheduler.drained.load(Ordering::Acquire);
         let app = &self.inner.app_name;

@@ -415,6 +415,13 @@ impl Protocol {
         }
     }
 
+    /// Lets go of the checkpoint location (its lock or lease) once the context stopped.
+    pub fn release(&self) {
+        if let Some(cp) = &self.checkpointer {
+            cp.release();
+        }
+    }
+
     /// Waits until every commit handed to the checkpoint writer is durable (a stop).
     pub fn flush(&self) -> Result<()> {
         match &self.checkpointer {

@@ -72,6 +72,120 @@ pub struct TortureOpts {
     /// `cargo build` leaves them).
     #[arg(long)]
     lockgate: Option<PathBuf>,
+    /// Checkpoint on an object store instead of a local directory: every checkpoint of
+    /// the run goes under URL/<run>/ (e.g. s3://lockgate/torture). An s3:// URL without
+    /// --checkpoint-option endpoint=... uses a throwaway local S3 server (moto, started
+    /// by scripts/s3.sh, bucket `lockgate`).
+    #[arg(long, value_name = "URL")]
+    checkpoint_url: Option<String>,
+    /// A store setting for --checkpoint-url, as `lockgate run --checkpoint-option`.
+    #[arg(long, value_name = "KEY=VALUE", requires = "checkpoint_url")]
+    checkpoint_option: Vec<String>,
+}
+
+/// The lease timeout of tortured jobs on an object store: every restart after a kill
+/// waits this long for the killed owner's lease to expire.
+const TORTURE_LEASE: Duration = Duration::from_millis(1000);
+
+/// Where a tortured job checkpoints: a directory of the work directory, or the same
+/// name under an object store's prefix.
+pub(crate) struct Checkpoints {
+    remote: Option<Remote>,
+}
+
+struct Remote {
+    /// `URL/<run>`.
+    base: String,
+    settings: Vec<String>,
+    /// Credentials for the local test server.
+    env: Vec<(&'static str, &'static str)>,
+    server: Option<lockgate_object_store::testing::S3Server>,
+}
+
+impl Checkpoints {
+    fn new(opts: &TortureOpts, run: &str) -> Result<Self> {
+        let Some(url) = &opts.checkpoint_url else {
+            return Ok(Checkpoints { remote: None });
+        };
+        ensure!(
+            lockgate_object_store::is_object_store(url),
+            "--checkpoint-url {url}: not an object store's URL (s3://BUCKET/PREFIX); leave it \
+             out to checkpoint into the work directory"
+        );
+        let mut settings = opts.checkpoint_option.clone();
+        let (mut env, mut server) = (Vec::new(), None);
+        let has_endpoint = settings.iter().any(|s| s.starts_with("endpoint="));
+        if url.starts_with("s3://") && !has_endpoint {
+            let s = lockgate_object_store::testing::S3Server::start()
+                .map_err(|e| anyhow::anyhow!("starting the local S3 server: {e}"))?;
+            settings.extend(s.settings().iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(lockgate_object_store::testing::CREDENTIALS);
+            server = Some(s);
+        }
+        Ok(Checkpoints {
+            remote: Some(Remote {
+                base: format!("{}/{run}", url.trim_end_matches('/')),
+                settings,
+                env,
+                server,
+            }),
+        })
+    }
+
+    /// Where checkpoint `cp` (a path in the work directory) is.
+    fn location(&self, cp: &Path) -> String {
+        match &self.remote {
+            None => cp.display().to_string(),
+            Some(r) => format!(
+                "{}/{}",
+                r.base,
+                cp.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Adds `--checkpoint` (and the store's settings) for checkpoint `cp` to `c`.
+    fn apply(&self, c: &mut Command, cp: &Path) {
+        c.arg("--checkpoint").arg(self.location(cp));
+        if let Some(r) = &self.remote {
+            // A restart after a kill waits the dead owner's lease out: keep it short.
+            c.arg("--lease-timeout")
+                .arg(format!("{}ms", TORTURE_LEASE.as_millis()));
+            for s in &r.settings {
+                c.arg("--checkpoint-option").arg(s);
+            }
+            c.envs(r.env.iter().copied());
+        }
+    }
+
+    /// The logs of checkpoint `cp`, to read.
+    fn log(&self, cp: &Path) -> Result<lockgate_core::checkpoint::log::CheckpointLog> {
+        use lockgate_core::checkpoint::log::CheckpointLog;
+        let Some(r) = &self.remote else {
+            return Ok(CheckpointLog::local(cp));
+        };
+        let mut options = lockgate_object_store::Options::default();
+        for s in &r.settings {
+            options.parse_setting(s)?;
+        }
+        if let Some(server) = &r.server {
+            options.settings = server.settings();
+        }
+        let location = lockgate_object_store::open(&self.location(cp), &options)?;
+        Ok(CheckpointLog::new(location.0))
+    }
+
+    fn describe(&self) -> String {
+        match &self.remote {
+            None => "a local directory".into(),
+            Some(r) => match &r.server {
+                Some(s) => format!("{} (local S3 server {})", r.base, s.endpoint),
+                None => r.base.clone(),
+            },
+        }
+    }
 }
 
 /// The `lockgate` executable every tortured job runs: set by the first [`run`] of the
@@ -162,7 +276,7 @@ fn job_command(
     pipeline: Pipeline,
     source: &Source<'_>,
     out: &Path,
-    cp: &Path,
+    (at, cp): (&Checkpoints, &Path),
     sink: Option<&str>,
 ) -> Result<Command> {
     let mut c = lockgate_command()?;
@@ -188,11 +302,10 @@ fn job_command(
     }
     c.arg("--output")
         .arg(out)
-        .arg("--checkpoint")
-        .arg(cp)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    at.apply(&mut c, cp);
     if let Some(url) = sink {
         c.arg("--sink").arg(url);
         if url.starts_with("kafka:") {
@@ -343,18 +456,20 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
+    let at = Checkpoints::new(opts, &format!("{}-{seed}", std::process::id()))?;
     println!(
-        "torture: pipeline {:?}, {} kills, seed {seed}, dir {}",
+        "torture: pipeline {:?}, {} kills, seed {seed}, dir {}, checkpoints in {}",
         opts.pipeline,
         opts.kills,
-        dir.display()
+        dir.display(),
+        at.describe()
     );
     tracing::debug!(lockgate = %exe.display(), "tortured executable");
     if let Pipeline::Socket | Pipeline::Sql = opts.pipeline {
         if let Pipeline::Sql = opts.pipeline {
-            sql::run(opts, seed, &dir)?;
+            sql::run(opts, seed, &dir, &at)?;
         } else {
-            socket::run(opts, seed, &dir)?;
+            socket::run(opts, seed, &dir, &at)?;
         }
         if opts.dir.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -412,11 +527,12 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         None => Source::Files(&input),
     };
 
+    let reference_started = Instant::now();
     let reference = job_command(
         opts.pipeline,
         &source,
         &dir.join("ref-out"),
-        &dir.join("ref-cp"),
+        (&at, &dir.join("ref-cp")),
         ref_sink.as_deref(),
     )?
     .output()
@@ -427,6 +543,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
         String::from_utf8_lossy(&reference.stderr)
     );
 
+    let reference_ms = u64::try_from(reference_started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut rng = Rng::new(seed);
     let (out, cp) = (dir.join("out"), dir.join("cp"));
     let (mut kills, mut runs, mut reruns, mut outages) = (0u32, 0u32, 0usize, 0u32);
@@ -448,7 +565,7 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     let started = Instant::now();
     loop {
         runs += 1;
-        let mut child = job_command(opts.pipeline, &source, &out, &cp, sink.as_deref())?
+        let mut child = job_command(opts.pipeline, &source, &out, (&at, &cp), sink.as_deref())?
             .spawn()
             .context("starting the job")?;
         if let (Some(b), true) = (&broker, outages < opts.broker_outages) {
@@ -470,6 +587,19 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             // a Kafka sink it also initialises its transactions, and each batch is a
             // transaction of one-record requests (~250 ms on this broker).
             let (base, spread) = match opts.pipeline {
+                // On an object store a start (the lease, reading the checkpoint) and
+                // every batch take requests of tens of ms: kill within a share of what
+                // the uninterrupted run took, after about a start's worth.
+                _ if at.remote.is_some() => {
+                    let share = (reference_ms / (u64::from(opts.kills) + 1)).max(50);
+                    let wait = if kills > 0 {
+                        // The killed owner's lease is waited out first.
+                        u64::try_from(TORTURE_LEASE.as_millis()).unwrap_or(u64::MAX)
+                    } else {
+                        0
+                    };
+                    (wait + share / 2, share)
+                }
                 Pipeline::Kafka => (100, 60),
                 Pipeline::KafkaToPostgres => (120, 100),
                 Pipeline::KafkaToKafka => (300, 700),
@@ -573,7 +703,7 @@ mod sql {
 
     use anyhow::{bail, ensure, Context, Result};
 
-    use super::{read_output, TortureOpts};
+    use super::{read_output, Checkpoints, TortureOpts};
     use lockgate_jobs::sample::{generate_logs, Rng};
     use lockgate_jobs::sql::{log_errors_sql, LOG_ERRORS_WATERMARK, WORD_COUNT_SQL};
 
@@ -622,7 +752,7 @@ mod sql {
         Ok(last)
     }
 
-    pub fn run(opts: &TortureOpts, seed: u64, dir: &Path) -> Result<()> {
+    pub fn run(opts: &TortureOpts, seed: u64, dir: &Path, at: &Checkpoints) -> Result<()> {
         let queries: [(&str, String, Option<&str>, &str, &[&str]); 3] = [
             (
                 "words",
@@ -670,7 +800,7 @@ mod sql {
                     c.args(["--watermark", w]);
                 }
                 if let Some(cp) = cp {
-                    c.arg("--checkpoint").arg(cp);
+                    at.apply(&mut c, cp);
                 }
                 c.arg(query);
                 Ok(c)
@@ -799,7 +929,7 @@ mod socket {
 
     use anyhow::{bail, ensure, Context, Result};
 
-    use super::{read_output, TortureOpts};
+    use super::{read_output, Checkpoints, TortureOpts};
     use lockgate_jobs::sample::Rng;
 
     const DEADLINE: Duration = Duration::from_secs(60);
@@ -811,8 +941,9 @@ mod socket {
         reader: JoinHandle<String>,
     }
 
-    fn start(port: u16, out: &Path, cp: &Path) -> Result<Job> {
-        let mut child = super::lockgate_command()?
+    fn start(port: u16, out: &Path, (at, cp): (&Checkpoints, &Path)) -> Result<Job> {
+        let mut command = super::lockgate_command()?;
+        command
             .args([
                 "run",
                 "word-count",
@@ -828,13 +959,11 @@ mod socket {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--output")
             .arg(out)
-            .arg("--checkpoint")
-            .arg(cp)
             .env("RUST_LOG", "warn,lockgate_core::source::receiver=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the job")?;
+            .stderr(Stdio::piped());
+        at.apply(&mut command, cp);
+        let mut child = command.spawn().context("starting the job")?;
         let stderr = child.stderr.take().context("the job's stderr")?;
         let stored = Arc::new(AtomicU64::new(0));
         let reruns = Arc::new(AtomicUsize::new(0));
@@ -909,7 +1038,7 @@ mod socket {
         seq
     }
 
-    pub fn run(opts: &TortureOpts, seed: u64, dir: &Path) -> Result<()> {
+    pub fn run(opts: &TortureOpts, seed: u64, dir: &Path, at: &Checkpoints) -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the feeder's port")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -922,7 +1051,7 @@ mod socket {
         let started = Instant::now();
         loop {
             runs += 1;
-            let mut job = start(port, &out, &cp)?;
+            let mut job = start(port, &out, (at, &cp))?;
             let mut conn = accept(&listener, &mut job)?;
             let first = next;
             if kills < opts.kills {
@@ -967,7 +1096,7 @@ mod socket {
             reruns += job.reruns.load(Ordering::Acquire);
         }
         // A graceful stop drains: no logged batch is left for a next start.
-        let log = lockgate_core::checkpoint::log::CheckpointLog::local(&cp);
+        let log = at.log(&cp)?;
         let (plans, commits) = (log.plan_ids()?, log.commit_ids()?);
         ensure!(
             plans.last() <= commits.last(),

@@ -220,7 +220,7 @@ impl Lease {
 
     /// Takes the lease: at once when there is none or it was released; after a whole
     /// timeout without renewal otherwise. `Refuse` refuses a lease renewed within its
-    /// timeout (by the wall clock), naming its owner; `Standby` waits for it.
+    /// timeout (seen renewed while watching), naming its owner; `Standby` waits for it.
     pub(crate) fn acquire(
         store: &Arc<Inner>,
         takeover: Takeover,
@@ -240,17 +240,21 @@ impl Lease {
                                  delete it and start again"
                             .into(),
                     })?;
-                    let unchanged_for = match &seen {
-                        Some((etag, since)) if *etag == v.etag => since.elapsed(),
-                        _ => {
+                    let (unchanged_for, renewed) = match &seen {
+                        Some((etag, since)) if *etag == v.etag => (since.elapsed(), false),
+                        previous => {
+                            let renewed = previous.is_some();
                             seen = Some((v.etag.clone(), Instant::now()));
-                            Duration::ZERO
+                            (Duration::ZERO, renewed)
                         }
                     };
                     let expired = unchanged_for >= Duration::from_millis(record.timeout_ms);
                     if !record.released && !expired {
                         let age_ms = wall_ms().saturating_sub(record.renewed_at_ms);
-                        if takeover == Takeover::Refuse && age_ms < record.timeout_ms {
+                        // A live owner renews within a fifth of its timeout: seen doing so,
+                        // a second process is refused; a lease left by a process that died
+                        // is waited out (one timeout), then taken.
+                        if takeover == Takeover::Refuse && renewed {
                             return Err(CoreError::Checkpoint {
                                 path: store.name_of(LEASE_KEY),
                                 reason: format!(
@@ -269,7 +273,7 @@ impl Lease {
                             if takeover == Takeover::Standby {
                                 tracing::info!(checkpoint = %store.shown(), owner = %record.owner, generation = record.generation, lease_timeout_ms = record.timeout_ms, "standby: another instance owns this checkpoint; waiting to take over when its lease expires");
                             } else {
-                                tracing::info!(checkpoint = %store.shown(), owner = %record.owner, renewed_ms_ago = age_ms, "the previous owner stopped renewing its lease; waiting one lease timeout to be sure it is gone");
+                                tracing::info!(checkpoint = %store.shown(), owner = %record.owner, renewed_ms_ago = age_ms, lease_timeout_ms = record.timeout_ms, "the checkpoint's lease is held: taking it over if it is not renewed within its timeout (its owner died), refusing to start if it is");
                             }
                         }
                         std::thread::sleep(poll);

@@ -58,8 +58,8 @@ fn of_processes_racing_for_a_new_lease_exactly_one_wins() {
                 match s.take_ownership(Takeover::Refuse) {
                     Ok(hold) => {
                         won.fetch_add(1, Ordering::SeqCst);
-                        // Hold it until every racer has tried.
-                        std::thread::sleep(Duration::from_millis(500));
+                        // Hold it until every racer has seen it renewed (every second).
+                        std::thread::sleep(Duration::from_millis(3000));
                         drop(hold);
                     }
                     Err(e) => assert!(

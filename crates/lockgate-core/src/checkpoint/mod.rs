@@ -357,6 +357,12 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Lets go of the location (after [`flush`](Self::flush)): another process may own
+    /// it from now on.
+    pub fn release(&self) {
+        drop(lock(&self.ownership).take());
+    }
+
     /// Waits until every commit handed to the writer is durable (or failed).
     pub fn flush(&self) -> Result<()> {
         let tx = lock(&self.writer.tx).clone();

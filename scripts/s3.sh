@@ -21,13 +21,19 @@ VENV=$TOOLS/moto
 PACKAGE='moto[server]==5.2.6'
 
 ensure_installed() {
-    if [ ! -x "$VENV/bin/moto_server" ]; then
+    if [ -f "$VENV/.installed" ]; then return; fi
+    mkdir -p "$TOOLS"
+    # Tests start servers in parallel: one installs, the others wait for it.
+    exec 9>"$TOOLS/.moto.lock"
+    flock 9
+    if [ ! -f "$VENV/.installed" ]; then
         echo "installing the moto S3 server ($PACKAGE from PyPI) into $VENV..." >&2
-        mkdir -p "$TOOLS"
         rm -rf "$VENV"
         python3 -m venv "$VENV" >&2
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$PACKAGE" >&2
+        touch "$VENV/.installed"
     fi
+    flock -u 9
 }
 
 free_port() {

@@ -2,7 +2,8 @@
 //! broker started by scripts/kafka.sh, a real PostgreSQL server started by
 //! scripts/postgres.sh): `lockgate-dev torture` runs the `lockgate` CLI's job, SIGKILLs
 //! it at random (seeded, printed) moments, restarts it on the same checkpoint, and
-//! compares the merged output with an uninterrupted run's, batch by batch.
+//! compares the merged output with an uninterrupted run's, batch by batch; each again
+//! with its checkpoint on a real S3 server (moto, started by scripts/s3.sh).
 
 #![allow(clippy::unwrap_used)]
 
@@ -92,4 +93,51 @@ fn word_count_kafka_to_kafka_rides_out_broker_restarts() {
 #[test]
 fn the_built_in_jobs_as_sql_survive_sigkill() {
     torture_with("sql", 12, &[]);
+}
+
+/// Every pipeline again with its checkpoint (plans, commits, state, the socket's WAL) on
+/// a real S3 server (moto, started by scripts/s3.sh): each restart after a kill first
+/// waits the killed owner's lease out, then recovers from the store.
+fn torture_on_s3(pipeline: &str) {
+    torture_with(pipeline, 6, &["--checkpoint-url", "s3://lockgate/crash"]);
+}
+
+#[test]
+fn log_errors_files_to_files_on_s3_survives_sigkill() {
+    torture_on_s3("files");
+}
+
+#[test]
+fn word_count_files_to_files_on_s3_survives_sigkill() {
+    torture_on_s3("word-count");
+}
+
+#[test]
+fn word_count_kafka_to_files_on_s3_survives_sigkill() {
+    torture_on_s3("kafka");
+}
+
+#[test]
+fn word_count_socket_with_wal_on_s3_survives_sigkill() {
+    torture_on_s3("socket");
+}
+
+#[test]
+fn word_count_files_to_postgres_on_s3_survives_sigkill() {
+    torture_on_s3("postgres");
+}
+
+#[test]
+fn word_count_kafka_to_kafka_on_s3_survives_sigkill() {
+    torture_on_s3("kafka-to-kafka");
+}
+
+#[test]
+fn word_count_kafka_to_postgres_on_s3_survives_sigkill() {
+    torture_on_s3("kafka-to-postgres");
+}
+
+#[test]
+fn the_built_in_jobs_as_sql_on_s3_survive_sigkill() {
+    torture_on_s3("sql");
 }

@@ -177,6 +177,28 @@ impl Checkpoints {
         Ok(CheckpointLog::new(location.0))
     }
 
+    /// On an object store, waits until the job with process id `pid` owns checkpoint
+    /// `cp` (a restart after a kill first waits the killed owner's lease out), so that
+    /// kills are timed from when the job runs. Gives up silently after 30 s (the kill
+    /// then lands during the wait, which is a case worth trying too).
+    fn wait_for_owner(&self, cp: &Path, pid: u32) -> Result<()> {
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        let storage = self.log(cp)?.storage().clone();
+        let me = format!(":{pid}\"");
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Some(bytes) = storage.get(lockgate_object_store::lease::LEASE_KEY)? {
+                if String::from_utf8_lossy(&bytes).contains(&me) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         match &self.remote {
             None => "a local directory".into(),
@@ -591,14 +613,9 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
                 // every batch take requests of tens of ms: kill within a share of what
                 // the uninterrupted run took, after about a start's worth.
                 _ if at.remote.is_some() => {
+                    at.wait_for_owner(&cp, child.id())?;
                     let share = (reference_ms / (u64::from(opts.kills) + 1)).max(50);
-                    let wait = if kills > 0 {
-                        // The killed owner's lease is waited out first.
-                        u64::try_from(TORTURE_LEASE.as_millis()).unwrap_or(u64::MAX)
-                    } else {
-                        0
-                    };
-                    (wait + share / 2, share)
+                    (share / 4, share)
                 }
                 Pipeline::Kafka => (100, 60),
                 Pipeline::KafkaToPostgres => (120, 100),
@@ -807,8 +824,12 @@ mod sql {
             };
             let reference = dir.join(format!("ref-{name}"));
             let t = Instant::now();
+            // On an object store the reference checkpoints too, so that its time
+            // includes the store's (the kills are timed by it).
+            let reference_cp = dir.join(format!("ref-cp-{name}"));
+            let reference_cp = at.remote.as_ref().map(|_| reference_cp.as_path());
             run_to_end(
-                command(&reference, None)?,
+                command(&reference, reference_cp)?,
                 &format!("the uninterrupted `{name}` query"),
             )?;
             // Each kill comes after a random part of what the uninterrupted run took
@@ -828,6 +849,7 @@ mod sql {
                     .spawn()
                     .context("starting the query")?;
                 if killed < per_query {
+                    at.wait_for_owner(&cp, child.id())?;
                     std::thread::sleep(std::time::Duration::from_millis(
                         most / 2 + rng.below(most / 2),
                     ));

@@ -81,6 +81,12 @@ pub struct TortureOpts {
     /// A store setting for --checkpoint-url, as `lockgate run --checkpoint-option`.
     #[arg(long, value_name = "KEY=VALUE", requires = "checkpoint_url")]
     checkpoint_option: Vec<String>,
+    /// Failover (files and word-count pipelines, with --checkpoint-url): an owner and a
+    /// standby (`--standby`) run side by side; each kill SIGKILLs the owner, the standby
+    /// takes over and a new standby starts. Prints the takeover times (kill to the
+    /// standby's first commit).
+    #[arg(long, requires = "checkpoint_url")]
+    standby: bool,
 }
 
 /// The lease timeout of tortured jobs on an object store: every restart after a kill
@@ -516,7 +522,8 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     }
     let input = dir.join("input");
     // Enough batches that every restart makes some progress before the next kill.
-    let files = u64::from(opts.kills.max(1)) * 15;
+    // (Failover kills by commits, which trail the batches run: more input.)
+    let files = u64::from(opts.kills.max(1)) * if opts.standby { 100 } else { 15 };
     generate_logs(&input, files * 60, files, seed)?;
     // The Kafka pipeline reads the same lines from a topic: file i to partition i % 2.
     let broker = match opts.pipeline {
@@ -568,6 +575,17 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     let reference_ms = u64::try_from(reference_started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut rng = Rng::new(seed);
     let (out, cp) = (dir.join("out"), dir.join("cp"));
+    if opts.standby {
+        let command = || job_command(opts.pipeline, &source, &out, (&at, &cp), None);
+        failover::run(opts, seed, &mut rng, &at, &cp, command, files)?;
+        let batches = compare_outputs(&dir, &out, seed, opts.dir.is_none())?;
+        println!(
+            "torture passed: {} owners killed, {batches} batch outputs identical to the \
+             uninterrupted run",
+            opts.kills
+        );
+        return Ok(());
+    }
     let (mut kills, mut runs, mut reruns, mut outages) = (0u32, 0u32, 0usize, 0u32);
     let mut cut = 0usize;
     let count_reruns = |stderr: &[u8]| {
@@ -675,7 +693,31 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             want.len()
         );
     }
-    let (want, got) = (read_output(&dir.join("ref-out"))?, read_output(&out)?);
+    let batches = compare_outputs(&dir, &out, seed, false)?;
+    println!(
+        "torture passed: {kills} kills{} over {runs} runs in {:.1} s, {reruns} interrupted \
+         batches re-run from their logged plans; {batches} batch outputs identical to the \
+         uninterrupted run",
+        if outages > 0 {
+            format!(
+                " and {outages} broker outages ({cut} connections cut, {retries} failed broker \
+                 calls made again)"
+            )
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    if opts.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// Compares the tortured run's outputs under `out` with the uninterrupted run's under
+/// `dir/ref-out`, batch by batch; returns how many batches there are.
+fn compare_outputs(dir: &Path, out: &Path, seed: u64, remove: bool) -> Result<usize> {
+    let (want, got) = (read_output(&dir.join("ref-out"))?, read_output(out)?);
     if want != got {
         let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
         let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
@@ -690,25 +732,168 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
             dir.display()
         );
     }
-    println!(
-        "torture passed: {kills} kills{} over {runs} runs in {:.1} s, {reruns} interrupted \
-         batches re-run from their logged plans; {} batch outputs identical to the \
-         uninterrupted run",
-        if outages > 0 {
-            format!(
-                " and {outages} broker outages ({cut} connections cut, {retries} failed broker \
-                 calls made again)"
-            )
-        } else {
-            String::new()
-        },
-        started.elapsed().as_secs_f64(),
-        want.len()
-    );
-    if opts.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+    if remove {
+        let _ = std::fs::remove_dir_all(dir);
     }
-    Ok(())
+    Ok(want.len())
+}
+
+/// Failover: an owner and a standby on one object-store checkpoint.
+mod failover {
+    use std::path::Path;
+    use std::process::{Child, Command};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, ensure, Context, Result};
+
+    use super::{Checkpoints, TortureOpts};
+    use lockgate_jobs::sample::Rng;
+
+    /// The batch ids committed so far (the highest), read from the store.
+    fn last_commit(at: &Checkpoints, cp: &Path) -> Result<Option<u64>> {
+        Ok(at.log(cp)?.commit_ids()?.last().copied())
+    }
+
+    /// The pid of the lease's owner among `children`, once one owns it.
+    fn owner(at: &Checkpoints, cp: &Path, children: &mut [Child]) -> Result<Option<usize>> {
+        let storage = at.log(cp)?.storage().clone();
+        let Some(lease) = storage.get(lockgate_object_store::lease::LEASE_KEY)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&lease).into_owned();
+        if text.contains("\"released\":true") {
+            return Ok(None);
+        }
+        Ok(children
+            .iter()
+            .position(|c| text.contains(&format!(":{}\"", c.id()))))
+    }
+
+    pub fn run(
+        opts: &TortureOpts,
+        seed: u64,
+        rng: &mut Rng,
+        at: &Checkpoints,
+        cp: &Path,
+        command: impl Fn() -> Result<Command>,
+        batches: u64,
+    ) -> Result<()> {
+        let logs = cp.with_file_name("instances");
+        std::fs::create_dir_all(&logs)?;
+        let spawned = std::cell::Cell::new(0u32);
+        let spawn = || -> Result<Child> {
+            let mut c = command()?;
+            // Each instance's log in a file of its own (a pipe nobody reads would fill).
+            let n = spawned.get();
+            spawned.set(n + 1);
+            let log = std::fs::File::create(logs.join(format!("{n}.log")))?;
+            c.arg("--standby").stderr(log);
+            c.spawn().context("starting an instance")
+        };
+        let started = Instant::now();
+        let mut children = vec![spawn()?, spawn()?];
+        let mut takeovers: Vec<Duration> = Vec::new();
+        let mut kills = 0u32;
+        // Kills are timed by progress (the batches are quicker than the store's
+        // requests): each owner is killed after committing a random few batches, plus a
+        // random moment into the next.
+        let per_owner = (batches / (2 * u64::from(opts.kills) + 2)).max(1);
+        while kills < opts.kills {
+            // Wait for an owner, then let it commit a few batches.
+            let until = Instant::now() + Duration::from_secs(60);
+            let index = loop {
+                if let Some(i) = owner(at, cp, &mut children)? {
+                    break i;
+                }
+                let mut running = 0;
+                for c in children.iter_mut() {
+                    match c.try_wait()? {
+                        None => running += 1,
+                        Some(status) => ensure!(
+                            status.success(),
+                            "an instance failed (seed {seed}): {status}; see {}",
+                            logs.display()
+                        ),
+                    }
+                }
+                if running == 0 {
+                    bail!(
+                        "the job finished after only {kills} of {} kills (seed {seed}); it is \
+                         too short for this many kills",
+                        opts.kills
+                    );
+                }
+                ensure!(
+                    Instant::now() < until,
+                    "no instance took the checkpoint's lease in 60 s (seed {seed}); see {}",
+                    logs.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let target = last_commit(at, cp)?.map_or(0, |c| c + 1) + rng.below(per_owner);
+            while last_commit(at, cp)?.is_none_or(|c| c < target)
+                && children[index].try_wait()?.is_none()
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(20)));
+            let mut victim = children.remove(index);
+            if victim.try_wait()?.is_some() {
+                bail!(
+                    "the job finished after only {kills} of {} kills (seed {seed}); it is too \
+                     short for this many kills",
+                    opts.kills
+                );
+            }
+            let before = last_commit(at, cp)?;
+            victim.kill().context("killing the owner")?; // SIGKILL
+            let killed_at = Instant::now();
+            let _ = victim.wait();
+            kills += 1;
+            children.push(spawn()?);
+            // The takeover: kill to the first commit after the last one seen.
+            let until = Instant::now() + Duration::from_secs(60);
+            loop {
+                if last_commit(at, cp)? > before {
+                    takeovers.push(killed_at.elapsed());
+                    break;
+                }
+                if children
+                    .iter_mut()
+                    .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+                {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < until,
+                    "no instance committed a batch in 60 s after the owner was killed (seed \
+                     {seed})"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // The last owner finishes the bounded run and releases; the standby then takes
+        // over, finds nothing left and ends too.
+        for c in children {
+            let done = c.wait_with_output()?;
+            ensure!(
+                done.status.success(),
+                "an instance failed (seed {seed}): {}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+        }
+        takeovers.sort();
+        let ms: Vec<u128> = takeovers.iter().map(Duration::as_millis).collect();
+        println!(
+            "failover: {kills} owners killed in {:.1} s; takeover (kill to the standby's first \
+             commit) median {} ms, min {} ms, max {} ms, all {ms:?}",
+            started.elapsed().as_secs_f64(),
+            ms.get(ms.len() / 2).copied().unwrap_or(0),
+            ms.first().copied().unwrap_or(0),
+            ms.last().copied().unwrap_or(0),
+        );
+        Ok(())
+    }
 }
 
 /// The SQL pipeline: three queries, each killed in turn.

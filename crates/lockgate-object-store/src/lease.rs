@@ -198,6 +198,18 @@ impl Lease {
             }
             Conditional::Conflict => {
                 let now = store.block(store.get_versioned(LEASE_KEY, limit))?;
+                // A renewal whose answer was lost (a timeout after the store applied
+                // it) left the lease ours under an ETag this process never saw.
+                if let Some(v) = &now {
+                    let ours = Record::parse(&v.bytes).is_some_and(|r| {
+                        r.owner == self.instance && r.generation == generation && !r.released
+                    });
+                    if ours {
+                        lock(&self.state).etag = v.etag.clone();
+                        drop(_one);
+                        return self.renew(store, limit);
+                    }
+                }
                 let who = now
                     .as_ref()
                     .and_then(|v| Record::parse(&v.bytes))

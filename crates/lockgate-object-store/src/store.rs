@@ -79,6 +79,10 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Runtime,
     retry_timeout: Duration,
     counts: Counts,
+    /// When a failed request was last logged.
+    warned: std::sync::Mutex<Option<Instant>>,
+    /// Since when requests fail (an outage), if they do.
+    outage: std::sync::Mutex<Option<Instant>>,
     pub(crate) lease: Lease,
 }
 
@@ -195,6 +199,8 @@ impl ObjectStorage {
             runtime,
             retry_timeout: options.retry_timeout,
             counts: Counts::default(),
+            warned: std::sync::Mutex::new(None),
+            outage: std::sync::Mutex::new(None),
             lease: Lease::new(&options.instance, options.lease_timeout),
         };
         Ok(ObjectStorage {
@@ -279,32 +285,45 @@ impl Inner {
             limit.min(FIRST_CONTACT_RETRY)
         };
         let mut delay = Duration::from_millis(50);
-        let mut logged: Option<Instant> = None;
         loop {
             count.fetch_add(1, Ordering::Relaxed);
             match f().await {
-                Ok(v) => {
-                    if logged.is_some() {
-                        tracing::info!(store = %self.shown, operation, key, after_ms = started.elapsed().as_millis() as u64, "checkpoint store reachable again");
-                    }
-                    self.counts.retrying.store(false, Ordering::Relaxed);
-                    self.counts.reached.store(true, Ordering::Relaxed);
-                    return Ok(v);
-                }
                 Err(e) if transient(&e) && started.elapsed() < limit => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     self.counts.retrying.store(true, Ordering::Relaxed);
-                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(store = %self.shown, operation, key, error = %e, retrying_for_s = started.elapsed().as_secs(), limit_s = limit.as_secs(), "checkpoint store request failed; retrying");
-                        logged = Some(Instant::now());
+                    lockgate_core::sync::lock(&self.outage).get_or_insert_with(Instant::now);
+                    // One line per 10 s for the whole store (writes go out in parallel).
+                    let due = {
+                        let mut last = lockgate_core::sync::lock(&self.warned);
+                        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                        if due {
+                            *last = Some(Instant::now());
+                        }
+                        due
+                    };
+                    if due {
+                        tracing::warn!(store = %self.shown, operation, key, error = %e, retrying_for_s = started.elapsed().as_secs(), limit_s = limit.as_secs(), retries_so_far = self.counts.retries.load(Ordering::Relaxed), "checkpoint store request failed; retrying");
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => {
-                    self.counts.retrying.store(false, Ordering::Relaxed);
-                    return Err(e);
+                answer => {
+                    // The store answered (a success, or an answer such as "exists").
+                    if !matches!(&answer, Err(e) if transient(e)) {
+                        self.answered();
+                    }
+                    return answer;
                 }
+            }
+        }
+    }
+
+    /// The store answered a request: ends an outage (logged with its length).
+    fn answered(&self) {
+        self.counts.reached.store(true, Ordering::Relaxed);
+        if self.counts.retrying.swap(false, Ordering::Relaxed) {
+            if let Some(since) = lockgate_core::sync::lock(&self.outage).take() {
+                tracing::info!(store = %self.shown, outage_ms = since.elapsed().as_millis() as u64, retries = self.counts.retries.load(Ordering::Relaxed), "checkpoint store reachable again");
             }
         }
     }
@@ -458,20 +477,22 @@ impl Inner {
     }
 }
 
-/// The client's own retries: few and quick; [`ObjectStorage::retrying`] decides how
-/// long an outage is ridden through.
+/// No retries in the client: [`Inner::retrying`] retries every failed request itself,
+/// so that each is logged and counted, and decides how long an outage is ridden through.
 fn client_retry() -> object_store::RetryConfig {
     object_store::RetryConfig {
         backoff: object_store::BackoffConfig::default(),
-        max_retries: 2,
+        max_retries: 0,
         retry_timeout: Duration::from_secs(10),
     }
 }
 
-/// Request timeouts: a store that stopped answering is noticed in seconds.
+/// Request timeouts: a store that stopped answering is noticed (logged, counted,
+/// retried) within seconds. Settings `timeout` and `connect_timeout` override them (for
+/// large state on a slow link).
 fn with_timeouts<B>(b: B, set: impl Fn(B, object_store::ClientConfigKey, &str) -> B) -> B {
-    let b = set(b, object_store::ClientConfigKey::ConnectTimeout, "3s");
-    set(b, object_store::ClientConfigKey::Timeout, "15s")
+    let b = set(b, object_store::ClientConfigKey::ConnectTimeout, "2s");
+    set(b, object_store::ClientConfigKey::Timeout, "5s")
 }
 
 fn unknown_setting(key: &str, shown: &str) -> Error {

@@ -602,6 +602,12 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
             .map(|c| open_checkpoint(c, opts))
             .transpose()?,
         standby: opts.standby,
+        before_recovery: {
+            let (no_ui, host, port) = (opts.no_ui, opts.ui_host, opts.ui_port);
+            Some(jobs::BeforeRecovery(std::sync::Arc::new(move |ctx| {
+                start_ui(ctx, no_ui, host, port)
+            })))
+        },
         block_interval: opts.block_interval,
         sink: opts.sink.clone(),
         kafka_sink_properties: key_values(&opts.kafka_sink_property, "--kafka-sink-property")?,
@@ -801,6 +807,30 @@ fn run_sql(opts: SqlOpts) -> Result<()> {
 }
 
 /// Runs a built context to its end: the UI, the demo's feeder, progress, a summary.
+/// The UI of this process's job, once started.
+static UI: std::sync::Mutex<Option<lockgate_web::UiServer>> = std::sync::Mutex::new(None);
+
+/// Starts the UI of `ctx` (once). The UI helps but is not the job: without a free port
+/// the job runs on without it.
+fn start_ui(ctx: &lockgate_core::StreamingContext, no_ui: bool, host: std::net::IpAddr, port: u16) {
+    let mut ui = UI.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if no_ui || ui.is_some() {
+        return;
+    }
+    let cfg = lockgate_web::UiConfig {
+        host,
+        port,
+        ..Default::default()
+    };
+    match lockgate_web::UiServer::start(ctx, &cfg) {
+        Ok(server) => {
+            eprintln!("streaming UI and API at {}", server.url());
+            *ui = Some(server);
+        }
+        Err(e) => eprintln!("warning: no UI: {e}"),
+    }
+}
+
 fn run_context(
     ctx: &lockgate_core::StreamingContext,
     app: &str,
@@ -809,26 +839,8 @@ fn run_context(
 ) -> Result<()> {
     let demo = is_demo(opts);
     ctx.stop_gracefully_on_shutdown()?;
-    // The UI helps but is not the job: without a free port the job runs on without it.
-    let _ui = if opts.no_ui {
-        None
-    } else {
-        let cfg = lockgate_web::UiConfig {
-            host: opts.ui_host,
-            port: opts.ui_port,
-            ..Default::default()
-        };
-        match lockgate_web::UiServer::start(ctx, &cfg) {
-            Ok(ui) => {
-                eprintln!("streaming UI and API at {}", ui.url());
-                Some(ui)
-            }
-            Err(e) => {
-                eprintln!("warning: no UI: {e}");
-                None
-            }
-        }
-    };
+    // Started before recovery with a checkpoint (a standby shows itself while it waits).
+    start_ui(ctx, opts.no_ui, opts.ui_host, opts.ui_port);
     let feeder = if demo && !cfg.once {
         eprintln!(
             "demo: streaming sample logs for about {} s, one file every {:?} (Ctrl-C stops \

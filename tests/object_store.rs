@@ -267,3 +267,83 @@ fn a_second_process_is_refused_and_inspect_reads_the_store() {
         "{err}"
     );
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut r = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        let _ = s.read_to_string(&mut r);
+    }
+    r
+}
+
+#[test]
+fn a_standby_shows_itself_in_the_ui_and_metrics_until_it_takes_over() {
+    let server = S3Server::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (input, out) = (work.path().join("in"), work.path().join("out"));
+    generate(&input, 600);
+    let url = server.url("standby-ui");
+    let log = log_of(&server, &url);
+    let owner_log = work.path().join("owner.log");
+    let mut owner = spawn_logged(job(&server, &input, &out, &url, &[]), &owner_log);
+    wait_until("the owner commits", || {
+        alive(&owner_log);
+        last_commit(&log).is_some()
+    });
+    // The standby with its UI (the job's flags say --no-ui; a later flag cannot undo
+    // it, so this one is built by hand).
+    let standby_log = work.path().join("standby.log");
+    let mut c = lockgate(&server, &["run", "log-errors", "--once", "--quiet"]);
+    c.args([
+        "--max-files-per-batch",
+        "1",
+        "--lease-timeout",
+        "1s",
+        "--ui-port",
+        "0",
+    ])
+    .arg("--input")
+    .arg(&input)
+    .arg("--output")
+    .arg(&out)
+    .args(["--checkpoint", &url, "--standby"]);
+    let standby = spawn_logged(c, &standby_log);
+    let mut addr = String::new();
+    wait_until("the standby's UI is up", || {
+        let text = std::fs::read_to_string(&standby_log).unwrap_or_default();
+        if let Some(rest) = text.split("streaming UI and API at http://").nth(1) {
+            addr = rest.lines().next().unwrap_or_default().trim().to_string();
+        }
+        !addr.is_empty()
+    });
+    wait_until("the standby says so in /metrics", || {
+        http_get(&addr, "/metrics").contains("lockgate_standby{app=\"log-errors\"} 1")
+    });
+    let apps = http_get(&addr, "/api/v1/applications");
+    let id = apps
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+        .to_string();
+    let stats = http_get(
+        &addr,
+        &format!("/api/v1/applications/{id}/streaming/statistics"),
+    );
+    assert!(stats.contains("\"role\":\"standby\""), "{stats}");
+    assert!(
+        stats.contains(&format!("\"location\":\"{url}\"")),
+        "{stats}"
+    );
+    owner.kill().unwrap();
+    let _ = owner.wait();
+    let (ok, err) = finish(standby, &standby_log);
+    assert!(ok, "the standby failed: {err}");
+    assert!(err.contains("took over the checkpoint's lease"), "{err}");
+    assert_eq!(outputs(&out), reference(&input, work.path()));
+}

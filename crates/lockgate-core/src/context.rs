@@ -404,6 +404,18 @@ impl StreamingContext {
         location: impl Into<CheckpointLocation>,
         build: impl FnOnce(StreamingContextBuilder) -> Result<StreamingContext>,
     ) -> Result<StreamingContext> {
+        Self::get_or_create_with(location, build, |_| {})
+    }
+
+    /// [`get_or_create`](Self::get_or_create), calling `before_recovery` with the
+    /// context built, before recovery takes the checkpoint: where a UI starts, so that
+    /// a standby waiting for the owner (see [`StreamingContextBuilder::standby`]) shows
+    /// itself (its storage's [`stats`](Storage::stats) say `standby`).
+    pub fn get_or_create_with(
+        location: impl Into<CheckpointLocation>,
+        build: impl FnOnce(StreamingContextBuilder) -> Result<StreamingContext>,
+        before_recovery: impl FnOnce(&StreamingContext),
+    ) -> Result<StreamingContext> {
         let location = location.into();
         let shown = location.0.location().to_string();
         let ctx = build(StreamingContext::builder().checkpoint_location(location))?;
@@ -414,6 +426,7 @@ impl StreamingContext {
             )));
         }
         ctx.inner.graph.validate()?;
+        before_recovery(&ctx);
         let recovery = ctx.recover()?;
         lock(&ctx.inner.run).recovery = Some(recovery);
         Ok(ctx)

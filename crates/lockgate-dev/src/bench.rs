@@ -301,6 +301,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         print: false,
         checkpoint: checkpoint.map(lockgate_core::checkpoint::storage::CheckpointLocation::dir),
         standby: false,
+        before_recovery: None,
         block_interval: Duration::from_millis(200),
         sink: None,
         kafka_sink_properties: Vec::new(),

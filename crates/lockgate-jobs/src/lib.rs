@@ -28,6 +28,17 @@ use lockgate_kafka::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
 use lockgate_sql_sinks::{Backend, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use serde_json::json;
 
+/// A function called with a job's context before recovery (see
+/// [`JobConfig::before_recovery`]).
+#[derive(Clone)]
+pub struct BeforeRecovery(pub Arc<dyn Fn(&StreamingContext) + Send + Sync>);
+
+impl std::fmt::Debug for BeforeRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeRecovery(..)")
+    }
+}
+
 /// Where a job reads its lines.
 #[derive(Clone, Debug)]
 pub enum Input {
@@ -95,6 +106,9 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointLocation>,
     /// Wait as a standby while another process owns the checkpoint, then take over.
     pub standby: bool,
+    /// Called with the context built, before recovery takes the checkpoint (where the
+    /// CLI starts its UI, so that a waiting standby shows itself).
+    pub before_recovery: Option<BeforeRecovery>,
     /// Receivers' WAL block interval.
     pub block_interval: Duration,
     /// A transactional sink: `sqlite:PATH`, `postgres://...` or
@@ -154,6 +168,7 @@ impl JobConfig {
             print: false,
             checkpoint: None,
             standby: false,
+            before_recovery: None,
             block_interval: Duration::from_millis(200),
             sink: None,
             kafka_sink_properties: Vec::new(),
@@ -335,11 +350,19 @@ impl JobConfig {
         install: &mut dyn FnMut(&StreamingContext) -> lockgate_core::Result<()>,
     ) -> Result<StreamingContext> {
         match &self.checkpoint {
-            Some(location) => StreamingContext::get_or_create(location.clone(), |b| {
-                let ctx = more(self.configure(app, b)).build()?;
-                install(&ctx)?;
-                Ok(ctx)
-            })
+            Some(location) => StreamingContext::get_or_create_with(
+                location.clone(),
+                |b| {
+                    let ctx = more(self.configure(app, b)).build()?;
+                    install(&ctx)?;
+                    Ok(ctx)
+                },
+                |ctx| {
+                    if let Some(hook) = &self.before_recovery {
+                        (hook.0)(ctx);
+                    }
+                },
+            )
             .map_err(|source| Error::Checkpoint {
                 dir: location.0.location().to_string(),
                 source,

@@ -282,6 +282,10 @@ impl Lease {
                         }
                         if !announced {
                             announced = true;
+                            store
+                                .counts
+                                .standby
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
                             if takeover == Takeover::Standby {
                                 tracing::info!(checkpoint = %store.shown(), owner = %record.owner, generation = record.generation, lease_timeout_ms = record.timeout_ms, "standby: another instance owns this checkpoint; waiting to take over when its lease expires");
                             } else {
@@ -304,6 +308,10 @@ impl Lease {
                 store.retry_timeout(),
             ))? {
                 Conditional::Written(new_etag) => {
+                    store
+                        .counts
+                        .standby
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     {
                         let mut s = lock(&lease.state);
                         *s = State {

@@ -34,13 +34,15 @@ const PARALLEL_WRITES: usize = 16;
 
 /// Request counts.
 #[derive(Debug, Default)]
-struct Counts {
+pub(crate) struct Counts {
     puts: AtomicU64,
     gets: AtomicU64,
     lists: AtomicU64,
     deletes: AtomicU64,
     retries: AtomicU64,
     retrying: AtomicBool,
+    /// True while waiting as a standby for the lease.
+    pub(crate) standby: AtomicBool,
     /// True once any request succeeded: before that, a failure is more likely a wrong
     /// endpoint or missing credentials than an outage, and is reported sooner.
     reached: AtomicBool,
@@ -78,7 +80,7 @@ pub(crate) struct Inner {
     shown: String,
     runtime: tokio::runtime::Runtime,
     retry_timeout: Duration,
-    counts: Counts,
+    pub(crate) counts: Counts,
     /// When a failed request was last logged.
     warned: std::sync::Mutex<Option<Instant>>,
     /// Since when requests fail (an outage), if they do.
@@ -636,6 +638,7 @@ impl Inner {
             deletes: c.deletes.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             retrying: c.retrying.load(Ordering::Relaxed),
+            standby: c.standby.load(Ordering::Relaxed),
         }
     }
 }

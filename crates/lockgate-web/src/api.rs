@@ -148,8 +148,36 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
         "avgSchedulingDelay": avg(m.completed.iter().filter_map(BatchInfo::scheduling_delay_ms)),
         "avgProcessingTime": avg(m.completed.iter().filter_map(BatchInfo::processing_time_ms)),
         "avgTotalDelay": avg(m.completed.iter().filter_map(BatchInfo::total_delay_ms)),
+        "checkpoint": checkpoint_json(&s.ctx, m.total_completed),
     }))
     .into_response()
+}
+
+/// The checkpoint's location, this process's role (owner or standby) and the requests
+/// made to its store (Lockgate's addition to Spark's statistics).
+fn checkpoint_json(ctx: &lockgate_core::StreamingContext, batches: u64) -> Value {
+    let Some(storage) = ctx.checkpoint_storage() else {
+        return Value::Null;
+    };
+    let st = storage.stats();
+    let per_batch = |n: u64| {
+        if batches == 0 {
+            Value::Null
+        } else {
+            json!(n as f64 / batches as f64)
+        }
+    };
+    json!({
+        "location": storage.location(),
+        "role": if st.standby { "standby" } else { "owner" },
+        "requests": { "put": st.puts, "get": st.gets, "list": st.lists, "delete": st.deletes },
+        "requestsPerBatch": {
+            "put": per_batch(st.puts), "get": per_batch(st.gets),
+            "list": per_batch(st.lists), "delete": per_batch(st.deletes),
+        },
+        "retries": st.retries,
+        "retrying": st.retrying,
+    })
 }
 
 /// Whether a source or sink is retrying, since when, and its last error.

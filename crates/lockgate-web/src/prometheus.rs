@@ -193,6 +193,43 @@ pub(crate) fn render(ctx: &StreamingContext) -> String {
         "Time of each checkpoint write (state files, sync, commit).",
         &m.histograms.checkpoint_write,
     );
+    if let Some(storage) = ctx.checkpoint_storage() {
+        let st = storage.stats();
+        let op = |o: &str, n: u64| (format!("{{op=\"{o}\"}}"), n as f64);
+        counter(
+            &mut out,
+            "lockgate_checkpoint_requests_total",
+            "Requests made to the checkpoint's store (object stores charge per request).",
+            "counter",
+            &[
+                op("put", st.puts),
+                op("get", st.gets),
+                op("list", st.lists),
+                op("delete", st.deletes),
+            ],
+        );
+        counter(
+            &mut out,
+            "lockgate_checkpoint_request_retries_total",
+            "Requests to the checkpoint's store retried after a failure.",
+            "counter",
+            &[(app.clone(), st.retries as f64)],
+        );
+        counter(
+            &mut out,
+            "lockgate_checkpoint_store_retrying",
+            "1 while requests to the checkpoint's store fail and are retried.",
+            "gauge",
+            &[(app.clone(), f64::from(u8::from(st.retrying)))],
+        );
+        counter(
+            &mut out,
+            "lockgate_standby",
+            "1 while this process waits as a standby for the checkpoint's owner.",
+            "gauge",
+            &[(app.clone(), f64::from(u8::from(st.standby)))],
+        );
+    }
     if let Some(dir) = ctx.checkpoint_dir() {
         counter(
             &mut out,

@@ -52,6 +52,8 @@ pub struct StorageStats {
     pub retries: u64,
     /// True while the last request is still being retried (the store is unreachable).
     pub retrying: bool,
+    /// True while this process waits as a standby for another to release the location.
+    pub standby: bool,
 }
 
 /// A checkpoint location.
@@ -182,10 +184,12 @@ impl From<Arc<dyn Storage>> for CheckpointLocation {
 }
 
 /// A checkpoint in a local directory.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LocalDir {
     root: PathBuf,
     shown: String,
+    /// True while waiting as a standby for the directory's lock.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl LocalDir {
@@ -194,6 +198,7 @@ impl LocalDir {
         LocalDir {
             root: root.to_path_buf(),
             shown: root.display().to_string(),
+            standby: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -289,10 +294,12 @@ impl Storage for LocalDir {
     }
 
     fn take_ownership(&self, takeover: Takeover) -> Result<Box<dyn Ownership>> {
+        use std::sync::atomic::Ordering;
         let mut announced = false;
         loop {
             match super::dir_lock::acquire(&self.root) {
                 Ok(hold) => {
+                    self.standby.store(false, Ordering::Relaxed);
                     if announced {
                         tracing::info!(checkpoint = %self.shown, "standby: the owner is gone; taking over");
                     }
@@ -304,11 +311,22 @@ impl Storage for LocalDir {
                     if !announced {
                         tracing::info!(checkpoint = %self.shown, lock = %path.display(), "standby: another process owns this checkpoint; waiting for it to end");
                         announced = true;
+                        self.standby.store(true, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.standby.store(false, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
+        }
+    }
+
+    fn stats(&self) -> StorageStats {
+        StorageStats {
+            standby: self.standby.load(std::sync::atomic::Ordering::Relaxed),
+            ..StorageStats::default()
         }
     }
 }

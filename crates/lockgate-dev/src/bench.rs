@@ -43,9 +43,18 @@ pub struct BenchOpts {
     /// its own and no run inherits another's allocator state).
     #[arg(long, hide = true)]
     child_run: bool,
-    /// Internal: the checkpoint directory of a `--child-run`.
+    /// Also run the engine with its checkpoint on an object store under URL (a fresh
+    /// prefix per run), beside the local directory: `s3://...` without
+    /// --checkpoint-option endpoint=... uses a throwaway local S3 server (moto, started by
+    /// scripts/s3.sh). Prints the requests per batch.
+    #[arg(long, value_name = "URL")]
+    checkpoint_url: Option<String>,
+    /// A store setting for --checkpoint-url (as `lockgate run --checkpoint-option`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    checkpoint_option: Vec<String>,
+    /// Internal: the checkpoint (a directory or URL) of a `--child-run`.
     #[arg(long, hide = true)]
-    child_checkpoint: Option<PathBuf>,
+    child_checkpoint: Option<String>,
     /// Internal: the `--child-run` runs the job written as SQL (`bench sql`).
     #[arg(long, hide = true)]
     child_sql: bool,
@@ -88,6 +97,10 @@ struct Figures {
     peak_rss: Option<u64>,
     /// Exclusive time per operator (µs, summed over the retained batches).
     operators: Vec<(String, u64)>,
+    /// Requests to the checkpoint's store: PUT, GET, LIST, DELETE.
+    requests: Option<[u64; 4]>,
+    /// Batches run.
+    batches: u64,
 }
 
 impl Figures {
@@ -100,6 +113,8 @@ impl Figures {
             "steady_us": self.steady.as_micros() as u64,
             "peak_rss": self.peak_rss,
             "operators": self.operators,
+            "requests": self.requests,
+            "batches": self.batches,
         })
     }
 
@@ -113,6 +128,10 @@ impl Figures {
             steady: Duration::from_micros(n("steady_us")?),
             peak_rss: n("peak_rss"),
             operators: serde_json::from_value(v.get("operators")?.clone()).ok()?,
+            requests: v
+                .get("requests")
+                .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            batches: n("batches").unwrap_or(0),
         })
     }
 
@@ -193,6 +212,8 @@ fn raw_scan(files: &[PathBuf], workers: usize) -> Result<Figures> {
         elapsed,
         peak_rss: peak_rss(),
         operators: Vec::new(),
+        requests: None,
+        batches: 0,
     })
 }
 
@@ -226,17 +247,52 @@ impl Check {
 
 /// One engine run in a fresh process (this binary with `--child-run`).
 fn engine_in_child(job: Job, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
-    engine_in_child_as(job, opts, checkpoint, false)
+    engine_in_child_as(job, opts, checkpoint.map(|p| Place::Dir(p)), false)
+}
+
+/// Where a benchmark run checkpoints.
+enum Place<'a> {
+    Dir(&'a Path),
+    Store(&'a StoreCheckpoint, String),
+}
+
+/// An object-store checkpoint for the benchmark: the URL prefix, its settings, and the
+/// local server when the benchmark started one.
+struct StoreCheckpoint {
+    url: String,
+    settings: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+    _server: Option<lockgate_object_store::testing::S3Server>,
+}
+
+impl StoreCheckpoint {
+    fn new(url: &str, settings: &[String]) -> Result<Self> {
+        let mut settings = settings.to_vec();
+        let (mut env, mut server) = (Vec::new(), None);
+        if url.starts_with("s3://") && !settings.iter().any(|s| s.starts_with("endpoint=")) {
+            let s = lockgate_object_store::testing::S3Server::start()
+                .map_err(|e| anyhow::anyhow!("starting the local S3 server: {e}"))?;
+            settings.extend(s.settings().iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(lockgate_object_store::testing::CREDENTIALS);
+            server = Some(s);
+        }
+        Ok(StoreCheckpoint {
+            url: url.trim_end_matches('/').to_string(),
+            settings,
+            env,
+            _server: server,
+        })
+    }
 }
 
 /// [`engine_in_child`], the job as SQL when `sql`.
 fn engine_in_child_as(
     job: Job,
     opts: &BenchOpts,
-    checkpoint: Option<&Path>,
+    checkpoint: Option<Place<'_>>,
     sql: bool,
 ) -> Result<Figures> {
-    if let Some(cp) = checkpoint {
+    if let Some(Place::Dir(cp)) = checkpoint {
         if cp.exists() {
             std::fs::remove_dir_all(cp).with_context(|| format!("clearing {}", cp.display()))?;
         }
@@ -258,8 +314,18 @@ fn engine_in_child_as(
     if opts.event_time {
         cmd.arg("--event-time");
     }
-    if let Some(cp) = checkpoint {
-        cmd.arg("--child-checkpoint").arg(cp);
+    match &checkpoint {
+        Some(Place::Dir(cp)) => {
+            cmd.arg("--child-checkpoint").arg(cp);
+        }
+        Some(Place::Store(store, url)) => {
+            cmd.arg("--child-checkpoint").arg(url);
+            for s in &store.settings {
+                cmd.arg("--checkpoint-option").arg(s);
+            }
+            cmd.envs(store.env.iter().copied());
+        }
+        None => {}
     }
     if sql {
         cmd.arg("--child-sql");
@@ -284,7 +350,7 @@ fn engine_in_child_as(
 }
 
 /// One engine run in this process: the CLI's job as a bounded run, one file per batch.
-fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
+fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&str>) -> Result<Figures> {
     let bytes = log_files(dir)?
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
@@ -299,7 +365,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         max_files_per_batch: Some(1),
         parallelism: opts.parallelism,
         print: false,
-        checkpoint: checkpoint.map(lockgate_core::checkpoint::storage::CheckpointLocation::dir),
+        checkpoint: None,
         standby: false,
         before_recovery: None,
         block_interval: Duration::from_millis(200),
@@ -319,7 +385,11 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         lockgate_core::StreamingContext::builder(),
     );
     if let Some(cp) = checkpoint {
-        builder = builder.checkpoint_dir(cp);
+        let mut options = lockgate_object_store::Options::default();
+        for s in &opts.checkpoint_option {
+            options.parse_setting(s)?;
+        }
+        builder = builder.checkpoint_location(lockgate_object_store::open(cp, &options)?);
     }
     let ctx = builder.build()?;
     let check = Arc::new(Check::default());
@@ -373,6 +443,12 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
             *ops.entry(o.name.clone()).or_insert(0) += o.time_us;
         }
     }
+    let requests = ctx.checkpoint_storage().and_then(|s| {
+        s.local_dir().is_none().then(|| {
+            let st = s.stats();
+            [st.puts, st.gets, st.lists, st.deletes]
+        })
+    });
     Ok(Figures {
         lines: m.total_records,
         check: check.total(),
@@ -381,6 +457,8 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&Path>) -> 
         steady,
         peak_rss: peak_rss(),
         operators: ops.into_iter().collect(),
+        requests,
+        batches: m.total_completed,
     })
 }
 
@@ -485,11 +563,21 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     // Short runs are noisy and this machine's speed drifts: the baseline and the two
     // engine variants take turns, and each keeps the median of its runs.
     let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
+    let store = opts
+        .checkpoint_url
+        .as_deref()
+        .map(|u| StoreCheckpoint::new(u, &opts.checkpoint_option))
+        .transpose()?;
     let (mut raw, mut plain, mut with_cp) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..opts.repeat.max(1) {
+    let mut on_store = Vec::new();
+    for i in 0..opts.repeat.max(1) {
         raw.push(raw_scan(&files, cores)?);
         plain.push(engine_in_child(job, opts, None)?);
         with_cp.push(engine_in_child(job, opts, Some(&cp_dir))?);
+        if let Some(store) = &store {
+            let url = format!("{}/bench-{}-{i}", store.url, std::process::id());
+            on_store.push(engine_in_child_as(job, opts, Some(Place::Store(store, url)), false)?);
+        }
     }
     let baseline = median(raw);
     // What the engine's check figure must equal.
@@ -500,7 +588,8 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     let _ = std::fs::remove_dir_all(&cp_dir);
     let run = median(plain);
     let checkpointed = median(with_cp);
-    for r in [&run, &checkpointed] {
+    let stored = (!on_store.is_empty()).then(|| median(on_store));
+    for r in [&run, &checkpointed].into_iter().chain(stored.as_ref()) {
         if r.lines != baseline.lines || r.check != expected {
             bail!(
                 "engine and baseline disagree: engine {} lines / check {}, baseline {} lines / \
@@ -527,6 +616,9 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     baseline.print("raw-scan", "errors");
     run.print("lockgate", check);
     checkpointed.print("lockgate+cp", check);
+    if let Some(st) = &stored {
+        st.print("lockgate+s3", check);
+    }
     let total: u64 = run.operators.iter().map(|o| o.1).sum::<u64>().max(1);
     let mut ops = run.operators.clone();
     ops.sort_by_key(|o| std::cmp::Reverse(o.1));
@@ -544,6 +636,23 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         ratio(&run),
         ratio(&checkpointed)
     );
+    if let (Some(st), Some(store)) = (&stored, &store) {
+        let per = |n: u64| n as f64 / st.batches.max(1) as f64;
+        let [puts, gets, lists, deletes] = st.requests.unwrap_or_default();
+        println!(
+            "checkpoint on {} (object store): {:.1}% of the local directory's throughput \
+             ({:.1}% in steady state); requests per batch: {:.1} PUT, {:.1} GET, {:.1} LIST, \
+             {:.1} DELETE ({} batches)",
+            store.url,
+            100.0 * checkpointed.elapsed.as_secs_f64() / st.elapsed.as_secs_f64(),
+            100.0 * checkpointed.steady.as_secs_f64() / st.steady.as_secs_f64(),
+            per(puts),
+            per(gets),
+            per(lists),
+            per(deletes),
+            st.batches
+        );
+    }
     let cost = |a: Duration, b: Duration| 100.0 * (1.0 - a.as_secs_f64() / b.as_secs_f64());
     println!(
         "checkpoint every batch (plan, state, commit; durable) costs {:.1}% throughput \
@@ -588,6 +697,8 @@ pub fn sql(opts: &BenchOpts) -> Result<()> {
             event_time: job == Job::LogErrors,
             data: opts.data.clone(),
             child_checkpoint: None,
+            checkpoint_url: None,
+            checkpoint_option: Vec::new(),
             ..*opts
         };
         let (mut builtin, mut sql) = (Vec::new(), Vec::new());

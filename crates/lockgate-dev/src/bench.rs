@@ -748,6 +748,13 @@ pub struct RecoveryOpts {
     /// Worker threads and state partitions (default: number of cores).
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Checkpoint on an object store under URL instead of a local directory (`s3://...`
+    /// without --checkpoint-option endpoint=... uses a throwaway local S3 server).
+    #[arg(long, value_name = "URL")]
+    checkpoint_url: Option<String>,
+    /// A store setting for --checkpoint-url.
+    #[arg(long, value_name = "KEY=VALUE")]
+    checkpoint_option: Vec<String>,
 }
 
 /// Word count holding `--keys` keys: checkpoint it, then time the recovery of a new
@@ -762,9 +769,25 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
         eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench recovery`");
     }
     let dir = std::env::temp_dir().join(format!("lockgate-bench-recovery-{}", std::process::id()));
+    let store = opts
+        .checkpoint_url
+        .as_deref()
+        .map(|u| StoreCheckpoint::new(u, &opts.checkpoint_option))
+        .transpose()?;
+    let location = match &store {
+        Some(store) => {
+            let mut options = lockgate_object_store::Options::default();
+            for s in &store.settings {
+                options.parse_setting(s)?;
+            }
+            let url = format!("{}/bench-recovery-{}", store.url, std::process::id());
+            lockgate_object_store::open(&url, &options)?
+        }
+        None => lockgate_core::checkpoint::storage::CheckpointLocation::dir(&dir),
+    };
     let words: Vec<String> = (0..opts.keys).map(|i| format!("word{i:08}")).collect();
     let build = |clock: Arc<ManualClock>| {
-        StreamingContext::get_or_create(&dir, |b| {
+        StreamingContext::get_or_create(location.clone(), |b| {
             let mut b = b.app_name("bench-recovery").clock(clock);
             if let Some(p) = opts.parallelism {
                 b = b.parallelism(p);
@@ -790,7 +813,13 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
     run.next_batch()?;
     run.ctx.stop(false)?;
     let first = first_start.elapsed();
-    let bytes: u64 = walk_size(&dir.join("state"));
+    let state = lockgate_core::checkpoint::store::StateStore::new(location.0.clone());
+    let mut bytes = 0;
+    for (op, parts) in state.operators()? {
+        for p in 0..parts {
+            bytes += state.files(&op, p)?.iter().map(|f| f.bytes).sum::<u64>();
+        }
+    }
 
     let started = Instant::now();
     let ctx = build(Arc::new(ManualClock::new(1000)))?;
@@ -804,32 +833,17 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
         opts.keys
     );
     println!(
-        "recovery: {} keys ({:.1} MB of state files): first run (build state + checkpoint) {:.3} s, \
-         recovery (read + decode + rebuild) {:.3} s",
+        "recovery: {} keys ({:.1} MB of state files) in {}: first run (build state + \
+         checkpoint) {:.3} s, recovery (read + decode + rebuild) {:.3} s",
         opts.keys,
         mb(bytes),
+        location.0.location(),
         first.as_secs_f64(),
         recovery.as_secs_f64()
     );
     Ok(())
 }
 
-fn walk_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        walk_size(&p)
-                    } else {
-                        e.metadata().map(|m| m.len()).unwrap_or(0)
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// Options of `bench nexmark`.
 #[derive(Args)]

@@ -576,7 +576,12 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
         with_cp.push(engine_in_child(job, opts, Some(&cp_dir))?);
         if let Some(store) = &store {
             let url = format!("{}/bench-{}-{i}", store.url, std::process::id());
-            on_store.push(engine_in_child_as(job, opts, Some(Place::Store(store, url)), false)?);
+            on_store.push(engine_in_child_as(
+                job,
+                opts,
+                Some(Place::Store(store, url)),
+                false,
+            )?);
         }
     }
     let baseline = median(raw);
@@ -843,7 +848,6 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
     );
     Ok(())
 }
-
 
 /// Options of `bench nexmark`.
 #[derive(Args)]

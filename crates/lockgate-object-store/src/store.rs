@@ -650,6 +650,21 @@ impl Storage for ObjectStorage {
     fn get(&self, key: &str) -> lockgate_core::Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
+    fn get_many(&self, keys: &[String]) -> Vec<lockgate_core::Result<Option<Vec<u8>>>> {
+        let inner = &self.inner;
+        let reads: Vec<_> = keys
+            .iter()
+            .map(|k| inner.get_versioned(k, inner.retry_timeout()))
+            .collect();
+        let got = inner.block(
+            futures::stream::iter(reads)
+                .buffered(PARALLEL_WRITES)
+                .collect::<Vec<_>>(),
+        );
+        got.into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.bytes)))
+            .collect()
+    }
     fn put_all(
         &self,
         files: Vec<(String, Vec<u8>)>,

@@ -3,6 +3,7 @@
 //! and state are done), plus their retention. Commits may be grouped when the disk is
 //! slower than the batches: `commits/<b>` then covers every batch up to `b`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -240,6 +241,28 @@ impl CheckpointLog {
         let key = Self::plan_key(id);
         let payload = read_framed(&*self.storage, &key, FileKind::Plan)?;
         decode(&self.storage.name_of(&key), &payload)
+    }
+
+    /// Reads the plans of `ids` at once (concurrently on an object store), each with
+    /// its own result.
+    pub fn read_plans(&self, ids: &[u64]) -> BTreeMap<u64, Result<Plan>> {
+        let keys: Vec<String> = ids.iter().map(|&id| Self::plan_key(id)).collect();
+        let got = self.storage.get_many(&keys);
+        ids.iter()
+            .zip(keys.iter().zip(got))
+            .map(|(&id, (key, bytes))| {
+                let path = self.storage.name_of(key);
+                let plan = bytes.and_then(|b| {
+                    let b = b.ok_or_else(|| Error::Checkpoint {
+                        path: path.clone(),
+                        reason: "missing".into(),
+                    })?;
+                    let payload = unframe(&path, FileKind::Plan, &b)?;
+                    decode(&path, payload)
+                });
+                (id, plan)
+            })
+            .collect()
     }
 
     /// Logs a commit durably.

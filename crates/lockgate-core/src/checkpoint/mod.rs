@@ -319,7 +319,9 @@ impl Checkpointer {
             }
             let parts_on_disk = on_disk.get(&dir_name(&name)).copied().unwrap_or(0);
             let ty = s.schema();
+            // Partitions load in parallel (an object store's requests overlap).
             let parts = (0..parts_on_disk)
+                .into_par_iter()
                 .map(|p| self.store.load(&name, &ty, p, version))
                 .collect::<Result<Vec<_>>>()?;
             out.push(parts);

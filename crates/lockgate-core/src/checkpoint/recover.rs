@@ -15,6 +15,14 @@ use crate::error::{Error, Result};
 use crate::traits::InputSource;
 use crate::types::lock;
 
+/// The logged plans read at the start of recovery, by batch id.
+type Plans = BTreeMap<u64, Result<Plan>>;
+
+/// The plan of `id` from those read at the start (read now if it was not).
+fn take_plan(plans: &mut Plans, id: u64, log: &super::log::CheckpointLog) -> Result<Plan> {
+    plans.remove(&id).unwrap_or_else(|| log.read_plan(id))
+}
+
 /// The loaded state of a commit: per state, per old partition, its payloads in order.
 type Loaded = Vec<Vec<Vec<crate::codec::Stored>>>;
 
@@ -43,13 +51,15 @@ impl Checkpointer {
         };
         let start_empty = self.check_metadata(&meta, app_name, &config)?;
         let plan_ids = self.log.plan_ids()?;
+        // Every logged plan is read at once (one round of requests on an object store).
+        let mut plans = self.log.read_plans(&plan_ids);
         let chosen = self.choose_commit(&start_empty, &plan_ids)?;
         let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
         self.restore_state(committed, chosen.map(|(_, loaded)| loaded), &start_empty)?;
         if let Some(c) = committed {
-            self.seed_sources(c, &plan_ids, inputs)?;
+            self.seed_sources(c, &plan_ids, &mut plans, inputs)?;
         }
-        let replays = self.collect_replays(committed, &plan_ids, inputs)?;
+        let replays = self.collect_replays(committed, &plan_ids, &mut plans, inputs)?;
         let timing = self.resume_timing(&meta, interval_ms, committed, &replays)?;
         self.log.write_metadata(&Metadata {
             app_name: app_name.to_string(),
@@ -252,11 +262,12 @@ impl Checkpointer {
         &self,
         committed: u64,
         plan_ids: &[u64],
+        plans: &mut Plans,
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<()> {
         let needed_after = self.last_snapshot_of_all(committed)?;
         for &id in plan_ids.iter().filter(|&&id| id <= committed) {
-            let plan = match self.log.read_plan(id) {
+            let plan = match take_plan(plans, id, &self.log) {
                 Ok(plan) => plan,
                 Err(Error::Checkpoint { path, reason }) => {
                     if needed_after.is_some_and(|s| id <= s) {
@@ -300,6 +311,7 @@ impl Checkpointer {
         &self,
         committed: Option<u64>,
         plan_ids: &[u64],
+        plans: &mut Plans,
         inputs: &[Arc<dyn InputSource>],
     ) -> Result<Vec<Plan>> {
         let mut replays = Vec::new();
@@ -315,7 +327,7 @@ impl Checkpointer {
                 continue;
             }
             expected = Some(id + 1);
-            replays.push(self.log.read_plan(id).map_err(|e| match e {
+            replays.push(take_plan(plans, id, &self.log).map_err(|e| match e {
                 Error::Checkpoint { path, reason } => Error::Checkpoint {
                     path,
                     reason: format!(

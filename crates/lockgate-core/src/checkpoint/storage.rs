@@ -75,6 +75,11 @@ pub trait Storage: Send + Sync + Debug {
     /// The bytes of `key`, or `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The bytes of each of `keys` (object stores read them concurrently).
+    fn get_many(&self, keys: &[String]) -> Vec<Result<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Writes whole files. On a local directory they are durable after the next
     /// [`sync`](Self::sync) and placed as `placement` says; on an object store each is
     /// durable when this returns.

@@ -67,13 +67,20 @@ pub(crate) enum Conditional {
 }
 
 /// A checkpoint location in an object store.
-#[derive(Debug)]
 pub struct ObjectStorage {
     inner: Arc<Inner>,
 }
 
+/// Shows the location only: the client's own `Debug` may hold credentials.
+impl std::fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStorage")
+            .field("location", &self.inner.shown)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The storage's client, counts and lease, shared with the lease's renewal thread.
-#[derive(Debug)]
 pub(crate) struct Inner {
     store: Arc<dyn ObjectStore>,
     prefix: String,

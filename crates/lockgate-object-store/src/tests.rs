@@ -353,6 +353,11 @@ fn locations_and_settings_are_checked() {
     assert!(o.parse_setting("novalue").is_err());
     o.parse_setting("endpoint=http://127.0.0.1:1").unwrap();
     o.parse_setting("allow_http=true").unwrap();
+    o.parse_setting("access_key_id=me").unwrap();
+    o.parse_setting("secret_access_key=TOPSECRET").unwrap();
     let s = crate::open("s3://bucket/some/prefix/", &o).unwrap();
     assert_eq!(s.0.location(), "s3://bucket/some/prefix");
+    // Never shown, not even by Debug (which the checkpoint's config derives).
+    let shown = format!("{:?}", s.0);
+    assert!(!shown.contains("TOPSECRET"), "{shown}");
 }

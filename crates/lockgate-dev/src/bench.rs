@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use lockgate_jobs::sample::generate_logs;
 use lockgate_jobs::{self as jobs, Input, Job, JobConfig};
+use lockgate_object_store::testing::ToolStore;
 use rustc_hash::FxHashMap;
 
 /// Options of `bench log-errors` and `bench word-count`.
@@ -247,42 +248,13 @@ impl Check {
 
 /// One engine run in a fresh process (this binary with `--child-run`).
 fn engine_in_child(job: Job, opts: &BenchOpts, checkpoint: Option<&Path>) -> Result<Figures> {
-    engine_in_child_as(job, opts, checkpoint.map(|p| Place::Dir(p)), false)
+    engine_in_child_as(job, opts, checkpoint.map(Place::Dir), false)
 }
 
 /// Where a benchmark run checkpoints.
 enum Place<'a> {
     Dir(&'a Path),
-    Store(&'a StoreCheckpoint, String),
-}
-
-/// An object-store checkpoint for the benchmark: the URL prefix, its settings, and the
-/// local server when the benchmark started one.
-struct StoreCheckpoint {
-    url: String,
-    settings: Vec<String>,
-    env: Vec<(&'static str, &'static str)>,
-    _server: Option<lockgate_object_store::testing::S3Server>,
-}
-
-impl StoreCheckpoint {
-    fn new(url: &str, settings: &[String]) -> Result<Self> {
-        let mut settings = settings.to_vec();
-        let (mut env, mut server) = (Vec::new(), None);
-        if url.starts_with("s3://") && !settings.iter().any(|s| s.starts_with("endpoint=")) {
-            let s = lockgate_object_store::testing::S3Server::start()
-                .map_err(|e| anyhow::anyhow!("starting the local S3 server: {e}"))?;
-            settings.extend(s.settings().iter().map(|(k, v)| format!("{k}={v}")));
-            env.extend(lockgate_object_store::testing::CREDENTIALS);
-            server = Some(s);
-        }
-        Ok(StoreCheckpoint {
-            url: url.trim_end_matches('/').to_string(),
-            settings,
-            env,
-            _server: server,
-        })
-    }
+    Store(&'a ToolStore, String),
 }
 
 /// [`engine_in_child`], the job as SQL when `sql`.
@@ -320,10 +292,7 @@ fn engine_in_child_as(
         }
         Some(Place::Store(store, url)) => {
             cmd.arg("--child-checkpoint").arg(url);
-            for s in &store.settings {
-                cmd.arg("--checkpoint-option").arg(s);
-            }
-            cmd.envs(store.env.iter().copied());
+            store.apply(&mut cmd);
         }
         None => {}
     }
@@ -566,8 +535,9 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     let store = opts
         .checkpoint_url
         .as_deref()
-        .map(|u| StoreCheckpoint::new(u, &opts.checkpoint_option))
-        .transpose()?;
+        .map(|u| ToolStore::new(u, &opts.checkpoint_option))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let (mut raw, mut plain, mut with_cp) = (Vec::new(), Vec::new(), Vec::new());
     let mut on_store = Vec::new();
     for i in 0..opts.repeat.max(1) {
@@ -777,14 +747,12 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
     let store = opts
         .checkpoint_url
         .as_deref()
-        .map(|u| StoreCheckpoint::new(u, &opts.checkpoint_option))
-        .transpose()?;
+        .map(|u| ToolStore::new(u, &opts.checkpoint_option))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let location = match &store {
         Some(store) => {
-            let mut options = lockgate_object_store::Options::default();
-            for s in &store.settings {
-                options.parse_setting(s)?;
-            }
+            let options = store.options()?;
             let url = format!("{}/bench-recovery-{}", store.url, std::process::id());
             lockgate_object_store::open(&url, &options)?
         }

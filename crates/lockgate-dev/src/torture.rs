@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 
 use lockgate_jobs::sample::{generate_logs, Rng};
+use lockgate_object_store::testing::ToolStore;
 
 /// Which pipeline to torture.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -96,16 +97,8 @@ const TORTURE_LEASE: Duration = Duration::from_millis(1000);
 /// Where a tortured job checkpoints: a directory of the work directory, or the same
 /// name under an object store's prefix.
 pub(crate) struct Checkpoints {
-    remote: Option<Remote>,
-}
-
-struct Remote {
-    /// `URL/<run>`.
-    base: String,
-    settings: Vec<String>,
-    /// Credentials for the local test server.
-    env: Vec<(&'static str, &'static str)>,
-    server: Option<lockgate_object_store::testing::S3Server>,
+    /// The object store, when the checkpoints are there (`URL/<run>/<name>`).
+    remote: Option<(ToolStore, String)>,
 }
 
 impl Checkpoints {
@@ -113,28 +106,10 @@ impl Checkpoints {
         let Some(url) = &opts.checkpoint_url else {
             return Ok(Checkpoints { remote: None });
         };
-        ensure!(
-            lockgate_object_store::is_object_store(url),
-            "--checkpoint-url {url}: not an object store's URL (s3://BUCKET/PREFIX); leave it \
-             out to checkpoint into the work directory"
-        );
-        let mut settings = opts.checkpoint_option.clone();
-        let (mut env, mut server) = (Vec::new(), None);
-        let has_endpoint = settings.iter().any(|s| s.starts_with("endpoint="));
-        if url.starts_with("s3://") && !has_endpoint {
-            let s = lockgate_object_store::testing::S3Server::start()
-                .map_err(|e| anyhow::anyhow!("starting the local S3 server: {e}"))?;
-            settings.extend(s.settings().iter().map(|(k, v)| format!("{k}={v}")));
-            env.extend(lockgate_object_store::testing::CREDENTIALS);
-            server = Some(s);
-        }
+        let store = ToolStore::new(url, &opts.checkpoint_option).map_err(anyhow::Error::msg)?;
+        let base = format!("{}/{run}", store.url);
         Ok(Checkpoints {
-            remote: Some(Remote {
-                base: format!("{}/{run}", url.trim_end_matches('/')),
-                settings,
-                env,
-                server,
-            }),
+            remote: Some((store, base)),
         })
     }
 
@@ -142,9 +117,8 @@ impl Checkpoints {
     fn location(&self, cp: &Path) -> String {
         match &self.remote {
             None => cp.display().to_string(),
-            Some(r) => format!(
-                "{}/{}",
-                r.base,
+            Some((_, base)) => format!(
+                "{base}/{}",
                 cp.file_name()
                     .map(|n| n.to_string_lossy())
                     .unwrap_or_default()
@@ -155,31 +129,21 @@ impl Checkpoints {
     /// Adds `--checkpoint` (and the store's settings) for checkpoint `cp` to `c`.
     fn apply(&self, c: &mut Command, cp: &Path) {
         c.arg("--checkpoint").arg(self.location(cp));
-        if let Some(r) = &self.remote {
+        if let Some((store, _)) = &self.remote {
             // A restart after a kill waits the dead owner's lease out: keep it short.
             c.arg("--lease-timeout")
                 .arg(format!("{}ms", TORTURE_LEASE.as_millis()));
-            for s in &r.settings {
-                c.arg("--checkpoint-option").arg(s);
-            }
-            c.envs(r.env.iter().copied());
+            store.apply(c);
         }
     }
 
     /// The logs of checkpoint `cp`, to read.
     fn log(&self, cp: &Path) -> Result<lockgate_core::checkpoint::log::CheckpointLog> {
         use lockgate_core::checkpoint::log::CheckpointLog;
-        let Some(r) = &self.remote else {
+        let Some((store, _)) = &self.remote else {
             return Ok(CheckpointLog::local(cp));
         };
-        let mut options = lockgate_object_store::Options::default();
-        for s in &r.settings {
-            options.parse_setting(s)?;
-        }
-        if let Some(server) = &r.server {
-            options.settings = server.settings();
-        }
-        let location = lockgate_object_store::open(&self.location(cp), &options)?;
+        let location = lockgate_object_store::open(&self.location(cp), &store.options()?)?;
         Ok(CheckpointLog::new(location.0))
     }
 
@@ -208,9 +172,9 @@ impl Checkpoints {
     fn describe(&self) -> String {
         match &self.remote {
             None => "a local directory".into(),
-            Some(r) => match &r.server {
-                Some(s) => format!("{} (local S3 server {})", r.base, s.endpoint),
-                None => r.base.clone(),
+            Some((store, base)) => match &store.server {
+                Some(s) => format!("{base} (local S3 server {})", s.endpoint),
+                None => base.clone(),
             },
         }
     }

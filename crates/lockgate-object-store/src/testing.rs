@@ -98,3 +98,60 @@ impl Drop for S3Server {
         let _ = self.run("stop");
     }
 }
+
+/// An object-store checkpoint prefix for the development tools (`lockgate-dev torture`
+/// and `bench` with `--checkpoint-url`): the URL and its settings as given, or, for an
+/// `s3://` URL without an `endpoint=` setting, a throwaway local server (kept running as
+/// long as this value) with its settings and credentials.
+pub struct ToolStore {
+    /// The URL prefix, without a trailing `/`.
+    pub url: String,
+    /// `KEY=VALUE` settings, as `--checkpoint-option` takes them.
+    pub settings: Vec<String>,
+    /// Environment variables a child process needs (the local server's credentials).
+    pub env: Vec<(&'static str, &'static str)>,
+    /// The local server, when one was started.
+    pub server: Option<S3Server>,
+}
+
+impl ToolStore {
+    /// The store of `url` with `given` settings.
+    pub fn new(url: &str, given: &[String]) -> Result<Self, String> {
+        if !crate::is_object_store(url) {
+            return Err(format!(
+                "--checkpoint-url {url}: not an object store's URL (s3://BUCKET/PREFIX)"
+            ));
+        }
+        let mut settings = given.to_vec();
+        let (mut env, mut server) = (Vec::new(), None);
+        if url.starts_with("s3://") && !settings.iter().any(|s| s.starts_with("endpoint=")) {
+            let s = S3Server::start().map_err(|e| format!("starting the local S3 server: {e}"))?;
+            settings.extend(s.settings().iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(CREDENTIALS);
+            server = Some(s);
+        }
+        Ok(ToolStore {
+            url: url.trim_end_matches('/').to_string(),
+            settings,
+            env,
+            server,
+        })
+    }
+
+    /// Options reaching the store, to open it in this process.
+    pub fn options(&self) -> Result<Options, crate::Error> {
+        let mut options = Options::default();
+        for s in &self.settings {
+            options.parse_setting(s)?;
+        }
+        Ok(options)
+    }
+
+    /// Adds `--checkpoint-option` settings and the environment to a child's command.
+    pub fn apply(&self, c: &mut std::process::Command) {
+        for s in &self.settings {
+            c.arg("--checkpoint-option").arg(s);
+        }
+        c.envs(self.env.iter().copied());
+    }
+}

@@ -65,7 +65,7 @@ pub fn run(cmd: CheckpointCmd) -> Result<()> {
     }
 }
 
-fn inspect(location: lockgate_core::checkpoint::storage::CheckpointLocation) -> Result<()> {
+fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
     let storage = location.0;
     let dir = storage.location().to_string();
     let log = CheckpointLog::new(storage.clone());

@@ -629,7 +629,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
 fn open_checkpoint(
     location: &str,
     opts: &RunOpts,
-) -> Result<lockgate_core::checkpoint::storage::CheckpointLocation> {
+) -> Result<lockgate_core::storage::CheckpointLocation> {
     open_location(
         location,
         &opts.checkpoint_option,
@@ -646,7 +646,7 @@ fn open_location(
     location: &str,
     settings: &[String],
     mut options: lockgate_object_store::Options,
-) -> Result<lockgate_core::checkpoint::storage::CheckpointLocation> {
+) -> Result<lockgate_core::storage::CheckpointLocation> {
     for spec in settings {
         options
             .parse_setting(spec)

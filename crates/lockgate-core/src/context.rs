@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::checkpoint::storage::{CheckpointLocation, Storage, Takeover};
 use crate::checkpoint::{CheckpointConfig, Checkpointer, Recovery, StateUpgrade, UpgradeReport};
 use crate::clock::{duration_ms, Clock, SystemClock, Time};
 use crate::error::{Error, Result};
@@ -16,6 +15,7 @@ use crate::graph::Graph;
 use crate::metrics::StreamingMetrics;
 use crate::protocol::{Order, Protocol, Start};
 use crate::scheduler::Scheduler;
+use crate::storage::{CheckpointLocation, Storage, Takeover};
 use crate::types::{lock, DeliveryMode, SinkOffsets};
 
 /// When batches are generated.

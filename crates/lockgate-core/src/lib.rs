@@ -61,6 +61,7 @@ mod scheduler;
 pub mod show;
 pub mod sink;
 pub mod source;
+pub mod storage;
 pub mod sync;
 pub mod testing;
 pub mod text;

@@ -71,7 +71,7 @@ pub(crate) trait InputSource: Send + Sync {
     /// what replay needs (a receiver opens its write-ahead log there).
     fn enable_checkpoint(
         &self,
-        _storage: &std::sync::Arc<dyn crate::checkpoint::storage::Storage>,
+        _storage: &std::sync::Arc<dyn crate::storage::Storage>,
     ) -> Result<()> {
         Ok(())
     }

@@ -14,10 +14,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::file::Placement;
-use crate::checkpoint::storage::{join, Storage};
 use crate::codec::{Codec, CodecError};
 use crate::error::{Error, Result};
+use crate::storage::file::Placement;
+use crate::storage::{join, Storage};
 
 const MAGIC: &[u8; 4] = b"LGWB";
 const FRAME_OVERHEAD: usize = 4 + 8 + 4 + 4;
@@ -239,7 +239,7 @@ impl Wal {
                 .append(true)
                 .open(&path)
                 .map_err(|e| Error::io("create WAL segment", &path, e))?;
-            crate::checkpoint::file::sync_dir(dir)
+            crate::storage::file::sync_dir(dir)
                 .map_err(|e| Error::io("sync WAL directory", dir, e))?;
             self.current = Some((block, f, 0));
         }
@@ -349,8 +349,7 @@ mod tests {
     #[test]
     fn append_read_reopen_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> =
-            Arc::new(crate::checkpoint::storage::LocalDir::new(dir.path()));
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::LocalDir::new(dir.path()));
         let (mut wal, blocks) = Wal::open(&storage, "").unwrap();
         assert!(blocks.is_empty());
         let a = wal.append(b"first").unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::checkpoint::file::{read_file, FileKind};
+use lockgate_core::storage::file::{read_file, FileKind};
 use lockgate_core::testing::{collect_batches, run_with_restart, Interruption, ManualRun};
 use lockgate_core::{
     CheckpointConfig, DStream, Error, InverseWindowOpts, ManualClock, State, StateSpec,

@@ -271,7 +271,7 @@ fn engine_in_child_as(
     }
     // Start from a clean filesystem: dirty pages left by earlier work (a build, an
     // earlier run's checkpoint) would otherwise be flushed by this run's syncs.
-    lockgate_core::checkpoint::file::sync_filesystem(&opts.data)?;
+    lockgate_core::storage::file::sync_filesystem(&opts.data)?;
     let exe = std::env::current_exe().context("finding this program to run the engine")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["bench", job.name(), "--child-run", "--lines"])
@@ -756,7 +756,7 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
             let url = format!("{}/bench-recovery-{}", store.url, std::process::id());
             lockgate_object_store::open(&url, &options)?
         }
-        None => lockgate_core::checkpoint::storage::CheckpointLocation::dir(&dir),
+        None => lockgate_core::storage::CheckpointLocation::dir(&dir),
     };
     let words: Vec<String> = (0..opts.keys).map(|i| format!("word{i:08}")).collect();
     let build = |clock: Arc<ManualClock>| {

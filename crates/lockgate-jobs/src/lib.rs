@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::checkpoint::storage::CheckpointLocation;
 use lockgate_core::source::direct::DirectStreamOptions;
+use lockgate_core::storage::CheckpointLocation;
 use lockgate_core::{
     CompactString, DStream, DeliveryMode, FileStreamOptions, JsonLinesSink, State, StateSpec,
     StreamingContext, StreamingContextBuilder, Time, Trigger, WindowSpec,

@@ -27,12 +27,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lockgate_core::checkpoint::storage::{Ownership, Takeover};
+use lockgate_core::storage::{Ownership, Takeover};
 use lockgate_core::sync::lock;
 use lockgate_core::Error as CoreError;
 use serde_json::{json, Value};
 
-use crate::store::{Conditional, Inner};
+use crate::client::{Client, Conditional};
 
 /// The key of the lease object.
 pub const LEASE_KEY: &str = "lease";
@@ -143,18 +143,18 @@ impl Lease {
     /// The generation this process holds, if its writes count as the owner's now;
     /// renews first when the last renewal is too old; an error once another process
     /// took over (or when this one never took the lease).
-    pub(crate) fn check(&self, store: &Inner) -> lockgate_core::Result<u64> {
+    pub(crate) fn check(&self, client: &Client) -> lockgate_core::Result<u64> {
         {
             let s = lock(&self.state);
             if let Some(reason) = &s.lost {
                 return Err(CoreError::Fenced {
-                    location: store.shown().to_string(),
+                    location: client.shown().to_string(),
                     reason: reason.clone(),
                 });
             }
             if s.generation == 0 {
                 return Err(CoreError::Fenced {
-                    location: store.shown().to_string(),
+                    location: client.shown().to_string(),
                     reason: "this process has not taken the checkpoint's lease; only its \
                              owner writes"
                         .into(),
@@ -164,18 +164,18 @@ impl Lease {
                 return Ok(s.generation);
             }
         }
-        self.renew(store, store.retry_timeout())
+        self.renew(client, client.retry_timeout())
     }
 
     /// Renews the lease (conditionally on the ETag last written); `limit` bounds the
     /// retries through an outage.
-    fn renew(&self, store: &Inner, limit: Duration) -> lockgate_core::Result<u64> {
+    fn renew(&self, client: &Client, limit: Duration) -> lockgate_core::Result<u64> {
         let _one = lock(&self.renewing);
         let (generation, etag) = {
             let s = lock(&self.state);
             if let Some(reason) = &s.lost {
                 return Err(CoreError::Fenced {
-                    location: store.shown().to_string(),
+                    location: client.shown().to_string(),
                     reason: reason.clone(),
                 });
             }
@@ -183,7 +183,7 @@ impl Lease {
         };
         let sent = Instant::now();
         let record = self.record(generation, false);
-        match store.block(store.put_conditional(
+        match client.block(client.put_conditional(
             LEASE_KEY,
             record.to_bytes(),
             generation,
@@ -197,7 +197,7 @@ impl Lease {
                 Ok(generation)
             }
             Conditional::Conflict => {
-                let now = store.block(store.get_versioned(LEASE_KEY, limit))?;
+                let now = client.block(client.get_versioned(LEASE_KEY, limit))?;
                 // A renewal whose answer was lost (a timeout after the store applied
                 // it) left the lease ours under an ETag this process never saw.
                 if let Some(v) = &now {
@@ -207,7 +207,7 @@ impl Lease {
                     if ours {
                         lock(&self.state).etag = v.etag.clone();
                         drop(_one);
-                        return self.renew(store, limit);
+                        return self.renew(client, limit);
                     }
                 }
                 let who = now
@@ -224,8 +224,8 @@ impl Lease {
                             )
                         },
                     );
-                tracing::error!(checkpoint = %store.shown(), "{who}; stopping");
-                Err(self.fenced(store.shown(), who))
+                tracing::error!(checkpoint = %client.shown(), "{who}; stopping");
+                Err(self.fenced(client.shown(), who))
             }
         }
     }
@@ -234,20 +234,20 @@ impl Lease {
     /// timeout without renewal otherwise. `Refuse` refuses a lease renewed within its
     /// timeout (seen renewed while watching), naming its owner; `Standby` waits for it.
     pub(crate) fn acquire(
-        store: &Arc<Inner>,
+        client: &Arc<Client>,
+        lease: &Arc<Lease>,
         takeover: Takeover,
     ) -> lockgate_core::Result<LeaseHold> {
-        let lease = &store.lease;
         let poll = (lease.timeout / 5).min(Duration::from_secs(1));
         let mut seen: Option<(Option<String>, Instant)> = None;
         let mut announced = false;
         loop {
-            let current = store.block(store.get_versioned(LEASE_KEY, store.retry_timeout()))?;
+            let current = client.block(client.get_versioned(LEASE_KEY, client.retry_timeout()))?;
             let (generation, etag, previous) = match current {
                 None => (1, None, None),
                 Some(v) => {
                     let record = Record::parse(&v.bytes).ok_or_else(|| CoreError::Checkpoint {
-                        path: store.name_of(LEASE_KEY),
+                        path: client.name_of(LEASE_KEY),
                         reason: "not a lease record; if no process runs on this checkpoint, \
                                  delete it and start again"
                             .into(),
@@ -268,7 +268,7 @@ impl Lease {
                         // is waited out (one timeout), then taken.
                         if takeover == Takeover::Refuse && renewed {
                             return Err(CoreError::Checkpoint {
-                                path: store.name_of(LEASE_KEY),
+                                path: client.name_of(LEASE_KEY),
                                 reason: format!(
                                     "instance `{}` (generation {}) is running a job on this \
                                      checkpoint: it renewed its lease {age_ms} ms ago; stop it \
@@ -282,14 +282,14 @@ impl Lease {
                         }
                         if !announced {
                             announced = true;
-                            store
+                            client
                                 .counts
                                 .standby
                                 .store(true, std::sync::atomic::Ordering::Relaxed);
                             if takeover == Takeover::Standby {
-                                tracing::info!(checkpoint = %store.shown(), owner = %record.owner, generation = record.generation, lease_timeout_ms = record.timeout_ms, "standby: another instance owns this checkpoint; waiting to take over when its lease expires");
+                                tracing::info!(checkpoint = %client.shown(), owner = %record.owner, generation = record.generation, lease_timeout_ms = record.timeout_ms, "standby: another instance owns this checkpoint; waiting to take over when its lease expires");
                             } else {
-                                tracing::info!(checkpoint = %store.shown(), owner = %record.owner, renewed_ms_ago = age_ms, lease_timeout_ms = record.timeout_ms, "the checkpoint's lease is held: taking it over if it is not renewed within its timeout (its owner died), refusing to start if it is");
+                                tracing::info!(checkpoint = %client.shown(), owner = %record.owner, renewed_ms_ago = age_ms, lease_timeout_ms = record.timeout_ms, "the checkpoint's lease is held: taking it over if it is not renewed within its timeout (its owner died), refusing to start if it is");
                             }
                         }
                         std::thread::sleep(poll);
@@ -300,15 +300,15 @@ impl Lease {
             };
             let record = lease.record(generation, false);
             let sent = Instant::now();
-            match store.block(store.put_conditional(
+            match client.block(client.put_conditional(
                 LEASE_KEY,
                 record.to_bytes(),
                 generation,
                 etag.clone(),
-                store.retry_timeout(),
+                client.retry_timeout(),
             ))? {
                 Conditional::Written(new_etag) => {
-                    store
+                    client
                         .counts
                         .standby
                         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -323,13 +323,13 @@ impl Lease {
                     }
                     match previous {
                         Some(p) => {
-                            tracing::info!(checkpoint = %store.shown(), generation, previous_owner = %p.owner, released = p.released, "took over the checkpoint's lease")
+                            tracing::info!(checkpoint = %client.shown(), generation, previous_owner = %p.owner, released = p.released, "took over the checkpoint's lease")
                         }
                         None => {
-                            tracing::info!(checkpoint = %store.shown(), generation, "took the checkpoint's lease")
+                            tracing::info!(checkpoint = %client.shown(), generation, "took the checkpoint's lease")
                         }
                     }
-                    return Ok(LeaseHold::start(store.clone()));
+                    return Ok(LeaseHold::start(client.clone(), lease.clone()));
                 }
                 Conditional::Conflict => {
                     // Another process got there first: look again.
@@ -341,7 +341,7 @@ impl Lease {
 
     /// Marks the lease released (when this process still holds it), so the next
     /// process takes over at once.
-    fn release(&self, store: &Inner) {
+    fn release(&self, client: &Client) {
         let _one = lock(&self.renewing);
         let (generation, etag) = {
             let mut s = lock(&self.state);
@@ -352,7 +352,7 @@ impl Lease {
             (s.generation, s.etag.clone())
         };
         let record = self.record(generation, true);
-        match store.block(store.put_conditional(
+        match client.block(client.put_conditional(
             LEASE_KEY,
             record.to_bytes(),
             generation,
@@ -360,7 +360,7 @@ impl Lease {
             Duration::from_secs(5),
         )) {
             Ok(Conditional::Written(_)) => {
-                tracing::info!(checkpoint = %store.shown(), generation, "released the checkpoint's lease");
+                tracing::info!(checkpoint = %client.shown(), generation, "released the checkpoint's lease");
             }
             Ok(Conditional::Conflict) => {}
             Err(e) => {
@@ -375,7 +375,8 @@ impl Lease {
 
 /// The owner's hold: renews the lease until dropped, then releases it.
 pub struct LeaseHold {
-    store: Arc<Inner>,
+    client: Arc<Client>,
+    lease: Arc<Lease>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
     /// False for a hold abandoned in a test (a paused owner): no release on drop.
@@ -383,21 +384,22 @@ pub struct LeaseHold {
 }
 
 impl LeaseHold {
-    fn start(store: Arc<Inner>) -> LeaseHold {
+    fn start(client: Arc<Client>, lease: Arc<Lease>) -> LeaseHold {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
-            let store = store.clone();
+            let (client, lease) = (client.clone(), lease.clone());
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("lockgate-lease".into())
-                .spawn(move || renew_until_stopped(&store, &stop))
+                .spawn(move || renew_until_stopped(&client, &lease, &stop))
                 .ok()
         };
         if thread.is_none() {
             tracing::warn!("cannot start the lease renewal thread; writes renew it instead");
         }
         LeaseHold {
-            store,
+            client,
+            lease,
             stop,
             thread,
             release: true,
@@ -420,8 +422,7 @@ impl LeaseHold {
     }
 }
 
-fn renew_until_stopped(store: &Inner, stop: &(Mutex<bool>, Condvar)) {
-    let lease = &store.lease;
+fn renew_until_stopped(client: &Client, lease: &Lease, stop: &(Mutex<bool>, Condvar)) {
     let every = lease.timeout / 5;
     let mut stopped = lock(&stop.0);
     loop {
@@ -434,7 +435,7 @@ fn renew_until_stopped(store: &Inner, stop: &(Mutex<bool>, Condvar)) {
             return;
         }
         drop(stopped);
-        match lease.renew(store, lease.timeout / 2) {
+        match lease.renew(client, lease.timeout / 2) {
             Ok(_) => {}
             Err(CoreError::Fenced { .. }) => return,
             Err(e) => {
@@ -451,7 +452,7 @@ impl Drop for LeaseHold {
     fn drop(&mut self) {
         self.stop_renewing();
         if self.release {
-            self.store.lease.release(&self.store);
+            self.lease.release(&self.client);
         }
     }
 }

@@ -27,12 +27,13 @@
 //! generation's file is replaced (conditionally on its ETag), a newer generation's file
 //! means another process took over, and this one stops with an error naming it.
 //!
-//! **Outages** ([`store`]): every request is retried with back-off for up to
+//! **Outages** (the private `client` module): every request is retried with back-off for up to
 //! [`Options::retry_timeout`], each retry logged and counted; then the operation fails
 //! with an error naming the store, the object and the operation.
 
 #![deny(missing_docs)]
 
+mod client;
 mod error;
 pub mod lease;
 pub mod store;
@@ -47,7 +48,7 @@ pub use store::ObjectStorage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::checkpoint::storage::{CheckpointLocation, Storage};
+use lockgate_core::storage::{CheckpointLocation, Storage};
 
 /// How an object-store checkpoint is opened.
 #[derive(Clone, Debug)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use lockgate_core::checkpoint::file::Placement;
-use lockgate_core::checkpoint::storage::{Storage, Takeover};
+use lockgate_core::storage::file::Placement;
+use lockgate_core::storage::{Storage, Takeover};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -17,7 +17,6 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-use crate::lease::Lease;
 use crate::{ObjectStorage, Options};
 
 fn options(instance: &str, lease_ms: u64) -> Options {
@@ -95,7 +94,7 @@ fn a_released_lease_is_taken_at_once_with_the_next_generation() {
 fn a_paused_owner_is_fenced_after_a_standby_takes_over_and_writes_nothing_more() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let a = storage(&store, "owner-a", 600);
-    let hold = Lease::acquire(a.inner(), Takeover::Refuse).unwrap();
+    let hold = a.take_lease(Takeover::Refuse).unwrap();
     a.put_all(
         vec![("offsets/0".into(), b"a0".to_vec())],
         Placement::Atomic,
@@ -133,7 +132,7 @@ fn a_paused_owner_is_fenced_after_a_standby_takes_over_and_writes_nothing_more()
 fn a_write_in_flight_from_a_paused_owner_never_replaces_its_successors_file() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let a = storage(&store, "a", 600);
-    let hold = Lease::acquire(a.inner(), Takeover::Refuse).unwrap();
+    let hold = a.take_lease(Takeover::Refuse).unwrap();
     hold.freeze();
     let b = storage(&store, "b", 600);
     let _b_hold = b.take_ownership(Takeover::Standby).unwrap();
@@ -141,8 +140,8 @@ fn a_write_in_flight_from_a_paused_owner_never_replaces_its_successors_file() {
         .unwrap();
     // A's write was sent before its pause (generation 1), and lands now.
     let err = a
-        .inner()
-        .block(a.inner().put_file("commits/7".into(), b"a".to_vec(), 1))
+        .client()
+        .block(a.put_file("commits/7".into(), b"a".to_vec(), 1))
         .unwrap_err();
     assert!(text(&err).contains("generation 2"), "{err}");
     assert_eq!(b.get("commits/7").unwrap().as_deref(), Some(&b"b"[..]));
@@ -152,7 +151,7 @@ fn a_write_in_flight_from_a_paused_owner_never_replaces_its_successors_file() {
 fn an_older_generations_leftover_is_replaced_and_the_same_bytes_are_kept() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let a = storage(&store, "a", 600);
-    let hold = Lease::acquire(a.inner(), Takeover::Refuse).unwrap();
+    let hold = a.take_lease(Takeover::Refuse).unwrap();
     // A wrote plan 5 but died before running it.
     a.put_all(
         vec![("offsets/5".into(), b"old".to_vec())],

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 pub use crate::types::SourcePlan;
 
-use crate::checkpoint::file::{frame, unframe, FileKind, Placement};
-use crate::checkpoint::storage::{LocalDir, Storage};
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::error::{Error, Result};
+use crate::storage::file::{frame, unframe, FileKind, Placement};
+use crate::storage::{LocalDir, Storage};
 
 /// `metadata`: who owns the directory and how its batches are timed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,15 +4,13 @@
 //! files, syncs, `commits/<b>`, retention), and recovery's named steps (`recover.rs`:
 //! check metadata, choose the commit, restore state, seed sources, collect replays,
 //! resume timing). The file formats: `log.rs` (metadata, plans, commits), `store.rs`
-//! (state files), `file.rs` (framed atomic files), `state.rs` (what operators keep).
+//! (state files), `state.rs` (what operators keep); where the files live and framed
+//! atomic files: the [`storage`](crate::storage) module.
 
-pub(crate) mod dir_lock;
-pub mod file;
 pub mod log;
 mod recover;
 pub(crate) mod schema;
 pub(crate) mod state;
-pub mod storage;
 pub mod store;
 mod writer;
 
@@ -26,11 +24,11 @@ use rayon::prelude::*;
 
 use crate::clock::Time;
 use crate::error::{Error, Result};
+use crate::storage::{CheckpointLocation, Ownership, Storage, Takeover};
 use crate::traits::{InputSource, Stateful};
 use crate::types::lock;
 use log::{CheckpointLog, Commit, Metadata, Plan};
 use schema::SchemaMatch;
-use storage::{CheckpointLocation, Ownership, Storage, Takeover};
 use store::{dir_name, StateHeader, StateStore, CODEC};
 use writer::{WriteJob, Writer, WriterThread};
 

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::checkpoint::file::{frame, FileKind, Placement};
 use crate::checkpoint::log::read_framed;
-use crate::checkpoint::storage::{join, Storage};
 use crate::codec::{Codec, CodecError, Stored};
 use crate::error::{Error, Result};
+use crate::storage::file::{frame, FileKind, Placement};
+use crate::storage::{join, Storage};
 
 /// The codec name recorded in state files.
 pub const CODEC: &str = "lockgate-codec-1";

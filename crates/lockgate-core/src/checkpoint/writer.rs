@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use super::log::{CheckpointLog, Commit};
 use super::store::{StateHeader, StateStore};
-use super::{cleanup, file, CheckpointConfig, WriteOrder};
+use super::{cleanup, CheckpointConfig, WriteOrder};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::metrics::StreamingMetrics;
+use crate::storage::file;
 use crate::traits::InputSource;
 use crate::types::lock;
 

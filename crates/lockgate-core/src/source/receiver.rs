@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Data};
 use crate::checkpoint::state::KeyedState;
-use crate::checkpoint::storage::Storage;
 use crate::clock::Time;
 use crate::codec::{from_bytes, to_bytes, Codec, CodecError};
 use crate::context::StreamingContext;
@@ -36,6 +35,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::graph::panic_message;
 use crate::metrics::SourceCounters;
 use crate::source::{register, source_name, source_state};
+use crate::storage::Storage;
 use crate::traits::{InputSource, SourceCompute};
 use crate::types::{lock, InputInfo};
 use crate::wal::{BlockRef, Wal};

@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::file::{self, Placement};
 use crate::error::{Error, Result};
+
+pub(crate) mod dir_lock;
+pub mod file;
+
+use file::Placement;
 
 /// One entry of a listing: a file, or a directory (a common prefix on object stores).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,7 +220,7 @@ impl LocalDir {
     }
 }
 
-struct DirHold(#[allow(dead_code)] super::dir_lock::DirLock);
+struct DirHold(#[allow(dead_code)] dir_lock::DirLock);
 impl Ownership for DirHold {}
 
 impl Storage for LocalDir {
@@ -302,7 +306,7 @@ impl Storage for LocalDir {
         use std::sync::atomic::Ordering;
         let mut announced = false;
         loop {
-            match super::dir_lock::acquire(&self.root) {
+            match dir_lock::acquire(&self.root) {
                 Ok(hold) => {
                     self.standby.store(false, Ordering::Relaxed);
                     if announced {

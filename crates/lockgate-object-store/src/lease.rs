@@ -9,7 +9,7 @@
 //!
 //! - **The owner** renews it every fifth of the timeout from a thread of its own. Its
 //!   writes count as its own for half the timeout after a renewal was *sent*
-//!   ([`Lease::check`], before and after every group of writes, and before a sink
+//!   (`Lease::check`, before and after every group of writes, and before a sink
 //!   commits); past that it first renews again, and a failed conditional renewal means
 //!   another process took over: it stops with an error naming it.
 //! - **A process taking over** waits until it has seen the same ETag for a whole timeout

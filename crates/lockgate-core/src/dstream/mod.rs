@@ -264,7 +264,7 @@ impl<T: Data> DStream<T> {
 
     /// The batches of this stream with times in `[from, to]` that it still remembers
     /// (Spark's `slice`): a stream remembers the batches it computed for the duration
-    /// given to [`StreamingContext::remember`] (by default none once a batch is done).
+    /// given to [`StreamingContext::remember`](crate::StreamingContext::remember) (by default none once a batch is done).
     /// `from` and `to` must be batch times of this stream (multiples of its slide after
     /// the zero time). Call it from outside the job (a thread of yours, an output of
     /// another stream); it never computes a batch.

@@ -3,7 +3,8 @@
 //! scripts/postgres.sh): `lockgate-dev torture` runs the `lockgate` CLI's job, SIGKILLs
 //! it at random (seeded, printed) moments, restarts it on the same checkpoint, and
 //! compares the merged output with an uninterrupted run's, batch by batch; each again
-//! with its checkpoint on a real S3 server (moto, started by scripts/s3.sh).
+//! with its checkpoint on a real S3 server (moto, started by scripts/s3.sh), and with an
+//! owner and a standby on one S3 checkpoint, the owner killed again and again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -140,4 +141,17 @@ fn word_count_kafka_to_postgres_on_s3_survives_sigkill() {
 #[test]
 fn the_built_in_jobs_as_sql_on_s3_survive_sigkill() {
     torture_on_s3("sql");
+}
+
+/// Failover: an owner and a standby on one S3 checkpoint; the owner is SIGKILLed 20 times
+/// at random moments (after a random few commits), a new standby started each time; the
+/// standby takes over, recovers the state from the store and the output is identical to
+/// an uninterrupted run's.
+#[test]
+fn word_count_fails_over_to_a_standby_20_times() {
+    torture_with(
+        "word-count",
+        20,
+        &["--checkpoint-url", "s3://lockgate/failover", "--standby"],
+    );
 }

@@ -184,6 +184,14 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The baseline: read every file and count lines and lines containing `ERROR` with
 /// memchr, in parallel over files on `workers` threads, no engine.
+/// The object store of `--checkpoint-url` (a throwaway S3 server unless an endpoint is
+/// given), if one was asked for.
+fn tool_store(url: Option<&str>, options: &[String]) -> Result<Option<ToolStore>> {
+    url.map(|u| ToolStore::new(u, options))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
 fn raw_scan(files: &[PathBuf], workers: usize) -> Result<Figures> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
@@ -532,12 +540,7 @@ pub fn run(job: Job, opts: &BenchOpts) -> Result<()> {
     // Short runs are noisy and this machine's speed drifts: the baseline and the two
     // engine variants take turns, and each keeps the median of its runs.
     let cp_dir = opts.data.join(format!("checkpoint-{}", std::process::id()));
-    let store = opts
-        .checkpoint_url
-        .as_deref()
-        .map(|u| ToolStore::new(u, &opts.checkpoint_option))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let store = tool_store(opts.checkpoint_url.as_deref(), &opts.checkpoint_option)?;
     let (mut raw, mut plain, mut with_cp) = (Vec::new(), Vec::new(), Vec::new());
     let mut on_store = Vec::new();
     for i in 0..opts.repeat.max(1) {
@@ -744,12 +747,7 @@ pub fn recovery(opts: &RecoveryOpts) -> Result<()> {
         eprintln!("warning: this is a debug build; run `cargo run --release -p lockgate-dev -- bench recovery`");
     }
     let dir = std::env::temp_dir().join(format!("lockgate-bench-recovery-{}", std::process::id()));
-    let store = opts
-        .checkpoint_url
-        .as_deref()
-        .map(|u| ToolStore::new(u, &opts.checkpoint_option))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let store = tool_store(opts.checkpoint_url.as_deref(), &opts.checkpoint_option)?;
     let location = match &store {
         Some(store) => {
             let options = store.options()?;

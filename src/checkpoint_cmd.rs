@@ -92,8 +92,8 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
         last_commit.map_or_else(|| "none".to_string(), |c| format!("batch {c}"))
     );
     let mut unreadable = Vec::new();
-    for id in &plans {
-        match log.read_plan(*id) {
+    for (id, plan) in &log.read_plans(&plans) {
+        match plan {
             Ok(p) => {
                 let state = if last_commit.is_some_and(|c| *id <= c) {
                     "committed"
@@ -107,7 +107,10 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
             }
             Err(e) => {
                 println!("  batch {id}: UNREADABLE: {e}");
-                unreadable.push(log.plan_path(*id));
+                unreadable.push(match e {
+                    lockgate_core::Error::Checkpoint { path, .. } => path.clone(),
+                    _ => log.plan_path(*id),
+                });
             }
         }
     }
@@ -129,6 +132,7 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
             );
         }
     }
+    unreadable.dedup(); // a group of plans is one file
     if !unreadable.is_empty() {
         let files: Vec<String> = unreadable.iter().map(|p| p.display().to_string()).collect();
         bail!(

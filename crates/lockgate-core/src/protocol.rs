@@ -290,6 +290,20 @@ impl Protocol {
         }
     }
 
+    /// How many batches a bounded run plans and logs at once: more on an object store,
+    /// where logging them is one request and each request takes milliseconds.
+    pub fn plan_ahead(&self) -> usize {
+        let remote = self
+            .checkpointer
+            .as_ref()
+            .is_some_and(|cp| cp.config.location.local_dir().is_none());
+        if remote {
+            32
+        } else {
+            8
+        }
+    }
+
     /// Step 1, plan and log: plans up to `max` batches from `first` on (fewer when a
     /// bounded run's sources run dry) and logs their plans durably together (one
     /// filesystem sync) before any of them may run.

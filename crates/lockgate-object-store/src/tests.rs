@@ -1,6 +1,6 @@
 //! The lease and the conditional writes, case by case, on `object_store`'s in-memory
-//! store (which honours create-only and ETag-conditional writes as S3 does); the same
-//! cases against a real S3 server are in `tests/s3.rs`.
+//! store (which honours create-only and ETag-conditional writes as S3 does); the binary
+//! against a real S3 server is tested in the workspace's `tests/object_store.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -40,6 +40,114 @@ fn storage(store: &Arc<dyn ObjectStore>, instance: &str, lease_ms: u64) -> Objec
 
 fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+#[test]
+fn plans_logged_together_are_one_object_read_deleted_and_retired_as_a_group() {
+    use lockgate_core::checkpoint::log::{CheckpointLog, Plan, SourcePlan};
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Arc::new(storage(&store, "a", 2_000));
+    let _hold = a.take_ownership(Takeover::Refuse).unwrap();
+    let log = CheckpointLog::new(a.clone());
+    let plan = |id: u64| Plan {
+        batch_id: id,
+        batch_time_ms: 1_000 * id as i64,
+        sources: vec![SourcePlan {
+            source: "files".into(),
+            descriptor: vec![id as u8; 3],
+            records: id,
+            description: format!("file {id}"),
+        }],
+        end_of_input: id == 9,
+    };
+    log.write_plans(&[plan(1)]).unwrap();
+    log.write_plans(&(2..=5).map(plan).collect::<Vec<_>>())
+        .unwrap();
+    log.write_plans(&(6..=9).map(plan).collect::<Vec<_>>())
+        .unwrap();
+    let names: Vec<String> = a
+        .list("offsets")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["1", "2-5", "6-9"]);
+    assert_eq!(log.plan_ids().unwrap(), (1..=9).collect::<Vec<u64>>());
+    let read = log.read_plans(&[1, 3, 7, 9, 10]);
+    for id in [1, 3, 7, 9] {
+        assert_eq!(read[&id].as_ref().unwrap(), &plan(id));
+    }
+    assert!(text(read[&10].as_ref().unwrap_err()).contains("missing"));
+    assert_eq!(log.read_plan(4).unwrap(), plan(4));
+    // Retention keeps a group while any of its batches is kept.
+    log.delete_before(5);
+    assert_eq!(log.plan_ids().unwrap(), (2..=9).collect::<Vec<u64>>());
+    // Dropping a plan after a gap drops its whole group (written whole, never run).
+    log.delete_plan(7).unwrap();
+    assert_eq!(log.plan_ids().unwrap(), (2..=5).collect::<Vec<u64>>());
+    // A group whose contents disagree with its name is refused, naming it.
+    a.put_all(
+        vec![(
+            "offsets/10-11".into(),
+            a.get("offsets/2-5").unwrap().unwrap(),
+        )],
+        Placement::Atomic,
+    )
+    .unwrap();
+    let err = text(log.read_plan(10).unwrap_err());
+    assert!(
+        err.contains("offsets/10-11") && err.contains("[2, 3, 4, 5]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deltas_written_together_are_one_object_per_partition_and_load_in_order() {
+    use lockgate_core::checkpoint::store::{StateHeader, StateStore, CODEC};
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Arc::new(storage(&store, "a", 2_000));
+    let _hold = a.take_ownership(Takeover::Refuse).unwrap();
+    let state = StateStore::new(a.clone());
+    let header = |partition: u64, version: u64| StateHeader {
+        operator: "counts".into(),
+        type_desc: "u64".into(),
+        codec: CODEC.into(),
+        partition,
+        partitions: 2,
+        version,
+    };
+    // Batches 1-5 of partitions 0 and 1, a snapshot of partition 0 at 3: what it
+    // supersedes is not written.
+    let mut files = Vec::new();
+    for v in 1..=5u64 {
+        for p in 0..2 {
+            let snapshot = p == 0 && v == 3;
+            files.push((header(p, v), snapshot, format!("p{p}v{v}").into_bytes()));
+        }
+    }
+    let written = state.files_of(&files, true);
+    let keys: Vec<&str> = written.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "state/counts/0/3.snapshot",
+            "state/counts/0/5.deltas",
+            "state/counts/1/5.deltas"
+        ]
+    );
+    state.write_all(written, Placement::Atomic).unwrap();
+    let loaded = |p: usize, v: u64| -> Vec<String> {
+        state
+            .load("counts", "u64", p, v)
+            .unwrap()
+            .into_iter()
+            .map(|s| String::from_utf8(s.bytes).unwrap())
+            .collect()
+    };
+    assert_eq!(loaded(0, 5), ["p0v3", "p0v4", "p0v5"]);
+    assert_eq!(loaded(1, 5), ["p1v1", "p1v2", "p1v3", "p1v4", "p1v5"]);
+    // Without grouping (a local directory): one file per batch, as before.
+    assert_eq!(state.files_of(&files, false).len(), 10);
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The checkpoint's logs: `metadata`, `offsets/<batch id>` (batch plans,
 //! written before a batch runs) and `commits/<batch id>` (written when a batch's outputs
 //! and state are done), plus their retention. Commits may be grouped when the disk is
-//! slower than the batches: `commits/<b>` then covers every batch up to `b`.
+//! slower than the batches: `commits/<b>` then covers every batch up to `b`. On an
+//! object store, plans logged together go into one object, `offsets/<first>-<last>`
+//! (every request costs there); it is written whole or not at all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,6 +139,58 @@ pub fn numbered_files(storage: &dyn Storage, dir: &str) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// The most plans one group file may hold (a name claiming more is not a plan file).
+const MAX_GROUP: u64 = 1 << 16;
+
+/// A plan file: `offsets/<id>` (one plan) or `offsets/<first>-<last>` (a group).
+#[derive(Clone, Debug)]
+struct PlanFile {
+    key: String,
+    first: u64,
+    last: u64,
+}
+
+impl PlanFile {
+    fn of(name: &str) -> Option<PlanFile> {
+        let (first, last) = match name.split_once('-') {
+            None => {
+                let id = name.parse().ok()?;
+                (id, id)
+            }
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        };
+        (first <= last && last - first < MAX_GROUP).then(|| PlanFile {
+            key: format!("offsets/{name}"),
+            first,
+            last,
+        })
+    }
+
+    fn grouped(&self) -> bool {
+        self.key.contains('-')
+    }
+
+    fn holds(&self, id: u64) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+
+    /// The plans in the file's framed `bytes`.
+    fn decode(&self, path: &Path, bytes: &[u8]) -> Result<Vec<Plan>> {
+        if !self.grouped() {
+            return Ok(vec![decode(path, unframe(path, FileKind::Plan, bytes)?)?]);
+        }
+        let plans: Vec<Plan> = decode(path, unframe(path, FileKind::Plans, bytes)?)?;
+        let ids: Vec<u64> = plans.iter().map(|p| p.batch_id).collect();
+        if !ids.iter().copied().eq(self.first..=self.last) {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("holds the plans of batches {ids:?}, not those its name says"),
+            });
+        }
+        Ok(plans)
+    }
+}
+
 /// Reads and checks a framed file of `kind` at `key`.
 pub fn read_framed(storage: &dyn Storage, key: &str, kind: FileKind) -> Result<Vec<u8>> {
     let path = storage.name_of(key);
@@ -211,8 +265,21 @@ impl CheckpointLog {
         self.storage.sync()
     }
 
-    /// Logs several plans and makes them durable together (one filesystem sync).
+    /// Logs several plans and makes them durable together (one filesystem sync; one
+    /// object for consecutive batches on an object store).
     pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
+        let consecutive = plans.windows(2).all(|w| w[1].batch_id == w[0].batch_id + 1);
+        if plans.len() > 1 && consecutive && self.storage.local_dir().is_none() {
+            let key = format!(
+                "offsets/{}-{}",
+                plans[0].batch_id,
+                plans[plans.len() - 1].batch_id
+            );
+            return self.put_durably(vec![(
+                key,
+                frame(FileKind::Plans, &to_bytes(&plans.to_vec())),
+            )]);
+        }
         let files = plans
             .iter()
             .map(|p| {
@@ -236,30 +303,80 @@ impl CheckpointLog {
         )
     }
 
+    /// The plan files, by their first batch.
+    fn plan_files(&self) -> Result<Vec<PlanFile>> {
+        let mut files: Vec<PlanFile> = self
+            .storage
+            .list("offsets")?
+            .into_iter()
+            .filter(|e| !e.dir)
+            .filter_map(|e| PlanFile::of(&e.name))
+            .collect();
+        files.sort_by_key(|f| f.first);
+        Ok(files)
+    }
+
     /// Reads the plan of `id`.
     pub fn read_plan(&self, id: u64) -> Result<Plan> {
-        let key = Self::plan_key(id);
-        let payload = read_framed(&*self.storage, &key, FileKind::Plan)?;
-        decode(&self.storage.name_of(&key), &payload)
+        self.read_plans(&[id])
+            .remove(&id)
+            .unwrap_or_else(|| Err(self.missing(&Self::plan_key(id))))
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        Error::Checkpoint {
+            path: self.storage.name_of(key),
+            reason: "missing".into(),
+        }
     }
 
     /// Reads the plans of `ids` at once (concurrently on an object store), each with
     /// its own result.
     pub fn read_plans(&self, ids: &[u64]) -> BTreeMap<u64, Result<Plan>> {
-        let keys: Vec<String> = ids.iter().map(|&id| Self::plan_key(id)).collect();
+        let files = match self.plan_files() {
+            Ok(files) => files,
+            Err(e) => {
+                let reason = e.to_string();
+                return ids
+                    .iter()
+                    .map(|&id| {
+                        let path = self.plan_path(id);
+                        let reason = reason.clone();
+                        (id, Err(Error::Checkpoint { path, reason }))
+                    })
+                    .collect();
+            }
+        };
+        // The files holding `ids`, each read once.
+        let wanted: Vec<&PlanFile> = files
+            .iter()
+            .filter(|f| ids.iter().any(|&id| f.holds(id)))
+            .collect();
+        let keys: Vec<String> = wanted.iter().map(|f| f.key.clone()).collect();
         let got = self.storage.get_many(&keys);
+        let mut read: Vec<(&PlanFile, Result<Vec<Plan>>)> = Vec::with_capacity(wanted.len());
+        for (file, bytes) in wanted.into_iter().zip(got) {
+            let path = self.storage.name_of(&file.key);
+            let plans = bytes.and_then(|b| {
+                let b = b.ok_or_else(|| self.missing(&file.key))?;
+                file.decode(&path, &b)
+            });
+            read.push((file, plans));
+        }
         ids.iter()
-            .zip(keys.iter().zip(got))
-            .map(|(&id, (key, bytes))| {
-                let path = self.storage.name_of(key);
-                let plan = bytes.and_then(|b| {
-                    let b = b.ok_or_else(|| Error::Checkpoint {
-                        path: path.clone(),
-                        reason: "missing".into(),
-                    })?;
-                    let payload = unframe(&path, FileKind::Plan, &b)?;
-                    decode(&path, payload)
-                });
+            .map(|&id| {
+                let plan = match read.iter().find(|(f, _)| f.holds(id)) {
+                    None => Err(self.missing(&Self::plan_key(id))),
+                    Some((_, Ok(plans))) => plans
+                        .iter()
+                        .find(|p| p.batch_id == id)
+                        .cloned()
+                        .ok_or_else(|| self.missing(&Self::plan_key(id))),
+                    Some((f, Err(e))) => Err(Error::Checkpoint {
+                        path: self.storage.name_of(&f.key),
+                        reason: e.to_string(),
+                    }),
+                };
                 (id, plan)
             })
             .collect()
@@ -282,7 +399,14 @@ impl CheckpointLog {
 
     /// Ids of logged plans, ascending.
     pub fn plan_ids(&self) -> Result<Vec<u64>> {
-        numbered_files(&*self.storage, "offsets")
+        let mut ids: Vec<u64> = self
+            .plan_files()?
+            .iter()
+            .flat_map(|f| f.first..=f.last)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Ids of logged commits, ascending.
@@ -290,26 +414,41 @@ impl CheckpointLog {
         numbered_files(&*self.storage, "commits")
     }
 
-    /// Deletes a plan (one after a gap in the log, whose batch never ran).
+    /// Deletes a plan (one after a gap in the log, whose batch never ran) with the
+    /// plans logged in one file with it (all after the gap too: a group is written
+    /// whole).
     pub fn delete_plan(&self, id: u64) -> Result<()> {
-        self.storage.delete(&Self::plan_key(id))
+        match self.plan_files()?.into_iter().find(|f| f.holds(id)) {
+            Some(f) => self.storage.delete(&f.key),
+            None => Ok(()),
+        }
     }
 
     /// Deletes plans and commits of batches before `first_kept`.
     pub fn delete_before(&self, first_kept: u64) {
-        for dir in ["offsets", "commits"] {
-            let ids = match numbered_files(&*self.storage, dir) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list old checkpoint files to delete");
-                    continue;
-                }
-            };
-            for id in ids.into_iter().filter(|&i| i < first_kept) {
-                let key = format!("{dir}/{id}");
-                if let Err(e) = self.storage.delete(&key) {
-                    tracing::warn!(error = %e, "cannot delete old checkpoint file");
-                }
+        let old = |listed: Result<Vec<String>>| match listed {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list old checkpoint files to delete");
+                Vec::new()
+            }
+        };
+        let plans = old(self.plan_files().map(|files| {
+            files
+                .into_iter()
+                .filter(|f| f.last < first_kept)
+                .map(|f| f.key)
+                .collect()
+        }));
+        let commits = old(numbered_files(&*self.storage, "commits").map(|ids| {
+            ids.into_iter()
+                .filter(|&i| i < first_kept)
+                .map(Self::commit_key)
+                .collect()
+        }));
+        for key in plans.iter().chain(&commits) {
+            if let Err(e) = self.storage.delete(key) {
+                tracing::warn!(error = %e, "cannot delete old checkpoint file");
             }
         }
     }

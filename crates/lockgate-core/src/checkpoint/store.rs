@@ -1,10 +1,14 @@
-//! The state store: `state/<operator>/<partition>/<version>.{delta,snapshot}`.
+//! The state store: `state/<operator>/<partition>/<version>.{delta,snapshot,deltas}`.
 //!
 //! Each file is a framed checkpoint file whose payload starts with a [`StateHeader`]
 //! (operator name, type description, codec, partition, version), followed by the
 //! operator's encoded entries. The state of version `v` is the newest snapshot at or
-//! before `v` plus the deltas after it up to `v`, applied in order.
+//! before `v` plus the deltas after it up to `v`, applied in order. On an object store
+//! the deltas of several batches written together go into one `.deltas` file named by
+//! the newest (after the header: their count, then each one's version, length and
+//! entries).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -82,6 +86,9 @@ pub struct StateFile {
     pub version: u64,
     /// Snapshot (true) or delta.
     pub snapshot: bool,
+    /// A group of consecutive deltas up to `version` (`<version>.deltas`), written
+    /// together on an object store.
+    pub grouped: bool,
     /// Its size in bytes.
     pub bytes: u64,
 }
@@ -122,6 +129,68 @@ impl StateStore {
         (key, frame(kind, &payload))
     }
 
+    /// The keys and framed bytes of state files handed over together, in batch order.
+    /// With `group` (an object store, where every request costs) they are written for a
+    /// commit of their newest batch, never of one before: per operator partition only
+    /// the newest snapshot and the deltas after it are written, the deltas as one
+    /// `<newest>.deltas` file.
+    pub fn files_of(
+        &self,
+        files: &[(StateHeader, bool, Vec<u8>)],
+        group: bool,
+    ) -> Vec<(String, Vec<u8>)> {
+        if !group {
+            return files
+                .iter()
+                .map(|(header, snapshot, bytes)| self.file(header, *snapshot, bytes))
+                .collect();
+        }
+        let partition = |h: &StateHeader| (h.operator.clone(), h.partition);
+        let newest_snapshot: BTreeMap<_, usize> = files
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, snapshot, _))| *snapshot)
+            .map(|(i, (header, _, _))| (partition(header), i))
+            .collect();
+        let mut out = Vec::new();
+        let mut runs: BTreeMap<_, Vec<(&StateHeader, &[u8])>> = BTreeMap::new();
+        for (i, (header, snapshot, bytes)) in files.iter().enumerate() {
+            let part = partition(header);
+            match newest_snapshot.get(&part) {
+                Some(&newest) if i < newest => {} // the snapshot supersedes it
+                _ if *snapshot => out.push(self.file(header, true, bytes)),
+                _ => runs.entry(part).or_default().push((header, bytes)),
+            }
+        }
+        out.extend(runs.values().map(|run| self.group(run)));
+        out
+    }
+
+    /// One file for a run of deltas: a plain delta for one, else a `.deltas` file with
+    /// the newest header and each delta's version and entries.
+    fn group(&self, run: &[(&StateHeader, &[u8])]) -> (String, Vec<u8>) {
+        let (newest, entries) = run[run.len() - 1];
+        if run.len() == 1 {
+            return self.file(newest, false, entries);
+        }
+        let part = usize::try_from(newest.partition).unwrap_or(usize::MAX);
+        let key = format!(
+            "{}/{}.deltas",
+            Self::part_dir(&newest.operator, part),
+            newest.version
+        );
+        let size: usize = run.iter().map(|(_, e)| e.len() + 16).sum();
+        let mut payload = Vec::with_capacity(size + 136);
+        newest.encode(&mut payload);
+        (run.len() as u64).encode(&mut payload);
+        for (header, entries) in run {
+            header.version.encode(&mut payload);
+            (entries.len() as u64).encode(&mut payload);
+            payload.extend_from_slice(entries);
+        }
+        (key, frame(FileKind::Deltas, &payload))
+    }
+
     /// Writes state files; on a local directory they are durable after the next
     /// [`Storage::sync`].
     pub fn write_all(&self, files: Vec<(String, Vec<u8>)>, placement: Placement) -> Result<()> {
@@ -139,9 +208,10 @@ impl StateStore {
             .filter_map(|e| {
                 let (v, ext) = e.name.split_once('.')?;
                 let version: u64 = v.parse().ok()?;
-                let snapshot = match ext {
-                    "snapshot" => true,
-                    "delta" => false,
+                let (snapshot, grouped) = match ext {
+                    "snapshot" => (true, false),
+                    "delta" => (false, false),
+                    "deltas" => (false, true),
                     _ => return None,
                 };
                 let key = join(&dir, &e.name);
@@ -150,6 +220,7 @@ impl StateStore {
                     key,
                     version,
                     snapshot,
+                    grouped,
                     bytes: e.bytes,
                 })
             })
@@ -193,10 +264,10 @@ impl StateStore {
         let start = files.iter().rposition(|f| f.snapshot).unwrap_or(0);
         let mut out = Vec::new();
         for f in &files[start..] {
-            let kind = if f.snapshot {
-                FileKind::Snapshot
-            } else {
-                FileKind::Delta
+            let kind = match (f.snapshot, f.grouped) {
+                (true, _) => FileKind::Snapshot,
+                (false, false) => FileKind::Delta,
+                (false, true) => FileKind::Deltas,
             };
             let payload = read_framed(&*self.storage, &f.key, kind)?;
             let mut input = payload.as_slice();
@@ -224,10 +295,42 @@ impl StateStore {
                     ),
                 });
             }
-            out.push(Stored {
-                bytes: input.to_vec(),
-                versions: matched.versions(),
-            });
+            let versions = matched.versions();
+            if !f.grouped {
+                out.push(Stored {
+                    bytes: input.to_vec(),
+                    versions,
+                });
+                continue;
+            }
+            let bad = |e: CodecError| Error::Checkpoint {
+                path: f.path.clone(),
+                reason: e.to_string(),
+            };
+            let count = u64::decode(&mut input).map_err(bad)?;
+            for _ in 0..count {
+                let version = u64::decode(&mut input).map_err(bad)?;
+                if version > f.version {
+                    return Err(Error::Checkpoint {
+                        path: f.path.clone(),
+                        reason: format!("holds a delta of version {version}, after its own"),
+                    });
+                }
+                let len = u64::decode(&mut input).map_err(bad)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&n| n <= input.len())
+                    .ok_or_else(|| Error::Checkpoint {
+                        path: f.path.clone(),
+                        reason: format!("a delta of {len} bytes runs past the end of the file"),
+                    })?;
+                let (entries, rest) = input.split_at(len);
+                input = rest;
+                out.push(Stored {
+                    bytes: entries.to_vec(),
+                    versions: versions.clone(),
+                });
+            }
         }
         Ok(out)
     }

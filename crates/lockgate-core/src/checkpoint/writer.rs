@@ -1,8 +1,9 @@
 //! The checkpoint writer thread: makes each batch's state changes and its commit durable
 //! off the batch's critical path, in the protocol's order.
 //!
-//! Each round takes every job waiting, writes the state files they carry, and, when a
-//! sync is due (the sync interval passed, or a flush asked for it), runs sync rounds: a
+//! Each round takes every job waiting, writes the state files they carry (on an object
+//! store: holds them for the next commit, then writes one file per operator partition),
+//! and, when a sync is due (the sync interval passed, or a flush asked for it), runs sync rounds: a
 //! filesystem sync makes the state files and the previous commit durable (the sources
 //! are told and old files deleted), then the commit of the synced state is written. A
 //! flush waits until that commit is durable too. After a failure nothing more is
@@ -63,6 +64,8 @@ struct Progress {
     /// The newest commit written, not yet made durable by a sync.
     unsynced: Option<(u64, Time)>,
     last_sync: Instant,
+    /// State files held for the next commit (object stores).
+    held: Vec<(StateHeader, bool, Vec<u8>)>,
 }
 
 /// The jobs of one round.
@@ -91,11 +94,12 @@ impl WriterThread {
             written: None,
             unsynced: None,
             last_sync: Instant::now(),
+            held: Vec::new(),
         };
-        while let Some(round) = self.next_round(rx) {
+        while let Some(mut round) = self.next_round(rx) {
             if !p.failed {
                 let started = Instant::now();
-                let result = self.write(&mut p, &round);
+                let result = self.write(&mut p, &mut round);
                 self.metrics.checkpoint_written(
                     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
                 );
@@ -139,13 +143,21 @@ impl WriterThread {
         Some(round)
     }
 
-    /// Writes the round's state files, then syncs and commits if a sync is due.
-    fn write(&self, p: &mut Progress, round: &Round) -> Result<()> {
-        let files: Vec<_> = round
-            .files
-            .iter()
-            .map(|(header, full, bytes)| self.store.file(header, *full, bytes))
-            .collect();
+    /// Writes the round's state files, then syncs and commits if a sync is due. On an
+    /// object store the files wait for the commit that names them, and are written then
+    /// as one file per operator partition: every request costs there, and state files
+    /// are of use only once a commit names them.
+    fn write(&self, p: &mut Progress, round: &mut Round) -> Result<()> {
+        let hold = self.order.commit_after_sync && self.log.storage().local_dir().is_none();
+        p.held.append(&mut round.files);
+        if round.last.is_some() {
+            p.written = round.last;
+        }
+        let pending = p.written.is_some() || p.unsynced.is_some();
+        let due = !round.flushes.is_empty() || p.last_sync.elapsed() >= self.config.sync_interval;
+        if hold && !(pending && due) {
+            return Ok(());
+        }
         // State files are named by a commit only after a sync has made them durable,
         // unless the batch was committed before it ran.
         let placement = if self.order.atomic_state_files {
@@ -153,12 +165,9 @@ impl WriterThread {
         } else {
             file::Placement::Direct
         };
-        self.store.write_all(files, placement)?;
-        if round.last.is_some() {
-            p.written = round.last;
-        }
-        let pending = p.written.is_some() || p.unsynced.is_some();
-        let due = !round.flushes.is_empty() || p.last_sync.elapsed() >= self.config.sync_interval;
+        let held = std::mem::take(&mut p.held);
+        self.store
+            .write_all(self.store.files_of(&held, hold), placement)?;
         if pending && due {
             self.sync_and_commit(p, !round.flushes.is_empty())?;
         }

@@ -20,9 +20,6 @@ use crate::metrics::{BatchInfo, StreamingMetrics};
 use crate::protocol::{Planned as Job, Protocol};
 use crate::types::lock;
 
-/// How many batches a bounded run plans ahead (and logs with one sync).
-const PLAN_AHEAD: usize = 8;
-
 /// State shared by the generator, the runner and the context.
 pub(crate) struct Scheduler {
     pub graph: Arc<Graph>,
@@ -80,7 +77,7 @@ impl Scheduler {
         // are made durable (a filesystem sync, at times slow on a busy disk) while a
         // whole group is still queued. Streaming runs queue freely.
         let capacity = if self.bounded {
-            2 * PLAN_AHEAD
+            2 * self.protocol.plan_ahead()
         } else {
             1 << 20
         };
@@ -202,7 +199,11 @@ impl Scheduler {
                 continue;
             }
             // A bounded run plans several batches at once: one sync for all their plans.
-            let max = if self.bounded { PLAN_AHEAD } else { 1 };
+            let max = if self.bounded {
+                self.protocol.plan_ahead()
+            } else {
+                1
+            };
             match self.plan_group(t, max) {
                 Ok(jobs) => {
                     t = t.plus_ms(interval * jobs.len() as i64);

@@ -31,6 +31,12 @@ pub enum FileKind {
     Delta = 4,
     /// A state snapshot.
     Snapshot = 5,
+    /// `offsets/<first>-<last>`: the plans of consecutive batches, logged together (on an
+    /// object store, where every request costs).
+    Plans = 6,
+    /// Consecutive state deltas of one operator partition, written together (on an
+    /// object store).
+    Deltas = 7,
 }
 
 impl FileKind {
@@ -41,6 +47,8 @@ impl FileKind {
             FileKind::Commit => "commit",
             FileKind::Delta => "state delta",
             FileKind::Snapshot => "state snapshot",
+            FileKind::Plans => "group of batch plans",
+            FileKind::Deltas => "group of state deltas",
         }
     }
 }

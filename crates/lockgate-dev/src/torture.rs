@@ -88,28 +88,35 @@ pub struct TortureOpts {
     /// standby's first commit).
     #[arg(long, requires = "checkpoint_url")]
     standby: bool,
+    /// The lease timeout of the jobs on an object store (`--lease-timeout`): every
+    /// restart after a kill waits this long for the killed owner's lease to expire, so
+    /// it is short by default (the jobs' own default is 10 s).
+    #[arg(long, default_value = "1s", value_parser = lockgate_core::parse_duration, requires = "checkpoint_url")]
+    lease_timeout: Duration,
 }
-
-/// The lease timeout of tortured jobs on an object store: every restart after a kill
-/// waits this long for the killed owner's lease to expire.
-const TORTURE_LEASE: Duration = Duration::from_millis(1000);
 
 /// Where a tortured job checkpoints: a directory of the work directory, or the same
 /// name under an object store's prefix.
 pub(crate) struct Checkpoints {
     /// The object store, when the checkpoints are there (`URL/<run>/<name>`).
     remote: Option<(ToolStore, String)>,
+    /// The jobs' lease timeout there.
+    lease_timeout: Duration,
 }
 
 impl Checkpoints {
     fn new(opts: &TortureOpts, run: &str) -> Result<Self> {
         let Some(url) = &opts.checkpoint_url else {
-            return Ok(Checkpoints { remote: None });
+            return Ok(Checkpoints {
+                remote: None,
+                lease_timeout: opts.lease_timeout,
+            });
         };
         let store = ToolStore::new(url, &opts.checkpoint_option).map_err(anyhow::Error::msg)?;
         let base = format!("{}/{run}", store.url);
         Ok(Checkpoints {
             remote: Some((store, base)),
+            lease_timeout: opts.lease_timeout,
         })
     }
 
@@ -130,9 +137,8 @@ impl Checkpoints {
     fn apply(&self, c: &mut Command, cp: &Path) {
         c.arg("--checkpoint").arg(self.location(cp));
         if let Some((store, _)) = &self.remote {
-            // A restart after a kill waits the dead owner's lease out: keep it short.
             c.arg("--lease-timeout")
-                .arg(format!("{}ms", TORTURE_LEASE.as_millis()));
+                .arg(format!("{}ms", self.lease_timeout.as_millis()));
             store.apply(c);
         }
     }
@@ -486,8 +492,9 @@ pub fn run(opts: &TortureOpts) -> Result<()> {
     }
     let input = dir.join("input");
     // Enough batches that every restart makes some progress before the next kill.
-    // (Failover kills by commits, which trail the batches run: more input.)
-    let files = u64::from(opts.kills.max(1)) * if opts.standby { 100 } else { 15 };
+    // (Failover kills by commits, which trail the batches run by up to a commit interval,
+    // tens of batches in a release build: more input.)
+    let files = u64::from(opts.kills.max(1)) * if opts.standby { 250 } else { 15 };
     generate_logs(&input, files * 60, files, seed)?;
     // The Kafka pipeline reads the same lines from a topic: file i to partition i % 2.
     let broker = match opts.pipeline {

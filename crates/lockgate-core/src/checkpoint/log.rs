@@ -191,6 +191,22 @@ impl PlanFile {
     }
 }
 
+/// `e` for the first of `ids`; for the others, the same reason as a checkpoint error
+/// naming `path` (errors are not `Clone`; recovery stops at the first anyway).
+fn spread(ids: &[u64], e: Error, path: impl Fn(u64) -> PathBuf) -> Vec<(u64, Result<Plan>)> {
+    let reason = e.to_string();
+    let mut first = Some(e);
+    ids.iter()
+        .map(|&id| {
+            let e = first.take().unwrap_or_else(|| Error::Checkpoint {
+                path: path(id),
+                reason: reason.clone(),
+            });
+            (id, Err(e))
+        })
+        .collect()
+}
+
 /// Reads and checks a framed file of `kind` at `key`.
 pub fn read_framed(storage: &dyn Storage, key: &str, kind: FileKind) -> Result<Vec<u8>> {
     let path = storage.name_of(key);
@@ -333,18 +349,12 @@ impl CheckpointLog {
     /// Reads the plans of `ids` at once (concurrently on an object store), each with
     /// its own result.
     pub fn read_plans(&self, ids: &[u64]) -> BTreeMap<u64, Result<Plan>> {
+        let mut out = BTreeMap::new();
         let files = match self.plan_files() {
             Ok(files) => files,
             Err(e) => {
-                let reason = e.to_string();
-                return ids
-                    .iter()
-                    .map(|&id| {
-                        let path = self.plan_path(id);
-                        let reason = reason.clone();
-                        (id, Err(Error::Checkpoint { path, reason }))
-                    })
-                    .collect();
+                out.extend(spread(ids, e, |id| self.plan_path(id)));
+                return out;
             }
         };
         // The files holding `ids`, each read once.
@@ -354,32 +364,28 @@ impl CheckpointLog {
             .collect();
         let keys: Vec<String> = wanted.iter().map(|f| f.key.clone()).collect();
         let got = self.storage.get_many(&keys);
-        let mut read: Vec<(&PlanFile, Result<Vec<Plan>>)> = Vec::with_capacity(wanted.len());
         for (file, bytes) in wanted.into_iter().zip(got) {
+            let held: Vec<u64> = ids.iter().copied().filter(|&id| file.holds(id)).collect();
             let path = self.storage.name_of(&file.key);
             let plans = bytes.and_then(|b| {
                 let b = b.ok_or_else(|| self.missing(&file.key))?;
                 file.decode(&path, &b)
             });
-            read.push((file, plans));
+            match plans {
+                Ok(plans) => out.extend(
+                    plans
+                        .into_iter()
+                        .filter(|p| held.contains(&p.batch_id))
+                        .map(|p| (p.batch_id, Ok(p))),
+                ),
+                Err(e) => out.extend(spread(&held, e, |_| path.clone())),
+            }
         }
-        ids.iter()
-            .map(|&id| {
-                let plan = match read.iter().find(|(f, _)| f.holds(id)) {
-                    None => Err(self.missing(&Self::plan_key(id))),
-                    Some((_, Ok(plans))) => plans
-                        .iter()
-                        .find(|p| p.batch_id == id)
-                        .cloned()
-                        .ok_or_else(|| self.missing(&Self::plan_key(id))),
-                    Some((f, Err(e))) => Err(Error::Checkpoint {
-                        path: self.storage.name_of(&f.key),
-                        reason: e.to_string(),
-                    }),
-                };
-                (id, plan)
-            })
-            .collect()
+        for &id in ids {
+            out.entry(id)
+                .or_insert_with(|| Err(self.missing(&Self::plan_key(id))));
+        }
+        out
     }
 
     /// Logs a commit durably.

@@ -3,11 +3,11 @@
 //!
 //! Each round takes every job waiting, writes the state files they carry (on an object
 //! store: holds them for the next commit, then writes one file per operator partition),
-//! and, when a sync is due (the sync interval passed, or a flush asked for it), runs sync rounds: a
-//! filesystem sync makes the state files and the previous commit durable (the sources
-//! are told and old files deleted), then the commit of the synced state is written. A
-//! flush waits until that commit is durable too. After a failure nothing more is
-//! committed: a later commit must never stand on missing state.
+//! and, when a sync is due (the sync interval passed, or a flush asked for it), runs
+//! sync rounds: a filesystem sync makes the state files and the previous commit durable
+//! (the sources are told and old files deleted), then the commit of the synced state is
+//! written. A flush waits until that commit is durable too. After a failure nothing
+//! more is committed: a later commit must never stand on missing state.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};

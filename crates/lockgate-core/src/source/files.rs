@@ -176,16 +176,23 @@ type Contents = Vec<(Arc<Vec<u8>>, u64, Scan)>;
 struct ReadAhead {
     /// Requests to the reader thread (started at the first read-ahead).
     requests: Option<std::sync::mpsc::Sender<ReadAheadJob>>,
-    /// The batch being read ahead, its stop flag, and where its reads come back.
+    /// The batch being read ahead, its stop flag, where its reads come back, and its
+    /// files beyond the first [`OPEN_AT_ONCE`] (opened when their batch reads them).
     pending: Option<(
         Time,
         Arc<AtomicBool>,
         std::sync::mpsc::Receiver<Vec<Opened>>,
+        Vec<PlannedFile>,
     )>,
 }
 
 /// A file of a batch, opened (and perhaps partly read) or failed.
 type Opened = std::result::Result<FileRead, ReadError>;
+
+/// How many files of a batch are opened before they are read (and read ahead); the
+/// others are opened as the workers come to them, so that a batch of thousands of files
+/// (a backlog after downtime) holds a few descriptors at a time, not one per file.
+const OPEN_AT_ONCE: usize = 16;
 
 /// Files to read ahead, the flag that stops it, where to send them.
 type ReadAheadJob = (
@@ -243,6 +250,14 @@ impl FileInput {
         Ok(())
     }
 
+    /// Opens the first [`OPEN_AT_ONCE`] of a batch's files; the others are returned to
+    /// be opened when they are read.
+    fn open_batch(&self, files: &[PlannedFile]) -> (Vec<Opened>, Vec<PlannedFile>) {
+        let now = files.len().min(OPEN_AT_ONCE);
+        let opened = files[..now].iter().map(|f| self.open(f)).collect();
+        (opened, files[now..].to_vec())
+    }
+
     /// Opens a planned file into a buffer no chunk holds any more (else a new one).
     fn open(&self, file: &PlannedFile) -> Opened {
         let buf = {
@@ -263,10 +278,22 @@ impl FileInput {
     /// at all (no permission, gone, not a regular file) is skipped, counted and logged
     /// by name. A file that changed since it was planned or while it was read is
     /// reported by name and counted.
-    fn finish_reads(&self, t: Time, reads: Vec<Opened>) -> Result<Contents> {
+    /// Files in `later` are opened here, each just before it is read.
+    fn finish_reads(
+        &self,
+        t: Time,
+        reads: Vec<Opened>,
+        later: Vec<PlannedFile>,
+    ) -> Result<Contents> {
+        let reads: Vec<Result<Opened, PlannedFile>> = reads
+            .into_iter()
+            .map(Ok)
+            .chain(later.into_iter().map(Err))
+            .collect();
         reads
             .into_par_iter()
             .map(|r| {
+                let r = r.unwrap_or_else(|file| self.open(&file));
                 let read = match r.and_then(FileRead::finish) {
                     Ok(c) => Ok(c),
                     Err((path, e)) if is_passing(&e) => self.read_again(t, &path, e),
@@ -487,11 +514,11 @@ impl FileInput {
     /// decoded lines): lines with invalid UTF-8 are counted, long lines cut and
     /// counted. (Lines decoded one by one apply it as they are decoded.)
     fn read_chunks(&self, t: Time, policy: bool) -> Result<(Vec<TextChunk>, u64)> {
-        let reads = self.take_read_ahead(t).unwrap_or_else(|| {
+        let (reads, later) = self.take_read_ahead(t).unwrap_or_else(|| {
             let files = lock(&self.planned).get(&t).cloned().unwrap_or_default();
-            files.iter().map(|f| self.open(f)).collect()
+            self.open_batch(&files)
         });
-        let finished = self.finish_reads(t, reads);
+        let finished = self.finish_reads(t, reads, later);
         self.read_ahead_after(t);
         let mut contents = finished?;
         if policy {
@@ -531,11 +558,12 @@ impl FileInput {
 
     /// The files of batch `t` if they are being read ahead: the read-ahead stops at
     /// the end of its current piece and hands them over.
-    fn take_read_ahead(&self, t: Time) -> Option<Vec<Opened>> {
-        let (at, stop, rx) = lock(&self.read_ahead).pending.take()?;
+    fn take_read_ahead(&self, t: Time) -> Option<(Vec<Opened>, Vec<PlannedFile>)> {
+        let (at, stop, rx, later) = lock(&self.read_ahead).pending.take()?;
         stop.store(true, Ordering::Release);
         // Read ahead for another batch (a batch failed and is re-run): not used.
-        rx.recv().ok().filter(|_| at == t)
+        let reads = rx.recv().ok().filter(|_| at == t)?;
+        Some((reads, later))
     }
 
     /// Starts reading the files of the first batch planned after `t`, if any.
@@ -562,12 +590,12 @@ impl FileInput {
             }
             ra.requests = Some(tx);
         }
-        let reads = files.iter().map(|f| self.open(f)).collect();
+        let (reads, later) = self.open_batch(&files);
         let stop = Arc::new(AtomicBool::new(false));
         let (reply, rx) = std::sync::mpsc::channel();
         if let Some(requests) = &ra.requests {
             if requests.send((reads, stop.clone(), reply)).is_ok() {
-                ra.pending = Some((at, stop, rx));
+                ra.pending = Some((at, stop, rx, later));
             }
         }
     }

@@ -296,7 +296,7 @@ impl Protocol {
         let remote = self
             .checkpointer
             .as_ref()
-            .is_some_and(|cp| cp.config.location.local_dir().is_none());
+            .is_some_and(|cp| cp.config.location.groups_writes());
         if remote {
             32
         } else {

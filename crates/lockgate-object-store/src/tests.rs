@@ -42,12 +42,21 @@ fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// A storage on a fresh in-memory store whose lease this process holds.
+fn owned() -> (
+    Arc<ObjectStorage>,
+    Box<dyn lockgate_core::storage::Ownership>,
+) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Arc::new(storage(&store, "a", 2_000));
+    let hold = a.take_ownership(Takeover::Refuse).unwrap();
+    (a, hold)
+}
+
 #[test]
 fn plans_logged_together_are_one_object_read_deleted_and_retired_as_a_group() {
     use lockgate_core::checkpoint::log::{CheckpointLog, Plan, SourcePlan};
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = Arc::new(storage(&store, "a", 2_000));
-    let _hold = a.take_ownership(Takeover::Refuse).unwrap();
+    let (a, _hold) = owned();
     let log = CheckpointLog::new(a.clone());
     let plan = |id: u64| Plan {
         batch_id: id,
@@ -104,9 +113,7 @@ fn plans_logged_together_are_one_object_read_deleted_and_retired_as_a_group() {
 #[test]
 fn deltas_written_together_are_one_object_per_partition_and_load_in_order() {
     use lockgate_core::checkpoint::store::{StateHeader, StateStore, CODEC};
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = Arc::new(storage(&store, "a", 2_000));
-    let _hold = a.take_ownership(Takeover::Refuse).unwrap();
+    let (a, _hold) = owned();
     let state = StateStore::new(a.clone());
     let header = |partition: u64, version: u64| StateHeader {
         operator: "counts".into(),

@@ -285,7 +285,7 @@ impl CheckpointLog {
     /// object for consecutive batches on an object store).
     pub fn write_plans(&self, plans: &[Plan]) -> Result<()> {
         let consecutive = plans.windows(2).all(|w| w[1].batch_id == w[0].batch_id + 1);
-        if plans.len() > 1 && consecutive && self.storage.local_dir().is_none() {
+        if plans.len() > 1 && consecutive && self.storage.groups_writes() {
             let key = format!(
                 "offsets/{}-{}",
                 plans[0].batch_id,

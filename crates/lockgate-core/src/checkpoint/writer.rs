@@ -148,7 +148,7 @@ impl WriterThread {
     /// as one file per operator partition: every request costs there, and state files
     /// are of use only once a commit names them.
     fn write(&self, p: &mut Progress, round: &mut Round) -> Result<()> {
-        let hold = self.order.commit_after_sync && self.log.storage().local_dir().is_none();
+        let hold = self.order.commit_after_sync && self.log.storage().groups_writes();
         p.held.append(&mut round.files);
         if round.last.is_some() {
             p.written = round.last;

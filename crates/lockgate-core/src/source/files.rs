@@ -285,6 +285,7 @@ impl FileInput {
         reads: Vec<Opened>,
         later: Vec<PlannedFile>,
     ) -> Result<Contents> {
+        // Ok: opened (perhaps read ahead); Err: still to open.
         let reads: Vec<Result<Opened, PlannedFile>> = reads
             .into_iter()
             .map(Ok)

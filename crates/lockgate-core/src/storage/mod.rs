@@ -71,6 +71,14 @@ pub trait Storage: Send + Sync + Debug {
         None
     }
 
+    /// Whether fewer, larger files are written here: where every request costs and
+    /// takes milliseconds (an object store), plans logged together go into one file and
+    /// a commit's state changes into one file per operator partition. Everywhere but a
+    /// local directory.
+    fn groups_writes(&self) -> bool {
+        self.local_dir().is_none()
+    }
+
     /// A path-like name of `key` for messages.
     fn name_of(&self, key: &str) -> PathBuf {
         PathBuf::from(format!("{}/{key}", self.location().trim_end_matches('/')))

@@ -275,10 +275,11 @@ pub struct RunOpts {
     /// Delivery guarantee with --checkpoint.
     #[arg(long, value_enum, default_value = "exactly-once")]
     delivery: Delivery,
-    /// Files modified less than DURATION ago are left for a later batch (for writers
-    /// that write files in place instead of renaming them in whole), e.g. 5s.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    file_min_age: Option<Duration>,
+    /// A file is taken once it has been still (same size and modification time) for
+    /// DURATION, so that a file written in place is not read half-written; raise it
+    /// above your writers' longest pause, or set 0 when they rename files in whole.
+    #[arg(long, default_value = "1s", value_parser = parse_age, value_name = "DURATION")]
+    file_min_age: Duration,
     /// How long a source retries, with back-off, what may pass (a broker that does not
     /// answer, too many open files) before the job fails with the error.
     #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
@@ -619,7 +620,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
             Delivery::AtMostOnce => lockgate_core::DeliveryMode::AtMostOnce,
         },
         event_time: opts.event_time,
-        file_min_age: opts.file_min_age.unwrap_or(Duration::ZERO),
+        file_min_age: opts.file_min_age,
         source_retry_timeout: opts.source_retry_timeout,
         sink_retry_timeout: opts.sink_retry_timeout,
     })
@@ -656,6 +657,15 @@ fn open_location(
         .map_err(|e| anyhow::anyhow!("--checkpoint {location}: {e}"))
 }
 
+/// A duration that may be zero (`0`, `0s`): what `--file-min-age` takes.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let zero = text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !zero.is_empty() && zero.trim().chars().all(|c| c == '0' || c == '.') {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// True when no input is given: the demo's generated logs.
 fn is_demo(opts: &RunOpts) -> bool {
     opts.socket.is_none() && opts.input.is_none() && opts.kafka_brokers.is_none()
@@ -665,13 +675,14 @@ fn is_demo(opts: &RunOpts) -> bool {
 /// replaced, 1 cut at 1 MiB)`, or nothing when it did nothing.
 fn input_notes(metrics: &lockgate_core::StreamingMetrics) -> String {
     use lockgate_core::SourceCounters;
-    let (mut invalid, mut cut, mut unreadable, mut changed) = (0, 0, 0, 0);
+    let (mut invalid, mut cut, mut unreadable, mut changed, mut skipped) = (0, 0, 0, 0, 0);
     for name in metrics.source_names() {
         let c = metrics.source(&name);
         invalid += SourceCounters::get(&c.invalid_utf8_lines);
         cut += SourceCounters::get(&c.truncated_lines);
         unreadable += SourceCounters::get(&c.unreadable_files);
         changed += SourceCounters::get(&c.changed_files);
+        skipped += SourceCounters::get(&c.skipped_entries);
     }
     let max = lockgate_core::source::DEFAULT_MAX_LINE_BYTES;
     let mut notes = Vec::new();
@@ -684,9 +695,14 @@ fn input_notes(metrics: &lockgate_core::StreamingMetrics) -> String {
     if unreadable > 0 {
         notes.push(format!("{unreadable} unreadable file(s) skipped"));
     }
+    if skipped > 0 {
+        notes.push(format!(
+            "{skipped} directory entr(ies) not regular files skipped: see the warnings"
+        ));
+    }
     if changed > 0 {
         notes.push(format!(
-            "{changed} file(s) changed while planned or read: see the warnings"
+            "{changed} file(s) changed after they were planned, not read whole: see the warnings"
         ));
     }
     if notes.is_empty() {

@@ -87,6 +87,10 @@ pub struct SourceCounters {
     /// Files that changed after they were planned or while they were read (written in
     /// place instead of renamed in whole; reported by name in the log).
     pub changed_files: AtomicU64,
+    /// Entries of a file source's directory that are not regular files and are not
+    /// read: directories, dangling or looping symlinks, FIFOs, sockets, devices
+    /// (each reported once by name in the log).
+    pub skipped_entries: AtomicU64,
     /// Records lost because their offsets had expired from a log (Kafka retention)
     /// before they were read, skipped under `OnExpiredOffsets::Earliest`.
     pub lost_records: AtomicU64,

@@ -19,6 +19,15 @@ use lockgate_core::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Options for files written the way the docs ask ([`put`]): taken as soon as they
+/// appear (no minimum age to wait for a writer to finish).
+fn renamed_in() -> FileStreamOptions {
+    FileStreamOptions {
+        min_age: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
 /// Writes a file the way the docs ask: to a hidden name, then renamed into place.
 fn put(dir: &Path, name: &str, content: &[u8]) {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -39,7 +48,7 @@ fn text_file_stream_takes_new_files_each_batch() {
     let dir = tempfile::tempdir().unwrap();
     put(dir.path(), "old.txt", b"old\n");
     let run = ManualRun::new(2).unwrap();
-    let out = collect_output(&run.ctx.text_file_stream(dir.path()));
+    let out = collect_output(&run.ctx.text_file_stream_with(dir.path(), renamed_in()));
     run.ctx.start().unwrap();
     put(dir.path(), "a.txt", b"a1\na2\n");
     put(dir.path(), "_ignored", b"x\n");
@@ -68,7 +77,7 @@ fn bad_input_is_replaced_cut_and_counted_not_fatal() {
     let run = ManualRun::new(1).unwrap();
     let opts = FileStreamOptions {
         max_line_bytes: 8,
-        ..Default::default()
+        ..renamed_in()
     };
     let out = collect_output(&run.ctx.text_file_stream_with(dir.path(), opts));
     run.ctx.start().unwrap();
@@ -99,7 +108,7 @@ fn an_unreadable_file_is_reported_and_skipped() {
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (entered_tx, entered_rx) = mpsc::channel::<()>();
     let channels = Mutex::new((release_rx, entered_tx));
-    let lines = run.ctx.text_file_stream(dir.path());
+    let lines = run.ctx.text_file_stream_with(dir.path(), renamed_in());
     let out = collect_output(&lines);
     lines.foreach_batch(move |_, b| {
         if b.id == 0 {

@@ -125,7 +125,8 @@ pub struct JobConfig {
     /// log-errors: count per event-time window (the timestamp at the start of each
     /// line) instead of per processing-time window.
     pub event_time: bool,
-    /// Files modified less than this long ago wait for a later batch.
+    /// A file is taken once it has been still this long (see
+    /// [`FileStreamOptions::min_age`](lockgate_core::FileStreamOptions::min_age)).
     pub file_min_age: Duration,
     /// How long a source retries passing read errors before the job fails.
     pub source_retry_timeout: Duration,
@@ -176,7 +177,7 @@ impl JobConfig {
             backpressure: false,
             delivery: DeliveryMode::ExactlyOnce,
             event_time: false,
-            file_min_age: Duration::ZERO,
+            file_min_age: lockgate_core::source::files::DEFAULT_MIN_AGE,
             source_retry_timeout: Duration::from_secs(120),
             sink_retry_timeout: Duration::from_secs(120),
         }

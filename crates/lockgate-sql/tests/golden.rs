@@ -211,6 +211,8 @@ fn build(
                 FileStreamOptions {
                     max_files_per_batch: Some(1),
                     new_files_only: false,
+                    // Written whole before the run: no writer to wait for.
+                    min_age: std::time::Duration::ZERO,
                     ..FileStreamOptions::default()
                 },
             );

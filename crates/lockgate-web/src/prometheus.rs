@@ -305,6 +305,14 @@ pub(crate) fn render(ctx: &StreamingContext) -> String {
     );
     counter(
         &mut out,
+        "lockgate_source_skipped_entries_total",
+        "Directory entries a file source does not read: directories, dangling or \
+         looping symlinks, FIFOs, sockets, devices.",
+        "counter",
+        &per_source(|c| SourceCounters::get(&c.skipped_entries)),
+    );
+    counter(
+        &mut out,
         "lockgate_source_lost_records_total",
         "Records skipped because their offsets expired before they were read.",
         "counter",

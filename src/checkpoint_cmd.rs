@@ -2,16 +2,20 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use lockgate_core::checkpoint::assess::assess;
 use lockgate_core::checkpoint::log::CheckpointLog;
 use lockgate_core::checkpoint::store::StateStore;
 
+use crate::term::outln;
 use crate::{job_config, JobName, RunOpts};
 
 /// Checkpoint commands.
 #[derive(Subcommand)]
 pub enum CheckpointCmd {
-    /// Show batches planned and committed, their input descriptors, and the operators
-    /// with state (files and bytes per partition).
+    /// Show batches planned and committed, their input descriptors, the operators with
+    /// state (files and bytes per partition), and what `run` would do on it: the batch it
+    /// would resume after and the batches it would re-run, or why it would refuse to
+    /// start (then the exit status is 1, with the advice `run` would give).
     Inspect {
         /// The checkpoint: a directory or an object store's URL (s3://BUCKET/PREFIX).
         dir: String,
@@ -53,12 +57,12 @@ pub fn run(cmd: CheckpointCmd) -> Result<()> {
             let cfg = job_config(&opts)?;
             let ctx = cfg.build(job.into())?;
             let report = ctx.check_upgrade(location)?;
-            print!("{report}");
+            outln!("{}", report.to_string().trim_end());
             if report.is_compatible() {
-                println!("all operator state is kept");
+                outln!("all operator state is kept");
                 Ok(())
             } else {
-                println!("some operator state would not be kept (see above)");
+                outln!("some operator state would not be kept (see above)");
                 std::process::exit(2);
             }
         }
@@ -72,23 +76,29 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
     let meta = log
         .read_metadata()?
         .with_context(|| format!("{dir} holds no checkpoint (no metadata file)"))?;
-    println!("checkpoint {dir}");
-    println!("  application   {}", meta.app_name);
-    println!(
+    outln!("checkpoint {dir}");
+    outln!("  application   {}", meta.app_name);
+    outln!(
         "  batch interval {} ms, zero time {} ms, first batch id {}",
-        meta.interval_ms, meta.zero_ms, meta.base_id
+        meta.interval_ms,
+        meta.zero_ms,
+        meta.base_id
     );
     for (k, v) in &meta.config {
-        println!("  {k:<14} {}", lockgate_core::redact(k, v));
+        outln!("  {k:<14} {}", lockgate_core::redact(k, v));
     }
     let commits = log.commit_ids()?;
     let plans = log.plan_ids()?;
+    let assessment = assess(storage.clone())?
+        .with_context(|| format!("{dir} holds no checkpoint (no metadata file)"))?;
     // Commits may be grouped: a commit covers every batch up to it.
-    let last_commit = commits.last().copied();
-    println!(
-        "batches: {} planned ({}), committed through {}",
+    let last_commit = assessment.start_after;
+    outln!(
+        "batches: {} planned ({}), {} commit file(s) ({}), committed through {}",
         plans.len(),
         range(&plans),
+        commits.len(),
+        range(&commits),
         last_commit.map_or_else(|| "none".to_string(), |c| format!("batch {c}"))
     );
     let mut unreadable = Vec::new();
@@ -100,13 +110,13 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
                 } else {
                     "PENDING (re-run on restart)"
                 };
-                println!("  batch {id} at {} ms: {state}", p.batch_time_ms);
+                outln!("  batch {id} at {} ms: {state}", p.batch_time_ms);
                 for s in &p.sources {
-                    println!("    {}: {} records; {}", s.source, s.records, s.description);
+                    outln!("    {}: {} records; {}", s.source, s.records, s.description);
                 }
             }
             Err(e) => {
-                println!("  batch {id}: UNREADABLE: {e}");
+                outln!("  batch {id}: UNREADABLE: {e}");
                 unreadable.push(match e {
                     lockgate_core::Error::Checkpoint { path, .. } => path.clone(),
                     _ => log.plan_path(*id),
@@ -115,9 +125,9 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
         }
     }
     let store = StateStore::new(storage);
-    println!("operators with state:");
+    outln!("operators with state:");
     for (name, ty, parts) in &meta.operators {
-        println!("  {name} ({ty}), {parts} partition(s)");
+        outln!("  {name} ({ty}), {parts} partition(s)");
         for p in 0..usize::try_from(*parts).unwrap_or(0) {
             let files = store.files(name, p)?;
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
@@ -125,12 +135,43 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
                 .iter()
                 .map(|f| format!("{}{}", f.version, if f.snapshot { "s" } else { "d" }))
                 .collect();
-            println!(
+            outln!(
                 "    partition {p}: {} files, {bytes} bytes [{}]",
                 files.len(),
                 versions.join(" ")
             );
         }
+    }
+    outln!("run would:");
+    const SHOWN: usize = 3;
+    for (id, e) in assessment.passed_over.iter().take(SHOWN) {
+        outln!("  pass over the commit of batch {id}: {e}");
+    }
+    if assessment.passed_over.len() > SHOWN {
+        outln!(
+            "  pass over {} older commit(s) as well",
+            assessment.passed_over.len() - SHOWN
+        );
+    }
+    if let Some(refusal) = assessment.refusal {
+        outln!("  REFUSE to start");
+        bail!("`run` would refuse this checkpoint: {refusal}");
+    }
+    match assessment.start_after {
+        Some(c) => outln!("  resume after batch {c}"),
+        None => outln!("  start before every logged plan"),
+    }
+    if !assessment.dropped.is_empty() {
+        outln!(
+            "  drop the plans after a gap ({}): their input is planned again",
+            range(&assessment.dropped)
+        );
+    }
+    if !assessment.replays.is_empty() {
+        outln!(
+            "  re-run batches {} from their logged plans",
+            range(&assessment.replays)
+        );
     }
     unreadable.dedup(); // a group of plans is one file
     if !unreadable.is_empty() {

@@ -5,12 +5,14 @@
 
 mod checkpoint_cmd;
 mod progress;
+mod term;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use term::say;
 
 use lockgate_core::parse_duration;
 use lockgate_core::source::direct::{
@@ -134,6 +136,30 @@ enum OnExpiredArg {
     Earliest,
 }
 
+/// `--state-upgrade`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StateUpgradeArg {
+    /// Refuse to start.
+    Fail,
+    /// New operators and operators whose state types changed start empty.
+    StartEmpty,
+    /// State of operators no longer in the job is deleted.
+    DropOld,
+    /// Both.
+    StartEmptyAndDropOld,
+}
+
+impl From<StateUpgradeArg> for lockgate_core::StateUpgrade {
+    fn from(a: StateUpgradeArg) -> Self {
+        match a {
+            StateUpgradeArg::Fail => Self::Fail,
+            StateUpgradeArg::StartEmpty => Self::StartEmpty,
+            StateUpgradeArg::DropOld => Self::DropOld,
+            StateUpgradeArg::StartEmptyAndDropOld => Self::StartEmptyAndDropOld,
+        }
+    }
+}
+
 /// Flags shared by `run` and `checkpoint check-upgrade`.
 #[derive(Args)]
 pub struct RunOpts {
@@ -193,6 +219,12 @@ pub struct RunOpts {
     /// Also write each output stream as JSON lines under DIR/<stream>/batch=<id>/.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
+    /// What a restart does with checkpointed operator state the job no longer matches
+    /// (after an upgrade): fail (default), start-empty (new or changed operators start
+    /// with no state), drop-old (state of operators gone from the job is deleted), or
+    /// start-empty-and-drop-old. `checkpoint check-upgrade` shows what each would do.
+    #[arg(long, value_enum, default_value = "fail")]
+    state_upgrade: StateUpgradeArg,
     /// Batch interval, e.g. 10s or 500ms (default 10s; 1s for the demo).
     #[arg(long, value_parser = parse_duration)]
     batch_interval: Option<Duration>,
@@ -372,7 +404,7 @@ fn main() {
         .log_internal_errors(false)
         .init();
     if let Err(e) = real_main(Cli::parse()) {
-        eprintln!("error: {}", error_chain(&e));
+        say!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
 }
@@ -408,7 +440,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 },
         } => {
             let paths = jobs::sample::generate_logs(&outdir, lines, files, seed)?;
-            eprintln!(
+            say!(
                 "wrote {lines} lines in {} files to {}",
                 paths.len(),
                 outdir.display()
@@ -459,13 +491,13 @@ fn start_demo_feeder(ctx: &lockgate_core::StreamingContext) -> Result<std::threa
                 let tmp = stream.join(format!(".logs-{i:05}.tmp"));
                 let to = stream.join(format!("logs-{i:05}.log"));
                 if let Err(e) = std::fs::copy(from, &tmp).and_then(|_| std::fs::rename(&tmp, &to)) {
-                    eprintln!("demo: cannot add {}: {e}", to.display());
+                    say!("demo: cannot add {}: {e}", to.display());
                     break;
                 }
                 std::thread::sleep(interval);
             }
             if !ctx.is_stopping() {
-                eprintln!("demo: all {DEMO_FILES} files fed; stopping gracefully");
+                say!("demo: all {DEMO_FILES} files fed; stopping gracefully");
                 ctx.request_stop(true);
             }
         })
@@ -480,7 +512,7 @@ fn demo_input() -> Result<PathBuf> {
         .unwrap_or(false);
     if !has_files {
         jobs::sample::generate_logs(&dir, 100_000, 10, 42)?;
-        eprintln!("generated sample logs in {}", dir.display());
+        say!("generated sample logs in {}", dir.display());
     }
     Ok(dir)
 }
@@ -621,6 +653,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         },
         event_time: opts.event_time,
         file_min_age: opts.file_min_age,
+        state_upgrade: opts.state_upgrade.into(),
         source_retry_timeout: opts.source_retry_timeout,
         sink_retry_timeout: opts.sink_retry_timeout,
     })
@@ -659,7 +692,9 @@ fn open_location(
 
 /// A duration that may be zero (`0`, `0s`): what `--file-min-age` takes.
 fn parse_age(text: &str) -> Result<Duration, String> {
-    let zero = text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let zero = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
     if !zero.is_empty() && zero.trim().chars().all(|c| c == '0' || c == '.') {
         return Ok(Duration::ZERO);
     }
@@ -740,7 +775,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         // Both windows see the same lines: report the first one's counts.
         let c = ctx.metrics().event_time(jobs::EVENT_WINDOWS[0].0);
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
+        say!(
             "{app}: ERROR lines skipped: {} late (behind the watermark), {} without a \
              readable timestamp",
             get(&c.late_records),
@@ -748,7 +783,7 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
         );
     }
     if let Some(out) = &cfg.output {
-        eprintln!("output written under {}", out.display());
+        say!("output written under {}", out.display());
     }
     Ok(())
 }
@@ -813,11 +848,11 @@ fn run_sql(opts: SqlOpts) -> Result<()> {
     if let Some(skipped) = &info.skipped {
         let n = skipped.load(std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
-            eprintln!("{app}: {n} value(s) did not decode with --format/--schema and were skipped");
+            say!("{app}: {n} value(s) did not decode with --format/--schema and were skipped");
         }
     }
     if let Some(out) = &cfg.output {
-        eprintln!("output written under {}", out.join(&job.name).display());
+        say!("output written under {}", out.join(&job.name).display());
     }
     Ok(())
 }
@@ -840,10 +875,10 @@ fn start_ui(ctx: &lockgate_core::StreamingContext, no_ui: bool, host: std::net::
     };
     match lockgate_web::UiServer::start(ctx, &cfg) {
         Ok(server) => {
-            eprintln!("streaming UI and API at {}", server.url());
+            say!("streaming UI and API at {}", server.url());
             *ui = Some(server);
         }
-        Err(e) => eprintln!("warning: no UI: {e}"),
+        Err(e) => say!("warning: no UI: {e}"),
     }
 }
 
@@ -858,7 +893,7 @@ fn run_context(
     // Started before recovery with a checkpoint (a standby shows itself while it waits).
     start_ui(ctx, opts.no_ui, opts.ui_host, opts.ui_port);
     let feeder = if demo && !cfg.once {
-        eprintln!(
+        say!(
             "demo: streaming sample logs for about {} s, one file every {:?} (Ctrl-C stops \
              it sooner; `--once` runs them as one bounded run)",
             DEMO_FILES as u64 * cfg.batch_interval.as_secs().max(1),
@@ -871,7 +906,7 @@ fn run_context(
     let started = Instant::now();
     if let Err(e) = ctx.start() {
         if ctx.is_stopping() {
-            eprintln!("{app}: stopped before it started");
+            say!("{app}: stopped before it started");
             return Ok(());
         }
         return Err(e).with_context(|| format!("starting the {app} job"));
@@ -895,7 +930,7 @@ fn run_context(
         Some(n) => format!("; stopped gracefully, {n} planned batch(es) drained"),
         None => String::new(),
     };
-    eprintln!(
+    say!(
         "{app}: {} batches, {} input records{} in {secs:.2} s{stopped}",
         m.total_completed,
         m.total_records,

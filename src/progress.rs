@@ -2,6 +2,7 @@
 //! after downtime (several batches queued at once). A progress bar on a terminal, plain
 //! lines every few seconds otherwise.
 
+use crate::term::say;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,14 +55,14 @@ impl Progress {
                         } else {
                             ProgressBar::hidden()
                         };
-                        eprintln!("catching up: {waiting} batches queued");
+                        say!("catching up: {waiting} batches queued");
                         showing = Some((done, Instant::now(), bar));
                     }
                     Some((done0, since, bar)) => {
                         let caught = done - *done0;
                         if waiting == 0 {
                             bar.finish_and_clear();
-                            eprintln!(
+                            say!(
                                 "caught up: {caught} batches in {:.1} s",
                                 since.elapsed().as_secs_f64()
                             );
@@ -70,7 +71,7 @@ impl Progress {
                             bar.set_length(caught + waiting);
                             bar.set_position(caught);
                         } else if last_line.elapsed() >= Duration::from_secs(2) {
-                            eprintln!("catching up: {caught} done, {waiting} queued");
+                            say!("catching up: {caught} done, {waiting} queued");
                             last_line = Instant::now();
                         }
                     }
@@ -121,7 +122,7 @@ impl Progress {
                     } else {
                         "?".into()
                     };
-                    eprintln!(
+                    say!(
                         "progress: {done}/{total} batches, {records} records, {rate:.0} records/s, ETA {eta}"
                     );
                     last_line = Instant::now();

@@ -1729,7 +1729,11 @@ fn files_written_in_place_are_read_whole_or_reported() {
         .iter()
         .any(|f| !stderr().contains(f))
     {
-        assert!(Instant::now() < deadline, "changes not reported:\n{}", stderr());
+        assert!(
+            Instant::now() < deadline,
+            "changes not reported:\n{}",
+            stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     sigint(&job);
@@ -1753,9 +1757,18 @@ fn files_written_in_place_are_read_whole_or_reported() {
             .unwrap_or_else(|| panic!("no warning names {name}:\n{e}"))
             .to_string()
     };
-    assert!(line_of("halves.txt").contains("the 5000 bytes written after its plan are not read"), "{e}");
-    assert!(line_of("rewrite.txt").contains("modified after it was planned (same size)"), "{e}");
-    assert!(line_of("truncate.txt").contains("shrank from 3000 bytes"), "{e}");
+    assert!(
+        line_of("halves.txt").contains("the 5000 bytes written after its plan are not read"),
+        "{e}"
+    );
+    assert!(
+        line_of("rewrite.txt").contains("modified after it was planned (same size)"),
+        "{e}"
+    );
+    assert!(
+        line_of("truncate.txt").contains("shrank from 3000 bytes"),
+        "{e}"
+    );
     assert!(!e.contains("slow.txt") && !e.contains("quick.txt"), "{e}");
     assert!(
         e.contains("3 file(s) changed after they were planned, not read whole"),
@@ -1826,4 +1839,152 @@ fn symlinked_files_are_read_and_other_entries_named() {
         e.contains("3 directory entr(ies) not regular files skipped"),
         "{e}"
     );
+}
+
+/// Regression (outside tester): with every commit file truncated, `checkpoint inspect`
+/// exited 0 saying "committed through batch 299" while `run` refused without advice, and
+/// `inspect | head` panicked (exit 101). Inspect now reports what run would do — the
+/// commits it passes over, where it resumes, what it re-runs — and exits 1 with run's
+/// own refusal and advice where run refuses; a closed pipe ends its output quietly.
+#[test]
+fn checkpoint_inspect_reports_what_run_would_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, out, ck) = (
+        tmp.path().join("in"),
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+    );
+    std::fs::create_dir_all(&input).unwrap();
+    for i in 0..150 {
+        std::fs::write(input.join(format!("f{i:03}.txt")), format!("w{i} common\n")).unwrap();
+    }
+    let run = |extra: &[&str]| {
+        let mut c = lockgate();
+        c.args(["run", "word-count", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .arg("--checkpoint")
+            .arg(&ck)
+            .args(["--once", "--quiet", "--file-min-age", "0"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    // 150 batches: retention keeps the last 100 plans; commits are grouped.
+    assert!(run(&["--max-files-per-batch", "1"]).status.success());
+    let commits: Vec<PathBuf> = files_in(&ck.join("commits"));
+    assert!(commits.len() >= 2, "{commits:?}");
+    let inspect = || {
+        lockgate()
+            .args(["checkpoint", "inspect"])
+            .arg(&ck)
+            .output()
+            .unwrap()
+    };
+    let ok = inspect();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    assert!(
+        text.contains("run would:\n  resume after batch 149\n"),
+        "{text}"
+    );
+
+    // The newest commit damaged: run falls back to the one before and re-runs the rest.
+    let mut ids: Vec<u64> = commits
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    ids.sort();
+    let (newest, before) = (ids[ids.len() - 1], ids[ids.len() - 2]);
+    std::fs::write(ck.join("commits").join(newest.to_string()), b"").unwrap();
+    let fallback = inspect();
+    let text = String::from_utf8_lossy(&fallback.stdout);
+    assert!(fallback.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "  pass over the commit of batch {newest}: checkpoint file"
+        )) && text.contains("truncated (0 bytes)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  resume after batch {before}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  re-run batches {}..={newest} from their logged plans",
+            before + 1
+        )),
+        "{text}"
+    );
+
+    // Every commit damaged, the first plans gone: run refuses, and so does inspect.
+    for id in &ids {
+        std::fs::write(ck.join("commits").join(id.to_string()), b"").unwrap();
+    }
+    let refused = inspect();
+    let text = String::from_utf8_lossy(&refused.stdout);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{text}{why}");
+    assert!(text.contains("  REFUSE to start"), "{text}");
+    let advice = "so recovery cannot tell what input the state held. Restore the commit and \
+                  state files from a backup; or move the whole checkpoint";
+    assert!(why.contains(advice), "{why}");
+    let ran = run(&[]);
+    assert!(!ran.status.success());
+    let run_why = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        run_why.contains(advice),
+        "run gives the same advice:\n{run_why}"
+    );
+
+    // A reader that stops early: no panic, run's verdict still in the exit status.
+    let exe = env!("CARGO_BIN_EXE_lockgate");
+    let piped = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{exe} checkpoint inspect {} | head -1; exit ${{PIPESTATUS[0]}}",
+            ck.display()
+        ))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(piped.status.code(), Some(1), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
+}
+
+/// Refusals that advise `StateUpgrade::StartEmpty` name the CLI's way too, and the flag
+/// works: log-errors switched to event time on a checkpoint of its processing-time
+/// variant is refused, then starts with `--state-upgrade start-empty-and-drop-old`.
+#[test]
+fn a_changed_job_is_refused_with_the_flag_that_lets_it_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, ck) = (tmp.path().join("in"), tmp.path().join("ck"));
+    generate_logs(&input, 2000, 4, 1);
+    let run = |extra: &[&str]| {
+        lockgate()
+            .args(["run", "log-errors", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(tmp.path().join("out"))
+            .arg("--checkpoint")
+            .arg(&ck)
+            .args(["--once", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[]).status.success());
+    let refused = run(&["--event-time"]);
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(e.contains("(CLI: --state-upgrade start-empty)"), "{e}");
+    let upgraded = run(&[
+        "--event-time",
+        "--state-upgrade",
+        "start-empty-and-drop-old",
+    ]);
+    let e = String::from_utf8_lossy(&upgraded.stderr);
+    assert!(upgraded.status.success(), "{e}");
 }

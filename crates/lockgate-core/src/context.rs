@@ -701,15 +701,18 @@ impl StreamingContext {
         let signals = std::sync::atomic::AtomicU32::new(0);
         ctrlc::set_handler(move || {
             if signals.fetch_add(1, Ordering::AcqRel) == 0 {
-                eprintln!(
-                    "stopping gracefully: finishing every planned batch (press Ctrl-C again \
-                     to stop at once)..."
+                // Never `eprintln!`: a closed stderr would panic the handler.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    b"stopping gracefully: finishing every planned batch (press Ctrl-C again \
+                     to stop at once)...\n",
                 );
                 ctx.request_stop(true);
             } else {
-                eprintln!(
-                    "stopping at once: the batches still queued are logged and re-run at the \
-                     next start"
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    b"stopping at once: the batches still queued are logged and re-run at the \
+                     next start\n",
                 );
                 std::process::exit(130);
             }

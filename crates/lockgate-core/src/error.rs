@@ -75,7 +75,8 @@ pub enum Error {
     #[error(
         "checkpoint state of operator `{operator}` in `{}` does not decode: {source}; \
          restore the directory from a backup, or give the operator a new name with \
-         .name(..) and start it empty (StateUpgrade::StartEmpty)",
+         .name(..) and start it empty (StateUpgrade::StartEmpty; on the CLI, where \
+         operators keep their names, move the checkpoint away to start anew)",
         path.display()
     )]
     StateDecode {

@@ -344,6 +344,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&str>) -> R
         print: false,
         checkpoint: None,
         standby: false,
+        state_upgrade: Default::default(),
         before_recovery: None,
         block_interval: Duration::from_millis(200),
         sink: None,

@@ -106,6 +106,8 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointLocation>,
     /// Wait as a standby while another process owns the checkpoint, then take over.
     pub standby: bool,
+    /// What recovery does with operator state the code no longer matches.
+    pub state_upgrade: lockgate_core::StateUpgrade,
     /// Called with the context built, before recovery takes the checkpoint (where the
     /// CLI starts its UI, so that a waiting standby shows itself).
     pub before_recovery: Option<BeforeRecovery>,
@@ -168,6 +170,7 @@ impl JobConfig {
             parallelism: None,
             print: false,
             checkpoint: None,
+            state_upgrade: lockgate_core::StateUpgrade::Fail,
             standby: false,
             before_recovery: None,
             block_interval: Duration::from_millis(200),
@@ -249,7 +252,10 @@ impl JobConfig {
             b = b.trigger(Trigger::AvailableNow).start_time(Time(0));
         }
         if self.checkpoint.is_some() {
-            b = b.delivery(self.delivery).standby(self.standby);
+            b = b
+                .delivery(self.delivery)
+                .standby(self.standby)
+                .state_upgrade(self.state_upgrade);
         }
         let sink = self.sink.as_deref().map(lockgate_sql_sinks::redact_url);
         let output = self.output.as_ref().map(|o| o.display().to_string());

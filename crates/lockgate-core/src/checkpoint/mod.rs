@@ -7,6 +7,7 @@
 //! (state files), `state.rs` (what operators keep); where the files live and framed
 //! atomic files: the [`storage`](crate::storage) module.
 
+pub mod assess;
 pub mod log;
 mod recover;
 pub(crate) mod schema;
@@ -50,6 +51,21 @@ pub enum StateUpgrade {
 }
 
 impl StateUpgrade {
+    /// How to choose this policy, in the library and on the `lockgate` CLI, for the
+    /// advice of an error.
+    pub fn how(self) -> &'static str {
+        match self {
+            StateUpgrade::Fail => "StateUpgrade::Fail (CLI: --state-upgrade fail)",
+            StateUpgrade::StartEmpty => {
+                "StateUpgrade::StartEmpty (CLI: --state-upgrade start-empty)"
+            }
+            StateUpgrade::DropOld => "StateUpgrade::DropOld (CLI: --state-upgrade drop-old)",
+            StateUpgrade::StartEmptyAndDropOld => {
+                "StateUpgrade::StartEmptyAndDropOld (CLI: --state-upgrade start-empty-and-drop-old)"
+            }
+        }
+    }
+
     fn start_empty(self) -> bool {
         matches!(
             self,
@@ -159,14 +175,18 @@ impl std::fmt::Display for UpgradeReport {
                 }
                 UpgradeStatus::New => writeln!(
                     f,
-                    "new       {name} (starts empty with StateUpgrade::StartEmpty)"
+                    "new       {name} (starts empty with {})",
+                    StateUpgrade::StartEmpty.how()
                 )?,
-                UpgradeStatus::Removed => {
-                    writeln!(f, "removed   {name} (dropped with StateUpgrade::DropOld)")?
-                }
+                UpgradeStatus::Removed => writeln!(
+                    f,
+                    "removed   {name} (dropped with {})",
+                    StateUpgrade::DropOld.how()
+                )?,
                 UpgradeStatus::TypeChanged { old, new } => writeln!(
                     f,
-                    "changed   {name}: {old} -> {new} (starts empty with StateUpgrade::StartEmpty)"
+                    "changed   {name}: {old} -> {new} (starts empty with {})",
+                    StateUpgrade::StartEmpty.how()
                 )?,
             }
         }

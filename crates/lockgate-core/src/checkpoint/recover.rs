@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::log::{Commit, Metadata, Plan};
 use super::store::dir_name;
-use super::{Checkpointer, Recovery, UpgradeStatus};
+use super::{Checkpointer, Recovery, StateUpgrade, UpgradeStatus};
 use crate::clock::Time;
 use crate::error::{Error, Result};
 use crate::traits::InputSource;
@@ -32,6 +32,80 @@ struct Timing {
     base_id: u64,
     next_id: u64,
     next_time: Time,
+}
+
+/// The newest of `commits` whose file reads and whose state `load`s, with that state;
+/// and the newer ones passed over, with why. A state that no longer matches the code
+/// stops the search: an older commit would not match either.
+pub(super) fn newest_loading<L>(
+    log: &super::log::CheckpointLog,
+    commits: &[u64],
+    mut load: impl FnMut(u64) -> Result<L>,
+) -> Result<(Option<(Commit, L)>, Vec<(u64, Error)>)> {
+    let mut passed_over = Vec::new();
+    for &id in commits.iter().rev() {
+        let commit = match log.read_commit(id) {
+            Ok(c) => c,
+            Err(e) => {
+                passed_over.push((id, e));
+                continue;
+            }
+        };
+        match load(commit.batch_id) {
+            Ok(loaded) => return Ok((Some((commit, loaded)), passed_over)),
+            Err(e @ Error::StateMismatch { .. }) => return Err(e),
+            Err(e) => passed_over.push((id, e)),
+        }
+    }
+    Ok((None, passed_over))
+}
+
+/// Recovery's refusal when no commit loads, unless starting before every plan is right
+/// (no commit at all, or the plans from batch 0 on are all there): falling back to no
+/// commit would lose the input of the plans retention deleted. With the way out.
+pub(super) fn no_commit_loads(
+    log: &super::log::CheckpointLog,
+    commits: &[u64],
+    plan_ids: &[u64],
+    passed_over: &[(u64, Error)],
+) -> Option<Error> {
+    if commits.is_empty() || plan_ids.first() == Some(&0) {
+        return None;
+    }
+    let newest = passed_over
+        .first()
+        .map_or_else(String::new, |(_, e)| format!(" (the newest: {e})"));
+    let gone = plan_ids.first().map_or_else(
+        || "every plan is gone".to_string(),
+        |f| format!("the plans before batch {f} are gone"),
+    );
+    Some(Error::Checkpoint {
+        path: log.path("commits"),
+        reason: format!(
+            "none of the {} commit file(s) loads{newest}, and {gone} (retention), so \
+             recovery cannot tell what input the state held. Restore the commit and state \
+             files from a backup; or move the whole checkpoint `{}` away and start anew: \
+             every operator's state starts empty and the sources start as on a first run \
+             (files present are read again, Kafka from its starting offsets), so outputs \
+             see that input again",
+            commits.len(),
+            log.path("").display().to_string().trim_end_matches('/')
+        ),
+    })
+}
+
+/// A plan that cannot be read for a batch that must be re-run, with the way out.
+pub(super) fn unreplayable(e: Error) -> Error {
+    match e {
+        Error::Checkpoint { path, reason } => Error::Checkpoint {
+            path,
+            reason: format!(
+                "{reason}; this batch was planned but never committed, so it cannot be \
+                 re-run — move the file away to plan its input again"
+            ),
+        },
+        other => other,
+    }
 }
 
 impl Checkpointer {
@@ -160,12 +234,13 @@ impl Checkpointer {
                     return Err(Error::StateMismatch {
                         operator: name.clone(),
                         reason: match other {
-                            UpgradeStatus::New => "the code has this stateful operator but the checkpoint has no state for it; \
-                                 set StateUpgrade::StartEmpty to start it empty (or give it the name it had with .name(..))".into(),
-                            UpgradeStatus::Removed => "the checkpoint has state for this operator but the code no longer has it; \
-                                 set StateUpgrade::DropOld to drop that state (or restore the operator and its .name(..))".into(),
+                            UpgradeStatus::New => format!("the code has this stateful operator but the checkpoint has no state for it; \
+                                 set {} to start it empty (or give it the name it had with .name(..))", StateUpgrade::StartEmpty.how()),
+                            UpgradeStatus::Removed => format!("the checkpoint has state for this operator but the code no longer has it; \
+                                 set {} to drop that state (or restore the operator and its .name(..))", StateUpgrade::DropOld.how()),
                             UpgradeStatus::TypeChanged { old, new } => format!(
-                                "its types changed from `{old}` to `{new}`; set StateUpgrade::StartEmpty to start it empty"
+                                "its types changed from `{old}` to `{new}`; set {} to start it empty",
+                                StateUpgrade::StartEmpty.how()
                             ),
                             UpgradeStatus::Kept | UpgradeStatus::Migrated { .. } => String::new(),
                         },
@@ -195,35 +270,16 @@ impl Checkpointer {
         // The directories are listed once.
         let commits = self.log.commit_ids()?;
         let on_disk: BTreeMap<String, usize> = self.store.operators()?.into_iter().collect();
-        let mut chosen: Option<(Commit, Loaded)> = None;
-        let mut last_err: Option<Error> = None;
-        for id in commits.iter().rev() {
-            let commit = match self.log.read_commit(*id) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a bad commit file; falling back to an older one");
-                    last_err = Some(e);
-                    continue;
-                }
-            };
-            match self.load_states(commit.batch_id, start_empty, &on_disk) {
-                Ok(loaded) => {
-                    chosen = Some((commit, loaded));
-                    break;
-                }
-                Err(e @ Error::StateMismatch { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = commit.batch_id, "state of this commit does not load; falling back to an older commit");
-                    last_err = Some(e);
-                }
-            }
+        let (chosen, passed_over) = newest_loading(&self.log, &commits, |id| {
+            self.load_states(id, start_empty, &on_disk)
+        })?;
+        for (id, e) in &passed_over {
+            tracing::warn!(error = %e, batch = id, "commit passed over (its file or its state does not load); falling back to an older one");
         }
-        if chosen.is_none() && !commits.is_empty() && plan_ids.first() != Some(&0) {
-            // Falling back to "no commit at all" would lose the input of the plans gone.
-            return Err(last_err.unwrap_or_else(|| Error::Checkpoint {
-                path: self.log.path("commits"),
-                reason: "no commit loads and older plans are gone".into(),
-            }));
+        if chosen.is_none() {
+            if let Some(refusal) = no_commit_loads(&self.log, &commits, plan_ids, &passed_over) {
+                return Err(refusal);
+            }
         }
         let committed = chosen.as_ref().map(|(c, _)| c.batch_id);
         for state in &self.states {
@@ -327,23 +383,15 @@ impl Checkpointer {
                 continue;
             }
             expected = Some(id + 1);
-            replays.push(take_plan(plans, id, &self.log).map_err(|e| match e {
-                Error::Checkpoint { path, reason } => Error::Checkpoint {
-                    path,
-                    reason: format!(
-                        "{reason}; this batch was planned but never committed, so it cannot be \
-                         re-run — move the file away to plan its input again"
-                    ),
-                },
-                other => other,
-            })?);
+            replays.push(take_plan(plans, id, &self.log).map_err(unreplayable)?);
         }
         if let (Some(c), Some(first)) = (committed, replays.first()) {
             if first.batch_id != c + 1 {
                 return Err(Error::Checkpoint {
                     path: self.log.plan_path(c + 1),
                     reason: format!(
-                        "missing: batch {} is committed, but the plan of batch {} is gone",
+                        "missing: batch {} is committed, but the plan of batch {} is gone; \
+                         move the plans after batch {c} away: their input is planned again",
                         c,
                         c + 1
                     ),

@@ -290,8 +290,9 @@ impl StateStore {
                     operator: operator.to_string(),
                     reason: format!(
                         "the checkpoint holds `{}` but the code now has `{schema}`; \
-                         set StateUpgrade::StartEmpty to drop the old state",
-                        header.type_desc
+                         set {} to drop the old state",
+                        header.type_desc,
+                        super::StateUpgrade::StartEmpty.how()
                     ),
                 });
             }

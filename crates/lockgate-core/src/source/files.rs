@@ -448,7 +448,8 @@ impl FileInput {
     /// (a change after that is reported at the end of the run).
     fn settle_young(&self) -> Result<()> {
         let started = Instant::now();
-        let step = (self.opts.min_age / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let step =
+            (self.opts.min_age / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut told = false;
         loop {
             let waiting: Vec<PathBuf> = lock(&self.young).keys().cloned().collect();
@@ -457,7 +458,8 @@ impl FileInput {
             }
             if started.elapsed() >= self.opts.min_age + BOUNDED_SETTLE_GRACE {
                 let mut young = lock(&self.young);
-                let mut files: Vec<(PathBuf, FileStamp)> = young.drain().map(|(p, (s, _))| (p, s)).collect();
+                let mut files: Vec<(PathBuf, FileStamp)> =
+                    young.drain().map(|(p, (s, _))| (p, s)).collect();
                 files.sort_by(|a, b| a.0.cmp(&b.0));
                 for (path, _) in &files {
                     tracing::warn!(source = %self.name, file = %path.display(), "file still being written after {:?}; taking it as it is now (a later change is reported)", started.elapsed());
@@ -467,7 +469,10 @@ impl FileInput {
                 let mut backlog = lock(&self.backlog);
                 for (path, stamp) in files {
                     seen.insert(path.clone());
-                    backlog.push_back(PlannedFile { path, stamp: Some(stamp) });
+                    backlog.push_back(PlannedFile {
+                        path,
+                        stamp: Some(stamp),
+                    });
                 }
                 return Ok(());
             }
@@ -1040,7 +1045,13 @@ mod tests {
         );
         let FileStamp { size, .. } = FileStamp::of(&fs::metadata(&grow).unwrap());
         assert_eq!(
-            change_after_plan(FileStamp { size: 8, mtime_ns: 1 }, FileStamp { size, mtime_ns: 2 }),
+            change_after_plan(
+                FileStamp {
+                    size: 8,
+                    mtime_ns: 1
+                },
+                FileStamp { size, mtime_ns: 2 }
+            ),
             "it grew from 8 bytes when planned to 19 after: the job read its first 8 bytes; \
              the 11 bytes written after its plan are not read"
         );
@@ -1090,7 +1101,11 @@ mod tests {
             // Changed since the last listing: however long ago that was, it waits.
             assert_eq!(planned(&src, 1000 + i as i64), "", "changing: waits");
         }
-        assert_eq!(planned(&src, 2000), "", "still for less than the minimum age");
+        assert_eq!(
+            planned(&src, 2000),
+            "",
+            "still for less than the minimum age"
+        );
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(planned(&src, 3000), path.display().to_string());
         let batch = SourceCompute::<String>::compute(&*src, Time(3000)).unwrap();
@@ -1128,7 +1143,10 @@ mod tests {
         assert_eq!(planned(&src, 1000), path.display().to_string());
         let batch = SourceCompute::<String>::compute(&*src, Time(1000)).unwrap();
         assert_eq!(batch.len(), 7, "the writer's lines are all read");
-        assert!(!src.has_pending(), "a file that appeared after start is not taken");
+        assert!(
+            !src.has_pending(),
+            "a file that appeared after start is not taken"
+        );
     }
 
     /// Regression: symlinks to regular files were skipped without a word. They are read;
@@ -1143,7 +1161,11 @@ mod tests {
         let target = elsewhere.path().join("real.log");
         fs::write(&target, "a\nb\nc\n").unwrap();
         symlink(&target, dir.path().join("link.log")).unwrap();
-        symlink(elsewhere.path().join("gone"), dir.path().join("dangling.log")).unwrap();
+        symlink(
+            elsewhere.path().join("gone"),
+            dir.path().join("dangling.log"),
+        )
+        .unwrap();
         symlink(dir.path().join("loop2"), dir.path().join("loop1")).unwrap();
         symlink(dir.path().join("loop1"), dir.path().join("loop2")).unwrap();
         fs::create_dir(dir.path().join("subdir")).unwrap();
@@ -1155,7 +1177,10 @@ mod tests {
         assert!(fifo.success());
         let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
         let (_ctx, src) = source(dir.path(), old_files());
-        assert_eq!(planned(&src, 1000), dir.path().join("link.log").display().to_string());
+        assert_eq!(
+            planned(&src, 1000),
+            dir.path().join("link.log").display().to_string()
+        );
         let batch = SourceCompute::<String>::compute(&*src, Time(1000)).unwrap();
         assert_eq!(batch.len(), 3, "read through the link");
         assert_eq!(SourceCounters::get(&src.counters.skipped_entries), 7);
@@ -1163,7 +1188,10 @@ mod tests {
         let target2 = elsewhere.path().join("real2.log");
         fs::write(&target2, "d\n").unwrap();
         symlink(&target2, dir.path().join("link2.log")).unwrap();
-        assert_eq!(planned(&src, 2000), dir.path().join("link2.log").display().to_string());
+        assert_eq!(
+            planned(&src, 2000),
+            dir.path().join("link2.log").display().to_string()
+        );
         assert_eq!(SourceCounters::get(&src.counters.skipped_entries), 7);
         let batch = SourceCompute::<String>::compute(&*src, Time(2000)).unwrap();
         assert_eq!(batch.len(), 1);

@@ -1988,3 +1988,87 @@ fn a_changed_job_is_refused_with_the_flag_that_lets_it_start() {
     let e = String::from_utf8_lossy(&upgraded.stderr);
     assert!(upgraded.status.success(), "{e}");
 }
+
+/// Decode failures on every path follow one policy: each skipped value is counted by
+/// reason in `/metrics`, and the streaming page's API shows the counts and the last
+/// reason with its location (file and line).
+#[test]
+fn skipped_values_are_counted_by_reason_in_metrics_and_on_the_streaming_page() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(
+        input.join("a.csv"),
+        "1,x\n2,y,extra\n\"open,z\nthree,w\n4,v\n",
+    )
+    .unwrap();
+    let mut child = lockgate()
+        .args([
+            "sql",
+            "--batch-interval",
+            "100ms",
+            "--quiet",
+            "--ui-port",
+            "0",
+            "--file-min-age",
+            "0",
+            "--format",
+            "csv",
+            "--schema",
+            "id BIGINT, tag STRING",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .arg("SELECT sum(id) AS total FROM lines")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = ui_address(&mut lines);
+    // The rest of the log is drained so that the job never waits on a full pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let get = |path: &str| http_get(addr, path);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metric = "lockgate_source_skipped_values_total{source=\"files-0\",reason=\"wrong type\"} 1";
+    let metrics = loop {
+        let m = get("/metrics");
+        if m.contains(metric) || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains(metric), "{metrics}");
+    for reason in ["wrong field count", "unclosed quote"] {
+        let m = format!(
+            "lockgate_source_skipped_values_total{{source=\"files-0\",reason=\"{reason}\"}} 1"
+        );
+        assert!(metrics.contains(&m), "{metrics}");
+    }
+    let apps: serde_json::Value = serde_json::from_str(
+        get("/api/v1/applications")
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    let id = apps[0]["id"].as_str().unwrap().to_string();
+    let body = get(&format!("/api/v1/applications/{id}/streaming/receivers"));
+    let sources: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let skipped = &sources[0]["skipped"];
+    assert_eq!(skipped["skippedValues"], 3, "{body}");
+    let last = skipped["lastSkipped"].as_str().unwrap();
+    let file = input.join("a.csv").display().to_string();
+    assert!(
+        last.contains(&format!("at file `{file}` line 4")) && last.contains("column `id`"),
+        "{last}"
+    );
+    sigint(&child);
+    assert!(child.wait().unwrap().success());
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("a quote is not closed at file"), "{log}");
+}

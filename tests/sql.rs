@@ -334,6 +334,27 @@ fn decoded_formats_and_a_static_table_join() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("2 value(s) did not decode"), "{stderr}");
+    // Each skipped value named with its reason, its file and line, and its text.
+    let file = json_in.join("f-000.log").display().to_string();
+    let warned = |needle: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no warning with `{needle}`:\n{stderr}"))
+            .to_string()
+    };
+    let not_json = warned("not JSON (");
+    assert!(
+        not_json.contains(&format!("at file `{file}` line 3")),
+        "{not_json}"
+    );
+    assert!(not_json.contains("reason=\"not JSON\""), "{not_json}");
+    assert!(not_json.contains("value=not json"), "{not_json}");
+    let wrong = warned("column `bytes` (Int64): `\"many\"` does not convert");
+    assert!(
+        wrong.contains(&format!("at file `{file}` line 4")),
+        "{wrong}"
+    );
     assert_eq!(
         batches(&out, "by_level")[&0],
         vec![
@@ -526,7 +547,9 @@ fn unsupported_queries_are_refused_at_start_naming_the_construct() {
 }
 
 /// Kafka's table (key, value, topic, partition, offset, timestamp, headers) on a real
-/// broker, and Kafka values read as `lines`.
+/// broker, and Kafka values read as `lines`; invalid UTF-8 in the table's values is
+/// replaced and counted (it was replaced silently), and a value that does not decode
+/// with `--format` is named by topic, partition and offset.
 #[test]
 fn the_kafka_table_has_the_record_columns() {
     use lockgate_kafka::testing::{create_topic, produce, KafkaBroker};
@@ -537,11 +560,12 @@ fn the_kafka_table_has_the_record_columns() {
         &broker.brokers,
         "events",
         [
-            (0, "a ERROR"),
-            (0, "b"),
-            (1, "c ERROR"),
-            (1, "d ERROR"),
-            (1, "e"),
+            (0, b"a ERROR".to_vec()),
+            (0, b"b".to_vec()),
+            (1, b"c ERROR".to_vec()),
+            (1, b"d ERROR".to_vec()),
+            (1, b"e".to_vec()),
+            (0, b"f \xff ERROR".to_vec()),
         ],
     )
     .unwrap();
@@ -567,13 +591,15 @@ fn the_kafka_table_has_the_record_columns() {
         "SELECT topic, partition, count(*) AS n, max(offset) AS last, \
          count(timestamp) AS stamped FROM kafka WHERE value LIKE '%ERROR%' GROUP BY topic, partition",
     );
-    run_ok(&args);
+    let o = run_ok(&args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("1 with invalid UTF-8 replaced"), "{e}");
     assert_eq!(
         finals(&out, "parts", &["partition"])
             .into_values()
             .collect::<Vec<_>>(),
         vec![
-            serde_json::json!({"topic": "events", "partition": 0, "n": 1, "last": 0, "stamped": 1}),
+            serde_json::json!({"topic": "events", "partition": 0, "n": 2, "last": 2, "stamped": 2}),
             serde_json::json!({"topic": "events", "partition": 1, "n": 2, "last": 1, "stamped": 2}),
         ]
     );
@@ -594,7 +620,48 @@ fn the_kafka_table_has_the_record_columns() {
         finals(&out, "values", &[])
             .into_values()
             .collect::<Vec<_>>(),
-        vec![serde_json::json!({"n": 3})]
+        vec![serde_json::json!({"n": 4})]
+    );
+
+    create_topic(&broker.brokers, "json", 1).unwrap();
+    produce(
+        &broker.brokers,
+        "json",
+        [(0, r#"{"n": 1}"#), (0, "oops"), (0, r#"{"n": 2}"#)],
+    )
+    .unwrap();
+    let mut args = vec![
+        "sql",
+        "--once",
+        "--quiet",
+        "--no-ui",
+        "--output",
+        out.to_str().unwrap(),
+        "--name",
+        "decoded",
+        "--format",
+        "json",
+        "--schema",
+        "n BIGINT",
+        "--kafka-brokers",
+        &broker.brokers,
+        "--kafka-topic",
+        "json",
+    ];
+    args.push("SELECT sum(n) AS total FROM lines");
+    let o = run_ok(&args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.lines().any(|l| l.contains("not JSON (")
+            && l.contains("at topic `json` partition 0 offset 1")
+            && l.contains("value=oops")),
+        "{e}"
+    );
+    assert_eq!(
+        finals(&out, "decoded", &[])
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![serde_json::json!({"total": 3})]
     );
 }
 

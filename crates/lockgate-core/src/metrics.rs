@@ -91,6 +91,11 @@ pub struct SourceCounters {
     /// read: directories, dangling or looping symlinks, FIFOs, sockets, devices
     /// (each reported once by name in the log).
     pub skipped_entries: AtomicU64,
+    /// Values that did not decode (as JSON or CSV with a schema) and were skipped.
+    pub skipped_values: AtomicU64,
+    /// The skipped values by reason (`not JSON`, `wrong type`, ...), and the last one's
+    /// reason with its location.
+    pub skips: Mutex<Skips>,
     /// Records lost because their offsets had expired from a log (Kafka retention)
     /// before they were read, skipped under `OnExpiredOffsets::Earliest`.
     pub lost_records: AtomicU64,
@@ -142,6 +147,16 @@ impl SinkCounters {
     }
 }
 
+/// The values a source's decoder skipped, by reason, and the last one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skips {
+    /// Skipped values by reason.
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// The last skipped value's reason and location (`not JSON at file `a.json` line
+    /// 3`).
+    pub last: Option<String>,
+}
+
 /// How a source is doing, for the UI and the API (Spark's receiver info).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceStatus {
@@ -171,6 +186,21 @@ impl SourceCounters {
 
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a value that did not decode and was skipped, for `reason` (a short
+    /// phrase: the label of `lockgate_source_skipped_values_total`), with what it was
+    /// and where (the last one is shown on the streaming page).
+    pub fn skipped_value(&self, reason: &str, detail: String) {
+        self.skipped_values.fetch_add(1, Ordering::Relaxed);
+        let mut s = lock(&self.skips);
+        *s.by_reason.entry(reason.to_string()).or_default() += 1;
+        s.last = Some(detail);
+    }
+
+    /// The skipped values by reason, and the last one.
+    pub fn skips(&self) -> Skips {
+        lock(&self.skips).clone()
     }
 
     /// The source's status now.

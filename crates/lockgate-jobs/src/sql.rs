@@ -106,10 +106,32 @@ fn kafka_schema() -> SchemaRef {
     ]))
 }
 
-fn kafka_batch(records: &[lockgate_kafka::KafkaRecord]) -> lockgate_core::Result<RecordBatch> {
-    fn text(b: &Option<Vec<u8>>) -> Option<std::borrow::Cow<'_, str>> {
-        b.as_deref().map(String::from_utf8_lossy)
+/// A Kafka record's value decoded under the line policy, with where it came from.
+#[derive(Clone)]
+struct LocatedValue {
+    text: String,
+    topic: String,
+    partition: u32,
+    offset: i64,
+}
+
+/// The `kafka` table's batch of `records`. Keys, values and header values are text:
+/// invalid UTF-8 is replaced by U+FFFD and counted in the source's
+/// `invalid_utf8_lines`, as on every text path.
+fn kafka_batch(
+    records: &[lockgate_kafka::KafkaRecord],
+    counters: &lockgate_core::SourceCounters,
+) -> lockgate_core::Result<RecordBatch> {
+    fn text<'a>(b: &'a [u8], counters: &lockgate_core::SourceCounters) -> Cow<'a, str> {
+        let t = String::from_utf8_lossy(b);
+        if matches!(t, Cow::Owned(_)) {
+            counters
+                .invalid_utf8_lines
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        t
     }
+    use std::borrow::Cow;
     let mut key = StringBuilder::new();
     let mut value = StringBuilder::new();
     let mut topic = StringBuilder::new();
@@ -118,15 +140,15 @@ fn kafka_batch(records: &[lockgate_kafka::KafkaRecord]) -> lockgate_core::Result
     let mut ts = TimestampMillisecondBuilder::new();
     let mut headers = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     for r in records {
-        key.append_option(text(&r.key));
-        value.append_option(text(&r.value));
+        key.append_option(r.key.as_deref().map(|b| text(b, counters)));
+        value.append_option(r.value.as_deref().map(|b| text(b, counters)));
         topic.append_value(&r.topic);
         partition.append_value(i32::try_from(r.partition).unwrap_or(i32::MAX));
         offset.append_value(r.offset);
         ts.append_option(r.timestamp_ms);
         for (k, v) in &r.headers {
             headers.keys().append_value(k);
-            headers.values().append_value(String::from_utf8_lossy(v));
+            headers.values().append_value(text(v, counters));
         }
         headers
             .append(true)
@@ -284,23 +306,59 @@ impl JobConfig {
         let wants_kafka_table = lockgate_sql::tables_read(&job.query)
             .is_ok_and(|tables| tables.iter().any(|t| t == "kafka"));
         match (&self.input, &job.decoder) {
-            (Input::Kafka { config, options }, None) if wants_kafka_table => {
+            (Input::Kafka { config, options }, decoder)
+                if wants_kafka_table || decoder.is_some() =>
+            {
                 let mut config = config.clone();
                 config
                     .group
                     .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
+                let counters = ctx.metrics().source(&ctx.next_source_name("kafka"));
                 let records = lockgate_kafka::kafka_records(ctx, config, options.clone())
                     .map_err(|e| lockgate_sql::Error::Config(e.to_string()))?;
-                let batches =
-                    records.try_map_partitions(|part: Vec<lockgate_kafka::KafkaRecord>| {
-                        if part.is_empty() {
-                            return Ok(Vec::new());
-                        }
-                        Ok(vec![kafka_batch(&part)?])
-                    });
-                sql.register_stream("kafka", kafka_schema(), batches)?;
+                let table = if wants_kafka_table { "kafka" } else { "lines" };
+                match decoder {
+                    Some(d) => {
+                        // Each value with where it came from, under the line policy.
+                        let d = d.clone().counting_in(counters.clone());
+                        let values = records.map(move |r| LocatedValue {
+                            text: lockgate_core::source::decode_text_line(
+                                r.value.as_deref().unwrap_or_default(),
+                                lockgate_core::source::DEFAULT_MAX_LINE_BYTES,
+                                &counters,
+                            ),
+                            topic: r.topic,
+                            partition: r.partition,
+                            offset: r.offset,
+                        });
+                        sql.register_decoded_with(
+                            table,
+                            &values,
+                            d,
+                            |v| v.text.as_str(),
+                            |v| {
+                                Some(format!(
+                                    "topic `{}` partition {} offset {}",
+                                    v.topic, v.partition, v.offset
+                                ))
+                            },
+                        )?;
+                    }
+                    None => {
+                        let batches = records.try_map_partitions(
+                            move |part: Vec<lockgate_kafka::KafkaRecord>| {
+                                if part.is_empty() {
+                                    return Ok(Vec::new());
+                                }
+                                Ok(vec![kafka_batch(&part, &counters)?])
+                            },
+                        );
+                        sql.register_stream(table, kafka_schema(), batches)?;
+                    }
+                }
             }
-            (Input::Dir(dir), None) => {
+            (Input::Dir(dir), decoder) => {
+                let name = ctx.next_source_name("files");
                 let chunks = ctx.text_file_chunk_stream(
                     dir,
                     FileStreamOptions {
@@ -308,18 +366,32 @@ impl JobConfig {
                         ..self.file_options()
                     },
                 );
-                sql.register_text_chunks("lines", &chunks)?;
+                match decoder {
+                    Some(d) => sql.register_decoded_chunks(
+                        "lines",
+                        &chunks,
+                        d.clone().counting_in(ctx.metrics().source(&name)),
+                    )?,
+                    None => sql.register_text_chunks("lines", &chunks)?,
+                }
             }
             (_, decoder) => {
+                let before = ctx.metrics().source_names();
                 let lines: DStream<String> = self.lines(ctx)?;
-                let table = if wants_kafka_table && matches!(self.input, Input::Kafka { .. }) {
-                    "kafka"
-                } else {
-                    "lines"
-                };
                 match decoder {
-                    Some(d) => sql.register_decoded(table, &lines, d.clone())?,
-                    None => sql.register_lines(table, &lines)?,
+                    Some(d) => {
+                        let d = match ctx
+                            .metrics()
+                            .source_names()
+                            .into_iter()
+                            .find(|n| !before.contains(n))
+                        {
+                            Some(name) => d.clone().counting_in(ctx.metrics().source(&name)),
+                            None => d.clone(),
+                        };
+                        sql.register_decoded("lines", &lines, d)?
+                    }
+                    None => sql.register_lines("lines", &lines)?,
                 }
             }
         }

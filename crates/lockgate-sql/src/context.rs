@@ -113,26 +113,82 @@ impl SqlContext {
     }
 
     /// Registers a stream of values (lines, message payloads) decoded by `decoder` into
-    /// its schema's columns; values that do not decode are counted and skipped.
+    /// its schema's columns; values that do not decode are counted and skipped (see
+    /// [`Decoder`]). The values have no location: prefer
+    /// [`register_decoded_with`](Self::register_decoded_with) or
+    /// [`register_decoded_chunks`](Self::register_decoded_chunks) where they have one.
     pub fn register_decoded(
         &mut self,
         name: &str,
         values: &DStream<String>,
         decoder: Decoder,
     ) -> Result<()> {
+        self.register_decoded_with(name, values, decoder, String::as_str, |_| None)
+    }
+
+    /// Registers a stream of located values as a decoded table: `text` gives an
+    /// element's value, `locate` where it came from (asked only of the values skipped,
+    /// for the log and the streaming page: `topic t partition 0 offset 12`).
+    pub fn register_decoded_with<T: lockgate_core::Data>(
+        &mut self,
+        name: &str,
+        values: &DStream<T>,
+        decoder: Decoder,
+        text: fn(&T) -> &str,
+        locate: fn(&T) -> Option<String>,
+    ) -> Result<()> {
         let schema = decoder.schema().clone();
-        let batches = values.try_map_partitions(move |part: Vec<String>| {
+        let batches = values.try_map_partitions(move |part: Vec<T>| {
             if part.is_empty() {
                 return Ok(Vec::new());
             }
             let b = decoder
-                .decode(part.iter().map(String::as_str))
+                .decode_at(part.iter().map(text), |i| part.get(i).and_then(locate))
                 .map_err(Error::into_engine)?;
             Ok(if b.num_rows() == 0 {
                 Vec::new()
             } else {
                 vec![b]
             })
+        });
+        self.register_stream(name, schema, batches)
+    }
+
+    /// Registers the lines of file chunks as a decoded table; a line that does not
+    /// decode is located by its file and line number.
+    pub fn register_decoded_chunks(
+        &mut self,
+        name: &str,
+        chunks: &DStream<TextChunk>,
+        decoder: Decoder,
+    ) -> Result<()> {
+        let schema = decoder.schema().clone();
+        let batches = chunks.try_map_partitions(move |part: Vec<TextChunk>| {
+            let mut out = Vec::new();
+            for chunk in &part {
+                let base = chunk.as_bytes().as_ptr() as usize;
+                // Each line with its offset in the chunk (invalid UTF-8 was counted by
+                // the source, and is replaced here).
+                let lines: Vec<(std::borrow::Cow<'_, str>, usize)> = chunk
+                    .lines()
+                    .map(|l| (String::from_utf8_lossy(l), l.as_ptr() as usize - base))
+                    .collect();
+                let locate = |i: usize| {
+                    let (_, at) = lines.get(i)?;
+                    let line = chunk.line_number(*at);
+                    Some(match chunk.origin() {
+                        Some(file) => format!("file `{}` line {line}", file.display()),
+                        None => format!("line {line} of a chunk"),
+                    })
+                };
+                let b = decoder
+                    .decode_at(lines.iter().map(|(l, _)| l.as_ref()), locate)
+                    .map_err(Error::into_engine)?;
+                if b.num_rows() > 0 {
+                    out.push(b);
+                }
+            }
+            Ok(out)
         });
         self.register_stream(name, schema, batches)
     }

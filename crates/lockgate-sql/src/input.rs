@@ -12,6 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
 
 use lockgate_core::source::TextChunk;
+use lockgate_core::SourceCounters;
 
 use crate::error::{Error, Result};
 use crate::exec::batch_of;
@@ -186,12 +187,49 @@ pub fn parse_schema(text: &str) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Decodes values into rows of a schema, counting those that do not decode.
+/// Why a value did not decode: a short reason (the label of
+/// `lockgate_source_skipped_values_total`) and the detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Skip {
+    reason: &'static str,
+    detail: String,
+}
+
+impl Skip {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Skip {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How many skipped values a decoder logs one by one (with their text and location);
+/// after that, one line per batch sums them up.
+const LOGGED_ONE_BY_ONE: u64 = 5;
+
+/// At most `max` bytes of `text` (on a character boundary), with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Decodes values into rows of a schema. A value that does not decode is skipped,
+/// counted with its reason (in the source's counters when given: `/metrics` and the
+/// streaming page show them), and the first few are logged with their text and where
+/// they came from.
 #[derive(Clone, Debug)]
 pub struct Decoder {
     format: Format,
     schema: SchemaRef,
     skipped: Arc<AtomicU64>,
+    counters: Option<Arc<SourceCounters>>,
 }
 
 impl Decoder {
@@ -201,7 +239,14 @@ impl Decoder {
             format,
             schema,
             skipped: Arc::new(AtomicU64::new(0)),
+            counters: None,
         }
+    }
+
+    /// The same decoder, counting what it skips in a source's counters too.
+    pub fn counting_in(mut self, counters: Arc<SourceCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// The schema decoded into.
@@ -219,70 +264,143 @@ impl Decoder {
         self.skipped.clone()
     }
 
-    /// One batch of the values that decode.
+    /// One batch of the values that decode (values without a location: see
+    /// [`decode_at`](Self::decode_at)).
     pub fn decode<'a>(&self, values: impl Iterator<Item = &'a str>) -> Result<RecordBatch> {
+        self.decode_at(values, |_| None)
+    }
+
+    /// One batch of the values that decode; `locate(i)` says where the `i`-th value
+    /// came from (`file `a.json` line 3`, `topic t partition 0 offset 12`), asked only
+    /// of the values skipped.
+    pub fn decode_at<'a>(
+        &self,
+        values: impl Iterator<Item = &'a str>,
+        locate: impl Fn(usize) -> Option<String>,
+    ) -> Result<RecordBatch> {
         let mut rows = Vec::new();
-        let mut bad = 0u64;
-        for v in values {
+        let (mut bad, mut unlogged, mut last) = (0u64, 0u64, None);
+        for (i, v) in values.enumerate() {
             if v.trim().is_empty() {
                 continue;
             }
-            match self.decode_one(v) {
-                Some(r) => rows.push(r),
-                None => bad += 1,
+            let skip = match self.decode_one(v) {
+                Ok(r) => {
+                    rows.push(r);
+                    continue;
+                }
+                Err(skip) => skip,
+            };
+            bad += 1;
+            let at = locate(i).unwrap_or_else(|| "a value of a stream without locations".into());
+            let detail = format!("{} at {at}", skip.detail);
+            let n = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= LOGGED_ONE_BY_ONE {
+                tracing::warn!(
+                    reason = skip.reason,
+                    value = %cut(v, 120),
+                    "SQL input: a value that does not decode as {:?} with the schema is \
+                     skipped (counted in skipped_values): {detail}{}",
+                    self.format,
+                    if n == LOGGED_ONE_BY_ONE {
+                        "; further skipped values are summed up per batch"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                unlogged += 1;
             }
+            if let Some(c) = &self.counters {
+                c.skipped_value(skip.reason, detail.clone());
+            }
+            last = Some(detail);
         }
-        if bad > 0 {
-            self.skipped.fetch_add(bad, Ordering::Relaxed);
+        if unlogged > 0 {
             tracing::warn!(
                 skipped = bad,
-                "SQL input: values that do not decode as {:?} with the schema were skipped",
-                self.format
+                total = self.skipped(),
+                "SQL input: {unlogged} more value(s) of this batch do not decode as {:?} with \
+                 the schema and were skipped (counted in skipped_values); the last: {}",
+                self.format,
+                last.unwrap_or_default()
             );
         }
         batch_of(&self.schema, &rows)
     }
 
-    fn decode_one(&self, v: &str) -> Option<Vec<ScalarValue>> {
+    fn decode_one(&self, v: &str) -> std::result::Result<Vec<ScalarValue>, Skip> {
+        let wrong = |f: &Field, shown: &str| {
+            Skip::new(
+                "wrong type",
+                format!(
+                    "column `{}` ({}): `{}` does not convert",
+                    f.name(),
+                    f.data_type(),
+                    cut(shown, 40)
+                ),
+            )
+        };
+        let null = |f: &Field| ScalarValue::try_from(f.data_type()).map_err(|_| wrong(f, "null"));
         match self.format {
             Format::Json => {
-                let serde_json::Value::Object(obj) = serde_json::from_str(v).ok()? else {
-                    return None;
+                let value: serde_json::Value = serde_json::from_str(v)
+                    .map_err(|e| Skip::new("not JSON", format!("not JSON ({e})")))?;
+                let serde_json::Value::Object(obj) = value else {
+                    return Err(Skip::new("not a JSON object", "not a JSON object"));
                 };
                 self.schema
                     .fields()
                     .iter()
-                    .map(|f| match obj.get(f.name()) {
-                        None | Some(serde_json::Value::Null) => {
-                            ScalarValue::try_from(f.data_type()).ok()
-                        }
-                        Some(serde_json::Value::String(s)) => from_text(s, f.data_type()),
-                        Some(serde_json::Value::Bool(b)) => match f.data_type() {
-                            DataType::Boolean => Some(ScalarValue::Boolean(Some(*b))),
-                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(b.to_string()))),
-                            _ => None,
-                        },
-                        Some(serde_json::Value::Number(n)) => match f.data_type() {
-                            DataType::Int64 => n.as_i64().map(|x| ScalarValue::Int64(Some(x))),
-                            DataType::Float64 => n.as_f64().map(|x| ScalarValue::Float64(Some(x))),
-                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(n.to_string()))),
-                            // Numbers as timestamps are epoch seconds, as in Spark.
-                            DataType::Timestamp(_, _) => n.as_f64().map(|s| {
-                                ScalarValue::TimestampMicrosecond(Some((s * 1e6) as i64), None)
-                            }),
-                            _ => None,
-                        },
-                        Some(other) => match f.data_type() {
-                            DataType::Utf8 => Some(ScalarValue::Utf8(Some(other.to_string()))),
-                            _ => None,
-                        },
+                    .map(|f| {
+                        let got = match obj.get(f.name()) {
+                            None | Some(serde_json::Value::Null) => return null(f),
+                            Some(serde_json::Value::String(s)) => from_text(s, f.data_type()),
+                            Some(serde_json::Value::Bool(b)) => match f.data_type() {
+                                DataType::Boolean => Some(ScalarValue::Boolean(Some(*b))),
+                                DataType::Utf8 => Some(ScalarValue::Utf8(Some(b.to_string()))),
+                                _ => None,
+                            },
+                            Some(serde_json::Value::Number(n)) => match f.data_type() {
+                                DataType::Int64 => n.as_i64().map(|x| ScalarValue::Int64(Some(x))),
+                                DataType::Float64 => {
+                                    n.as_f64().map(|x| ScalarValue::Float64(Some(x)))
+                                }
+                                DataType::Utf8 => Some(ScalarValue::Utf8(Some(n.to_string()))),
+                                // Numbers as timestamps are epoch seconds, as in Spark.
+                                DataType::Timestamp(_, _) => n.as_f64().map(|s| {
+                                    ScalarValue::TimestampMicrosecond(Some((s * 1e6) as i64), None)
+                                }),
+                                _ => None,
+                            },
+                            Some(other) => match f.data_type() {
+                                DataType::Utf8 => Some(ScalarValue::Utf8(Some(other.to_string()))),
+                                _ => None,
+                            },
+                        };
+                        got.ok_or_else(|| {
+                            wrong(
+                                f,
+                                &obj.get(f.name())
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default(),
+                            )
+                        })
                     })
                     .collect()
             }
             Format::Csv => {
-                let fields = split_csv(v)?;
+                let fields = split_csv(v)
+                    .ok_or_else(|| Skip::new("unclosed quote", "a quote is not closed"))?;
                 if fields.len() != self.schema.fields().len() {
-                    return None;
+                    return Err(Skip::new(
+                        "wrong field count",
+                        format!(
+                            "{} field(s), the schema has {}",
+                            fields.len(),
+                            self.schema.fields().len()
+                        ),
+                    ));
                 }
                 self.schema
                     .fields()
@@ -290,9 +408,9 @@ impl Decoder {
                     .zip(fields)
                     .map(|(f, s)| {
                         if s.is_empty() && f.data_type() != &DataType::Utf8 {
-                            ScalarValue::try_from(f.data_type()).ok()
+                            null(f)
                         } else {
-                            from_text(&s, f.data_type())
+                            from_text(&s, f.data_type()).ok_or_else(|| wrong(f, &s))
                         }
                     })
                     .collect()

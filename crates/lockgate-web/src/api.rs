@@ -223,10 +223,29 @@ async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Respon
             } else {
                 st.retrying_since_ms.is_none()
             });
+            v["skipped"] = skipped_json(&s.ctx.metrics().source(&name));
             v
         })
         .collect();
     Json(list).into_response()
+}
+
+/// What a source did not read, read in part or changed: every counter of input handled
+/// without failing the job, and the last skipped value's reason and location.
+fn skipped_json(c: &lockgate_core::SourceCounters) -> Value {
+    use lockgate_core::SourceCounters as C;
+    let skips = c.skips();
+    json!({
+        "skippedValues": C::get(&c.skipped_values),
+        "skippedValuesByReason": skips.by_reason,
+        "lastSkipped": skips.last,
+        "invalidUtf8Lines": C::get(&c.invalid_utf8_lines),
+        "truncatedLines": C::get(&c.truncated_lines),
+        "unreadableFiles": C::get(&c.unreadable_files),
+        "changedFiles": C::get(&c.changed_files),
+        "skippedEntries": C::get(&c.skipped_entries),
+        "lostRecords": C::get(&c.lost_records),
+    })
 }
 
 /// Lockgate's `/streaming/sinks`: each sink with its retries, whether it is retrying

@@ -303,6 +303,31 @@ pub(crate) fn render(ctx: &StreamingContext) -> String {
         "counter",
         &per_source(|c| SourceCounters::get(&c.changed_files)),
     );
+    let skipped_values: Vec<(String, f64)> = metrics
+        .source_names()
+        .iter()
+        .flat_map(|n| {
+            metrics
+                .source(n)
+                .skips()
+                .by_reason
+                .into_iter()
+                .map(move |(reason, count)| {
+                    (
+                        format!("{{source=\"{}\",reason=\"{}\"}}", label(n), label(&reason)),
+                        count as f64,
+                    )
+                })
+        })
+        .collect();
+    counter(
+        &mut out,
+        "lockgate_source_skipped_values_total",
+        "Values that did not decode (--format json|csv with --schema) and were skipped, by \
+         reason.",
+        "counter",
+        &skipped_values,
+    );
     counter(
         &mut out,
         "lockgate_source_skipped_entries_total",

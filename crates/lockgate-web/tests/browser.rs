@@ -89,6 +89,11 @@ fn streaming_page_renders_and_updates_in_chromium() {
     .unwrap();
     run.ctx.start().unwrap();
     run.run_batches(3).unwrap();
+    // What a source skipped is on the page: counts by reason and the last location.
+    run.ctx.metrics().source("seq-0").skipped_value(
+        "not JSON",
+        "not JSON (expected value) at file `a.json` line 3".into(),
+    );
 
     let url = format!("{}/", ui.url());
     let first = browse(&bin, profile.path(), &url, &["--dump-dom"]);
@@ -104,6 +109,10 @@ fn streaming_page_renders_and_updates_in_chromium() {
         "batch table links: {first}"
     );
     assert!(!first.contains("data-error"), "script error: {first}");
+    assert!(
+        first.contains("1 value(s) skipped (1 not JSON); last skipped: not JSON (expected value) at file `a.json` line 3"),
+        "skipped input on the sources table: {first}"
+    );
 
     run.run_batches(4).unwrap();
     let second = browse(&bin, profile.path(), &url, &["--dump-dom"]);

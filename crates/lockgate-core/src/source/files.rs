@@ -196,9 +196,9 @@ struct FileInput {
     read_ahead: Mutex<ReadAhead>,
 }
 
-/// The contents of a batch's files: each file's bytes, line count, and whether its
-/// lines need the exact check of the line policy.
-type Contents = Vec<(Arc<Vec<u8>>, u64, Scan)>;
+/// The contents of a batch's files: each file's bytes, line count, whether its lines
+/// need the exact check of the line policy, and its path.
+type Contents = Vec<(Arc<Vec<u8>>, u64, Scan, Arc<Path>)>;
 
 /// Read-ahead of the next planned batch's files on one long-lived thread (see
 /// [`read`](crate::source::read)). Only batches already planned are read ahead (a
@@ -570,7 +570,7 @@ impl FileInput {
                         if pool.len() < 4 {
                             pool.push(bytes.clone());
                         }
-                        Ok(Some((bytes, c.lines, c.scan)))
+                        Ok(Some((bytes, c.lines, c.scan, Arc::from(c.path))))
                     }
                     Err((path, e)) if is_passing(&e) => Err(Error::Source {
                         source_name: self.name.clone(),
@@ -795,7 +795,7 @@ impl FileInput {
             // no invalid UTF-8; others are validated whole first (fast where valid).
             let max = self.opts.max_line_bytes;
             let always = max < 2 * PIECE;
-            contents.par_iter_mut().for_each(|(bytes, _, scan)| {
+            contents.par_iter_mut().for_each(|(bytes, _, scan, _)| {
                 let invalid = || scan.non_ascii && std::str::from_utf8(bytes).is_err();
                 if !(scan.long_line || always || invalid()) {
                     return;
@@ -808,17 +808,17 @@ impl FileInput {
                 }
             });
         }
-        let total: usize = contents.iter().map(|(c, _, _)| c.len()).sum();
-        let lines = contents.iter().map(|(_, n, _)| n).sum();
+        let total: usize = contents.iter().map(|(c, _, _, _)| c.len()).sum();
+        let lines = contents.iter().map(|(_, n, _, _)| n).sum();
         let pieces = self.partitions * self.opts.chunks_per_worker.max(1);
         let target = (total / pieces.max(1)).max(64 * 1024);
         let chunks = contents
             .iter()
-            .flat_map(|(c, _, _)| {
+            .flat_map(|(c, _, _, path)| {
                 let k = c.len().div_ceil(target).max(1);
                 chunk_bounds(c, k)
                     .into_iter()
-                    .map(move |r| TextChunk::new(c.clone(), r))
+                    .map(move |r| TextChunk::new(c.clone(), r).with_origin(path.clone()))
             })
             .collect();
         Ok((chunks, lines))

@@ -10,6 +10,7 @@
 //! longer than a limit are cut (and counted), `\r\n` endings are stripped.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::batch::Data;
@@ -151,6 +152,8 @@ pub(crate) fn split_lines(buf: &[u8], max: usize, counters: &SourceCounters) -> 
 pub struct TextChunk {
     data: Arc<Vec<u8>>,
     range: Range<usize>,
+    /// The file the data was read from, if it was.
+    origin: Option<Arc<Path>>,
 }
 
 impl TextChunk {
@@ -161,7 +164,26 @@ impl TextChunk {
         TextChunk {
             range: range.start.min(end)..end,
             data,
+            origin: None,
         }
+    }
+
+    /// The same chunk, read from the file `origin`.
+    pub fn with_origin(mut self, origin: Arc<Path>) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The file the chunk was read from, if it was (for messages).
+    pub fn origin(&self) -> Option<&Path> {
+        self.origin.as_deref()
+    }
+
+    /// The 1-based line number, in its file, of the line at byte `offset` of the chunk
+    /// (counts the line ends before it: for messages, not for hot paths).
+    pub fn line_number(&self, offset: usize) -> u64 {
+        let end = (self.range.start + offset).min(self.data.len());
+        memchr::memchr_iter(b'\n', &self.data[..end]).count() as u64 + 1
     }
 
     /// A chunk of its own bytes (tests, small inputs).

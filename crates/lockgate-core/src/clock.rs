@@ -3,11 +3,16 @@
 //! The scheduler never reads the wall clock directly: it asks a [`Clock`]. Production uses
 //! [`SystemClock`]; tests use [`ManualClock`] and advance it by hand, so no test ever
 //! sleeps to wait for a batch.
+//!
+//! A clock has two readings: [`now`](Clock::now), the wall clock that batch times come
+//! from (as in Spark), and [`mono`](Clock::mono), a monotonic clock that waits are
+//! measured on. The wall clock may be stepped (by an administrator or NTP); the
+//! scheduler waits on the monotonic one, so a step neither stalls nor floods it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A point in time in milliseconds since the Unix epoch (or since the start of a
 /// [`ManualClock`]). Batch times are always multiples of the batch interval.
@@ -119,15 +124,40 @@ pub trait Clock: Send + Sync + 'static {
     /// Wakes every thread blocked in [`Clock::wait_until`] so it re-checks its `cancel`
     /// flag. Set the flag first.
     fn interrupt(&self);
+
+    /// A monotonic reading in milliseconds (its origin is the clock's own): it never
+    /// goes back and does not move when the wall clock is stepped. By default the same
+    /// as [`now`](Clock::now) (right for clocks that are not the wall's).
+    fn mono(&self) -> Time {
+        self.now()
+    }
+
+    /// Blocks until `mono() >= target` or `cancel` is set (and
+    /// [`interrupt`](Clock::interrupt) called), then returns `mono()`. By default
+    /// [`wait_until`](Clock::wait_until).
+    fn wait_until_mono(&self, target: Time, cancel: &AtomicBool) -> Time {
+        self.wait_until(target, cancel)
+    }
 }
 
 use crate::sync::lock;
 
-/// The wall clock.
-#[derive(Default)]
+/// The wall clock, with the system's monotonic clock for waits.
 pub struct SystemClock {
     lock: Mutex<()>,
     wake: Condvar,
+    /// The origin of [`mono`](Clock::mono).
+    origin: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl SystemClock {
@@ -165,6 +195,26 @@ impl Clock for SystemClock {
     fn interrupt(&self) {
         let _g = lock(&self.lock);
         self.wake.notify_all();
+    }
+
+    fn mono(&self) -> Time {
+        Time(duration_ms(self.origin.elapsed()))
+    }
+
+    fn wait_until_mono(&self, target: Time, cancel: &AtomicBool) -> Time {
+        let mut guard = lock(&self.lock);
+        loop {
+            let now = self.mono();
+            if now >= target || cancel.load(Ordering::Acquire) {
+                return now;
+            }
+            let wait = Duration::from_millis(u64::try_from(target.since(now)).unwrap_or(0));
+            guard = self
+                .wake
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }
 

@@ -610,6 +610,12 @@ impl StreamingContext {
             self.fresh_zero(),
         )?;
         self.inner.graph.start(zero, base_id);
+        // Batches logged before batch times skipped ahead (their zero time moved) still
+        // run as they were planned.
+        if let Some(p) = replays.first() {
+            let timing = &self.inner.graph.timing;
+            timing.lower_floor(Time(p.batch_time_ms).plus_ms(-timing.interval_ms));
+        }
         let bounded = self.inner.trigger == Trigger::AvailableNow;
         let inputs = self.inner.graph.inputs();
         for (i, input) in inputs.iter().enumerate() {

@@ -73,6 +73,16 @@ pub(crate) struct Timing {
     /// How long every node keeps the batches it computed (`StreamingContext::remember`):
     /// 0, the default, keeps them only while the batch runs.
     pub remember_ms: AtomicI64,
+    /// The least common multiple of the interval and every node's slide: batch times
+    /// may skip ahead by multiples of it without moving any window's alignment.
+    period_ms: AtomicI64,
+    /// No batch of this run is at or before this time (the zero time at start, or
+    /// before the first batch recovery re-runs); skipping ahead does not move it.
+    floor_ms: AtomicI64,
+    /// How far back any window looks (its length plus its slide): batches without
+    /// input run for this long before batch times may skip ahead, so that every window
+    /// has let its data go.
+    horizon_ms: AtomicI64,
 }
 
 impl Timing {
@@ -83,7 +93,62 @@ impl Timing {
     /// Fixes the zero time; batch `base_id` is the first after it.
     pub fn set_zero(&self, t: Time, base_id: BatchId) {
         self.zero_ms.store(t.0, Ordering::Release);
+        self.floor_ms.store(t.0, Ordering::Release);
         self.base_id.store(base_id, Ordering::Release);
+    }
+
+    /// Lowers the floor below which no batch runs to `t` (a re-run batch logged before
+    /// batch times skipped ahead).
+    pub fn lower_floor(&self, t: Time) {
+        self.floor_ms.fetch_min(t.0, Ordering::AcqRel);
+    }
+
+    /// True when `t` is a batch time of this run for a node sliding by `slide_ms`:
+    /// after the floor, and aligned with the zero time.
+    pub fn is_batch_time(&self, t: Time, slide_ms: i64) -> bool {
+        t.0 > self.floor_ms.load(Ordering::Acquire)
+            && t.since(self.zero()).rem_euclid(slide_ms.max(1)) == 0
+    }
+
+    /// The period batch times skip ahead by (see [`skip`](Self::skip)).
+    pub fn period_ms(&self) -> i64 {
+        self.period_ms.load(Ordering::Acquire).max(self.interval_ms)
+    }
+
+    /// How long batches without input run before batch times may skip ahead: the
+    /// longest window's look-back, or what `remember` keeps.
+    pub fn horizon_ms(&self) -> i64 {
+        self.horizon_ms
+            .load(Ordering::Acquire)
+            .max(self.remember_ms.load(Ordering::Acquire))
+    }
+
+    /// Counts a window's look-back into the horizon.
+    pub fn add_horizon(&self, ms: i64) {
+        self.horizon_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Counts a node's slide into the period.
+    fn add_slide(&self, slide_ms: i64) {
+        fn gcd(a: i64, b: i64) -> i64 {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let _ = self
+            .period_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                let (p, s) = (p.max(self.interval_ms).max(1), slide_ms.max(1));
+                Some(p / gcd(p, s) * s)
+            });
+    }
+
+    /// Moves every batch time from the next batch on `by_ms` later (a multiple of the
+    /// period): the next batch keeps its id, and the intervals skipped have no batch.
+    pub fn skip(&self, by_ms: i64) {
+        self.zero_ms.fetch_add(by_ms, Ordering::AcqRel);
     }
 
     /// The batch id of batch time `t`.
@@ -124,8 +189,7 @@ impl NodeMeta {
 
     /// True when this node produces a batch at time `t`.
     pub fn is_valid(&self, t: Time) -> bool {
-        let since = t.since(self.timing.zero());
-        since > 0 && since % self.slide_ms.max(1) == 0
+        self.timing.is_batch_time(t, self.slide_ms)
     }
 
     pub fn add_consumer(&self) {
@@ -301,6 +365,9 @@ impl Graph {
                 zero_ms: AtomicI64::new(0),
                 base_id: std::sync::atomic::AtomicU64::new(0),
                 remember_ms: AtomicI64::new(0),
+                period_ms: AtomicI64::new(interval_ms),
+                floor_ms: AtomicI64::new(0),
+                horizon_ms: AtomicI64::new(0),
             }),
             parallelism,
             started: AtomicBool::new(false),
@@ -341,6 +408,7 @@ impl Graph {
                  build the whole graph before calling start()"
             )));
         }
+        self.timing.add_slide(slide_ms);
         Arc::new(NodeMeta {
             id,
             name: RwLock::new(format!("{kind}-{id}")),

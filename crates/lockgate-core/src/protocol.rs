@@ -290,6 +290,16 @@ impl Protocol {
         }
     }
 
+    /// Batch times from the next batch on move `by_ms` later (a multiple of the
+    /// timing's period), in the checkpoint first: the intervals skipped get no batch.
+    pub fn skip_ahead(&self, by_ms: i64) -> Result<()> {
+        if let Some(cp) = &self.checkpointer {
+            cp.skip_ahead(by_ms)?;
+        }
+        self.graph.timing.skip(by_ms);
+        Ok(())
+    }
+
     /// How many batches a bounded run plans and logs at once: more on an object store,
     /// where logging them is one request and each request takes milliseconds.
     pub fn plan_ahead(&self) -> usize {

@@ -86,6 +86,11 @@ pub(crate) trait InputSource: Send + Sync {
     }
     /// True while the source has data that a next `plan` would take.
     fn has_pending(&self) -> bool;
+    /// Whether the plan `info` (this source's, just made) takes any input: batches
+    /// without input may be skipped over (see the scheduler). By its record count.
+    fn took_input(&self, info: &InputInfo) -> bool {
+        info.records > 0
+    }
     /// How many more batches a bounded source needs for what it holds (None when it
     /// cannot tell, e.g. a receiver).
     fn pending_batches(&self) -> Option<u64> {

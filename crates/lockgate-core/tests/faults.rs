@@ -88,10 +88,12 @@ fn a_full_checkpoint_disk_is_a_clear_error_and_a_restart_loses_nothing() {
     );
     let done = first.lock().unwrap().len();
     assert!(done < 40, "the disk never filled");
+    // The clock goes on where it was (batch times are wall-clock times).
+    let stopped_at = run.clock.now();
 
     // Space again: the restart recovers from the last good commit and finishes.
     assert!(mount(&cp, "64m", true));
-    let (run, second) = job(&cp, 0);
+    let (run, second) = job(&cp, stopped_at.0);
     run.ctx.start().unwrap();
     // Replays (if any) run on their own; then new batches follow the clock.
     let mut batches = 0;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockgate_core::testing::{collect_output, ManualRun};
+use lockgate_core::Clock as _;
 use lockgate_core::{
     ContextState, Error, InputQueue, ManualClock, StreamingContext, Time, Trigger,
 };
@@ -333,4 +334,227 @@ fn a_panic_on_the_runner_thread_stops_the_context_with_an_error() {
         "{text}"
     );
     assert_eq!(ctx.state(), ContextState::Stopped);
+}
+
+/// A wall clock that can be stepped, over a manual monotonic clock: `now()` is the
+/// monotonic time plus an offset the test sets.
+struct SteppedClock {
+    mono: ManualClock,
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl SteppedClock {
+    fn new(start_ms: i64) -> Arc<Self> {
+        Arc::new(SteppedClock {
+            mono: ManualClock::new(start_ms),
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+    /// Steps the wall clock by `ms` (negative: back).
+    fn step(&self, ms: i64) {
+        self.offset_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::AcqRel);
+        self.mono.interrupt();
+    }
+    /// Time passes: both clocks move by `d`.
+    fn advance(&self, d: Duration) {
+        self.mono.advance(d);
+    }
+}
+
+impl lockgate_core::Clock for SteppedClock {
+    fn now(&self) -> Time {
+        self.mono
+            .now()
+            .plus_ms(self.offset_ms.load(std::sync::atomic::Ordering::Acquire))
+    }
+    fn wait_until(&self, target: Time, cancel: &std::sync::atomic::AtomicBool) -> Time {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Acquire);
+        self.mono
+            .wait_until(target.plus_ms(-offset), cancel)
+            .plus_ms(offset)
+    }
+    fn interrupt(&self) {
+        self.mono.interrupt()
+    }
+    fn mono(&self) -> Time {
+        self.mono.now()
+    }
+    fn wait_until_mono(&self, target: Time, cancel: &std::sync::atomic::AtomicBool) -> Time {
+        self.mono.wait_until(target, cancel)
+    }
+}
+
+/// A context on `clock` counting the elements of a queue stream, and its batch times.
+fn stepped_job(
+    clock: Arc<SteppedClock>,
+    checkpoint: Option<&std::path::Path>,
+) -> (StreamingContext, InputQueue<i64>, Arc<Mutex<Vec<Time>>>) {
+    let mut b = StreamingContext::builder()
+        .app_name("stepped")
+        .batch_interval(Duration::from_secs(1))
+        .parallelism(1)
+        .clock(clock);
+    if let Some(dir) = checkpoint {
+        b = b.checkpoint_dir(dir);
+    }
+    let ctx = b.build().unwrap();
+    let q = InputQueue::new();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let seen = times.clone();
+    // A checkpointed job needs a replayable source: two batches of one record.
+    let input = match checkpoint {
+        None => ctx.queue_stream(q.clone(), true, None),
+        Some(_) => ctx.seq_stream(vec![vec![1i64], vec![2]]),
+    };
+    input.foreach_batch(move |_, b| seen.lock().unwrap().push(b.time));
+    (ctx, q, times)
+}
+
+/// Regression (outside tester): with the wall clock stepped back 1 h the job planned no
+/// batch for the rest of the test. Batches are paced on the monotonic clock: the next one
+/// comes one interval later, its time after the last one's, and the step is logged.
+#[test]
+fn a_wall_clock_stepped_back_neither_stalls_nor_reuses_batch_times() {
+    let clock = SteppedClock::new(0);
+    let (ctx, _q, times) = stepped_job(clock.clone(), None);
+    ctx.start().unwrap();
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(1));
+        assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed >= 1));
+    }
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 2));
+    clock.step(-3_600_000);
+    for n in 3..=5 {
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            ctx.metrics().wait_for(WAIT, |m| m.total_completed == n),
+            "batch {n} after the step back"
+        );
+    }
+    ctx.stop(false).unwrap();
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times, (1..=5).map(|s| Time(s * 1000)).collect::<Vec<_>>());
+}
+
+/// Regression (outside tester): a wall clock a day ahead made the job run 19,541 empty
+/// batches in 21 s. Now batch times skip ahead to the wall clock when no input waits:
+/// one batch, not 86,400; input that waits is not skipped over.
+#[test]
+fn a_wall_clock_jumping_forward_skips_ahead_without_a_storm_of_empty_batches() {
+    let clock = SteppedClock::new(0);
+    let (ctx, q, times) = stepped_job(clock.clone(), None);
+    ctx.start().unwrap();
+    q.push(vec![1, 2]);
+    clock.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 1));
+    clock.step(86_400_000);
+    clock.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 2));
+    q.push(vec![3]);
+    clock.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 3));
+    ctx.stop(false).unwrap();
+    let times = times.lock().unwrap().clone();
+    assert_eq!(
+        times,
+        vec![Time(1000), Time(86_402_000), Time(86_403_000)],
+        "one batch at the new wall time, then one per interval"
+    );
+    assert_eq!(ctx.metrics().snapshot().total_records, 3);
+}
+
+/// Regression (outside tester): restarted with the wall clock a day behind its
+/// checkpoint, the job ran no batch at all. Batch times go on after the last logged
+/// one, one interval apart; restarted a day later (downtime), they skip ahead instead of
+/// running a day of empty batches — and the skip survives the next restart.
+#[test]
+fn restarts_with_the_wall_clock_behind_or_ahead_go_on_from_the_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SteppedClock::new(1_000_000);
+    let (ctx, _q, _) = stepped_job(clock.clone(), Some(dir.path()));
+    ctx.start().unwrap();
+    for n in 1..=3 {
+        clock.advance(Duration::from_secs(1));
+        assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == n));
+    }
+    ctx.stop(false).unwrap();
+    // A day behind.
+    let behind = SteppedClock::new(1_000_000 - 86_400_000);
+    let (ctx, _q, times) = stepped_job(behind.clone(), Some(dir.path()));
+    ctx.start().unwrap();
+    behind.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 1));
+    ctx.stop(false).unwrap();
+    assert_eq!(*times.lock().unwrap(), vec![Time(1_004_000)]);
+    // A day ahead (downtime): one batch at the wall clock's time, then on from there.
+    let ahead = SteppedClock::new(1_004_000 + 86_400_000);
+    let (ctx, _q, times) = stepped_job(ahead.clone(), Some(dir.path()));
+    ctx.start().unwrap();
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 1));
+    ahead.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 2));
+    ctx.stop(false).unwrap();
+    assert_eq!(
+        *times.lock().unwrap(),
+        vec![Time(87_404_000), Time(87_405_000)]
+    );
+    // The skip was recorded: the next start goes on after it.
+    let later = SteppedClock::new(87_405_000);
+    let (ctx, _q, times) = stepped_job(later.clone(), Some(dir.path()));
+    ctx.start().unwrap();
+    later.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 1));
+    ctx.stop(false).unwrap();
+    assert_eq!(*times.lock().unwrap(), vec![Time(87_406_000)]);
+}
+
+/// A window drains before batch times skip ahead: batches without input run for the
+/// window's look-back (its data leaves, the incremental count goes back to 0), then the
+/// times skip; the counts are never stale.
+#[test]
+fn a_window_drains_before_batch_times_skip_ahead() {
+    let clock = SteppedClock::new(0);
+    let ctx = StreamingContext::builder()
+        .app_name("window-skip")
+        .batch_interval(Duration::from_secs(1))
+        .parallelism(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let q = InputQueue::new();
+    let counts = collect_output(
+        &ctx.queue_stream(q.clone(), true, None)
+            .count_by_window(Duration::from_secs(3), Duration::from_secs(1)),
+    );
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let seen = times.clone();
+    ctx.queue_stream(InputQueue::<i64>::new(), true, None)
+        .foreach_batch(move |_, b| seen.lock().unwrap().push(b.time));
+    ctx.start().unwrap();
+    q.push(vec![1i64, 2]);
+    clock.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 1));
+    clock.step(86_400_000);
+    clock.advance(Duration::from_secs(1));
+    // Look-back 3 s + 1 s: four batches without input, then the skip and one batch.
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 6));
+    q.push(vec![3]);
+    clock.advance(Duration::from_secs(1));
+    assert!(ctx.metrics().wait_for(WAIT, |m| m.total_completed == 7));
+    ctx.stop(false).unwrap();
+    let times = times.lock().unwrap().clone();
+    assert_eq!(
+        times,
+        [1000, 2000, 3000, 4000, 5000, 86_402_000, 86_403_000]
+            .map(Time)
+            .to_vec()
+    );
+    let counts: Vec<i64> = counts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.iter().sum())
+        .collect();
+    assert_eq!(counts, vec![2, 2, 2, 0, 0, 0, 1]);
 }

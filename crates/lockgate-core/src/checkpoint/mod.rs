@@ -347,6 +347,18 @@ impl Checkpointer {
         Ok(out)
     }
 
+    /// Records that batch times from the next batch on are `by_ms` later (the zero time
+    /// moves; batch ids go on), before the next plan is logged: recovery then resumes
+    /// on the new times.
+    pub fn skip_ahead(&self, by_ms: i64) -> Result<()> {
+        let mut meta = self.log.read_metadata()?.ok_or_else(|| Error::Checkpoint {
+            path: self.log.path("metadata"),
+            reason: "missing while the job runs; the directory was changed under the job".into(),
+        })?;
+        meta.zero_ms += by_ms;
+        self.log.write_metadata(&meta)
+    }
+
     /// Logs a plan (before the batch runs).
     pub fn log_plans(&self, plans: &[Plan]) -> Result<()> {
         self.log.write_plans(plans)

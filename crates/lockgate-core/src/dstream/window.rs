@@ -91,6 +91,8 @@ impl<T: Data> DStream<T> {
                 ),
             );
         }
+        // The scheduler lets a window drain before it skips batch times ahead.
+        self.graph.timing.add_horizon(len.max(1) + sl.max(1));
         (len.max(1), sl.max(1))
     }
 

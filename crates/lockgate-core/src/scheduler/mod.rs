@@ -90,11 +90,16 @@ impl Scheduler {
                 .spawn(move || s.guarded("job runner", || s.run_jobs(rx)))
                 .map_err(spawn_err)?
         };
+        // The clocks as the context starts (not when the thread gets to run): the first
+        // batch is due relative to them.
+        let started = (self.clock.now(), self.clock.mono());
         let generator = {
             let s = self.clone();
             std::thread::Builder::new()
                 .name("lockgate-job-generator".into())
-                .spawn(move || s.guarded("job generator", || s.generate(first, replays, tx)))
+                .spawn(move || {
+                    s.guarded("job generator", || s.generate(first, started, replays, tx))
+                })
                 .map_err(spawn_err)?
         };
         Ok(vec![generator, runner])
@@ -169,7 +174,15 @@ impl Scheduler {
         job
     }
 
-    fn generate(&self, first: Time, replays: Vec<Plan>, tx: SyncSender<Job>) {
+    /// Plans the batches: the logged `replays`, then one every interval from `first`,
+    /// timed from the clocks' readings (wall, monotonic) at `started`.
+    fn generate(
+        &self,
+        first: Time,
+        started: (Time, Time),
+        replays: Vec<Plan>,
+        tx: SyncSender<Job>,
+    ) {
         // Logged batches first. A graceful stop does not skip them: they were planned, so
         // they are drained like any planned batch; only an immediate stop (or a failure)
         // leaves them logged for the next start.
@@ -184,19 +197,66 @@ impl Scheduler {
         let interval = self.graph.timing.interval_ms;
         let mut t = first;
         let pending = || self.graph.inputs().iter().any(|i| i.has_pending());
+        let clock = self.clock.as_ref();
+        // When batch `t` is due, on the monotonic clock: when the wall clock (read as
+        // `wall` at `mono`) reaches it, at once if it passed it, but never more than one
+        // interval after the previous batch was due (a wall clock stepped back does not
+        // stall the job; batch times go on from the last one).
+        let due_of = |t: Time, previous: Time, (wall, mono): (Time, Time)| {
+            mono.plus_ms(t.since(wall).max(0))
+                .min(previous.plus_ms(interval))
+        };
+        let mut due = due_of(t, started.1, started);
+        let mut steps = StepWatch {
+            wall: started.0,
+            mono: started.1,
+        };
+        // The first of the batches planned since the last one that took input (`None`:
+        // the last one did, or none was planned yet).
+        let mut quiet_from: Option<Time> = None;
         loop {
             if self.bounded && !pending() {
                 // A bounded run ends when no source has anything left.
                 return;
             }
             if !self.bounded {
-                self.clock.wait_until(t, &self.stop);
+                clock.wait_until_mono(due, &self.stop);
             }
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            if !self.bounded && self.clock.now() < t {
-                continue;
+            if !self.bounded {
+                if clock.mono() < due {
+                    continue;
+                }
+                steps.check(clock, t);
+                // Behind the wall clock by a period or more with nothing to read (the
+                // job was down or busy, or the wall clock jumped forward): batch times
+                // skip ahead instead of running a storm of empty batches — once every
+                // window has had its data leave (batches without input for its
+                // look-back), so that skipped batches could not have changed a result.
+                let timing = &self.graph.timing;
+                let period = timing.period_ms();
+                let horizon = timing.horizon_ms();
+                let behind = clock.now().since(t);
+                let drained = horizon == 0 || quiet_from.is_some_and(|q| t.since(q) >= horizon);
+                if behind >= period && drained && !pending() {
+                    let by = behind / period * period;
+                    if let Err(e) = self.protocol.skip_ahead(by) {
+                        self.fail(e);
+                        return;
+                    }
+                    tracing::warn!(
+                        from = %t,
+                        to = %t.plus_ms(by),
+                        "batch times skip {by} ms ahead to the wall clock: no batch was \
+                         planned for that long (the job was down or busy, or the wall clock \
+                         jumped forward) and no source has input waiting, so {} empty \
+                         batch(es) are not run",
+                        by / interval.max(1)
+                    );
+                    t = t.plus_ms(by);
+                }
             }
             // A bounded run plans several batches at once: one sync for all their plans.
             let max = if self.bounded {
@@ -208,10 +268,16 @@ impl Scheduler {
                 Ok(jobs) => {
                     t = t.plus_ms(interval * jobs.len() as i64);
                     for job in jobs {
+                        if self.took_input(&job) {
+                            quiet_from = None;
+                        } else {
+                            quiet_from.get_or_insert(job.cx.time);
+                        }
                         if tx.send(job).is_err() {
                             return;
                         }
                     }
+                    due = due_of(t, due, (clock.now(), clock.mono()));
                 }
                 Err(e) => {
                     self.fail(e);
@@ -229,6 +295,17 @@ impl Scheduler {
                 Err(e) => self.fail(e),
             }
         }
+    }
+
+    /// Whether a planned batch takes any input.
+    fn took_input(&self, job: &Job) -> bool {
+        let inputs = self.graph.inputs();
+        job.inputs.iter().any(|info| {
+            inputs
+                .iter()
+                .find(|i| i.name() == info.source)
+                .map_or(info.records > 0, |i| i.took_input(info))
+        })
     }
 
     fn run_jobs(&self, rx: Receiver<Job>) {
@@ -309,5 +386,41 @@ impl Scheduler {
         }
         .unwrap_or_else(|p| p.into_inner());
         *done
+    }
+}
+
+/// Watches the wall clock against the monotonic one between batches and logs a step of
+/// more than [`StepWatch::TOLERANCE_MS`] with its size.
+struct StepWatch {
+    wall: Time,
+    mono: Time,
+}
+
+impl StepWatch {
+    /// How far the two clocks may drift apart between two batches unnoticed (NTP slews
+    /// far less; a scheduling hiccup does not move the wall clock against the other).
+    const TOLERANCE_MS: i64 = 1000;
+
+    /// Logs a step of the wall clock since the last check (before batch `next`).
+    fn check(&mut self, clock: &dyn Clock, next: Time) {
+        let (wall, mono) = (clock.now(), clock.mono());
+        let step = wall.since(self.wall) - mono.since(self.mono);
+        if step.abs() > Self::TOLERANCE_MS {
+            let (dir, then) = if step > 0 {
+                (
+                    "forward",
+                    "batch times skip ahead to it if no input is waiting",
+                )
+            } else {
+                (
+                    "back",
+                    "batch times go on from the last batch, one interval apart on the \
+                     monotonic clock, ahead of the wall clock",
+                )
+            };
+            tracing::warn!(step_ms = step, next_batch = %next, "the wall clock stepped {dir} by {} ms; {then}", step.abs());
+        }
+        self.wall = wall;
+        self.mono = mono;
     }
 }

@@ -733,6 +733,11 @@ impl InputSource for FileInput {
         !lock(&self.backlog).is_empty()
     }
 
+    fn took_input(&self, info: &InputInfo) -> bool {
+        // Lines are counted when read: a plan with files takes input.
+        !info.description.is_empty()
+    }
+
     fn pending_batches(&self) -> Option<u64> {
         let files = lock(&self.backlog).len();
         let per = self.opts.max_files_per_batch.unwrap_or(usize::MAX).max(1);

@@ -73,9 +73,14 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
     let storage = location.0;
     let dir = storage.location().to_string();
     let log = CheckpointLog::new(storage.clone());
-    let meta = log
-        .read_metadata()?
+    let assessment = assess(storage.clone())?
         .with_context(|| format!("{dir} holds no checkpoint (no metadata file)"))?;
+    let meta = match (log.read_metadata(), &assessment.refusal) {
+        (Ok(Some(meta)), _) => meta,
+        (_, Some(refusal)) => bail!("`run` would refuse this checkpoint: {refusal}"),
+        (Ok(None), None) => bail!("{dir} holds no checkpoint (no metadata file)"),
+        (Err(e), None) => return Err(e.into()),
+    };
     outln!("checkpoint {dir}");
     outln!("  application   {}", meta.app_name);
     outln!(
@@ -89,8 +94,6 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
     }
     let commits = log.commit_ids()?;
     let plans = log.plan_ids()?;
-    let assessment = assess(storage.clone())?
-        .with_context(|| format!("{dir} holds no checkpoint (no metadata file)"))?;
     // Commits may be grouped: a commit covers every batch up to it.
     let last_commit = assessment.start_after;
     outln!(

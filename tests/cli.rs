@@ -1952,6 +1952,17 @@ fn checkpoint_inspect_reports_what_run_would_do() {
     assert_eq!(piped.status.code(), Some(1), "{e}");
     assert!(!e.contains("panicked"), "{e}");
     assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
+
+    // A damaged metadata file: both refuse, saying what to restore or move away.
+    std::fs::write(ck.join("metadata"), b"").unwrap();
+    let refused = inspect();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    let advice = "recovery needs it (the application, the batch timing and the operators' \
+                  state schemas). Restore it from a backup; or move the whole checkpoint";
+    assert!(why.contains(advice), "{why}");
+    let run_why = String::from_utf8_lossy(&run(&[]).stderr).into_owned();
+    assert!(run_why.contains(advice), "{run_why}");
 }
 
 /// Refusals that advise `StateUpgrade::StartEmpty` name the CLI's way too, and the flag

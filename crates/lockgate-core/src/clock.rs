@@ -177,19 +177,7 @@ impl Clock for SystemClock {
     }
 
     fn wait_until(&self, target: Time, cancel: &AtomicBool) -> Time {
-        let mut guard = lock(&self.lock);
-        loop {
-            let now = self.now();
-            if now >= target || cancel.load(Ordering::Acquire) {
-                return now;
-            }
-            let wait = Duration::from_millis(u64::try_from(target.since(now)).unwrap_or(0));
-            guard = self
-                .wake
-                .wait_timeout(guard, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_for(|| self.now(), target, cancel)
     }
 
     fn interrupt(&self) {
@@ -202,9 +190,17 @@ impl Clock for SystemClock {
     }
 
     fn wait_until_mono(&self, target: Time, cancel: &AtomicBool) -> Time {
+        self.wait_for(|| self.mono(), target, cancel)
+    }
+}
+
+impl SystemClock {
+    /// Blocks until `read() >= target` or `cancel` is set (and the clock interrupted);
+    /// returns `read()`. The condition variable's timeout runs on the monotonic clock.
+    fn wait_for(&self, read: impl Fn() -> Time, target: Time, cancel: &AtomicBool) -> Time {
         let mut guard = lock(&self.lock);
         loop {
-            let now = self.mono();
+            let now = read();
             if now >= target || cancel.load(Ordering::Acquire) {
                 return now;
             }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::log::CheckpointLog;
-use super::recover::{newest_loading, no_commit_loads, unreplayable};
+use super::recover::{newest_loading, no_commit_loads, read_metadata, unreplayable};
 use super::store::StateStore;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -33,8 +33,18 @@ pub struct Assessment {
 /// that: `checkpoint check-upgrade` tells). `None` for a location without a checkpoint.
 pub fn assess(storage: Arc<dyn Storage>) -> Result<Option<Assessment>> {
     let log = CheckpointLog::new(storage.clone());
-    let Some(meta) = log.read_metadata()? else {
-        return Ok(None);
+    let meta = match read_metadata(&log) {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return Ok(None),
+        Err(refusal) => {
+            return Ok(Some(Assessment {
+                start_after: None,
+                passed_over: Vec::new(),
+                replays: Vec::new(),
+                dropped: Vec::new(),
+                refusal: Some(refusal),
+            }))
+        }
     };
     let store = StateStore::new(storage);
     let commits = log.commit_ids()?;

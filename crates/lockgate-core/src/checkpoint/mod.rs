@@ -138,6 +138,9 @@ pub enum UpgradeStatus {
     },
     /// In the code only: it starts empty (or recovery fails).
     New,
+    /// State a later Lockgate keeps that a checkpoint of an earlier one lacks (a
+    /// source's new bookkeeping): it starts empty, by design.
+    Introduced,
     /// In the checkpoint only: its state is dropped (or recovery fails).
     Removed,
     /// Same name, other types: the old state cannot be used.
@@ -159,9 +162,12 @@ pub struct UpgradeReport {
 impl UpgradeReport {
     /// True when every operator keeps its state.
     pub fn is_compatible(&self) -> bool {
-        self.operators
-            .iter()
-            .all(|(_, s)| matches!(s, UpgradeStatus::Kept | UpgradeStatus::Migrated { .. }))
+        self.operators.iter().all(|(_, s)| {
+            matches!(
+                s,
+                UpgradeStatus::Kept | UpgradeStatus::Migrated { .. } | UpgradeStatus::Introduced
+            )
+        })
     }
 }
 
@@ -170,6 +176,10 @@ impl std::fmt::Display for UpgradeReport {
         for (name, status) in &self.operators {
             match status {
                 UpgradeStatus::Kept => writeln!(f, "kept      {name}")?,
+                UpgradeStatus::Introduced => writeln!(
+                    f,
+                    "added     {name} (kept by this version of Lockgate; starts empty)"
+                )?,
                 UpgradeStatus::Migrated { old, new } => {
                     writeln!(f, "migrated  {name}: {old} -> {new}")?
                 }
@@ -274,7 +284,13 @@ impl Checkpointer {
         let code = self.operators_in_code();
         let mut ops = Vec::new();
         for (name, ty, _) in &code {
+            let introduced = || {
+                self.states
+                    .iter()
+                    .any(|s| s.introduced() && s.name() == *name)
+            };
             let status = match old.get(name.as_str()) {
+                None if introduced() => UpgradeStatus::Introduced,
                 None => UpgradeStatus::New,
                 Some(t) => match schema::compare(t, ty) {
                     SchemaMatch::Same => UpgradeStatus::Kept,

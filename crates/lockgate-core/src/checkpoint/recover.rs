@@ -94,6 +94,23 @@ pub(super) fn no_commit_loads(
     })
 }
 
+/// The checkpoint's metadata; a damaged file is refused with the way out.
+pub(super) fn read_metadata(log: &super::log::CheckpointLog) -> Result<Option<Metadata>> {
+    log.read_metadata().map_err(|e| match e {
+        Error::Checkpoint { path, reason } => Error::Checkpoint {
+            path,
+            reason: format!(
+                "{reason}; recovery needs it (the application, the batch timing and the \
+                 operators' state schemas). Restore it from a backup; or move the whole \
+                 checkpoint `{}` away and start anew: every operator's state starts empty \
+                 and the sources start as on a first run, so outputs see that input again",
+                log.path("").display().to_string().trim_end_matches('/')
+            ),
+        },
+        other => other,
+    })
+}
+
 /// A plan that cannot be read for a batch that must be re-run, with the way out.
 pub(super) fn unreplayable(e: Error) -> Error {
     match e {
@@ -120,7 +137,7 @@ impl Checkpointer {
     ) -> Result<Recovery> {
         let storage = &self.config.location;
         *lock(&self.ownership) = Some(storage.take_ownership(self.config.takeover)?);
-        let Some(meta) = self.log.read_metadata()? else {
+        let Some(meta) = read_metadata(&self.log)? else {
             return self.initialise(app_name, interval_ms, config, fresh);
         };
         let start_empty = self.check_metadata(&meta, app_name, &config)?;
@@ -219,7 +236,7 @@ impl Checkpointer {
                 UpgradeStatus::Migrated { old, new } => {
                     tracing::info!(operator = %name, from = %old, to = %new, "operator state migrates to the code's versions of its types");
                 }
-                UpgradeStatus::New if self.states.iter().any(|s| s.introduced() && s.name() == *name) => {
+                UpgradeStatus::Introduced => {
                     start_empty.insert(name.clone());
                 }
                 UpgradeStatus::New | UpgradeStatus::TypeChanged { .. } if self.config.upgrade.start_empty() => {
@@ -242,7 +259,7 @@ impl Checkpointer {
                                 "its types changed from `{old}` to `{new}`; set {} to start it empty",
                                 StateUpgrade::StartEmpty.how()
                             ),
-                            UpgradeStatus::Kept | UpgradeStatus::Migrated { .. } => String::new(),
+                            UpgradeStatus::Kept | UpgradeStatus::Migrated { .. } | UpgradeStatus::Introduced => String::new(),
                         },
                     })
                 }

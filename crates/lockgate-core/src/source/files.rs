@@ -171,6 +171,8 @@ struct FileInput {
     dir: PathBuf,
     opts: FileStreamOptions,
     bounded: AtomicBool,
+    /// Started and not stopped yet.
+    started: AtomicBool,
     seen: Mutex<HashSet<PathBuf>>,
     /// Files taken by completed batches (or ignored at a fresh start): the checkpointed
     /// state.
@@ -451,9 +453,16 @@ impl FileInput {
         let step =
             (self.opts.min_age / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut told = false;
+        // The files are planned oldest first, as listed, however they became still.
+        let in_order = || {
+            lock(&self.backlog).make_contiguous().sort_by(|a, b| {
+                (a.stamp.map(|s| s.mtime_ns), &a.path).cmp(&(b.stamp.map(|s| s.mtime_ns), &b.path))
+            });
+        };
         loop {
             let waiting: Vec<PathBuf> = lock(&self.young).keys().cloned().collect();
             if waiting.is_empty() {
+                in_order();
                 return Ok(());
             }
             if started.elapsed() >= self.opts.min_age + BOUNDED_SETTLE_GRACE {
@@ -474,6 +483,8 @@ impl FileInput {
                         stamp: Some(stamp),
                     });
                 }
+                drop((seen, backlog));
+                in_order();
                 return Ok(());
             }
             if !told {
@@ -644,6 +655,7 @@ impl InputSource for FileInput {
 
     fn start(&self, bounded: bool, recovered: bool) -> Result<()> {
         self.bounded.store(bounded, Ordering::Release);
+        self.started.store(true, Ordering::Release);
         if recovered {
             let taken = lock(&self.taken);
             lock(&self.seen).extend(taken.keys().cloned());
@@ -676,7 +688,11 @@ impl InputSource for FileInput {
     }
 
     fn stop(&self) {
-        // The end of a run: what changed after its plan is reported now, not never.
+        // The end of a run: what changed after its plan is reported now, not never
+        // (once; nothing to check for a source that never started).
+        if !self.started.swap(false, Ordering::AcqRel) {
+            return;
+        }
         match self.list() {
             Ok(listing) => self.report(&listing),
             Err(e) => {
@@ -974,6 +990,7 @@ impl StreamingContext {
             dir: dir.to_path_buf(),
             opts,
             bounded: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             seen: Mutex::new(HashSet::new()),
             backlog: Mutex::new(VecDeque::new()),
             planned: Mutex::new(BTreeMap::new()),

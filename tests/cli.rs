@@ -314,7 +314,30 @@ fn bad_flags_get_clear_errors() {
         "--window",
         "15s",
     ]);
-    assert!(e.contains("15000 ms") && e.contains("multiples"), "{e}");
+    assert!(
+        e.contains(
+            "--window 15s and --slide 10s must be positive multiples of --batch-interval 10s"
+        ),
+        "the flags, with their values: {e}"
+    );
+    let e = run_err(&[
+        "run",
+        "log-errors",
+        "--input",
+        dir,
+        "--once",
+        "--window",
+        "7s",
+        "--slide",
+        "3s",
+        "--batch-interval",
+        "2s",
+    ]);
+    assert!(
+        e.contains("--window 7s and --slide 3s must be positive multiples of --batch-interval 2s")
+            && e.contains("e.g. --window 6s --slide 2s"),
+        "{e}"
+    );
     let e = run_err(&["run", "log-errors", "--socket", "localhost:9999", "--once"]);
     assert!(e.contains("--once needs a bounded input"), "{e}");
     let e = run_err(&["run", "log-errors", "--input", "/nonexistent/dir", "--once"]);
@@ -2044,7 +2067,7 @@ fn skipped_values_are_counted_by_reason_in_metrics_and_on_the_streaming_page() {
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let get = |path: &str| http_get(addr, path);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let metric = "lockgate_source_skipped_values_total{source=\"files-0\",reason=\"wrong type\"} 1";
+    let metric = "lockgate_source_skipped_values_total{app=\"sql-result\",source=\"files-0\",reason=\"wrong type\"} 1";
     let metrics = loop {
         let m = get("/metrics");
         if m.contains(metric) || Instant::now() > deadline {
@@ -2055,7 +2078,7 @@ fn skipped_values_are_counted_by_reason_in_metrics_and_on_the_streaming_page() {
     assert!(metrics.contains(metric), "{metrics}");
     for reason in ["wrong field count", "unclosed quote"] {
         let m = format!(
-            "lockgate_source_skipped_values_total{{source=\"files-0\",reason=\"{reason}\"}} 1"
+            "lockgate_source_skipped_values_total{{app=\"sql-result\",source=\"files-0\",reason=\"{reason}\"}} 1"
         );
         assert!(metrics.contains(&m), "{metrics}");
     }

@@ -558,3 +558,18 @@ fn a_window_drains_before_batch_times_skip_ahead() {
         .collect();
     assert_eq!(counts, vec![2, 2, 2, 0, 0, 0, 1]);
 }
+
+/// `slice` before `start` is an error, as in Spark ("has not been initialized"), not an
+/// empty answer.
+#[test]
+fn slice_before_start_is_an_error() {
+    let run = ManualRun::new(1).unwrap();
+    let s = run.ctx.queue_stream(InputQueue::<i64>::new(), true, None);
+    s.foreach_batch(|_, _| ());
+    let err = s.slice(Time(0), Time(1000)).unwrap_err();
+    assert!(err.to_string().contains("has not started"), "{err}");
+    run.ctx.start().unwrap();
+    run.next_batch().unwrap();
+    assert!(s.slice(Time(1000), Time(1000)).is_ok());
+    run.ctx.stop(false).unwrap();
+}

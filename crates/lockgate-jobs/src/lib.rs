@@ -227,6 +227,32 @@ impl JobConfig {
                 "--max-files-per-batch must be at least 1".into(),
             ));
         }
+        if job == Job::LogErrors && !self.event_time {
+            // Processing-time windows are made of whole batches.
+            let ms = |d: Duration| d.as_millis();
+            let (w, sl, b) = (
+                ms(self.window),
+                ms(self.slide),
+                ms(self.batch_interval).max(1),
+            );
+            if w == 0 || sl == 0 || w % b != 0 || sl % b != 0 {
+                let show = |d: Duration| match ms(d) {
+                    n if n % 1000 == 0 => format!("{}s", n / 1000),
+                    n => format!("{n}ms"),
+                };
+                return Err(Error::Config(format!(
+                    "--window {} and --slide {} must be positive multiples of \
+                     --batch-interval {} (log-errors counts errors per window of whole \
+                     batches); e.g. --window {} --slide {}, or --event-time for windows of \
+                     the lines' own timestamps",
+                    show(self.window),
+                    show(self.slide),
+                    show(self.batch_interval),
+                    show(self.batch_interval * 3),
+                    show(self.batch_interval),
+                )));
+            }
+        }
         if self.max_files_per_batch.is_some() && !matches!(self.input, Input::Dir(_)) {
             return Err(Error::Config(
                 "--max-files-per-batch applies to --input only (with Kafka, use \

@@ -383,5 +383,28 @@ pub(crate) fn render(ctx: &StreamingContext) -> String {
         "gauge",
         &per_sink(|c| u64::from(c.status().retrying_since_ms.is_some())),
     );
+    with_app(&out, &label(ctx.app_name()))
+}
+
+/// `text` with the `app` label on every sample that lacks it (histograms, per-source
+/// and per-sink series): a scraper of several jobs tells their series apart.
+fn with_app(text: &str, app: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some((series, value)) if !line.starts_with('#') && !series.contains("app=\"") => {
+                match series.split_once('{') {
+                    Some((name, labels)) => {
+                        let _ = write!(out, "{name}{{app=\"{app}\",{labels} {value}");
+                    }
+                    None => {
+                        let _ = write!(out, "{series}{{app=\"{app}\"}} {value}");
+                    }
+                }
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
     out
 }

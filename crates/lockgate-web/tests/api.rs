@@ -165,15 +165,15 @@ fn statistics_and_batches_match_the_recorded_batches() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("lockgate_scheduling_delay_seconds_bucket{le=\"0.001\"} 2"),
+        metrics.contains("lockgate_scheduling_delay_seconds_bucket{app=\"test\",le=\"0.001\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("lockgate_processing_time_seconds_count 2"),
+        metrics.contains("lockgate_processing_time_seconds_count{app=\"test\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("lockgate_source_records_total{source=\"queue-0\"}"),
+        metrics.contains("lockgate_source_records_total{app=\"test\",source=\"queue-0\"}"),
         "{metrics}"
     );
 
@@ -262,7 +262,7 @@ fn metrics_show_wal_size_and_checkpoint_writes() {
     let (_, before) = get(ui.addr(), "/metrics");
     let wal_line = before
         .lines()
-        .find(|l| l.starts_with("lockgate_wal_bytes{source=\"socket-0\"}"))
+        .find(|l| l.starts_with("lockgate_wal_bytes{app=\"wal\",source=\"socket-0\"}"))
         .unwrap_or("");
     let bytes: f64 = wal_line
         .split_whitespace()
@@ -276,7 +276,7 @@ fn metrics_show_wal_size_and_checkpoint_writes() {
     let (_, after) = get(ui.addr(), "/metrics");
     let count: u64 = after
         .lines()
-        .find(|l| l.starts_with("lockgate_checkpoint_write_seconds_count"))
+        .find(|l| l.starts_with("lockgate_checkpoint_write_seconds_count{app=\"wal\"}"))
         .and_then(|l| l.split_whitespace().last())
         .unwrap()
         .parse()
@@ -361,11 +361,11 @@ fn metrics_show_late_records_and_the_watermark_per_event_time_operator() {
     let (_, m) = get(ui.addr(), "/metrics");
     run.ctx.stop(false).unwrap();
     assert!(
-        m.contains("lockgate_late_records_total{operator=\"per_10s\"} 1"),
+        m.contains("lockgate_late_records_total{app=\"test\",operator=\"per_10s\"} 1"),
         "{m}"
     );
     assert!(
-        m.contains("lockgate_watermark_seconds{operator=\"per_10s\"} 65"),
+        m.contains("lockgate_watermark_seconds{app=\"test\",operator=\"per_10s\"} 65"),
         "{m}"
     );
 }
@@ -508,7 +508,7 @@ fn sink_retries_are_shown_in_metrics_the_api_and_the_batch() {
     assert_eq!(batch["outputOperations"][0]["retries"], 2, "{batch}");
     let (_, metrics) = get(addr, "/metrics");
     assert!(
-        metrics.contains("lockgate_sink_retries_total{sink=\"flaky\"} 2"),
+        metrics.contains("lockgate_sink_retries_total{app=\"test\",sink=\"flaky\"} 2"),
         "{metrics}"
     );
     run.ctx.stop(false).unwrap();

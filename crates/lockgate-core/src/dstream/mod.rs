@@ -293,6 +293,18 @@ impl<T: Data> DStream<T> {
     /// assert_eq!(kept, vec![(2000, vec![4]), (3000, vec![6])]);
     /// ```
     pub fn slice(&self, from: Time, to: Time) -> Result<Vec<(Time, Batch<T>)>> {
+        // Spark: "has not been initialized" — before start there are no batch times.
+        if !self
+            .graph
+            .started
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(Error::Lifecycle(
+                "slice: the context has not started, so the stream has no batches yet; \
+                 call slice after start()"
+                    .into(),
+            ));
+        }
         let zero = self.graph.timing.zero();
         let slide = self.slide_ms().max(1);
         for (what, t) in [("from", from), ("to", to)] {

@@ -198,15 +198,23 @@ impl Scheduler {
         let mut t = first;
         let pending = || self.graph.inputs().iter().any(|i| i.has_pending());
         let clock = self.clock.as_ref();
-        // When batch `t` is due, on the monotonic clock: when the wall clock (read as
-        // `wall` at `mono`) reaches it, at once if it passed it, but never more than one
-        // interval after the previous batch was due (a wall clock stepped back does not
-        // stall the job; batch times go on from the last one).
+        // When batch `t` is due, on the monotonic clock, given the clocks read now
+        // (`wall` at `mono`, before the previous batch was handed on) and when the
+        // previous batch was due: when the wall clock reaches `t` if that is at most an
+        // interval away (at once if it passed it); if the wall clock is further behind
+        // (stepped back, or a restart behind the checkpoint), one interval after the
+        // previous batch — the job neither stalls nor reuses a batch time.
         let due_of = |t: Time, previous: Time, (wall, mono): (Time, Time)| {
-            mono.plus_ms(t.since(wall).max(0))
-                .min(previous.plus_ms(interval))
+            let ahead = t.since(wall);
+            if ahead <= interval {
+                mono.plus_ms(ahead.max(0))
+            } else if mono < previous.plus_ms(interval) {
+                previous.plus_ms(interval)
+            } else {
+                mono.plus_ms(interval)
+            }
         };
-        let mut due = due_of(t, started.1, started);
+        let mut due = due_of(t, started.1.plus_ms(-interval), started);
         let mut steps = StepWatch {
             wall: started.0,
             mono: started.1,
@@ -267,6 +275,8 @@ impl Scheduler {
             match self.plan_group(t, max) {
                 Ok(jobs) => {
                     t = t.plus_ms(interval * jobs.len() as i64);
+                    // Read before the batch runs (and a test's clock moves on).
+                    due = due_of(t, due, (clock.now(), clock.mono()));
                     for job in jobs {
                         if self.took_input(&job) {
                             quiet_from = None;
@@ -277,7 +287,6 @@ impl Scheduler {
                             return;
                         }
                     }
-                    due = due_of(t, due, (clock.now(), clock.mono()));
                 }
                 Err(e) => {
                     self.fail(e);

@@ -8,6 +8,7 @@
 //! [`Decoder`] (`--format json|csv --schema ...`), the schema's columns, under the same
 //! names.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,6 @@ fn kafka_batch(
         }
         t
     }
-    use std::borrow::Cow;
     let mut key = StringBuilder::new();
     let mut value = StringBuilder::new();
     let mut topic = StringBuilder::new();

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scripts/kafka.sh start                          # prints HOST:PORT of a local broker
-//! cargo run --example kafka_exactly_once -- HOST:PORT logs /tmp/kafka-cp /tmp/kafka-out
+//! cargo run --release --example kafka_exactly_once -- HOST:PORT logs /tmp/kafka-cp /tmp/kafka-out
 //! ```
 //! Without arguments it starts a throwaway broker itself, creates the topic `logs` and
 //! writes a few sample lines to it first. It stops when it has read what the topic held

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! scripts/kafka.sh start                  # prints HOST:PORT of a local broker
-//! cargo run --example kafka_to_kafka_exactly_once -- HOST:PORT logs errors /tmp/k2k-cp
+//! cargo run --release --example kafka_to_kafka_exactly_once -- HOST:PORT logs errors /tmp/k2k-cp
 //! ```
 //! Without arguments it starts a throwaway broker itself, creates the topics, writes a
 //! few sample lines, runs until it has read what the topic held at start

@@ -8,7 +8,7 @@
 //! ```text
 //! scripts/kafka.sh start         # prints HOST:PORT of a local broker
 //! scripts/postgres.sh start      # prints a postgres:// URL
-//! cargo run --example kafka_to_postgres_exactly_once -- HOST:PORT logs postgres://... /tmp/k2pg-cp
+//! cargo run --release --example kafka_to_postgres_exactly_once -- HOST:PORT logs postgres://... /tmp/k2pg-cp
 //! ```
 //! Without arguments it starts a throwaway broker and PostgreSQL server itself, writes a
 //! few sample lines, runs until it has read what the topic held at start, and prints the

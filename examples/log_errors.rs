@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -- generate logs /tmp/logs --lines 100000 --files 10
-//! cargo run --example log_errors -- /tmp/logs        # a directory: its files, then stop
-//! cargo run --example log_errors -- localhost:9999   # or a socket, until Ctrl-C
+//! cargo run --release --example log_errors -- /tmp/logs        # a directory: its files, then stop
+//! cargo run --release --example log_errors -- localhost:9999   # or a socket, until Ctrl-C
 //! ```
 
 use std::time::Duration;

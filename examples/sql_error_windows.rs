@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run -- generate logs /tmp/logs --lines 20000 --files 4
-//! cargo run --example sql_error_windows -- /tmp/logs /tmp/sql-cp
+//! cargo run --release --example sql_error_windows -- /tmp/logs /tmp/sql-cp
 //! ```
 //! Without arguments it generates a few sample lines in a temporary directory. It stops
 //! when it has read the files present at start (`Trigger::AvailableNow`).
@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lockgate_core::{FileStreamOptions, StreamingContext, Time, Trigger};
-use lockgate_sql::datafusion::scalar::ScalarValue;
 use lockgate_sql::SqlContext;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,23 +55,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             },
         );
-        let query = (|| {
-            let mut sql = SqlContext::new();
-            sql.register_text_chunks("lines", &chunks)?;
-            sql.with_watermark("ts", Duration::from_secs(10));
-            sql.sql_named(
-                "SELECT window.start, window.end, count(*) AS errors \
-                 FROM (SELECT try_to_timestamp(substr(value, 2, 24), '%a %b %d %H:%M:%S %Y') \
-                       AS ts FROM lines WHERE value LIKE '%ERROR%') AS e \
-                 GROUP BY window(ts, '30 seconds')",
-                "error_windows",
-            )
-        })()
-        .map_err(|e| lockgate_core::Error::Config(e.to_string()))?;
-        // The rows are a DStream: filter, map, print, write them as any other.
+        // lockgate_sql's errors convert into the engine's: `?` works here.
+        let mut sql = SqlContext::new();
+        sql.register_text_chunks("lines", &chunks)?;
+        sql.with_watermark("ts", Duration::from_secs(10));
+        let query = sql.sql_named(
+            "SELECT window.start, window.end, count(*) AS errors \
+             FROM (SELECT to_timestamp(substr(value, 2, 24), 'EEE MMM dd HH:mm:ss yyyy') \
+                   AS ts FROM lines WHERE value LIKE '%ERROR%') AS e \
+             GROUP BY window(ts, '30 seconds')",
+            "error_windows",
+        )?;
+        // The rows are a DStream: filter, map, print, write them as any other; a row's
+        // values are read by column name, typed.
         query
             .rows()
-            .filter(|r| matches!(r.value(2), ScalarValue::Int64(Some(n)) if n >= 5))
+            .filter(|r| {
+                r.get::<i64>("errors")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| n >= 5)
+            })
             .map(|r| r.to_json().to_string())
             .print();
         Ok(ctx)

@@ -5,7 +5,7 @@
 //! dropped and counted.
 //!
 //! ```text
-//! cargo run --example user_sessions_event_time
+//! cargo run --release --example user_sessions_event_time
 //! ```
 
 use std::time::Duration;

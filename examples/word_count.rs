@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! nc -lk 9999                                   # terminal 1: type lines here
-//! cargo run --example word_count -- localhost 9999   # terminal 2
+//! cargo run --release --example word_count -- localhost 9999   # terminal 2
 //! ```
 //! Stop with Ctrl-C.
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -- generate logs /tmp/wc-in --lines 20000 --files 20
-//! cargo run --example word_count_exactly_once -- /tmp/wc-in /tmp/wc-checkpoint /tmp/wc-out
+//! cargo run --release --example word_count_exactly_once -- /tmp/wc-in /tmp/wc-checkpoint /tmp/wc-out
 //! ```
 //! Output: `/tmp/wc-out/counts-<batch time>.txt/part-NNNNN`, one directory per batch,
 //! each written atomically (a re-run batch replaces its directory with the same content).

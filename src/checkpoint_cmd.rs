@@ -115,7 +115,13 @@ fn inspect(location: lockgate_core::storage::CheckpointLocation) -> Result<()> {
                 };
                 outln!("  batch {id} at {} ms: {state}", p.batch_time_ms);
                 for s in &p.sources {
-                    outln!("    {}: {} records; {}", s.source, s.records, s.description);
+                    // A plan knows the records of a queue or an offset range; of files,
+                    // the files and their sizes (lines are counted when read).
+                    match (s.records, s.description.as_str()) {
+                        (0, "") => outln!("    {}: nothing", s.source),
+                        (0, d) => outln!("    {}: {d}", s.source),
+                        (n, d) => outln!("    {}: {n} records; {d}", s.source),
+                    }
                 }
             }
             Err(e) => {

@@ -367,6 +367,10 @@ pub struct SqlOpts {
     /// NAME=postgres://USER@HOST:PORT/DB#TABLE; read once, at start. Repeat for several.
     #[arg(long = "table", value_name = "NAME=SOURCE")]
     tables: Vec<String>,
+    /// Whose SQL the query is: spark (Spark SQL's functions, datetime patterns, regexes,
+    /// string literals and 0-based arr[i]) or datafusion (DataFusion's own).
+    #[arg(long, value_name = "spark|datafusion", default_value = "spark")]
+    dialect: lockgate_sql::Dialect,
     /// The query, e.g. "SELECT count(*) AS errors FROM lines WHERE value LIKE '%ERROR%'".
     query: String,
 }
@@ -758,6 +762,11 @@ fn prepare_output(opts: &RunOpts, cfg: &JobConfig) -> Result<()> {
     if is_demo(opts) && opts.output.is_none() && opts.checkpoint.is_none() {
         let out = Path::new(DEMO_DIR).join("output");
         if out.exists() {
+            say!(
+                "the demo starts afresh: deleting the previous demo run's output {} \
+                 (give --output DIR to keep a run's results)",
+                out.display()
+            );
             std::fs::remove_dir_all(&out).context("clearing the previous demo output")?;
         }
     }
@@ -841,6 +850,7 @@ fn run_sql(opts: SqlOpts) -> Result<()> {
             ModeArg::Append => lockgate_core::OutputMode::Append,
         },
         tables,
+        dialect: opts.dialect,
     };
     let app = job.app_name();
     let (ctx, info) = cfg.build_sql(&job)?;

@@ -522,6 +522,12 @@ fn checkpointed_run_resumes_and_checkpoint_commands_report_it() {
     let inspect = run_ok(&["checkpoint", "inspect", cp.to_str().unwrap()]);
     let text = String::from_utf8(inspect.stdout).unwrap();
     assert!(text.contains("application   word-count"), "{text}");
+    // Each batch shows what it read: its files and their bytes (not "0 records").
+    let size = std::fs::metadata(input.join("zz-new.log")).unwrap().len();
+    assert!(
+        text.contains(&format!("1 file, {size} bytes: ")) && !text.contains(": 0 records"),
+        "{text}"
+    );
     // Regression: an unreadable plan was listed, and inspect exited 0.
     {
         let plan = cp.join("offsets/0");
@@ -2105,4 +2111,77 @@ fn skipped_values_are_counted_by_reason_in_metrics_and_on_the_streaming_page() {
     assert!(child.wait().unwrap().success());
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("a quote is not closed at file"), "{log}");
+}
+
+/// A port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn an_unanswered_broker_address_is_named_at_once_with_the_retry_flag() {
+    // The source: the first lines say that no broker answers and until when the job
+    // retries, before the first call's whole timeout has passed.
+    let brokers = format!("127.0.0.1:{}", dead_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let err = run_err(&[
+        "run",
+        "log-errors",
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-topic",
+        "events",
+        "--source-retry-timeout",
+        "12s",
+        "--once",
+        "--quiet",
+        "--ui-port",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let warned = err
+        .lines()
+        .position(|l| {
+            l.contains(&format!("no Kafka broker answers at {brokers} within 3s"))
+                && l.contains("keeps retrying for up to 12s (--source-retry-timeout")
+        })
+        .unwrap_or_else(|| panic!("no early warning: {err}"));
+    // It precedes the engine's retries and the final error.
+    let retried = err
+        .lines()
+        .position(|l| l.contains("lockgate_core::source::direct: retrying"));
+    assert!(retried.is_some(), "{err}");
+    // Once per outage, not at every retry.
+    assert_eq!(err.matches("no Kafka broker answers").count(), 1, "{err}");
+    assert!(retried.is_some_and(|r| warned < r), "{err}");
+    assert!(err.contains("is a broker listening there"), "{err}");
+
+    // The sink: said at start, naming its own flag.
+    let input = tmp.path().join("in");
+    generate_logs(&input, 100, 1, 1);
+    let err = run_err(&[
+        "run",
+        "log-errors",
+        "--input",
+        input.to_str().unwrap(),
+        "--sink",
+        &format!("kafka://{brokers}/errors"),
+        "--sink-retry-timeout",
+        "6s",
+        "--once",
+        "--quiet",
+        "--ui-port",
+        "0",
+    ]);
+    assert!(
+        err.contains(&format!("no Kafka broker answers at {brokers} within 2s"))
+            && err.contains("(--sink-retry-timeout"),
+        "{err}"
+    );
 }

@@ -462,6 +462,7 @@ fn sql_job(
         watermark: None,
         mode: lockgate_core::OutputMode::Update,
         tables: Vec::new(),
+        dialect: lockgate_sql::Dialect::Spark,
     };
     let int = |v: &ScalarValue| match v {
         ScalarValue::Int64(Some(n)) => *n,

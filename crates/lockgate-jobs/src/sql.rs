@@ -73,6 +73,8 @@ pub struct SqlJob {
     /// Static tables: name and a CSV or Parquet file, or a PostgreSQL table
     /// (`postgres://...#TABLE`).
     pub tables: Vec<(String, String)>,
+    /// Spark SQL's dialect (the default) or DataFusion's.
+    pub dialect: lockgate_sql::Dialect,
 }
 
 impl SqlJob {
@@ -294,7 +296,7 @@ impl JobConfig {
         job: &SqlJob,
         statics: &[(String, SchemaRef, Vec<RecordBatch>)],
     ) -> lockgate_sql::Result<SqlContext> {
-        let mut sql = SqlContext::new();
+        let mut sql = SqlContext::with_dialect(job.dialect);
         for (name, schema, batches) in statics {
             sql.register_batches(name, schema.clone(), batches.clone())?;
         }

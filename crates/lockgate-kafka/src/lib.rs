@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod probe;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "testing")]

@@ -197,6 +197,18 @@ impl<T: Data> KafkaSink<T> {
             to_record: Arc::new(to_record),
             config,
         };
+        crate::probe::warn_if_unanswered(
+            sink.producer.client(),
+            &std::sync::atomic::AtomicBool::new(false),
+            &sink.config.brokers,
+            &format!("the Kafka sink `{name}`"),
+            sink.config.timeout,
+            &format!(
+                "it keeps retrying for up to {:?} (--sink-retry-timeout, \
+                 KafkaSinkConfig::retry_timeout)",
+                sink.config.retry_timeout
+            ),
+        );
         if sink.config.transactional {
             let deadline = Instant::now() + sink.config.retry_timeout;
             sink.resuming("initialising transactions", deadline, || {
@@ -291,7 +303,11 @@ impl<T: Data> KafkaSink<T> {
         }
     }
 
-    /// Sends every element of `batch`, with the sink's headers; waits until librdkafka
+    /// Sends every element of `batch`, with the sink's headers — `lockgate-stream` (the
+    /// sink's name: the output stream), `lockgate-batch` (the batch id) and
+    /// `lockgate-seq` (the record's number within the stream's batch): the three
+    /// identify a record, so a reader can drop a duplicate of an at-least-once sink or of
+    /// a `read_uncommitted` read; waits until librdkafka
     /// has taken them all (a full queue is waited out).
     fn send_all(&self, batch: &Batch<T>, id: BatchId, time: Time) -> Result<()> {
         let mut starts = Vec::with_capacity(batch.partitions().len());
@@ -310,7 +326,11 @@ impl<T: Data> KafkaSink<T> {
                 for (i, e) in part.iter().enumerate() {
                     let r = (self.to_record)(e, time);
                     let seq = (start + i).to_string();
-                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 2)
+                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 3)
+                        .insert(Header {
+                            key: "lockgate-stream",
+                            value: Some(self.name.as_bytes()),
+                        })
                         .insert(Header {
                             key: "lockgate-batch",
                             value: Some(batch_id.as_bytes()),

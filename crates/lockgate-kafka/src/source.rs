@@ -17,6 +17,7 @@
 use lockgate_core::sync::lock;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,12 @@ pub struct KafkaLog<T> {
     /// Commits completed positions to `config.group` (made when first needed),
     /// asynchronously.
     committer: Mutex<Option<BaseConsumer<CommitWatch>>>,
+    /// How long the engine retries an unanswered broker (for messages).
+    retry_timeout: Option<Duration>,
+    /// A broker answered the last metadata query.
+    answered: AtomicBool,
+    /// No broker answered the quick look, and the log said so (until one answers).
+    unanswered_said: AtomicBool,
 }
 
 /// Counts the asynchronous group commits still on their way, and logs failed ones.
@@ -249,6 +256,9 @@ impl<T: Data> KafkaLog<T> {
             readers: Mutex::new(HashMap::new()),
             decode,
             committer: Mutex::new(None),
+            retry_timeout: None,
+            answered: AtomicBool::new(false),
+            unanswered_said: AtomicBool::new(false),
         })
     }
 
@@ -301,10 +311,42 @@ impl<T: Data> KafkaLog<T> {
             Subscription::Topics(t) if t.len() == 1 => Some(t[0].as_str()),
             _ => None,
         };
+        // A quick look first, until a broker answered and after a failure (once per
+        // outage).
+        if !self.answered.load(Ordering::Acquire) {
+            crate::probe::warn_if_unanswered(
+                self.meta.client(),
+                &self.unanswered_said,
+                &self.config.brokers,
+                &format!(
+                    "the Kafka source reading {}",
+                    self.config.subscription.label()
+                ),
+                self.config.timeout,
+                &match self.retry_timeout {
+                    Some(d) => format!(
+                        "it keeps retrying for up to {d:?} (--source-retry-timeout, \
+                     DirectStreamOptions::retry_timeout)"
+                    ),
+                    None => "it keeps retrying".to_string(),
+                },
+            );
+        }
         let md = self
             .meta
             .fetch_metadata(asked, self.config.timeout)
+            .inspect(|_| {
+                self.answered.store(true, Ordering::Release);
+                if self.unanswered_said.swap(false, Ordering::AcqRel) {
+                    tracing::info!(
+                        "a Kafka broker at {} answers: reading {}",
+                        self.config.brokers,
+                        self.config.subscription.label()
+                    );
+                }
+            })
             .map_err(|e| {
+                self.answered.store(false, Ordering::Release);
                 self.connect_err(
                     format!(
                         "no metadata within {:?} ({e}): is a broker listening there?",
@@ -654,7 +696,8 @@ pub fn kafka_stream<T: Data>(
     opts: DirectStreamOptions,
     decode: Decode<T>,
 ) -> Result<DStream<T>> {
-    let log = KafkaLog::new(config, decode)?;
+    let mut log = KafkaLog::new(config, decode)?;
+    log.retry_timeout = Some(opts.retry_timeout);
     Ok(ctx.direct_stream("kafka", Arc::new(log), opts))
 }
 

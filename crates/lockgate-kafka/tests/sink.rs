@@ -92,6 +92,8 @@ fn read_all(
         .unwrap()
         .into_iter()
         .map(|r| {
+            // Every record names its output stream (the sink's name).
+            assert_eq!(r.header("lockgate-stream").as_deref(), Some("out"));
             (
                 r.header("lockgate-batch").unwrap().parse().unwrap(),
                 r.header("lockgate-seq").unwrap().parse().unwrap(),

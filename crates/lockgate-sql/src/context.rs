@@ -14,8 +14,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use lockgate_core::source::TextChunk;
 use lockgate_core::{DStream, OutputMode};
 
@@ -24,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::input::{self, Decoder};
 use crate::plan::{self, Kind};
+use crate::spark::{self, Dialect};
 use crate::stream::SqlStream;
 use crate::streams::{Source, StreamTable};
 use crate::tables::StaticReader;
@@ -40,6 +39,7 @@ pub struct SqlContext {
     streams: BTreeMap<String, StreamTable>,
     watermark: Option<(String, Duration)>,
     mode: OutputMode,
+    dialect: Dialect,
 }
 
 impl Default for SqlContext {
@@ -49,26 +49,41 @@ impl Default for SqlContext {
 }
 
 impl SqlContext {
-    /// A SQL context with DataFusion's functions and Lockgate's (`try_to_timestamp`, the
-    /// window markers). Its queries run on the streams registered in it, so on their
-    /// streaming context.
+    /// A SQL context reading queries as Spark SQL ([`Dialect::Spark`]). Its queries run
+    /// on the streams registered in it, so on their streaming context.
     pub fn new() -> Self {
+        Self::with_dialect(Dialect::Spark)
+    }
+
+    /// A SQL context reading queries in `dialect`: DataFusion's functions, Spark's over
+    /// them in Spark's dialect, and Lockgate's (`try_to_timestamp`, the window markers).
+    pub fn with_dialect(dialect: Dialect) -> Self {
         // The engine runs a batch's partitions in parallel: DataFusion plans each
         // partition single-threaded.
-        let session = SessionContext::new_with_config(
-            SessionConfig::new()
-                .with_target_partitions(1)
-                .with_batch_size(BATCH_ROWS),
-        );
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(BATCH_ROWS);
+        let session = SessionContext::new_with_state(spark::session_state(config, dialect));
         for f in udf::all() {
             session.register_udf(f);
+        }
+        if dialect == Dialect::Spark {
+            for f in spark::functions() {
+                session.register_udf(f);
+            }
         }
         SqlContext {
             session,
             streams: BTreeMap::new(),
             watermark: None,
             mode: OutputMode::Update,
+            dialect,
         }
+    }
+
+    /// The dialect its queries are read in.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Registers a stream of record batches of `schema` as table `name`.
@@ -247,7 +262,11 @@ impl SqlContext {
     /// after `name`, so keep it stable across restarts. Unsupported constructs are
     /// errors here, before any batch runs.
     pub fn sql_named(&self, query: &str, name: &str) -> Result<SqlStream> {
-        let mut statement = parse_one(query)?;
+        let mut statement = parse_one(query, self.dialect)?;
+        if self.dialect == Dialect::Spark {
+            spark::rewrite(&mut statement);
+            spark::check_constants(&statement)?;
+        }
         let Statement::Query(q) = &mut statement else {
             return Err(Error::Unsupported(format!(
                 "`{statement}`: only SELECT queries run over streams"
@@ -263,6 +282,7 @@ impl SqlContext {
                 )));
             }
         }
+        self.check_tables(&statement)?;
         let table = self.stream_of(&statement)?;
         let session = self.session.state();
         let planned = block_on(plan::plan(&session, statement, &table, window.as_ref()))?;
@@ -323,6 +343,40 @@ impl SqlContext {
         })
     }
 
+    /// Refuses a statement naming a table that is not registered, naming those that are.
+    fn check_tables(&self, statement: &Statement) -> Result<()> {
+        let known: Vec<String> = self
+            .session
+            .catalog("datafusion")
+            .and_then(|c| c.schema("public"))
+            .map(|s| s.table_names())
+            .unwrap_or_default();
+        for t in table_names_of(statement)? {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(&t)) {
+                let mut names: Vec<String> = known
+                    .iter()
+                    .map(|k| {
+                        if self.streams.contains_key(k) {
+                            format!("{k} (the stream)")
+                        } else {
+                            format!("{k} (static)")
+                        }
+                    })
+                    .collect();
+                names.sort();
+                return Err(Error::Config(format!(
+                    "there is no table `{t}`: the query can read {}",
+                    if names.is_empty() {
+                        "no table (none is registered)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The stream the statement reads: the one registered stream among the tables it
     /// names (found by DataFusion's resolver, so a name inside a string, a column or a
     /// CTE does not count). A statement naming two streams is refused; one naming none
@@ -356,9 +410,8 @@ impl SqlContext {
 }
 
 /// The one statement of `query` (several, or none, is an error).
-fn parse_one(query: &str) -> Result<Statement> {
-    let mut statements =
-        Parser::parse_sql(&GenericDialect {}, query).map_err(|e| Error::Plan(e.into()))?;
+fn parse_one(query: &str, dialect: Dialect) -> Result<Statement> {
+    let mut statements = spark::parse(query, dialect)?;
     if statements.len() != 1 {
         return Err(Error::Unsupported(format!(
             "{} statements: give one SELECT query",
@@ -389,5 +442,5 @@ fn table_names_of(statement: &Statement) -> Result<Vec<String>> {
 /// # Ok::<(), lockgate_sql::Error>(())
 /// ```
 pub fn tables_read(query: &str) -> Result<Vec<String>> {
-    table_names_of(&parse_one(query)?)
+    table_names_of(&parse_one(query, Dialect::Spark)?)
 }

@@ -8,12 +8,18 @@ pub enum Error {
     /// setting that does not fit it. Reported at start.
     #[error("SQL: {0}")]
     Unsupported(String),
+    /// The query is not SQL (a syntax error), found at start.
+    #[error("SQL: the query does not parse: {0}")]
+    Parse(#[source] datafusion::sql::sqlparser::parser::ParserError),
     /// DataFusion rejected the query (syntax, names, types) at start.
     #[error("SQL: {0}")]
     Plan(#[source] datafusion::error::DataFusionError),
     /// Evaluating the query on a batch failed.
     #[error("SQL: evaluating the query on a batch: {0}")]
     Execute(#[source] datafusion::error::DataFusionError),
+    /// Reading a result row: a column that does not exist or holds another type.
+    #[error("SQL result: {0}")]
+    Read(String),
     /// A bad setting (a schema, a duration, a table file).
     #[error("SQL: {0}")]
     Config(String),
@@ -32,6 +38,14 @@ impl Error {
             Error::Engine(e) => e,
             other => lockgate_core::Error::external("SQL", other),
         }
+    }
+}
+
+/// A SQL error as the engine's, so `?` converts it in a function returning
+/// `lockgate_core::Result`.
+impl From<Error> for lockgate_core::Error {
+    fn from(e: Error) -> Self {
+        e.into_engine()
     }
 }
 

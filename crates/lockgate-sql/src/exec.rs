@@ -152,6 +152,76 @@ pub fn batch_of(schema: &SchemaRef, rows: &[Vec<ScalarValue>]) -> Result<RecordB
     RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::Execute(e.into()))
 }
 
+/// A Rust type a SQL value converts to without loss (see [`Row::get`]).
+pub trait FromValue: Sized {
+    /// What the type holds, for errors (`an integer`).
+    const WHAT: &'static str;
+    /// The value as `Self`, `None` when it is not one.
+    fn from_value(v: ScalarValue) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    const WHAT: &'static str = "an integer";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        match v {
+            ScalarValue::Int8(Some(x)) => Some(x.into()),
+            ScalarValue::Int16(Some(x)) => Some(x.into()),
+            ScalarValue::Int32(Some(x)) => Some(x.into()),
+            ScalarValue::Int64(Some(x)) => Some(x),
+            ScalarValue::UInt8(Some(x)) => Some(x.into()),
+            ScalarValue::UInt16(Some(x)) => Some(x.into()),
+            ScalarValue::UInt32(Some(x)) => Some(x.into()),
+            ScalarValue::UInt64(Some(x)) => x.try_into().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for i32 {
+    const WHAT: &'static str = "a 32-bit integer";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        i64::from_value(v).and_then(|x| x.try_into().ok())
+    }
+}
+
+impl FromValue for f64 {
+    const WHAT: &'static str = "a number";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        match v {
+            ScalarValue::Float32(Some(x)) => Some(x.into()),
+            ScalarValue::Float64(Some(x)) => Some(x),
+            other => i64::from_value(other).map(|x| x as f64),
+        }
+    }
+}
+
+impl FromValue for bool {
+    const WHAT: &'static str = "a boolean";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        match v {
+            ScalarValue::Boolean(b) => b,
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for String {
+    const WHAT: &'static str = "text";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        match v {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => s,
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for ScalarValue {
+    const WHAT: &'static str = "a value";
+    fn from_value(v: ScalarValue) -> Option<Self> {
+        Some(v)
+    }
+}
+
 /// One output row of a query: a row of a record batch (shared by the batch's rows).
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -182,6 +252,47 @@ impl Row {
     /// All its values.
     pub fn values(&self) -> Vec<ScalarValue> {
         (0..self.len()).map(|i| self.value(i)).collect()
+    }
+
+    /// The index of the column named `name` (as the query's SELECT names it).
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        let schema = self.batch.schema();
+        schema.index_of(name).map_err(|_| {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::Read(format!(
+                "no column `{name}`: the query's columns are {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// The value of column `name` as a `T` (NULL as `None`), as Spark's
+    /// `row.getAs[T]("name")`: `row.get::<i64>("n")?`, `row.get::<String>("word")?`.
+    /// A value that is not a `T` is an error naming the column and its type.
+    pub fn get<T: FromValue>(&self, name: &str) -> Result<Option<T>> {
+        self.get_at(self.index_of(name)?)
+    }
+
+    /// The value of column `i` as a `T` (see [`Row::get`]).
+    pub fn get_at<T: FromValue>(&self, i: usize) -> Result<Option<T>> {
+        let v = self.value(i);
+        if v.is_null() {
+            return Ok(None);
+        }
+        let name = self
+            .batch
+            .schema()
+            .fields()
+            .get(i)
+            .map(|f| f.name().clone());
+        let data_type = v.data_type();
+        T::from_value(v).map(Some).ok_or_else(|| {
+            Error::Read(format!(
+                "column `{}` holds {data_type}, which is not {}",
+                name.unwrap_or_else(|| i.to_string()),
+                T::WHAT
+            ))
+        })
     }
 
     /// The record batch it is a row of, and its index there.

@@ -37,7 +37,7 @@
 //! counts.rows().foreach_batch(move |batch, _| {
 //!     let mut got: Vec<String> = batch.collect().iter().map(|r| to_json(r).to_string()).collect();
 //!     got.sort();
-//!     assert_eq!(got, [r#"{"n":1,"word":"a"}"#, r#"{"n":2,"word":"b"}"#]);
+//!     assert_eq!(got, [r#"{"word":"a","n":1}"#, r#"{"word":"b","n":2}"#]);
 //! });
 //! ctx.start()?;
 //! ctx.await_termination()?;
@@ -47,7 +47,7 @@
 #![deny(missing_docs)]
 
 // The modules in layers (each imports only the layers before it; scripts/module-dag.py
-// checks it): `error`, `value`, `udf` → `rewrite`, `slot`, `shape`, `exec`, `input` →
+// checks it): `error`, `value`, `udf` → `spark` → `rewrite`, `slot`, `shape`, `exec`, `input` →
 // `plan` → `count`, `split`, `steps` (fused operators) → `tables`, `streams` →
 // `stateless`, `aggregate` → `groups`, `windows` → `stream` → `context`.
 mod aggregate;
@@ -61,6 +61,7 @@ mod plan;
 mod rewrite;
 mod shape;
 mod slot;
+mod spark;
 mod split;
 mod stateless;
 mod steps;
@@ -78,8 +79,9 @@ pub use datafusion;
 
 pub use context::{tables_read, SqlContext};
 pub use error::{Error, Result};
-pub use exec::Row;
+pub use exec::{FromValue, Row};
 pub use input::{parse_schema, Decoder, Format};
+pub use spark::Dialect;
 pub use stream::SqlStream;
 pub use tables::StaticReader;
 pub use value::to_json;

@@ -265,19 +265,39 @@ impl TimeFormat {
     }
 }
 
-/// Parses `text` with `format` (or the default layouts) to epoch microseconds.
+/// Parses `text` with `format` (or the default layouts) to epoch microseconds. As
+/// Spark, fields the format lacks are zero (the time of a date-only format) or 1970 (the
+/// year), and an offset in the text (`%z`) is applied; without one the time is UTC.
 pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<i64> {
     let text = text.trim();
-    let naive = match format {
-        Some(f) => chrono::NaiveDateTime::parse_from_str(text, f).ok()?,
-        None => match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(t) => return Some(t.timestamp_micros()),
-            Err(_) => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f"))
-                .ok()?,
-        },
+    let Some(f) = format else {
+        return match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => Some(t.timestamp_micros()),
+            Err(_) => ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"]
+                .iter()
+                .find_map(|f| parse_timestamp(text, Some(f))),
+        };
     };
-    Some(naive.and_utc().timestamp_micros())
+    let mut p = chrono::format::Parsed::new();
+    chrono::format::parse(&mut p, text, chrono::format::StrftimeItems::new(f)).ok()?;
+    if p.hour_div_12().is_none() && p.hour_mod_12().is_none() {
+        p.set_hour(0).ok()?;
+    }
+    if p.minute().is_none() {
+        p.set_minute(0).ok()?;
+    }
+    if p.second().is_none() {
+        p.set_second(0).ok()?;
+    }
+    if p.year().is_none() && p.year_div_100().is_none() && p.year_mod_100().is_none() {
+        p.set_year(1970).ok()?;
+    }
+    let offset = i64::from(p.offset().unwrap_or(0));
+    let local = p.to_naive_datetime_with_offset(0).ok()?;
+    local
+        .and_utc()
+        .timestamp_micros()
+        .checked_sub(offset.checked_mul(1_000_000)?)
 }
 
 impl ScalarUDFImpl for TryToTimestamp {

@@ -20,12 +20,14 @@
 //! schema: ts TIMESTAMP, n BIGINT         ... into these columns
 //! watermark: ts 10 seconds               optional: the event-time column and delay
 //! mode: append                           optional: the output mode (default update)
+//! dialect: datafusion                    optional: DataFusion's SQL (default Spark's)
 //! also: events                           optional: another stream table of the same lines
 //! static: levels                         optional: a static table from the CSV below
 //! | level,severity                       (content lines start with `|`)
 //! batch:                                 the next input batch, its lines below
 //! | a line
-//! expect:                                the rows after that batch, JSON, any order
+//! expect:                                the rows after that batch, JSON (keys in the
+//!                                        query's SELECT order), rows in any order
 //! | {"n":1}
 //! error: joins of streams                instead of batches: refused, with these words
 //! ```
@@ -43,7 +45,7 @@ use std::time::Duration;
 
 use lockgate_core::testing::run_checkpointed;
 use lockgate_core::{parse_duration, DStream, FileStreamOptions, OutputMode, StreamingContext};
-use lockgate_sql::{parse_schema, Decoder, SqlContext};
+use lockgate_sql::{parse_schema, Decoder, Dialect, SqlContext};
 
 /// One case of a golden file.
 #[derive(Debug, Default)]
@@ -56,6 +58,7 @@ struct Case {
     /// The column, the delay, and the directive's text.
     watermark: Option<(String, Duration, String)>,
     mode: Option<OutputMode>,
+    dialect: Option<Dialect>,
     statics: Vec<(String, Vec<String>)>,
     /// More stream tables over the same input (to show what two streams do).
     also: Vec<String>,
@@ -151,6 +154,7 @@ fn parse(path: &Path) -> Vec<Case> {
                     other => panic!("{at}: mode {other}"),
                 })
             }
+            "dialect" => case.dialect = Some(value.parse().unwrap()),
             "static" => {
                 case.statics.push((value.to_string(), Vec::new()));
                 into = Into::Static;
@@ -191,7 +195,7 @@ fn build(
     input: Input<'_>,
     dir: &Path,
 ) -> lockgate_sql::Result<DStream<String>> {
-    let mut sql = SqlContext::new();
+    let mut sql = SqlContext::with_dialect(case.dialect.unwrap_or_default());
     if let Input::Seq(batches) = input {
         for name in &case.also {
             sql.register_lines(name, &ctx.seq_stream(batches.to_vec()))?;
@@ -245,7 +249,7 @@ fn run(
     batches: usize,
 ) -> BTreeMap<u64, Vec<String>> {
     run_checkpointed(cp, 2, from_ms, batches, |ctx| {
-        build(case, ctx, input, dir).map_err(|e| lockgate_core::Error::Config(e.to_string()))
+        Ok(build(case, ctx, input, dir)?)
     })
     .unwrap_or_else(|e| panic!("{}: {e}", case.at()))
 }
@@ -255,7 +259,7 @@ fn per_batch(out: BTreeMap<u64, Vec<String>>, n: usize) -> Vec<Vec<String>> {
     (0..n as u64)
         .map(|b| {
             let mut rows: Vec<String> = out.get(&b).cloned().unwrap_or_default();
-            // Canonical text: serde_json sorts an object's keys.
+            // Canonical text: the JSON re-read (keys kept in the query's order).
             rows = rows
                 .iter()
                 .map(|r| {
@@ -381,6 +385,9 @@ fn blessed(case: &Case, rows: Option<&[Vec<String>]>) -> String {
         Some(OutputMode::Append) => out += "mode: append\n",
         Some(OutputMode::Update) => out += "mode: update\n",
         None => {}
+    }
+    if case.dialect == Some(Dialect::DataFusion) {
+        out += "dialect: datafusion\n";
     }
     for a in &case.also {
         out += &format!("also: {a}\n");

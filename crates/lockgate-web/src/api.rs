@@ -57,15 +57,33 @@ pub(crate) fn router(state: AppState) -> Router {
             get(batch),
         )
         .route("/metrics", get(prometheus_metrics))
-        .route(
-            "/",
-            get(|| async { Html(include_str!("../assets/streaming.html")) }),
-        )
-        .route(
-            "/batch",
-            get(|| async { Html(include_str!("../assets/batch.html")) }),
-        )
+        // The streaming page and a batch's, at Spark's paths too.
+        .route("/", get(streaming_page))
+        .route("/streaming", get(streaming_page))
+        .route("/streaming/", get(streaming_page))
+        .route("/batch", get(batch_page))
+        .route("/streaming/batch", get(batch_page))
+        .route("/streaming/batch/", get(batch_page))
+        .fallback(unknown_page)
         .with_state(state)
+}
+
+async fn streaming_page() -> Html<&'static str> {
+    Html(include_str!("../assets/streaming.html"))
+}
+
+async fn batch_page() -> Html<&'static str> {
+    Html(include_str!("../assets/batch.html"))
+}
+
+/// A path that is not served: a 404 naming the ones that are.
+async fn unknown_page(uri: axum::http::Uri) -> Response {
+    not_found(format!(
+        "no page `{}`: this server has the streaming page (/ or /streaming/), a batch's \
+         page (/streaming/batch/?id=<batch time in ms>), the REST API under \
+         /api/v1/applications and Prometheus metrics at /metrics",
+        uri.path()
+    ))
 }
 
 fn not_found(what: String) -> Response {

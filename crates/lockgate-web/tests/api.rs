@@ -145,6 +145,27 @@ fn statistics_and_batches_match_the_recorded_batches() {
         404
     );
 
+    // Spark's paths answer with the pages; an unknown path says what there is.
+    for path in ["/", "/streaming/", "/streaming"] {
+        let (status, body) = get(addr, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            body.contains("<title>Lockgate — Streaming</title>"),
+            "{path}"
+        );
+    }
+    for path in ["/streaming/batch/?id=1000", "/batch?id=1000"] {
+        let (status, body) = get(addr, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains("<title>Lockgate — Batch</title>"), "{path}");
+    }
+    let (status, body) = get(addr, "/streaming/nope");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no page `/streaming/nope`") && body.contains("/streaming/batch/?id="),
+        "{body}"
+    );
+
     let (status, metrics) = get(addr, "/metrics");
     assert_eq!(status, 200);
     assert!(

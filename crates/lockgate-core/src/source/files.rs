@@ -117,6 +117,30 @@ struct PlannedFile {
 /// with it (it would be its length), so a list logged before them still decodes.
 const STAMPED: u64 = u64::MAX;
 
+/// What a batch reads, for plans, logs and `checkpoint inspect`: how many files and
+/// bytes (the lines are counted when read), then each file with its size.
+fn describe_files(files: &[PlannedFile]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let size = |f: &PlannedFile| f.stamp.map(|s| s.size);
+    let total: Option<u64> = files.iter().map(size).sum();
+    let listed = files
+        .iter()
+        .map(|f| match size(f) {
+            Some(b) => format!("{} ({b} bytes)", f.path.display()),
+            None => f.path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = files.len();
+    let plural = if n == 1 { "" } else { "s" };
+    match total {
+        Some(t) => format!("{n} file{plural}, {t} bytes: {listed}"),
+        None => format!("{n} file{plural}: {listed}"),
+    }
+}
+
 fn encode_files(files: &[PlannedFile]) -> Vec<u8> {
     let mut out = Vec::new();
     STAMPED.encode(&mut out);
@@ -716,11 +740,7 @@ impl InputSource for FileInput {
                 .min(backlog.len());
             backlog.drain(..n).collect()
         };
-        let description = files
-            .iter()
-            .map(|f| f.path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let description = describe_files(&files);
         let descriptor = encode_files(&files);
         self.remember_stamps(&files);
         lock(&self.planned).insert(t, files);

@@ -1242,6 +1242,29 @@ fn the_demo_streams_its_sample_logs_until_ctrl_c() {
     );
 }
 
+/// A demo run starts afresh: it deletes the previous demo run's output, and says so.
+#[test]
+fn the_demo_says_it_deletes_the_previous_demo_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("lockgate-demo/output/errors/batch=0");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("part-0.jsonl"), "{}\n").unwrap();
+    let out = lockgate()
+        .current_dir(tmp.path())
+        .args(["run", "log-errors", "--once", "--quiet", "--ui-port", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("deleting the previous demo run's output lockgate-demo/output")
+            && err.contains("--output DIR"),
+        "{err}"
+    );
+    let part = std::fs::read_to_string(old.join("part-0.jsonl")).unwrap_or_default();
+    assert_ne!(part, "{}\n", "the old output is gone");
+}
+
 /// Copies directory `from` to `to`, recursively.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -67,6 +67,9 @@ impl SqlContext {
         for f in udf::all() {
             session.register_udf(f);
         }
+        // Spark's `try_to_timestamp` in both dialects: Lockgate's only way to parse
+        // text that may not be a time without failing the batch.
+        session.register_udf(spark::try_to_timestamp());
         if dialect == Dialect::Spark {
             for f in spark::functions() {
                 session.register_udf(f);

@@ -24,6 +24,7 @@ pub fn session() -> SessionState {
     for f in crate::udf::all() {
         ctx.register_udf(f);
     }
+    ctx.register_udf(crate::spark::try_to_timestamp());
     ctx.register_table(
         "lines",
         Arc::new(crate::slot::SlotTable::new(

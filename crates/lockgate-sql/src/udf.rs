@@ -1,19 +1,18 @@
 //! The functions Lockgate adds to DataFusion's: the markers that carry an event-time
-//! window through DataFusion's planner, Spark's `try_to_timestamp`, and a
-//! `string_to_array` that splits string views without copying.
+//! window through DataFusion's planner, the compiled time formats the datetime
+//! functions parse with, and a `string_to_array` that splits string views without
+//! copying.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, ByteView, ListArray, StringViewArray, StringViewBuilder,
-    TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
-use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 /// The name `window(ts, ...)` takes in the rewritten query: the group key holds the
@@ -61,15 +60,6 @@ fn marker(name: &'static str) -> ScalarUDF {
         name,
         signature: Signature::any(1, Volatility::Immutable),
     })
-}
-
-/// Spark's `try_to_timestamp(text, format)`: the text parsed with a chrono format
-/// (`%Y-%m-%d %H:%M:%S`, `%a %b %d %H:%M:%S %Y`, ...; UTC), or NULL when it does not
-/// parse (DataFusion's `to_timestamp` fails the whole batch instead). Without a format,
-/// RFC 3339 and `YYYY-MM-DD HH:MM:SS[.f]` are tried.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct TryToTimestamp {
-    signature: Signature,
 }
 
 /// A chrono format compiled once: a fast parser for fixed layouts of `%Y %m %d %e %H
@@ -300,54 +290,6 @@ pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<i64> {
         .checked_sub(offset.checked_mul(1_000_000)?)
 }
 
-impl ScalarUDFImpl for TryToTimestamp {
-    fn name(&self) -> &str {
-        "try_to_timestamp"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Timestamp(TimeUnit::Microsecond, None))
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let n = args.number_rows;
-        let mut cols = args.args.into_iter();
-        let text = match cols.next() {
-            Some(c) => c.into_array(n)?,
-            None => return exec_err!("try_to_timestamp(text[, format]) needs the text"),
-        };
-        let format = match cols.next() {
-            None => None,
-            Some(ColumnarValue::Scalar(s)) => match s {
-                ScalarValue::Utf8(f) | ScalarValue::LargeUtf8(f) | ScalarValue::Utf8View(f) => f,
-                other => {
-                    return exec_err!("try_to_timestamp: the format must be text, not {other}")
-                }
-            },
-            Some(ColumnarValue::Array(_)) => {
-                return exec_err!("try_to_timestamp: the format must be a constant")
-            }
-        };
-        let compiled = format.as_deref().map(TimeFormat::new);
-        let parse = |t: Option<&str>| {
-            let t = t?;
-            match &compiled {
-                Some(f) => f.parse(t),
-                None => parse_timestamp(t, None),
-            }
-        };
-        // String views (the `lines` table's) are read in place; other text is cast.
-        let out: TimestampMicrosecondArray = if text.data_type() == &DataType::Utf8View {
-            text.as_string_view().iter().map(parse).collect()
-        } else {
-            let text = datafusion::arrow::compute::cast(&text, &DataType::Utf8)?;
-            text.as_string::<i32>().iter().map(parse).collect()
-        };
-        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
-    }
-}
-
 /// DataFusion's `string_to_array` (alias `string_to_list`), the same in every case, but
 /// splitting a column of string views on a constant delimiter into views of the same
 /// buffers: a word is not copied (nor is it copied again by `unnest`, which only
@@ -439,17 +381,6 @@ pub fn all() -> Vec<ScalarUDF> {
     vec![
         marker(WINDOW),
         marker(WINDOW_END),
-        ScalarUDF::new_from_impl(TryToTimestamp {
-            signature: Signature::one_of(
-                vec![
-                    TypeSignature::Exact(vec![DataType::Utf8View]),
-                    TypeSignature::Exact(vec![DataType::Utf8View, DataType::Utf8]),
-                    TypeSignature::Exact(vec![DataType::Utf8]),
-                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]),
-                ],
-                Volatility::Immutable,
-            ),
-        }),
         ScalarUDF::new_from_impl(StringToArray {
             inner: datafusion::functions_nested::string::string_to_array_udf(),
         }),
@@ -460,6 +391,7 @@ pub fn all() -> Vec<ScalarUDF> {
 mod tests {
     use super::*;
     use datafusion::arrow::array::StringArray;
+    use datafusion::common::ScalarValue;
     use datafusion::config::ConfigOptions;
 
     #[test]

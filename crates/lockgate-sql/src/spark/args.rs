@@ -4,7 +4,7 @@
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 
 /// A text argument: a constant, or a column read row by row.
@@ -112,4 +112,12 @@ impl Args {
     pub(crate) fn optional(&mut self) -> Option<ColumnarValue> {
         self.args.next()
     }
+}
+
+/// Refuses a call of `name` with `n` arguments, when it takes `min` to `max`.
+pub(crate) fn check_arity(name: &str, n: usize, (min, max): (usize, usize)) -> Result<()> {
+    if n < min || n > max {
+        return plan_err!("{name}(...) takes {min} to {max} arguments, not {n}");
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::{constant_text, Args, Int, Text};
+use super::args::{check_arity, constant_text, Args, Int, Text};
 use crate::udf::{parse_timestamp, TimeFormat};
 
 /// Spark's default pattern of `unix_timestamp` and `from_unixtime`.
@@ -239,15 +239,7 @@ impl ScalarUDFImpl for DateTimeFn {
         &self.signature
     }
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        let (min, max) = self.kind.arity();
-        if args.len() < min || args.len() > max {
-            return plan_err!(
-                "{}(...) takes {min} to {max} arguments, not {} (the current time is not \
-                 read: a replayed batch must compute the same result)",
-                self.kind.name(),
-                args.len()
-            );
-        }
+        check_arity(self.kind.name(), args.len(), self.kind.arity())?;
         Ok(match self.kind {
             Kind::ToTimestamp | Kind::TryToTimestamp => {
                 DataType::Timestamp(TimeUnit::Microsecond, None)
@@ -452,6 +444,15 @@ pub(crate) fn spark_call(f: Arc<ScalarUDF>) -> Arc<ScalarUDF> {
     } else {
         f
     }
+}
+
+/// Spark's `try_to_timestamp`.
+pub(crate) fn try_to_timestamp() -> ScalarUDF {
+    ScalarUDF::new_from_impl(DateTimeFn {
+        kind: Kind::TryToTimestamp,
+        aliases: Vec::new(),
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
 }
 
 /// Spark's datetime functions.

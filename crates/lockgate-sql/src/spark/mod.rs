@@ -130,6 +130,11 @@ pub(crate) fn functions() -> Vec<ScalarUDF> {
         .collect()
 }
 
+/// Spark's `try_to_timestamp(text[, pattern])`, which the DataFusion dialect has too.
+pub(crate) fn try_to_timestamp() -> ScalarUDF {
+    datetime::try_to_timestamp()
+}
+
 /// The last part of a function's name, in lower case.
 fn function_name(name: &ObjectName) -> String {
     match name.0.last() {

@@ -11,13 +11,13 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, ListBuilder, StringBuilder, StringViewBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field};
-use datafusion::common::{exec_err, plan_err, Result};
+use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use regex::Regex;
 
-use super::args::{Args, Int, Text};
+use super::args::{check_arity, Args, Int, Text};
 
 /// Compiles a Spark (Java) regex, or says why it cannot run.
 pub(crate) fn compile(pattern: &str) -> std::result::Result<Regex, String> {
@@ -185,14 +185,7 @@ impl ScalarUDFImpl for RegexFn {
         &self.signature
     }
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        let (min, max) = self.kind.arity();
-        if args.len() < min || args.len() > max {
-            return plan_err!(
-                "{}(...) takes {min} to {max} arguments, not {}",
-                self.kind.name(),
-                args.len()
-            );
-        }
+        check_arity(self.kind.name(), args.len(), self.kind.arity())?;
         Ok(match self.kind {
             Kind::Extract | Kind::Replace => DataType::Utf8View,
             Kind::Like => DataType::Boolean,

@@ -325,3 +325,64 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
         Err(e) => panic!("cannot start a runtime to plan the query: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
+    use datafusion::arrow::datatypes::Field;
+
+    fn row() -> Row {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("word", DataType::Utf8, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new("avg", DataType::Float64, true),
+            Field::new("late", DataType::Boolean, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), None])),
+                Arc::new(Int32Array::from(vec![Some(2), Some(3)])),
+                Arc::new(Float64Array::from(vec![1.5, 2.0])),
+                Arc::new(BooleanArray::from(vec![true, false])),
+            ],
+        )
+        .expect("a batch");
+        Row {
+            batch: Arc::new(batch),
+            index: 0,
+        }
+    }
+
+    #[test]
+    fn values_are_read_by_name_and_type() -> Result<()> {
+        let r = row();
+        assert_eq!(r.get::<String>("word")?, Some("a".to_string()));
+        assert_eq!(r.get::<i64>("n")?, Some(2));
+        assert_eq!(r.get::<i32>("n")?, Some(2));
+        assert_eq!(r.get::<f64>("n")?, Some(2.0));
+        assert_eq!(r.get::<f64>("avg")?, Some(1.5));
+        assert_eq!(r.get::<bool>("late")?, Some(true));
+        assert_eq!(r.get_at::<i64>(1)?, Some(2));
+        let null = Row {
+            index: 1,
+            ..r.clone()
+        };
+        assert_eq!(null.get::<String>("word")?, None);
+        let e = r
+            .get::<i64>("nope")
+            .expect_err("no such column")
+            .to_string();
+        assert!(
+            e.contains("no column `nope`: the query's columns are word, n, avg, late"),
+            "{e}"
+        );
+        let e = r.get::<i64>("word").expect_err("text").to_string();
+        assert!(
+            e.contains("column `word` holds Utf8, which is not an integer"),
+            "{e}"
+        );
+        Ok(())
+    }
+}

@@ -68,7 +68,12 @@ fn text_file_stream_takes_new_files_each_batch() {
     );
     let info = run.ctx.metrics().completed_batches();
     assert_eq!(info[0].num_records(), 2);
-    assert!(info[0].inputs[0].description.ends_with("a.txt"));
+    // The files it read, with their sizes.
+    let read = &info[0].inputs[0].description;
+    assert!(
+        read.starts_with("1 file, 6 bytes: ") && read.ends_with("a.txt (6 bytes)"),
+        "{read}"
+    );
 }
 
 #[test]

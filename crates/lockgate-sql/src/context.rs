@@ -360,7 +360,7 @@ impl SqlContext {
                     .iter()
                     .map(|k| {
                         if self.streams.contains_key(k) {
-                            format!("{k} (the stream)")
+                            format!("{k} (a stream)")
                         } else {
                             format!("{k} (static)")
                         }

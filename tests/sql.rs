@@ -285,12 +285,13 @@ fn append_mode_emits_each_window_once_with_its_final_value() {
         .iter()
         .flat_map(|(id, rows)| rows.iter().map(move |r| (*id, r.to_string())))
         .collect();
+    // Columns in the query's SELECT order.
     assert_eq!(
         rows,
         vec![
             // The first window [0, 30) closes when the watermark (40 - 5) passes 30.
-            (2, r#"{"end":"2015-12-18T00:00:30","level":"ERROR","n":3,"start":"2015-12-18T00:00:00"}"#.to_string()),
-            (2, r#"{"end":"2015-12-18T00:00:30","level":"WARN","n":2,"start":"2015-12-18T00:00:00"}"#.to_string()),
+            (2, r#"{"start":"2015-12-18T00:00:00","end":"2015-12-18T00:00:30","level":"ERROR","n":3}"#.to_string()),
+            (2, r#"{"start":"2015-12-18T00:00:00","end":"2015-12-18T00:00:30","level":"WARN","n":2}"#.to_string()),
         ],
         "{b:?}"
     );

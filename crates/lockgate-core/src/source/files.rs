@@ -1042,8 +1042,35 @@ mod tests {
         }
     }
 
+    /// The paths of the files planned for batch `t`, joined by ", " (the plan's
+    /// description without its counts and sizes).
     fn planned(src: &FileInput, t: i64) -> String {
-        src.plan(Time(t)).unwrap().0.description
+        let described = src.plan(Time(t)).unwrap().0.description;
+        let Some((_, files)) = described.split_once(" bytes: ") else {
+            return described;
+        };
+        files
+            .split(", ")
+            .map(|f| f.rsplit_once(" (").map_or(f, |(path, _)| path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    #[test]
+    fn a_plan_describes_its_files_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.log"), "one\n").unwrap();
+        fs::write(dir.path().join("b.log"), "two\nlines\n").unwrap();
+        let (_ctx, src) = source(dir.path(), old_files());
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        assert_eq!(
+            src.plan(Time(1000)).unwrap().0.description,
+            format!(
+                "2 files, 14 bytes: {} (4 bytes), {} (10 bytes)",
+                a.display(),
+                b.display()
+            )
+        );
     }
 
     /// Regression: a file that grew after its batch read it was never read again and
@@ -1305,18 +1332,15 @@ mod tests {
             ..old_files()
         };
         let (_ctx, src) = source(dir.path(), opts);
-        let (info, _) = src.plan(Time(1000)).unwrap();
-        assert_eq!(info.description, old.display().to_string());
-        let (info, _) = src.plan(Time(2000)).unwrap();
-        assert_eq!(info.description, "", "still too young");
+        assert_eq!(planned(&src, 1000), old.display().to_string());
+        assert_eq!(planned(&src, 2000), "", "still too young");
         fs::File::options()
             .write(true)
             .open(&young)
             .unwrap()
             .set_modified(past)
             .unwrap();
-        let (info, _) = src.plan(Time(3000)).unwrap();
-        assert_eq!(info.description, young.display().to_string());
+        assert_eq!(planned(&src, 3000), young.display().to_string());
     }
 
     /// Regression: the chunked path (the CLI jobs') read a 50 MB line whole; a file with

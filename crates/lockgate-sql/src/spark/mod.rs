@@ -330,6 +330,12 @@ fn check_call(name: &str, args: &FunctionArguments) -> std::result::Result<(), S
                      batch would not read again: use the records' event time"
                 ));
             }
+            if let Some(p) = arg(1).filter(|p| text_constant(p).is_none()) {
+                return Err(format!(
+                    "{name}(...): the second argument, the datetime pattern, must be a text \
+                     constant, not `{p}`"
+                ));
+            }
             match arg(1).and_then(text_constant) {
                 Some(p) => datetime::chrono_format(p).map(|_| ()).map_err(|why| {
                     format!(
@@ -401,6 +407,8 @@ mod tests {
         assert!(e.contains("does not start with `$`"), "{e}");
         let e = refused("SELECT rand() FROM lines");
         assert!(e.contains("exactly once"), "{e}");
+        let e = refused("SELECT date_format(value, value) FROM lines");
+        assert!(e.contains("must be a text constant, not `value`"), "{e}");
         let e = refused("SELECT unix_timestamp() FROM lines");
         assert!(e.contains("current time"), "{e}");
         let ok = parse(

@@ -263,6 +263,26 @@ pub struct RunOpts {
     /// object store, at once on a local directory).
     #[arg(long, requires = "checkpoint")]
     standby: bool,
+    /// Scale out: join --kafka-group with every other instance started with the same
+    /// job, --kafka-topic and --checkpoint; the group spreads the topic's partitions
+    /// over the instances, each running one task per partition it is given (its
+    /// checkpoint under CHECKPOINT/tasks/<topic>-<partition>/, its output under
+    /// DIR/<stream>/task=<task>/). word-count repartitions its words through the topic
+    /// lockgate-<job>-word_counts-repartition (created on start).
+    #[arg(long, requires_all = ["kafka_brokers", "checkpoint"])]
+    scale_out: bool,
+    /// This instance's name in logs, the consumer group and checkpoint leases
+    /// [default: host name and pid].
+    #[arg(long, value_name = "NAME")]
+    instance_id: Option<String>,
+    /// --scale-out: the consumer group's session timeout; an instance that died loses
+    /// its partitions to the others this long after its last heartbeat.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    kafka_session_timeout: Duration,
+    /// --scale-out: partitions of a repartition topic created on start [default: the
+    /// input topic's].
+    #[arg(long, value_name = "N", requires = "scale_out")]
+    repartition_partitions: Option<u32>,
     /// Object-store checkpoints: how long the owner's lease lasts without renewal; a
     /// standby takes over this long after the owner stopped.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
@@ -282,9 +302,10 @@ pub struct RunOpts {
     /// writes it, plus "stream"), one transaction per batch with --checkpoint.
     #[arg(long, value_name = "URL")]
     sink: Option<String>,
-    /// A librdkafka producer property for a kafka:// sink, e.g. security.protocol=SSL;
-    /// repeat for several. Values are never printed.
-    #[arg(long, value_name = "KEY=VALUE", requires = "sink")]
+    /// A librdkafka producer property for a kafka:// sink (and, with --scale-out, the
+    /// repartition topic's producers), e.g. security.protocol=SSL; repeat for several.
+    /// Values are never printed.
+    #[arg(long, value_name = "KEY=VALUE")]
     kafka_sink_property: Vec<String>,
     /// With --sink: when the checkpoint has no committed batch (new or lost), resume
     /// after the batches the sink recorded (their input is skipped, batch ids continue).
@@ -600,6 +621,12 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
     if opts.max_records_per_partition.is_some() && opts.kafka_brokers.is_none() {
         bail!("--max-records-per-partition applies to Kafka input (--kafka-brokers) only");
     }
+    if !opts.kafka_sink_property.is_empty() && opts.sink.is_none() && !opts.scale_out {
+        bail!(
+            "--kafka-sink-property applies to a Kafka --sink (or, with --scale-out, the \
+             repartition topic's producers); give --sink kafka://HOST:PORT/TOPIC"
+        );
+    }
     if opts.max_records_per_partition == Some(0) {
         bail!("--max-records-per-partition must be at least 1");
     }
@@ -660,6 +687,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
         state_upgrade: opts.state_upgrade.into(),
         source_retry_timeout: opts.source_retry_timeout,
         sink_retry_timeout: opts.sink_retry_timeout,
+        task: None,
     })
 }
 
@@ -671,12 +699,21 @@ fn open_checkpoint(
     open_location(
         location,
         &opts.checkpoint_option,
-        lockgate_object_store::Options {
-            lease_timeout: opts.lease_timeout,
-            retry_timeout: opts.checkpoint_retry_timeout,
-            ..Default::default()
-        },
+        object_store_options(opts),
     )
+}
+
+/// The object-store options of the flags (lease, retries, instance name).
+fn object_store_options(opts: &RunOpts) -> lockgate_object_store::Options {
+    let mut options = lockgate_object_store::Options {
+        lease_timeout: opts.lease_timeout,
+        retry_timeout: opts.checkpoint_retry_timeout,
+        ..Default::default()
+    };
+    if let Some(id) = &opts.instance_id {
+        options.instance.clone_from(id);
+    }
+    options
 }
 
 /// Opens a checkpoint location with `--checkpoint-option` settings.
@@ -778,6 +815,9 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     prepare_output(&opts, &cfg)?;
     let job = Job::from(job);
     let app = job.name();
+    if opts.scale_out {
+        return run_scaled_out(job, &opts, &cfg);
+    }
     let ctx = cfg.build(job)?;
     run_context(&ctx, app, &opts, &cfg)?;
     if cfg.event_time && job == Job::LogErrors {
@@ -797,6 +837,62 @@ fn run_job(job: JobName, opts: RunOpts) -> Result<()> {
     Ok(())
 }
 
+/// `run --scale-out`: this instance's share of the job, until Ctrl-C or a task fails.
+fn run_scaled_out(job: Job, opts: &RunOpts, cfg: &JobConfig) -> Result<()> {
+    let base = opts
+        .checkpoint
+        .clone()
+        .context("--scale-out needs --checkpoint")?;
+    let settings = opts.checkpoint_option.clone();
+    let store = object_store_options(opts);
+    let instance = store.instance.clone();
+    let checkpoint = jobs::scale_out::TaskCheckpoint(std::sync::Arc::new(move |sub: &str| {
+        let at = format!("{}/{sub}", base.trim_end_matches('/'));
+        open_location(&at, &settings, store.clone())
+            .map_err(|e| lockgate_core::Error::Config(format!("{e:#}")))
+    }));
+    let scale = jobs::scale_out::ScaleOut {
+        group: opts.kafka_group.clone(),
+        instance: instance.clone(),
+        session_timeout: opts.kafka_session_timeout,
+        repartition_partitions: opts.repartition_partitions,
+        checkpoint,
+    };
+    let mut cfg = cfg.clone();
+    // Each task opens its own checkpoint; the UI is not started per task.
+    cfg.checkpoint = None;
+    cfg.before_recovery = None;
+    let running = std::sync::Arc::new(
+        jobs::scale_out::ScaleOutJob::start(&cfg, job, scale)
+            .with_context(|| format!("starting {} as instance {instance}", job.name()))?,
+    );
+    {
+        let running = running.clone();
+        let once = std::sync::atomic::AtomicBool::new(false);
+        ctrlc::set_handler(move || {
+            if once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                std::process::exit(130);
+            }
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"stopping: the tasks finish their batch in flight, then this instance \
+                  leaves the group (press Ctrl-C again to stop at once)\n",
+            );
+            running.request_stop();
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    say!(
+        "{}: instance {instance} joined the group; tasks start as partitions are assigned",
+        job.name()
+    );
+    running
+        .await_termination()
+        .with_context(|| format!("instance {instance} of {} failed", job.name()))?;
+    say!("{}: instance {instance} stopped and left the group", job.name());
+    Ok(())
+}
+
 /// `COLUMN DELAY` (`ts 10 seconds`, `ts 10s`).
 fn parse_watermark(text: &str) -> Result<(String, Duration)> {
     let text = text.trim();
@@ -810,6 +906,12 @@ fn parse_watermark(text: &str) -> Result<(String, Duration)> {
 
 fn run_sql(opts: SqlOpts) -> Result<()> {
     let run = &opts.run;
+    if run.scale_out {
+        bail!(
+            "`lockgate sql --scale-out` is not supported yet: run the query as one instance \
+             (with --standby for failover), or scale out the built-in jobs with `lockgate run`"
+        );
+    }
     let cfg = job_config(run)?;
     prepare_output(run, &cfg)?;
     if opts.name.is_empty()

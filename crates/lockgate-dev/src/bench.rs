@@ -356,6 +356,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&str>) -> R
         file_min_age: Duration::ZERO,
         source_retry_timeout: Duration::from_secs(120),
         sink_retry_timeout: Duration::from_secs(120),
+        task: None,
     };
     cfg.validate(job)?;
     let mut builder = cfg.configure(

@@ -35,6 +35,31 @@ pub enum Error {
     /// A SQL sink could not be set up.
     #[error(transparent)]
     Sink(#[from] lockgate_sql_sinks::Error),
+    /// Kafka could not be asked (topics, the consumer group of a scale-out job).
+    #[error(transparent)]
+    Kafka(#[from] lockgate_kafka::Error),
+    /// The consumer group gave this instance's partitions to others while it did not
+    /// answer (paused, cut off): their tasks run elsewhere now.
+    #[error(
+        "instance {instance} lost partitions {partitions} to the consumer group: it did not \
+         answer within the session timeout (paused or cut off) and other instances took \
+         over their tasks; stopping (a restart joins the group as a new member)"
+    )]
+    Lost {
+        /// This instance.
+        instance: String,
+        /// The partitions taken (`<topic>-<partition>`, comma-separated).
+        partitions: String,
+    },
+    /// A scale-out task failed: the instance stops (its partitions go to the others).
+    #[error("scale-out task {task}")]
+    Task {
+        /// The task (`<topic>-<partition>`).
+        task: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {

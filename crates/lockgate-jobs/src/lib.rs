@@ -8,6 +8,7 @@
 
 mod error;
 pub mod sample;
+pub mod scale_out;
 pub mod sql;
 mod static_pg;
 pub mod words;
@@ -134,6 +135,9 @@ pub struct JobConfig {
     pub source_retry_timeout: Duration,
     /// How long a database sink retries a batch through an outage before the job fails.
     pub sink_retry_timeout: Duration,
+    /// The scale-out task this configuration runs (set by [`scale_out`]; `None`: the
+    /// whole job in one process): outputs per task, no lag commits to the group.
+    pub task: Option<String>,
 }
 
 impl JobConfig {
@@ -183,6 +187,7 @@ impl JobConfig {
             file_min_age: lockgate_core::source::files::DEFAULT_MIN_AGE,
             source_retry_timeout: Duration::from_secs(120),
             sink_retry_timeout: Duration::from_secs(120),
+            task: None,
         }
     }
 }
@@ -408,14 +413,27 @@ impl JobConfig {
         }
     }
 
+    /// Where the job's JSON rows go, as application `app`: `--output`'s directory
+    /// and/or the Kafka sink of `--sink kafka://...`.
+    fn json_output_of(&self, app: &str) -> Result<JsonOutput> {
+        let kafka = match self.sink.as_deref() {
+            Some(url) if url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
+            _ => None,
+        };
+        Ok(self.json_output(app, kafka.as_ref()))
+    }
+
     /// Where the job's JSON rows go: `--output`'s directory and/or a Kafka sink (as
     /// application `app`).
     fn json_output(&self, app: &str, kafka: Option<&KafkaSinkConfig>) -> JsonOutput {
-        let json = self
+        let mut json = self
             .output
             .as_deref()
             .map(JsonOutput::new)
             .unwrap_or_default();
+        if let Some(task) = &self.task {
+            json = json.for_task(task);
+        }
         match kafka {
             Some(config) => json.with_kafka(app, config.clone()),
             None => json,
@@ -458,10 +476,15 @@ impl JobConfig {
             Input::Dir(dir) => ctx.text_file_stream_with(dir, self.file_options()),
             Input::Kafka { config, options } => {
                 let mut config = config.clone();
-                // Offsets of completed batches go to this group, for lag monitors.
-                config
-                    .group
-                    .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
+                if self.task.is_some() {
+                    // The group is the instances' own: its members commit, tasks not.
+                    config.group = None;
+                } else {
+                    // Offsets of completed batches go to this group, for lag monitors.
+                    config
+                        .group
+                        .get_or_insert_with(|| format!("lockgate-{}", ctx.app_name()));
+                }
                 lockgate_kafka::kafka_lines(ctx, config, options.clone())?
             }
         })
@@ -542,6 +565,9 @@ pub fn word_counts_table() -> Table {
 pub struct JsonOutput {
     dir: Option<Arc<PathBuf>>,
     kafka: Option<Arc<(String, KafkaSinkConfig)>>,
+    /// The scale-out task writing: `DIR/<stream>/task=<task>/...`, and the Kafka
+    /// sink's transactional id per task.
+    task: Option<Arc<str>>,
 }
 
 impl JsonOutput {
@@ -550,6 +576,7 @@ impl JsonOutput {
         JsonOutput {
             dir: Some(Arc::new(dir.to_path_buf())),
             kafka: None,
+            task: None,
         }
     }
 
@@ -557,6 +584,13 @@ impl JsonOutput {
     /// transactional ids and consumer groups).
     pub fn with_kafka(mut self, app: &str, config: KafkaSinkConfig) -> Self {
         self.kafka = Some(Arc::new((app.to_string(), config)));
+        self
+    }
+
+    /// Written by scale-out task `task`: under `DIR/<stream>/task=<task>/`, and to
+    /// Kafka with the task's own transactional id (`lockgate-<app>-<stream>-<task>`).
+    pub fn for_task(mut self, task: &str) -> Self {
+        self.task = Some(task.into());
         self
     }
 
@@ -577,12 +611,20 @@ impl JsonOutput {
         let to_json = Arc::new(to_json);
         if let Some(dir) = &self.dir {
             let f = to_json.clone();
-            stream.write_to(JsonLinesSink::new(dir.join(name), move |e, t| f(e, t)));
+            let dir = match &self.task {
+                Some(task) => dir.join(name).join(format!("task={task}")),
+                None => dir.join(name),
+            };
+            stream.write_to(JsonLinesSink::new(dir, move |e, t| f(e, t)));
         }
         if let Some(kafka) = &self.kafka {
             let (app, config) = &**kafka;
+            let config = KafkaSinkConfig {
+                task: self.task.as_deref().map(str::to_string),
+                ..config.clone()
+            };
             let stream_name = serde_json::Value::from(name);
-            let sink = KafkaSink::new(name, app, config.clone(), move |e: &T, t| {
+            let sink = KafkaSink::new(name, app, config, move |e: &T, t| {
                 let mut value = to_json(e, t);
                 if let serde_json::Value::Object(fields) = &mut value {
                     fields.insert("stream".into(), stream_name.clone());
@@ -822,7 +864,15 @@ pub fn word_count(
     ctx: &StreamingContext,
     out: Option<&JsonOutput>,
 ) -> lockgate_core::Result<DStream<(CompactString, i64)>> {
-    let pairs: DStream<(CompactString, i64)> = match &cfg.input {
+    running_word_counts(cfg, word_pairs(cfg, ctx)?, out)
+}
+
+/// The `(word, 1)` pairs of the input's lines (`(word, n)` per chunk for files).
+fn word_pairs(
+    cfg: &JobConfig,
+    ctx: &StreamingContext,
+) -> lockgate_core::Result<DStream<(CompactString, i64)>> {
+    Ok(match &cfg.input {
         Input::Socket { .. } | Input::Kafka { .. } => cfg.lines(ctx)?.flat_map(|l| {
             l.split(' ')
                 .filter(|w| !w.is_empty())
@@ -839,7 +889,16 @@ pub fn word_count(
                 },
             )
             .flat_map(|chunk| words::count_words(chunk.as_bytes())),
-    };
+    })
+}
+
+/// The running totals of `(word, n)` pairs: the words whose count changed in a batch,
+/// with their new count, written to `out`.
+fn running_word_counts(
+    cfg: &JobConfig,
+    pairs: DStream<(CompactString, i64)>,
+    out: Option<&JsonOutput>,
+) -> lockgate_core::Result<DStream<(CompactString, i64)>> {
     let changed = pairs
         .reduce_by_key(|a, b| a + b)
         .map_with_state(StateSpec::function(

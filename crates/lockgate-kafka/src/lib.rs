@@ -8,6 +8,11 @@
 //!   queries, reads by assigning a partition at an offset) and the stream constructors.
 //! - [`sink`]: [`KafkaSink`], writing each batch to a topic exactly once (one
 //!   transaction per batch, committing the batch id with it) or at least once.
+//! - [`group`]: [`GroupMember`](group::GroupMember), membership of a consumer group
+//!   that tells a scale-out job which partitions' tasks this instance runs.
+//! - [`repartition`]: repartition topics (first-stage writes, second-stage reads with
+//!   de-duplication), for keyed state in scale-out jobs.
+//! - [`admin`]: topic creation (repartition topics) and partition counts.
 //! - [`testing`]: a throwaway broker started by the repository's `scripts/kafka.sh`, and
 //!   helpers to create topics and produce records.
 //! - [`error`]: this crate's error type.
@@ -47,8 +52,11 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod error;
+pub mod group;
 mod probe;
+pub mod repartition;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "testing")]

@@ -84,8 +84,13 @@ pub struct KafkaSinkConfig {
     /// One transaction per batch (exactly once; the default) or the idempotent producer
     /// without transactions (at least once).
     pub transactional: bool,
-    /// The `transactional.id` (default `lockgate-<app>-<sink name>`).
+    /// The `transactional.id` (default `lockgate-<app>-<sink name>`, with `-<task>`
+    /// after it for a scale-out task).
     pub transactional_id: Option<String>,
+    /// The scale-out task writing (e.g. `logs-3`): its own transactional id, its own
+    /// group for the last committed batch, and a `lockgate-task` header on every
+    /// record. `None` (the default): the job's one instance writes.
+    pub task: Option<String>,
     /// Further librdkafka producer properties (security, `linger.ms`, ...); they
     /// override the sink's own settings. Values are never printed.
     pub properties: Vec<(String, String)>,
@@ -103,6 +108,7 @@ impl KafkaSinkConfig {
             topic: topic.into(),
             transactional: true,
             transactional_id: None,
+            task: None,
             properties: Vec::new(),
             timeout: Duration::from_secs(30),
             retry_timeout: Duration::from_secs(120),
@@ -166,10 +172,15 @@ impl<T: Data> KafkaSink<T> {
         if config.topic.trim().is_empty() {
             return Err(Error::Config("no output topic given".into()));
         }
+        let task_suffix = config
+            .task
+            .as_deref()
+            .map(|t| format!("-{t}"))
+            .unwrap_or_default();
         let transactional_id = config
             .transactional_id
             .clone()
-            .unwrap_or_else(|| format!("lockgate-{app}-{name}"));
+            .unwrap_or_else(|| format!("lockgate-{app}-{name}{task_suffix}"));
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &config.brokers)
             .set("enable.idempotence", "true")
@@ -185,7 +196,7 @@ impl<T: Data> KafkaSink<T> {
         let producer: ThreadedProducer<Deliveries> = c
             .create_with_context(Deliveries::default())
             .map_err(|e| config_err(e, "producer"))?;
-        let group = format!("lockgate-sink-{app}-{name}");
+        let group = format!("lockgate-sink-{app}-{name}{task_suffix}");
         let group_consumer = group_consumer(&config, &group)?;
         let sink = KafkaSink {
             name: name.to_string(),
@@ -326,7 +337,7 @@ impl<T: Data> KafkaSink<T> {
                 for (i, e) in part.iter().enumerate() {
                     let r = (self.to_record)(e, time);
                     let seq = (start + i).to_string();
-                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 3)
+                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 4)
                         .insert(Header {
                             key: "lockgate-stream",
                             value: Some(self.name.as_bytes()),
@@ -339,6 +350,12 @@ impl<T: Data> KafkaSink<T> {
                             key: "lockgate-seq",
                             value: Some(seq.as_bytes()),
                         });
+                    if let Some(task) = &self.config.task {
+                        headers = headers.insert(Header {
+                            key: "lockgate-task",
+                            value: Some(task.as_bytes()),
+                        });
+                    }
                     for (k, v) in &r.headers {
                         headers = headers.insert(Header {
                             key: k,

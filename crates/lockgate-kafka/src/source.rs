@@ -75,6 +75,9 @@ pub struct KafkaConfig {
     /// logged, never fatal. Positions live in the checkpoint: correctness never depends
     /// on these offsets. `None` (the default): no commits.
     pub group: Option<String>,
+    /// Only these partitions of the topics (a scale-out task reads one partition);
+    /// `None` (the default): every partition.
+    pub partitions: Option<Vec<u32>>,
 }
 
 impl KafkaConfig {
@@ -107,6 +110,7 @@ impl KafkaConfig {
             properties: Vec::new(),
             timeout: Duration::from_secs(30),
             group: None,
+            partitions: None,
         }
     }
 
@@ -398,6 +402,13 @@ impl<T: Data> KafkaLog<T> {
         let mut bounds = Vec::new();
         for t in topics {
             for p in t.partitions() {
+                let wanted = match &self.config.partitions {
+                    Some(only) => u32::try_from(p.id()).is_ok_and(|id| only.contains(&id)),
+                    None => true,
+                };
+                if !wanted {
+                    continue;
+                }
                 let partition = TopicPartition::new(
                     t.name(),
                     u32::try_from(p.id()).map_err(|_| {

@@ -4,12 +4,10 @@
 //! create topics, produce records and read them all back with a real client.
 
 use lockgate_core::sync::lock;
-use std::future::Future;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -258,26 +256,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, live: Option<Arc<AtomicUsize>>) 
     });
 }
 
-/// Runs a future to completion on this thread (the admin client's futures are driven by
-/// librdkafka's own threads).
-fn block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
@@ -290,7 +268,7 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
         .create()
         .map_err(|e| Error::Harness(format!("admin client: {e}")))?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = block_on(admin.create_topics(
+    let results = crate::admin::block_on(admin.create_topics(
         &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &opts,
     ))

@@ -1,0 +1,440 @@
+//! Scale-out (`lockgate run ... --scale-out`) with real processes, a real Kafka-protocol
+//! broker (tansu, scripts/kafka.sh) and checkpoints on a real S3 server (moto,
+//! scripts/s3.sh): several instances of word-count share an 8-partition topic through
+//! the consumer group, through SIGKILLs and restarts, instances joining and leaving,
+//! and a paused instance that is fenced when it wakes. The final count of every word
+//! must equal the count of the input's words and a single-instance run's.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockgate_kafka::testing::{consume_all, create_topic, produce, KafkaBroker};
+use lockgate_object_store::testing::{S3Server, CREDENTIALS};
+
+const PARTITIONS: i32 = 8;
+const OUT_PARTITIONS: i32 = 4;
+
+/// A small deterministic generator (xorshift), seeded per run and printed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("LOCKGATE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("seed {seed} (LOCKGATE_TEST_SEED={seed} repeats this run)");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A broker, an S3 server, the input topic and the running instances.
+struct Cluster {
+    broker: KafkaBroker,
+    s3: S3Server,
+    work: tempfile::TempDir,
+    url: String,
+    /// Lines produced so far (line number → partition), for the expected counts.
+    lines: u64,
+    instances: BTreeMap<String, Child>,
+    started: u32,
+}
+
+/// The words of line `i`: five of 60, overlapping from line to line.
+fn words_of(i: u64) -> String {
+    (0..5)
+        .map(|j| format!("w{}", (i * 7 + j * 13) % 60))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Cluster {
+    fn start(name: &str) -> Cluster {
+        let broker = KafkaBroker::start().unwrap();
+        let s3 = S3Server::start().unwrap();
+        create_topic(&broker.brokers, "lines", PARTITIONS).unwrap();
+        create_topic(&broker.brokers, "counts", OUT_PARTITIONS).unwrap();
+        let url = s3.url(name);
+        Cluster {
+            broker,
+            s3,
+            work: tempfile::tempdir().unwrap(),
+            url,
+            lines: 0,
+            instances: BTreeMap::new(),
+            started: 0,
+        }
+    }
+
+    /// Produces `n` more lines, spread over the partitions.
+    fn produce(&mut self, n: u64) {
+        let from = self.lines;
+        let records: Vec<(i32, String)> = (from..from + n)
+            .map(|i| ((i % PARTITIONS as u64) as i32, words_of(i)))
+            .collect();
+        produce(&self.broker.brokers, "lines", records).unwrap();
+        self.lines += n;
+    }
+
+    /// The count of every word in the lines produced.
+    fn expected(&self) -> BTreeMap<String, i64> {
+        let mut counts = BTreeMap::new();
+        for i in 0..self.lines {
+            for w in words_of(i).split(' ') {
+                *counts.entry(w.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    fn log(&self, id: &str, n: u32) -> PathBuf {
+        self.work.path().join(format!("{id}-{n}.log"))
+    }
+
+    /// Starts instance `id` of word-count (its log in the work directory).
+    fn spawn(&mut self, id: &str, extra: &[&str]) {
+        self.started += 1;
+        let log = self.log(id, self.started);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lockgate"));
+        c.env("RUST_LOG", "info")
+            .envs(CREDENTIALS)
+            .args(["run", "word-count", "--scale-out", "--quiet", "--no-ui"])
+            .args(["--kafka-brokers", &self.broker.brokers, "--kafka-topic", "lines"])
+            .args(["--checkpoint", &self.url, "--instance-id", id])
+            .args(["--kafka-session-timeout", "6s", "--lease-timeout", "2s"])
+            .args(["--batch-interval", "500ms"])
+            .args(["--sink", &format!("kafka://{}/counts", self.broker.brokers)])
+            // The test broker reports a wrong end offset after a multi-record batch.
+            .args(["--kafka-sink-property", "batch.num.messages=1"])
+            .args(["--kafka-sink-property", "linger.ms=0"])
+            .args(extra);
+        for (k, v) in self.s3.settings() {
+            c.arg("--checkpoint-option").arg(format!("{k}={v}"));
+        }
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        eprintln!("started {id} (log {})", log.display());
+        self.instances.insert(id.to_string(), child);
+    }
+
+    fn signal(&self, id: &str, signal: &str) {
+        let pid = self.instances[id].id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {id}");
+    }
+
+    fn sigkill(&mut self, id: &str) {
+        let mut child = self.instances.remove(id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("killed {id}");
+    }
+
+    /// Stops `id` with SIGTERM (a graceful stop: it leaves the group) and waits.
+    fn stop(&mut self, id: &str) {
+        self.signal(id, "TERM");
+        let mut child = self.instances.remove(id).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{id} did not stop cleanly: {status}");
+    }
+
+    /// Fails when an instance exited by itself.
+    fn check_alive(&mut self) {
+        let exited = self
+            .instances
+            .iter_mut()
+            .find_map(|(id, child)| child.try_wait().unwrap().map(|s| (id.clone(), s)));
+        if let Some((id, status)) = exited {
+            panic!(
+                "instance {id} exited by itself ({status}):\n{}",
+                self.all_logs()
+            );
+        }
+    }
+
+    fn all_logs(&self) -> String {
+        let mut text = String::new();
+        for e in std::fs::read_dir(self.work.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let body = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = body.lines().rev().take(40).collect();
+                text.push_str(&format!("== {} (last lines)\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    /// Waits (up to 3 minutes) until the output topic's final counts equal the
+    /// input's; returns the records read.
+    fn converge(&mut self) -> Vec<lockgate_kafka::testing::Consumed> {
+        let want = self.expected();
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            self.check_alive();
+            let records = consume_all(&self.broker.brokers, "counts", OUT_PARTITIONS, 0).unwrap();
+            let got = final_counts(&records);
+            if got == want {
+                return records;
+            }
+            if Instant::now() > until {
+                let wrong: Vec<_> = want
+                    .iter()
+                    .filter(|(w, c)| got.get(*w) != Some(c))
+                    .map(|(w, c)| format!("{w}: want {c}, got {:?}", got.get(w)))
+                    .take(10)
+                    .collect();
+                panic!(
+                    "the output did not converge to the input's counts: {wrong:?}\n{}",
+                    self.all_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn stop_all(&mut self) {
+        let ids: Vec<String> = self.instances.keys().cloned().collect();
+        for id in ids {
+            self.stop(&id);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.instances.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last count of each word in the output topic (a word's records are all in one
+/// partition, written by the one task that owns the word, in batch order).
+fn final_counts(records: &[lockgate_kafka::testing::Consumed]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        out.insert(
+            v["word"].as_str().unwrap().to_string(),
+            v["count"].as_i64().unwrap(),
+        );
+    }
+    out
+}
+
+/// Every (stream, task, batch, seq) in the output topic names one record: a record
+/// written twice (an aborted attempt and its re-run, which the test broker does not
+/// filter) is the same record both times.
+fn check_identities(records: &[lockgate_kafka::testing::Consumed]) {
+    let mut seen: HashMap<(String, String, String, String), &[u8]> = HashMap::new();
+    for r in records {
+        let id = (
+            r.header("lockgate-stream").unwrap(),
+            r.header("lockgate-task").expect("a scale-out record names its task"),
+            r.header("lockgate-batch").unwrap(),
+            r.header("lockgate-seq").unwrap(),
+        );
+        if let Some(before) = seen.insert(id.clone(), &r.value) {
+            assert_eq!(
+                before,
+                &r.value[..],
+                "{id:?} names two different records"
+            );
+        }
+    }
+}
+
+/// One process, no scale-out, over the same topic (`--once`): its final counts.
+fn single_instance(cluster: &Cluster) -> BTreeMap<String, i64> {
+    let out = cluster.work.path().join("single-out");
+    let ok = Command::new(env!("CARGO_BIN_EXE_lockgate"))
+        .args(["run", "word-count", "--once", "--quiet", "--no-ui"])
+        .args(["--kafka-brokers", &cluster.broker.brokers, "--kafka-topic", "lines"])
+        .arg("--output")
+        .arg(&out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    json_final_counts(&out.join("word_counts"))
+}
+
+/// The last count of each word in a JSON-lines output directory (`batch=<id>/` in
+/// batch order; under `task=<task>/` directories too).
+fn json_final_counts(dir: &Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    let tasks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("task="))
+        .collect();
+    if !tasks.is_empty() {
+        dirs = tasks;
+    }
+    for d in dirs {
+        for (_, rows) in lockgate_core::sink::read_json_lines(&d).unwrap() {
+            for row in rows {
+                let v: serde_json::Value = serde_json::from_str(&row).unwrap();
+                out.insert(
+                    v["word"].as_str().unwrap().to_string(),
+                    v["count"].as_i64().unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn three_instances_count_words_exactly_through_sigkills() {
+    let kills: u64 = std::env::var("LOCKGATE_SCALE_OUT_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut rng = Rng::seeded();
+    let mut c = Cluster::start("wc-kills");
+    c.produce(400);
+    for id in ["a", "b", "c"] {
+        c.spawn(id, &[]);
+    }
+    for round in 0..kills {
+        std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
+        c.check_alive();
+        let id = ["a", "b", "c"][rng.below(3) as usize];
+        eprintln!("round {round}: SIGKILL {id}");
+        c.sigkill(id);
+        c.produce(100 + rng.below(200));
+        c.spawn(id, &[]);
+    }
+    let records = c.converge();
+    check_identities(&records);
+    let want = c.expected();
+    c.stop_all();
+    assert_eq!(single_instance(&c), want, "a single instance's counts");
+    eprintln!(
+        "{kills} SIGKILLs: {} words, {} lines, {} output records",
+        want.len(),
+        c.lines,
+        records.len()
+    );
+}
+
+#[test]
+fn instances_join_and_leave_and_the_counts_stay_exact() {
+    let mut c = Cluster::start("wc-scale");
+    let out = c.work.path().join("out");
+    let out_arg = out.to_str().unwrap().to_string();
+    c.produce(500);
+    c.spawn("a", &["--output", &out_arg]);
+    std::thread::sleep(Duration::from_secs(4));
+    c.produce(300);
+    c.spawn("b", &["--output", &out_arg]);
+    std::thread::sleep(Duration::from_secs(4));
+    c.produce(300);
+    c.spawn("c", &["--output", &out_arg]);
+    std::thread::sleep(Duration::from_secs(6));
+    c.produce(300);
+    // One leaves gracefully, one dies: the last one ends up with every task.
+    c.stop("b");
+    c.produce(300);
+    std::thread::sleep(Duration::from_secs(2));
+    c.sigkill("a");
+    c.produce(300);
+    c.converge();
+    c.stop_all();
+    let want = c.expected();
+    // The JSON output: DIR/word_counts/task=<task>/batch=<id>/part-<n>.jsonl.
+    let layout: Vec<String> = std::fs::read_dir(out.join("word_counts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        layout
+            .iter()
+            .all(|t| t.starts_with("task=lockgate-word-count-word_counts-repartition-")),
+        "{layout:?}"
+    );
+    assert_eq!(json_final_counts(&out.join("word_counts")), want);
+    let logs = c.all_logs();
+    assert!(logs.contains("rebalance: partitions assigned"), "{logs}");
+}
+
+#[test]
+fn a_paused_instance_is_fenced_when_it_wakes() {
+    let mut c = Cluster::start("wc-pause");
+    c.produce(400);
+    c.spawn("a", &[]);
+    c.spawn("b", &[]);
+    std::thread::sleep(Duration::from_secs(8));
+    let b_log = c.log("b", 2);
+    let takeovers = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("took over the checkpoint's lease")
+            .count()
+    };
+    let before = takeovers(&b_log);
+    c.signal("a", "STOP");
+    c.produce(400);
+    // b takes a's partitions after the session timeout, and its tasks after their
+    // leases ran out.
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&b_log).unwrap_or_default();
+        if takeovers(&b_log) > before {
+            break;
+        }
+        assert!(Instant::now() < until, "b never took over a's tasks:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    c.signal("a", "CONT");
+    let mut a = c.instances.remove("a").unwrap();
+    let status = a.wait().unwrap();
+    let a_log = std::fs::read_to_string(c.log("a", 1)).unwrap();
+    assert!(!status.success(), "a woke and went on:\n{a_log}");
+    assert!(
+        a_log.contains("lost partitions") || a_log.contains("took over"),
+        "a's error does not name the takeover:\n{a_log}"
+    );
+    c.produce(200);
+    let records = c.converge();
+    check_identities(&records);
+    c.stop_all();
+}

@@ -886,10 +886,36 @@ fn run_scaled_out(job: Job, opts: &RunOpts, cfg: &JobConfig) -> Result<()> {
         "{}: instance {instance} joined the group; tasks start as partitions are assigned",
         job.name()
     );
+    let _ui = (!opts.no_ui)
+        .then(|| {
+            let (contexts, ready) = (running.clone(), running.clone());
+            let instance = lockgate_web::Instance {
+                contexts: std::sync::Arc::new(move || contexts.contexts()),
+                ready: std::sync::Arc::new(move || ready.readiness()),
+            };
+            let cfg = lockgate_web::UiConfig {
+                host: opts.ui_host,
+                port: opts.ui_port,
+                ..Default::default()
+            };
+            lockgate_web::UiServer::start_instance(instance, &cfg)
+                .inspect(|ui| {
+                    say!(
+                        "streaming UI, API and probes (/health, /ready) at {}",
+                        ui.url()
+                    )
+                })
+                .map_err(|e| say!("warning: no UI: {e}"))
+                .ok()
+        })
+        .flatten();
     running
         .await_termination()
         .with_context(|| format!("instance {instance} of {} failed", job.name()))?;
-    say!("{}: instance {instance} stopped and left the group", job.name());
+    say!(
+        "{}: instance {instance} stopped and left the group",
+        job.name()
+    );
     Ok(())
 }
 

@@ -24,6 +24,7 @@
 //! its lease runs out).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -108,6 +109,8 @@ struct Tasks {
     input_topic: String,
     repartition: Option<(String, u32)>,
     running: Mutex<BTreeMap<String, Task>>,
+    /// The group answered at least once (the instance is in).
+    joined: AtomicBool,
     /// The first task failure, which stops the instance.
     failure: Mutex<Option<Error>>,
     stop: (Mutex<bool>, Condvar),
@@ -121,7 +124,11 @@ impl Tasks {
     fn stage_of(&self, tp: &TopicPartition) -> Option<Stage> {
         if tp.topic == self.input_topic {
             Some(Stage::Input)
-        } else if self.repartition.as_ref().is_some_and(|(t, _)| *t == tp.topic) {
+        } else if self
+            .repartition
+            .as_ref()
+            .is_some_and(|(t, _)| *t == tp.topic)
+        {
             Some(Stage::Shuffled)
         } else {
             None
@@ -243,7 +250,10 @@ impl Tasks {
                     .map_err(kafka_err)?;
                     let pairs = records.flat_map(move |(k, v)| {
                         let word = String::from_utf8_lossy(&k);
-                        match std::str::from_utf8(&v).ok().and_then(|v| v.parse::<i64>().ok()) {
+                        match std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|v| v.parse::<i64>().ok())
+                        {
                             Some(n) => Some((CompactString::from(word.as_ref()), n)),
                             None => {
                                 source.skipped_value(
@@ -260,9 +270,9 @@ impl Tasks {
                 };
                 cfg.build_context(app, |b| b, &mut install)
             }
-            (Job::LogErrors, Stage::Shuffled) => Err(Error::Config(
-                "log-errors has no repartition topic".into(),
-            )),
+            (Job::LogErrors, Stage::Shuffled) => {
+                Err(Error::Config("log-errors has no repartition topic".into()))
+            }
         }
     }
 }
@@ -289,6 +299,10 @@ impl Rebalancer for Handler {
 
 impl Tasks {
     fn assigned(self: &Arc<Self>, partitions: &[TopicPartition]) {
+        self.joined.store(true, Ordering::Release);
+        if partitions.is_empty() {
+            return;
+        }
         let mut running = lock(&self.running);
         for tp in partitions {
             let Some(stage) = self.stage_of(tp) else {
@@ -426,7 +440,11 @@ impl ScaleOutJob {
                     .into(),
             ));
         }
-        if cfg.sink.as_deref().is_some_and(|s| !s.starts_with("kafka:")) {
+        if cfg
+            .sink
+            .as_deref()
+            .is_some_and(|s| !s.starts_with("kafka:"))
+        {
             return Err(Error::Config(
                 "--scale-out writes JSON (--output) or Kafka (--sink kafka://...); \
                  database sinks per task are not supported yet"
@@ -488,10 +506,12 @@ impl ScaleOutJob {
             input_topic,
             repartition,
             running: Mutex::new(BTreeMap::new()),
+            joined: AtomicBool::new(false),
             failure: Mutex::new(None),
             stop: (Mutex::new(false), Condvar::new()),
         });
-        let member = GroupMember::join(&options, Arc::new(Handler(tasks.clone()))).map_err(Error::Kafka)?;
+        let member =
+            GroupMember::join(&options, Arc::new(Handler(tasks.clone()))).map_err(Error::Kafka)?;
         Ok(ScaleOutJob {
             tasks,
             member: Mutex::new(Some(member)),
@@ -512,6 +532,28 @@ impl ScaleOutJob {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether the instance is ready: in the group, not stopping, every task it was
+    /// given running (not waiting for its lease or recovering); and a word on why.
+    pub fn readiness(&self) -> (bool, String) {
+        if self.stopping() {
+            return (false, "stopping".into());
+        }
+        if !self.tasks.joined.load(Ordering::Acquire) {
+            return (false, "joining the consumer group".into());
+        }
+        let running = lock(&self.tasks.running);
+        let starting: Vec<&str> = running
+            .iter()
+            .filter(|(_, t)| !matches!(*lock(&t.slot), Slot::Running(_)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if starting.is_empty() {
+            (true, format!("running {} task(s)", running.len()))
+        } else {
+            (false, format!("starting tasks {}", starting.join(", ")))
+        }
     }
 
     /// Asks the instance to stop (from a signal handler): [`await_termination`]

@@ -61,9 +61,12 @@ pub fn partition_count(
     let consumer: BaseConsumer = config(brokers, properties)
         .create()
         .map_err(|e| connect("creating a client".into(), e))?;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| connect(format!("no metadata of `{topic}` within {timeout:?} ({e})"), e))?;
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        connect(
+            format!("no metadata of `{topic}` within {timeout:?} ({e})"),
+            e,
+        )
+    })?;
     Ok(md
         .topics()
         .iter()

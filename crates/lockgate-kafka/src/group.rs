@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 /// What a group member does when the group moves partitions.
 pub trait Rebalancer: Send + Sync + 'static {
     /// `partitions` were assigned to this instance (incrementally: the ones it already
-    /// had are not repeated). Called on the member's thread: start the tasks without
-    /// waiting for them.
+    /// had are not repeated; empty when a rebalance gave it nothing new). Called on the
+    /// member's thread: start the tasks without waiting for them.
     fn assigned(&self, partitions: &[TopicPartition]);
 
     /// `partitions` are taken from this instance (`lost`: the group already gave them
@@ -89,11 +89,10 @@ impl ConsumerContext for MemberContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let given = partitions_of(tpl);
-                if given.is_empty() {
-                    return;
-                }
                 // No records are read through the group: tasks read their partitions.
-                if let Err(e) = consumer.pause(tpl) {
+                if given.is_empty() {
+                    // Still an answer of the group: the member is in (with nothing new).
+                } else if let Err(e) = consumer.pause(tpl) {
                     tracing::warn!(error = %e, "pausing the group's partitions failed (records may be fetched and dropped)");
                 }
                 lock(&self.owned).extend(given.iter().cloned());
@@ -119,7 +118,9 @@ impl GroupMember {
     /// Joins the group on a thread of its own, which serves the rebalances.
     pub fn join(options: &GroupOptions, handler: Arc<dyn Rebalancer>) -> Result<GroupMember> {
         if options.topics.is_empty() {
-            return Err(Error::Config("a consumer group member needs a topic".into()));
+            return Err(Error::Config(
+                "a consumer group member needs a topic".into(),
+            ));
         }
         let session_ms = options.session_timeout.as_millis().max(1000);
         let mut c = ClientConfig::new();
@@ -128,7 +129,10 @@ impl GroupMember {
             .set("client.id", &options.instance)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_ms.to_string())
-            .set("heartbeat.interval.ms", (session_ms / 4).max(100).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_ms / 4).max(100).to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest");
         for (k, v) in &options.properties {

@@ -201,7 +201,11 @@ pub fn read(
     // that exact (an open transaction either commits or is re-run identically), and a
     // reader never waits for a writer's transaction (some brokers report a partition
     // with an open transaction as empty to `read_committed` readers).
-    if !config.properties.iter().any(|(k, _)| k == "isolation.level") {
+    if !config
+        .properties
+        .iter()
+        .any(|(k, _)| k == "isolation.level")
+    {
         config
             .properties
             .push(("isolation.level".into(), "read_uncommitted".into()));
@@ -303,7 +307,10 @@ mod tests {
             admitted,
             vec![(4, 0), (4, 1), (4, 2), (4, 3), (4, 4), (4, 5), (5, 0)]
         );
-        assert!(!admit(Some((5, 0)), 4, 9), "an older batch is never applied again");
+        assert!(
+            !admit(Some((5, 0)), 4, 9),
+            "an older batch is never applied again"
+        );
     }
 
     #[test]
@@ -317,7 +324,10 @@ mod tests {
             timestamp_ms: None,
             headers: vec![("lockgate-task".into(), b"logs-0".to_vec())],
         };
-        assert_eq!(Shuffled::of(record.clone()), Err("no lockgate-batch header"));
+        assert_eq!(
+            Shuffled::of(record.clone()),
+            Err("no lockgate-batch header")
+        );
         let mut full = record;
         full.headers.push(("lockgate-batch".into(), b"7".to_vec()));
         full.headers.push(("lockgate-seq".into(), b"2".to_vec()));

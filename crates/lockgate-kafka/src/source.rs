@@ -158,10 +158,30 @@ pub type Decode<T> = fn(&BorrowedMessage<'_>) -> T;
 /// A partition's queue of the shared consumer and where it will deliver next (`None`:
 /// seek first).
 struct PartitionReader {
-    queue:
-        rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<ReaderContext>,
     next: Option<i64>,
 }
+
+/// The readers' client context: librdkafka's errors logged as warnings, except the end
+/// of a partition, which reading expects (after a transaction's last records it comes
+/// as a client-wide event) and is not worth a line.
+struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PartitionEOF)
+        ) || matches!(error, KafkaError::PartitionEOF(_))
+        {
+            tracing::debug!("librdkafka: {error}: {reason}");
+        } else {
+            tracing::warn!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
 /// Kafka topics as a [`PartitionedLog`].
 pub struct KafkaLog<T> {
@@ -169,9 +189,9 @@ pub struct KafkaLog<T> {
     /// A [`Subscription::Pattern`], compiled (anchored: the whole name must match).
     pattern: Option<regex::Regex>,
     /// For metadata and watermark queries.
-    meta: BaseConsumer,
+    meta: BaseConsumer<ReaderContext>,
     /// Reads every partition (made when first needed), each through its reader's queue.
-    consumer: Mutex<Option<Arc<BaseConsumer>>>,
+    consumer: Mutex<Option<Arc<BaseConsumer<ReaderContext>>>>,
     readers: Mutex<HashMap<TopicPartition, Arc<Mutex<PartitionReader>>>>,
     decode: Decode<T>,
     /// Commits completed positions to `config.group` (made when first needed),
@@ -266,16 +286,19 @@ impl<T: Data> KafkaLog<T> {
         })
     }
 
-    fn consumer(config: &KafkaConfig) -> Result<BaseConsumer> {
-        config.client_config().create().map_err(|e| {
-            Error::Config(match e {
-                // librdkafka's message ends with the value, which may be a secret.
-                KafkaError::ClientConfig(_, desc, key, _) => {
-                    format!("setting `{key}`: {desc}")
-                }
-                other => format!("cannot create a consumer: {other}"),
+    fn consumer(config: &KafkaConfig) -> Result<BaseConsumer<ReaderContext>> {
+        config
+            .client_config()
+            .create_with_context(ReaderContext)
+            .map_err(|e| {
+                Error::Config(match e {
+                    // librdkafka's message ends with the value, which may be a secret.
+                    KafkaError::ClientConfig(_, desc, key, _) => {
+                        format!("setting `{key}`: {desc}")
+                    }
+                    other => format!("cannot create a consumer: {other}"),
+                })
             })
-        })
     }
 
     fn connect_err(&self, message: String, cause: KafkaError) -> Error {
@@ -436,7 +459,10 @@ impl<T: Data> KafkaLog<T> {
         partition: &TopicPartition,
         id: i32,
         from: i64,
-    ) -> Result<(Arc<BaseConsumer>, Arc<Mutex<PartitionReader>>)> {
+    ) -> Result<(
+        Arc<BaseConsumer<ReaderContext>>,
+        Arc<Mutex<PartitionReader>>,
+    )> {
         let consumer = {
             let mut c = lock(&self.consumer);
             match &*c {

@@ -13,22 +13,39 @@ use serde_json::{json, Value};
 
 use crate::time::spark_date;
 
-/// What the handlers share.
+/// The contexts a server shows, by task (`""` for a job in one process), and whether
+/// the process is ready (see [`crate::Instance`]).
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub ctx: StreamingContext,
+    pub instance: crate::Instance,
     pub start_ms: i64,
     pub app_id: String,
 }
 
 impl AppState {
-    pub fn new(ctx: StreamingContext) -> Self {
+    pub fn new(instance: crate::Instance) -> Self {
         let start_ms = now_ms();
         AppState {
             app_id: format!("app-{start_ms}"),
-            ctx,
+            instance,
             start_ms,
         }
+    }
+
+    /// Every application shown: its id and context (one per task of a scale-out
+    /// instance, `app-<start>-<task>`).
+    fn apps(&self) -> Vec<(String, String, StreamingContext)> {
+        (self.instance.contexts)()
+            .into_iter()
+            .map(|(task, ctx)| {
+                let id = if task.is_empty() {
+                    self.app_id.clone()
+                } else {
+                    format!("{}-{task}", self.app_id)
+                };
+                (id, task, ctx)
+            })
+            .collect()
     }
 }
 
@@ -57,6 +74,8 @@ pub(crate) fn router(state: AppState) -> Router {
             get(batch),
         )
         .route("/metrics", get(prometheus_metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
         // The streaming page and a batch's, at Spark's paths too.
         .route("/", get(streaming_page))
         .route("/streaming", get(streaming_page))
@@ -90,21 +109,62 @@ fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
 }
 
-fn check_app(s: &AppState, app: &str) -> Option<Response> {
-    (app != s.app_id).then(|| {
-        not_found(format!(
-            "no application `{app}`; this one is `{}`",
-            s.app_id
-        ))
-    })
+/// The context of application `app`, or a 404 naming the ones there are.
+fn context_of(s: &AppState, app: &str) -> Result<StreamingContext, Response> {
+    let apps = s.apps();
+    if let Some((_, _, ctx)) = apps.iter().find(|(id, _, _)| id == app) {
+        return Ok(ctx.clone());
+    }
+    let ids: Vec<String> = apps
+        .into_iter()
+        .map(|(id, _, _)| format!("`{id}`"))
+        .collect();
+    Err(not_found(if ids.is_empty() {
+        format!("no application `{app}`: this process runs none now")
+    } else {
+        format!("no application `{app}`; there are {}", ids.join(", "))
+    }))
+}
+
+/// `GET /health`: 200 while the process serves (a liveness probe).
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /ready`: 200 once the process runs its job (every task of a scale-out
+/// instance started), 503 before (a standby waiting, tasks recovering) and once it
+/// stops; the body says which.
+async fn ready(State(s): State<AppState>) -> Response {
+    let (ready, why) = (s.instance.ready)();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({ "ready": ready, "status": why }))).into_response()
 }
 
 async fn applications(State(s): State<AppState>) -> Json<Value> {
     let now = now_ms();
-    let completed = s.ctx.is_stopping();
-    Json(json!([{
-        "id": s.app_id,
-        "name": s.ctx.app_name(),
+    Json(Value::Array(
+        s.apps()
+            .into_iter()
+            .map(|(id, task, ctx)| application_json(&s, now, &id, &task, &ctx))
+            .collect(),
+    ))
+}
+
+fn application_json(s: &AppState, now: i64, id: &str, task: &str, ctx: &StreamingContext) -> Value {
+    let completed = ctx.is_stopping();
+    let name = if task.is_empty() {
+        ctx.app_name().to_string()
+    } else {
+        format!("{} (task {task})", ctx.app_name())
+    };
+    json!({
+        "id": id,
+        "name": name,
+        "lockgateTask": (!task.is_empty()).then_some(task),
         "attempts": [{
             "startTime": spark_date(s.start_ms),
             "endTime": if completed { spark_date(now) } else { spark_date(-1) },
@@ -117,7 +177,7 @@ async fn applications(State(s): State<AppState>) -> Json<Value> {
             "endTimeEpoch": if completed { now } else { -1 },
             "lastUpdatedEpoch": now,
         }],
-    }]))
+    })
 }
 
 fn avg(values: impl Iterator<Item = i64>) -> Value {
@@ -130,17 +190,18 @@ fn avg(values: impl Iterator<Item = i64>) -> Value {
 }
 
 async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Response {
-    if let Some(r) = check_app(&s, &app) {
-        return r;
-    }
-    let m = s.ctx.metrics().snapshot();
-    let receivers: Vec<SourceStatus> = source_statuses(&s)
+    let ctx = match context_of(&s, &app) {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let m = ctx.metrics().snapshot();
+    let receivers: Vec<SourceStatus> = source_statuses(&ctx)
         .into_iter()
         .filter(|(_, st)| st.is_receiver)
         .map(|(_, st)| st)
         .collect();
     let active = receivers.iter().filter(|r| r.active).count();
-    let interval_ms = s.ctx.batch_interval().as_millis() as f64;
+    let interval_ms = ctx.batch_interval().as_millis() as f64;
     let rates = m
         .completed
         .iter()
@@ -153,7 +214,7 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
     };
     Json(json!({
         "startTime": spark_date(s.start_ms),
-        "batchDuration": s.ctx.batch_interval().as_millis() as u64,
+        "batchDuration": ctx.batch_interval().as_millis() as u64,
         "numReceivers": receivers.len(),
         "numActiveReceivers": active,
         "numInactiveReceivers": receivers.len() - active,
@@ -166,7 +227,7 @@ async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Respo
         "avgSchedulingDelay": avg(m.completed.iter().filter_map(BatchInfo::scheduling_delay_ms)),
         "avgProcessingTime": avg(m.completed.iter().filter_map(BatchInfo::processing_time_ms)),
         "avgTotalDelay": avg(m.completed.iter().filter_map(BatchInfo::total_delay_ms)),
-        "checkpoint": checkpoint_json(&s.ctx, m.total_completed),
+        "checkpoint": checkpoint_json(&ctx, m.total_completed),
     }))
     .into_response()
 }
@@ -209,8 +270,8 @@ fn retry_json(retrying_since_ms: Option<i64>, last_error: Option<&(String, i64)>
 }
 
 /// Every source's status, by name.
-fn source_statuses(s: &AppState) -> Vec<(String, SourceStatus)> {
-    let metrics = s.ctx.metrics();
+fn source_statuses(ctx: &StreamingContext) -> Vec<(String, SourceStatus)> {
+    let metrics = ctx.metrics();
     metrics
         .source_names()
         .into_iter()
@@ -225,10 +286,11 @@ fn source_statuses(s: &AppState) -> Vec<(String, SourceStatus)> {
 /// last error; Lockgate adds its other sources (`isReceiver: false`), with the error
 /// they are retrying, if any.
 async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Response {
-    if let Some(r) = check_app(&s, &app) {
-        return r;
-    }
-    let list: Vec<Value> = source_statuses(&s)
+    let ctx = match context_of(&s, &app) {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let list: Vec<Value> = source_statuses(&ctx)
         .into_iter()
         .enumerate()
         .map(|(i, (name, st))| {
@@ -241,7 +303,7 @@ async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Respon
             } else {
                 st.retrying_since_ms.is_none()
             });
-            v["skipped"] = skipped_json(&s.ctx.metrics().source(&name));
+            v["skipped"] = skipped_json(&ctx.metrics().source(&name));
             v
         })
         .collect();
@@ -269,10 +331,11 @@ fn skipped_json(c: &lockgate_core::SourceCounters) -> Value {
 /// Lockgate's `/streaming/sinks`: each sink with its retries, whether it is retrying
 /// now and its last error.
 async fn sinks(State(s): State<AppState>, Path(app): Path<String>) -> Response {
-    if let Some(r) = check_app(&s, &app) {
-        return r;
-    }
-    let metrics = s.ctx.metrics();
+    let ctx = match context_of(&s, &app) {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let metrics = ctx.metrics();
     let list: Vec<Value> = metrics
         .sink_names()
         .into_iter()
@@ -341,9 +404,9 @@ fn batch_json(b: &BatchInfo, status: &str, interval_ms: u64) -> Value {
 }
 
 /// Every batch the registry knows, newest first, with its status.
-fn all_batches(s: &AppState) -> Vec<Value> {
-    let m = s.ctx.metrics().snapshot();
-    let interval = s.ctx.batch_interval().as_millis() as u64;
+fn all_batches(ctx: &StreamingContext) -> Vec<Value> {
+    let m = ctx.metrics().snapshot();
+    let interval = ctx.batch_interval().as_millis() as u64;
     let mut out: Vec<Value> = Vec::new();
     for b in m.queued.iter().rev() {
         out.push(batch_json(b, "QUEUED", interval));
@@ -362,10 +425,11 @@ async fn batches(
     Path(app): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = check_app(&s, &app) {
-        return r;
-    }
-    let mut out = all_batches(&s);
+    let ctx = match context_of(&s, &app) {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let mut out = all_batches(&ctx);
     if let Some(status) = q.get("status") {
         out.retain(|b| b["status"].as_str() == Some(status.as_str()));
     }
@@ -373,15 +437,16 @@ async fn batches(
 }
 
 async fn batch(State(s): State<AppState>, Path((app, id)): Path<(String, String)>) -> Response {
-    if let Some(r) = check_app(&s, &app) {
-        return r;
-    }
+    let ctx = match context_of(&s, &app) {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
     let Ok(time) = id.parse::<i64>() else {
         return not_found(format!(
             "`{id}` is not a batch id (the batch time in ms, as in Spark)"
         ));
     };
-    match all_batches(&s)
+    match all_batches(&ctx)
         .into_iter()
         .find(|b| b["batchId"].as_i64() == Some(time))
     {
@@ -390,9 +455,15 @@ async fn batch(State(s): State<AppState>, Path((app, id)): Path<(String, String)
     }
 }
 
-/// `GET /metrics`: the Prometheus text format.
+/// `GET /metrics`: the Prometheus text format (a scale-out instance's tasks as series
+/// labelled `task`).
 async fn prometheus_metrics(State(s): State<AppState>) -> Response {
-    text(crate::prometheus::render(&s.ctx))
+    let apps: Vec<(String, StreamingContext)> = s
+        .apps()
+        .into_iter()
+        .map(|(_, task, ctx)| (task, ctx))
+        .collect();
+    text(crate::prometheus::render_all(&apps))
 }
 
 /// `text/plain` response for Prometheus.

@@ -8,7 +8,10 @@
 //! REST paths and field names (`/api/v1/applications`,
 //! `/api/v1/applications/{app-id}/streaming/statistics`, `.../streaming/batches`,
 //! `.../streaming/batches/{batch-id}`), so tools written for Spark's API work, and
-//! Prometheus text exposition at `/metrics`.
+//! Prometheus text exposition at `/metrics`; `/health` (liveness) and `/ready`
+//! (readiness: 503 while a standby waits or tasks start) for probes. A scale-out
+//! instance ([`UiServer::start_instance`]) shows each task as an application, its
+//! metrics labelled `task`.
 //!
 //! It binds to 127.0.0.1 by default, on port 4040 or the next free one.
 //!
@@ -42,6 +45,7 @@ mod serve;
 mod time;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -84,6 +88,46 @@ impl Default for UiConfig {
     }
 }
 
+/// What a server shows: the contexts running in this process, by task, and whether
+/// the process is ready. A job in one process is [`Instance::single`]; a scale-out
+/// instance gives its tasks' contexts as they come and go.
+#[derive(Clone)]
+pub struct Instance {
+    /// The contexts now, each with its task's name (`""` for a job in one process).
+    pub contexts: Arc<dyn Fn() -> Vec<(String, StreamingContext)> + Send + Sync>,
+    /// Whether the process is ready (`/ready` answers 200), and a word on why (not).
+    pub ready: Arc<dyn Fn() -> (bool, String) + Send + Sync>,
+}
+
+impl Instance {
+    /// One context: ready once it started, while it is not a standby waiting for the
+    /// checkpoint nor stopping.
+    pub fn single(ctx: &StreamingContext) -> Instance {
+        let shown = ctx.clone();
+        let checked = ctx.clone();
+        Instance {
+            contexts: Arc::new(move || vec![(String::new(), shown.clone())]),
+            ready: Arc::new(move || {
+                let standby = checked
+                    .checkpoint_storage()
+                    .is_some_and(|s| s.stats().standby);
+                if checked.is_stopping() {
+                    (false, "stopping".into())
+                } else if standby {
+                    (
+                        false,
+                        "standby: waiting for the checkpoint's owner to end".into(),
+                    )
+                } else if checked.state() != lockgate_core::ContextState::Active {
+                    (false, "starting".into())
+                } else {
+                    (true, "running".into())
+                }
+            }),
+        }
+    }
+}
+
 /// A running server; stopped when dropped.
 pub struct UiServer {
     addr: SocketAddr,
@@ -112,6 +156,12 @@ fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
 impl UiServer {
     /// Starts serving `ctx` on its own thread.
     pub fn start(ctx: &StreamingContext, cfg: &UiConfig) -> Result<UiServer> {
+        Self::start_instance(Instance::single(ctx), cfg)
+    }
+
+    /// Starts serving the contexts of `instance` (a scale-out instance's tasks, each an
+    /// application of the API) on its own thread.
+    pub fn start_instance(instance: Instance, cfg: &UiConfig) -> Result<UiServer> {
         let mut last_err = None;
         let mut listener = None;
         for offset in 0..=cfg.port_retries {
@@ -134,7 +184,7 @@ impl UiServer {
         })?;
         listener.set_nonblocking(true).map_err(Error::Io)?;
         let addr = listener.local_addr().map_err(Error::Io)?;
-        let app = api::router(api::AppState::new(ctx.clone()));
+        let app = api::router(api::AppState::new(instance));
         let (tx, rx) = tokio::sync::watch::channel(false);
         // Timers too: the header-read and idle timeouts and the accept back-off.
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -386,6 +386,67 @@ pub(crate) fn render(ctx: &StreamingContext) -> String {
     with_app(&out, &label(ctx.app_name()))
 }
 
+/// The metrics of several contexts in one exposition: each context's series labelled
+/// `task` (unless its task is `""`), samples of one metric grouped under one
+/// `# HELP`/`# TYPE` header, as the text format requires.
+pub(crate) fn render_all(apps: &[(String, StreamingContext)]) -> String {
+    if let [(task, ctx)] = apps {
+        if task.is_empty() {
+            return render(ctx);
+        }
+    }
+    // Families in first-seen order: their header lines and samples.
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (task, ctx) in apps {
+        let text = render(ctx);
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                let at = match families.iter().position(|(n, _, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        families.push((name, Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                current = Some(at);
+                if families[at].2.is_empty() && families[at].1.is_empty() {
+                    families[at].1.push(line.to_string());
+                }
+                continue;
+            }
+            let Some(at) = current else { continue };
+            if line.starts_with("# TYPE ") {
+                if families[at].1.len() < 2 {
+                    families[at].1.push(line.to_string());
+                }
+            } else if !line.is_empty() {
+                families[at].2.push(with_label(line, "task", &label(task)));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (_, header, samples) in families {
+        for l in header.iter().chain(&samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One sample line with `key="value"` added first among its labels.
+fn with_label(line: &str, key: &str, value: &str) -> String {
+    match line.split_once(' ') {
+        Some((series, sample)) => match series.split_once('{') {
+            Some((name, labels)) => format!("{name}{{{key}=\"{value}\",{labels} {sample}"),
+            None => format!("{series}{{{key}=\"{value}\"}} {sample}"),
+        },
+        None => line.to_string(),
+    }
+}
+
 /// `text` with the `app` label on every sample that lacks it (histograms, per-source
 /// and per-sink series): a scraper of several jobs tells their series apart.
 fn with_app(text: &str, app: &str) -> String {

@@ -534,3 +534,89 @@ fn sink_retries_are_shown_in_metrics_the_api_and_the_batch() {
     );
     run.ctx.stop(false).unwrap();
 }
+
+#[test]
+fn an_instance_shows_each_task_as_an_application_with_metrics_labelled_by_task() {
+    let runs: Vec<ManualRun> = (0..2).map(|_| ManualRun::new(1).unwrap()).collect();
+    for r in &runs {
+        r.ctx.seq_stream(vec![vec![1, 2, 3]]).count().print();
+        r.ctx.start().unwrap();
+        r.run_batches(1).unwrap();
+    }
+    let contexts: Vec<(String, lockgate_core::StreamingContext)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("logs-{i}"), r.ctx.clone()))
+        .collect();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    let instance = lockgate_web::Instance {
+        contexts: std::sync::Arc::new(move || contexts.clone()),
+        ready: std::sync::Arc::new(move || {
+            let r = flag.load(std::sync::atomic::Ordering::Acquire);
+            (
+                r,
+                if r {
+                    "running"
+                } else {
+                    "starting tasks logs-1"
+                }
+                .into(),
+            )
+        }),
+    };
+    let ui = UiServer::start_instance(instance, &ephemeral()).unwrap();
+    let apps = json(ui.addr(), "/api/v1/applications");
+    let tasks: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["lockgateTask"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["logs-0", "logs-1"]);
+    let id = apps[1]["id"].as_str().unwrap();
+    let stats = json(
+        ui.addr(),
+        &format!("/api/v1/applications/{id}/streaming/statistics"),
+    );
+    assert_eq!(stats["numTotalCompletedBatches"], 1);
+    let (status, body) = get(
+        ui.addr(),
+        "/api/v1/applications/app-0-logs-9/streaming/batches",
+    );
+    assert_eq!(status, 404);
+    assert!(
+        body.contains(id),
+        "the 404 names the applications there are: {body}"
+    );
+    // One HELP/TYPE header per metric, a sample per task.
+    let (_, metrics) = get(ui.addr(), "/metrics");
+    assert_eq!(
+        metrics
+            .matches("# TYPE lockgate_batches_completed_total counter")
+            .count(),
+        1,
+        "{metrics}"
+    );
+    for task in ["logs-0", "logs-1"] {
+        assert!(
+            metrics.contains(&format!(
+                "lockgate_batches_completed_total{{task=\"{task}\",app="
+            )),
+            "{metrics}"
+        );
+    }
+    let mut headers = std::collections::HashSet::new();
+    for l in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        assert!(headers.insert(l.to_string()), "twice: {l}");
+    }
+    // Readiness follows the instance; liveness is the server's.
+    assert_eq!(get(ui.addr(), "/ready").0, 503);
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    let (status, body) = get(ui.addr(), "/ready");
+    assert_eq!((status, body.contains("running")), (200, true), "{body}");
+    assert_eq!(get(ui.addr(), "/health").0, 200);
+    for r in &runs {
+        r.ctx.stop(false).unwrap();
+    }
+}

@@ -198,8 +198,9 @@ pub struct RunOpts {
     #[arg(long, value_name = "KEY=VALUE", requires = "kafka_brokers")]
     kafka_property: Vec<String>,
     /// Kafka: after each batch, commit its offsets to this consumer group (asynchronously;
-    /// for lag monitors such as kafka-consumer-groups; positions live in the checkpoint)
-    /// [default: lockgate-<job>]
+    /// for lag monitors such as kafka-consumer-groups; positions live in the checkpoint);
+    /// with --scale-out, the group every instance of the job joins [default:
+    /// lockgate-<job>]
     #[arg(long, value_name = "GROUP", requires = "kafka_brokers")]
     kafka_group: Option<String>,
     /// Kafka: at most N records per partition per batch (Spark's maxRatePerPartition

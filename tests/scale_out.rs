@@ -59,6 +59,8 @@ struct Cluster {
     lines: u64,
     instances: BTreeMap<String, Child>,
     started: u32,
+    /// The job and its sink (after `run`).
+    job: Vec<String>,
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -104,7 +106,15 @@ fn words_of(i: u64) -> String {
 }
 
 impl Cluster {
+    /// A word-count cluster (Kafka → Kafka).
     fn start(name: &str) -> Cluster {
+        let mut c = Cluster::bare(name);
+        let sink = format!("kafka://{}/counts", c.broker.brokers);
+        c.job = vec!["word-count".into(), "--sink".into(), sink];
+        c
+    }
+
+    fn bare(name: &str) -> Cluster {
         // One cluster at a time: each runs several instances of many tasks.
         let guard = ONE_AT_A_TIME
             .lock()
@@ -122,6 +132,7 @@ impl Cluster {
             lines: 0,
             instances: BTreeMap::new(),
             started: 0,
+            job: Vec::new(),
             _one_at_a_time: guard,
         }
     }
@@ -158,7 +169,9 @@ impl Cluster {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lockgate"));
         c.env("RUST_LOG", "info")
             .envs(CREDENTIALS)
-            .args(["run", "word-count", "--scale-out", "--quiet"])
+            .arg("run")
+            .args(&self.job)
+            .args(["--scale-out", "--quiet"])
             .args([
                 "--kafka-brokers",
                 &self.broker.brokers,
@@ -168,7 +181,6 @@ impl Cluster {
             .args(["--checkpoint", &self.url, "--instance-id", id])
             .args(["--kafka-session-timeout", "6s", "--lease-timeout", "2s"])
             .args(["--batch-interval", "500ms"])
-            .args(["--sink", &format!("kafka://{}/counts", self.broker.brokers)])
             // The test broker reports a wrong end offset after a multi-record batch.
             .args(["--kafka-sink-property", "batch.num.messages=1"])
             .args(["--kafka-sink-property", "linger.ms=0"])
@@ -550,4 +562,173 @@ fn a_paused_instance_is_fenced_when_it_wakes() {
     let records = c.converge();
     check_identities(&records);
     c.stop_all();
+}
+
+/// Line `i` of the event-time input: 50 lines per second of event time from
+/// 2015-12-18 00:00:00 UTC, every third one an ERROR.
+fn log_line(i: u64) -> String {
+    let t = i / 50;
+    let level = if i % 3 == 0 { "ERROR" } else { "INFO" };
+    format!(
+        "[Fri Dec 18 {:02}:{:02}:{:02} 2015] [{level}] request {i}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+/// Every (window stream, start) → count of the ERROR lines `0..n` (both windows of
+/// log-errors --event-time: tumbling 30 s, sliding 30 s by 10 s), as window_counts holds
+/// them.
+fn expected_windows(n: u64) -> BTreeMap<(String, i64), i64> {
+    const BASE: i64 = 1_450_396_800; // 2015-12-18 00:00:00 UTC
+    let mut out = BTreeMap::new();
+    for i in (0..n).filter(|i| i % 3 == 0) {
+        let t = BASE + (i / 50) as i64;
+        *out.entry(("tumbling_30s".to_string(), t - t.rem_euclid(30)))
+            .or_insert(0) += 1;
+        let last = t - t.rem_euclid(10);
+        for start in [last, last - 10, last - 20] {
+            *out.entry(("sliding_30s_10s".to_string(), start))
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+fn pg_windows(url: &str) -> BTreeMap<(String, i64), i64> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let Ok(rows) = c.query("SELECT stream, start, count FROM window_counts", &[]) else {
+        return BTreeMap::new();
+    };
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get::<_, String>(0), r.get::<_, i64>(1)),
+                r.get::<_, i64>(2),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn event_time_windows_to_postgres_stay_exact_through_sigkills() {
+    let kills: u64 = std::env::var("LOCKGATE_SCALE_OUT_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut rng = Rng::seeded();
+    let pg = lockgate_sql_sinks::testing::PgServer::start().unwrap();
+    let mut c = Cluster::bare("event-kills");
+    c.job = vec![
+        "log-errors".into(),
+        "--event-time".into(),
+        "--sink".into(),
+        pg.url.clone(),
+    ];
+    let mut produced = 0u64;
+    let mut produce = |c: &mut Cluster, n: u64| {
+        let records: Vec<(i32, String)> = (produced..produced + n)
+            .map(|i| ((i % PARTITIONS as u64) as i32, log_line(i)))
+            .collect();
+        produce(&c.broker.brokers, "lines", records).unwrap();
+        produced += n;
+    };
+    produce(&mut c, 300);
+    for id in ["a", "b", "c"] {
+        c.spawn(id, &[]);
+    }
+    for round in 0..kills {
+        std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
+        c.check_alive();
+        let id = ["a", "b", "c"][rng.below(3) as usize];
+        eprintln!("round {round}: SIGKILL {id}");
+        c.sigkill(id);
+        // At most 6 s of event time per round: nothing is ever behind the watermark.
+        produce(&mut c, 100 + rng.below(200));
+        c.spawn(id, &[]);
+    }
+    let want = expected_windows(produced);
+    let until = Instant::now() + Duration::from_secs(180);
+    loop {
+        c.check_alive();
+        let got = pg_windows(&pg.url);
+        if got == want {
+            break;
+        }
+        if Instant::now() > until {
+            let wrong: Vec<_> = want
+                .iter()
+                .filter(|(k, n)| got.get(*k) != Some(n))
+                .map(|(k, n)| format!("{k:?}: want {n}, got {:?}", got.get(k)))
+                .take(10)
+                .collect();
+            panic!("window_counts never matched: {wrong:?}\n{}", c.all_logs());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // lockgate_offsets holds each task's batches once, in order, from 0.
+    let mut db = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    let rows = db
+        .query(
+            "SELECT task, count(*), min(batch_id), max(batch_id) FROM lockgate_offsets \
+             WHERE sink = 'window_counts' GROUP BY task",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        PARTITIONS as usize,
+        "one writer per second-stage task"
+    );
+    for r in rows {
+        let (task, n, min, max): (String, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert!(
+            task.starts_with("lockgate-log-errors-window_counts-repartition-"),
+            "{task}"
+        );
+        assert_eq!((min, max), (0, n - 1), "{task}: batches 0..{n} each once");
+    }
+    c.stop_all();
+    // A single instance over the same topic (`--once`) agrees.
+    let out = c.work.path().join("single-out");
+    let ok = Command::new(env!("CARGO_BIN_EXE_lockgate"))
+        .args([
+            "run",
+            "log-errors",
+            "--event-time",
+            "--once",
+            "--quiet",
+            "--no-ui",
+        ])
+        .args([
+            "--kafka-brokers",
+            &c.broker.brokers,
+            "--kafka-topic",
+            "lines",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut single = BTreeMap::new();
+    for stream in ["tumbling_30s", "sliding_30s_10s"] {
+        for (_, rows) in lockgate_core::sink::read_json_lines(&out.join(stream)).unwrap() {
+            for row in rows {
+                let v: serde_json::Value = serde_json::from_str(&row).unwrap();
+                single.insert(
+                    (stream.to_string(), v["start"].as_i64().unwrap()),
+                    v["count"].as_i64().unwrap(),
+                );
+            }
+        }
+    }
+    assert_eq!(single, want, "a single instance's windows");
+    eprintln!(
+        "{kills} SIGKILLs: {} windows of {produced} lines exact",
+        want.len()
+    );
 }

@@ -10,6 +10,7 @@ mod error;
 pub mod sample;
 pub mod scale_out;
 pub mod sql;
+mod stages;
 mod static_pg;
 pub mod words;
 
@@ -297,9 +298,26 @@ impl JobConfig {
     /// Builds the context of `job` with its whole graph; with a checkpoint directory,
     /// recovers from it.
     pub fn build(&self, job: Job) -> Result<StreamingContext> {
+        self.build_graph(job, true, &|cfg, ctx, json| {
+            Ok(match job {
+                Job::LogErrors => Rows::Windows(log_errors(cfg, ctx, json)?.rows),
+                Job::WordCount => Rows::Words(word_count(cfg, ctx, json)?),
+            })
+        })
+    }
+
+    /// Builds the context of `job` with the graph `graph` puts in (given the outputs
+    /// when `outputs`: `--output`, a Kafka or database sink, which get the rows it
+    /// returns); with a checkpoint, recovered from it.
+    pub(crate) fn build_graph(
+        &self,
+        job: Job,
+        outputs: bool,
+        graph: &Graph<'_>,
+    ) -> Result<StreamingContext> {
         self.validate(job)?;
         let kafka = match self.sink.as_deref() {
-            Some(url) if url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
+            Some(url) if outputs && url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
             _ => None,
         };
         if kafka.is_some() && self.from_sink_offsets {
@@ -311,7 +329,7 @@ impl JobConfig {
         }
         // Connect first: an unreachable database is reported before anything runs.
         let mut backend = match (&self.sink, &kafka) {
-            (Some(url), None) => Some(lockgate_sql_sinks::open_url(url)?),
+            (Some(url), None) if outputs => Some(lockgate_sql_sinks::open_url(url)?),
             _ => None,
         };
         let offsets = match (&mut backend, self.from_sink_offsets) {
@@ -320,54 +338,17 @@ impl JobConfig {
                     Job::LogErrors => "window_counts",
                     Job::WordCount => "word_counts",
                 };
-                lockgate_sql_sinks::offsets_of(b.committed(job.name(), sink)?)?
+                lockgate_sql_sinks::offsets_of(b.committed(job.name(), sink, "")?)?
             }
             (None, true) => return Err(Error::Config("--from-sink-offsets needs --sink".into())),
             _ => None,
         };
         let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
             let json = self.json_output(job.name(), kafka.as_ref());
-            let json = json.is_some().then_some(json);
-            match job {
-                Job::LogErrors => {
-                    let streams = log_errors(self, ctx, json.as_ref())?;
-                    if let Some(b) = backend.take() {
-                        let sink = SqlSink::new(
-                            "window_counts",
-                            b,
-                            window_counts_table(),
-                            WriteMode::Upsert,
-                            |(stream, start, end, count): &WindowRow| {
-                                vec![
-                                    SqlValue::Text((*stream).into()),
-                                    SqlValue::Int(*start),
-                                    SqlValue::Int(*end),
-                                    SqlValue::Int(*count),
-                                ]
-                            },
-                        )
-                        .map_err(sink_err)?
-                        .retry_timeout(self.sink_retry_timeout);
-                        streams.rows.write_to(sink);
-                    }
-                }
-                Job::WordCount => {
-                    let changed = word_count(self, ctx, json.as_ref())?;
-                    if let Some(b) = backend.take() {
-                        let sink = SqlSink::new(
-                            "word_counts",
-                            b,
-                            word_counts_table(),
-                            WriteMode::Upsert,
-                            |(w, c): &(CompactString, i64)| {
-                                vec![SqlValue::Text(w.to_string()), SqlValue::Int(*c)]
-                            },
-                        )
-                        .map_err(sink_err)?
-                        .retry_timeout(self.sink_retry_timeout);
-                        changed.write_to(sink);
-                    }
-                }
+            let json = (outputs && json.is_some()).then_some(json);
+            let rows = graph(self, ctx, json.as_ref())?;
+            if let Some(b) = backend.take() {
+                self.write_rows(rows, b)?;
             }
             Ok(())
         };
@@ -377,6 +358,54 @@ impl JobConfig {
             |b| b.from_sink_offsets(offsets.clone()),
             &mut install,
         )
+    }
+
+    /// Writes a job's rows to its database (as this configuration's task, if any).
+    fn write_rows(
+        &self,
+        rows: Rows,
+        backend: Box<dyn lockgate_sql_sinks::Backend>,
+    ) -> lockgate_core::Result<()> {
+        let task = self.task.as_deref().unwrap_or_default();
+        match rows {
+            Rows::Windows(rows) => {
+                let sink = SqlSink::new(
+                    "window_counts",
+                    backend,
+                    window_counts_table(),
+                    WriteMode::Upsert,
+                    |(stream, start, end, count): &WindowRow| {
+                        vec![
+                            SqlValue::Text((*stream).into()),
+                            SqlValue::Int(*start),
+                            SqlValue::Int(*end),
+                            SqlValue::Int(*count),
+                        ]
+                    },
+                )
+                .map_err(sink_err)?
+                .retry_timeout(self.sink_retry_timeout)
+                .for_task(task);
+                rows.write_to(sink);
+            }
+            Rows::Words(words) => {
+                let sink = SqlSink::new(
+                    "word_counts",
+                    backend,
+                    word_counts_table(),
+                    WriteMode::Upsert,
+                    |(w, c): &(CompactString, i64)| {
+                        vec![SqlValue::Text(w.to_string()), SqlValue::Int(*c)]
+                    },
+                )
+                .map_err(sink_err)?
+                .retry_timeout(self.sink_retry_timeout)
+                .for_task(task);
+                words.write_to(sink);
+            }
+            Rows::None => {}
+        }
+        Ok(())
     }
 
     /// The context of application `app` (`more` adds to its builder) with its graph
@@ -411,16 +440,6 @@ impl JobConfig {
                 Ok(ctx)
             }
         }
-    }
-
-    /// Where the job's JSON rows go, as application `app`: `--output`'s directory
-    /// and/or the Kafka sink of `--sink kafka://...`.
-    fn json_output_of(&self, app: &str) -> Result<JsonOutput> {
-        let kafka = match self.sink.as_deref() {
-            Some(url) if url.starts_with("kafka:") => Some(self.kafka_sink(url)?),
-            _ => None,
-        };
-        Ok(self.json_output(app, kafka.as_ref()))
     }
 
     /// Where the job's JSON rows go: `--output`'s directory and/or a Kafka sink (as
@@ -521,6 +540,21 @@ impl JobConfig {
         })
     }
 }
+
+/// The rows a job's database sink writes.
+pub(crate) enum Rows {
+    /// log-errors' windowed counts (table `window_counts`).
+    Windows(DStream<WindowRow>),
+    /// word-count's changed counts (table `word_counts`).
+    Words(DStream<(CompactString, i64)>),
+    /// Nothing for a database (a scale-out job's first stage).
+    None,
+}
+
+/// Puts a job's graph into a context, writing its streams to the given JSON outputs;
+/// returns the rows for a database sink.
+pub(crate) type Graph<'a> =
+    dyn Fn(&JobConfig, &StreamingContext, Option<&JsonOutput>) -> lockgate_core::Result<Rows> + 'a;
 
 /// A SQL sink's error in the engine's terms: a bad setting is the job's configuration
 /// error; a database error is kept whole as the source.

@@ -32,15 +32,19 @@ use std::time::Duration;
 use lockgate_core::source::direct::TopicPartition;
 use lockgate_core::storage::CheckpointLocation;
 use lockgate_core::sync::lock;
-use lockgate_core::{CompactString, StreamingContext};
+use lockgate_core::StreamingContext;
 use lockgate_kafka::group::{GroupMember, GroupOptions, Rebalancer};
 use lockgate_kafka::repartition::{self, RepartitionTarget};
 use lockgate_kafka::{KafkaSinkConfig, Subscription};
 
-use crate::{Error, Input, Job, JobConfig, Result};
+use crate::{stages, Error, Input, Job, JobConfig, Result, Rows};
 
 /// The keyed operator of word count, named in its repartition topic.
 pub const WORD_COUNT_OPERATOR: &str = "word_counts";
+
+/// The keyed operator of `log-errors --event-time` (its event-time windows), named in
+/// its repartition topic.
+pub const EVENT_WINDOWS_OPERATOR: &str = "window_counts";
 
 /// Opens the checkpoint location of a task (`CHECKPOINT/tasks/<task>`).
 #[derive(Clone)]
@@ -107,6 +111,8 @@ struct Tasks {
     job: Job,
     scale: ScaleOut,
     input_topic: String,
+    /// The input topic's partitions: the first-stage tasks a second-stage task hears.
+    input_partitions: u32,
     repartition: Option<(String, u32)>,
     running: Mutex<BTreeMap<String, Task>>,
     /// The group answered at least once (the instance is in).
@@ -191,27 +197,16 @@ impl Tasks {
         let Input::Kafka { config, options } = &self.cfg.input else {
             return Err(Error::Config("--scale-out reads a Kafka topic".into()));
         };
-        let app = self.job.name();
-        match (self.job, stage) {
-            (Job::LogErrors, Stage::Input) => {
-                cfg.input = Input::Kafka {
-                    config: lockgate_kafka::KafkaConfig {
-                        partitions: Some(vec![tp.partition]),
-                        ..config.clone()
-                    },
-                    options: options.clone(),
-                };
-                cfg.build(Job::LogErrors)
+        let (job, app) = (self.job, self.job.name());
+        match (stage, self.repartition.clone()) {
+            // A stateless job: the whole job on the partition.
+            (Stage::Input, None) => {
+                cfg.input = partition_input(config, options, tp.partition);
+                cfg.build(job)
             }
-            (Job::WordCount, Stage::Input) => {
-                cfg.input = Input::Kafka {
-                    config: lockgate_kafka::KafkaConfig {
-                        partitions: Some(vec![tp.partition]),
-                        ..config.clone()
-                    },
-                    options: options.clone(),
-                };
-                let (_, partitions) = self.repartition.clone().unwrap_or_default();
+            // A keyed job's first stage: partials to the repartition topic.
+            (Stage::Input, Some((_, partitions))) => {
+                cfg.input = partition_input(config, options, tp.partition);
                 let mut sink = KafkaSinkConfig::new(config.brokers.clone(), String::new());
                 sink.task = Some(name.clone());
                 sink.properties = cfg.kafka_sink_properties.clone();
@@ -219,61 +214,67 @@ impl Tasks {
                 sink.timeout = crate::kafka_call_timeout(cfg.sink_retry_timeout);
                 let target = RepartitionTarget {
                     app: app.to_string(),
-                    operator: WORD_COUNT_OPERATOR.to_string(),
+                    operator: keyed_operator(job).to_string(),
                     partitions,
                     sink,
                 };
-                let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-                    let partials = crate::word_pairs(&cfg, ctx)?.reduce_by_key(|a, b| a + b);
-                    repartition::write(
-                        &partials,
-                        &target,
-                        |(w, _)| w.as_bytes().to_vec(),
-                        |(_, n)| n.to_string().into_bytes(),
-                    )
-                    .map_err(kafka_err)
-                };
-                cfg.build_context(app, |b| b, &mut install)
+                cfg.build_graph(job, false, &|cfg, ctx, _| {
+                    let partials = match job {
+                        Job::WordCount => stages::word_partials(cfg, ctx)?,
+                        Job::LogErrors => stages::event_partials(cfg, ctx)?,
+                    };
+                    repartition::write(&partials, &target).map_err(kafka_err)?;
+                    Ok(Rows::None)
+                })
             }
-            (Job::WordCount, Stage::Shuffled) => {
-                let json = cfg.json_output_of(app)?;
-                let mut install = |ctx: &StreamingContext| -> lockgate_core::Result<()> {
-                    let source = ctx.metrics().source(&ctx.next_source_name("kafka"));
-                    let records = repartition::read(
+            // The second stage: the job's results from the repartition topic.
+            (Stage::Shuffled, _) => cfg.build_graph(job, true, &|cfg, ctx, out| {
+                let source = ctx.next_source_name("kafka");
+                let incoming = repartition::read(
+                    ctx,
+                    config,
+                    app,
+                    keyed_operator(job),
+                    tp.partition,
+                    options.clone(),
+                )
+                .map_err(kafka_err)?;
+                Ok(match job {
+                    Job::WordCount => {
+                        Rows::Words(stages::word_totals(cfg, ctx, &incoming, &source, out)?)
+                    }
+                    Job::LogErrors => Rows::Windows(stages::event_windows(
                         ctx,
-                        config,
-                        app,
-                        WORD_COUNT_OPERATOR,
-                        tp.partition,
-                        options.clone(),
-                    )
-                    .map_err(kafka_err)?;
-                    let pairs = records.flat_map(move |(k, v)| {
-                        let word = String::from_utf8_lossy(&k);
-                        match std::str::from_utf8(&v)
-                            .ok()
-                            .and_then(|v| v.parse::<i64>().ok())
-                        {
-                            Some(n) => Some((CompactString::from(word.as_ref()), n)),
-                            None => {
-                                source.skipped_value(
-                                    "not a partial count",
-                                    format!("word `{word}`: {}", String::from_utf8_lossy(&v)),
-                                );
-                                None
-                            }
-                        }
-                    });
-                    let json = json.is_some().then_some(&json);
-                    crate::running_word_counts(&cfg, pairs, json)?;
-                    Ok(())
-                };
-                cfg.build_context(app, |b| b, &mut install)
-            }
-            (Job::LogErrors, Stage::Shuffled) => {
-                Err(Error::Config("log-errors has no repartition topic".into()))
-            }
+                        &incoming,
+                        self.input_partitions as usize,
+                        out,
+                    )?),
+                })
+            }),
         }
+    }
+}
+
+/// The input of a task: partition `partition` of the job's topic.
+fn partition_input(
+    config: &lockgate_kafka::KafkaConfig,
+    options: &lockgate_core::source::direct::DirectStreamOptions,
+    partition: u32,
+) -> Input {
+    Input::Kafka {
+        config: lockgate_kafka::KafkaConfig {
+            partitions: Some(vec![partition]),
+            ..config.clone()
+        },
+        options: options.clone(),
+    }
+}
+
+/// The keyed operator a job's repartition topic feeds (part of the topic's name).
+fn keyed_operator(job: Job) -> &'static str {
+    match job {
+        Job::WordCount => WORD_COUNT_OPERATOR,
+        Job::LogErrors => EVENT_WINDOWS_OPERATOR,
     }
 }
 
@@ -420,14 +421,6 @@ impl ScaleOutJob {
                 ))
             }
         };
-        if cfg.event_time {
-            return Err(Error::Config(
-                "--scale-out does not run --event-time yet: its windows need the \
-                 watermark carried across the repartition topic; run log-errors \
-                 --event-time as one instance (with --standby for failover)"
-                    .into(),
-            ));
-        }
         if cfg.once {
             return Err(Error::Config(
                 "--scale-out runs until stopped; --once is for one process".into(),
@@ -437,17 +430,6 @@ impl ScaleOutJob {
             return Err(Error::Config(
                 "--from-sink-offsets does not apply to --scale-out: each task resumes from \
                  its own checkpoint"
-                    .into(),
-            ));
-        }
-        if cfg
-            .sink
-            .as_deref()
-            .is_some_and(|s| !s.starts_with("kafka:"))
-        {
-            return Err(Error::Config(
-                "--scale-out writes JSON (--output) or Kafka (--sink kafka://...); \
-                 database sinks per task are not supported yet"
                     .into(),
             ));
         }
@@ -466,9 +448,10 @@ impl ScaleOutJob {
             ))
         })?;
         let app = job.name();
-        let repartition = match job {
-            Job::WordCount => {
-                let topic = repartition::topic_name(app, WORD_COUNT_OPERATOR);
+        let keyed = job == Job::WordCount || cfg.event_time;
+        let repartition = if keyed {
+            {
+                let topic = repartition::topic_name(app, keyed_operator(job));
                 let want = scale.repartition_partitions.unwrap_or(input_partitions);
                 let n = lockgate_kafka::admin::ensure_topic(
                     &config.brokers,
@@ -483,7 +466,8 @@ impl ScaleOutJob {
                 }
                 Some((topic, n))
             }
-            Job::LogErrors => None,
+        } else {
+            None
         };
         let group = scale
             .group
@@ -504,6 +488,7 @@ impl ScaleOutJob {
             job,
             scale,
             input_topic,
+            input_partitions,
             repartition,
             running: Mutex::new(BTreeMap::new()),
             joined: AtomicBool::new(false),

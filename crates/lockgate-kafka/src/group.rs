@@ -200,13 +200,10 @@ impl Drop for GroupMember {
 /// here) until asked to stop; then revokes what it holds and closes.
 fn serve(consumer: BaseConsumer<MemberContext>, stop: &AtomicBool, group: &str) {
     while !stop.load(Ordering::Acquire) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Err(e)) => {
-                tracing::warn!(group, error = %e, "consumer group member: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            // A record fetched before its partition was paused: tasks read it.
-            Some(Ok(_)) | None => {}
+        // A record fetched before its partition was paused is dropped: tasks read it.
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
+            tracing::warn!(group, error = %e, "consumer group member: {e}");
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     // Stop the tasks first (gracefully, this instance's decision), then say goodbye.

@@ -1,8 +1,9 @@
 //! Repartition topics: how a scale-out job brings all records of a key to one task,
 //! as Kafka Streams does.
 //!
-//! A first-stage task (one per input partition) writes `(key, value)` records to the
-//! topic `lockgate-<app>-<operator>-repartition` with [`write`]: one Kafka transaction
+//! A first-stage task (one per input partition) writes `(key, value)` records (and, for
+//! event time, its watermark after each batch to every partition) to the topic
+//! `lockgate-<app>-<operator>-repartition` with [`write`]: one Kafka transaction
 //! per task and batch (a [`KafkaSink`] with the task's own transactional id), each
 //! record in the partition [`partition_for`] its key — Kafka's default partitioner
 //! (murmur2), so any producer agrees — and with the headers `lockgate-task` (the writing
@@ -22,7 +23,7 @@
 use std::sync::Arc;
 
 use lockgate_core::source::direct::DirectStreamOptions;
-use lockgate_core::{Batch, DStream, Data, State, StateSpec, StreamingContext};
+use lockgate_core::{Batch, DStream, State, StateSpec, StreamingContext};
 
 use crate::error::Result;
 use crate::sink::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
@@ -75,6 +76,46 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     positive % partitions.max(1)
 }
 
+/// What a first-stage task writes to a repartition topic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Shuffle {
+    /// A `(key, value)` record, in the partition of its key.
+    Record {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// The writer's event-time watermark after its batch, in epoch ms (`None`: the
+    /// batch read no records, the writer is idle): one copy to every partition, so each
+    /// second-stage task knows where every writer stands.
+    Watermark(Option<i64>),
+}
+
+/// What a second-stage task reads, de-duplicated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A `(key, value)` record.
+    Record {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// A writer's watermark after its batch `batch` (`None`: idle in that batch).
+    Watermark {
+        /// The first-stage task.
+        writer: String,
+        /// Its batch.
+        batch: u64,
+        /// Epoch ms.
+        ms: Option<i64>,
+    },
+}
+
+/// The header that marks a watermark record (its value: epoch ms, or `idle`).
+pub const WATERMARK_HEADER: &str = "lockgate-watermark";
+
 /// A record read from a repartition topic: its key and value, and who wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shuffled {
@@ -82,6 +123,8 @@ pub struct Shuffled {
     pub key: Vec<u8>,
     /// The value.
     pub value: Vec<u8>,
+    /// For a watermark record, the writer's watermark (`Some(None)`: idle).
+    pub watermark: Option<Option<i64>>,
     /// The first-stage task that wrote it.
     pub writer: String,
     /// The writer's batch.
@@ -111,9 +154,20 @@ impl Shuffled {
             .to_string();
         let batch = number("lockgate-batch").ok_or("no lockgate-batch header")?;
         let seq = number("lockgate-seq").ok_or("no lockgate-seq header")?;
+        let watermark = match header(WATERMARK_HEADER) {
+            None => None,
+            Some(b"idle") => Some(None),
+            Some(ms) => Some(Some(
+                std::str::from_utf8(ms)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or("a lockgate-watermark header that is not a number")?,
+            )),
+        };
         Ok(Shuffled {
             key: record.key.unwrap_or_default(),
             value: record.value.unwrap_or_default(),
+            watermark,
             writer,
             batch,
             seq,
@@ -141,20 +195,25 @@ pub struct RepartitionTarget {
 }
 
 /// Writes every batch of `stream` to the repartition topic of `target` (see the module
-/// docs): `key` and `value` encode an element.
-pub fn write<T: Data>(
-    stream: &DStream<T>,
-    target: &RepartitionTarget,
-    key: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static,
-    value: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static,
-) -> Result<()> {
+/// docs): records to their key's partition, watermarks to every partition.
+pub fn write(stream: &DStream<Shuffle>, target: &RepartitionTarget) -> Result<()> {
     let n = target.partitions.max(1);
-    let grouped = stream.transform(move |batch: Batch<T>, _| {
-        let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); n as usize];
+    // Batch partition `p` is the topic's partition `p`, each sorted (records by key,
+    // then the watermark): a re-run numbers the same records the same way.
+    let grouped = stream.transform(move |batch: Batch<Shuffle>, _| {
+        let mut parts: Vec<Vec<(u32, Shuffle)>> = vec![Vec::new(); n as usize];
         for e in batch.iter() {
-            let k = key(e);
-            let p = partition_for(&k, n) as usize;
-            parts[p].push((k, value(e)));
+            match e {
+                Shuffle::Record { key, .. } => {
+                    let p = partition_for(key, n);
+                    parts[p as usize].push((p, e.clone()));
+                }
+                Shuffle::Watermark(_) => {
+                    for (p, part) in (0..n).zip(parts.iter_mut()) {
+                        part.push((p, e.clone()));
+                    }
+                }
+            }
         }
         for p in &mut parts {
             p.sort_unstable();
@@ -169,18 +228,29 @@ pub fn write<T: Data>(
             topic: topic_name(&target.app, &target.operator),
             ..target.sink.clone()
         },
-        move |(k, v): &(Vec<u8>, Vec<u8>), _| KafkaOutRecord {
-            key: Some(k.clone()),
-            value: v.clone(),
-            partition: i32::try_from(partition_for(k, n)).ok(),
-            ..Default::default()
+        |(p, e): &(u32, Shuffle), _| match e {
+            Shuffle::Record { key, value } => KafkaOutRecord {
+                key: Some(key.clone()),
+                value: value.clone(),
+                partition: i32::try_from(*p).ok(),
+                ..Default::default()
+            },
+            Shuffle::Watermark(ms) => {
+                let mark = ms.map_or_else(|| b"idle".to_vec(), |ms| ms.to_string().into_bytes());
+                KafkaOutRecord {
+                    value: mark.clone(),
+                    headers: vec![(WATERMARK_HEADER.to_string(), mark)],
+                    partition: i32::try_from(*p).ok(),
+                    ..Default::default()
+                }
+            }
         },
     )?;
     grouped.write_to(sink);
     Ok(())
 }
 
-/// The `(key, value)` records of partition `partition` of the repartition topic of
+/// The records and watermarks of partition `partition` of the repartition topic of
 /// `operator`, each applied once (see the module docs); records without Lockgate's
 /// headers are skipped and counted in the source's skipped values.
 pub fn read(
@@ -190,7 +260,7 @@ pub fn read(
     operator: &str,
     partition: u32,
     options: DirectStreamOptions,
-) -> Result<DStream<(Vec<u8>, Vec<u8>)>> {
+) -> Result<DStream<Incoming>> {
     let mut config = KafkaConfig {
         partitions: Some(vec![partition]),
         group: None,
@@ -234,7 +304,17 @@ pub fn read(
                 let record = record?;
                 if admit(last.get().copied(), record.batch, record.seq) {
                     last.update((record.batch, record.seq));
-                    Some((record.key, record.value))
+                    Some(match record.watermark {
+                        Some(ms) => Incoming::Watermark {
+                            writer: record.writer,
+                            batch: record.batch,
+                            ms,
+                        },
+                        None => Incoming::Record {
+                            key: record.key,
+                            value: record.value,
+                        },
+                    })
                 } else {
                     counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     None
@@ -331,7 +411,15 @@ mod tests {
         let mut full = record;
         full.headers.push(("lockgate-batch".into(), b"7".to_vec()));
         full.headers.push(("lockgate-seq".into(), b"2".to_vec()));
-        let s = Shuffled::of(full).expect("a repartition record");
+        let s = Shuffled::of(full.clone()).expect("a repartition record");
         assert_eq!((s.writer.as_str(), s.batch, s.seq), ("logs-0", 7, 2));
+        assert_eq!(s.watermark, None);
+        full.headers
+            .push((WATERMARK_HEADER.into(), b"idle".to_vec()));
+        assert_eq!(Shuffled::of(full.clone()).unwrap().watermark, Some(None));
+        full.headers.pop();
+        full.headers
+            .push((WATERMARK_HEADER.into(), b"1500".to_vec()));
+        assert_eq!(Shuffled::of(full).unwrap().watermark, Some(Some(1500)));
     }
 }

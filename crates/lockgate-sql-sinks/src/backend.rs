@@ -13,6 +13,9 @@ pub struct CommitRequest<'a> {
     pub app: &'a str,
     /// The sink's name.
     pub sink: &'a str,
+    /// The scale-out task writing (`""`: the job's one instance). A task's batch
+    /// commits only if the task's last batch in the database is the one before it.
+    pub task: &'a str,
     /// The batch id.
     pub batch_id: u64,
     /// The batch time.
@@ -34,8 +37,8 @@ pub trait Backend: Send + 'static {
     /// In one transaction: unless `skip_committed` finds the batch's offsets row, writes
     /// the rows and the offsets row. Returns whether the batch was written.
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool>;
-    /// The offsets rows of `(app, sink)`, oldest first.
-    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>>;
+    /// The offsets rows of `(app, sink, task)`, oldest first.
+    fn committed(&mut self, app: &str, sink: &str, task: &str) -> Result<Vec<SinkCommit>>;
     /// Re-opens the connection after a failure.
     fn reconnect(&mut self) -> Result<()>;
 }
@@ -47,8 +50,8 @@ impl Backend for Box<dyn Backend> {
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool> {
         (**self).commit(req)
     }
-    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>> {
-        (**self).committed(app, sink)
+    fn committed(&mut self, app: &str, sink: &str, task: &str) -> Result<Vec<SinkCommit>> {
+        (**self).committed(app, sink, task)
     }
     fn reconnect(&mut self) -> Result<()> {
         (**self).reconnect()
@@ -117,14 +120,41 @@ pub(crate) fn create_table(table: &Table, postgres: bool) -> String {
     )
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for the offsets table.
-pub(crate) fn create_offsets(postgres: bool) -> String {
+/// `CREATE TABLE IF NOT EXISTS` for the offsets table (as `name`).
+pub(crate) fn create_offsets(name: &str, postgres: bool) -> String {
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     format!(
-        "CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (app TEXT NOT NULL, sink TEXT NOT NULL, \
-         batch_id BIGINT NOT NULL, batch_time_ms BIGINT NOT NULL, descriptors {blob} NOT NULL, \
-         description TEXT NOT NULL, PRIMARY KEY (app, sink, batch_id))"
+        "CREATE TABLE IF NOT EXISTS {name} (app TEXT NOT NULL, sink TEXT NOT NULL, \
+         task TEXT NOT NULL DEFAULT '', batch_id BIGINT NOT NULL, batch_time_ms BIGINT NOT \
+         NULL, descriptors {blob} NOT NULL, description TEXT NOT NULL, \
+         PRIMARY KEY (app, sink, task, batch_id))"
     )
+}
+
+/// The offsets row insert; `param(i)` renders placeholder `i` (1-based).
+pub(crate) fn insert_offsets(param: impl Fn(usize) -> String) -> String {
+    let params: Vec<String> = (1..=7).map(param).collect();
+    format!(
+        "INSERT INTO {OFFSETS_TABLE} (app, sink, task, batch_id, batch_time_ms, descriptors, \
+         description) VALUES ({}) ON CONFLICT (app, sink, task, batch_id) DO NOTHING",
+        params.join(", ")
+    )
+}
+
+/// Checks a task's batch against the task's last batch in the database (`None`: none
+/// yet): it must be the next one.
+pub(crate) fn check_task_order(req: &CommitRequest<'_>, last: Option<u64>) -> Result<()> {
+    match last {
+        Some(last) if !req.task.is_empty() && last + 1 != req.batch_id => {
+            Err(crate::Error::Fenced {
+                sink: req.sink.to_string(),
+                task: req.task.to_string(),
+                batch: req.batch_id,
+                last,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The row insert (or upsert) statement; `param(i)` renders placeholder `i` (1-based).

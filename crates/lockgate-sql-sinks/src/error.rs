@@ -9,6 +9,24 @@ pub enum Error {
     /// SQLite failed.
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A scale-out task's batch was refused: the database holds another batch as the
+    /// task's last, so another instance runs (or ran ahead with) the task.
+    #[error(
+        "sink `{sink}`: task {task} may not commit batch {batch}: the database's last batch \
+         of the task is {last}, not {expected}; another instance took over the task (this \
+         one is a zombie and stops)",
+        expected = batch.saturating_sub(1)
+    )]
+    Fenced {
+        /// The sink.
+        sink: String,
+        /// The task.
+        task: String,
+        /// The batch refused.
+        batch: u64,
+        /// The task's last batch in the database.
+        last: u64,
+    },
     /// PostgreSQL failed (including connecting).
     #[error("PostgreSQL: {}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
@@ -34,7 +52,7 @@ impl Error {
     /// database), false for errors that would fail again (bad SQL, constraint).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Config(_) => false,
+            Error::Config(_) | Error::Fenced { .. } => false,
             Error::Sqlite(e) => matches!(
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

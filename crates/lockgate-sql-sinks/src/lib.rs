@@ -2,7 +2,7 @@
 //!
 //! Transactional sinks for Lockgate: SQLite (embedded, `rusqlite`) and PostgreSQL
 //! (`postgres`). Each batch's rows and a row of the offsets table
-//! `lockgate_offsets(app, sink, batch_id, batch_time_ms, descriptors, description)` are
+//! `lockgate_offsets(app, sink, task, batch_id, batch_time_ms, descriptors, description)` are
 //! written in ONE transaction; with exactly-once delivery a batch whose offsets row
 //! already exists is skipped, so a batch re-run after a crash changes nothing. Rows are
 //! inserted, or upserted by the table's key.
@@ -133,6 +133,7 @@ pub struct SqlSink<T, B> {
     backend: Mutex<B>,
     retries: u32,
     retry_timeout: Duration,
+    task: String,
 }
 
 /// Turns offsets rows (oldest first) into [`SinkOffsets`].
@@ -192,6 +193,7 @@ impl<T: Data, B: Backend> SqlSink<T, B> {
             backend: Mutex::new(backend),
             retries: u32::MAX,
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
+            task: String::new(),
         })
     }
 
@@ -211,17 +213,25 @@ impl<T: Data, B: Backend> SqlSink<T, B> {
         self
     }
 
-    /// The last batch this sink committed for `app`.
+    /// Written by scale-out task `task`: its offsets rows carry the task, and a batch
+    /// commits only if the task's last batch in the database is the one before it (a
+    /// compare-and-set that fences a zombie: [`Error::Fenced`]).
+    pub fn for_task(mut self, task: &str) -> Self {
+        self.task = task.to_string();
+        self
+    }
+
+    /// The last batch this sink committed for `app` (and its task).
     pub fn last_committed(&self, app: &str) -> Result<Option<SinkCommit>> {
         let mut b = lock(&self.backend);
-        Ok(b.committed(app, &self.name)?.pop())
+        Ok(b.committed(app, &self.name, &self.task)?.pop())
     }
 
     /// Everything this sink recorded as committed for `app`, for
     /// [`from_sink_offsets`](lockgate_core::StreamingContextBuilder::from_sink_offsets).
     pub fn offsets(&self, app: &str) -> Result<Option<SinkOffsets>> {
         let mut b = lock(&self.backend);
-        offsets_of(b.committed(app, &self.name)?)
+        offsets_of(b.committed(app, &self.name, &self.task)?)
     }
 }
 
@@ -249,6 +259,7 @@ impl<T: Data, B: Backend> Sink<T> for SqlSink<T, B> {
             mode: self.mode,
             app: &info.app,
             sink: &self.name,
+            task: &self.task,
             batch_id: info.id,
             batch_time_ms: info.time.millis(),
             descriptors: to_bytes(info.inputs.as_ref()),

@@ -3,7 +3,10 @@
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
-use crate::backend::{check_row, create_offsets, create_table, insert_sql, Backend, CommitRequest};
+use crate::backend::{
+    check_row, check_task_order, create_offsets, create_table, insert_offsets, insert_sql, Backend,
+    CommitRequest,
+};
 use crate::error::{Error, Result};
 use crate::{SinkCommit, SqlType, SqlValue, Table, OFFSETS_TABLE};
 
@@ -60,18 +63,60 @@ impl Backend for PostgresBackend {
         let mut tx = self.client.transaction()?;
         tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SETUP_LOCK})"))?;
         tx.batch_execute(&create_table(table, true))?;
-        tx.batch_execute(&create_offsets(true))?;
+        tx.batch_execute(&create_offsets(OFFSETS_TABLE, true))?;
+        // An offsets table of an earlier version has no `task`: add it to the rows and
+        // the key (every existing row is the job's one instance, task '').
+        let has_task = tx
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() \
+                 AND table_name = $1 AND column_name = 'task'",
+                &[&OFFSETS_TABLE],
+            )?
+            .is_some();
+        if !has_task {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {OFFSETS_TABLE} ADD COLUMN task TEXT NOT NULL DEFAULT ''; \
+                 ALTER TABLE {OFFSETS_TABLE} DROP CONSTRAINT IF EXISTS {OFFSETS_TABLE}_pkey; \
+                 ALTER TABLE {OFFSETS_TABLE} ADD PRIMARY KEY (app, sink, task, batch_id)"
+            ))?;
+            tracing::info!(table = OFFSETS_TABLE, "added the column `task` to the offsets table (its rows are the job's one instance's)");
+        }
         tx.commit()?;
         Ok(())
     }
 
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<bool> {
         let mut tx = self.client.transaction()?;
-        let sql =
-            format!("SELECT 1 FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 AND batch_id = $3");
-        let done = tx.query_opt(&sql, &[&req.app, &req.sink, &(req.batch_id as i64)])?;
+        if !req.task.is_empty() {
+            // One commit of a task at a time: a zombie and its successor cannot both
+            // read the same last batch and both go on.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&format!("lockgate/{}/{}/{}", req.app, req.sink, req.task)],
+            )?;
+        }
+        let sql = format!(
+            "SELECT 1 FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 AND task = $3 AND \
+             batch_id = $4"
+        );
+        let done = tx.query_opt(
+            &sql,
+            &[&req.app, &req.sink, &req.task, &(req.batch_id as i64)],
+        )?;
         if done.is_some() && req.skip_committed {
             return Ok(false);
+        }
+        if done.is_none() && !req.task.is_empty() {
+            let last: Option<i64> = tx
+                .query_one(
+                    &format!(
+                        "SELECT max(batch_id) FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 \
+                         AND task = $3"
+                    ),
+                    &[&req.app, &req.sink, &req.task],
+                )?
+                .get(0);
+            check_task_order(req, last.map(|l| l as u64))?;
         }
         let stmt = tx.prepare(&insert_sql(req.table, req.mode, |i| format!("${i}")))?;
         for row in req.rows {
@@ -85,24 +130,29 @@ impl Backend for PostgresBackend {
             tx.execute(&stmt, &refs)?;
         }
         tx.execute(
-            &format!(
-                "INSERT INTO {OFFSETS_TABLE} (app, sink, batch_id, batch_time_ms, descriptors, description) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, sink, batch_id) DO NOTHING"
-            ),
-            &[&req.app, &req.sink, &(req.batch_id as i64), &req.batch_time_ms, &req.descriptors, &req.description],
+            &insert_offsets(|i| format!("${i}")),
+            &[
+                &req.app,
+                &req.sink,
+                &req.task,
+                &(req.batch_id as i64),
+                &req.batch_time_ms,
+                &req.descriptors,
+                &req.description,
+            ],
         )?;
         tx.commit()?;
         Ok(true)
     }
 
-    fn committed(&mut self, app: &str, sink: &str) -> Result<Vec<SinkCommit>> {
+    fn committed(&mut self, app: &str, sink: &str, task: &str) -> Result<Vec<SinkCommit>> {
         let sql = format!(
-            "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = $1 AND sink = $2 \
-             ORDER BY batch_id"
+            "SELECT batch_id, batch_time_ms, descriptors FROM {OFFSETS_TABLE} WHERE app = $1 AND \
+             sink = $2 AND task = $3 ORDER BY batch_id"
         );
         Ok(self
             .client
-            .query(&sql, &[&app, &sink])?
+            .query(&sql, &[&app, &sink, &task])?
             .iter()
             .map(|r| SinkCommit {
                 batch_id: r.get::<_, i64>(0) as u64,

@@ -244,3 +244,134 @@ fn postgres_sinks_set_up_at_the_same_time_all_succeed() {
         assert!(failed.is_empty(), "round {round}: {failed:?}");
     }
 }
+
+/// Two scale-out tasks commit their own batch ids side by side; a task's batch commits
+/// only after the task's previous one (a zombie behind or ahead of the database is
+/// refused, naming the task); a re-run of a committed batch is skipped.
+fn exercise_tasks<B: Backend>(make: impl Fn() -> B, count: impl Fn(&str) -> i64) {
+    let sink = |task: &str| {
+        SqlSink::new("tasked", make(), table(), WriteMode::Upsert, row)
+            .unwrap()
+            .for_task(task)
+            .retries(0)
+    };
+    let (a, b) = (sink("logs-0"), sink("logs-1"));
+    let eo = DeliveryMode::ExactlyOnce;
+    a.commit(&batch(&[("x", 1)]), &info(0, eo)).unwrap();
+    b.commit(&batch(&[("y", 1)]), &info(0, eo)).unwrap();
+    a.commit(&batch(&[("x", 2)]), &info(1, eo)).unwrap();
+    // The same batch again (a re-run by the task's next owner): skipped.
+    a.commit(&batch(&[("x", 99)]), &info(1, eo)).unwrap();
+    assert_eq!(count("x"), 2);
+    // A writer of logs-0 that skips ahead (or a zombie behind a successor) is refused.
+    let err = a
+        .commit(&batch(&[("x", 50)]), &info(5, eo))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("task logs-0 may not commit batch 5")
+            && err.contains("last batch of the task is 1")
+            && err.contains("another instance took over"),
+        "{err}"
+    );
+    assert_eq!(count("x"), 2);
+    b.commit(&batch(&[("y", 2)]), &info(1, eo)).unwrap();
+    assert_eq!(a.last_committed("app").unwrap().unwrap().batch_id, 1);
+    assert_eq!(b.last_committed("app").unwrap().unwrap().batch_id, 1);
+    // The job's one instance (no task) is a writer of its own.
+    let single = SqlSink::new("tasked", make(), table(), WriteMode::Upsert, row).unwrap();
+    assert_eq!(single.last_committed("app").unwrap(), None);
+}
+
+#[test]
+fn sqlite_tasks_commit_in_order_and_a_zombie_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.db");
+    let q = |sql: &str| -> i64 {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    exercise_tasks(
+        || SqliteBackend::open(&path).unwrap(),
+        |w| q(&format!("SELECT count FROM word_counts WHERE word = '{w}'")),
+    );
+}
+
+#[test]
+fn postgres_tasks_commit_in_order_and_a_zombie_is_refused() {
+    let pg = PgServer::start().unwrap();
+    let url = pg.url.clone();
+    let q = |sql: &str| -> i64 {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one(sql, &[]).unwrap().get(0)
+    };
+    exercise_tasks(
+        || PostgresBackend::connect(&url).unwrap(),
+        |w| q(&format!("SELECT count FROM word_counts WHERE word = '{w}'")),
+    );
+}
+
+/// The offsets table of an earlier version (no `task`): setting a sink up adds the
+/// column, keeps the rows (as the one instance's) and their key.
+#[test]
+fn an_offsets_table_without_tasks_is_migrated() {
+    const OLD: &str = "CREATE TABLE lockgate_offsets (app TEXT NOT NULL, sink TEXT NOT NULL, \
+         batch_id BIGINT NOT NULL, batch_time_ms BIGINT NOT NULL, descriptors BLOB NOT NULL, \
+         description TEXT NOT NULL, PRIMARY KEY (app, sink, batch_id))";
+    const ROW: &str = "INSERT INTO lockgate_offsets VALUES ('app', 'counts', 4, 5000, X'', 'old')";
+    // SQLite.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&format!("{OLD}; {ROW};")).unwrap();
+    }
+    let sink = SqlSink::new(
+        "counts",
+        SqliteBackend::open(&path).unwrap(),
+        table(),
+        WriteMode::Upsert,
+        row,
+    )
+    .unwrap();
+    assert_eq!(sink.last_committed("app").unwrap().unwrap().batch_id, 4);
+    sink.commit(&batch(&[("a", 1)]), &info(5, DeliveryMode::ExactlyOnce))
+        .unwrap();
+    assert_eq!(sink.last_committed("app").unwrap().unwrap().batch_id, 5);
+    // PostgreSQL.
+    let pg = PgServer::start().unwrap();
+    let mut c = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "{}; {};",
+        OLD.replace("BLOB", "BYTEA"),
+        ROW.replace("X''", "''")
+    ))
+    .unwrap();
+    let sink = SqlSink::new(
+        "counts",
+        PostgresBackend::connect(&pg.url).unwrap(),
+        table(),
+        WriteMode::Upsert,
+        row,
+    )
+    .unwrap();
+    assert_eq!(sink.last_committed("app").unwrap().unwrap().batch_id, 4);
+    let tasked = SqlSink::new(
+        "counts",
+        PostgresBackend::connect(&pg.url).unwrap(),
+        table(),
+        WriteMode::Upsert,
+        row,
+    )
+    .unwrap()
+    .for_task("logs-0");
+    // Batch 4 of a task is not the instance's batch 4: the key has the task.
+    tasked
+        .commit(&batch(&[("a", 1)]), &info(0, DeliveryMode::ExactlyOnce))
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM lockgate_offsets", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -110,7 +110,7 @@ fn not_found(what: String) -> Response {
 }
 
 /// The context of application `app`, or a 404 naming the ones there are.
-fn context_of(s: &AppState, app: &str) -> Result<StreamingContext, Response> {
+fn context_of(s: &AppState, app: &str) -> Result<StreamingContext, Box<Response>> {
     let apps = s.apps();
     if let Some((_, _, ctx)) = apps.iter().find(|(id, _, _)| id == app) {
         return Ok(ctx.clone());
@@ -119,11 +119,11 @@ fn context_of(s: &AppState, app: &str) -> Result<StreamingContext, Response> {
         .into_iter()
         .map(|(id, _, _)| format!("`{id}`"))
         .collect();
-    Err(not_found(if ids.is_empty() {
+    Err(Box::new(not_found(if ids.is_empty() {
         format!("no application `{app}`: this process runs none now")
     } else {
         format!("no application `{app}`; there are {}", ids.join(", "))
-    }))
+    })))
 }
 
 /// `GET /health`: 200 while the process serves (a liveness probe).
@@ -192,7 +192,7 @@ fn avg(values: impl Iterator<Item = i64>) -> Value {
 async fn statistics(State(s): State<AppState>, Path(app): Path<String>) -> Response {
     let ctx = match context_of(&s, &app) {
         Ok(ctx) => ctx,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let m = ctx.metrics().snapshot();
     let receivers: Vec<SourceStatus> = source_statuses(&ctx)
@@ -288,7 +288,7 @@ fn source_statuses(ctx: &StreamingContext) -> Vec<(String, SourceStatus)> {
 async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Response {
     let ctx = match context_of(&s, &app) {
         Ok(ctx) => ctx,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list: Vec<Value> = source_statuses(&ctx)
         .into_iter()
@@ -333,7 +333,7 @@ fn skipped_json(c: &lockgate_core::SourceCounters) -> Value {
 async fn sinks(State(s): State<AppState>, Path(app): Path<String>) -> Response {
     let ctx = match context_of(&s, &app) {
         Ok(ctx) => ctx,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let metrics = ctx.metrics();
     let list: Vec<Value> = metrics
@@ -427,7 +427,7 @@ async fn batches(
 ) -> Response {
     let ctx = match context_of(&s, &app) {
         Ok(ctx) => ctx,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut out = all_batches(&ctx);
     if let Some(status) = q.get("status") {
@@ -439,7 +439,7 @@ async fn batches(
 async fn batch(State(s): State<AppState>, Path((app, id)): Path<(String, String)>) -> Response {
     let ctx = match context_of(&s, &app) {
         Ok(ctx) => ctx,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(time) = id.parse::<i64>() else {
         return not_found(format!(

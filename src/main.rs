@@ -660,6 +660,7 @@ pub fn job_config(opts: &RunOpts) -> Result<JobConfig> {
             None
         }),
         parallelism: opts.parallelism,
+        worker_pool: None,
         print: !opts.quiet,
         checkpoint: opts
             .checkpoint

@@ -312,6 +312,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The logs of a failed run stay for a look.
+            let dir = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
+            eprintln!("the logs are kept in {}", dir.keep().display());
+        }
         for child in self.instances.values_mut() {
             let _ = child.kill();
             let _ = child.wait();

@@ -55,9 +55,52 @@ pub struct StreamingContextBuilder {
     from_sink: Option<SinkOffsets>,
     settings: Vec<(String, String)>,
     backpressure: bool,
+    pool: Option<WorkerPool>,
+}
+
+/// Worker threads several contexts share (the tasks of a scale-out instance): each
+/// batch's work runs on them, so the process uses this many cores however many
+/// contexts it runs. See [`StreamingContextBuilder::worker_pool`].
+#[derive(Clone)]
+pub struct WorkerPool(Arc<rayon::ThreadPool>);
+
+impl WorkerPool {
+    /// A pool of `threads` worker threads.
+    pub fn new(threads: usize) -> Result<WorkerPool> {
+        if threads == 0 {
+            return Err(Error::Config(
+                "a worker pool needs at least 1 thread".into(),
+            ));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("lockgate-worker-{i}"))
+            .build()
+            .map(|p| WorkerPool(Arc::new(p)))
+            .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
+    }
+
+    /// Its number of threads.
+    pub fn threads(&self) -> usize {
+        self.0.current_num_threads()
+    }
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerPool({} threads)", self.threads())
+    }
 }
 
 impl StreamingContextBuilder {
+    /// Runs the batches on `pool`, shared with other contexts, instead of worker
+    /// threads of the context's own; the default partition count is the pool's
+    /// threads unless [`parallelism`](Self::parallelism) says otherwise.
+    pub fn worker_pool(mut self, pool: WorkerPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
     /// Records a setting of the job (a sink's address, an output directory, ...) in the
     /// checkpoint metadata: a restart with a different value logs the change. Values of
     /// keys that name a secret are stored redacted (see [`redact`]).
@@ -205,10 +248,11 @@ impl StreamingContextBuilder {
                 self.batch_interval
             )));
         }
-        let parallelism = match self.parallelism {
-            Some(0) => return Err(Error::Config("parallelism must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        let parallelism = match (self.parallelism, &self.pool) {
+            (Some(0), _) => return Err(Error::Config("parallelism must be at least 1".into())),
+            (Some(n), _) => n,
+            (None, Some(pool)) => pool.threads(),
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         if let Some(c) = &self.checkpoint {
             if c.retain_batches <= c.snapshot_every {
@@ -242,6 +286,7 @@ impl StreamingContextBuilder {
                 from_sink: self.from_sink,
                 settings: self.settings,
                 backpressure: self.backpressure,
+                pool: self.pool,
                 graph: Arc::new(Graph::new(
                     &app_name,
                     interval_ms,
@@ -275,6 +320,8 @@ struct Inner {
     app_name: String,
     batch_interval: Duration,
     parallelism: usize,
+    /// Shared worker threads, if given (else the context starts its own).
+    pool: Option<WorkerPool>,
     checkpoint: Option<CheckpointConfig>,
     clock: Arc<dyn Clock>,
     trigger: Trigger,
@@ -319,6 +366,7 @@ impl StreamingContext {
             from_sink: None,
             settings: Vec::new(),
             backpressure: false,
+            pool: None,
         }
     }
 
@@ -627,11 +675,10 @@ impl StreamingContext {
                 return Err(e);
             }
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.inner.parallelism)
-            .thread_name(|i| format!("lockgate-worker-{i}"))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))?;
+        let pool = match &self.inner.pool {
+            Some(shared) => shared.0.clone(),
+            None => WorkerPool::new(self.inner.parallelism)?.0,
+        };
         let delivery = self
             .inner
             .checkpoint

@@ -79,7 +79,9 @@ pub use codec::{Codec, CodecError};
 /// compared and checkpointed exactly like a `String`: the cheap key for keyed
 /// operations and state over short words, names and identifiers.
 pub use compact_str::CompactString;
-pub use context::{redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger};
+pub use context::{
+    redact, ContextState, StreamingContext, StreamingContextBuilder, Trigger, WorkerPool,
+};
 pub use dstream::event_time::{
     EventTimeStream, GroupState, OutputMode, TimeWindow, WindowSpec, Windowed, WindowedStream,
 };

@@ -357,6 +357,7 @@ fn engine(job: Job, dir: &Path, opts: &BenchOpts, checkpoint: Option<&str>) -> R
         source_retry_timeout: Duration::from_secs(120),
         sink_retry_timeout: Duration::from_secs(120),
         task: None,
+        worker_pool: None,
     };
     cfg.validate(job)?;
     let mut builder = cfg.configure(

@@ -7,4 +7,5 @@
 
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_scale_out;
 pub mod torture;

@@ -11,7 +11,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lockgate_dev::{bench, bench_kafka, torture};
+use lockgate_dev::{bench, bench_kafka, bench_scale_out, torture};
 use lockgate_jobs::Job;
 
 #[derive(Parser)]
@@ -54,6 +54,9 @@ enum BenchWhat {
     /// Kafka → filter → Kafka exactly once against a bare librdkafka loop, and the Kafka
     /// source alone against a bare consumer, on a throwaway broker (scripts/kafka.sh).
     Kafka(bench_kafka::KafkaBenchOpts),
+    /// Word count on an 8-partition topic: one process, one scale-out instance, two
+    /// scale-out instances (real processes, a throwaway broker).
+    ScaleOut(bench_scale_out::ScaleOutBenchOpts),
 }
 
 fn main() {
@@ -80,6 +83,7 @@ fn real_main(cli: Cli) -> Result<()> {
             BenchWhat::Nexmark(opts) => bench::nexmark(&opts),
             BenchWhat::Recovery(opts) => bench::recovery(&opts),
             BenchWhat::Kafka(opts) => bench_kafka::run(&opts),
+            BenchWhat::ScaleOut(opts) => bench_scale_out::run(&opts),
         },
         Command::Torture(opts) => torture::run(&opts),
     }

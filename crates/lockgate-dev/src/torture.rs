@@ -192,7 +192,7 @@ static LOCKGATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// The executable `--lockgate` names, or the `lockgate` beside this program; an error
 /// saying how to build it when there is none.
-fn find_lockgate(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn find_lockgate(given: Option<&Path>) -> Result<PathBuf> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => {

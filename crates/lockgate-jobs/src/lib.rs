@@ -101,6 +101,9 @@ pub struct JobConfig {
     pub max_files_per_batch: Option<usize>,
     /// Worker threads (default: cores).
     pub parallelism: Option<usize>,
+    /// Worker threads shared with other contexts (a scale-out instance's tasks share
+    /// `parallelism` threads); `None`: the context starts its own.
+    pub worker_pool: Option<lockgate_core::WorkerPool>,
     /// Print each batch's first elements to stdout.
     pub print: bool,
     /// Checkpoint location (recovery on restart): a directory, or an object store
@@ -173,6 +176,7 @@ impl JobConfig {
             once: false,
             max_files_per_batch: None,
             parallelism: None,
+            worker_pool: None,
             print: false,
             checkpoint: None,
             state_upgrade: lockgate_core::StateUpgrade::Fail,
@@ -278,6 +282,9 @@ impl JobConfig {
             .backpressure(self.backpressure);
         if let Some(p) = self.parallelism {
             b = b.parallelism(p);
+        }
+        if let Some(pool) = &self.worker_pool {
+            b = b.worker_pool(pool.clone());
         }
         if self.once {
             // Batch times count from the epoch: the same input gives the same output.

@@ -483,8 +483,14 @@ impl ScaleOutJob {
             session_timeout: scale.session_timeout,
             properties: config.properties.clone(),
         };
+        let mut cfg = cfg.clone();
+        // `--parallelism N`: the instance's N worker threads, shared by its tasks (by
+        // default each task has a worker per core).
+        if let Some(n) = cfg.parallelism {
+            cfg.worker_pool = Some(lockgate_core::WorkerPool::new(n)?);
+        }
         let tasks = Arc::new(Tasks {
-            cfg: cfg.clone(),
+            cfg,
             job,
             scale,
             input_topic,

@@ -7,13 +7,16 @@
 //! - **log-errors --event-time**: `(window, count in the batch)` records for both
 //!   windows of every ERROR line (late and untimed lines dropped and counted by the
 //!   first stage's own watermark operator), and the task's watermark after each batch
-//!   (or "idle" when the batch read no timed line). The second stage sums the windows,
-//!   emits each window its batch changed (update mode, as the single-process job), and
-//!   keeps a watermark: the minimum over the writers whose last batch read records. An
-//!   idle writer does not hold it back; a writer that died does (its last mark was not
-//!   idle) until its task runs again. Windows the watermark passed are evicted; a count
-//!   for an evicted window (from a writer that was idle while the others moved on) is
-//!   late: dropped, counted in the operator's `late_records` and logged.
+//!   (unchanged when the batch had no timed line; "idle" when it read nothing at all).
+//!   The second stage sums the windows, emits each window its batch changed (update
+//!   mode, as the single-process job), and keeps a watermark: the minimum over the
+//!   writers, once every writer (one per input partition) was heard from, leaving out
+//!   the idle ones — a writer whose last [`IDLE_BATCHES`] batches read nothing — so a
+//!   quiet partition does not hold it back forever; a writer that died holds it (its
+//!   last mark stands) until its task runs again. Windows the watermark passed are
+//!   evicted; a count for an evicted window (from a partition that was quiet while the
+//!   others moved on) is late: dropped, counted in the operator's `late_records` and
+//!   logged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -98,8 +101,17 @@ pub(crate) fn event_partials(
     cfg: &JobConfig,
     ctx: &StreamingContext,
 ) -> lockgate_core::Result<DStream<Shuffle>> {
-    let times = cfg
-        .error_lines(ctx, crate::parse_apache_time)?
+    let lines = cfg.lines(ctx)?;
+    // Whether the batch read anything: a task is idle only when its partition gave it
+    // nothing (a batch of lines without a timed ERROR line is progress, not idleness).
+    let read = lines.count();
+    let finder = memchr::memmem::Finder::new("ERROR").into_owned();
+    let times = lines
+        .flat_map(move |l| {
+            finder
+                .find(l.as_bytes())
+                .map(|_| crate::parse_apache_time(l.as_bytes()))
+        })
         .name("error_times");
     let parts = times
         .map(|t| (t, ()))
@@ -115,37 +127,49 @@ pub(crate) fn event_partials(
             },
         )
         .name("event_partials");
-    Ok(parts.transform(|batch: Batch<Part>, _| {
-        let mut windows: BTreeMap<(&'static str, i64), (i64, i64)> = BTreeMap::new();
-        let mut mark: Option<i64> = None;
-        for p in batch.iter() {
-            match p {
-                Part::Count(w, start, end, n) => {
-                    let e = windows.entry((*w, *start)).or_insert((*end, 0));
-                    e.1 += n;
+    Ok(
+        parts.transform_with(&read, |batch: Batch<Part>, read: Batch<i64>, _| {
+            let mut windows: BTreeMap<(&'static str, i64), (i64, i64)> = BTreeMap::new();
+            let mut mark: Option<i64> = None;
+            for p in batch.iter() {
+                match p {
+                    Part::Count(w, start, end, n) => {
+                        let e = windows.entry((*w, *start)).or_insert((*end, 0));
+                        e.1 += n;
+                    }
+                    Part::Mark(ms) => mark = Some(mark.map_or(*ms, |m: i64| m.max(*ms))),
                 }
-                Part::Mark(ms) => mark = Some(mark.map_or(*ms, |m: i64| m.max(*ms))),
             }
-        }
-        let mut out: Vec<Shuffle> = windows
-            .into_iter()
-            .map(|((w, start), (end, n))| Shuffle::Record {
-                key: format!("{w}|{start}").into_bytes(),
-                value: format!("{end}|{n}").into_bytes(),
-            })
-            .collect();
-        // A batch that read no timed line marks the task idle.
-        out.push(Shuffle::Watermark(mark.filter(|_| !out.is_empty())));
-        Batch::from_vec(out, 1)
-    }))
+            let mut out: Vec<Shuffle> = windows
+                .into_iter()
+                .map(|((w, start), (end, n))| Shuffle::Record {
+                    key: format!("{w}|{start}").into_bytes(),
+                    value: format!("{end}|{n}").into_bytes(),
+                })
+                .collect();
+            // A batch that read nothing marks the task idle; one without a timed line
+            // leaves its watermark where it was (`i64::MIN`: no news).
+            let idle = read.iter().sum::<i64>() == 0;
+            out.push(Shuffle::Watermark(
+                (!idle).then(|| mark.unwrap_or(i64::MIN)),
+            ));
+            Batch::from_vec(out, 1)
+        }),
+    )
 }
+
+/// A writer whose last this many batches in a row read nothing is idle: left out of
+/// the watermark's minimum. (One empty batch is not enough: a writer killed right after
+/// one would let the others' watermark pass the data its partition gets meanwhile.)
+pub const IDLE_BATCHES: u64 = 10;
 
 /// Second-stage state of the event-time windows: where each writer stands, the open
 /// windows, the watermark, and what the last batch changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowsState {
-    /// Per writing task: its last batch seen, its watermark (epoch ms), idle in it.
-    pub writers: Vec<(String, u64, i64, bool)>,
+    /// Per writing task: its last batch seen, its watermark (epoch ms), and how many
+    /// of its batches in a row read nothing.
+    pub writers: Vec<(String, u64, i64, u64)>,
     /// Open windows: (window name, start, end (epoch seconds), count), sorted.
     pub windows: Vec<(String, i64, i64, i64)>,
     /// The watermark, epoch ms (`i64::MIN`: none yet).
@@ -227,16 +251,20 @@ impl WindowsState {
                         Some(entry) if entry.1 > *batch => {}
                         Some(entry) => {
                             entry.1 = *batch;
-                            entry.3 = ms.is_none();
-                            if let Some(ms) = ms {
-                                entry.2 = *ms;
+                            match ms {
+                                // A writer's watermark only moves forward.
+                                Some(ms) => {
+                                    entry.2 = entry.2.max(*ms);
+                                    entry.3 = 0;
+                                }
+                                None => entry.3 += 1,
                             }
                         }
                         None => self.writers.push((
                             writer.clone(),
                             *batch,
                             ms.unwrap_or(i64::MIN),
-                            ms.is_none(),
+                            u64::from(ms.is_none()),
                         )),
                     }
                 }
@@ -249,7 +277,7 @@ impl WindowsState {
         if let Some(min) = self
             .writers
             .iter()
-            .filter(|(_, _, _, idle)| !idle)
+            .filter(|(_, _, _, idle)| *idle < IDLE_BATCHES)
             .map(|(_, _, ms, _)| *ms)
             .min()
             .filter(|_| all_known)
@@ -384,8 +412,12 @@ mod tests {
         assert_eq!(st.watermark_ms, 20_000, "the slower writer holds it");
         assert_eq!(st.changed, vec![("t".into(), 0, 30, 2)]);
         assert_eq!(st.windows.len(), 1, "window [0, 30) is still open");
-        // b's partition goes quiet: its next batch reads nothing.
+        // b's partition goes quiet: its next batches read nothing. One empty batch
+        // is not idleness yet.
         let st = st.apply(&[mark("a", 1, Some(70_000)), mark("b", 1, None)], 2);
+        assert_eq!(st.watermark_ms, 20_000, "one empty batch: b still holds it");
+        let quiet: Vec<Incoming> = (2..IDLE_BATCHES + 1).map(|b| mark("b", b, None)).collect();
+        let st = st.apply(&quiet, 2);
         assert_eq!(
             st.watermark_ms, 70_000,
             "an idle writer does not hold it back"
@@ -393,7 +425,7 @@ mod tests {
         assert!(st.windows.is_empty(), "window [0, 30) closed");
         assert_eq!((st.closed, st.changed.len()), (1, 0));
         // b comes back with a count for the closed window: late, dropped and counted.
-        let st = st.apply(&[count("t", 0, 30, 5), mark("b", 2, Some(25_000))], 2);
+        let st = st.apply(&[count("t", 0, 30, 5), mark("b", 99, Some(25_000))], 2);
         assert_eq!(st.late, 5);
         assert_eq!(st.watermark_ms, 70_000, "the watermark never goes back");
         // A writer that died keeps its last (not idle) mark: it holds the watermark.
@@ -417,7 +449,7 @@ mod tests {
             1,
         );
         assert_eq!(st.changed, vec![("t".into(), 0, 30, 5)]);
-        assert_eq!(st.writers, vec![("a".into(), 5, 10_000, false)]);
+        assert_eq!(st.writers, vec![("a".into(), 5, 10_000, 0)]);
         let bytes = lockgate_core::codec::to_bytes(&st);
         assert_eq!(
             lockgate_core::codec::from_bytes::<WindowsState>(&bytes).unwrap(),

@@ -25,7 +25,7 @@ pub(crate) struct Scheduler {
     pub graph: Arc<Graph>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<StreamingMetrics>,
-    pub pool: rayon::ThreadPool,
+    pub pool: Arc<rayon::ThreadPool>,
     pub bounded: bool,
     /// The batch protocol: the steps the threads run for every batch.
     pub protocol: Protocol,
@@ -47,7 +47,7 @@ impl Scheduler {
         graph: Arc<Graph>,
         clock: Arc<dyn Clock>,
         metrics: Arc<StreamingMetrics>,
-        pool: rayon::ThreadPool,
+        pool: Arc<rayon::ThreadPool>,
         bounded: bool,
         protocol: Protocol,
         backpressure: bool,

@@ -243,7 +243,8 @@ pub struct RunOpts {
     /// At most N files per batch.
     #[arg(long, value_name = "N")]
     max_files_per_batch: Option<usize>,
-    /// Worker threads (default: number of cores).
+    /// Worker threads (default: number of cores); with --scale-out, the instance's
+    /// threads, shared by all its tasks (default: each task its own, one per core).
     #[arg(long, value_name = "N")]
     parallelism: Option<usize>,
     /// Do not print batches to stdout.
@@ -268,8 +269,9 @@ pub struct RunOpts {
     /// job, --kafka-topic and --checkpoint; the group spreads the topic's partitions
     /// over the instances, each running one task per partition it is given (its
     /// checkpoint under CHECKPOINT/tasks/<topic>-<partition>/, its output under
-    /// DIR/<stream>/task=<task>/). word-count repartitions its words through the topic
-    /// lockgate-<job>-word_counts-repartition (created on start).
+    /// DIR/<stream>/task=<task>/). word-count and log-errors --event-time repartition
+    /// their keys through a topic lockgate-<job>-<operator>-repartition (created on
+    /// start); see docs/deploy.md.
     #[arg(long, requires_all = ["kafka_brokers", "checkpoint"])]
     scale_out: bool,
     /// This instance's name in logs, the consumer group and checkpoint leases

@@ -10,12 +10,14 @@
 //! So each task is exactly once by the engine's own protocol, and a partition that
 //! moves carries its task along: the new owner recovers it from the store.
 //!
-//! Jobs whose state is per key across the whole topic (word count) run in two stages,
-//! as in Kafka Streams: first-stage tasks (the input's partitions) write `(word,
-//! partial count)` to the repartition topic `lockgate-<app>-word_counts-repartition`
-//! ([`lockgate_kafka::repartition`]); second-stage tasks (that topic's partitions, in
-//! the same group) keep the running counts. Stateless jobs (log-errors' error lines and
-//! its per-task processing-time windows) run one stage.
+//! Jobs whose state is per key across the whole topic run in two stages, as in Kafka
+//! Streams: first-stage tasks (the input's partitions) write partial results to a
+//! repartition topic ([`lockgate_kafka::repartition`]) — word count `(word, count)` to
+//! `lockgate-<app>-word_counts-repartition`, `log-errors --event-time` `(window,
+//! count)` and their watermarks to `lockgate-<app>-window_counts-repartition` — and
+//! second-stage tasks (that topic's partitions, in the same group) keep the results
+//! (the `stages` module). Stateless jobs (log-errors' error lines and its per-task
+//! processing-time windows) run one stage.
 //!
 //! Rebalances: revoked partitions' tasks stop before the revocation is answered (the
 //! batch in flight finishes and commits; queued batches stay logged for the next

@@ -303,7 +303,11 @@ async fn receivers(State(s): State<AppState>, Path(app): Path<String>) -> Respon
             } else {
                 st.retrying_since_ms.is_none()
             });
-            v["skipped"] = skipped_json(&ctx.metrics().source(&name));
+            let counters = ctx.metrics().source(&name);
+            // Records the source's log holds beyond what was planned (a direct
+            // source; a scale-out task's partition).
+            v["lagRecords"] = json!(lockgate_core::SourceCounters::get(&counters.lag_records));
+            v["skipped"] = skipped_json(&counters);
             v
         })
         .collect();

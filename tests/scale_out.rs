@@ -357,17 +357,16 @@ fn check_identities(records: &[lockgate_kafka::testing::Consumed]) {
     }
 }
 
-/// One process, no scale-out, over the same topic (`--once`): its final counts.
-fn single_instance(cluster: &Cluster) -> BTreeMap<String, i64> {
+/// One process, no scale-out, running `job` (its flags) over the same topic with
+/// `--once`: the directory of its JSON output.
+fn single_instance(cluster: &Cluster, job: &[&str]) -> PathBuf {
     let out = cluster.work.path().join("single-out");
     let ok = Command::new(env!("CARGO_BIN_EXE_lockgate"))
-        .args(["run", "word-count", "--once", "--quiet", "--no-ui"])
-        .args([
-            "--kafka-brokers",
-            &cluster.broker.brokers,
-            "--kafka-topic",
-            "lines",
-        ])
+        .arg("run")
+        .args(job)
+        .args(["--once", "--quiet", "--no-ui"])
+        .args(["--kafka-brokers", &cluster.broker.brokers])
+        .args(["--kafka-topic", "lines"])
         .arg("--output")
         .arg(&out)
         .env("RUST_LOG", "warn")
@@ -375,7 +374,7 @@ fn single_instance(cluster: &Cluster) -> BTreeMap<String, i64> {
         .unwrap()
         .success();
     assert!(ok);
-    json_final_counts(&out.join("word_counts"))
+    out
 }
 
 /// The last count of each word in a JSON-lines output directory (`batch=<id>/` in
@@ -435,7 +434,8 @@ fn three_instances_count_words_exactly_through_sigkills() {
     check_identities(&records);
     let want = c.expected();
     c.stop_all();
-    assert_eq!(single_instance(&c), want, "a single instance's counts");
+    let single = json_final_counts(&single_instance(&c, &["word-count"]).join("word_counts"));
+    assert_eq!(single, want, "a single instance's counts");
     eprintln!(
         "{kills} SIGKILLs: {} words, {} lines, {} output records",
         want.len(),
@@ -696,29 +696,7 @@ fn event_time_windows_to_postgres_stay_exact_through_sigkills() {
     }
     c.stop_all();
     // A single instance over the same topic (`--once`) agrees.
-    let out = c.work.path().join("single-out");
-    let ok = Command::new(env!("CARGO_BIN_EXE_lockgate"))
-        .args([
-            "run",
-            "log-errors",
-            "--event-time",
-            "--once",
-            "--quiet",
-            "--no-ui",
-        ])
-        .args([
-            "--kafka-brokers",
-            &c.broker.brokers,
-            "--kafka-topic",
-            "lines",
-        ])
-        .arg("--output")
-        .arg(&out)
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let out = single_instance(&c, &["log-errors", "--event-time"]);
     let mut single = BTreeMap::new();
     for stream in ["tumbling_30s", "sliding_30s_10s"] {
         for (_, rows) in lockgate_core::sink::read_json_lines(&out.join(stream)).unwrap() {

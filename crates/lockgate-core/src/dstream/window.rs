@@ -62,6 +62,13 @@ impl<K, V> Default for InverseWindowOpts<K, V> {
 }
 
 impl<K, V> InverseWindowOpts<K, V> {
+    /// The number of partitions of the window's state (default: the context's
+    /// parallelism).
+    pub fn partitions(mut self, n: usize) -> Self {
+        self.partitions = Some(n.max(1));
+        self
+    }
+
     /// Keeps only the pairs for which `f` is true; typically drops keys whose value
     /// went back to zero so they do not stay in the window state forever.
     pub fn filter(mut self, f: impl Fn(&(K, V)) -> bool + Send + Sync + 'static) -> Self {

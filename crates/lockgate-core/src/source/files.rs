@@ -701,6 +701,15 @@ impl InputSource for FileInput {
             for (f, _) in &listing.files {
                 part.insert(f.clone(), ());
             }
+            if !listing.files.is_empty() {
+                tracing::info!(
+                    source = %self.name,
+                    dir = %self.dir.display(),
+                    ignored = listing.files.len(),
+                    "new files only: the files already in the directory at this first start \
+                     are not read (files added from now on are)"
+                );
+            }
             lock(&self.seen).extend(listing.files.into_iter().map(|(f, _)| f));
         } else {
             self.discover()?;

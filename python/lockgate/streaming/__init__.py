@@ -1,0 +1,201 @@
+"""PySpark's ``pyspark.streaming`` on Lockgate: ``StreamingContext`` and ``DStream``.
+
+A context declares its sources and operators, then ``start`` builds the whole graph
+on the engine (recovering from the checkpoint when there is one) and runs a batch per
+``batchDuration`` seconds until ``stop``.
+"""
+
+import threading
+
+from lockgate import SparkContext, _lockgate
+from lockgate.streaming.dstream import DStream, _ms
+
+__all__ = ["StreamingContext", "DStream"]
+
+
+class StreamingContext:
+    """PySpark's ``StreamingContext`` (see the module's documentation)."""
+
+    _active = None
+    _lock = threading.Lock()
+
+    def __init__(self, sparkContext=None, batchDuration=None):
+        """A context of ``sparkContext`` (or the active one, or a new one) with a batch
+        every ``batchDuration`` seconds (default 1)."""
+        self._sc = sparkContext or SparkContext.getOrCreate()
+        self._batch_ms = _ms(batchDuration if batchDuration is not None else 1)
+        if self._batch_ms <= 0:
+            raise ValueError(f"batchDuration must be positive, got {batchDuration!r}")
+        self._checkpoint = None
+        self._remember_ms = None
+        self._outputs = []
+        self._ctx = None
+        self._stopped = False
+
+    @property
+    def sparkContext(self):
+        """The ``SparkContext``."""
+        return self._sc
+
+    @classmethod
+    def getOrCreate(cls, checkpointPath, setupFunc):
+        """The context ``setupFunc()`` declares, checkpointing into ``checkpointPath``:
+        when that holds a checkpoint, the context recovers from it when it starts
+        (state restored, unfinished batches re-run from their logged plans). Unlike
+        PySpark, ``setupFunc`` runs on every start (functions are not pickled into the
+        checkpoint): it must declare the same graph."""
+        ssc = setupFunc()
+        if not isinstance(ssc, StreamingContext):
+            raise TypeError(f"setupFunc must return a StreamingContext, got {type(ssc).__name__}")
+        ssc.checkpoint(checkpointPath)
+        return ssc
+
+    @classmethod
+    def getActive(cls):
+        """The context started and not stopped, or ``None``."""
+        with cls._lock:
+            return cls._active
+
+    @classmethod
+    def getActiveOrCreate(cls, checkpointPath, setupFunc):
+        """The active context, or :meth:`getOrCreate`."""
+        return cls.getActive() or cls.getOrCreate(checkpointPath, setupFunc)
+
+    def checkpoint(self, directory):
+        """Checkpoints into ``directory`` (a path, or an object store URL the engine
+        opens): batch plans, state and commits, so a restart recovers exactly once."""
+        self._require_not_started("checkpoint")
+        self._checkpoint = str(directory)
+
+    def remember(self, duration):
+        """Keeps each stream's batches for at least ``duration`` seconds."""
+        self._remember_ms = _ms(duration)
+
+    def _require_not_started(self, what):
+        if self._ctx is not None:
+            raise RuntimeError(f"{what}: the context has started; declare before start()")
+
+    def _add_output(self, register):
+        self._require_not_started("an output operation")
+        self._outputs.append(register)
+
+    def _source(self, make):
+        self._require_not_started("a source")
+        return DStream(self, lambda g, memo: make(g))
+
+    def socketTextStream(self, hostname, port, storageLevel=None):
+        """The text lines a TCP server at ``hostname:port`` sends; with a checkpoint
+        they are logged ahead before they are processed, so none is lost or doubled."""
+        return self._source(lambda g: g.socket_text_stream(hostname, int(port)))
+
+    def textFileStream(self, directory):
+        """The lines of the files that appear in ``directory``, each file read once."""
+        return self._source(lambda g: g.text_file_stream(str(directory)))
+
+    def queueStream(self, rdds, oneAtATime=True, default=None):
+        """A stream of the RDDs (or lists) of ``rdds``: one per batch with
+        ``oneAtATime``, all in the first batch otherwise; then ``default`` (or nothing)."""
+        batches = [_elements(r) for r in rdds]
+        dflt = _elements(default) if default is not None else None
+        return self._source(lambda g: g.queue_stream(batches, oneAtATime, dflt))
+
+    def union(self, *dstreams):
+        """The elements of all ``dstreams`` (of one slide)."""
+        if not dstreams:
+            raise ValueError("should have at least one DStream to union")
+        if len(dstreams) == 1 and isinstance(dstreams[0], (list, tuple)):
+            dstreams = tuple(dstreams[0])
+        return DStream(self, lambda g, m: g.union([d._build(g, m) for d in dstreams]))
+
+    def transform(self, dstreams, transformFunc):
+        """``transformFunc(rdds)`` or ``transformFunc(time, rdds)`` over the batches of
+        every stream of ``dstreams`` (same slide) of the same time."""
+        from lockgate.rdd import RDD
+        from lockgate.streaming.dstream import _arity, _partitions, _time
+
+        if not dstreams:
+            raise ValueError("transform of no streams")
+        first, rest = dstreams[0], list(dstreams[1:])
+        with_time = _arity(transformFunc) != 1
+        sc = self._sc
+
+        def tagged(i, d):
+            return d.map(lambda x, i=i: (i, x))
+
+        merged = tagged(0, first)
+        for i, d in enumerate(rest, start=1):
+            merged = merged.union(tagged(i, d))
+
+        def run(time, rdd):
+            by = [[] for _ in dstreams]
+            for i, x in rdd.collect():
+                by[i].append(x)
+            rdds = [RDD([b], sc) for b in by]
+            return transformFunc(time, rdds) if with_time else transformFunc(rdds)
+
+        return merged.transform(run)
+
+    def start(self):
+        """Builds the graph on the engine (recovering from the checkpoint when there is
+        one) and starts the batches."""
+        if self._stopped:
+            raise RuntimeError("the StreamingContext was stopped; create a new one")
+        if self._ctx is not None:
+            raise RuntimeError("the StreamingContext has started already")
+        if not self._outputs:
+            raise ValueError("No output operations registered, so nothing to execute")
+
+        def build(graph):
+            memo = {}
+            for register in self._outputs:
+                register(graph, memo)
+
+        self._ctx = _lockgate.Context(
+            self._sc.appName,
+            self._batch_ms,
+            build,
+            parallelism=self._sc.defaultParallelism,
+            checkpoint=self._checkpoint,
+            remember_ms=self._remember_ms,
+        )
+        self._ctx.start()
+        with StreamingContext._lock:
+            StreamingContext._active = self
+
+    def awaitTermination(self, timeout=None):
+        """Waits until the context stops (or ``timeout`` seconds passed); raises the
+        error that stopped it. Ctrl-C stops the context gracefully, then raises
+        ``KeyboardInterrupt``."""
+        self._require_started()
+        self._ctx.await_termination(_ms(timeout))
+
+    def awaitTerminationOrTimeout(self, timeout):
+        """As :meth:`awaitTermination`; ``True`` when the context stopped, ``False``
+        when ``timeout`` seconds passed first."""
+        self._require_started()
+        return self._ctx.await_termination(_ms(timeout))
+
+    def _require_started(self):
+        if self._ctx is None:
+            raise RuntimeError("the StreamingContext has not started")
+
+    def stop(self, stopSparkContext=True, stopGraceFully=False):
+        """Stops the batches: gracefully (the batches planned complete) or at once (the
+        one in flight completes; later ones stay logged and run at the next start). Also
+        stops the ``SparkContext`` unless ``stopSparkContext`` is false."""
+        if self._ctx is not None and not self._stopped:
+            self._ctx.stop(bool(stopGraceFully))
+        self._stopped = True
+        with StreamingContext._lock:
+            if StreamingContext._active is self:
+                StreamingContext._active = None
+        if stopSparkContext:
+            self._sc.stop()
+
+
+def _elements(batch):
+    """The elements of an RDD or an iterable."""
+    parts = getattr(batch, "_parts", None)
+    if parts is not None:
+        return [x for p in parts for x in p]
+    return list(batch)

@@ -280,51 +280,49 @@ impl Cluster {
     /// input's; returns the records read.
     fn converge(&mut self) -> Vec<lockgate_kafka::testing::Consumed> {
         let want = self.expected();
-        let until = Instant::now() + Duration::from_secs(180);
-        loop {
-            self.check_alive();
-            let records = consume_all(&self.broker.brokers, "counts", OUT_PARTITIONS, 0).unwrap();
-            let got = final_counts(&records);
-            if got == want {
-                return records;
-            }
-            if Instant::now() > until {
-                let wrong: Vec<_> = want
-                    .iter()
-                    .filter(|(w, c)| got.get(*w) != Some(c))
-                    .map(|(w, c)| format!("{w}: want {c}, got {:?}", got.get(w)))
-                    .take(10)
-                    .collect();
-                panic!(
-                    "the output did not converge to the input's counts: {wrong:?}\n{}",
-                    self.all_logs()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        let brokers = self.broker.brokers.clone();
+        let mut records = Vec::new();
+        self.wait_for_values("the output topic's counts", &want, || {
+            records = consume_all(&brokers, "counts", OUT_PARTITIONS, 0).unwrap();
+            final_counts(&records)
+        });
+        records
     }
 
     /// Waits (up to 3 minutes) until the JSON output under `dir` (one directory per
     /// task) holds the input's final counts.
     fn converge_json(&mut self, dir: &Path) {
         let want = self.expected();
+        // A batch directory being renamed into place can fail one read.
+        self.wait_for_values("the JSON output's counts", &want, || {
+            json_counts(dir).unwrap_or_default()
+        });
+    }
+
+    /// Waits (up to 3 minutes, the instances alive) until `read()` gives `want`; fails
+    /// naming what still differs and with the instances' logs.
+    fn wait_for_values<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: &str,
+        want: &BTreeMap<K, V>,
+        mut read: impl FnMut() -> BTreeMap<K, V>,
+    ) {
         let until = Instant::now() + Duration::from_secs(180);
         loop {
             self.check_alive();
-            // A batch directory being renamed into place can fail one read.
-            let got = json_counts(dir).unwrap_or_default();
-            if got == want {
+            let got = read();
+            if &got == want {
                 return;
             }
             if Instant::now() > until {
                 let wrong: Vec<_> = want
                     .iter()
-                    .filter(|(w, c)| got.get(*w) != Some(c))
-                    .map(|(w, c)| format!("{w}: want {c}, got {:?}", got.get(w)))
+                    .filter(|(k, v)| got.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
                     .take(10)
                     .collect();
                 panic!(
-                    "the JSON output did not converge to the input's counts: {wrong:?}\n{}",
+                    "{what} never matched the input: {wrong:?}\n{}",
                     self.all_logs()
                 );
             }
@@ -725,24 +723,7 @@ fn event_time_windows_to_postgres_stay_exact_through_sigkills() {
         c.spawn(id, &[]);
     }
     let want = expected_windows(produced);
-    let until = Instant::now() + Duration::from_secs(180);
-    loop {
-        c.check_alive();
-        let got = pg_windows(&pg.url);
-        if got == want {
-            break;
-        }
-        if Instant::now() > until {
-            let wrong: Vec<_> = want
-                .iter()
-                .filter(|(k, n)| got.get(*k) != Some(n))
-                .map(|(k, n)| format!("{k:?}: want {n}, got {:?}", got.get(k)))
-                .take(10)
-                .collect();
-            panic!("window_counts never matched: {wrong:?}\n{}", c.all_logs());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    c.wait_for_values("window_counts", &want, || pg_windows(&pg.url));
     // lockgate_offsets holds each task's batches once, in order, from 0.
     let mut db = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
     let rows = db

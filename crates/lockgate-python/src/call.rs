@@ -48,6 +48,12 @@ impl PyFunc {
         &self.name
     }
 
+    /// Turns a Python error met while handling this function's values (converting an
+    /// argument or a result) into its failure.
+    pub fn err<'a>(&'a self, py: Python<'a>) -> impl Fn(PyErr) -> Failure + Copy + 'a {
+        move |e| Failure::from_py(py, self.name(), &e)
+    }
+
     /// Calls the function with `args`; the GIL must be held.
     pub fn call<'py>(
         &self,

@@ -67,9 +67,7 @@ impl Stream {
             Python::attach(|py| {
                 let mut out = Vec::with_capacity(part.len());
                 for v in &part {
-                    let x = v
-                        .to_py(py)
-                        .map_err(|e| Failure::from_py(py, f.name(), &e))?;
+                    let x = v.to_py(py).map_err(f.err(py))?;
                     each(&f, x, &mut out)?;
                 }
                 Ok(out)
@@ -85,14 +83,10 @@ impl Stream {
             failures.guard(
                 || Value::None,
                 |py| {
-                    let a = a
-                        .to_py(py)
-                        .map_err(|e| Failure::from_py(py, f.name(), &e))?;
-                    let b = b
-                        .to_py(py)
-                        .map_err(|e| Failure::from_py(py, f.name(), &e))?;
+                    let a = a.to_py(py).map_err(f.err(py))?;
+                    let b = b.to_py(py).map_err(f.err(py))?;
                     let r = f.call(py, (a, b))?;
-                    Value::from_py(&r).map_err(|e| Failure::from_py(py, f.name(), &e))
+                    Value::from_py(&r).map_err(f.err(py))
                 },
             )
         }
@@ -104,11 +98,9 @@ impl Stream {
             failures.guard(
                 || Value::None,
                 |py| {
-                    let a = a
-                        .to_py(py)
-                        .map_err(|e| Failure::from_py(py, f.name(), &e))?;
+                    let a = a.to_py(py).map_err(f.err(py))?;
                     let r = f.call(py, (a,))?;
-                    Value::from_py(&r).map_err(|e| Failure::from_py(py, f.name(), &e))
+                    Value::from_py(&r).map_err(f.err(py))
                 },
             )
         }
@@ -162,7 +154,7 @@ impl Stream {
         Ok(self.per_partition(PyFunc::new(f)?, |f, x, out| {
             let py = x.py();
             let r = f.call(py, (x,))?;
-            out.push(Value::from_py(&r).map_err(|e| Failure::from_py(py, f.name(), &e))?);
+            out.push(Value::from_py(&r).map_err(f.err(py))?);
             Ok(())
         }))
     }
@@ -172,7 +164,7 @@ impl Stream {
         Ok(self.per_partition(PyFunc::new(f)?, |f, x, out| {
             let py = x.py();
             let r = f.call(py, (x,))?;
-            let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+            let err = f.err(py);
             for y in r.try_iter().map_err(err)? {
                 out.push(Value::from_py(&y.map_err(err)?).map_err(err)?);
             }
@@ -185,11 +177,8 @@ impl Stream {
         Ok(self.per_partition(PyFunc::new(f)?, |f, x, out| {
             let py = x.py();
             let keep = f.call(py, (&x,))?;
-            if keep
-                .is_truthy()
-                .map_err(|e| Failure::from_py(py, f.name(), &e))?
-            {
-                out.push(Value::from_py(&x).map_err(|e| Failure::from_py(py, f.name(), &e))?);
+            if keep.is_truthy().map_err(f.err(py))? {
+                out.push(Value::from_py(&x).map_err(f.err(py))?);
             }
             Ok(())
         }))
@@ -201,7 +190,7 @@ impl Stream {
         let f = PyFunc::new(f)?;
         Ok(self.wrap(self.s.try_map_partitions(move |part| {
             Python::attach(|py| {
-                let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+                let err = f.err(py);
                 let items = part
                     .iter()
                     .map(|v| v.to_py(py))
@@ -266,7 +255,7 @@ impl Stream {
         let f = PyFunc::new(f)?;
         Ok(self.per_partition(f, |f, x, out| {
             let py = x.py();
-            let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+            let err = f.err(py);
             let (k, v) = Value::from_py(&x)
                 .map_err(err)?
                 .into_pair()
@@ -426,7 +415,7 @@ impl Stream {
                         failures.guard(
                             || true,
                             |py| {
-                                let err = |e: PyErr| Failure::from_py(py, filter.name(), &e);
+                                let err = filter.err(py);
                                 let kv =
                                     Value::pair(k.clone(), v.clone()).to_py(py).map_err(err)?;
                                 filter.call(py, (kv,))?.is_truthy().map_err(err)
@@ -475,7 +464,7 @@ impl Stream {
                 failures.guard(
                     || state.clone(),
                     |py| {
-                        let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+                        let err = f.err(py);
                         let vs = values
                             .iter()
                             .map(|v| v.to_py(py))
@@ -504,7 +493,7 @@ impl Stream {
         let failures = self.failures.clone();
         Ok(self.wrap(self.s.transform(move |b, time| {
             failures.guard(Batch::empty, |py| {
-                let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+                let err = f.err(py);
                 let parts = batch_to_py(py, &b).map_err(err)?;
                 let r = f.call(py, (time.millis(), parts))?;
                 batch_from_py(&r).map_err(err)
@@ -520,7 +509,7 @@ impl Stream {
         Ok(
             self.wrap(self.s.transform_with(&other.s, move |a, b, time| {
                 failures.guard(Batch::empty, |py| {
-                    let err = |e: PyErr| Failure::from_py(py, f.name(), &e);
+                    let err = f.err(py);
                     let a = batch_to_py(py, &a).map_err(err)?;
                     let b = batch_to_py(py, &b).map_err(err)?;
                     let r = f.call(py, (time.millis(), a, b))?;
@@ -539,8 +528,7 @@ impl Stream {
             .foreach_batch(move |b, at| -> lockgate_core::Result<()> {
                 failures.check()?;
                 Python::attach(|py| {
-                    let parts =
-                        batch_to_py(py, b).map_err(|e| Failure::from_py(py, f.name(), &e))?;
+                    let parts = batch_to_py(py, b).map_err(f.err(py))?;
                     f.call(py, (at.time.millis(), at.id, parts)).map(|_| ())
                 })
                 .map_err(Failure::into_engine)

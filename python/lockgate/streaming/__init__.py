@@ -62,8 +62,9 @@ class StreamingContext:
         return cls.getActive() or cls.getOrCreate(checkpointPath, setupFunc)
 
     def checkpoint(self, directory):
-        """Checkpoints into ``directory`` (a path, or an object store URL the engine
-        opens): batch plans, state and commits, so a restart recovers exactly once."""
+        """Checkpoints into ``directory`` (a local path or ``file://`` URL; object
+        stores are not reachable from Python yet): batch plans, state and commits, so a
+        restart recovers exactly once."""
         self._require_not_started("checkpoint")
         self._checkpoint = str(directory)
 

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::call::{Failure, Failures, PyFunc};
-use crate::value::Value;
+use crate::value::{py_list, Value};
 
 /// A stream of Python values (see the module's documentation).
 #[pyclass(module = "lockgate._lockgate", frozen)]
@@ -123,13 +123,7 @@ pub(crate) fn batch_to_py<'py>(py: Python<'py>, b: &Batch<Value>) -> PyResult<Bo
     let parts = b
         .partitions()
         .iter()
-        .map(|p| {
-            let items = p
-                .iter()
-                .map(|v| v.to_py(py))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyList::new(py, items)
-        })
+        .map(|p| py_list(py, p))
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, parts)
 }
@@ -191,11 +185,7 @@ impl Stream {
         Ok(self.wrap(self.s.try_map_partitions(move |part| {
             Python::attach(|py| {
                 let err = f.err(py);
-                let items = part
-                    .iter()
-                    .map(|v| v.to_py(py))
-                    .collect::<PyResult<Vec<_>>>();
-                let list = PyList::new(py, items.map_err(err)?).map_err(err)?;
+                let list = py_list(py, &part).map_err(err)?;
                 let r = f.call(py, (list.try_iter().map_err(err)?,))?;
                 let mut out = Vec::new();
                 if !r.is_none() {
@@ -465,11 +455,7 @@ impl Stream {
                     || state.clone(),
                     |py| {
                         let err = f.err(py);
-                        let vs = values
-                            .iter()
-                            .map(|v| v.to_py(py))
-                            .collect::<PyResult<Vec<_>>>();
-                        let vs = PyList::new(py, vs.map_err(err)?).map_err(err)?;
+                        let vs = py_list(py, values).map_err(err)?;
                         let st = match &state {
                             Some(s) => s.to_py(py).map_err(err)?,
                             None => py.None().into_bound(py),

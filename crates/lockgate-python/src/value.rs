@@ -176,6 +176,15 @@ impl Value {
     }
 }
 
+/// `values` as a Python list.
+pub fn py_list<'py>(py: Python<'py>, values: &[Value]) -> PyResult<Bound<'py, PyList>> {
+    let items = values
+        .iter()
+        .map(|v| v.to_py(py))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
+}
+
 /// The pickle protocol of pickled values (5: Python 3.8 and later).
 const PICKLE_PROTOCOL: i32 = 5;
 

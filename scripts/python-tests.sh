@@ -13,7 +13,7 @@ VENV=target/python-venv
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" "pytest>=7"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" "pytest>=7" "cloudpickle>=2"
 # maturin passes these to cargo when pip builds the wheel.
 MATURIN_PEP517_ARGS="--profile dev" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     --force-reinstall --no-deps ./python

@@ -16,6 +16,8 @@ import re
 import threading
 
 from lockgate import _lockgate
+from lockgate.accumulators import Accumulator
+from lockgate.broadcast import Broadcast
 from lockgate.rdd import RDD
 
 __all__ = ["SparkContext", "SparkConf", "RDD", "Broadcast", "Accumulator", "StreamingError"]
@@ -63,54 +65,6 @@ class SparkConf:
     def contains(self, key):
         """Whether ``key`` is set."""
         return key in self._settings
-
-
-class Broadcast:
-    """A read-only value shared with the job's functions (all run in this process)."""
-
-    def __init__(self, value):
-        """Wraps ``value``."""
-        self._value = value
-
-    @property
-    def value(self):
-        """The value broadcast."""
-        return self._value
-
-    def unpersist(self, blocking=False):
-        """Kept for PySpark's API: there is nothing to release."""
-
-    def destroy(self, blocking=False):
-        """Kept for PySpark's API: there is nothing to release."""
-
-
-class Accumulator:
-    """A value the job's functions add to (``+=`` or :meth:`add`), read with
-    :attr:`value`. Adds from the engine's threads are serialized."""
-
-    def __init__(self, value):
-        """Starts at ``value``."""
-        self._value = value
-        self._lock = threading.Lock()
-
-    def add(self, term):
-        """Adds ``term``."""
-        with self._lock:
-            self._value = self._value + term
-
-    def __iadd__(self, term):
-        self.add(term)
-        return self
-
-    @property
-    def value(self):
-        """The current value."""
-        return self._value
-
-    @value.setter
-    def value(self, value):
-        with self._lock:
-            self._value = value
 
 
 def _threads(master):
@@ -196,8 +150,22 @@ class SparkContext:
             if SparkContext._active is self:
                 SparkContext._active = None
 
+    def __reduce__(self):
+        # A context saved with a checkpoint (``StreamingContext.getOrCreate``) comes back
+        # as the active one, or a new one of the same master, name and settings.
+        return (_restore, (self.master, self.appName, self._conf))
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _restore(master, appName, conf):
+    """The active ``SparkContext``, or a new one: what a pickled context becomes."""
+    with SparkContext._lock:
+        active = SparkContext._active
+    if active is not None and not active._stopped:
+        return active
+    return SparkContext(master, appName, conf=conf)

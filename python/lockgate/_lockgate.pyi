@@ -1,7 +1,7 @@
 """Type stubs of the native module ``lockgate._lockgate`` (the engine's side of the
 Python API; jobs use ``lockgate`` and ``lockgate.streaming``)."""
 
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 class StreamingError(Exception):
     """A streaming context failed: a batch's Python function raised (its traceback is in
@@ -57,7 +57,9 @@ class Stream:
     def count_by_value_and_window(
         self, length_ms: int, slide_ms: Optional[int] = None, n: Optional[int] = None
     ) -> Stream: ...
-    def update_state_by_key(self, f: Callable[[List[Any], Any], Any]) -> Stream: ...
+    def update_state_by_key(
+        self, f: Callable[[List[Any], Any], Any], initial: Optional[Iterable[Tuple[Any, Any]]] = None
+    ) -> Stream: ...
     def transform(self, f: Callable[[int, List[List[Any]]], Any]) -> Stream: ...
     def transform_with(self, other: Stream, f: Callable[[int, List[List[Any]], List[List[Any]]], Any]) -> Stream: ...
     def foreach(self, f: Callable[[int, int, List[List[Any]]], None]) -> None: ...

@@ -8,6 +8,9 @@ with its names.
 
 import itertools
 from collections import defaultdict
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["RDD"]
 
@@ -32,13 +35,18 @@ def _portable_hash(x):
     return hash(x)
 
 
-class RDD:
+class RDD(Generic[T]):
     """A batch of elements in partitions (see the module's documentation)."""
 
     def __init__(self, partitions, ctx=None):
         """An RDD of ``partitions`` (lists of elements)."""
         self._parts = [list(p) for p in partitions]
         self.ctx = ctx
+
+    @property
+    def context(self):
+        """The ``SparkContext`` the RDD belongs to."""
+        return self.ctx
 
     def _new(self, parts):
         return RDD(parts, self.ctx)

@@ -12,7 +12,10 @@
 //! that committed is not written again, one that did not is written again in a new
 //! transaction, so a `read_committed` consumer sees every record exactly once. An
 //! abortable error aborts the transaction and retries the batch; a fenced producer stops
-//! the job with an error naming the transactional id.
+//! the job with an error naming the transactional id. A batch without records opens no
+//! transaction (as Kafka Streams commits only tasks that processed records): the group
+//! offset then names the last batch that wrote something, and a re-run of a later empty
+//! batch writes nothing again, so an idle job costs the transaction coordinator nothing.
 //!
 //! Every record carries the headers `lockgate-batch` (its batch id) and `lockgate-seq`
 //! (its index in the batch's output, partitions in order), so a consumer can also tell
@@ -446,6 +449,9 @@ impl<T: Data> KafkaSink<T> {
     /// One batch, transactional: retried after an abortable error until the retry
     /// timeout.
     fn commit_exactly_once(&self, batch: &Batch<T>, info: &SinkBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.config.retry_timeout;
         let mut delay = Duration::from_millis(100);
         loop {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::{Batch, DStream, InverseWindowOpts, Slide};
+use lockgate_core::{Batch, DStream, InverseWindowOpts, Slide, UpdateStateSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -445,31 +445,49 @@ impl Stream {
     }
 
     /// Spark's `updateStateByKey`: `f(new_values, last_state)` per key, the new state
-    /// (`None` removes the key); state checkpointed with the context.
-    fn update_state_by_key(&self, f: &Bound<'_, PyAny>) -> PyResult<Stream> {
+    /// (`None` removes the key), keys starting from the `(key, state)` pairs of
+    /// `initial`; state checkpointed with the context.
+    #[pyo3(signature = (f, initial = None))]
+    fn update_state_by_key(
+        &self,
+        f: &Bound<'_, PyAny>,
+        initial: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Stream> {
         let f = PyFunc::new(f)?;
+        // The initial `(key, state)` pairs, as a keyed operation reads its elements.
+        let mut pairs = Vec::new();
+        if let Some(initial) = initial {
+            for item in initial.try_iter()? {
+                let pair = Value::from_py(&item?)?.into_pair().map_err(|m| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "updateStateByKey's initial state: {m}"
+                    ))
+                })?;
+                pairs.push(pair);
+            }
+        }
         let failures = self.failures.clone();
-        Ok(self.wrap_pairs(self.pairs().update_state_by_key(
-            move |values: &[Value], state: Option<Value>| {
-                failures.guard(
-                    || state.clone(),
-                    |py| {
-                        let err = f.err(py);
-                        let vs = py_list(py, values).map_err(err)?;
-                        let st = match &state {
-                            Some(s) => s.to_py(py).map_err(err)?,
-                            None => py.None().into_bound(py),
-                        };
-                        let r = f.call(py, (vs, st))?;
-                        if r.is_none() {
-                            Ok(None)
-                        } else {
-                            Value::from_py(&r).map(Some).map_err(err)
-                        }
-                    },
-                )
-            },
-        )))
+        let spec = UpdateStateSpec::function(move |values: &[Value], state: Option<Value>| {
+            failures.guard(
+                || state.clone(),
+                |py| {
+                    let err = f.err(py);
+                    let vs = py_list(py, values).map_err(err)?;
+                    let st = match &state {
+                        Some(s) => s.to_py(py).map_err(err)?,
+                        None => py.None().into_bound(py),
+                    };
+                    let r = f.call(py, (vs, st))?;
+                    if r.is_none() {
+                        Ok(None)
+                    } else {
+                        Value::from_py(&r).map(Some).map_err(err)
+                    }
+                },
+            )
+        })
+        .initial_state(pairs);
+        Ok(self.wrap_pairs(self.pairs().update_state_by_key_with_spec(spec)))
     }
 
     /// `f(time_ms, partitions) -> partitions` on every batch (the Python side turns

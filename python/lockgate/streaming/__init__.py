@@ -5,7 +5,10 @@ on the engine (recovering from the checkpoint when there is one) and runs a batc
 ``batchDuration`` seconds until ``stop``.
 """
 
+import os
+import pickle
 import threading
+import warnings
 
 from lockgate import SparkContext, _lockgate
 from lockgate.streaming.dstream import DStream, _ms
@@ -31,6 +34,8 @@ class StreamingContext:
         self._outputs = []
         self._ctx = None
         self._stopped = False
+        # Set by getOrCreate: save the context into the checkpoint at start.
+        self._save = False
 
     @property
     def sparkContext(self):
@@ -39,16 +44,68 @@ class StreamingContext:
 
     @classmethod
     def getOrCreate(cls, checkpointPath, setupFunc):
-        """The context ``setupFunc()`` declares, checkpointing into ``checkpointPath``:
-        when that holds a checkpoint, the context recovers from it when it starts
-        (state restored, unfinished batches re-run from their logged plans). Unlike
-        PySpark, ``setupFunc`` runs on every start (functions are not pickled into the
-        checkpoint): it must declare the same graph."""
+        """As in PySpark: when ``checkpointPath`` holds a checkpoint with its context
+        saved in it, the context comes back from it (``setupFunc`` is not called) and
+        recovers when it starts (state restored, unfinished batches re-run from their
+        logged plans). Otherwise ``setupFunc()`` declares the context, which is saved
+        into the checkpoint when it starts (its functions pickled with cloudpickle).
+
+        A context that cannot be pickled is not saved (a warning says why):
+        ``setupFunc`` then runs again at the next start. To run changed code over an
+        existing checkpoint, declare the context yourself and call
+        :meth:`checkpoint`: state and unfinished batches recover by the operators'
+        names, whatever code declared them."""
+        saved = _saved_context(checkpointPath)
+        if os.path.exists(saved):
+            try:
+                with open(saved, "rb") as f:
+                    ssc = pickle.load(f)
+            except Exception as e:
+                raise RuntimeError(
+                    f"the context saved in {saved} cannot be loaded ({type(e).__name__}: "
+                    f"{e}); remove that file to declare it again with setupFunc (the "
+                    "checkpoint's state still recovers), or use a new checkpoint") from e
+            ssc._checkpoint = str(checkpointPath)
+            return ssc
         ssc = setupFunc()
         if not isinstance(ssc, StreamingContext):
             raise TypeError(f"setupFunc must return a StreamingContext, got {type(ssc).__name__}")
         ssc.checkpoint(checkpointPath)
+        ssc._save = True
         return ssc
+
+    def __getstate__(self):
+        # What the job declared; not the engine's context of a run.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ctx", "_stopped", "_save")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._ctx = None
+        self._stopped = False
+        self._save = False
+
+    def _save_context(self):
+        """Saves the context into its checkpoint for :meth:`getOrCreate` (once)."""
+        saved = _saved_context(self._checkpoint)
+        if os.path.exists(saved):
+            return
+        try:
+            import cloudpickle
+
+            data = cloudpickle.dumps(self)
+        except Exception as e:
+            warnings.warn(
+                f"the StreamingContext cannot be saved with its checkpoint ({type(e).__name__}: "
+                f"{e}); StreamingContext.getOrCreate will call setupFunc again at the next "
+                "start", RuntimeWarning, stacklevel=3)
+            return
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        tmp = f"{saved}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, saved)
 
     @classmethod
     def getActive(cls):
@@ -146,6 +203,9 @@ class StreamingContext:
         if not self._outputs:
             raise ValueError("No output operations registered, so nothing to execute")
 
+        if self._save and self._checkpoint is not None:
+            self._save_context()
+
         def build(graph):
             memo = {}
             for register in self._outputs:
@@ -200,3 +260,11 @@ def _elements(batch):
     if parts is not None:
         return [x for p in parts for x in p]
     return list(batch)
+
+
+def _saved_context(checkpoint):
+    """Where :meth:`StreamingContext.getOrCreate` saves the context in ``checkpoint``."""
+    path = str(checkpoint)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return os.path.join(path, "python", "context.pickle")

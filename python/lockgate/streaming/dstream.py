@@ -228,13 +228,13 @@ class DStream:
 
     def updateStateByKey(self, updateFunc, numPartitions=None, initialRDD=None):
         """Per key and batch, ``updateFunc(new_values, last_state)`` gives the new state
-        (``None`` removes the key); the stream of ``(key, state)``. The state is
+        (``None`` removes the key); the stream of ``(key, state)``. Keys start from the
+        ``(key, state)`` pairs of ``initialRDD`` (an RDD or a list). The state is
         checkpointed with the context (set ``StreamingContext.checkpoint``)."""
+        initial = None
         if initialRDD is not None:
-            raise NotImplementedError(
-                "updateStateByKey(initialRDD=...) is not supported yet: start without it, "
-                "or feed the initial pairs as the first batch of a queue stream")
-        return self._derive(lambda s: s.update_state_by_key(updateFunc))
+            initial = initialRDD.collect() if hasattr(initialRDD, "collect") else list(initialRDD)
+        return self._derive(lambda s: s.update_state_by_key(updateFunc, initial))
 
     # -- per batch --------------------------------------------------------------------
 

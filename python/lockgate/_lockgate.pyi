@@ -10,6 +10,12 @@ class StreamingError(Exception):
 def set_log_level(level: str) -> None:
     """The engine's log level on stderr for the contexts started after it."""
 
+def run_sql(
+    query: str, tables: List[Tuple[str, List[str], Iterable[Tuple[Any, ...]]]]
+) -> Tuple[List[str], List[Tuple[Any, ...]]]:
+    """Runs ``query`` once over ``tables`` (name, columns, rows): the result's column
+    names and rows."""
+
 class Stream:
     """A stream of Python values on the engine."""
     def map(self, f: Callable[[Any], Any]) -> Stream: ...

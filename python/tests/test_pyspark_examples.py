@@ -275,3 +275,28 @@ def test_recoverable_network_wordcount(examples, tmp_path):
     finally:
         job.interrupt()
         lines.close()
+
+
+def test_sql_network_wordcount(examples, tmp_path):
+    lines = Lines()
+    job = Job(ported(examples, "sql_network_wordcount.py", tmp_path), ["127.0.0.1", lines.port],
+              tmp_path)
+
+    def tables():
+        """The ``show()`` tables printed: word → total, added up over the batches."""
+        total = Counter()
+        for line in list(job.out):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("|") and cells != ["word", "total"]:
+                total[cells[0]] += int(cells[1])
+        return dict(total)
+
+    try:
+        sent = TEXT * 4
+        lines.send(sent)
+        want = dict(Counter(w for line in sent for w in line.split(" ")))
+        job.wait_for(lambda: tables() == want, f"the tables' counts {want}")
+        assert any(line == "+--------+-----+" for line in job.out), job.out
+    finally:
+        job.interrupt()
+        lines.close()

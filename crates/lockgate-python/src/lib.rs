@@ -6,13 +6,15 @@
 //!
 //! The engine calls the job's Python functions from its worker threads, taking the GIL
 //! only around the calls ([`call`]); a Python exception fails the batch with its
-//! traceback, never a panic.
+//! traceback, never a panic. [`sql`] runs `lockgate.sql`'s batch queries
+//! (`SparkSession.sql` over temporary views) on Lockgate's SQL layer.
 
 #![deny(missing_docs)]
 
 pub mod call;
 pub mod context;
 pub mod logging;
+pub mod sql;
 pub mod stream;
 pub mod value;
 
@@ -57,6 +59,7 @@ fn _lockgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<context::Graph>()?;
     m.add_class::<stream::Stream>()?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(sql::run_sql, m)?)?;
     m.add("StreamingError", m.py().get_type::<StreamingError>())?;
     Ok(())
 }

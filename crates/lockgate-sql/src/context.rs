@@ -255,6 +255,59 @@ impl SqlContext {
         self
     }
 
+    /// Runs `query` once over the static tables registered with
+    /// [`register_batches`](Self::register_batches) (read in the context's dialect, with
+    /// its functions): a batch query, as Spark's `spark.sql(...)` over temporary views.
+    /// The result's schema and batches. Queries over streams go through
+    /// [`sql`](Self::sql) instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lockgate_sql::datafusion::arrow::array::{ArrayRef, StringArray};
+    /// use lockgate_sql::datafusion::arrow::record_batch::RecordBatch;
+    /// use lockgate_sql::SqlContext;
+    ///
+    /// let words: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "a"]));
+    /// let batch = RecordBatch::try_from_iter([("word", words)])?;
+    /// let mut sql = SqlContext::new();
+    /// sql.register_batches("words", batch.schema(), vec![batch])?;
+    /// let (schema, out) = sql.query_static("SELECT count(*) AS n FROM words WHERE word = 'a'")?;
+    /// assert_eq!(schema.field(0).name(), "n");
+    /// assert_eq!(out[0].num_rows(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn query_static(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut statement = parse_one(query, self.dialect)?;
+        if self.dialect == Dialect::Spark {
+            spark::rewrite(&mut statement);
+            spark::check_constants(&statement)?;
+        }
+        for table in table_names_of(&statement)? {
+            if self.streams.contains_key(&table) {
+                return Err(Error::Unsupported(format!(
+                    "`{table}` is a stream: a static query reads static tables only"
+                )));
+            }
+        }
+        let state = self.session.state();
+        block_on(async {
+            let plan = state
+                .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                    statement,
+                )))
+                .await
+                .map_err(Error::Plan)?;
+            let frame = self
+                .session
+                .execute_logical_plan(plan)
+                .await
+                .map_err(Error::Plan)?;
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await.map_err(Error::Execute)?;
+            Ok((schema, batches))
+        })
+    }
+
     /// The query as a stream of rows, named `sql` in the graph (state under
     /// `sql_...`). See [`SqlContext::sql_named`].
     pub fn sql(&self, query: &str) -> Result<SqlStream> {

@@ -3,7 +3,10 @@ same input (the expectations of PySpark's own ``test_dstream.py`` where it has t
 
 import operator
 
+import pytest
 from conftest import collect
+
+from lockgate.streaming import StreamingContext
 
 
 def test_map_flatmap_filter(sc):
@@ -135,3 +138,28 @@ def test_pprint_prints_pyspark_format(sc, capsys):
     out = capsys.readouterr().out
     assert "-------------------------------------------\nTime: " in out
     assert "\n0\n1\n" in out and "\n9\n...\n" in out and "\n10\n" not in out
+
+
+def test_slice_returns_the_remembered_batches(sc):
+    ssc = StreamingContext(sc, 0.05)
+    ssc.remember(60)
+    doubled = ssc.queueStream([[1], [2], [3]], default=[]).map(lambda x: x * 2)
+    seen = []
+    doubled.foreachRDD(lambda t, rdd: seen.append((t, rdd.collect())))
+    with pytest.raises(RuntimeError, match="has not started"):
+        doubled.slice(0, 1)
+    unused = doubled.map(lambda x: x)
+    ssc.start()
+    try:
+        for _ in range(2000):
+            if len(seen) >= 4 or ssc.awaitTerminationOrTimeout(0.05):
+                break
+        first, last = seen[0][0], seen[2][0]
+        got = [rdd.collect() for rdd in doubled.slice(first, last)]
+        assert got == [[2], [4], [6]], got
+        # Seconds since the epoch work too, and a time between batches moves back.
+        assert [r.collect() for r in doubled.slice(last.timestamp() + 0.01, last)] == [[6]]
+        with pytest.raises(ValueError, match="feeds no output"):
+            unused.slice(first, last)
+    finally:
+        ssc.stop(stopSparkContext=False)

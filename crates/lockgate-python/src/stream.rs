@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockgate_core::{Batch, DStream, InverseWindowOpts, Slide, UpdateStateSpec};
+use lockgate_core::{Batch, DStream, InverseWindowOpts, Slide, Time, UpdateStateSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -488,6 +488,24 @@ impl Stream {
         })
         .initial_state(pairs);
         Ok(self.wrap_pairs(self.pairs().update_state_by_key_with_spec(spec)))
+    }
+
+    /// The batches with times in `[from_ms, to_ms]` the stream still remembers, as
+    /// `(time_ms, partitions)` (Spark's `slice`; times between batch times move back
+    /// to the batch time before them).
+    fn slice<'py>(
+        &self,
+        py: Python<'py>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> PyResult<Vec<(i64, Bound<'py, PyList>)>> {
+        let batches = py
+            .detach(|| self.s.slice(Time(from_ms), Time(to_ms)))
+            .map_err(|e| PyErr::from(crate::Error::Engine(e)))?;
+        batches
+            .iter()
+            .map(|(t, b)| Ok((t.millis(), batch_to_py(py, b)?)))
+            .collect()
     }
 
     /// `f(time_ms, partitions) -> partitions` on every batch (the Python side turns

@@ -36,6 +36,8 @@ class StreamingContext:
         self._stopped = False
         # Set by getOrCreate: save the context into the checkpoint at start.
         self._save = False
+        # id(DStream) -> (DStream, the engine's stream), once started.
+        self._built = None
 
     @property
     def sparkContext(self):
@@ -76,13 +78,15 @@ class StreamingContext:
 
     def __getstate__(self):
         # What the job declared; not the engine's context of a run.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_ctx", "_stopped", "_save")}
+        run = ("_ctx", "_stopped", "_save", "_built")
+        return {k: v for k, v in self.__dict__.items() if k not in run}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._ctx = None
         self._stopped = False
         self._save = False
+        self._built = None
 
     def _save_context(self):
         """Saves the context into its checkpoint for :meth:`getOrCreate` (once)."""
@@ -210,6 +214,8 @@ class StreamingContext:
             memo = {}
             for register in self._outputs:
                 register(graph, memo)
+            # The engine's stream of each DStream, for DStream.slice.
+            self._built = memo
 
         self._ctx = _lockgate.Context(
             self._sc.appName,

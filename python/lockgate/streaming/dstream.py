@@ -30,6 +30,14 @@ def _ms(seconds):
     return int(round(float(seconds) * 1000))
 
 
+def _epoch_ms(t):
+    """A point in time (a ``datetime``, naive ones in local time, or seconds since the
+    epoch) as epoch milliseconds."""
+    if isinstance(t, datetime.datetime):
+        t = t.timestamp()
+    return int(round(float(t) * 1000))
+
+
 def _time(ms):
     """A batch time as PySpark gives it to functions: a local ``datetime``."""
     return datetime.datetime.fromtimestamp(ms / 1000.0)
@@ -273,6 +281,22 @@ class DStream:
             func(_time(ms), RDD(parts, ctx))
 
         self._output(lambda s: s.foreach(run))
+
+    def slice(self, begin, end):
+        """The RDDs of this stream's batches from ``begin`` to ``end`` (both included;
+        ``datetime``s or seconds since the epoch) that it still remembers, oldest first:
+        a stream keeps its batches for the duration given to
+        ``StreamingContext.remember``. Call it after ``start``, from outside the job."""
+        built = self._ssc._built
+        if built is None:
+            raise RuntimeError("slice: the StreamingContext has not started, so the stream "
+                               "has no batches yet; call slice after start()")
+        entry = built.get(id(self))
+        if entry is None:
+            raise ValueError("slice: this stream feeds no output operation, so it computes "
+                             "no batches; give it one (e.g. foreachRDD) before start()")
+        sc = self._ssc._sc
+        return [RDD(parts, sc) for _, parts in entry[1].slice(_epoch_ms(begin), _epoch_ms(end))]
 
     def pprint(self, num=10):
         """Registers an output: prints the first ``num`` elements of every batch."""

@@ -265,8 +265,9 @@ impl<T: Data> DStream<T> {
     /// The batches of this stream with times in `[from, to]` that it still remembers
     /// (Spark's `slice`): a stream remembers the batches it computed for the duration
     /// given to [`StreamingContext::remember`](crate::StreamingContext::remember) (by default none once a batch is done).
-    /// `from` and `to` must be batch times of this stream (multiples of its slide after
-    /// the zero time). Call it from outside the job (a thread of yours, an output of
+    /// A time between two batch times of this stream (not a multiple of its slide after
+    /// the zero time) is moved back to the batch time before it, with a warning, as
+    /// Spark does. Call it from outside the job (a thread of yours, an output of
     /// another stream); it never computes a batch.
     ///
     /// ```
@@ -307,14 +308,18 @@ impl<T: Data> DStream<T> {
         }
         let zero = self.graph.timing.zero();
         let slide = self.slide_ms().max(1);
-        for (what, t) in [("from", from), ("to", to)] {
-            if t.since(zero) % slide != 0 {
-                return Err(Error::Config(format!(
+        let floor = |what: &str, t: Time| {
+            let off = t.since(zero).rem_euclid(slide);
+            if off != 0 {
+                tracing::warn!(
                     "slice: {what} time {t} is not a batch time of this stream (zero time \
-                     {zero}, slide {slide} ms)"
-                )));
+                     {zero}, slide {slide} ms); using {}",
+                    Time(t.0 - off)
+                );
             }
-        }
+            Time(t.0 - off)
+        };
+        let (from, to) = (floor("from", from), floor("to", to));
         if to < from {
             return Err(Error::Config(format!(
                 "slice: from time {from} is after to time {to}"

@@ -5,7 +5,8 @@
 #
 #   scripts/python-tests.sh [pytest args...]
 #
-# Needs python3 (3.9 or later) with venv; pip fetches maturin and pytest from PyPI
+# Needs python3 (3.9 or later) with venv; pip fetches maturin, pytest, cloudpickle and
+# confluent-kafka (the Kafka tests' producer) from PyPI
 # (cached in ~/.cache/pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ VENV=target/python-venv
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" "pytest>=7" "cloudpickle>=2"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" "pytest>=7" "cloudpickle>=2" \
+    "confluent-kafka>=2"
 # maturin passes these to cargo when pip builds the wheel.
 MATURIN_PEP517_ARGS="--profile dev" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     --force-reinstall --no-deps ./python

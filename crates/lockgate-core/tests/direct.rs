@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use lockgate_core::metrics::SourceCounters;
 use lockgate_core::source::direct::{
-    DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog, StartingOffsets,
-    TopicPartition,
+    offset_ranges, DirectStreamOptions, MemoryLog, OnExpiredOffsets, PartitionedLog,
+    StartingOffsets, TopicPartition,
 };
 use lockgate_core::testing::{
     bounded_context, collect_batches, run_bounded, run_checkpointed, ManualRun,
 };
+use lockgate_core::Batch;
 
 /// Records named by partition and offset: `p<partition>-<offset>`.
 fn fill(log: &MemoryLog<String>, partition: u32, offsets: std::ops::Range<i64>) {
@@ -64,6 +65,32 @@ fn a_bounded_run_reads_up_to_the_end_offsets_at_start_in_limited_ranges() {
     expected.extend((0..7).map(|o| format!("p1-{o}")));
     expected.sort();
     assert_eq!(all, expected);
+}
+
+#[test]
+fn each_batch_knows_the_offset_ranges_it_read() {
+    let log = MemoryLog::new(2);
+    fill(&log, 0, 0..25);
+    fill(&log, 1, 0..7);
+    let out = run_bounded(2, |ctx| {
+        let name = ctx.next_source_name("memory");
+        ctx.direct_stream("memory", log.clone(), limited(10))
+            .transform_in_context(move |_, cx| {
+                let ranges = offset_ranges(cx, &name)?.unwrap_or_default();
+                assert_eq!(offset_ranges(cx, "no-such-source")?, None);
+                Ok(Batch::from_vec(ranges, 1))
+            })
+    })
+    .unwrap();
+    let ranges: Vec<_> = out.into_values().collect();
+    assert_eq!(
+        ranges,
+        vec![
+            vec![(tp(0), 0, 10), (tp(1), 0, 7)],
+            vec![(tp(0), 10, 20), (tp(1), 7, 7)],
+            vec![(tp(0), 20, 25), (tp(1), 7, 7)],
+        ]
+    );
 }
 
 /// The memory log's records, 4 per partition per batch, with a checkpoint in `dir`.

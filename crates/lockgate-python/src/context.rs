@@ -73,6 +73,39 @@ impl Graph {
         )
     }
 
+    /// A Kafka direct stream of `topics` at `brokers` (`properties`: librdkafka consumer
+    /// settings), and the log of each batch's offset ranges. Partitions without a
+    /// checkpointed position start at `from_offsets` (`(topic, partition, offset)`),
+    /// else at the earliest or latest record (`latest`). Elements: `(key, value)` as
+    /// text (UTF-8; other bytes fail the batch naming the record), or with `raw`
+    /// `(topic, partition, offset, key, value)` with key and value as bytes.
+    #[pyo3(signature = (brokers, topics, properties, latest, from_offsets, max_per_partition, group, raw))]
+    #[allow(clippy::too_many_arguments)]
+    fn kafka_direct_stream(
+        &self,
+        brokers: &str,
+        topics: Vec<String>,
+        properties: Vec<(String, String)>,
+        latest: bool,
+        from_offsets: Vec<(String, u32, i64)>,
+        max_per_partition: Option<u64>,
+        group: Option<String>,
+        raw: bool,
+    ) -> PyResult<(Stream, crate::kafka::OffsetRangesLog)> {
+        crate::kafka::direct_stream(
+            &self.ctx,
+            brokers,
+            topics,
+            properties,
+            latest,
+            from_offsets,
+            max_per_partition,
+            group,
+            raw,
+        )
+        .map(|(s, log)| (self.stream(s), log))
+    }
+
     /// The elements of all `streams` (of one slide).
     fn union(&self, streams: Vec<PyRef<'_, Stream>>) -> PyResult<Stream> {
         let streams: Vec<_> = streams.iter().map(|s| s.s.clone()).collect();

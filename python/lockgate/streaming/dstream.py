@@ -78,6 +78,11 @@ class DStream:
             memo[key] = (self, self._make(graph, memo))
         return memo[key][1]
 
+    def _rdd(self, ms, parts, ctx):
+        """The RDD of this stream's batch of time ``ms`` that ``transform`` and
+        ``foreachRDD`` functions receive (a Kafka stream's knows its offset ranges)."""
+        return RDD(parts, ctx)
+
     def _derive(self, f):
         return DStream(self._ssc, lambda g, m: f(self._build(g, m)))
 
@@ -253,7 +258,7 @@ class DStream:
         ctx = self._ssc._sc
 
         def run(ms, parts):
-            return _partitions(func(_time(ms), RDD(parts, ctx)))
+            return _partitions(func(_time(ms), self._rdd(ms, parts, ctx)))
 
         return self._derive(lambda s: s.transform(run))
 
@@ -267,7 +272,7 @@ class DStream:
             call = func
 
         def run(ms, a, b):
-            return _partitions(call(_time(ms), RDD(a, ctx), RDD(b, ctx)))
+            return _partitions(call(_time(ms), self._rdd(ms, a, ctx), other._rdd(ms, b, ctx)))
 
         return self._derive2(other, lambda a, b: a.transform_with(b, run))
 
@@ -278,7 +283,7 @@ class DStream:
         ctx = self._ssc._sc
 
         def run(ms, batch_id, parts):
-            func(_time(ms), RDD(parts, ctx))
+            func(_time(ms), self._rdd(ms, parts, ctx))
 
         self._output(lambda s: s.foreach(run))
 

@@ -233,6 +233,18 @@ impl<T: Data> DStream<T> {
         self.child("transform", move |cx| Ok(f(p.get_or_compute(cx)?, cx.time)))
     }
 
+    /// As [`transform`](Self::transform), given the whole [`BatchContext`] of the batch:
+    /// its id and time, and the plan each source logged for it — a direct stream's
+    /// offset ranges, say ([`offset_ranges`](crate::source::direct::offset_ranges), Spark's
+    /// `HasOffsetRanges`).
+    pub fn transform_in_context<U: Data>(
+        &self,
+        f: impl Fn(Batch<T>, &BatchContext) -> Result<Batch<U>> + Send + Sync + 'static,
+    ) -> DStream<U> {
+        let p = self.parent();
+        self.child("transform", move |cx| f(p.get_or_compute(cx)?, cx))
+    }
+
     /// Spark's `transformWith`: a function of this stream's and `other`'s batches of the
     /// same time (both streams must have the same slide), given the batch time.
     ///

@@ -217,6 +217,34 @@ fn encode_ranges(ranges: &Ranges) -> Vec<u8> {
     out
 }
 
+/// The offset ranges `(partition, from, until)` the direct stream named `source` (its
+/// metrics name, e.g. `kafka-0`) read in the batch of `cx`, from the batch's logged plan
+/// (Spark's `HasOffsetRanges.offsetRanges`); `None` when the plan has no part of that
+/// source. Ranges logged by Lockgate 0.1 name no topic: their topic is empty.
+pub fn offset_ranges(
+    cx: &crate::BatchContext,
+    source: &str,
+) -> Result<Option<Vec<(TopicPartition, i64, i64)>>> {
+    let Some(plan) = cx.plan.iter().find(|p| p.source == source) else {
+        return Ok(None);
+    };
+    let bad = |e: CodecError| Error::Source {
+        source_name: source.to_string(),
+        message: format!("the offset ranges of batch {} do not decode: {e}", cx.id),
+    };
+    let d = plan.descriptor.as_slice();
+    if let Some(named) = d.strip_prefix(&NAMED_RANGES.to_le_bytes()) {
+        return from_bytes::<Ranges>(named).map(Some).map_err(bad);
+    }
+    let unnamed: Vec<(u32, i64, i64)> = from_bytes(d).map_err(bad)?;
+    Ok(Some(
+        unnamed
+            .into_iter()
+            .map(|(p, from, until)| (TopicPartition::new("", p), from, until))
+            .collect(),
+    ))
+}
+
 struct DirectInput<T> {
     name: String,
     log: Arc<dyn PartitionedLog<T>>,

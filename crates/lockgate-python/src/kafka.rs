@@ -83,8 +83,7 @@ fn element(mut r: KafkaRecord, raw: bool, source: &str) -> lockgate_core::Result
     Ok(Value::pair(key, value))
 }
 
-/// The stream and its offset-ranges log (see [`crate::context::Graph`]'s
-/// `kafka_direct_stream`).
+/// The stream and its offset-ranges log (see `Graph::kafka_direct_stream`).
 #[allow(clippy::too_many_arguments)]
 pub fn direct_stream(
     ctx: &StreamingContext,

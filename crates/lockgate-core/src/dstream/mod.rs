@@ -235,7 +235,7 @@ impl<T: Data> DStream<T> {
 
     /// As [`transform`](Self::transform), given the whole [`BatchContext`] of the batch:
     /// its id and time, and the plan each source logged for it — a direct stream's
-    /// offset ranges, say ([`offset_ranges`](crate::source::direct::offset_ranges), Spark's
+    /// offset ranges, say (`offset_ranges` in the direct stream's module, Spark's
     /// `HasOffsetRanges`).
     pub fn transform_in_context<U: Data>(
         &self,

@@ -11,6 +11,7 @@ around the calls. Functions must be deterministic, as in Spark: after a crash th
 unfinished batch is computed again from its logged plan.
 """
 
+import glob
 import os
 import re
 import threading
@@ -124,6 +125,24 @@ class SparkContext:
             parts.append(items[start:end])
             start = end
         return RDD(parts, self)
+
+    def textFile(self, name, minPartitions=None, use_unicode=True):
+        """An RDD of the lines of the file ``name`` (or of every file, hidden ones
+        excepted, of a directory or glob pattern), in at least ``minPartitions``
+        partitions (default: the parallelism)."""
+        path = str(name)
+        if path.startswith("file://"):
+            path = path[len("file://"):]
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if not f.startswith((".", "_")))
+        else:
+            files = sorted(glob.glob(path)) or [path]
+        lines = []
+        for f in files:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                lines.extend(line.rstrip("\r\n") for line in fh)
+        return self.parallelize(lines, minPartitions)
 
     def emptyRDD(self):
         """An RDD without elements."""

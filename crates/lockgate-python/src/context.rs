@@ -106,6 +106,22 @@ impl Graph {
         .map(|(s, log)| (self.stream(s), log))
     }
 
+    /// The SQL query `query` over the streams of `tables` (`(name, stream, schema)`, the
+    /// schema as `name TYPE, ...`), its state named after `name`: rows in update mode
+    /// (changed groups every batch) or `append` mode (a window once, when the watermark
+    /// `(column, delay)` passes its end).
+    #[pyo3(signature = (query, name, tables, append = false, watermark = None))]
+    fn sql(
+        &self,
+        query: &str,
+        name: &str,
+        tables: Vec<(String, PyRef<'_, Stream>, String)>,
+        append: bool,
+        watermark: Option<(String, String)>,
+    ) -> PyResult<crate::sql::SqlQuery> {
+        crate::sql::stream_query(query, name, tables, append, watermark)
+    }
+
     /// The elements of all `streams` (of one slide).
     fn union(&self, streams: Vec<PyRef<'_, Stream>>) -> PyResult<Stream> {
         let streams: Vec<_> = streams.iter().map(|s| s.s.clone()).collect();

@@ -60,6 +60,7 @@ fn _lockgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<context::Graph>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<kafka::OffsetRangesLog>()?;
+    m.add_class::<sql::SqlQuery>()?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(sql::run_sql, m)?)?;
     m.add("StreamingError", m.py().get_type::<StreamingError>())?;

@@ -14,6 +14,7 @@ use crate::value::{py_list, Value};
 
 /// A stream of Python values (see the module's documentation).
 #[pyclass(module = "lockgate._lockgate", frozen)]
+#[derive(Clone)]
 pub struct Stream {
     pub(crate) s: DStream<Value>,
     pub(crate) failures: Failures,
@@ -30,7 +31,7 @@ impl Stream {
         }
     }
 
-    fn wrap(&self, s: DStream<Value>) -> Stream {
+    pub(crate) fn wrap(&self, s: DStream<Value>) -> Stream {
         Stream::new(s, &self.failures, self.parallelism)
     }
 

@@ -38,6 +38,9 @@ class StreamingContext:
         self._save = False
         # id(DStream) -> (DStream, the engine's stream), once started.
         self._built = None
+        # Tables for sql(): name -> (DStream, schema).
+        self._tables = {}
+        self._queries = 0
 
     @property
     def sparkContext(self):
@@ -196,6 +199,25 @@ class StreamingContext:
             return transformFunc(time, rdds) if with_time else transformFunc(rdds)
 
         return merged.transform(run)
+
+    def sql(self, sqlQuery, outputMode="update", watermark=None, name=None):
+        """The rows of ``sqlQuery`` over the streams registered with
+        ``DStream.createOrReplaceTempView`` (and their state kept across batches), as a
+        :class:`~lockgate.streaming.sql.SqlDStream` of ``Row``: ``outputMode``
+        ``update`` (each batch, the groups it changed) or ``append`` (a window once,
+        when the watermark passes its end); ``watermark``: ``(column, delay)``, e.g.
+        ``("ts", "10 seconds")``, Spark's ``withWatermark``. The query's state is
+        checkpointed under ``name`` (default ``sql``, ``sql_2``, ... in the order the
+        queries are declared): keep it when the code changes."""
+        from lockgate.streaming.sql import SqlDStream
+
+        self._require_not_started("a query")
+        if outputMode not in ("update", "append"):
+            raise ValueError(f"outputMode must be update or append, got {outputMode!r}")
+        self._queries += 1
+        if name is None:
+            name = "sql" if self._queries == 1 else f"sql_{self._queries}"
+        return SqlDStream(self, sqlQuery, name, outputMode, watermark)
 
     def start(self):
         """Builds the graph on the engine (recovering from the checkpoint when there is

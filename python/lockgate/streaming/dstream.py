@@ -287,6 +287,16 @@ class DStream:
 
         self._output(lambda s: s.foreach(run))
 
+    def createOrReplaceTempView(self, name, schema=None):
+        """Names this stream ``name`` for ``StreamingContext.sql``: an unbounded table
+        of ``schema`` (``"ts TIMESTAMP, level STRING, n BIGINT"``; types ``STRING``,
+        ``BIGINT``, ``DOUBLE``, ``BOOLEAN``, ``TIMESTAMP`` — a ``datetime`` or seconds
+        since the epoch — and ``DATE``). Elements are tuples, lists or ``Row``s of the
+        columns' values; without a schema the table is ``value STRING`` of ``str``
+        elements."""
+        self._ssc._require_not_started("a table")
+        self._ssc._tables[name.lower()] = (self, schema or "value STRING")
+
     def slice(self, begin, end):
         """The RDDs of this stream's batches from ``begin`` to ``end`` (both included;
         ``datetime``s or seconds since the epoch) that it still remembers, oldest first:

@@ -1,11 +1,12 @@
 """Exactly once from Python: a job with a checkpoint SIGKILLed at random moments and
-restarted ends with exact counts; a Python exception fails the batch with its
-traceback; a failed batch is not committed."""
+restarted ends with exact counts, in its files and in SQLite; a Python exception fails
+the batch with its traceback; a failed batch is not committed."""
 
 import ast
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -40,7 +41,8 @@ def _start(tmp_path, n):
     log = open(tmp_path / f"job-{n}.log", "w")
     env = dict(os.environ, RUST_LOG="warn")
     return subprocess.Popen(
-        [sys.executable, str(JOB), str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "cp")],
+        [sys.executable, str(JOB), str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "cp"),
+         str(tmp_path / "counts.db")],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
 
@@ -92,6 +94,13 @@ def test_sigkilled_job_recovers_exactly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert kills > 0
+    # Each batch's counts inserted once into SQLite, whatever batches ran again.
+    with sqlite3.connect(tmp_path / "counts.db") as db:
+        sums = dict(db.execute("SELECT word, sum(n) FROM batch_counts GROUP BY word"))
+        batches = db.execute("SELECT count(*), count(DISTINCT batch_id) FROM lockgate_offsets "
+                             "WHERE sink = 'batch_counts'").fetchone()
+    assert sums == dict(expected), sums
+    assert batches[0] == batches[1] > 0, batches
 
 
 def _failing_job(sc, make):

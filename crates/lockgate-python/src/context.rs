@@ -122,6 +122,36 @@ impl Graph {
         crate::sql::stream_query(query, name, tables, append, watermark)
     }
 
+    /// Writes every batch of `stream` to `table` (`columns`: `NAME TYPE, ...`) of the
+    /// database at `url` (`sqlite:PATH` or `postgres://...`) in one transaction with
+    /// the batch id: upserted by `key`, or inserted without one. `name` is the sink's
+    /// (its rows in `lockgate_offsets`).
+    fn save_to_database(
+        &self,
+        stream: PyRef<'_, Stream>,
+        url: &str,
+        table: &str,
+        columns: &str,
+        key: Vec<String>,
+        name: &str,
+    ) -> PyResult<()> {
+        crate::sinks::to_database(&stream.s, url, table, columns, key, name)
+    }
+
+    /// Writes every batch of `stream` to the Kafka `topic` in one transaction per batch
+    /// (transactional id `lockgate-<app>-<name>`); `properties`: librdkafka producer
+    /// settings.
+    fn save_to_kafka(
+        &self,
+        stream: PyRef<'_, Stream>,
+        brokers: &str,
+        topic: &str,
+        properties: Vec<(String, String)>,
+        name: &str,
+    ) -> PyResult<()> {
+        crate::sinks::to_kafka(&self.ctx, &stream.s, brokers, topic, properties, name)
+    }
+
     /// The elements of all `streams` (of one slide).
     fn union(&self, streams: Vec<PyRef<'_, Stream>>) -> PyResult<Stream> {
         let streams: Vec<_> = streams.iter().map(|s| s.s.clone()).collect();

@@ -15,6 +15,7 @@ pub mod call;
 pub mod context;
 pub mod kafka;
 pub mod logging;
+pub mod sinks;
 pub mod sql;
 pub mod stream;
 pub mod value;

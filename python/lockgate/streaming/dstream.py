@@ -287,6 +287,35 @@ class DStream:
 
         self._output(lambda s: s.foreach(run))
 
+    def saveToDatabase(self, url, table, columns, key=None, name=None):
+        """Registers an output (Lockgate's, not PySpark's): every batch written to
+        ``table`` of the database at ``url`` (``sqlite:PATH`` or
+        ``postgres://USER:PASSWORD@HOST:PORT/DB``) in ONE transaction with a row of
+        ``lockgate_offsets`` naming the batch, so a batch re-run after a crash is not
+        written twice. ``columns``: ``"word STRING, n BIGINT"`` (``STRING``, ``BIGINT``,
+        ``DOUBLE``; the table is created if missing); elements are tuples of the
+        columns' values. With ``key`` (a column or a list of them) rows are upserted by
+        it, else inserted. ``name`` (default: the table's) identifies the sink in
+        ``lockgate_offsets``: keep it when the code changes."""
+        keys = [key] if isinstance(key, str) else list(key or [])
+        sink = name or table
+        self._ssc._add_output(lambda g, m: g.save_to_database(
+            self._build(g, m), url, table, columns, keys, sink))
+
+    def saveToKafka(self, brokers, topic, properties=None, name=None):
+        """Registers an output (Lockgate's, not PySpark's): every batch written to the
+        Kafka ``topic`` in one transaction that also commits the batch id, so a batch
+        re-run after a crash is not written twice (``read_committed`` consumers see each
+        record once). A ``(key, value)`` tuple is a keyed record, anything else a
+        record's value; keys and values are ``str`` (as UTF-8) or ``bytes``.
+        ``properties``: librdkafka producer settings. The transactional id is
+        ``lockgate-<app name>-<name>`` (default name ``kafka-<topic>``): a second
+        instance of the job fences the first."""
+        props = [(str(k), str(v)) for k, v in dict(properties or {}).items()]
+        sink = name or f"kafka-{topic}"
+        self._ssc._add_output(lambda g, m: g.save_to_kafka(
+            self._build(g, m), brokers, topic, props, sink))
+
     def createOrReplaceTempView(self, name, schema=None):
         """Names this stream ``name`` for ``StreamingContext.sql``: an unbounded table
         of ``schema`` (``"ts TIMESTAMP, level STRING, n BIGINT"``; types ``STRING``,

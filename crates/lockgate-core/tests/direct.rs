@@ -93,6 +93,35 @@ fn each_batch_knows_the_offset_ranges_it_read() {
     );
 }
 
+#[test]
+fn reading_behind_takes_what_the_previous_plan_saw() {
+    let log = MemoryLog::new(1);
+    fill(&log, 0, 0..3);
+    let opts = DirectStreamOptions {
+        read_behind: true,
+        ..Default::default()
+    };
+    let appender = log.clone();
+    let (out, error, _) = run_live(log, opts, 4, move |i| {
+        if i == 2 {
+            fill(&appender, 0, 3..5);
+        }
+    });
+    assert_eq!(error, None);
+    let batches: Vec<Vec<String>> = out.into_values().collect();
+    // Batch 0 reads what the start saw; records 3 and 4, appended before batch 2, are
+    // seen by its plan and read by batch 3.
+    assert_eq!(
+        batches,
+        vec![
+            vec!["p0-0".to_string(), "p0-1".into(), "p0-2".into()],
+            vec![],
+            vec![],
+            vec!["p0-3".to_string(), "p0-4".into()],
+        ]
+    );
+}
+
 /// The memory log's records, 4 per partition per batch, with a checkpoint in `dir`.
 fn run_memory_job(
     dir: &Path,

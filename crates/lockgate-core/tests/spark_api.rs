@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lockgate_core::testing::{collect_output, run_streams, run_streams2, sorted, ManualRun};
-use lockgate_core::{Batch, Error, InputQueue, QueueStreamOptions, Slide, Time};
+use lockgate_core::{Batch, InputQueue, QueueStreamOptions, Slide, Time};
 use proptest::prelude::*;
 
 fn secs(n: u64) -> Duration {

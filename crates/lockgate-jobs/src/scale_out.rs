@@ -31,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lockgate_core::source::direct::TopicPartition;
+use lockgate_core::source::direct::{DirectStreamOptions, TopicPartition};
 use lockgate_core::storage::CheckpointLocation;
 use lockgate_core::sync::lock;
 use lockgate_core::StreamingContext;
@@ -73,6 +73,9 @@ pub struct ScaleOut {
     /// Partitions of a repartition topic created on start (`--repartition-partitions`;
     /// default: the input's).
     pub repartition_partitions: Option<u32>,
+    /// Second-stage tasks read a repartition partition only up to what their previous
+    /// plan saw (`--repartition-read-behind`; `DirectStreamOptions::read_behind`).
+    pub repartition_read_behind: bool,
     /// Where tasks keep their checkpoints.
     pub checkpoint: TaskCheckpoint,
 }
@@ -232,15 +235,13 @@ impl Tasks {
             // The second stage: the job's results from the repartition topic.
             (Stage::Shuffled, _) => cfg.build_graph(job, true, &|cfg, ctx, out| {
                 let source = ctx.next_source_name("kafka");
-                let incoming = repartition::read(
-                    ctx,
-                    config,
-                    app,
-                    keyed_operator(job),
-                    tp.partition,
-                    options.clone(),
-                )
-                .map_err(kafka_err)?;
+                let options = DirectStreamOptions {
+                    read_behind: self.scale.repartition_read_behind,
+                    ..options.clone()
+                };
+                let incoming =
+                    repartition::read(ctx, config, app, keyed_operator(job), tp.partition, options)
+                        .map_err(kafka_err)?;
                 Ok(match job {
                     Job::WordCount => {
                         Rows::Words(stages::word_totals(cfg, ctx, &incoming, &source, out)?)

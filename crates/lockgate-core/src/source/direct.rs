@@ -183,6 +183,12 @@ pub struct DirectStreamOptions {
     /// back-off from 100 ms to 5 s, before the job fails with its error (default 2
     /// minutes). The source shows as retrying in the UI and `/metrics` meanwhile.
     pub retry_timeout: Duration,
+    /// Plan each batch only up to the end offsets the previous plan (or the start) saw:
+    /// every record read was written at least one batch interval earlier. For brokers that make a partition's end visible before its last
+    /// records can be fetched, so that a reader right behind the writers skips one
+    /// (tansu 0.6 does; Kafka does not), at the cost of one batch interval of latency.
+    /// Default: off.
+    pub read_behind: bool,
 }
 
 impl Default for DirectStreamOptions {
@@ -192,6 +198,7 @@ impl Default for DirectStreamOptions {
             starting_offsets: StartingOffsets::default(),
             on_expired_offsets: OnExpiredOffsets::default(),
             retry_timeout: Duration::from_secs(120),
+            read_behind: false,
         }
     }
 }
@@ -593,6 +600,7 @@ impl<T: Data> InputSource for DirectInput<T> {
         let bounds = self.bounds()?;
         let limit = self.per_partition_limit(bounds.len());
         let end = lock(&self.end).clone();
+        let seen_before = self.opts.read_behind.then(|| lock(&self.latest).clone());
         let mut next = lock(&self.next);
         if let Some(gone) = next
             .keys()
@@ -617,6 +625,9 @@ impl<T: Data> InputSource for DirectInput<T> {
             if let Some(end) = &end {
                 // A bounded run reads nothing of partitions created after its start.
                 until = until.min(end.get(&b.partition).copied().unwrap_or(from));
+            }
+            if let Some(seen) = &seen_before {
+                until = until.min(seen.get(&b.partition).copied().unwrap_or(from));
             }
             if let Some(limit) = limit {
                 until = until.min(from.saturating_add(limit as i64));

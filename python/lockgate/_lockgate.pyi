@@ -12,9 +12,9 @@ def set_log_level(level: str) -> None:
 
 def run_sql(
     query: str, tables: List[Tuple[str, List[str], Iterable[Tuple[Any, ...]]]]
-) -> Tuple[List[str], List[Tuple[Any, ...]]]:
-    """Runs ``query`` once over ``tables`` (name, columns, rows): the result's column
-    names and rows."""
+) -> Tuple[List[Tuple[str, str]], List[Tuple[Any, ...]]]:
+    """Runs ``query`` once over ``tables`` (name, columns, rows): the result's columns
+    as ``(name, kind)`` and its rows."""
 
 class Stream:
     """A stream of Python values on the engine."""

@@ -9,15 +9,18 @@ and ``Row``, enough for the DStream idiom of PySpark's ``sql_network_wordcount``
 
 Queries run on Lockgate's SQL layer (DataFusion, in Spark SQL's dialect) over the
 temporary views, once per call: a batch query over a batch's rows. Columns hold
-``str``, ``int``, ``float``, ``bool`` or ``None``; their types are inferred from the
-values.
+``str``, ``int``, ``float``, ``bool``, ``datetime``, ``date`` or ``None``; their types
+are inferred from the values.
 """
 
+import datetime
 import threading
 
 from lockgate import SparkConf, _lockgate
 
 __all__ = ["Row", "SparkSession", "DataFrame"]
+
+_EPOCH_ORDINAL = 719163
 
 
 class Row(tuple):
@@ -77,6 +80,32 @@ class Row(tuple):
         if hasattr(self, "__fields__"):
             return "Row(%s)" % ", ".join(f"{k}={v!r}" for k, v in zip(self.__fields__, self))
         return "<Row(%s)>" % ", ".join(repr(f) for f in self)
+
+
+def _converter(kind):
+    """A function making the engine's value of a result column of ``kind`` (see
+    ``_lockgate.SqlQuery.columns``) Python's, or ``None`` when it is already."""
+    if kind == "timestamp":
+        return lambda us: None if us is None else datetime.datetime.fromtimestamp(us / 1e6)
+    if kind == "date":
+        return lambda d: None if d is None else datetime.date.fromordinal(d + _EPOCH_ORDINAL)
+    if kind.startswith("struct:"):
+        fields = [f.split("=", 1) for f in kind[len("struct:"):].split(";") if f]
+        names = [n for n, _ in fields]
+        convs = [_converter(k) for _, k in fields]
+        return lambda t: None if t is None else _row(
+            names, tuple(v if c is None else c(v) for c, v in zip(convs, t)))
+    return None
+
+
+def _row_converter(columns):
+    """A function making a result tuple's values Python's (``columns``: ``(name, kind)``)
+    and the row a :class:`Row` of the columns' names."""
+    names = [n for n, _ in columns]
+    convs = [_converter(k) for _, k in columns]
+    if not any(convs):
+        return lambda t: _row(names, t)
+    return lambda t: _row(names, tuple(v if c is None else c(v) for c, v in zip(convs, t)))
 
 
 def _row(fields, values):
@@ -255,7 +284,8 @@ class SparkSession:
         """The rows of ``sqlQuery`` over this session's temporary views."""
         tables = [(name, df.columns, df._rows) for name, df in self._views.items()]
         columns, rows = _lockgate.run_sql(sqlQuery, tables)
-        return DataFrame(self, columns, rows)
+        convert = _row_converter(columns)
+        return DataFrame(self, [n for n, _ in columns], [tuple(convert(r)) for r in rows])
 
     def table(self, tableName):
         """The temporary view ``tableName``."""

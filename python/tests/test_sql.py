@@ -78,7 +78,17 @@ def test_bad_input_is_named(spark):
     with pytest.raises(TypeError, match="column `a` mixes"):
         spark.sql("SELECT * FROM mixed")
     spark.createDataFrame([({"k": 1},)], ["d"]).createOrReplaceTempView("dicts")
-    with pytest.raises(TypeError, match="column `d`: a value of type dict"):
+    with pytest.raises(TypeError, match="column `d`: a value of type dict cannot be queried"):
         spark.sql("SELECT * FROM dicts")
     with pytest.raises(ValueError, match="nosuch"):
         spark.sql("SELECT * FROM nosuch")
+
+
+def test_datetimes_and_dates_go_in_and_come_back(spark):
+    import datetime
+
+    t = datetime.datetime(2026, 3, 1, 12, 30, 15)
+    d = datetime.date(2026, 3, 1)
+    spark.createDataFrame([(t, d, 1)], ["t", "d", "n"]).createOrReplaceTempView("times")
+    row = spark.sql("SELECT t, d, t + INTERVAL '1' HOUR AS later FROM times").first()
+    assert (row.t, row.d, row.later) == (t, d, t + datetime.timedelta(hours=1))

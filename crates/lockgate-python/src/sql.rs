@@ -11,165 +11,131 @@ use lockgate_sql::datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use lockgate_sql::datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use lockgate_sql::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use lockgate_sql::datafusion::arrow::ipc::writer::StreamWriter;
 use lockgate_sql::datafusion::arrow::record_batch::RecordBatch;
 use lockgate_sql::datafusion::scalar::ScalarValue;
 use lockgate_sql::SqlContext;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::stream::Stream;
 use crate::value::Value;
 
-/// The Arrow type a column's Python values are given.
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Bool,
-    Int,
-    Float,
-    Str,
+/// What a Python value can be in a column: its Arrow type (`None` for `None`, which
+/// fits any), or an error naming its Python type.
+fn type_of(v: &Value, column: &str) -> Result<Option<DataType>, String> {
+    Ok(Some(match v {
+        Value::None => return Ok(None),
+        Value::Bool(_) => DataType::Boolean,
+        Value::Int(_) => DataType::Int64,
+        Value::Float(_) => DataType::Float64,
+        Value::Str(_) => DataType::Utf8,
+        Value::Pickled(_) => {
+            let name = Python::attach(|py| -> PyResult<String> {
+                let obj = v.to_py(py)?;
+                let datetime = py.import("datetime")?;
+                Ok(if obj.is_instance(&datetime.getattr("datetime")?)? {
+                    "datetime".into()
+                } else if obj.is_instance(&datetime.getattr("date")?)? {
+                    "date".into()
+                } else {
+                    obj.get_type().name()?.to_string()
+                })
+            })
+            .map_err(|e| e.to_string())?;
+            match name.as_str() {
+                "datetime" => DataType::Timestamp(TimeUnit::Microsecond, None),
+                "date" => DataType::Date32,
+                other => return Err(unqueryable(column, other)),
+            }
+        }
+        other => return Err(unqueryable(column, other.kind())),
+    }))
 }
 
-/// The kind of one value (`None` for `None`), or an error naming its type.
-fn kind_of(v: &Bound<'_, PyAny>, column: &str) -> PyResult<Option<Kind>> {
-    Ok(if v.is_none() {
-        None
-    } else if v.is_instance_of::<PyBool>() {
-        Some(Kind::Bool)
-    } else if v.is_instance_of::<PyInt>() {
-        Some(Kind::Int)
-    } else if v.is_instance_of::<PyFloat>() {
-        Some(Kind::Float)
-    } else if v.is_instance_of::<PyString>() {
-        Some(Kind::Str)
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "column `{column}`: a value of type {} cannot be queried with SQL; give str, \
-             int, float, bool or None",
-            v.get_type().name()?
-        )));
-    })
+fn unqueryable(column: &str, what: &str) -> String {
+    format!(
+        "column `{column}`: a value of type {what} cannot be queried with SQL; give str, \
+         int, float, bool, datetime, date or None"
+    )
 }
 
-/// One column of Python values as an Arrow array: ints and floats mixed are floats;
-/// other mixes are errors; a column of `None` only is text.
-fn column(name: &str, values: &[Bound<'_, PyAny>]) -> PyResult<ArrayRef> {
-    let mut kind: Option<Kind> = None;
+/// The type of a column of `values`: ints and floats mixed are floats; other mixes are
+/// errors; a column of `None` only is text.
+fn infer_type(column: &str, values: &[Value]) -> Result<DataType, String> {
+    let mut found: Option<DataType> = None;
     for v in values {
-        match (kind, kind_of(v, name)?) {
-            (_, None) => {}
-            (None, k) => kind = k,
-            (Some(a), Some(b)) if a == b => {}
-            (Some(Kind::Int), Some(Kind::Float)) | (Some(Kind::Float), Some(Kind::Int)) => {
-                kind = Some(Kind::Float)
+        let Some(t) = type_of(v, column)? else {
+            continue;
+        };
+        found = Some(match found {
+            None => t,
+            Some(f) if f == t => f,
+            Some(DataType::Int64 | DataType::Float64)
+                if matches!(t, DataType::Int64 | DataType::Float64) =>
+            {
+                DataType::Float64
             }
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "column `{name}` mixes values of different types ({})",
-                    v.get_type().name()?
-                )))
+            Some(_) => {
+                return Err(format!(
+                    "column `{column}` mixes values of different types ({})",
+                    v.kind()
+                ))
             }
-        }
+        });
     }
-    Ok(match kind.unwrap_or(Kind::Str) {
-        Kind::Bool => {
-            let mut b = BooleanBuilder::with_capacity(values.len());
-            for v in values {
-                b.append_option(v.extract::<Option<bool>>()?);
-            }
-            Arc::new(b.finish())
-        }
-        Kind::Int => {
-            let mut b = Int64Builder::with_capacity(values.len());
-            for v in values {
-                let n = v.extract::<Option<i64>>().map_err(|_| {
-                    PyValueError::new_err(format!(
-                        "column `{name}`: {v} does not fit a 64-bit integer"
-                    ))
-                })?;
-                b.append_option(n);
-            }
-            Arc::new(b.finish())
-        }
-        Kind::Float => {
-            let mut b = Float64Builder::with_capacity(values.len());
-            for v in values {
-                b.append_option(v.extract::<Option<f64>>()?);
-            }
-            Arc::new(b.finish())
-        }
-        Kind::Str => {
-            let mut b = StringBuilder::new();
-            for v in values {
-                b.append_option(v.extract::<Option<String>>()?);
-            }
-            Arc::new(b.finish())
-        }
-    })
+    Ok(found.unwrap_or(DataType::Utf8))
 }
 
-/// A table of `rows` (sequences of values) with `columns`, as one record batch.
+/// A table of `rows` (sequences of values) with `columns`, typed from its values, as
+/// one record batch.
 fn table(name: &str, columns: &[String], rows: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
-    let mut by_column: Vec<Vec<Bound<'_, PyAny>>> = vec![Vec::new(); columns.len()];
+    let mut by_column: Vec<Vec<Value>> = vec![Vec::new(); columns.len()];
     for row in rows.try_iter()? {
-        let row = row?;
-        let row = row.cast::<PyTuple>().map_err(|_| {
-            PyTypeError::new_err(format!("table `{name}`: a row that is not a tuple"))
-        })?;
-        if row.len() != columns.len() {
+        let values = row_values(&Value::from_py(&row?)?, columns.len())
+            .map_err(|m| PyTypeError::new_err(format!("table `{name}`: {m}")))?;
+        if values.len() != columns.len() {
             return Err(PyValueError::new_err(format!(
                 "table `{name}`: a row of {} values for {} columns",
-                row.len(),
+                values.len(),
                 columns.len()
             )));
         }
-        for (i, v) in row.iter().enumerate() {
-            by_column[i].push(v);
+        for (c, v) in by_column.iter_mut().zip(values) {
+            c.push(v);
         }
     }
-    let arrays = columns
-        .iter()
-        .zip(&by_column)
-        .map(|(c, values)| Ok((c.as_str(), column(c, values)?)))
-        .collect::<PyResult<Vec<_>>>()?;
-    RecordBatch::try_from_iter(arrays)
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for (c, values) in columns.iter().zip(by_column) {
+        let ty = infer_type(c, &values).map_err(PyTypeError::new_err)?;
+        arrays.push(typed_column(c, &ty, values.into_iter()).map_err(PyTypeError::new_err)?);
+        fields.push(Field::new(c, ty, true));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
         .map_err(|e| PyValueError::new_err(format!("table `{name}`: {e}")))
 }
 
-/// A result value as Python: numbers, text, booleans and nulls as themselves, anything
-/// else (dates, times, decimals) as its text.
-fn scalar_to_py<'py>(py: Python<'py>, v: &ScalarValue) -> PyResult<Bound<'py, PyAny>> {
-    use ScalarValue::*;
-    if v.is_null() {
-        return Ok(py.None().into_bound(py));
-    }
-    Ok(match v {
-        Boolean(Some(b)) => PyBool::new(py, *b).to_owned().into_any(),
-        Int8(Some(n)) => n.into_pyobject(py)?.into_any(),
-        Int16(Some(n)) => n.into_pyobject(py)?.into_any(),
-        Int32(Some(n)) => n.into_pyobject(py)?.into_any(),
-        Int64(Some(n)) => n.into_pyobject(py)?.into_any(),
-        UInt8(Some(n)) => n.into_pyobject(py)?.into_any(),
-        UInt16(Some(n)) => n.into_pyobject(py)?.into_any(),
-        UInt32(Some(n)) => n.into_pyobject(py)?.into_any(),
-        UInt64(Some(n)) => n.into_pyobject(py)?.into_any(),
-        Float32(Some(x)) => x.into_pyobject(py)?.into_any(),
-        Float64(Some(x)) => x.into_pyobject(py)?.into_any(),
-        Utf8(Some(s)) | LargeUtf8(Some(s)) | Utf8View(Some(s)) => PyString::new(py, s).into_any(),
-        other => PyString::new(py, &other.to_string()).into_any(),
-    })
+/// `(name, kind)` of each column of `schema` (see [`kind_of_type`]).
+fn column_kinds(schema: &SchemaRef) -> Vec<(String, String)> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), kind_of_type(f.data_type())))
+        .collect()
 }
 
 /// Runs `query` once over the `tables` it reads (`(name, columns, rows)`, names in
-/// lower case, rows as tuples): the result's column names and its rows as tuples.
+/// lower case, rows as tuples): the result's columns as `(name, kind)` (see
+/// [`SqlQuery::columns`]) and its rows as tuples.
 #[pyfunction]
 pub fn run_sql<'py>(
     py: Python<'py>,
     query: &str,
     tables: Vec<(String, Vec<String>, Bound<'py, PyAny>)>,
-) -> PyResult<(Vec<String>, Vec<Bound<'py, PyTuple>>)> {
+) -> PyResult<(Vec<(String, String)>, Vec<Bound<'py, PyTuple>>)> {
     let mut sql = SqlContext::new();
     // Only the views the query reads are converted.
     let read =
@@ -183,7 +149,6 @@ pub fn run_sql<'py>(
     let (schema, batches) = py
         .detach(move || sql.query_static(&query))
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let names = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut rows = Vec::new();
     for batch in &batches {
         for r in 0..batch.num_rows() {
@@ -191,12 +156,12 @@ pub fn run_sql<'py>(
             for c in batch.columns() {
                 let v = ScalarValue::try_from_array(c, r)
                     .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                values.push(scalar_to_py(py, &v)?);
+                values.push(scalar_to_value(&v).to_py(py)?);
             }
             rows.push(PyTuple::new(py, values)?);
         }
     }
-    Ok((names, rows))
+    Ok((column_kinds(&schema), rows))
 }
 
 /// A query over streams (`StreamingContext.sql`): the stream of its rows as tuples, the
@@ -510,11 +475,7 @@ pub fn stream_query(
     }
     let out = sql.sql_named(query, name).map_err(bad)?;
     let schema = out.schema().clone();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().clone(), kind_of_type(f.data_type())))
-        .collect();
+    let columns = column_kinds(&schema);
     let rows = out.rows().map(|r| {
         Value::Tuple(Arc::from(
             r.values().iter().map(scalar_to_value).collect::<Vec<_>>(),

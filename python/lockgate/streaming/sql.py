@@ -13,29 +13,10 @@ groups a batch changed, with their values so far; in ``append`` mode (event-time
 with a watermark) each window once, when the watermark passes its end.
 """
 
-import datetime
-
-from lockgate.sql import _row
+from lockgate.sql import _row_converter
 from lockgate.streaming.dstream import DStream
 
 __all__ = ["SqlDStream"]
-
-_EPOCH_ORDINAL = 719163
-
-
-def _converter(kind):
-    """A function making the engine's value of a column of ``kind`` Python's."""
-    if kind == "timestamp":
-        return lambda us: None if us is None else datetime.datetime.fromtimestamp(us / 1e6)
-    if kind == "date":
-        return lambda d: None if d is None else datetime.date.fromordinal(d + _EPOCH_ORDINAL)
-    if kind.startswith("struct:"):
-        fields = [f.split("=", 1) for f in kind[len("struct:"):].split(";") if f]
-        names = [n for n, _ in fields]
-        convs = [_converter(k) for _, k in fields]
-        return lambda t: None if t is None else _row(
-            names, tuple(c(v) for c, v in zip(convs, t)))
-    return None
 
 
 class SqlDStream(DStream):
@@ -60,15 +41,7 @@ class SqlDStream(DStream):
 
     def _make_rows(self, graph, memo):
         q = self._built_query(graph, memo)
-        names = [n for n, _ in q.columns]
-        convs = [_converter(k) for _, k in q.columns]
-        if any(convs):
-            def to_row(t):
-                return _row(names, tuple(v if c is None else c(v) for c, v in zip(convs, t)))
-        else:
-            def to_row(t):
-                return _row(names, t)
-        return q.rows().map(to_row)
+        return q.rows().map(_row_converter(q.columns))
 
     def foreachBatch(self, func):
         """Registers an output: ``func(table, batch_id)`` on every batch, ``table`` a

@@ -6,35 +6,34 @@
 
 use lockgate_core::{DStream, StreamingContext};
 use lockgate_kafka::{KafkaOutRecord, KafkaSink, KafkaSinkConfig};
+use lockgate_sql::datafusion::arrow::datatypes::DataType;
 use lockgate_sql_sinks::{open_url, SqlSink, SqlType, SqlValue, Table, WriteMode};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::value::Value;
 
-/// The columns of `NAME TYPE, ...` for a database table: `STRING`/`TEXT`, `BIGINT`/
-/// `INT`/`LONG`, `DOUBLE`/`FLOAT`.
+/// The columns of `NAME TYPE, ...` for a database table (read as `--schema` is):
+/// `STRING`, `BIGINT` or `DOUBLE`.
 fn columns(table: &str, ddl: &str) -> PyResult<Vec<(String, SqlType)>> {
-    ddl.split(',')
-        .map(|col| {
-            let mut parts = col.split_whitespace();
-            let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(PyValueError::new_err(format!(
-                    "table `{table}`: `{}` is not `NAME TYPE` (e.g. 'word STRING, n BIGINT')",
-                    col.trim()
-                )));
-            };
-            let ty = match ty.to_ascii_uppercase().as_str() {
-                "STRING" | "TEXT" | "VARCHAR" => SqlType::Text,
-                "BIGINT" | "INT" | "INTEGER" | "LONG" => SqlType::BigInt,
-                "DOUBLE" | "FLOAT" | "REAL" => SqlType::Double,
+    let schema = lockgate_sql::parse_schema(ddl)
+        .map_err(|e| PyValueError::new_err(format!("table `{table}`: {e}")))?;
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = match f.data_type() {
+                DataType::Utf8 => SqlType::Text,
+                DataType::Int64 => SqlType::BigInt,
+                DataType::Float64 => SqlType::Double,
                 other => {
                     return Err(PyValueError::new_err(format!(
-                        "table `{table}`: type {other} of `{name}` (use STRING, BIGINT or DOUBLE)"
+                        "table `{table}`: type {other} of `{}` (use STRING, BIGINT or DOUBLE)",
+                        f.name()
                     )))
                 }
             };
-            Ok((name.to_string(), ty))
+            Ok((f.name().clone(), ty))
         })
         .collect()
 }
@@ -209,5 +208,6 @@ mod tests {
             Err("column `word` (Text): got an int".into())
         );
         assert!(columns("t", "a BLOB").is_err());
+        assert!(columns("t", "a BOOLEAN").is_err());
     }
 }

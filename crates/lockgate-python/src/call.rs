@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use lockgate_core::sync::lock;
 use pyo3::prelude::*;
 
+use crate::value::{py_list, Value};
+
 /// A Python callable of the job.
 #[derive(Clone)]
 pub struct PyFunc {
@@ -64,6 +66,29 @@ impl PyFunc {
             .bind(py)
             .call1(args)
             .map_err(|e| Failure::from_py(py, self.name(), &e))
+    }
+}
+
+impl PyFunc {
+    /// Folds `values` (at least one) with the function as `functools.reduce` does: one
+    /// call per value after the first, made by Python's own loop; the GIL must be held.
+    pub fn reduce(&self, py: Python<'_>, values: &[Value]) -> Result<Value, Failure> {
+        let err = self.err(py);
+        let first = values
+            .first()
+            .ok_or_else(|| Failure::value(self.name(), "reduce of no values".to_string()))?;
+        if values.len() == 1 {
+            return Ok(first.clone());
+        }
+        let reduce = py
+            .import("functools")
+            .and_then(|m| m.getattr("reduce"))
+            .map_err(err)?;
+        let list = py_list(py, values).map_err(err)?;
+        let r = reduce
+            .call1((self.f.bind(py), list))
+            .map_err(|e| Failure::from_py(py, self.name(), &e))?;
+        Value::from_py(&r).map_err(err)
     }
 }
 

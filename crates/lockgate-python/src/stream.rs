@@ -2,6 +2,7 @@
 //! package's `DStream` (PySpark's names and signatures) calls these when the context
 //! starts and builds its graph.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +107,42 @@ impl Stream {
             )
         }
     }
+}
+
+/// A partition's pairs grouped by key, keys in the order they first came.
+fn group_locally(part: Vec<(Value, Value)>) -> Vec<(Value, Vec<Value>)> {
+    let mut index: HashMap<Value, usize> = HashMap::with_capacity(part.len().min(1024));
+    let mut groups: Vec<(Value, Vec<Value>)> = Vec::new();
+    for (k, v) in part {
+        match index.get(&k) {
+            Some(&i) => groups[i].1.push(v),
+            None => {
+                index.insert(k.clone(), groups.len());
+                groups.push((k, vec![v]));
+            }
+        }
+    }
+    groups
+}
+
+/// Each key's values reduced with `f`; the GIL is taken once, and only when some key has
+/// more than one value.
+fn reduce_groups(
+    f: &PyFunc,
+    groups: Vec<(Value, Vec<Value>)>,
+) -> lockgate_core::Result<Vec<(Value, Value)>> {
+    let single = |(k, mut vs): (Value, Vec<Value>)| vs.pop().map(|v| (k, v));
+    if groups.iter().all(|(_, vs)| vs.len() <= 1) {
+        return Ok(groups.into_iter().filter_map(single).collect());
+    }
+    Python::attach(|py| {
+        groups
+            .into_iter()
+            .filter(|(_, vs)| !vs.is_empty())
+            .map(|(k, vs)| Ok((k, f.reduce(py, &vs)?)))
+            .collect::<Result<Vec<_>, Failure>>()
+    })
+    .map_err(Failure::into_engine)
 }
 
 fn ms(d: i64) -> Duration {
@@ -265,13 +302,23 @@ impl Stream {
     /// The values of each key combined with `f`, in `n` partitions.
     #[pyo3(signature = (f, n = None))]
     fn reduce_by_key(&self, f: &Bound<'_, PyAny>, n: Option<usize>) -> PyResult<Stream> {
-        let f = self.binary(PyFunc::new(f)?);
-        let pairs = self.pairs();
-        let pairs = match n {
-            Some(n) => pairs.shuffle_partitions(n.max(1)),
-            None => pairs,
+        // Each partition's values grouped by key in Rust, then reduced with the GIL taken
+        // once for the partition (`functools.reduce` per key): before the shuffle, and
+        // again after it.
+        let f = PyFunc::new(f)?;
+        let g = f.clone();
+        let combined = self
+            .pairs()
+            .try_map_partitions(move |part| reduce_groups(&f, group_locally(part)));
+        let combined = match n {
+            Some(n) => combined.shuffle_partitions(n.max(1)),
+            None => combined,
         };
-        Ok(self.wrap_pairs(pairs.reduce_by_key(f)))
+        Ok(self.wrap_pairs(
+            combined
+                .group_by_key()
+                .try_map_partitions(move |part| reduce_groups(&g, part)),
+        ))
     }
 
     /// Each key with the list of its values, in `n` partitions.

@@ -48,7 +48,11 @@ ssc.start()
 time.sleep(2)  # a first batch or two, so the context is warm and the files are new
 started = time.monotonic()
 for name in sorted(os.listdir(files_dir)):
-    shutil.move(os.path.join(files_dir, name), os.path.join(watched, name))
+    src = os.path.join(files_dir, name)
+    # Spark's file stream takes only files modified since its previous batch: a moved
+    # file keeps its time, so give it the present one first.
+    os.utime(src)
+    shutil.move(src, os.path.join(watched, name))
 if not done.wait(1800):
     sys.exit(f"{engine}: only {counted[0]} of {expected} words counted")
 seconds = time.monotonic() - started
